@@ -1,0 +1,1 @@
+"""Data commands: prepare, generate (filled in by the data module)."""

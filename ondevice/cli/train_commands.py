@@ -1,0 +1,1 @@
+"""Training commands: train, quickstart."""

@@ -1,0 +1,94 @@
+"""The encoded dataset: a folder of memory-mapped id/label arrays with fixed splits.
+
+Layout written by ``ondevice prepare`` / ``ondevice generate`` (read here)::
+
+    DATA_DIR/
+      schema.json           fields, vocabularies, task (see ondevice.schema)
+      prepare.json          row counts, vocab sizes, OOV rates, timings, options
+      train/ids.npy         int32 [rows, fields]   (CTR: every field; top-K: user, item)
+      train/labels.npy      float32 [rows]         (CTR only; 0/1)
+      val/...  test/...     same arrays for the other splits
+
+Arrays are ``.npy`` files opened with ``mmap_mode="r"``: training touches only the rows
+of each batch, so memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ondevice.errors import BadInputError, SchemaMismatchError
+from ondevice.io import read_json
+from ondevice.schema import Schema
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """One split: ``ids`` int32 ``[rows, fields]`` and, for CTR, ``labels`` float32 ``[rows]``."""
+
+    name: str
+    ids: np.ndarray
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+class EncodedDataset:
+    """Read access to a prepared dataset folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise BadInputError(f"dataset folder not found: {self.root}; create it with `ondevice prepare` or `ondevice generate`")
+        schema_path = self.root / "schema.json"
+        if not schema_path.is_file():
+            raise BadInputError(f"{self.root} has no schema.json; it is not a prepared dataset (run `ondevice prepare`)")
+        self.schema = Schema.load(schema_path)
+        info = self.root / "prepare.json"
+        self.info = read_json(info, what="prepare.json") if info.is_file() else {}
+        self._splits: dict[str, Split] = {}
+
+    @property
+    def task(self) -> str:
+        return self.schema.task
+
+    def has_split(self, name: str) -> bool:
+        return (self.root / name / "ids.npy").is_file()
+
+    def split(self, name: str) -> Split:
+        if name not in SPLITS:
+            raise BadInputError(f"unknown split {name!r}; expected one of {SPLITS}")
+        if name in self._splits:
+            return self._splits[name]
+        ids_path = self.root / name / "ids.npy"
+        if not ids_path.is_file():
+            raise BadInputError(f"{self.root} has no {name} split ({ids_path} missing); re-run `ondevice prepare`")
+        try:
+            ids = np.load(ids_path, mmap_mode="r")
+        except ValueError as err:
+            raise BadInputError(f"{ids_path} is corrupt ({err}); re-run `ondevice prepare`") from None
+        if ids.ndim != 2 or ids.shape[1] != self.schema.num_fields:
+            raise SchemaMismatchError(
+                f"{ids_path}: shape {ids.shape} does not match the schema's {self.schema.num_fields} fields; re-run `ondevice prepare`"
+            )
+        labels = None
+        if self.task == "ctr":
+            labels_path = self.root / name / "labels.npy"
+            if not labels_path.is_file():
+                raise BadInputError(f"{labels_path} missing; re-run `ondevice prepare`")
+            labels = np.load(labels_path, mmap_mode="r")
+            if labels.shape[0] != ids.shape[0]:
+                raise BadInputError(f"{name}: {ids.shape[0]} id rows but {labels.shape[0]} labels; re-run `ondevice prepare`")
+        split = Split(name, ids, labels)
+        self._splits[name] = split
+        return split
+
+    def __repr__(self) -> str:
+        sizes = {s: len(self.split(s)) for s in SPLITS if self.has_split(s)}
+        return f"EncodedDataset({str(self.root)!r}, task={self.task!r}, fields={self.schema.num_fields}, rows={sizes})"

@@ -1,0 +1,173 @@
+"""The schema: which fields a dataset has and how raw values become ids.
+
+Every encoded dataset, checkpoint and artefact carries a ``schema.json`` so the app on the
+device can encode features exactly as training did.
+
+Id convention (the same for every field and every format):
+
+* id ``0`` is the field's **OOV row**: values rarer than ``min_count``, values never seen
+  in the training split, missing values of hashed fields' overflow, and (inside the exported
+  graph) any id outside ``[0, vocab_size)``, negative ids included.
+* ids ``1 .. vocab_size-1`` are the kept values, most frequent first (vocabulary encoding),
+  or ``1 + hash(value) mod hash_buckets`` (hash encoding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ondevice.errors import BadInputError, SchemaMismatchError
+from ondevice.io import atomic_write_json, read_json
+
+SCHEMA_VERSION = 1
+OOV_ID = 0
+
+Task = Literal["ctr", "topk"]
+Encoding = Literal["vocab", "hash", "identity"]
+Role = Literal["user", "item", "context"]
+
+
+@dataclass
+class Field:
+    """One input field.
+
+    Parameters
+    ----------
+    name : column name in the raw data (``C14``, ``user``, ``I3``).
+    vocab_size : number of rows the field's embedding table needs, OOV row included.
+    encoding : ``vocab`` (kept values listed in ``values``), ``hash`` (``hash_buckets``
+        buckets behind the OOV row) or ``identity`` (raw value already an id, e.g. libFM
+        feature indices or 0-based user/item ids; ids are shifted by one for the OOV row).
+    values : for ``vocab`` encoding, the raw values of ids 1, 2, ... in order.
+    transform : how a raw value is turned into the string that is looked up, e.g.
+        ``criteo_log2`` for Criteo integer columns (x > 2 -> floor(ln(x)^2)).
+    role : ``user``/``item`` for top-K tasks, ``context`` otherwise.
+    """
+
+    name: str
+    vocab_size: int
+    encoding: Encoding = "vocab"
+    values: list[str] | None = None
+    hash_buckets: int | None = None
+    transform: str | None = None
+    role: Role = "context"
+    offset: int | None = None  # identity encoding: raw id = value - offset (libFM global index)
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 1:
+            raise BadInputError(f"field {self.name!r}: vocab_size must be >= 1, got {self.vocab_size}")
+
+    def to_dict(self, *, include_values: bool = True) -> dict[str, Any]:
+        d = asdict(self)
+        if not include_values:
+            d.pop("values")
+        return {k: v for k, v in d.items() if v is not None}
+
+
+def stable_hash(value: str, buckets: int) -> int:
+    """Hash id for the hashing trick, identical on every platform and Python run.
+
+    Returns an id in ``[1, buckets]`` (0 stays the OOV row). Uses the first 8 bytes of
+    blake2b, so apps can reproduce it in any language.
+    """
+    digest = hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest()
+    return 1 + int.from_bytes(digest, "little") % buckets
+
+
+@dataclass
+class Schema:
+    """The fields of a dataset plus the task they serve."""
+
+    task: Task
+    fields: list[Field]
+    label: str = "label"
+    source_format: str = ""
+    version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def num_fields(self) -> int:
+        return len(self.fields)
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    @property
+    def vocab_sizes(self) -> list[int]:
+        return [f.vocab_size for f in self.fields]
+
+    @property
+    def total_vocab(self) -> int:
+        return sum(self.vocab_sizes)
+
+    def field_index(self, role: Role) -> int:
+        for i, f in enumerate(self.fields):
+            if f.role == role:
+                return i
+        raise SchemaMismatchError(f"schema has no field with role {role!r}; top-K data needs a user and an item field")
+
+    def fingerprint(self) -> str:
+        """Short hash of names, sizes and encodings: two runs match iff ids mean the same."""
+        h = hashlib.sha256()
+        for f in self.fields:
+            h.update(f"{f.name}|{f.vocab_size}|{f.encoding}|{f.hash_buckets}|{f.transform}|".encode())
+            if f.values is not None:
+                for v in f.values:
+                    h.update(v.encode("utf-8", "surrogateescape"))
+                    h.update(b"\x00")
+        return h.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ I/O
+    def to_dict(self, *, include_values: bool = True) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "task": self.task,
+            "label": self.label,
+            "source_format": self.source_format,
+            "fingerprint": self.fingerprint(),
+            "fields": [f.to_dict(include_values=include_values) for f in self.fields],
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "schema") -> Schema:
+        try:
+            version = int(d.get("version", 0))
+            if version != SCHEMA_VERSION:
+                raise SchemaMismatchError(
+                    f"{source}: schema version {version} != supported {SCHEMA_VERSION}; re-run `ondevice prepare`"
+                )
+            fields = [Field(**fd) for fd in d["fields"]]
+            schema = cls(
+                task=d["task"],
+                fields=fields,
+                label=d.get("label", "label"),
+                source_format=d.get("source_format", ""),
+                version=version,
+                extra=d.get("extra", {}),
+            )
+        except (KeyError, TypeError) as err:
+            raise SchemaMismatchError(f"{source}: malformed schema ({err}); re-run `ondevice prepare`") from None
+        if schema.task not in ("ctr", "topk"):
+            raise SchemaMismatchError(f"{source}: unknown task {schema.task!r}; expected 'ctr' or 'topk'")
+        return schema
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Schema:
+        return cls.from_dict(read_json(path, what="schema"), source=str(path))
+
+    # ------------------------------------------------------------------ checks
+    def check_compatible(self, other: Schema, *, what: str = "checkpoint") -> None:
+        if self.fingerprint() != other.fingerprint():
+            raise SchemaMismatchError(
+                f"{what} schema (fingerprint {other.fingerprint()}) differs from the data's "
+                f"({self.fingerprint()}); they come from different `prepare` runs, re-train or pass the matching data"
+            )

@@ -1,0 +1,111 @@
+"""Checkpoints: data, never code.
+
+A checkpoint is a ``torch.save`` of plain containers and tensors, loaded with
+``torch.load(..., weights_only=True)``: a hostile file cannot run code. It holds the model
+description (``RecModel.describe()``), the state dict, the schema, the training config
+and metrics, and (for ``last.pt``) the optimiser and RNG state needed to resume.
+
+Files in a run folder::
+
+    RUN_DIR/model.pt     best model on validation (what export/compress read)
+    RUN_DIR/last.pt      state after the latest epoch (what --resume reads)
+    RUN_DIR/schema.json  the dataset schema, for apps and later stages
+    RUN_DIR/train.json   config, per-epoch history, validation and test metrics
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ondevice.errors import CheckpointError
+from ondevice.io import atomic_write_bytes
+from ondevice.models import RecModel, model_from_description
+from ondevice.schema import Schema
+
+CHECKPOINT_FORMAT = "ondevice-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    model: RecModel
+    schema: Schema
+    train_config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: RecModel,
+    schema: Schema,
+    *,
+    train_config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Atomically write a checkpoint (temp file + rename)."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model": model.describe(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "schema": schema.to_dict(),
+        "train_config": train_config or {},
+        "metrics": metrics or {},
+        "extra": extra or {},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> Checkpoint:
+    """Load and rebuild a checkpoint; one-line ``CheckpointError`` for anything wrong."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}; train a model first (`ondevice train`)")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first[:160]}); re-run training") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an ondevice checkpoint; pass the model.pt of an `ondevice train` run")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {payload.get('version')} != supported {CHECKPOINT_VERSION}; re-train with this version"
+        )
+    schema = Schema.from_dict(payload["schema"], source=str(path))
+    model = model_from_description(payload["model"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the described model ({str(err).splitlines()[0][:160]})") from None
+    model.eval()
+    return Checkpoint(
+        model=model,
+        schema=schema,
+        train_config=payload.get("train_config", {}),
+        metrics=payload.get("metrics", {}),
+        extra=payload.get("extra", {}),
+        path=path,
+    )
+
+
+def load_raw(path: str | Path) -> dict[str, Any]:
+    """The raw payload (used by --resume for optimiser/RNG state)."""
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt file
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}); start without --resume") from None
