@@ -1,1 +1,90 @@
-"""Training commands: train, quickstart."""
+"""Training commands: ``ondevice train`` and ``ondevice quickstart``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ondevice.cli import cli
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        dims = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 400,400,400; got {value!r}") from None
+    if any(d < 1 for d in dims):
+        raise click.BadParameter(f"layer widths must be >= 1; got {value!r}")
+    return dims
+
+
+@cli.command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run folder to write.")
+@click.option("--model", default="deepfm", show_default=True, help="fm | deepfm | widedeep | deepfwfm | dcn | bprmf")
+@click.option("--embed-dim", type=int, help="Embedding dimension [16 CTR, 64 top-K].")
+@click.option("--mlp", "mlp_dims", callback=_int_list, help="MLP widths, e.g. 400,400,400 [default].")
+@click.option("--dropout", type=float, default=0.0, show_default=True)
+@click.option("--batch-norm/--no-batch-norm", default=False, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="Adam weight decay on dense parameters.")
+@click.option("--l2", type=float, default=None, help="L2 on the batch's embedding rows [0 CTR, 1e-4 top-K].")
+@click.option("--batch-size", type=int, help="Global batch size [1024 CTR, 2048 top-K].")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--patience", type=int, default=2, show_default=True, help="Early stopping: epochs without a better validation metric.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu | cuda")
+@click.option("--threads", type=int, help="torch intra-op threads (default: torch's choice).")
+@click.option("--k", type=int, default=20, show_default=True, help="K of Recall@K / NDCG@K (top-K).")
+@click.option("--eval-protocol", type=click.Choice(["full", "sampled"]), default="full", show_default=True,
+              help="top-K: full ranking excluding training items, or 1 positive + 99 sampled negatives.")
+@click.option("--max-steps", type=int, help="Cap on steps per epoch (smoke runs).")
+@click.option("--dense-embeddings", is_flag=True, help="Dense gradients + Adam for tables (what DDP uses).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last.pt.")
+@click.option("--force", is_flag=True, help="Replace an existing run folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(data_dir: Path, out_dir: Path, model: str, embed_dim: int | None, mlp_dims: list[int] | None,
+          dropout: float, batch_norm: bool, lr: float, weight_decay: float, l2: float | None, batch_size: int | None,
+          epochs: int, patience: int, seed: int, device: str, threads: int | None, k: int, eval_protocol: str,
+          max_steps: int | None, dense_embeddings: bool, resume: bool, force: bool, quiet: bool) -> None:
+    """Train MODEL on a prepared DATA_DIR into the run folder --out.
+
+    Early-stops on validation AUC (CTR) or Recall@K (top-K), keeps the best model as
+    model.pt, evaluates the test split once with it, and writes train.json. Under
+    `torchrun --nproc_per_node N -m ondevice train ...` it trains with DistributedDataParallel.
+    """
+    from ondevice.train import TrainConfig
+    from ondevice.train import train as train_fn
+    from ondevice.train.trainer import config_for_run
+
+    topk = model == "bprmf"
+    config = TrainConfig(
+        model=model,
+        embed_dim=embed_dim or (64 if topk else 16),
+        mlp_dims=mlp_dims or [400, 400, 400],
+        dropout=dropout,
+        batch_norm=batch_norm,
+        lr=lr,
+        weight_decay=weight_decay,
+        l2=l2 if l2 is not None else (1e-4 if topk else 0.0),
+        batch_size=batch_size or (2048 if topk else 1024),
+        epochs=epochs,
+        patience=patience,
+        seed=seed,
+        device=device,
+        threads=threads,
+        k=k,
+        eval_protocol=eval_protocol,
+        max_steps_per_epoch=max_steps,
+        sparse_embeddings=not dense_embeddings,
+    )
+    if resume:
+        config = config_for_run(out_dir, epochs=epochs)
+    result = train_fn(data_dir, out_dir, config, resume=resume, force=force, quiet=quiet)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        click.echo(json.dumps({"run_dir": str(result.run_dir), "best_epoch": result.best_epoch,
+                               "val": result.val, "test": result.test}, indent=2))

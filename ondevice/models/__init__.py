@@ -1,6 +1,13 @@
 """Models: interaction and prediction layers on top of an embedding layer."""
 
-from ondevice.models.base import MLP, MODEL_REGISTRY, CTRModel, RecModel, build_model, model_from_description
+from ondevice.models.base import (
+    MLP,
+    MODEL_REGISTRY,
+    CTRModel,
+    RecModel,
+    build_model,
+    model_from_description,
+)
 from ondevice.models.bprmf import BPRMF
 from ondevice.models.dcn import DCN
 from ondevice.models.deepfm import DeepFM
