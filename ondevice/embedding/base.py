@@ -24,7 +24,7 @@ The contract every implementation keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -108,7 +108,7 @@ class EmbeddingLayer(nn.Module, ABC):
     def storage_tensors(self) -> list[torch.Tensor]:
         """Tensors the exported file holds for this layer (deployable form)."""
         layer = self.to_deployable()
-        return [t for t in layer.state_dict().values()]
+        return distinct_tensors(layer.state_dict().values())
 
     def storage_bytes(self) -> int:
         """Exact bytes of this layer's tensors in the exported file."""
@@ -133,6 +133,22 @@ class EmbeddingLayer(nn.Module, ABC):
 
     def extra_repr(self) -> str:
         return f"fields={self.num_fields}, rows={sum(self.vocab_sizes)}, dim={self.dim}, storage_bytes={self.storage_bytes():,}"
+
+
+def distinct_tensors(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """Non-empty tensors, value-duplicates dropped: what the ONNX file actually stores.
+
+    The exporter stores one initializer for tensors of equal dtype, shape and values
+    (``torch.onnx`` deduplicates initializers by value) and none for unused empty ones.
+    """
+    out: list[torch.Tensor] = []
+    for t in tensors:
+        if t.numel() == 0:
+            continue
+        if any(u.dtype == t.dtype and u.shape == t.shape and torch.equal(u, t) for u in out):
+            continue
+        out.append(t)
+    return out
 
 
 def field_offsets(vocab_sizes: Sequence[int]) -> list[int]:

@@ -1,0 +1,460 @@
+#!/usr/bin/env python3
+"""ondevice device runner: check and profile an artefact with only onnxruntime and numpy.
+
+Copy the artefact folder to the device (phone via Termux, Raspberry Pi, ARM board), then::
+
+    pip install onnxruntime numpy          # nothing else: no torch, no ondevice
+    python runner.py ARTEFACT_DIR --json device.json [--batch 1 --batch 256] [--threads 1 --threads 2]
+                     [--runs 1000] [--warmup 100] [--model-file model.ort]
+
+What it does, in order:
+
+1. checks every model file against the bytes and sha256 in ``manifest.json``;
+2. runs the golden inputs (OOV and negative ids included) and compares with the PyTorch
+   outputs stored at export time, within the manifest's tolerance;
+3. for each batch x threads, in a fresh process (onnxruntime does not give memory back, so
+   one process per measurement keeps RSS numbers honest): session creation time, first
+   inference time, latency p50/p90/p99/p999/max over ``--runs`` timed calls after ``--warmup``
+   untimed ones, throughput, and RSS / peak RSS before and after session creation and after
+   the runs;
+4. checks the p99 latency target of the artefact's device profile when one is set and the
+   measured (batch, threads) pair matches it.
+
+Then ``ondevice report ARTEFACT_DIR --device-result device.json`` on the host merges the JSON.
+
+Exit codes: 0 ok, 2 bad or corrupt artefact / bad arguments, 3 golden outputs differ or the
+latency target is missed.
+
+onnxruntime session options (the same on host and device, see ``make_session``):
+``intra_op_num_threads = threads`` (the only pool that runs kernels),
+``inter_op_num_threads = 1`` and ``ORT_SEQUENTIAL`` (these graphs are a chain; a parallel
+executor only adds scheduling), ``ORT_ENABLE_ALL`` graph optimisation (constant folding,
+fusions, layout), and the CPU execution provider. Timed calls reuse one pre-built feed dict
+and output-name list and run with the garbage collector paused, so the loop measures
+``InferenceSession.run`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+RUNNER_VERSION = 1
+EXIT_OK, EXIT_BAD_INPUT, EXIT_BROKEN_PROMISE = 0, 2, 3
+PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p99_ms": 99.0, "p999_ms": 99.9}
+
+
+class RunnerError(Exception):
+    """A one-line error with an exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --------------------------------------------------------------------------- artefact
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(artefact_dir: str | Path) -> dict[str, Any]:
+    """Read ``manifest.json``; one-line ``RunnerError`` when missing or unreadable."""
+    path = Path(artefact_dir) / "manifest.json"
+    if not path.is_file():
+        raise RunnerError(f"{path} not found; pass an artefact folder written by `ondevice export`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunnerError(f"{path} is not valid JSON ({err}); copy the artefact folder again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "ondevice-artefact":
+        raise RunnerError(f"{path} is not an ondevice artefact manifest")
+    return manifest
+
+
+def check_files(artefact_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Every model file listed in the manifest exists with the recorded bytes and sha256."""
+    for name, info in manifest["files"].items():
+        path = Path(artefact_dir) / name
+        if not path.is_file():
+            raise RunnerError(f"{path} is missing; copy the whole artefact folder or re-export")
+        size = path.stat().st_size
+        if size != info["bytes"]:
+            raise RunnerError(
+                f"{path} has {size:,} bytes but the manifest records {info['bytes']:,} (truncated or modified); re-export or copy it again"
+            )
+        digest = sha256_file(path)
+        if digest != info["sha256"]:
+            raise RunnerError(
+                f"{path} sha256 {digest[:12]}... does not match the manifest's {info['sha256'][:12]}... (corrupt or modified); re-export or copy it again"
+            )
+
+
+def default_model_file(manifest: dict[str, Any]) -> str:
+    """The file the device loads: ``model.ort`` for ORT-format artefacts, else ``model.onnx``."""
+    return "model.ort" if manifest.get("runtime_format") == "ort" and "model.ort" in manifest["files"] else "model.onnx"
+
+
+def make_session(model_path: str | Path, threads: int) -> ort.InferenceSession:
+    """An InferenceSession tuned for small-batch latency (see the module docstring)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - any load failure means a bad model file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RunnerError(f"onnxruntime cannot load {model_path} ({first[:200]}); re-export the artefact") from None
+
+
+def decode_array(obj: dict[str, Any]) -> np.ndarray:
+    """``{"dtype", "shape", "data"}`` (as written in the manifest) -> ndarray."""
+    return np.asarray(obj["data"], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
+
+
+def encode_array(arr: np.ndarray) -> dict[str, Any]:
+    arr = np.asarray(arr)
+    return {"dtype": str(arr.dtype), "shape": list(arr.shape), "data": arr.reshape(-1).tolist()}
+
+
+# --------------------------------------------------------------------------- inputs
+def make_inputs(manifest: dict[str, Any], batch: int, seed: int, *, oov_fraction: float = 0.1) -> dict[str, np.ndarray]:
+    """Random feeds for ``batch`` rows, reproducible from ``seed``.
+
+    CTR: ids uniform in each field's vocabulary, with ``oov_fraction`` of them replaced by
+    out-of-range ids (``vocab``, ``vocab + 17``, ``-1``, ``-2**40``) so the OOV path is timed
+    too. Top-K: user vectors ~ N(0, user_vector_std) in float32.
+    """
+    rng = np.random.default_rng(seed)
+    inp = manifest["inputs"][0]
+    if manifest["task"] == "ctr":
+        vocab = np.asarray(manifest["vocab_sizes"], dtype=np.int64)
+        ids = (rng.random((batch, len(vocab))) * vocab).astype(np.int64)
+        bad = rng.random(ids.shape) < oov_fraction
+        choices = np.stack([vocab, vocab + 17, np.full_like(vocab, -1), np.full_like(vocab, -(2**40))])
+        pick = rng.integers(0, 4, size=ids.shape)
+        ids = np.where(bad, choices[pick, np.arange(len(vocab))], ids)  # [B, F]
+        return {inp["name"]: ids.astype(np.int64)}
+    dim = int(inp["shape"][1])
+    std = float(manifest.get("topk", {}).get("user_vector_std", 1.0))
+    return {inp["name"]: (rng.standard_normal((batch, dim)) * std).astype(np.float32)}
+
+
+# --------------------------------------------------------------------------- golden check
+def compare_outputs(
+    manifest: dict[str, Any], got: dict[str, np.ndarray], expected: dict[str, np.ndarray], atol: float
+) -> dict[str, float]:
+    """Max absolute difference per output (top-K ids: 0 if every position agrees or is a tie).
+
+    For top-K the scores are compared position by position; an id that differs from the
+    expected one at a position counts as agreeing when its score equals the expected
+    score there within ``atol`` (items with tied scores may come out in either order).
+    """
+    diffs: dict[str, float] = {}
+    for out in manifest["outputs"]:
+        name = out["name"]
+        a, b = np.asarray(got[name]), np.asarray(expected[name])
+        if a.shape != b.shape:
+            raise RunnerError(f"output {name!r} has shape {a.shape}, expected {b.shape}", EXIT_BROKEN_PROMISE)
+        if out.get("kind") == "topk_ids":
+            continue
+        diffs[name] = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+    if manifest["task"] == "topk":
+        ids_name, score_name = manifest["topk"]["ids_output"], manifest["topk"]["scores_output"]
+        same = np.asarray(got[ids_name]) == np.asarray(expected[ids_name])
+        tied = np.abs(np.asarray(got[score_name], np.float64) - np.asarray(expected[score_name], np.float64)) <= atol
+        diffs[ids_name] = float(np.mean(~(same | tied)))  # fraction of positions neither equal nor tied
+    return diffs
+
+
+def check_golden(session: ort.InferenceSession, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Run every golden case; ``passed`` is False when any output differs beyond the tolerance."""
+    atol = float(manifest["tolerance"]["atol"])
+    names = [o["name"] for o in manifest["outputs"]]
+    cases = []
+    for case in manifest["golden"]:
+        feeds = {k: decode_array(v) for k, v in case["inputs"].items()}
+        got = dict(zip(names, session.run(names, feeds), strict=False))
+        expected = {k: decode_array(v) for k, v in case["outputs"].items()}
+        diffs = compare_outputs(manifest, got, expected, atol)
+        passed = all(v <= atol for k, v in diffs.items()) if manifest["task"] == "ctr" else all(
+            (v == 0.0 if k == manifest["topk"]["ids_output"] else v <= atol) for k, v in diffs.items()
+        )
+        cases.append({"name": case["name"], "batch": int(next(iter(feeds.values())).shape[0]),
+                      "max_abs_diff": diffs, "passed": bool(passed)})
+    return {"atol": atol, "passed": all(c["passed"] for c in cases), "cases": cases}
+
+
+# --------------------------------------------------------------------------- measurement
+def rss_bytes() -> int | None:
+    """Current resident set size (psutil when installed, else /proc)."""
+    try:
+        import psutil  # optional on the device
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def peak_rss_bytes() -> int | None:
+    """Peak resident set size of this process so far (VmHWM, or getrusage)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+    except (ImportError, OSError):
+        return None
+
+
+def latency_stats(samples_ns: list[int] | np.ndarray, batch: int) -> dict[str, float]:
+    """p50/p90/p99/p999/max/mean in ms plus throughput, from per-call nanoseconds."""
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    stats = {key: float(np.percentile(ms, q)) for key, q in PERCENTILES.items()}
+    stats.update({
+        "max_ms": float(ms.max()),
+        "mean_ms": float(ms.mean()),
+        "calls_per_s": float(1e3 / ms.mean()),
+        "throughput_rows_per_s": float(batch * 1e3 / ms.mean()),
+    })
+    return stats
+
+
+def time_calls(fn: Any, runs: int, warmup: int) -> list[int]:
+    """``warmup`` untimed calls, then ``runs`` timed ones (ns each), GC paused."""
+    for _ in range(warmup):
+        fn()
+    samples = [0] * runs
+    clock = time.perf_counter_ns
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(runs):
+            t0 = clock()
+            fn()
+            samples[i] = clock() - t0
+    finally:
+        if was_enabled:
+            gc.enable()
+    return samples
+
+
+def measure_one(artefact_dir: str | Path, model_file: str, batch: int, threads: int, runs: int, warmup: int,
+                seed: int) -> dict[str, Any]:
+    """One (batch, threads) measurement in *this* process (call it in a fresh one)."""
+    manifest = load_manifest(artefact_dir)
+    feeds = make_inputs(manifest, batch, seed)
+    names = [o["name"] for o in manifest["outputs"]]
+    rss_before = rss_bytes()
+    t0 = time.perf_counter_ns()
+    session = make_session(Path(artefact_dir) / model_file, threads)
+    create_ms = (time.perf_counter_ns() - t0) / 1e6
+    rss_session, peak_session = rss_bytes(), peak_rss_bytes()
+    run = session.run
+    t0 = time.perf_counter_ns()
+    run(names, feeds)
+    first_ms = (time.perf_counter_ns() - t0) / 1e6
+    samples = time_calls(lambda: run(names, feeds), runs, warmup)
+    result: dict[str, Any] = {"runtime": "onnxruntime", "model_file": model_file, "batch": batch, "threads": threads,
+                              "runs": runs, "warmup": warmup, "seed": seed,
+                              "session_create_ms": create_ms, "first_inference_ms": first_ms}
+    result.update(latency_stats(samples, batch))
+    result.update({"rss_before_session_bytes": rss_before, "rss_after_session_bytes": rss_session,
+                   "peak_rss_after_session_bytes": peak_session, "rss_after_runs_bytes": rss_bytes(),
+                   "peak_rss_after_runs_bytes": peak_rss_bytes()})
+    return result
+
+
+def measure_in_subprocess(artefact_dir: str | Path, model_file: str, batch: int, threads: int, runs: int,
+                          warmup: int, seed: int, *, python: str | None = None, timeout: float = 3600) -> dict[str, Any]:
+    """Run ``measure_one`` in a fresh interpreter and return its JSON."""
+    cmd = [python or sys.executable, str(Path(__file__).resolve()), str(artefact_dir), "--_measure",
+           "--model-file", model_file, "--batch", str(batch), "--threads", str(threads), "--runs", str(runs),
+           "--warmup", str(warmup), "--seed", str(seed)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RunnerError(f"measurement batch={batch} threads={threads} failed: {tail[:300]}", proc.returncode or 1)
+    return json.loads(proc.stdout)
+
+
+def device_info() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+        "hostname": platform.node(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def normalise_arch(machine: str) -> str:
+    m = machine.lower()
+    if m in ("aarch64", "arm64", "armv8l", "armv8"):
+        return "arm64"
+    if m in ("x86_64", "amd64"):
+        return "x86_64"
+    return m
+
+
+def check_target(manifest: dict[str, Any], latency: list[dict[str, Any]], machine: str) -> dict[str, Any] | None:
+    """Pass/fail of the device profile's p99 target, or ``None`` when the artefact has no profile.
+
+    The target is checked only on a machine of the profile's architecture and only for the
+    measurement at the profile's (batch_size, threads); elsewhere ``checked`` is False with the
+    reason, and the nearest measurement is still shown for orientation.
+    """
+    profile = manifest.get("device_profile")
+    if not profile:
+        return None
+    entry = next((e for e in latency if e["batch"] == profile["batch_size"] and e["threads"] == profile["threads"]), None)
+    result: dict[str, Any] = {"profile": profile["name"], "arch": profile["arch"], "batch": profile["batch_size"],
+                              "threads": profile["threads"], "p99_target_ms": profile["p99_latency_ms"],
+                              "p99_ms": entry["p99_ms"] if entry else None}
+    arch = normalise_arch(machine)
+    if entry is None:
+        result.update(checked=False, passed=None,
+                      reason=f"no measurement at batch {profile['batch_size']} x threads {profile['threads']}")
+    elif arch != profile["arch"]:
+        result.update(checked=False, passed=None,
+                      reason=f"measured on {arch}, the profile targets {profile['arch']}; run export/runner.py on the device")
+    else:
+        result.update(checked=True, passed=bool(entry["p99_ms"] <= profile["p99_latency_ms"]), reason="")
+    return result
+
+
+def run_device_check(artefact_dir: str | Path, *, batches: list[int] | None = None, threads: list[int] | None = None,
+                     runs: int = 1000, warmup: int = 100, seed: int = 0, model_file: str | None = None) -> dict[str, Any]:
+    """Steps 1-4 of the module docstring; returns the JSON-able result (never raises on a miss)."""
+    manifest = load_manifest(artefact_dir)
+    check_files(artefact_dir, manifest)
+    model_file = model_file or default_model_file(manifest)
+    if model_file not in manifest["files"]:
+        raise RunnerError(f"{model_file} is not in this artefact; choose one of: {', '.join(manifest['files'])}")
+    profile = manifest.get("device_profile") or {}
+    batches = batches or sorted({1, int(profile.get("batch_size", 256))} | {256})
+    threads = threads or sorted({1, int(profile.get("threads", 1))})
+    session = make_session(Path(artefact_dir) / model_file, 1)
+    golden = check_golden(session, manifest)
+    del session
+    latency = [measure_in_subprocess(artefact_dir, model_file, b, t, runs, warmup, seed)
+               for b in batches for t in threads]
+    info = device_info()
+    target = check_target(manifest, latency, info["machine"])
+    ok = golden["passed"] and (target is None or target["passed"] is not False)
+    return {
+        "format": "ondevice-device-result",
+        "runner_version": RUNNER_VERSION,
+        "created_unix": time.time(),
+        "device": info,
+        "artefact": {"model_file": model_file, **manifest["files"][model_file],
+                     "schema_fingerprint": manifest["schema"]["fingerprint"]},
+        "session_options": session_options_doc(),
+        "golden": golden,
+        "latency": latency,
+        "target": target,
+        "ok": bool(ok),
+    }
+
+
+def session_options_doc() -> dict[str, Any]:
+    return {"intra_op_num_threads": "threads", "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
+            "graph_optimization_level": "ORT_ENABLE_ALL", "providers": ["CPUExecutionProvider"]}
+
+
+# --------------------------------------------------------------------------- CLI
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("artefact_dir")
+    p.add_argument("--json", dest="json_out", help="write the result JSON here (also printed)")
+    p.add_argument("--batch", type=int, action="append", help="batch size (repeatable); default 1 and 256")
+    p.add_argument("--threads", type=int, action="append", help="intra-op threads (repeatable); default 1 and the profile's")
+    p.add_argument("--runs", type=int, default=1000, help="timed calls per measurement (default 1000)")
+    p.add_argument("--warmup", type=int, default=100, help="untimed calls before timing (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-file", help="model.onnx or model.ort (default: the manifest's runtime format)")
+    p.add_argument("--_measure", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    for name in ("batch", "threads"):
+        if any(v < 1 for v in getattr(args, name) or []):
+            p.error(f"--{name} must be >= 1")
+    if args.runs < 1 or args.warmup < 0:
+        p.error("--runs must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    try:
+        if args._measure:
+            b, t = (args.batch or [1])[0], (args.threads or [1])[0]
+            result = measure_one(args.artefact_dir, args.model_file, b, t, args.runs, args.warmup, args.seed)
+            print(json.dumps(result))
+            return EXIT_OK
+        result = run_device_check(args.artefact_dir, batches=args.batch, threads=args.threads, runs=args.runs,
+                                  warmup=args.warmup, seed=args.seed, model_file=args.model_file)
+    except RunnerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    text = json.dumps(result, indent=2)
+    if args.json_out:
+        tmp = Path(args.json_out).with_name(f".{Path(args.json_out).name}.tmp")
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, args.json_out)
+    print(text)
+    if not result["golden"]["passed"]:
+        print("error: golden outputs differ from the manifest beyond the tolerance", file=sys.stderr)
+        return EXIT_BROKEN_PROMISE
+    if result["target"] and result["target"]["passed"] is False:
+        t = result["target"]
+        print(f"error: p99 {t['p99_ms']:.3f} ms > target {t['p99_target_ms']} ms ({t['profile']})", file=sys.stderr)
+        return EXIT_BROKEN_PROMISE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Artefact commands: export, verify, profile, report (DESIGN §8-§10).
+
+Each command parses options, calls one ``ondevice.export`` function and prints; torch,
+onnx and onnxruntime are imported inside the command so ``ondevice --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ondevice.cli import cli
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="artefact folder to write")
+@click.option("--budget", default=None, help="max bytes of each model file: 2MB = 2,000,000 B, 2MiB = 2,097,152 B")
+@click.option("--device-profile", "profile", default=None,
+              help="device profile name (android-low, android-mid, rpi4, desktop) or .toml path")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "ort"]), default=None,
+              help="ort also writes model.ort (default: the profile's runtime_format, else onnx)")
+@click.option("--top-k", default=20, show_default=True, type=click.IntRange(min=1), help="k of top-K (BPR-MF) artefacts")
+@click.option("--force", is_flag=True, help="replace an existing --out folder")
+def export_cmd(run_dir: Path, out: Path, budget: str | None, profile: str | None, fmt: str | None, top_k: int,
+               force: bool) -> None:
+    """Export RUN_DIR (a run folder or model.pt) to a verified single-file ONNX artefact.
+
+    Exit 3 when a model file is over budget or onnxruntime disagrees with PyTorch on the
+    golden inputs; nothing is written then.
+    """
+    from ondevice.export import export_artefact
+
+    m = export_artefact(run_dir, out, budget=budget, profile=profile, format=fmt, force=force, top_k=top_k)
+    b, s = m["budget"], m["storage"]
+    sizes = ", ".join(f"{n} {i['bytes']:,} B" for n, i in m["files"].items())
+    fits = "" if b["bytes"] is None else f"; budget {b['bytes']:,} B ({b['source']}): fits, headroom {b['headroom_bytes']:,} B"
+    click.echo(f"exported {out}: {sizes}{fits}; graph overhead {100 * s['graph_overhead_ratio']:.2f} %; "
+               f"golden parity ok (atol {m['tolerance']['atol']:.1e})")
+
+
+@cli.command("verify")
+@click.argument("artefact_dir", type=click.Path(path_type=Path))
+@click.option("--seed", type=int, default=None, help="seed of the fresh random inputs (default: new each run)")
+@click.option("--json", "as_json", is_flag=True, help="print the full result as JSON")
+def verify_cmd(artefact_dir: Path, seed: int | None, as_json: bool) -> None:
+    """Compare onnxruntime with PyTorch on golden and fresh inputs (exit 3 above tolerance)."""
+    from ondevice.export import verify_artefact
+
+    r = verify_artefact(artefact_dir, seed=seed)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    diffs = ", ".join(f"{k} {v:.2e}" for k, v in r["max_abs_diff"].items())
+    click.echo(f"verified {artefact_dir}: {len(r['cases'])} cases, max abs diff {diffs} <= atol {r['atol']:.1e} (seed {r['seed']})")
+
+
+@cli.command("profile")
+@click.argument("artefact_dir", type=click.Path(path_type=Path))
+@click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, help="batch size (repeatable; default 1 and 256)")
+@click.option("--threads", "threads", type=click.IntRange(min=1), multiple=True, help="intra-op threads (repeatable; default 1 and 2)")
+@click.option("--runs", default=1000, show_default=True, type=click.IntRange(min=1), help="timed calls per measurement")
+@click.option("--warmup", default=100, show_default=True, type=click.IntRange(min=0), help="untimed calls first")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--model-file", default=None, help="model.onnx (default) or model.ort")
+@click.option("--no-torch", is_flag=True, help="skip the PyTorch eager baseline")
+@click.option("--json", "as_json", is_flag=True, help="print profile.json to stdout")
+def profile_cmd(artefact_dir: Path, batches: tuple[int, ...], threads: tuple[int, ...], runs: int, warmup: int,
+                seed: int, model_file: str | None, no_torch: bool, as_json: bool) -> None:
+    """Latency percentiles, throughput and RSS per batch x threads, against PyTorch eager.
+
+    Exit 3 when the device profile's p99 target is checked on this machine and missed.
+    """
+    from ondevice.export import profile_artefact
+    from ondevice.export.profile import render_profile_markdown
+
+    r = profile_artefact(artefact_dir, batches=batches or (1, 256), threads=threads or (1, 2), runs=runs,
+                         warmup=warmup, seed=seed, torch_baseline=not no_torch, model_file=model_file)
+    click.echo(json.dumps(r, indent=2) if as_json else render_profile_markdown(r))
+
+
+@cli.command("report")
+@click.argument("artefact_dir", type=click.Path(path_type=Path))
+@click.option("--device-result", "device_results", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON written by `python runner.py ARTEFACT --json FILE` on a device (repeatable)")
+def report_cmd(artefact_dir: Path, device_results: tuple[Path, ...]) -> None:
+    """Write report.json and report.md for an artefact, merging device results."""
+    from ondevice.export import build_report
+    from ondevice.export.report import render_report_markdown
+
+    r = build_report(artefact_dir, device_results=list(device_results))
+    click.echo(render_report_markdown(r))

@@ -1,0 +1,164 @@
+"""Row pruning: rows removed entirely, the vocabulary re-indexed inside the graph.
+
+Method
+------
+Structured (row-level) embedding pruning stores only the kept rows of each field in a
+compact table and a remap vector ``old id -> new row``. Rows pruned to zero by PEP
+(Liu et al., ICLR'21: whole feature rows whose learned threshold removed every dimension),
+DeepLight's embedding pruning (Deng et al., WSDM'21) or frequency filtering all land here::
+
+    row(f, id) = remap[offset_f + id]          (int32 vector over the *original* vocabulary)
+    e_f(id)    = T[row(f, id)]                 (T: kept rows, [Σ kept_f, D])
+
+Each field's id 0 (its OOV row) is always kept and is the first compact row of the field.
+A pruned id reads, depending on ``pruned_to``:
+
+* ``"oov"`` (default; issue 4's contract): the field's OOV row — exactly what the app gets
+  by mapping the id to 0 itself, which is why the same mapping can be shipped in the
+  schema/manifest instead (:meth:`RowPrunedEmbedding.remap_per_field`).
+* ``"zero"``: the zero vector (remap entry -1, masked with Where/Mul). This reproduces a
+  table whose pruned rows are zero *exactly*, which is what ``MaskedEmbedding`` needs.
+
+The remap vector is not free: it costs ``4`` bytes per original id. With fp32 rows, pruning
+pays off only when more than ``1/D`` of the rows are removed (int8 rows: more than
+``4/(D+2)``); ``MaskedEmbedding.to_deployable`` makes that comparison with exact bytes.
+
+Storage, with ``V = Σ vocab_f``, ``K = Σ kept_f``, ``F`` fields, ``D = dim``::
+
+    table_bytes(K, D, dtype) + 4·V + 16·F     (int32 remap; int64 vocab sizes, offsets)
+
+(``table_bytes``: ``4·K·D`` fp32, ``2·K·D`` fp16, ``K·D + 2·K`` row-wise int8 with fp16
+scales, see :mod:`ondevice.embedding.quantized`.)
+
+ONNX ops: OOV Where, Add (offsets), Gather (remap, int32), Cast (int64), Gather (table)
+[+ Cast/Mul when quantized] [+ GreaterOrEqual/Where/Cast/Unsqueeze/Mul for ``pruned_to="zero"``].
+fp32 tables train (row-sparse gradients); the remap is fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ondevice.embedding.base import EmbeddingLayer, field_offsets, register_embedding
+from ondevice.embedding.quantized import RowTable, check_table_dtype, table_bytes
+from ondevice.errors import BadInputError
+
+PRUNED_TO = ("oov", "zero")
+
+
+@register_embedding
+class RowPrunedEmbedding(EmbeddingLayer):
+    """Kept rows only, plus an int32 remap over the original ids (module docstring)."""
+
+    type_name = "row_pruned"
+
+    def __init__(
+        self,
+        vocab_sizes: Sequence[int],
+        dim: int,
+        *,
+        kept_rows: Sequence[int],
+        pruned_to: str = "oov",
+        dtype: str = "float32",
+        sparse: bool = True,
+        init_std: float = 1e-2,
+    ) -> None:
+        super().__init__(vocab_sizes, dim)
+        kept = [int(k) for k in kept_rows]
+        if len(kept) != self.num_fields or any(not 1 <= k <= v for k, v in zip(kept, self.vocab_sizes, strict=True)):
+            raise BadInputError(f"kept_rows must give, per field, 1 <= kept <= vocab_size "
+                                f"(vocab_sizes {list(self.vocab_sizes)}); got {list(kept_rows)}")
+        if pruned_to not in PRUNED_TO:
+            raise BadInputError(f"pruned_to must be one of {', '.join(PRUNED_TO)}; got {pruned_to!r}")
+        self.kept_rows: tuple[int, ...] = tuple(kept)
+        self.pruned_to = pruned_to
+        self.dtype_name = check_table_dtype(dtype, owner="RowPrunedEmbedding")
+        self.sparse = bool(sparse)
+        self.init_std = float(init_std)
+        self.table = RowTable(sum(kept), self.dim, dtype, sparse=sparse, init_std=init_std)
+        self.register_buffer("offsets", torch.tensor(field_offsets(self.vocab_sizes), dtype=torch.int64))
+        # Default remap: the first kept_f ids of each field are kept, the rest pruned.
+        remap = []
+        for v, k, c in zip(self.vocab_sizes, kept, field_offsets(kept), strict=True):
+            local = torch.arange(v)
+            remap.append(torch.where(local < k, local + c, torch.full_like(local, self._pruned_value(c))))
+        self.register_buffer("remap", torch.cat(remap).to(torch.int32))
+
+    def _pruned_value(self, field_start: int) -> int:
+        return field_start if self.pruned_to == "oov" else -1
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_dense(
+        cls,
+        layer: EmbeddingLayer,
+        keep: torch.Tensor,
+        *,
+        pruned_to: str = "oov",
+        dtype: str = "float32",
+        sparse: bool = True,
+    ) -> RowPrunedEmbedding:
+        """Keep the rows where ``keep`` (bool ``[Σ vocab]``, concatenated fields) is true.
+
+        Each field's row 0 is kept regardless. The kept rows are copied from
+        ``layer.dense_weight()`` (quantized to ``dtype``).
+        """
+        total = sum(layer.vocab_sizes)
+        keep = torch.as_tensor(keep, dtype=torch.bool).clone().reshape(-1)
+        if keep.numel() != total:
+            raise BadInputError(f"keep must have one flag per row ({total}); got {keep.numel()}")
+        starts = field_offsets(layer.vocab_sizes)
+        keep[starts] = True
+        kept = [int(keep[s:s + v].sum()) for s, v in zip(starts, layer.vocab_sizes, strict=True)]
+        new = cls(layer.vocab_sizes, layer.dim, kept_rows=kept, pruned_to=pruned_to, dtype=dtype, sparse=sparse)
+        compact = torch.cumsum(keep.to(torch.int64), 0) - 1  # new global row of each kept row
+        pruned = torch.zeros(total, dtype=torch.int64)
+        for s, v, c in zip(starts, layer.vocab_sizes, field_offsets(kept), strict=True):
+            pruned[s:s + v] = new._pruned_value(c)
+        new.remap.copy_(torch.where(keep, compact, pruned).to(torch.int32))
+        new.table.set_dense(layer.dense_weight()[keep])
+        return new
+
+    @staticmethod
+    def expected_bytes(vocab_sizes: Sequence[int], dim: int, kept_rows: Sequence[int],
+                       dtype: str = "float32") -> int:
+        """The docstring's byte formula."""
+        return table_bytes(sum(kept_rows), dim, dtype) + 4 * sum(vocab_sizes) + 16 * len(vocab_sizes)
+
+    def remap_per_field(self) -> list[torch.Tensor]:
+        """Per field, int64 ``[vocab_f]``: old id -> new local id in ``[0, kept_f)``.
+
+        Pruned ids map to 0 (the OOV id) with ``pruned_to="oov"`` and to -1 with ``"zero"``.
+        This is the mapping a schema/manifest can carry so an app re-indexes before lookup.
+        """
+        out = []
+        for s, v, c in zip(field_offsets(self.vocab_sizes), self.vocab_sizes, field_offsets(self.kept_rows),
+                           strict=True):
+            r = self.remap[s:s + v].to(torch.int64)
+            out.append(torch.where(r >= 0, r - c, r))
+        return out
+
+    # ------------------------------------------------------------------ protocol
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.remap[ids + self.offsets].to(torch.int64)  # Gather(int32) -> Cast: [B, F]
+        if self.pruned_to == "oov":
+            return self.table.gather(rows)  # [B, F, D]
+        kept = rows >= 0
+        out = self.table.gather(torch.where(kept, rows, torch.zeros_like(rows)))
+        return out * kept.unsqueeze(-1).to(out.dtype)  # pruned ids -> zero vector
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.type_name, "vocab_sizes": list(self.vocab_sizes), "dim": self.dim,
+                "kept_rows": list(self.kept_rows), "pruned_to": self.pruned_to, "dtype": self.dtype_name,
+                "sparse": self.sparse, "init_std": self.init_std}
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return self.table.sparse_parameters()
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, kept_rows={list(self.kept_rows)}, pruned_to={self.pruned_to}, "
+                f"dtype={self.dtype_name}")

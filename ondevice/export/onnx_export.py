@@ -1,0 +1,308 @@
+"""``export_artefact``: a (compressed) checkpoint -> a verified single-file ONNX artefact.
+
+Steps, all inside a temporary folder that is renamed into place only when every check
+passed (nothing is left behind on failure, an existing artefact survives a failed
+``--force``):
+
+1. load the checkpoint and turn every embedding layer into its deployable form;
+2. trace the task wrapper (``lowering.py``) with the legacy TorchScript exporter
+   (``dynamo=False``: it writes one self-contained file, while torch 2.13's dynamo default
+   writes a ``.onnx.data`` side file), opset ``OPSET``, dynamic batch axis, int64 ids;
+3. check the file: ``onnx.checker`` (full), no external data, nothing else written;
+4. prove it: golden inputs (OOV/negative ids, batch 1 and 64) through onnxruntime vs the
+   PyTorch deployable model, within the manifest tolerance (``ParityError``, exit 3);
+5. onnxruntime's mobile usability checker; ``.ort`` conversion for ``format="ort"``;
+6. every model file <= the byte budget (``BudgetExceededError``, exit 3), every time;
+7. write ``manifest.json``, ``schema.json``, ``reference_model.pt`` and ``runner.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from ondevice import __version__
+from ondevice.budget import DeviceProfile, format_bytes, load_profile, resolve_budget
+from ondevice.embedding import swap_embedding_
+from ondevice.errors import ArtefactError, BadInputError, BudgetExceededError, ParityError
+from ondevice.export import golden as golden_mod
+from ondevice.export._runner import RUNNER_PATH, runner_module
+from ondevice.export.lowering import DEFAULT_TOP_K, export_module
+from ondevice.export.manifest import (
+    ARTEFACT_FORMAT,
+    MANIFEST_VERSION,
+    MODEL_ONNX,
+    OPSET,
+    REFERENCE_MODEL,
+    RUNNER_FILE,
+    file_entry,
+    storage_report,
+    tolerance_for,
+    write_manifest,
+)
+from ondevice.export.mobile import check_mobile_usability, convert_to_ort
+from ondevice.io import atomic_output_dir
+from ondevice.models import BPRMF, RecModel
+from ondevice.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+__all__ = ["deployable_model", "export_artefact", "export_onnx", "versions"]
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"ondevice": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def deployable_model(model: RecModel) -> RecModel:
+    """A copy of ``model`` with every embedding layer in its exported (deployable) form, in eval mode."""
+    model = copy.deepcopy(model).cpu().eval()
+
+    def _deploy(_name: str, layer: Any) -> Any:
+        deployed = layer.to_deployable()
+        return None if deployed is layer else deployed
+
+    swap_embedding_(model, _deploy)
+    return model.eval()
+
+
+def export_onnx(module: torch.nn.Module, io: dict[str, Any], example: torch.Tensor, path: Path) -> None:
+    """Trace ``module`` to a single self-contained ONNX file at ``path`` (opset ``OPSET``)."""
+    inputs, outputs = [i["name"] for i in io["inputs"]], [o["name"] for o in io["outputs"]]
+    dynamic = {name: {0: "batch"} for name in inputs + outputs}
+    with warnings.catch_warnings(), torch.no_grad():
+        # The legacy exporter announces its deprecation; it is chosen on purpose (module docstring).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET, input_names=inputs,
+                          output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True, export_params=True)
+    extra = sorted(p.name for p in path.parent.iterdir() if p != path)
+    if extra:
+        raise ArtefactError(f"the exporter wrote side files {extra}; the artefact must be one self-contained file")
+    model = onnx.load(str(path), load_external_data=False)
+    if any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer):
+        raise ArtefactError("the exported model references external data; it must be one self-contained file")
+    _compact_names(model.graph)
+    model.producer_name, model.producer_version = "ondevice", __version__
+    model.doc_string = f"ondevice {io['task']} artefact; inputs {inputs}, outputs {outputs}; see manifest.json"
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save_model(model, str(path), save_as_external_data=False)
+
+
+def _compact_names(graph: onnx.GraphProto) -> None:
+    """Drop node names/doc strings and give intermediate values short names (``v0``, ``v1``...).
+
+    The tracer names every node and value after its module path (``/model/embedding/Gather_1``);
+    at ~100 bytes a node that is kilobytes of pure overhead in a small artefact. Graph inputs,
+    outputs and initializer names are kept (they are the contract and the weights' identity).
+    """
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {t.name for t in graph.initializer}
+    rename: dict[str, str] = {}
+    for node in graph.node:
+        node.name = ""
+        node.doc_string = ""
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+        for i, name in enumerate(node.output):
+            if name and name not in keep:
+                rename[name] = node.output[i] = f"v{len(rename)}"
+    for vi in graph.value_info:
+        if vi.name in rename:
+            vi.name = rename[vi.name]
+
+
+def _torch_outputs(module: torch.nn.Module, task: str, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        out = module(torch.from_numpy(x))
+    outs = out if isinstance(out, tuple) else (out,)
+    return {n: o.detach().cpu().numpy() for n, o in zip(names, outs, strict=False)}
+
+
+def _resolve_checkpoint(source: str | Path | Checkpoint) -> Checkpoint:
+    return source if isinstance(source, Checkpoint) else load_checkpoint(source)
+
+
+def export_artefact(
+    run_dir_or_checkpoint: str | Path | Checkpoint,
+    out_dir: str | Path,
+    *,
+    budget: str | int | None = None,
+    profile: str | Path | DeviceProfile | None = None,
+    format: str | None = None,  # noqa: A002 - mirrors the CLI option
+    force: bool = False,
+    top_k: int = DEFAULT_TOP_K,
+    golden_seed: int = 0,
+    golden_batch: int = 64,
+    check_mobile: bool = True,
+) -> dict[str, Any]:
+    """Export a checkpoint (run folder, ``model.pt`` or ``Checkpoint``) to an artefact folder.
+
+    Parameters
+    ----------
+    budget : byte budget (``"2MB"``, ``"2MiB"``, int bytes); overrides the profile's.
+    profile : device profile name, ``.toml`` path or ``DeviceProfile``; recorded in the
+        manifest (its p99 target is checked by ``profile`` and the device runner).
+    format : ``"onnx"`` or ``"ort"`` (also write ``model.ort``); default the profile's
+        ``runtime_format``, else ``"onnx"``.
+    force : replace an existing ``out_dir``.
+    top_k : k of top-K artefacts (clipped to the number of items).
+    golden_seed, golden_batch : seed and size of the large golden batch.
+
+    Returns the manifest (also written to ``out_dir/manifest.json``). Raises
+    ``BudgetExceededError`` (exit 3) when a model file is over budget, ``ParityError``
+    (exit 3) when onnxruntime disagrees with PyTorch on the golden inputs, and
+    ``BadInputError`` subclasses (exit 2) for bad inputs; ``out_dir`` is then untouched.
+    """
+    started = time.time()
+    dev = profile if isinstance(profile, DeviceProfile) or profile is None else load_profile(profile)
+    limit, limit_source = resolve_budget(budget, dev)
+    fmt = format or (dev.runtime_format if dev else "onnx")
+    if fmt not in ("onnx", "ort"):
+        raise BadInputError(f"format {fmt!r} must be 'onnx' or 'ort'")
+    if top_k < 1:
+        raise BadInputError(f"top-k must be >= 1, got {top_k}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        from ondevice.errors import OutputExistsError
+
+        raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it")
+    ckpt = _resolve_checkpoint(run_dir_or_checkpoint)
+    model = deployable_model(ckpt.model)
+    module, io = export_module(model, k=top_k)
+    out_names = [o["name"] for o in io["outputs"]]
+    goldens = golden_mod.golden_inputs(model, seed=golden_seed, large_batch=golden_batch)
+    expected = {name: _torch_outputs(module, io["task"], x, out_names) for name, x in goldens.items()}
+    tolerance = tolerance_for(model)
+    if io["task"] == "topk":
+        scale = max(1.0, max(float(np.abs(e["scores"]).max()) for e in expected.values()))
+        tolerance["atol"] = tolerance["atol"] * scale
+        tolerance["scale"] = scale
+        assert isinstance(model, BPRMF)
+        io["topk"]["user_vector_std"] = golden_mod.user_vector_std(model)
+    runner = runner_module()
+    with atomic_output_dir(out_dir, force=force) as tmp:
+        scratch = tmp / ".export"
+        scratch.mkdir()
+        export_onnx(module, io, torch.from_numpy(next(iter(goldens.values()))), scratch / MODEL_ONNX)
+        shutil.move(str(scratch / MODEL_ONNX), tmp / MODEL_ONNX)
+        scratch.rmdir()
+        files = {MODEL_ONNX: file_entry(tmp / MODEL_ONNX)}
+        extra_files: list[str] = []
+        if fmt == "ort":
+            try:
+                _ort_path, config = convert_to_ort(tmp / MODEL_ONNX, tmp)
+            except Exception as err:  # noqa: BLE001 - converter failures are artefact failures
+                raise ArtefactError(f"onnxruntime could not convert the model to ORT format ({str(err).splitlines()[0][:200]})") from None
+            files["model.ort"] = file_entry(tmp / "model.ort")
+            if config is not None:
+                extra_files.append(config.name)
+        schema_dict = ckpt.schema.to_dict()
+        manifest: dict[str, Any] = {
+            "format": ARTEFACT_FORMAT,
+            "version": MANIFEST_VERSION,
+            "created_unix": started,
+            "task": io["task"],
+            "model": model.describe(),
+            "schema": {"fingerprint": ckpt.schema.fingerprint(), **schema_dict},
+            "vocab_sizes": list(ckpt.schema.vocab_sizes) if io["task"] == "ctr" else None,
+            "opset": OPSET,
+            "runtime_format": fmt,
+            "inputs": io["inputs"],
+            "outputs": io["outputs"],
+            "files": files,
+            "budget": None,
+            "device_profile": dev.to_dict() if dev else None,
+            "storage": {},
+            "tolerance": tolerance,
+            "golden": [
+                {"name": name, "inputs": {io["inputs"][0]["name"]: runner.encode_array(x)},
+                 "outputs": {k: runner.encode_array(v) for k, v in expected[name].items()}}
+                for name, x in goldens.items()
+            ],
+            "metrics": ckpt.metrics,
+            "mobile_usability": None,
+            "versions": versions(),
+            "export_options": {"exporter": "torch.onnx.export(dynamo=False)", "opset": OPSET, "dynamic_axes": "batch",
+                               "do_constant_folding": True, "top_k": io.get("topk", {}).get("k"),
+                               "golden_seed": golden_seed, "golden_batch": golden_batch, "format": fmt,
+                               "source_checkpoint": str(ckpt.path) if ckpt.path else None},
+            "verify": None,
+            "extra_files": extra_files,
+        }
+        if io["task"] == "ctr" and manifest["vocab_sizes"] != list(model.embedding.vocab_sizes):  # type: ignore[union-attr]
+            raise BadInputError("the checkpoint's schema and model disagree on vocabulary sizes; re-train")
+        if "topk" in io:
+            manifest["topk"] = io["topk"]
+        # 4. prove it: golden inputs through onnxruntime (same comparison as the device runner).
+        session = runner.make_session(tmp / MODEL_ONNX, 1)
+        check = runner.check_golden(session, manifest)
+        del session
+        if not check["passed"]:
+            worst = max(((c["name"], k, v) for c in check["cases"] for k, v in c["max_abs_diff"].items()), key=lambda t: t[2])
+            raise ParityError(f"onnxruntime differs from PyTorch on golden case {worst[0]!r} output {worst[1]!r}: "
+                              f"max abs diff {worst[2]:.3g} > atol {check['atol']:.3g}",
+                              max_abs_diff=worst[2], tolerance=check["atol"])
+        manifest["export_validation"] = check
+        if fmt == "ort":
+            session = runner.make_session(tmp / "model.ort", 1)
+            check_ort = runner.check_golden(session, manifest)
+            del session
+            if not check_ort["passed"]:
+                raise ParityError("the .ort model's golden outputs differ from PyTorch beyond the tolerance")
+        # 5. mobile usability (advisory, recorded).
+        manifest["mobile_usability"] = check_mobile_usability(tmp / MODEL_ONNX) if check_mobile else {"ran": False}
+        # 6. budget: every model file, every time.
+        storage = storage_report(module)
+        onnx_bytes = files[MODEL_ONNX]["bytes"]
+        storage["file_bytes"] = onnx_bytes
+        storage["graph_overhead_bytes"] = onnx_bytes - storage["parameter_bytes"]
+        storage["graph_overhead_ratio"] = storage["graph_overhead_bytes"] / onnx_bytes
+        manifest["storage"] = storage
+        manifest["budget"] = _budget_entry(limit, limit_source, files)
+        if limit is not None and not manifest["budget"]["fits"]:
+            worst_name = max(files, key=lambda n: files[n]["bytes"])
+            size = files[worst_name]["bytes"]
+            raise BudgetExceededError(
+                f"{worst_name} is {format_bytes(size)}, over the budget of {format_bytes(limit)} ({limit_source}) "
+                f"by {size - limit:,} B; compress further (`ondevice compress`) or raise the budget",
+                file_bytes=size, budget=limit)
+        # 7. the rest of the folder.
+        ckpt.schema.save(tmp / "schema.json")
+        save_checkpoint(tmp / REFERENCE_MODEL, model, ckpt.schema, train_config=ckpt.train_config,
+                        metrics=ckpt.metrics, extra={"exported_from": manifest["export_options"]["source_checkpoint"]})
+        shutil.copyfile(RUNNER_PATH, tmp / RUNNER_FILE)
+        manifest["export_seconds"] = time.time() - started
+        write_manifest(tmp, manifest)
+        _publishable_permissions(tmp)
+    return manifest
+
+
+def _publishable_permissions(folder: Path) -> None:
+    """Temp files are created 0600/0700; give the artefact the usual umask permissions to copy it to devices."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for p in folder.iterdir():
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def _budget_entry(limit: int | None, source: str | None, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    checked = {name: info["bytes"] for name, info in files.items()}
+    if limit is None:
+        return {"bytes": None, "source": None, "checked_files": checked, "fits": None,
+                "rule": "no budget given; file bytes recorded only"}
+    return {"bytes": limit, "source": source, "checked_files": checked,
+            "fits": all(b <= limit for b in checked.values()),
+            "headroom_bytes": limit - max(checked.values()),
+            "rule": "every model file (model.onnx, model.ort) must be <= budget bytes on disk"}
