@@ -109,11 +109,10 @@ class CTRModel(RecModel):
         return self.embedding.dim
 
     def first_order(self, ids: torch.Tensor) -> torch.Tensor:
-        """Bias plus the sum of per-feature weights, ``[batch]``."""
-        out = self.bias.expand(ids.shape[0])
-        if self.linear is not None:
-            out = out + self.linear(ids).sum(dim=(1, 2))
-        return out
+        """Bias plus the sum of per-feature weights: ``[batch]`` (``[1]`` without a linear part)."""
+        if self.linear is None:
+            return self.bias  # [1], broadcasts against the [batch] terms (no Expand node)
+        return self.linear(ids).sum(dim=(1, 2)) + self.bias
 
     def predict_proba(self, ids: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(ids))
