@@ -88,3 +88,19 @@ def train(data_dir: Path, out_dir: Path, model: str, embed_dim: int | None, mlp_
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         click.echo(json.dumps({"run_dir": str(result.run_dir), "best_epoch": result.best_epoch,
                                "val": result.val, "test": result.test}, indent=2))
+
+
+@cli.command()
+@click.option("--out", "out_dir", default="ondevice-quickstart", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for the data, run and artefact.")
+@click.option("--rows", type=int, default=None, help="Synthetic rows to generate [200,000].")
+@click.option("--epochs", type=int, default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing quickstart folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def quickstart(out_dir: Path, rows: int | None, epochs: int, seed: int, force: bool, quiet: bool) -> None:
+    """Generate synthetic CTR data, train a DeepFM, export, verify and profile it."""
+    from ondevice.quickstart import QUICKSTART_ROWS, run_quickstart
+
+    run_quickstart(out_dir, rows=rows or QUICKSTART_ROWS, epochs=epochs, seed=seed, force=force, quiet=quiet,
+                   echo=click.echo)

@@ -144,10 +144,12 @@ class Progress:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr is not None
+        # the moving bar only on a terminal; logs get one line per epoch
+        self.live = self.enabled and sys.stderr.isatty()
         self._last = 0.0
 
     def update(self, epoch: int, epochs: int, step: int, steps: int, samples_per_s: float, loss: float, *, force: bool = False) -> None:
-        if not self.enabled:
+        if not self.live:
             return
         now = time.monotonic()
         if not force and now - self._last < 0.5:
@@ -163,7 +165,7 @@ class Progress:
 
     def line(self, text: str) -> None:
         if self.enabled:
-            sys.stderr.write("\r" + text.ljust(100) + "\n")
+            sys.stderr.write(("\r" + text.ljust(100) if self.live else text) + "\n")
             sys.stderr.flush()
 
 

@@ -1,0 +1,95 @@
+"""Implicit-feedback interaction lists for top-K recommendation.
+
+Two layouts, detected per line (whitespace-separated integers):
+
+* LightGCN/NGCF/UltraGCN style: ``user item item ...`` — one line per user, all of the
+  user's items (``train.txt`` / ``test.txt``). A line with only a user id has no items.
+* SASRec style: ``user item`` — one interaction per line (the same rule, one item).
+
+Both give one ``(user, item)`` row per interaction. Ids are 0-based in LightGCN files, so
+both fields use **identity** encoding: ``id = raw + 1`` (id 0 stays the OOV row), and the
+vocabulary size is the largest id in any input file + 2. (1-based files such as SASRec's
+simply leave row 1 unused.)
+
+Use ``split="given"`` with the train and test files; val is then a seeded random
+``val_fraction`` of each user's train interactions, keeping at least one in train
+(see ``ondevice.data.prepare``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ondevice.data.formats.base import Chunk, FieldSpec, RawFormat, open_binary
+from ondevice.errors import DataFormatError
+
+
+class ImplicitFormat(RawFormat):
+    name = "implicit"
+    task = "topk"
+    options = {}
+    label_rule = "implicit: every listed (user, item) pair is a positive"
+
+    def inspect(self, inputs: Sequence[Path]) -> list[FieldSpec]:
+        return [FieldSpec("user", encoding="identity", role="user"), FieldSpec("item", encoding="identity", role="item")]
+
+    def iter_chunks(self, path: Path, chunk_rows: int) -> Iterator[Chunk]:
+        block_bytes = 8 << 20
+        line_no = 1
+        with open_binary(path) as fh:
+            rest = b""
+            while True:
+                data = fh.read(block_bytes)
+                buf = rest + data
+                if not data:
+                    block, rest = buf, b""
+                else:
+                    cut = buf.rfind(b"\n")
+                    if cut < 0:
+                        rest = buf
+                        continue
+                    block, rest = buf[: cut + 1], buf[cut + 1 :]
+                if block.strip():
+                    users, items, lines = _parse_block(block, path, line_no)
+                    for start in range(0, len(users), chunk_rows):
+                        sl = slice(start, start + chunk_rows)
+                        line_of = lines[sl]
+                        yield Chunk([users[sl], items[sl]], None, lambda i, line_of=line_of: f"{path} line {int(line_of[i])}")
+                line_no += block.count(b"\n")
+                if not data:
+                    return
+
+
+def _parse_block(block: bytes, path: Path, first_line: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised parse of whole lines: (user per interaction, item, physical line number)."""
+    b = np.frombuffer(block, dtype=np.uint8)
+    is_tok = (b != 32) & (b != 9) & (b != 10) & (b != 13)
+    starts = np.flatnonzero(is_tok & ~np.concatenate([[False], is_tok[:-1]]))
+    newlines = np.flatnonzero(b == 10)
+    line_idx = np.searchsorted(newlines, starts)  # 0-based line of each token within the block
+    try:
+        values = np.array(block.split(), dtype=np.bytes_).astype(np.int64)
+    except ValueError:
+        _raise_bad_token(block, path, first_line)
+    if values.size != starts.size:  # a token with other whitespace (\v, \f): fall back to a clear error
+        _raise_bad_token(block, path, first_line)
+    if values.size and values.min() < 0:
+        k = int(np.flatnonzero(values < 0)[0])
+        raise DataFormatError(f"{path} line {first_line + int(line_idx[k])}: negative id {int(values[k])}; ids must be >= 0")
+    first = np.ones(values.size, dtype=bool)
+    first[1:] = line_idx[1:] != line_idx[:-1]
+    owner = np.maximum.accumulate(np.where(first, np.arange(values.size), 0))  # index of the line's user token
+    items = ~first
+    return values[owner[items]], values[items], first_line + line_idx[items]
+
+
+def _raise_bad_token(block: bytes, path: Path, first_line: int) -> None:
+    for k, line in enumerate(block.split(b"\n")):
+        for tok in line.split():
+            if not tok.isdigit():
+                bad = tok.decode(errors="replace")
+                raise DataFormatError(f"{path} line {first_line + k}: {bad!r} is not an integer id (ids must be >= 0)")
+    raise DataFormatError(f"{path} near line {first_line}: unexpected characters; expected 'user item item ...' lines")

@@ -1,0 +1,574 @@
+"""``prepare``: raw files -> an encoded dataset folder (see ``ondevice.data.dataset``).
+
+The raw input is read **once**, chunk by chunk; memory grows with the number of *distinct*
+values, never with the number of rows:
+
+1. **read** — every row is assigned to a split; each vocabulary field's values get
+   provisional ids (position in a running dictionary: pyarrow ``dictionary_encode`` of the
+   chunk, ``index_in`` of the chunk's distinct values against the dictionary) and
+   provisional ids are counted (``np.bincount``) on **training rows only**. Rows are
+   spilled per split to temporary files in the output's temp folder.
+2. **write** — the vocabulary is the values with ``count >= min_count`` ordered by
+   frequency; a provisional -> final id map is applied to the spilled rows, which go to
+   pre-sized ``.npy`` files by plain sequential writes (not a memory map, so the page
+   cache of the output never counts as our RSS).
+
+Encodings (``ondevice.schema`` convention: id 0 is every field's OOV row):
+
+* ``vocab``: values seen at least ``min_count`` times **in the training split** get ids
+  ``1..V-1``, most frequent first (ties: smaller value first); rarer values, values seen
+  only in val/test, and new values at serving time get id 0.
+* ``hash``: ``1 + blake2b(value) mod N`` (``ondevice.schema.stable_hash``); chosen per
+  field with ``hash_buckets={"C3": 100_000}``.
+* ``identity``: raw ids already dense and 0-based (implicit user/item ids): ``id = raw + 1``,
+  vocabulary size ``max raw id over all files + 2``.
+
+Splits:
+
+* ``random``: row ``r`` (0-based over all inputs in order) goes to test when
+  ``u(r) < test_fraction``, to val when ``u(r) < test_fraction + val_fraction``, else to train,
+  where ``u`` is a seeded splitmix64 hash of ``r`` mapped to [0, 1). Deterministic by seed,
+  independent of chunk size, approximately (not exactly) 80/10/10.
+* ``given``: the input files are the splits, in order: ``train, test`` or
+  ``train, val, test``. With two files, val is carved from train by the same seeded hash
+  (``val_fraction`` of train rows).
+* Top-K data with an identity user field: every user keeps at least one training
+  interaction — the user's row with the largest hash ``u`` always stays in train — so
+  val is "a seeded random ``val_fraction`` of each user's train interactions, keeping ≥ 1".
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ondevice import __version__
+from ondevice.data.dataset import SPLITS
+from ondevice.data.formats import get_format
+from ondevice.data.formats.base import Chunk, FieldSpec, check_input, dictionary_encode
+from ondevice.errors import BadInputError, DataFormatError
+from ondevice.io import atomic_output_dir, atomic_write_json
+from ondevice.schema import Field, Schema, stable_hash
+
+DEFAULT_CHUNK_ROWS = 1 << 18
+SPLIT_MODES = ("random", "given")
+ProgressFn = Callable[[str, int], None]
+
+_TRAIN, _VAL, _TEST = 0, 1, 2
+
+
+# --------------------------------------------------------------------------- split hash
+def split_uniform(seed: int, rows: np.ndarray) -> np.ndarray:
+    """Seeded uniform [0, 1) per global row index (splitmix64 finaliser; no state)."""
+    z = rows.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % (1 << 64))
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+class _Splitter:
+    """Row -> split code (0 train, 1 val, 2 test); ``eligible`` rows were decided by ``u``."""
+
+    def __init__(self, mode: str, n_files: int, seed: int, val: float, test: float) -> None:
+        self.mode, self.n_files, self.seed, self.val, self.test = mode, n_files, seed, val, test
+
+    def code_of_u(self, u: np.ndarray, file_index: int) -> np.ndarray:
+        if self.mode == "random":
+            return np.where(u < self.test, _TEST, np.where(u < self.test + self.val, _VAL, _TRAIN)).astype(np.int8)
+        return np.where(u < self.val, _VAL, _TRAIN).astype(np.int8)  # given: carving val from train
+
+    def assign(self, file_index: int, row0: int, n: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        u = split_uniform(self.seed, np.arange(row0, row0 + n, dtype=np.uint64))
+        if self.mode == "random":
+            return self.code_of_u(u, file_index), u, True
+        if self.n_files == 3:
+            return np.full(n, file_index, dtype=np.int8), u, False
+        if file_index == 1:
+            return np.full(n, _TEST, dtype=np.int8), u, False
+        return self.code_of_u(u, file_index), u, True
+
+
+# --------------------------------------------------------------------------- encoding
+def _token(v: Any) -> str:
+    """The string a raw value is stored as in ``schema.json`` (missing -> ``""``)."""
+    if v is None:
+        return ""
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+class _FieldPlan:
+    """One field's encoder.
+
+    Pass 1 gives every value a *provisional* id (its position in a running dictionary of
+    all values seen, in first-seen order) and counts provisional ids on training rows;
+    :meth:`finalize` orders the values kept by ``min_count`` by frequency and builds the
+    provisional -> final id map that pass 2 applies. Hash and identity ids are final at once.
+    """
+
+    def __init__(self, spec: FieldSpec, encoding: str, hash_buckets: int | None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.encoding = encoding
+        self.hash_buckets = hash_buckets
+        self.seen: pa.Array | None = None  # vocab: running dictionary (provisional id = position)
+        self.counts = np.zeros(0, dtype=np.int64)  # vocab: train count per provisional id
+        self.vocab: pa.Array | None = None
+        self.remap: np.ndarray | None = None
+        self.distinct = 0
+        self.max_id = -1
+        self.hash_cache: dict[str, int] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        if self.encoding == "vocab":
+            return 1 + (len(self.vocab) if self.vocab is not None else 0)
+        if self.encoding == "hash":
+            return 1 + int(self.hash_buckets or 0)
+        return self.max_id + 2
+
+    # ------------------------------------------------------------------ pass 1
+    def provisional(self, col: pa.Array | np.ndarray, train: np.ndarray, chunk: Chunk) -> np.ndarray:
+        if self.encoding == "identity":
+            raw = np.asarray(col, dtype=np.int64)
+            self._check_identity(raw, chunk)
+            return (raw + 1).astype(np.int32)
+        if self.encoding == "hash":
+            return self._hash(col)
+        arr = pa.array(col) if isinstance(col, np.ndarray) else col
+        if self.seen is not None and arr.type != self.seen.type:
+            arr = arr.cast(self.seen.type)
+        chunk_values, indices = dictionary_encode(arr)
+        if self.seen is None:
+            mapping = np.arange(len(chunk_values), dtype=np.int32)
+            self.seen = chunk_values
+        else:
+            pos = pc.index_in(chunk_values, value_set=self.seen, skip_nulls=False)
+            new = pc.is_null(pos)
+            n_new = int(pc.sum(new).as_py() or 0)
+            mapping = pc.fill_null(pos, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+            if n_new:
+                new_np = new.to_numpy(zero_copy_only=False)
+                mapping[new_np] = np.arange(len(self.seen), len(self.seen) + n_new, dtype=np.int32)
+                self.seen = pa.concat_arrays([self.seen, chunk_values.filter(new)])
+        prov = mapping[indices]
+        counts = np.bincount(prov[train], minlength=len(self.seen))
+        if self.counts.size < counts.size:
+            self.counts = np.concatenate([self.counts, np.zeros(counts.size - self.counts.size, dtype=np.int64)])
+        self.counts += counts
+        return prov
+
+    def _check_identity(self, col: np.ndarray, chunk: Chunk) -> None:
+        if len(col) == 0:
+            return
+        if int(col.min()) < 0:
+            i = int(np.flatnonzero(col < 0)[0])
+            raise DataFormatError(f"{chunk.locate(i)}: {self.name} id {int(col[i])} is negative; identity ids must be >= 0")
+        hi = int(col.max())
+        if hi >= np.iinfo(np.int32).max - 1:
+            i = int(np.argmax(col))
+            raise DataFormatError(f"{chunk.locate(i)}: {self.name} id {hi} does not fit int32; use --hash {self.name}=N")
+        self.max_id = max(self.max_id, hi)
+
+    def _hash(self, col: pa.Array | np.ndarray) -> np.ndarray:
+        arr = pa.array(col) if isinstance(col, np.ndarray) else col
+        values, indices = dictionary_encode(arr)
+        buckets = int(self.hash_buckets or 1)
+        cache = self.hash_cache
+        mapping = np.empty(len(values), dtype=np.int32)
+        for k, v in enumerate(values.to_pylist()):
+            tok = _token(v)
+            hid = cache.get(tok)
+            if hid is None:
+                hid = stable_hash(tok, buckets)
+                if len(cache) < 4_000_000:
+                    cache[tok] = hid
+            mapping[k] = hid
+        return mapping[indices]
+
+    # ------------------------------------------------------------------ between passes
+    def finalize(self, min_count: int) -> None:
+        """Keep values with ``count >= min_count`` on train; ids by frequency (ties: value)."""
+        if self.encoding != "vocab":
+            return
+        if self.seen is None:
+            self.vocab, self.remap = None, np.zeros(1, dtype=np.int32)
+            return
+        counts = self.counts
+        self.distinct = int(np.count_nonzero(counts))
+        kept = np.flatnonzero(counts >= min_count)
+        table = pa.table({"v": self.seen.take(pa.array(kept)), "c": pa.array(counts[kept])})
+        order = np.asarray(pc.sort_indices(table, sort_keys=[("c", "descending"), ("v", "ascending")]))
+        self.vocab = table.column("v").take(pa.array(order)).combine_chunks()
+        self.remap = np.zeros(len(self.seen), dtype=np.int32)
+        self.remap[kept[order]] = np.arange(1, len(kept) + 1, dtype=np.int32)
+        self.seen, self.counts = None, np.zeros(0, dtype=np.int64)
+
+    # ------------------------------------------------------------------ pass 2
+    def final(self, prov: np.ndarray) -> np.ndarray:
+        return self.remap[prov] if self.encoding == "vocab" else prov  # type: ignore[index]
+
+    def to_field(self) -> Field:
+        values = None
+        if self.encoding == "vocab":
+            try:
+                values = [_token(v) for v in (self.vocab.to_pylist() if self.vocab is not None else [])]
+            except UnicodeDecodeError:
+                raise DataFormatError(f"field {self.name!r} has values that are not UTF-8 text; re-encode the file to UTF-8") from None
+        return Field(
+            name=self.name,
+            vocab_size=self.vocab_size,
+            encoding=self.encoding,  # type: ignore[arg-type]
+            values=values,
+            hash_buckets=self.hash_buckets if self.encoding == "hash" else None,
+            transform=self.spec.transform,
+            role=self.spec.role,
+            offset=0 if self.encoding == "identity" else None,
+        )
+
+
+class _NpyWriter:
+    """A pre-sized ``.npy`` file filled by sequential writes (no memory map, flat RSS)."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any) -> None:
+        self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
+        self.fh = open(path, "wb")  # noqa: SIM115 - closed in close()
+        np.lib.format.write_array_header_1_0(
+            self.fh, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+        )
+        self.rows = 0
+
+    def write(self, arr: np.ndarray) -> None:
+        if arr.shape[0]:
+            self.fh.write(memoryview(np.ascontiguousarray(arr, dtype=self.dtype)).cast("B"))
+            self.rows += arr.shape[0]
+
+    def close(self) -> None:
+        self.fh.close()
+        if self.rows != self.shape[0]:
+            raise RuntimeError(f"internal error: {self.path} got {self.rows} rows, planned {self.shape[0]}")
+
+
+class _RawSpill:
+    """Rows of one split from pass 1: provisional ids, labels, global row index (raw files)."""
+
+    def __init__(self, folder: Path, name: str, n_fields: int, *, labels: bool, rowidx: bool) -> None:
+        self.n_fields = n_fields
+        self.paths = {"ids": folder / f".{name}.ids.tmp"}
+        if labels:
+            self.paths["labels"] = folder / f".{name}.labels.tmp"
+        if rowidx:
+            self.paths["rowidx"] = folder / f".{name}.rowidx.tmp"
+        self.files = {k: open(p, "wb") for k, p in self.paths.items()}  # noqa: SIM115
+        self.rows = 0
+
+    def write(self, ids: np.ndarray, labels: np.ndarray | None, rowidx: np.ndarray | None) -> None:
+        self.files["ids"].write(memoryview(np.ascontiguousarray(ids, dtype=np.int32)).cast("B"))
+        if labels is not None and "labels" in self.files:
+            self.files["labels"].write(np.ascontiguousarray(labels, dtype=np.float32).tobytes())
+        if rowidx is not None and "rowidx" in self.files:
+            self.files["rowidx"].write(np.ascontiguousarray(rowidx, dtype=np.int64).tobytes())
+        self.rows += ids.shape[0]
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
+
+    def read(self, chunk_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+        handles = {k: open(p, "rb") for k, p in self.paths.items()}  # noqa: SIM115
+        try:
+            done = 0
+            while done < self.rows:
+                n = min(chunk_rows, self.rows - done)
+                ids = np.fromfile(handles["ids"], dtype=np.int32, count=n * self.n_fields).reshape(n, self.n_fields)
+                labels = np.fromfile(handles["labels"], dtype=np.float32, count=n) if "labels" in handles else None
+                rowidx = np.fromfile(handles["rowidx"], dtype=np.int64, count=n) if "rowidx" in handles else None
+                done += n
+                yield ids, labels, rowidx
+        finally:
+            for fh in handles.values():
+                fh.close()
+
+    def remove(self) -> None:
+        for p in self.paths.values():
+            p.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- public API
+def _as_paths(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    if isinstance(inputs, (str, os.PathLike)):
+        return [Path(inputs)]
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise BadInputError("no input files given")
+    return paths
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def prepare(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    format: str,
+    min_count: int = 1,
+    hash_buckets: Mapping[str, int] | None = None,
+    split: str = "random",
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+    format_options: Mapping[str, Any] | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Encode raw files into ``out_dir`` (``schema.json``, ``prepare.json``, split arrays).
+
+    Parameters
+    ----------
+    inputs : one file, or several. ``split="random"``: all files are read in order as one
+        table. ``split="given"``: ``[train, test]`` or ``[train, val, test]``.
+    format : a name from ``ondevice.data.formats.FORMATS`` (criteo, avazu, libfm,
+        movielens, implicit, csv).
+    min_count : a value must occur this often in the training split to get its own id.
+    hash_buckets : ``{field: N}`` hashes a field into ``N`` buckets (ids ``1..N``).
+    val_fraction, test_fraction : split fractions (``random``; ``given`` carves val from
+        train with ``val_fraction`` when only two files are given).
+    chunk_rows : rows per chunk (peak memory is proportional to it, not to the file).
+    force : replace an existing ``out_dir``.
+    progress : ``progress(stage, rows_done)`` after every chunk; stage is ``read`` (pass 1)
+        or ``write`` (pass 2).
+    format_options : format-specific options (``ondevice.data.formats`` lists them).
+
+    Returns the ``prepare.json`` content: ``ondevice_version, format, task, inputs, split
+    {mode, seed, val_fraction, test_fraction, files}, options {min_count, hash_buckets,
+    chunk_rows, format_options}, rows {train, val, test}, total_rows, fields, encoding,
+    vocab_size, distinct_train_values, oov_rate {split: {field: rate}}, positive_rate
+    {split: rate} (None for top-K), schema_fingerprint, elapsed_s, rows_per_s`` (input rows
+    / wall seconds of the whole call) and ``peak_rss_mb`` (the process's peak RSS so far,
+    ``ru_maxrss``; run in a fresh process to measure ``prepare`` alone).
+
+    Raises ``BadInputError``/``DataFormatError`` (one line naming the file and line) and
+    leaves no output folder (and no temp folder) behind on failure.
+    """
+    t0 = time.perf_counter()
+    paths = _as_paths(inputs)
+    if split not in SPLIT_MODES:
+        raise BadInputError(f"unknown split {split!r}; expected one of {', '.join(SPLIT_MODES)}")
+    if split == "given" and len(paths) not in (2, 3):
+        raise BadInputError(f"split='given' takes 2 files (train, test) or 3 (train, val, test), got {len(paths)}")
+    if int(min_count) < 1:
+        raise BadInputError(f"min_count must be >= 1, got {min_count}")
+    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= frac < 1.0:
+            raise BadInputError(f"{name} must be in [0, 1), got {frac}")
+    if split == "random" and val_fraction + test_fraction >= 1.0:
+        raise BadInputError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
+    if int(chunk_rows) < 1:
+        raise BadInputError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    fmt = get_format(format, format_options)
+    paths = [check_input(p) for p in paths]
+    specs = fmt.inspect(paths)
+    names = [s.name for s in specs]
+    hash_buckets = {**fmt.default_hash_buckets(), **dict(hash_buckets or {})}
+    for field_name, n in hash_buckets.items():
+        if field_name not in names:
+            raise BadInputError(f"--hash names unknown field {field_name!r}; fields: {', '.join(names)}")
+        if not 1 <= int(n) < 2**31 - 1:
+            raise BadInputError(f"--hash {field_name}={n}: the number of buckets must be in [1, 2^31 - 2] (ids are int32)")
+    plans = [_FieldPlan(s, "hash" if s.name in hash_buckets else s.encoding, hash_buckets.get(s.name)) for s in specs]
+    user_idx = next((j for j, s in enumerate(specs) if s.role == "user" and plans[j].encoding == "identity"), None)
+    keep_user = fmt.task == "topk" and user_idx is not None
+    splitter = _Splitter(split, len(paths), seed, val_fraction, test_fraction)
+    n_threads = max(1, threads or min(4, os.cpu_count() or 1))
+
+    n_fields = len(plans)
+    ctr = fmt.task == "ctr"
+    with atomic_output_dir(out_dir, force=force) as tmp, ThreadPoolExecutor(n_threads) as pool:
+        # ------------------------------------------------------------ pass 1: read once
+        spills = [_RawSpill(tmp, name, n_fields, labels=ctr, rowidx=keep_user and s != _TRAIN)
+                  for s, name in enumerate(SPLITS)]
+        try:
+            rows = np.zeros(3, dtype=np.int64)
+            positives = np.zeros(3, dtype=np.float64)
+            maxu = np.full(0, -1.0)
+            row0 = 0
+            for fi, path in enumerate(paths):
+                file_rows = 0
+                for chunk in fmt.iter_chunks(path, chunk_rows):
+                    n = len(chunk)
+                    _check_chunk(chunk, specs)
+                    codes, u, eligible = splitter.assign(fi, row0, n)
+                    split_rows = np.bincount(codes, minlength=3)
+                    rows += split_rows
+                    if chunk.labels is not None:
+                        positives += np.bincount(codes, weights=chunk.labels, minlength=3)
+                    train = codes == _TRAIN
+                    ids = np.empty((n, n_fields), dtype=np.int32)
+
+                    def encode(j: int, chunk: Chunk = chunk, train: np.ndarray = train, ids: np.ndarray = ids) -> None:
+                        ids[:, j] = plans[j].provisional(chunk.columns[j], train, chunk)
+
+                    list(pool.map(encode, range(n_fields)))
+                    rowidx = None
+                    if keep_user:
+                        rowidx = np.arange(row0, row0 + n, dtype=np.int64) if eligible else np.full(n, -1, dtype=np.int64)
+                        if eligible:
+                            users = ids[:, user_idx].astype(np.int64) - 1
+                            if users.size and users.max() >= maxu.size:
+                                grown = np.full(max(int(users.max()) + 1, 2 * maxu.size), -1.0)
+                                grown[: maxu.size] = maxu
+                                maxu = grown
+                            np.maximum.at(maxu, users, u)
+                    for s in range(3):
+                        if not split_rows[s]:
+                            continue
+                        mask = codes == s if split_rows[s] < n else slice(None)
+                        spills[s].write(ids[mask], chunk.labels[mask] if ctr else None,  # type: ignore[index]
+                                        rowidx[mask] if rowidx is not None else None)
+                    row0 += n
+                    file_rows += n
+                    if progress:
+                        progress("read", row0)
+                if file_rows == 0:
+                    raise DataFormatError(f"{path} is empty (no data rows)")
+        finally:
+            for sp in spills:
+                sp.close()
+        if keep_user:  # each user's max-u row moves to train; fix the planned counts
+            seen_u = maxu[maxu >= 0]
+            moved = np.bincount(splitter.code_of_u(seen_u, 0), minlength=3)
+            rows[_TRAIN] += moved[_VAL] + moved[_TEST]
+            rows[_VAL] -= moved[_VAL]
+            rows[_TEST] -= moved[_TEST]
+        for plan in plans:
+            plan.finalize(int(min_count))
+        distinct = {p.name: (p.distinct if p.encoding == "vocab" else None) for p in plans}
+
+        # ------------------------------------------------------------ pass 2: final ids
+        oov = np.zeros((3, n_fields), dtype=np.int64)
+        writers: list[tuple[_NpyWriter, _NpyWriter | None]] = []
+        for s, name in enumerate(SPLITS):
+            (tmp / name).mkdir()
+            writers.append((
+                _NpyWriter(tmp / name / "ids.npy", (int(rows[s]), n_fields), np.int32),
+                _NpyWriter(tmp / name / "labels.npy", (int(rows[s]),), np.float32) if ctr else None,
+            ))
+        try:
+            done = 0
+            for s in range(3):
+                for ids, labels, rowidx in spills[s].read(chunk_rows):
+                    def remap(j: int, ids: np.ndarray = ids) -> None:
+                        ids[:, j] = plans[j].final(ids[:, j])
+
+                    list(pool.map(remap, range(n_fields)))
+                    dest = np.full(len(ids), s, dtype=np.int8)
+                    if rowidx is not None:
+                        ok = rowidx >= 0
+                        u = split_uniform(seed, rowidx[ok].astype(np.uint64))
+                        users = ids[ok, user_idx].astype(np.int64) - 1
+                        moved_rows = np.flatnonzero(ok)[u == maxu[users]]
+                        dest[moved_rows] = _TRAIN
+                    for d in ((s,) if rowidx is None else (s, _TRAIN)):
+                        mask = dest == d
+                        if not mask.any():
+                            continue
+                        part = ids[mask] if not mask.all() else ids
+                        oov[d] += (part == 0).sum(axis=0)
+                        writers[d][0].write(part)
+                        if ctr:
+                            writers[d][1].write(labels[mask])  # type: ignore[index, union-attr]
+                    done += len(ids)
+                    if progress:
+                        progress("write", done)
+                spills[s].remove()
+        finally:
+            for ids_w, lab_w in writers:
+                ids_w.fh.close()
+                if lab_w is not None:
+                    lab_w.fh.close()
+        for ids_w, lab_w in writers:
+            ids_w.close()
+            if lab_w is not None:
+                lab_w.close()
+
+        # ------------------------------------------------------------ metadata
+        fields = [p.to_field() for p in plans]
+        schema = Schema(task=fmt.task, fields=fields, label="label" if ctr else "", source_format=fmt.name,
+                        extra=fmt.schema_extra())
+        schema_dict = _schema_dict(schema)
+        atomic_write_json(tmp / "schema.json", schema_dict)
+        elapsed = time.perf_counter() - t0
+        total = int(rows.sum())
+        info: dict[str, Any] = {
+            "ondevice_version": __version__,
+            "format": fmt.name,
+            "task": fmt.task,
+            "inputs": [str(p) for p in paths],
+            "split": {"mode": split, "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
+                      "files": ({s: str(p) for s, p in zip(("train", "test") if len(paths) == 2 else SPLITS, paths, strict=True)}
+                                if split == "given" else None)},
+            "options": {"min_count": int(min_count), "hash_buckets": hash_buckets, "chunk_rows": int(chunk_rows),
+                        "format_options": dict(format_options or {})},
+            "rows": {name: int(rows[s]) for s, name in enumerate(SPLITS)},
+            "total_rows": total,
+            "fields": names,
+            "encoding": {p.name: p.encoding for p in plans},
+            "vocab_size": {p.name: p.vocab_size for p in plans},
+            "distinct_train_values": distinct,
+            "oov_rate": {
+                name: {p.name: (float(oov[s, j] / rows[s]) if rows[s] else 0.0) for j, p in enumerate(plans)}
+                for s, name in enumerate(SPLITS)
+            },
+            "positive_rate": (
+                {name: (float(positives[s] / rows[s]) if rows[s] else None) for s, name in enumerate(SPLITS)} if ctr else None
+            ),
+            "schema_fingerprint": schema_dict["fingerprint"],
+            "elapsed_s": round(elapsed, 3),
+            "rows_per_s": round(total / elapsed, 1) if elapsed > 0 else None,
+            "peak_rss_mb": round(_peak_rss_bytes() / 2**20, 1),
+        }
+        atomic_write_json(tmp / "prepare.json", info)
+    return info
+
+
+def _schema_dict(schema: Schema) -> dict[str, Any]:
+    """``schema.to_dict()`` without deep-copying large vocabularies (``dataclasses.asdict``
+    copies every value; with 10^5..10^6 values that costs seconds)."""
+    fingerprint = schema.fingerprint()
+    values = [f.values for f in schema.fields]
+    try:
+        for f in schema.fields:
+            f.values = None
+        d = schema.to_dict()
+    finally:
+        for f, v in zip(schema.fields, values, strict=True):
+            f.values = v
+    d["fingerprint"] = fingerprint
+    for fd, v in zip(d["fields"], values, strict=True):
+        if v is not None:
+            fd["values"] = v
+    return d
+
+
+def _check_chunk(chunk: Chunk, specs: list[FieldSpec]) -> None:
+    if len(chunk.columns) != len(specs):  # a format bug, not a user error
+        raise RuntimeError(f"internal error: chunk has {len(chunk.columns)} columns, format declares {len(specs)} fields")

@@ -1,0 +1,154 @@
+"""Bad input: one-line errors naming file and line, exit code 2, and no output left behind."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+from conftest import criteo_line, write_criteo
+
+from ondevice.data.prepare import prepare
+from ondevice.errors import BadInputError, DataFormatError, OutputExistsError
+
+
+def _no_output(tmp_path: Path, out: Path) -> None:
+    assert not out.exists()
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
+def _bad(tmp_path: Path, lines: list[str], *, gz: bool = False) -> Path:
+    path = tmp_path / ("bad.tsv.gz" if gz else "bad.tsv")
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+GOOD = criteo_line(0, [1] * 13, ["ab"] * 26)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_wrong_field_count_names_file_and_line(tmp_path: Path, gz: bool) -> None:
+    path = _bad(tmp_path, [GOOD] * 5 + [GOOD.rsplit("\t", 1)[0]] + [GOOD] * 3, gz=gz)
+    out = tmp_path / "out"
+    with pytest.raises(DataFormatError, match=r"bad\.tsv(\.gz)? line 6: 39 fields, expected 40") as err:
+        prepare(path, out, format="criteo")
+    assert "\n" not in str(err.value)
+    _no_output(tmp_path, out)
+
+
+def test_wrong_field_count_deep_in_a_file_with_tiny_blocks(tmp_path: Path) -> None:
+    lines = [GOOD] * 700
+    lines[612] = GOOD + "\textra"
+    path = _bad(tmp_path, lines)
+    with pytest.raises(DataFormatError, match=r"line 613: 41 fields, expected 40"):
+        prepare(path, tmp_path / "out", format="criteo", chunk_rows=50, format_options={"block_bytes": 3000})
+    _no_output(tmp_path, tmp_path / "out")
+
+
+def test_non_numeric_label_names_line(tmp_path: Path) -> None:
+    path = _bad(tmp_path, [GOOD] * 3 + ["x" + GOOD[1:]])
+    with pytest.raises(DataFormatError, match=r"bad\.tsv line 4: label 'x' is not a number"):
+        prepare(path, tmp_path / "out", format="criteo")
+    _no_output(tmp_path, tmp_path / "out")
+
+
+def test_non_numeric_integer_column_names_line(tmp_path: Path) -> None:
+    path = _bad(tmp_path, [GOOD, GOOD.replace("0\t1\t", "0\tone\t", 1)])
+    with pytest.raises(DataFormatError, match=r"line 2: I1 'one' is not a number"):
+        prepare(path, tmp_path / "out", format="criteo")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "empty.tsv").write_text("")
+    with pytest.raises(DataFormatError, match=r"empty\.tsv is empty"):
+        prepare(tmp_path / "empty.tsv", tmp_path / "out", format="criteo")
+    _no_output(tmp_path, tmp_path / "out")
+    (tmp_path / "blank.tsv.gz").write_bytes(gzip.compress(b"\n\n"))
+    with pytest.raises(DataFormatError, match="is empty"):
+        prepare(tmp_path / "blank.tsv.gz", tmp_path / "out", format="criteo")
+
+
+def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match=r"input file not found: .*nope\.tsv"):
+        prepare(tmp_path / "nope.tsv", tmp_path / "out", format="criteo")
+    good = write_criteo(tmp_path / "g.tsv", 20)
+    with pytest.raises(BadInputError, match=r"unknown format 'parquet'; expected one of avazu, criteo"):
+        prepare(good, tmp_path / "out", format="parquet")
+    _no_output(tmp_path, tmp_path / "out")
+
+
+def test_existing_output_needs_force(tmp_path: Path) -> None:
+    good = write_criteo(tmp_path / "g.tsv", 20)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="already exists; pass --force"):
+        prepare(good, tmp_path / "out", format="criteo")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_unwritable_output(tmp_path: Path) -> None:
+    good = write_criteo(tmp_path / "g.tsv", 20)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(BadInputError, match="cannot create output folder"):
+        prepare(good, tmp_path / "file" / "sub" / "out", format="criteo")
+
+
+def test_failure_in_the_middle_keeps_previous_output(tmp_path: Path) -> None:
+    good = write_criteo(tmp_path / "g.tsv", 50)
+    prepare(good, tmp_path / "out", format="criteo")
+    before = (tmp_path / "out" / "prepare.json").read_bytes()
+    bad = _bad(tmp_path, [GOOD] * 10 + ["1\t2"])
+    with pytest.raises(DataFormatError):
+        prepare(bad, tmp_path / "out", format="criteo", force=True)
+    assert (tmp_path / "out" / "prepare.json").read_bytes() == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"split": "time"}, "unknown split 'time'"),
+        ({"min_count": 0}, "min_count must be >= 1"),
+        ({"val_fraction": 0.6, "test_fraction": 0.5}, "must be < 1"),
+        ({"hash_buckets": {"nope": 3}}, "unknown field 'nope'"),
+        ({"hash_buckets": {"C1": 0}}, "number of buckets"),
+        ({"split": "given"}, "takes 2 files"),
+        ({"format_options": {"colour": 1}}, "format 'criteo' has no option 'colour'"),
+    ],
+)
+def test_bad_options(tmp_path: Path, kwargs: dict, message: str) -> None:
+    good = write_criteo(tmp_path / "g.tsv", 20)
+    with pytest.raises(BadInputError, match=message):
+        prepare(good, tmp_path / "out", format="criteo", **kwargs)
+    _no_output(tmp_path, tmp_path / "out")
+
+
+def test_format_specific_errors(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("id,hour,C1\n1,14102100,5\n")
+    with pytest.raises(DataFormatError, match=r"a\.csv line 1: no 'click' column"):
+        prepare(tmp_path / "a.csv", tmp_path / "out", format="avazu")
+    (tmp_path / "b.csv").write_text("id,click,hour\n1,0,14102100\n2,1,1410x100\n")
+    with pytest.raises(DataFormatError, match=r"b\.csv line 3: hour '1410x100' is not YYMMDDHH"):
+        prepare(tmp_path / "b.csv", tmp_path / "out", format="avazu")
+    (tmp_path / "c.libfm").write_text("1 1:1 2:1\n-1 1:1 3:1\n1 2:1\n")
+    with pytest.raises(DataFormatError, match=r"c\.libfm line 3: 2 fields, expected 3"):
+        prepare(tmp_path / "c.libfm", tmp_path / "out", format="libfm")
+    (tmp_path / "d.txt").write_text("0 1 2\n1 3 x4\n")
+    with pytest.raises(DataFormatError, match=r"d\.txt line 2: 'x4' is not an integer id"):
+        prepare(tmp_path / "d.txt", tmp_path / "out", format="implicit")
+    (tmp_path / "ml").mkdir()
+    (tmp_path / "ml" / "ratings.dat").write_text("1::10::5::1\n")
+    with pytest.raises(BadInputError, match="movielens needs users.dat"):
+        prepare(tmp_path / "ml" / "ratings.dat", tmp_path / "out", format="movielens")
+    (tmp_path / "ml" / "users.dat").write_text("1::F::1::10::48067\n")
+    (tmp_path / "ml" / "movies.dat").write_text("10::X (1990)::Drama\n")
+    (tmp_path / "ml" / "ratings.dat").write_text("1::10::5::1\n1::10::5\n")
+    with pytest.raises(DataFormatError, match=r"ratings\.dat line 2: 3 fields, expected 4"):
+        prepare(tmp_path / "ml" / "ratings.dat", tmp_path / "out", format="movielens")
+    with pytest.raises(BadInputError, match="needs a spec file"):
+        prepare(tmp_path / "a.csv", tmp_path / "out", format="csv")
+    (tmp_path / "s.json").write_text('{"label": "click", "categorical": ["C1"], "colour": 1}')
+    with pytest.raises(BadInputError, match="unknown key 'colour'"):
+        prepare(tmp_path / "a.csv", tmp_path / "out", format="csv", format_options={"spec": str(tmp_path / "s.json")})
+    _no_output(tmp_path, tmp_path / "out")
