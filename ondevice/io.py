@@ -79,6 +79,8 @@ def read_json(path: str | os.PathLike, *, what: str = "file") -> Any:
 
 def check_writable_parent(out: Path) -> None:
     parent = out.resolve().parent
+    if parent.exists() and not parent.is_dir():
+        raise BadInputError(f"cannot write {out}: {parent} is a file, not a folder; choose another --out")
     if not parent.exists():
         try:
             parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ the documented exit code (2 bad input, 3 broken promise); no traceback is shown 
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -15,6 +16,10 @@ import click
 
 from ondevice import __version__
 from ondevice.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, OndeviceError
+
+
+_USER_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENOENT, errno.EROFS, errno.EISDIR,
+                     errno.ENOSPC, errno.EEXIST, errno.ENAMETOOLONG}
 
 
 class OndeviceGroup(click.Group):
@@ -28,6 +33,14 @@ class OndeviceGroup(click.Group):
                 raise
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
+        except OSError as err:
+            # File-system trouble with a path the user gave (permissions, read-only file
+            # system, a file where a folder should be, disk full): one line, exit 2.
+            if os.environ.get("ONDEVICE_DEBUG") or err.errno not in _USER_PATH_ERRNOS:
+                raise
+            where = f": {err.filename}" if err.filename else ""
+            click.echo(f"error: {err.strerror}{where}; check the path and its permissions", err=True)
+            sys.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             click.echo("interrupted; completed work was saved (use --resume where offered)", err=True)
             sys.exit(130)
@@ -51,7 +64,7 @@ def _register_commands() -> None:
     # Each area owns one module that adds its commands to ``cli``.
     from ondevice.cli import data_commands, train_commands  # noqa: F401
 
-    for optional in ("artefact_commands",):
+    for optional in ("artefact_commands", "compress_commands"):
         try:
             __import__(f"ondevice.cli.{optional}")
         except ModuleNotFoundError as err:

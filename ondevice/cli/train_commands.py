@@ -13,10 +13,13 @@ from ondevice.cli import cli
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
     if value is None:
         return None
+    dims: list[int] = []
     try:
-        dims = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
+        for part in (p.strip() for p in value.split(",") if p.strip()):
+            width, _, repeat = part.partition("x")  # "400x3" = 400,400,400
+            dims.extend([int(width)] * (int(repeat) if repeat else 1))
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers such as 400,400,400; got {value!r}") from None
+        raise click.BadParameter(f"expected comma-separated integers such as 400,400,400 (or 400x3); got {value!r}") from None
     if any(d < 1 for d in dims):
         raise click.BadParameter(f"layer widths must be >= 1; got {value!r}")
     return dims
