@@ -17,7 +17,6 @@ import click
 from ondevice import __version__
 from ondevice.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, OndeviceError
 
-
 _USER_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENOENT, errno.EROFS, errno.EISDIR,
                      errno.ENOSPC, errno.EEXIST, errno.ENAMETOOLONG}
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_criteo
 
 from ondevice.cli import _register_commands, cli
+from tests.data.conftest import write_criteo
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import criteo_line
 
 from ondevice.data import EncodedDataset
 from ondevice.data.formats.base import criteo_log2
 from ondevice.data.prepare import prepare, split_uniform
 from ondevice.schema import Schema, stable_hash
+from tests.data.conftest import criteo_line
 
 PREPARE_KEYS = {
     "ondevice_version", "format", "task", "inputs", "split", "options", "rows", "total_rows", "fields", "encoding",
@@ -124,7 +124,7 @@ def test_split_is_deterministic_and_disjoint(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_tiny_chunks_give_identical_output(tmp_path: Path, gz: bool) -> None:
-    from conftest import write_criteo
+    from tests.data.conftest import write_criteo
 
     src = write_criteo(tmp_path / ("c.tsv.gz" if gz else "c.tsv"), 500, gz=gz)
     prepare(src, tmp_path / "big", format="criteo", min_count=2)

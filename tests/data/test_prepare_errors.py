@@ -6,10 +6,10 @@ import gzip
 from pathlib import Path
 
 import pytest
-from conftest import criteo_line, write_criteo
 
 from ondevice.data.prepare import prepare
 from ondevice.errors import BadInputError, DataFormatError, OutputExistsError
+from tests.data.conftest import criteo_line, write_criteo
 
 
 def _no_output(tmp_path: Path, out: Path) -> None:

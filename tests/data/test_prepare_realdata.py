@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_or_skip
 
 from ondevice.data import EncodedDataset
 from ondevice.data.formats.libfm import FRAPPE_NAMES
 from ondevice.data.prepare import prepare
+from tests.data.conftest import shared_or_skip
 
 pytestmark = pytest.mark.realdata
 

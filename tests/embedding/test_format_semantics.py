@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from embedding_testkit import random_ids, sparse_dense_layer
 
 from ondevice.embedding import (
     DenseEmbedding,
@@ -19,6 +18,7 @@ from ondevice.embedding import (
 )
 from ondevice.embedding.quantized import quantize_rows_int8
 from ondevice.errors import BadInputError
+from tests.embedding.embedding_testkit import random_ids, sparse_dense_layer
 
 VOCAB = (300, 40, 7)
 DIM = 8

@@ -13,9 +13,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from embedding_testkit import LayerOnly, export_onnx, initializer_bytes, random_ids
 
 from ondevice.embedding import DenseEmbedding, SparseEmbedding
+from tests.embedding.embedding_testkit import LayerOnly, export_onnx, initializer_bytes, random_ids
 
 ROWS, DIM = 100_000, 16
 

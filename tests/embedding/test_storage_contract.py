@@ -25,13 +25,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from embedding_testkit import (
-    LayerOnly,
-    export_onnx,
-    initializer_bytes,
-    random_ids,
-    sparse_dense_layer,
-)
 
 from ondevice.embedding import (
     DenseEmbedding,
@@ -46,6 +39,13 @@ from ondevice.embedding import (
     swap_embedding_,
 )
 from ondevice.models import DeepFM, model_from_description
+from tests.embedding.embedding_testkit import (
+    LayerOnly,
+    export_onnx,
+    initializer_bytes,
+    random_ids,
+    sparse_dense_layer,
+)
 
 VOCAB = (9000, 600, 50, 7)
 DIM = 16

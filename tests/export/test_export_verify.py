@@ -11,11 +11,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import CTR_MODELS, VOCAB, make_run
 
 from ondevice.embedding.base import _EMBEDDING_TYPES, embedding_from_spec
 from ondevice.export import MANIFEST_KEYS, OPSET, export_artefact, verify_artefact
 from ondevice.export.golden import bad_ids
+from tests.export.conftest import CTR_MODELS, VOCAB, make_run
 
 
 @pytest.mark.parametrize("name", [*CTR_MODELS, "bprmf"])

@@ -102,12 +102,11 @@ def test_profile_keys_and_files(exported, tmp_path: Path, cli_runner) -> None:
 
 def test_profile_target_check(tmp_path: Path) -> None:
     """A profile target is measured at its (batch, threads) and checked only on its architecture."""
-    from conftest import make_run
-
     from ondevice.budget import DeviceProfile
     from ondevice.errors import LatencyTargetError
     from ondevice.export import export_artefact
     from ondevice.export._runner import runner_module
+    from tests.export.conftest import make_run
 
     arch = runner_module().normalise_arch(__import__("platform").machine())
     prof = DeviceProfile(name="tiny", description="t", memory_budget=10**7, arch=arch, threads=1, batch_size=3,

@@ -1,0 +1,286 @@
+"""``compress``: search -> retrain -> export -> verify -> profile, per budget × method.
+
+For every byte budget (``--budget 2MB``) or device profile (its ``memory_budget``) and every
+method (``--method sseds``, ``sseds+int8``...), the searcher builds and retrains a compressed
+model that fits, ``export_artefact`` writes and checks it (file bytes <= budget, golden
+parity), ``verify_artefact`` re-checks it on fresh inputs and ``profile_artefact`` measures it
+with a small run count. Output, written atomically (temp folder + rename)::
+
+    OUT/<budget-or-device>[-<method>]/   an artefact folder (manifest.json, model.onnx, ...)
+                                         + search.json (searcher params, config, trace)
+    OUT/summary.json, summary.md         every run: val metric, file bytes, timings, failures
+    OUT/summary.png                      val metric vs artefact bytes (when matplotlib is there)
+
+The folder suffix ``-<method>`` is added when more than one method runs. The full model's
+validation metric and exported bytes are in the summary for reference. Searchers see the
+train and validation splits only; the test split is never read here.
+
+Every failure is listed in the summary; the output folder is kept for the runs that
+succeeded and the call then raises the failure (one-line message, exit 2 for a budget
+below what the method can build, 3 for a broken promise such as an artefact over budget).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ondevice.budget import DeviceProfile, format_bytes, load_profile, parse_budget
+from ondevice.data import EncodedDataset
+from ondevice.errors import BadInputError, BrokenPromiseError, OndeviceError
+from ondevice.io import (
+    atomic_output_dir,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    safe_child,
+)
+from ondevice.models import RecModel
+from ondevice.search import ByteAccountant, make_searcher
+from ondevice.search.base import FORMAT_MARGIN_BYTES, SearchResult
+from ondevice.search.retrain import val_metrics
+from ondevice.train.checkpoint import Checkpoint, load_checkpoint
+
+__all__ = ["compress", "measure_file_bytes"]
+
+MAX_FIT_RETRIES = 2
+
+
+def measure_file_bytes(model: RecModel) -> tuple[int, int]:
+    """(ONNX file bytes, parameter bytes) of ``model`` exported as ``export_artefact`` does."""
+    from ondevice.export.lowering import export_module
+    from ondevice.export.manifest import storage_report
+    from ondevice.export.onnx_export import deployable_model, export_onnx
+
+    deployed = deployable_model(model)
+    module, io = export_module(deployed)
+    num_fields = deployed.embedding.num_fields  # type: ignore[union-attr]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(module, io, torch.zeros(2, num_fields, dtype=torch.int64), path)
+        return path.stat().st_size, int(storage_report(module)["parameter_bytes"])
+
+
+def _log(quiet: bool, text: str) -> None:
+    if not quiet:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def _targets(budgets: Sequence[str | int], device_profiles: Sequence[str | Path | DeviceProfile]):
+    out: list[tuple[str, int, DeviceProfile | None, str | int | None]] = []
+    for b in budgets:
+        out.append((str(b), parse_budget(b), None, b))
+    for p in device_profiles:
+        dev = p if isinstance(p, DeviceProfile) else load_profile(p)
+        out.append((dev.name, dev.memory_budget, dev, None))
+    labels = [t[0] for t in out]
+    if len(set(labels)) != len(labels):
+        raise BadInputError(f"budgets/profiles repeat a name ({', '.join(labels)}); give each once")
+    return out
+
+
+def _data_dir(run_dir: Path, data_dir: str | Path | None) -> Path:
+    if data_dir is not None:
+        return Path(data_dir)
+    info = run_dir / "train.json"
+    if not info.is_file():
+        raise BadInputError(f"{run_dir} has no train.json naming its data; pass --data DATA_DIR")
+    d = read_json(info, what="train.json").get("data_dir")
+    if not d or not Path(d).is_dir():
+        raise BadInputError(f"the data folder {d!r} recorded in {info} is gone; pass --data DATA_DIR")
+    return Path(d)
+
+
+def _search_fitting(searcher, ckpt: Checkpoint, data: EncodedDataset, budget: int,
+                    overhead: int) -> tuple[SearchResult, int, list[dict[str, Any]]]:
+    """Search, then measure the exported bytes; tighten the margin and retry if over."""
+    margin, attempts = FORMAT_MARGIN_BYTES, []
+    for attempt in range(MAX_FIT_RETRIES + 1):
+        acc = ByteAccountant(graph_overhead_bytes=overhead, margin_bytes=margin)
+        result = searcher.search(ckpt, data, budget, accountant=acc)
+        file_bytes, _ = measure_file_bytes(result.model)
+        attempts.append({"attempt": attempt, "margin_bytes": margin, "file_bytes": file_bytes})
+        if file_bytes <= budget:
+            return result, file_bytes, attempts
+        margin += file_bytes - budget + 1024
+    return result, file_bytes, attempts  # export_artefact will refuse it (exit 3)
+
+
+def compress(
+    run_dir: str | Path,
+    *,
+    budgets: Sequence[str | int] = (),
+    device_profiles: Sequence[str | Path | DeviceProfile] = (),
+    methods: Sequence[str] = ("sseds",),
+    out_dir: str | Path,
+    force: bool = False,
+    epochs: int | None = None,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    searcher_params: dict[str, dict[str, Any]] | None = None,
+    profile_runs: int = 20,
+    profile: bool = True,
+    plot: bool = True,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Compress the run at ``run_dir`` for every budget/device × method; returns the summary.
+
+    ``searcher_params`` maps a method name to extra searcher settings (e.g.
+    ``{"pep": {"threshold_init": -4}}``); ``epochs``/``seed`` go to every searcher that takes them.
+    """
+    run_dir = Path(run_dir)
+    targets = _targets(budgets, device_profiles)
+    if not targets:
+        raise BadInputError("give at least one --budget (e.g. 2MB) or --device-profile")
+    if not methods:
+        raise BadInputError("give at least one --method")
+    if len(set(methods)) != len(methods):
+        raise BadInputError(f"--method repeats a name: {', '.join(methods)}")
+    extra = searcher_params or {}
+    searchers = {m: make_searcher(m, epochs=epochs, seed=seed, **extra.get(m, {})) for m in methods}
+    if profile_runs < 1:
+        raise BadInputError(f"profile runs must be >= 1, got {profile_runs}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        from ondevice.errors import OutputExistsError
+
+        raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it")
+    ckpt = load_checkpoint(run_dir)
+    data = EncodedDataset(_data_dir(run_dir, data_dir))
+    if data.schema.fingerprint() != ckpt.schema.fingerprint():
+        raise BadInputError(f"the data in {data.root} is not the data {run_dir} was trained on (schema fingerprint differs)")
+
+    from ondevice.export import export_artefact, profile_artefact, verify_artefact
+
+    started = time.time()
+    full_file, full_params = measure_file_bytes(ckpt.model)
+    overhead = full_file - full_params
+    full_val = val_metrics(copy.deepcopy(ckpt.model), data)
+    _log(quiet, f"full model: {format_bytes(full_file)}, val AUC {full_val['auc']:.4f}")
+    runs: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    errors: list[OndeviceError] = []
+    with atomic_output_dir(out_dir, force=force) as tmp:
+        for label, nbytes, dev, budget_arg in targets:
+            for method, searcher in searchers.items():
+                name = label if len(searchers) == 1 else f"{label}-{method}"
+                folder = safe_child(tmp, name.replace("+", "_"))
+                _log(quiet, f"[{name}] {method} at {format_bytes(nbytes)}: searching...")
+                t0 = time.perf_counter()
+                try:
+                    result, file_bytes, attempts = _search_fitting(searcher.clone(), ckpt, data, nbytes, overhead)
+                    search_s = time.perf_counter() - t0
+                    metrics = {"val": result.val, "selected_on": "val auc", "method": method,
+                               "search": {"config": result.config, "params": result.params}}
+                    out_ckpt = Checkpoint(model=result.model, schema=ckpt.schema, train_config=ckpt.train_config,
+                                          metrics=metrics, path=ckpt.path)
+                    t1 = time.perf_counter()
+                    manifest = export_artefact(out_ckpt, folder, budget=budget_arg, profile=dev)
+                    export_s = time.perf_counter() - t1
+                    verify = verify_artefact(folder, seed=seed)
+                    prof = None
+                    if profile:
+                        prof = profile_artefact(folder, batches=(1, 256), threads=(1,), runs=profile_runs,
+                                                warmup=min(10, profile_runs), seed=seed, torch_baseline=False, plot=False)
+                    atomic_write_json(folder / "search.json", {**result.to_dict(), "fit_attempts": attempts})
+                except OndeviceError as err:
+                    _log(quiet, f"[{name}] failed: {err}")
+                    failures.append({"target": label, "method": method, "budget_bytes": nbytes,
+                                     "error": type(err).__name__, "message": str(err), "exit_code": err.exit_code})
+                    errors.append(err)
+                    continue
+                b1 = next((r["onnxruntime"] for r in (prof or {}).get("results", []) if r["batch"] == 1), None)
+                entry = {
+                    "target": label, "device_profile": dev.name if dev else None, "budget_bytes": nbytes,
+                    "method": method, "folder": folder.name, "file_bytes": manifest["files"]["model.onnx"]["bytes"],
+                    "fits": manifest["budget"]["fits"], "val": result.val, "metric": result.metric,
+                    "val_metric": result.val_metric, "config": result.config,
+                    "timings": {**result.timings, "search_and_retrain_s": search_s, "export_s": export_s},
+                    "verify_max_abs_diff": verify["max_abs_diff"], "p50_ms_batch1": b1["p50_ms"] if b1 else None,
+                }
+                runs.append(entry)
+                _log(quiet, f"[{name}] {format_bytes(entry['file_bytes'])} <= {format_bytes(nbytes)}, "
+                            f"val AUC {result.val_metric:.4f} ({search_s:.1f}s)")
+        summary = {
+            "format": "ondevice-compress-summary",
+            "run_dir": str(run_dir), "data_dir": str(data.root),
+            "full_model": {"file_bytes": full_file, "parameter_bytes": full_params, "graph_overhead_bytes": overhead,
+                           "val": full_val, "metric": "auc"},
+            "methods": {m: s.get_params() for m, s in searchers.items()},
+            "runs": runs, "failures": failures, "seconds": time.time() - started,
+        }
+        summary["plot"] = _plot(summary, tmp / "summary.png") if plot and runs else None
+        atomic_write_json(tmp / "summary.json", summary)
+        atomic_write_text(tmp / "summary.md", render_summary_markdown(summary))
+    if errors:
+        if len(errors) == 1:
+            raise errors[0]
+        msg = (f"{len(errors)} of {len(targets) * len(searchers)} runs failed (first: {errors[0]}); "
+               f"see {out_dir / 'summary.md'}")
+        if any(isinstance(e, BrokenPromiseError) for e in errors):
+            raise BrokenPromiseError(msg)
+        raise BadInputError(msg)
+    return summary
+
+
+def render_summary_markdown(s: dict[str, Any]) -> str:
+    full = s["full_model"]
+    lines = [
+        "# ondevice compress",
+        "",
+        f"Run `{s['run_dir']}`. Full model: {full['file_bytes']:,} B, val AUC {full['val']['auc']:.4f}. "
+        "Metrics are on the validation split (the test split is not read by compress).",
+        "",
+        "| target | method | budget B | file B | × smaller | val AUC | Δ vs full | search+retrain s | p50 ms (b=1) | folder |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in s["runs"]:
+        p50 = f"{r['p50_ms_batch1']:.3f}" if r["p50_ms_batch1"] is not None else "—"
+        lines.append(f"| {r['target']} | {r['method']} | {r['budget_bytes']:,} | {r['file_bytes']:,} | "
+                     f"{full['file_bytes'] / r['file_bytes']:.1f} | {r['val_metric']:.4f} | "
+                     f"{r['val_metric'] - full['val']['auc']:+.4f} | {r['timings']['search_and_retrain_s']:.1f} | "
+                     f"{p50} | `{r['folder']}` |")
+    if s["failures"]:
+        lines += ["", "## Failures", ""]
+        lines += [f"- {f['target']} / {f['method']}: {f['error']}: {f['message']}" for f in s["failures"]]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(s: dict[str, Any], path: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in sorted({r["method"] for r in s["runs"]}):
+        pts = sorted((r["file_bytes"], r["val_metric"]) for r in s["runs"] if r["method"] == method)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+    full = s["full_model"]
+    ax.scatter([full["file_bytes"]], [full["val"]["auc"]], marker="*", s=120, color="black", label="full model")
+    ax.set_xscale("log")
+    ax.set_xlabel("artefact bytes (model.onnx)")
+    ax.set_ylabel("validation AUC")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path.name
+
+
+def load_summary(out_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(out_dir) / "summary.json").read_text())

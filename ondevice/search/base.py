@@ -1,0 +1,310 @@
+"""The searcher protocol, the ``--method`` registry and the shared byte accountant (DESIGN §7).
+
+A searcher is configured once and run per budget (scikit-learn style)::
+
+    searcher = SSEDSSearcher(epochs=5, seed=0)           # __init__ only stores settings
+    result = searcher.search(checkpoint, data, 2_000_000)  # the work; never sees the test split
+    manifest_entry = searcher.get_params()                 # JSON-able, rebuilds the searcher
+
+``search`` returns a :class:`SearchResult`: the compressed (retrained) model, a config that
+rebuilds its structure from the full checkpoint, the validation metric, a trace of what was
+tried, the byte estimate and timings.
+
+Bytes are the truth. :class:`ByteAccountant` splits a budget into what the method may spend
+on the compressible embedding (``model.embedding``) and everything else: the other
+parameters and buffers (MLP, biases, the dim-1 ``linear`` table, stored once per distinct
+value as the exporter does) plus the ONNX graph itself (node protos, names, shapes), which
+``compress`` measures by exporting the full model once and pads by ``FORMAT_MARGIN_BYTES``
+for the extra nodes a compressed format adds (measured: 1-3 KB). The exported file is
+still checked against the budget afterwards, every time.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ondevice.budget import format_bytes
+from ondevice.data import EncodedDataset
+from ondevice.embedding import EmbeddingLayer
+from ondevice.embedding.base import distinct_tensors
+from ondevice.errors import BadInputError, BudgetTooSmallError
+from ondevice.models import CTRModel, RecModel
+from ondevice.train.checkpoint import Checkpoint, load_checkpoint
+
+__all__ = [
+    "DEFAULT_GRAPH_OVERHEAD_BYTES",
+    "FORMAT_MARGIN_BYTES",
+    "SEARCHERS",
+    "ByteAccountant",
+    "SearchResult",
+    "RetrainingSearcher",
+    "SearchContext",
+    "Searcher",
+    "make_searcher",
+    "method_names",
+    "register_searcher",
+]
+
+# Graph bytes (node protos, value names, shapes) of a small CTR model when nothing was
+# measured: the measured overhead of the test models is 2.3-2.6 KB for dense tables.
+DEFAULT_GRAPH_OVERHEAD_BYTES = 4096
+# Extra nodes of compressed formats over the dense graph (measured on DeepFM, 5 fields):
+# mixed-dim +1.3 KB, int8 mixed-dim +2.5 KB, CSR sparse +1.5 KB, hashed +0.3 KB.
+FORMAT_MARGIN_BYTES = 4096
+
+
+# ---------------------------------------------------------------------- bytes
+def tensor_bytes(tensors: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in distinct_tensors(tensors))
+
+
+def _deployable_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """What the exported file stores for ``module``: deployable embedding tensors + the rest."""
+    out: list[torch.Tensor] = []
+    emb_prefixes: list[str] = []
+    for name, sub in module.named_modules():
+        if isinstance(sub, EmbeddingLayer) and not any(name.startswith(p) for p in emb_prefixes):
+            emb_prefixes.append(f"{name}.")
+            out.extend(sub.storage_tensors())
+    prefixes = tuple(emb_prefixes)
+    out.extend(t for k, t in module.state_dict().items()
+               if not k.startswith(prefixes) and not k.endswith("num_batches_tracked"))
+    return out
+
+
+@dataclass
+class ByteAccountant:
+    """Splits a byte budget into the embedding's share and everything else.
+
+    ``graph_overhead_bytes``: the ONNX graph's own bytes (file bytes minus parameter bytes),
+    measured by ``compress`` on the full model; ``margin_bytes``: room for the extra nodes of
+    a compressed embedding format.
+    """
+
+    graph_overhead_bytes: int = DEFAULT_GRAPH_OVERHEAD_BYTES
+    margin_bytes: int = FORMAT_MARGIN_BYTES
+
+    def parameter_bytes(self, model: nn.Module) -> int:
+        """Exact bytes of every tensor the exported file stores for ``model`` (deployable form)."""
+        return tensor_bytes(_deployable_tensors(model))
+
+    def file_bytes_estimate(self, model: nn.Module) -> int:
+        return self.parameter_bytes(model) + self.graph_overhead_bytes + self.margin_bytes
+
+    def fixed_parts(self, model: RecModel, compressible: str = "embedding") -> dict[str, int]:
+        """Bytes of what the method does not compress, by top-level module (+ the graph)."""
+        parts: dict[str, int] = {}
+        for name, child in model.named_children():
+            if name == compressible:
+                continue
+            n = tensor_bytes(_deployable_tensors(child))
+            if n:
+                parts[name] = n
+        own = [t for k, t in model.state_dict().items() if "." not in k]
+        if own:
+            parts["biases"] = tensor_bytes(own)
+        parts["onnx graph"] = self.graph_overhead_bytes + self.margin_bytes
+        return parts
+
+    def fixed_bytes(self, model: RecModel, compressible: str = "embedding") -> int:
+        """Budget taken by everything except ``model.<compressible>`` (incl. graph + margin)."""
+        rest: list[torch.Tensor] = []
+        for name, child in model.named_children():
+            if name != compressible:
+                rest.extend(_deployable_tensors(child))
+        rest.extend(t for k, t in model.state_dict().items() if "." not in k)
+        return tensor_bytes(rest) + self.graph_overhead_bytes + self.margin_bytes
+
+    def embedding_target(self, model: RecModel, budget_bytes: int, compressible: str = "embedding") -> int:
+        """Bytes ``model.<compressible>`` may take in its deployable form."""
+        return budget_bytes - self.fixed_bytes(model, compressible)
+
+    def too_small(self, method: str, budget_bytes: int, minimum_bytes: int, model: RecModel,
+                  smallest_embedding: int | None = None, what: str | None = None) -> BudgetTooSmallError:
+        """The one-line error: the minimum and what takes it."""
+        if what is None:
+            parts = self.fixed_parts(model)
+            if smallest_embedding is not None:
+                parts["the smallest embedding"] = smallest_embedding
+            top = sorted(parts.items(), key=lambda kv: -kv[1])[:3]
+            what = ", ".join(f"{_label(k)} {format_bytes(v)}" for k, v in top)
+        return BudgetTooSmallError(
+            f"budget {format_bytes(budget_bytes)} is below the smallest model {method} can build, "
+            f"{format_bytes(minimum_bytes)} ({what}); raise the budget or pick another --method",
+            minimum_bytes=minimum_bytes)
+
+
+def _label(name: str) -> str:
+    return {"mlp": "the MLP takes", "linear": "the first-order table takes", "onnx graph": "the graph takes",
+            "the smallest embedding": "the smallest embedding takes"}.get(name, f"{name} takes")
+
+
+# ---------------------------------------------------------------------- result
+@dataclass
+class SearchResult:
+    """What a searcher found for one budget.
+
+    ``config`` rebuilds the compressed structure from the full checkpoint
+    (``{"_type", "_version", "_data"}``, torchao's config shape); ``val`` holds the
+    validation metrics of ``model`` (never the test split).
+    """
+
+    model: RecModel
+    config: dict[str, Any]
+    val: dict[str, float]
+    metric: str
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    bytes_estimate: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def val_metric(self) -> float:
+        return float(self.val[self.metric])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (no weights)."""
+        return {"config": self.config, "val": self.val, "metric": self.metric, "trace": self.trace,
+                "bytes_estimate": self.bytes_estimate, "timings": self.timings, "params": self.params,
+                "model": self.model.describe()}
+
+
+def make_config(type_name: str, data: dict[str, Any], version: int = 1) -> dict[str, Any]:
+    return {"_type": type_name, "_version": version, "_data": data}
+
+
+# ---------------------------------------------------------------------- searcher
+class Searcher:
+    """Base of every searcher: keyword-only settings in ``__init__``, work in ``search``.
+
+    Subclasses set ``name`` and implement ``_search(ctx) -> SearchResult``; the base class
+    loads inputs, checks the task, times the run and fills ``params``.
+    """
+
+    name: ClassVar[str] = "abstract"
+    supports_dtype: ClassVar[bool] = False  # can compose with int8/fp16 (``--method X+int8``)
+
+    def get_params(self) -> dict[str, Any]:
+        """The ``__init__`` arguments (JSON-able), read from the signature like sklearn."""
+        sig = inspect.signature(type(self).__init__)
+        out = {}
+        for p in sig.parameters.values():
+            if p.name == "self":
+                continue
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise TypeError(f"{type(self).__name__}.__init__ must not take *args/**kwargs")
+            out[p.name] = getattr(self, p.name)
+        return out
+
+    def clone(self, **overrides: Any) -> Searcher:
+        """A fresh searcher with the same settings (one per budget)."""
+        params = {**self.get_params(), **overrides}
+        return type(self)(**params)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def search(self, checkpoint: str | Path | Checkpoint, data: str | Path | EncodedDataset, budget_bytes: int, *,
+               accountant: ByteAccountant | None = None) -> SearchResult:
+        """Compress ``checkpoint``'s model so its exported file fits ``budget_bytes``."""
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        ds = data if isinstance(data, EncodedDataset) else EncodedDataset(data)
+        if not isinstance(ckpt.model, CTRModel) or ds.task != "ctr":
+            raise BadInputError(f"method {self.name!r} compresses CTR models for now; {ckpt.model.name} "
+                                f"({ds.task}) is not supported yet; use `ondevice export` for top-K models")
+        if list(ds.schema.vocab_sizes) != list(ckpt.model.embedding.vocab_sizes):
+            raise BadInputError("the dataset's vocabulary sizes differ from the checkpoint's; pass the data the model was trained on")
+        if int(budget_bytes) < 1:
+            raise BadInputError(f"budget must be >= 1 byte, got {budget_bytes}")
+        ctx = SearchContext(ckpt=ckpt, data=ds, budget_bytes=int(budget_bytes), accountant=accountant or ByteAccountant())
+        started = time.perf_counter()
+        result = self._search(ctx)
+        result.timings["total_s"] = time.perf_counter() - started
+        result.params = {"method": self.method_name(), **self.get_params()}
+        result.bytes_estimate = ctx.accountant.file_bytes_estimate(result.model)
+        return result
+
+    def method_name(self) -> str:
+        dtype = getattr(self, "dtype", "float32")
+        return self.name if dtype == "float32" or not self.supports_dtype else f"{self.name}+{_DTYPE_SUFFIX[dtype]}"
+
+    def _search(self, ctx: SearchContext) -> SearchResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass
+class SearchContext:
+    ckpt: Checkpoint
+    data: EncodedDataset
+    budget_bytes: int
+    accountant: ByteAccountant
+
+    @property
+    def model(self) -> CTRModel:
+        return self.ckpt.model  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------- registry
+SEARCHERS: dict[str, type[Searcher]] = {}
+_DTYPE_SUFFIX = {"int8": "int8", "float16": "fp16"}
+_SUFFIX_DTYPE = {"int8": "int8", "fp16": "float16"}
+
+
+def register_searcher(cls: type[Searcher]) -> type[Searcher]:
+    SEARCHERS[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    """Every ``--method`` value: base names and ``X+int8`` / ``X+fp16`` compositions."""
+    names = sorted(SEARCHERS)
+    return names + [f"{n}+{s}" for n in names if SEARCHERS[n].supports_dtype for s in ("int8", "fp16")]
+
+
+def make_searcher(method: str, **params: Any) -> Searcher:
+    """Build the searcher a ``--method`` value names; ``params`` override its defaults.
+
+    Unknown parameters of the chosen searcher are dropped only when ``params`` came from a
+    shared option (``epochs``, ``seed``...) the searcher does not take.
+    """
+    base, _, suffix = method.partition("+")
+    cls = SEARCHERS.get(base)
+    if cls is None or (suffix and (suffix not in _SUFFIX_DTYPE or not cls.supports_dtype)):
+        raise BadInputError(f"unknown --method {method!r}; choose one of: {', '.join(method_names())}")
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    kwargs = {k: v for k, v in params.items() if k in accepted and v is not None}
+    if suffix:
+        kwargs["dtype"] = _SUFFIX_DTYPE[suffix]
+    return cls(**kwargs)
+
+
+Factory = Callable[..., Searcher]
+
+
+class RetrainingSearcher(Searcher):
+    """A searcher that retrains what it built with the shared loop (``search.retrain``).
+
+    Subclasses store ``epochs``, ``lr``, ``batch_size``, ``seed`` and ``patience``.
+    """
+
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    patience: int
+
+    def _retrain(self, ctx: SearchContext, model: CTRModel, **kwargs: Any):
+        from ondevice.search.retrain import fit_ctr
+
+        torch.manual_seed(self.seed)
+        return fit_ctr(model, ctx.data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                       seed=self.seed, patience=self.patience, **kwargs)

@@ -1,0 +1,15 @@
+"""Embedding searchers: one module per method (PEP, SSEDS, MDE) plus the baselines."""
+
+from ondevice.search.embedding.baselines import (
+    FP16Searcher,
+    HashSearcher,
+    Int8Searcher,
+    UniformSearcher,
+)
+from ondevice.search.embedding.mde import MDESearcher
+from ondevice.search.embedding.pep import PEPEmbedding, PEPSearcher
+from ondevice.search.embedding.quantize import quantize_layer
+from ondevice.search.embedding.sseds import SSEDSSearcher
+
+__all__ = ["FP16Searcher", "HashSearcher", "Int8Searcher", "MDESearcher", "PEPEmbedding", "PEPSearcher",
+           "SSEDSSearcher", "UniformSearcher", "quantize_layer"]

@@ -1,0 +1,273 @@
+"""PEP — Plug-in Embedding Pruning (Liu et al., "Learnable Embedding Sizes for Recommender
+Systems", ICLR'21; reference code ``ssui-liu/learnable-embed-sizes-for-RecSys``).
+
+Method
+------
+Search. The embedding table ``V`` is re-parameterised with a learnable soft threshold
+``s`` (Eq. 5 / survey eq. 23)::
+
+    V̂ = sign(V) ⊙ ReLU(|V| − g(s)),    g = sigmoid
+
+with ``s`` of granularity ``global`` (one scalar), ``dimension`` (``[1, D]``), ``feature``
+(``[R, 1]``, one per row) or ``feature_dim`` (``[R, D]``, the default in every script of
+the reference code). ``V``, ``s`` and every other parameter are trained jointly by **one**
+``torch.optim.Adam`` with **coupled** L2 weight decay (``weight_decay=1e-5`` on all
+parameters, ``s`` included; sub-gradient of Eq. 5, survey eq. 24). This is what moves the
+thresholds: while ``g(s)`` is below every ``|V|`` the loss gradient on ``s`` is exactly 0
+and the only force is the decay term ``1e-5·s``, which Adam normalises to a step of ≈ lr
+per step towards 0 — AdamW, SGD, or excluding ``s`` from decay would disable pruning
+(methods.md §1, §9.1).
+
+Each step the non-zeros of ``V̂`` are counted and turned into **exact deployable bytes**
+(the cheapest of dense / row-pruned / CSR / ELL for that mask, the formulas of
+:class:`ondevice.embedding.MaskedEmbedding`); the first time they fall to the embedding's
+byte target the mask ``M = [V̂ ≠ 0]`` is snapshot and the search stops (the reference
+code's ``candidate_p`` in bytes instead of non-zeros).
+
+Retrain (``PEPEmbedding.init_retrain`` with ``re_init=False``, lottery ticket): **every**
+weight of the model is rewound to its step-0 value, the table to ``V₀ ⊙ M``, the threshold
+is switched off and the model is retrained with the same Adam settings; the forward pass
+uses ``V ⊙ M``, so pruned entries have zero gradient (and zero decay, being 0) and stay
+exactly 0. The deployable table is ``MaskedEmbedding.to_deployable()``.
+
+Deviations (documented choices)
+-------------------------------
+* ``warm_start=True`` (default): step 0 is the *pretrained* checkpoint (its table and MLP),
+  not a fresh initialisation — rewinding to early-trained weights ("late rewinding",
+  Frankle et al., 2019) and it spares a full training run. ``warm_start=False`` follows the
+  paper: a fresh ``N(0, 0.01²)`` table (and the checkpoint's other weights as start).
+* ``threshold_init`` (s₀): the paper uses −15 (MovieLens-1M) / −150 (Criteo, Avazu), which on
+  data of our size would not prune for thousands of epochs (σ(−15) ≈ 3e-7; s moves ≈ lr per
+  step). The default ``"auto"`` sets s₀ = logit of the 5th percentile of ``|V₀|``, so the
+  threshold starts just below the bulk of the weights and pruning starts in the first
+  epoch; a float gives the paper's behaviour. ``threshold_lr`` (default: ``lr``) may speed
+  the thresholds up on small data; the dynamics stay the coupled-decay ones.
+* If the target is not reached within ``search_epochs``, the search snapshot is completed by
+  magnitude pruning of ``V̂`` down to the byte target and the trace says so
+  (``"reached_by": "magnitude"``), so an artefact is always produced.
+* The first-order (``linear``) table is not pruned (the reference code leaves
+  ``FeaturesLinear`` dense too).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ondevice.embedding import (
+    EmbeddingLayer,
+    MaskedEmbedding,
+    RowPrunedEmbedding,
+    SparseEmbedding,
+    field_offsets,
+)
+from ondevice.errors import BadInputError
+from ondevice.search.base import (
+    RetrainingSearcher,
+    SearchContext,
+    SearchResult,
+    make_config,
+    register_searcher,
+)
+from ondevice.search.retrain import fit_ctr
+
+__all__ = ["GRANULARITIES", "PEPEmbedding", "PEPSearcher", "masked_bytes"]
+
+GRANULARITIES = ("global", "dimension", "feature", "feature_dim")
+
+
+def _soft_threshold(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Eq. (5): ``sign(V) ⊙ ReLU(|V| − sigmoid(s))``."""
+    return torch.sign(v) * torch.relu(v.abs() - torch.sigmoid(s))
+
+
+def masked_bytes(vocab_sizes: Sequence[int], dim: int, mask: torch.Tensor) -> int:
+    """Exact bytes of the cheapest fp32 deployable format for a ``[Σ vocab, D]`` 0/1 mask.
+
+    The candidates of ``MaskedEmbedding.deploy_candidates`` (dense, row-pruned, CSR, ELL)
+    computed from counts only.
+    """
+    row_nnz = mask.sum(dim=1)
+    nnz, k = int(row_nnz.sum()), int(row_nnz.max()) if row_nnz.numel() else 0
+    keep = row_nnz > 0
+    keep[field_offsets(vocab_sizes)] = True
+    kept = [int(keep[s:s + v].sum()) for s, v in zip(field_offsets(vocab_sizes), vocab_sizes, strict=True)]
+    v = list(vocab_sizes)
+    return min(sum(v) * dim * 4 + 16 * len(v),
+               RowPrunedEmbedding.expected_bytes(v, dim, kept, "float32"),
+               SparseEmbedding.expected_bytes(v, dim, nnz, k, layout="csr", dtype="float32"),
+               SparseEmbedding.expected_bytes(v, dim, nnz, k, layout="ell", dtype="float32"))
+
+
+class PEPEmbedding(EmbeddingLayer):
+    """Search-time layer: ``V̂ = sign(V)·ReLU(|V| − σ(s))`` (training only, never exported)."""
+
+    type_name = "pep"
+
+    def __init__(self, vocab_sizes: Sequence[int], dim: int, *, granularity: str = "feature_dim",
+                 threshold_init: float = -15.0) -> None:
+        super().__init__(vocab_sizes, dim)
+        if granularity not in GRANULARITIES:
+            raise BadInputError(f"PEP granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}")
+        self.granularity = granularity
+        rows = sum(self.vocab_sizes)
+        shape = {"global": (1, 1), "dimension": (1, dim), "feature": (rows, 1), "feature_dim": (rows, dim)}[granularity]
+        self.weight = nn.Parameter(torch.zeros(rows, dim))
+        self.threshold = nn.Parameter(torch.full(shape, float(threshold_init)))
+        self.register_buffer("offsets", torch.tensor(field_offsets(self.vocab_sizes), dtype=torch.int64))
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids + self.offsets  # [B, F]
+        v = self.weight[flat]  # [B, F, D]
+        s = self.threshold[flat] if self.granularity.startswith("feature") else self.threshold  # [B, F, D|1] or [1, D|1]
+        return _soft_threshold(v, s)
+
+    def pruned_weight(self) -> torch.Tensor:
+        """``V̂`` over the whole table ``[Σ vocab, D]`` (detached)."""
+        with torch.no_grad():
+            return _soft_threshold(self.weight, self.threshold).detach()
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.pruned_weight().clone()
+
+    def spec(self) -> dict[str, Any]:
+        raise BadInputError("PEPEmbedding is a search-time layer; export its MaskedEmbedding retrain form")
+
+    def to_deployable(self) -> EmbeddingLayer:
+        return MaskedEmbedding.from_dense(self).to_deployable()
+
+
+@register_searcher
+class PEPSearcher(RetrainingSearcher):
+    """PEP search (learnable soft thresholds) + lottery-ticket retrain (module docstring).
+
+    Parameters
+    ----------
+    granularity : ``global`` | ``dimension`` | ``feature`` | ``feature_dim`` (paper default).
+    threshold_init : s₀, a float (paper: −15 / −150) or ``"auto"`` (logit of the 5th
+        percentile of ``|V₀|``; see Deviations).
+    weight_decay : coupled L2 of Adam on every parameter incl. s (paper 1e-5).
+    threshold_lr : learning rate of ``s`` (default ``lr``, as the paper).
+    search_epochs : epochs the threshold search may run before the magnitude fallback.
+    warm_start : step 0 = the pretrained checkpoint (default) or a fresh table (paper).
+    epochs, lr, batch_size, seed, patience : retraining (paper: Adam lr 1e-3, batch 1024).
+    """
+
+    name = "pep"
+
+    def __init__(self, *, granularity: str = "feature_dim", threshold_init: float | str = "auto",
+                 weight_decay: float = 1e-5, threshold_lr: float | None = None, search_epochs: int = 20,
+                 warm_start: bool = True, epochs: int = 5, lr: float = 1e-3, batch_size: int = 1024,
+                 seed: int = 0, patience: int = 2) -> None:
+        self.granularity = granularity
+        self.threshold_init = threshold_init
+        self.weight_decay = weight_decay
+        self.threshold_lr = threshold_lr
+        self.search_epochs = search_epochs
+        self.warm_start = warm_start
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.seed = seed
+        self.patience = patience
+
+    def _s0(self, v0: torch.Tensor) -> float:
+        if self.threshold_init == "auto":
+            q = float(torch.quantile(v0.abs().flatten()[:1_000_000], 0.05).clamp(min=1e-8))
+            return math.log(q / (1 - q))
+        if isinstance(self.threshold_init, str):
+            raise BadInputError(f"PEP threshold_init must be a number or 'auto'; got {self.threshold_init!r}")
+        return float(self.threshold_init)
+
+    def _search(self, ctx: SearchContext) -> SearchResult:
+        full, acc, budget = ctx.model, ctx.accountant, ctx.budget_bytes
+        vocab, D = list(full.embedding.vocab_sizes), full.embedding.dim
+        target = acc.embedding_target(full, budget)
+        smallest = masked_bytes(vocab, D, torch.zeros(sum(vocab), D, dtype=torch.bool))
+        if smallest > target:
+            raise acc.too_small(self.name, budget, acc.fixed_bytes(full) + smallest, full, smallest)
+        t0 = time.perf_counter()
+        torch.manual_seed(self.seed)
+        model = copy.deepcopy(full)
+        v0 = full.embedding.dense_weight() if self.warm_start else torch.randn(sum(vocab), D) * 1e-2
+        s0 = self._s0(v0)
+        pep = PEPEmbedding(vocab, D, granularity=self.granularity, threshold_init=s0)
+        with torch.no_grad():
+            pep.weight.copy_(v0)
+        model.embedding = pep
+        for layer in model.embedding_layers().values():  # dense gradients: Adam + decay on every row (paper)
+            if hasattr(layer, "sparse"):
+                layer.sparse = False
+        step0 = copy.deepcopy(model.state_dict())  # rewind point (Engine: initial_embedding.npy)
+        others = [p for n, p in model.named_parameters() if n != "embedding.threshold"]
+        opt = torch.optim.Adam([{"params": others},
+                                {"params": [pep.threshold], "lr": self.threshold_lr or self.lr}],
+                               lr=self.lr, weight_decay=self.weight_decay)  # coupled L2, s included
+        trace: list[dict[str, Any]] = []
+        snapshot: dict[str, Any] = {}
+
+        def on_step(step: int) -> bool:
+            mask = pep.pruned_weight() != 0
+            nbytes = masked_bytes(vocab, D, mask)
+            if step == 1 or step % 50 == 0 or nbytes <= target:
+                trace.append({"step": step, "nnz": int(mask.sum()), "bytes": nbytes,
+                              "mean_threshold": float(torch.sigmoid(pep.threshold.detach()).mean())})
+            if nbytes <= target:
+                snapshot.update(mask=mask, step=step, bytes=nbytes)
+                return True
+            return False
+
+        fit = fit_ctr(model, ctx.data, epochs=self.search_epochs, batch_size=self.batch_size, seed=self.seed,
+                      optimizers=[opt], on_step=on_step, select_best=False, evaluate=False, grad_clip=100.0)
+        if snapshot:
+            mask, reached = snapshot["mask"], "threshold"
+        else:
+            mask, reached = _magnitude_mask(pep.pruned_weight(), vocab, D, target), "magnitude"
+        search_s = time.perf_counter() - t0
+
+        # --- retrain: rewind every weight to step 0, table V0 ⊙ M, thresholds off.
+        model = copy.deepcopy(full)
+        state = {k.removeprefix("embedding."): v for k, v in step0.items() if k.startswith("embedding.")}
+        masked = MaskedEmbedding(vocab, D, sparse=False)
+        with torch.no_grad():
+            masked.weight.copy_(state["weight"] * mask)
+        masked.set_mask(mask)
+        model.load_state_dict({k: v for k, v in step0.items() if not k.startswith("embedding.")}, strict=False)
+        model.embedding = masked
+        for layer in model.embedding_layers().values():
+            if hasattr(layer, "sparse"):
+                layer.sparse = False
+        torch.manual_seed(self.seed)
+        opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        refit = self._retrain(ctx, model, optimizers=[opt], grad_clip=100.0)
+        config = make_config("PEPConfig", {"mask_nnz": int(mask.sum()), "mask_shape": list(mask.shape),
+                                           "reached_by": reached, "search_step": snapshot.get("step", fit.steps),
+                                           "threshold_init": s0, "granularity": self.granularity})
+        trace.append({"reached_by": reached, "embedding_target": target, "embedding_bytes": masked.storage_bytes(),
+                      "search_steps": fit.steps})
+        trace.append({"retrain": refit.history})
+        return SearchResult(model=model, config=config, val=refit.val, metric="auc", trace=trace,
+                            timings={"search_s": search_s, "retrain_s": refit.seconds})
+
+
+def _magnitude_mask(w: torch.Tensor, vocab: list[int], dim: int, target: int) -> torch.Tensor:
+    """Keep the largest ``|w|`` entries, as many as fit ``target`` bytes (bisection on the count)."""
+    flat = w.abs().flatten()
+    order = torch.argsort(flat, descending=True)
+
+    def mask_of(k: int) -> torch.Tensor:
+        m = torch.zeros_like(flat, dtype=torch.bool)
+        m[order[:k]] = True
+        return m.view_as(w) & (w != 0)
+
+    lo, hi = 0, int((w != 0).sum())
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if masked_bytes(vocab, dim, mask_of(mid)) <= target else (lo, mid - 1)
+    return mask_of(lo)

@@ -1,0 +1,138 @@
+"""The one small CTR training loop every searcher shares (search phases and retraining).
+
+Same conventions as ``ondevice.train.Trainer``: BCE on ``[B]`` logits, epoch order drawn
+from ``numpy.random.default_rng([seed, epoch])``, torch re-seeded per epoch, validation AUC
+computed once over the whole split with ``evaluate_ctr``, the best epoch's weights kept.
+Optimisers: by default Adam on dense parameters and lazy ``SparseAdam`` on row-sparse tables
+(the trainer's split); a searcher may pass its own (PEP: one Adam with coupled weight decay
+on everything). ``on_step(step)`` may stop training early by returning ``True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ondevice.data import EncodedDataset
+from ondevice.models import CTRModel
+from ondevice.train import evaluate_ctr
+
+__all__ = ["FitResult", "default_optimizers", "fit_ctr", "iter_batches", "val_metrics"]
+
+
+@dataclass
+class FitResult:
+    val: dict[str, float]
+    best_epoch: int
+    steps: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def default_optimizers(model: CTRModel, lr: float, weight_decay: float = 0.0) -> list[torch.optim.Optimizer]:
+    """Adam on dense parameters + SparseAdam on row-sparse tables (as the Trainer)."""
+    sparse_ids = {id(p) for p in model.sparse_parameters()}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
+    sparse = [p for p in model.sparse_parameters() if p.requires_grad]
+    opts: list[torch.optim.Optimizer] = []
+    if dense:
+        opts.append(torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay))
+    if sparse:
+        opts.append(torch.optim.SparseAdam(sparse, lr=lr))
+    return opts
+
+
+def iter_batches(data: EncodedDataset, split: str, batch_size: int, seed: int, epoch: int):
+    """Shuffled ``(ids int64 [B, F], labels float32 [B])`` batches of one epoch."""
+    s = data.split(split)
+    ids, labels = np.asarray(s.ids), np.asarray(s.labels)
+    order = np.random.default_rng([seed, epoch]).permutation(len(ids))
+    for start in range(0, len(order), batch_size):
+        rows = np.sort(order[start:start + batch_size])
+        yield (torch.from_numpy(ids[rows].astype(np.int64)), torch.from_numpy(labels[rows].astype(np.float32)))
+
+
+def val_metrics(model: CTRModel, data: EncodedDataset) -> dict[str, float]:
+    s = data.split("val")
+    out = evaluate_ctr(model, s.ids, s.labels)
+    model.train()
+    return out
+
+
+def fit_ctr(
+    model: CTRModel,
+    data: EncodedDataset,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 1024,
+    seed: int = 0,
+    patience: int = 2,
+    optimizers: list[torch.optim.Optimizer] | None = None,
+    on_step: Callable[[int], bool] | None = None,
+    select_best: bool = True,
+    evaluate: bool = True,
+    grad_clip: float | None = None,
+) -> FitResult:
+    """Train ``model`` in place on the train split; returns validation metrics.
+
+    With ``select_best`` the weights of the best validation epoch are restored at the end
+    (early stopping after ``patience`` epochs without improvement). ``epochs=0`` only
+    evaluates.
+    """
+    opts = optimizers if optimizers is not None else default_optimizers(model, lr)
+    started = time.perf_counter()
+    best_auc, best_epoch, best_state, bad = -math.inf, 0, None, 0
+    history: list[dict[str, Any]] = []
+    steps, stopped = 0, False
+    val: dict[str, float] = {}
+    for epoch in range(1, epochs + 1):
+        torch.manual_seed(seed + epoch)
+        model.train()
+        total, n = 0.0, 0
+        for x, y in iter_batches(data, "train", batch_size, seed, epoch):
+            logits = model(x)  # [B]
+            assert logits.shape == y.shape, f"logits {tuple(logits.shape)} vs labels {tuple(y.shape)}"
+            loss = F.binary_cross_entropy_with_logits(logits, y)
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None and not p.grad.is_sparse], grad_clip)
+            for o in opts:
+                o.step()
+            steps += 1
+            total += float(loss.detach()) * len(y)
+            n += len(y)
+            if on_step is not None and on_step(steps):
+                stopped = True
+                break
+        entry: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(n, 1), "steps": steps}
+        if evaluate:
+            val = val_metrics(model, data)
+            entry["val_auc"] = val["auc"]
+            if val["auc"] > best_auc:
+                best_auc, best_epoch, bad = val["auc"], epoch, 0
+                if select_best:
+                    best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+        history.append(entry)
+        if stopped or (evaluate and select_best and bad >= patience):
+            break
+    if select_best and best_state is not None:
+        model.load_state_dict(best_state)
+    if evaluate:
+        val = val_metrics(model, data)
+    model.eval()
+    return FitResult(val=val, best_epoch=best_epoch, steps=steps, seconds=time.perf_counter() - started,
+                     history=history, stopped_early=stopped)

@@ -1,0 +1,89 @@
+"""``compress`` end to end and the ``ondevice compress`` CLI on the planted CTR data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ondevice.cli import _register_commands, cli
+from ondevice.compress import compress
+from ondevice.errors import BudgetTooSmallError
+
+BUDGET = "17KB"
+METHODS = ["uniform", "hash", "int8", "pep", "sseds", "mde", "sseds+int8"]
+FAST = {m: {"batch_size": 256} for m in METHODS}
+FAST["pep"] = {"batch_size": 256, "threshold_init": -1.0, "search_epochs": 3}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.search.conftest import pretrained_run  # the same tiny DeepFM as tests/search
+
+    return pretrained_run(tmp_path_factory.mktemp("compress_run"))
+
+
+@pytest.fixture(scope="session")
+def compressed(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("compress") / "out"
+    summary = compress(trained_run, budgets=[BUDGET], methods=METHODS, out_dir=out, epochs=2,
+                       searcher_params=FAST, profile_runs=3, quiet=True)
+    return out, summary
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_fits_verifies_and_beats_random(compressed, method: str) -> None:
+    out, summary = compressed
+    run = next(r for r in summary["runs"] if r["method"] == method)
+    folder = out / run["folder"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (folder / "model.onnx").stat().st_size == run["file_bytes"] <= 17_000
+    assert manifest["budget"]["fits"] is True and manifest["verify"]["passed"] is True
+    assert run["val_metric"] > 0.55
+    search = json.loads((folder / "search.json").read_text())
+    assert search["params"]["method"] == method and search["config"]["_type"]
+    assert (folder / "profile.json").is_file()
+
+
+def test_summary_files(compressed) -> None:
+    out, summary = compressed
+    assert {p.name for p in out.iterdir()} >= {"summary.json", "summary.md", "summary.png"}
+    s = json.loads((out / "summary.json").read_text())
+    assert s["full_model"]["file_bytes"] > 17_000 and s["full_model"]["val"]["auc"] > 0.6
+    assert len(s["runs"]) == len(METHODS) and not s["failures"]
+    assert "sseds+int8" in (out / "summary.md").read_text()
+    assert not list(out.parent.glob(".out.*"))  # no temp folder left behind
+
+
+def test_too_small_budget_raises_with_minimum(trained_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(BudgetTooSmallError, match="smallest model sseds can build"):
+        compress(trained_run, budgets=["4KB"], methods=["sseds"], out_dir=tmp_path / "o", quiet=True)
+
+
+def _cli(*args: object):
+    _register_commands()
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_cli_exit_codes(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ok = _cli("compress", trained_run, "--budget", "17KB", "--method", "int8", "--out", tmp_path / "a",
+              "--profile-runs", "2")
+    assert ok.exit_code == 0, ok.output
+    assert "summary:" in ok.output and (tmp_path / "a" / "17KB").is_dir()
+    again = _cli("compress", trained_run, "--budget", "17KB", "--method", "int8", "--out", tmp_path / "a")
+    assert again.exit_code == 2 and "--force" in again.output
+    small = _cli("compress", trained_run, "--budget", "3KB", "--method", "int8", "--out", tmp_path / "b")
+    assert small.exit_code == 2 and "smallest model int8 can build" in small.output
+    bad = _cli("compress", trained_run, "--budget", "17KB", "--method", "magic", "--out", tmp_path / "c")
+    assert bad.exit_code == 2 and "unknown --method" in bad.output
+    # A byte accountant that underestimates (negative margin, no retries) -> over budget -> exit 3.
+    import ondevice.compress as comp
+
+    monkeypatch.setattr(comp, "FORMAT_MARGIN_BYTES", -30_000)
+    monkeypatch.setattr(comp, "MAX_FIT_RETRIES", 0)
+    over = _cli("compress", trained_run, "--budget", "17KB", "--method", "uniform", "--epochs", "1",
+                "--out", tmp_path / "d")
+    assert over.exit_code == 3, over.output
+    assert "over the budget" in over.output
