@@ -34,7 +34,7 @@ def run_quickstart(
 ) -> dict[str, Any]:
     """Run generate -> prepare -> train -> export -> verify -> profile; return a summary."""
     from ondevice.data.generate import generate_ctr
-    from ondevice.data.prepare import prepare
+    from ondevice.data.preparation import prepare
     from ondevice.export import export_artefact, profile_artefact, verify_artefact
     from ondevice.train import TrainConfig, train
 

@@ -71,7 +71,7 @@ def prepare_command(inputs: tuple[Path, ...], fmt: str, out: Path, min_count: in
                     split: str, seed: int, val_fraction: float, test_fraction: float, chunk_rows: int | None,
                     spec: Path | None, options: tuple[str, ...], force: bool, quiet: bool) -> None:
     """Encode raw INPUTS into an encoded dataset folder (schema.json, prepare.json, splits)."""
-    from ondevice.data.prepare import DEFAULT_CHUNK_ROWS, prepare
+    from ondevice.data.preparation import DEFAULT_CHUNK_ROWS, prepare
 
     hash_buckets = {k: int(v) for k, v in _key_values(hashes, "--hash").items()}
     format_options = _key_values(options, "--option")

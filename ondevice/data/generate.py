@@ -441,7 +441,7 @@ def synthetic_ctr_dataset(
     ``out_dir/truth.json``. Returns the ``prepare.json`` content (with ``truth`` added).
     Used by the quickstart and by tests that need a real encoded dataset.
     """
-    from ondevice.data.prepare import prepare
+    from ondevice.data.preparation import prepare
 
     out = Path(out_dir)
     check_writable_parent(out)

@@ -148,6 +148,10 @@ class Progress:
         self.live = self.enabled and sys.stderr.isatty()
         self._last = 0.0
 
+    def due(self) -> bool:
+        """Whether an ``update`` now would print (enabled and 0.5 s since the last one)."""
+        return self.enabled and time.monotonic() - self._last >= 0.5
+
     def update(self, epoch: int, epochs: int, step: int, steps: int, samples_per_s: float, loss: float, *, force: bool = False) -> None:
         if not self.live:
             return
@@ -191,14 +195,28 @@ def _iter_ctr_batches(
     world, rank = dist_info.world_size, dist_info.rank
     n_batches = len(order) // batch_size if world > 1 else math.ceil(len(order) / batch_size)
     per_rank = batch_size // world
+    in_memory = isinstance(ids, torch.Tensor)
     for b in range(n_batches):
         rows = order[b * batch_size : (b + 1) * batch_size]
         if world > 1:
             rows = rows[rank * per_rank : (rank + 1) * per_rank]
-        rows = np.sort(rows)  # sequential access into the memmap
-        x = torch.from_numpy(np.asarray(ids[rows], dtype=np.int64))
-        y = torch.from_numpy(np.asarray(labels[rows], dtype=np.float32))
+        rows = np.sort(rows)  # sequential access into the memmap (and the same row order in memory)
+        if in_memory:  # one gather from the int64 copy: no per-batch dtype conversion
+            index = torch.from_numpy(rows)
+            x, y = ids.index_select(0, index), labels.index_select(0, index)
+        else:
+            x = torch.from_numpy(np.asarray(ids[rows], dtype=np.int64))
+            y = torch.from_numpy(np.asarray(labels[rows], dtype=np.float32))
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def _in_memory_ctr(split: Any) -> tuple[Any, Any]:
+    """The split as (int64 ids, float32 labels) tensors when it fits, else the memmaps."""
+    if split.ids.nbytes * 2 < _IN_MEMORY_LIMIT:
+        ids = torch.from_numpy(np.ascontiguousarray(split.ids, dtype=np.int64))
+        labels = torch.from_numpy(np.array(split.labels, dtype=np.float32))
+        return ids, labels
+    return split.ids, split.labels
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -305,6 +323,84 @@ def _evaluate_sampled(model, ev_ptr, ev_items, ex_ptrs, users, n_items, k, negat
     return {f"hr@{k}": hr, f"ndcg@{k}": ndcg, "users": int(len(users)), "protocol": f"1+{negatives} sampled"}
 
 
+# ---------------------------------------------------------------------- optimisers
+def _dense_adam(params: list[torch.nn.Parameter], *, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam for the dense parameters, with the fused kernel where torch has one.
+
+    ``fused=True`` runs the whole update of each tensor in one vectorised kernel (CPU since
+    torch 2.4, CUDA) instead of ~6 elementwise passes; the maths is Adam's. It falls back to
+    the default implementation for parameters the fused kernel does not take.
+    """
+    if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+        try:
+            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+        except (RuntimeError, ValueError):
+            pass
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+class LazyAdam(torch.optim.SparseAdam):
+    """``torch.optim.SparseAdam`` with a faster step; same maths, same state layout.
+
+    Every step touches only the rows in the batch: the gradient is coalesced (one sort of
+    the batch's row ids), those rows of the moments are gathered, updated and scattered
+    back, and the parameter rows get ``-lr_t * m / (sqrt(v) + eps)``. torch's reference
+    implementation does the same arithmetic through sparse-tensor ``sparse_mask``/``add_``
+    calls that cost several times more per step on CPU. The state dict is SparseAdam's
+    (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter), so checkpoints stay compatible.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            eps, lr = group["eps"], float(group["lr"])
+            maximize = group.get("maximize", False)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if not grad.is_sparse:
+                    raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                if grad.sparse_dim() != 1 or p.dim() < 1:
+                    torch.optim._functional.sparse_adam(
+                        [p], [grad], [state["exp_avg"]], [state["exp_avg_sq"]], [state["step"]],
+                        eps=eps, beta1=beta1, beta2=beta2, lr=lr, maximize=maximize)
+                    continue
+                grad = grad.coalesce()  # the update is non-linear: one summed gradient per row
+                rows = grad._indices()[0]
+                g = grad._values()
+                if g.numel() == 0:
+                    continue
+                if maximize:
+                    g = -g
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                # old <- old + (1 - b) * (new - old), exactly as SparseAdam writes it
+                m = exp_avg.index_select(0, rows)
+                m.add_(g.sub(m).mul_(1 - beta1))
+                v = exp_avg_sq.index_select(0, rows)
+                v.add_(g.pow(2).sub_(v).mul_(1 - beta2))
+                exp_avg.index_copy_(0, rows, m)
+                exp_avg_sq.index_copy_(0, rows, v)
+                step = state["step"]
+                step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+                # rows are unique after coalesce: gather-add-scatter (index_add_ would take
+                # the slower duplicate-safe scatter_add path on CPU)
+                update = m.div_(v.sqrt_().add_(eps)).mul_(-step_size)
+                p.index_copy_(0, rows, p.index_select(0, rows).add_(update))
+        return loss
+
+
 # ---------------------------------------------------------------------- the trainer
 class Trainer:
     """Train one model on one encoded dataset into a run folder.
@@ -318,6 +414,7 @@ class Trainer:
         config.validate()
         self.config = config
         self.quiet = quiet
+        self._train_cache: tuple[Any, Any, Any] | None = None  # (split, ids, labels) of the last CTR fit
 
     # ------------------------------------------------------------------ setup
     def _build_model(self, data: EncodedDataset) -> RecModel:
@@ -341,9 +438,9 @@ class Trainer:
         dense = model.dense_parameters()
         sparse = model.sparse_parameters()
         if dense:
-            opts.append(torch.optim.Adam(dense, lr=c.lr, weight_decay=c.weight_decay))
+            opts.append(_dense_adam(dense, lr=c.lr, weight_decay=c.weight_decay))
         if sparse:
-            opts.append(torch.optim.SparseAdam(sparse, lr=c.embedding_lr or c.lr))
+            opts.append(LazyAdam(sparse, lr=c.embedding_lr or c.lr))
         return opts
 
     # ------------------------------------------------------------------ main
@@ -389,7 +486,9 @@ class Trainer:
 
         try:
             result = self._fit(data, partial, device, dist_info, state)
+            self._train_cache = None
         except BaseException:
+            self._train_cache = None
             # keep a partial folder only if it holds something to resume from
             if dist_info.is_main and not (partial / "last.pt").is_file():
                 shutil.rmtree(partial, ignore_errors=True)
@@ -531,10 +630,11 @@ class Trainer:
         order = _epoch_order(len(train), c.seed, epoch, c.batch_size)
         n_batches = len(order) // c.batch_size if dist_info.enabled else math.ceil(len(order) / c.batch_size)
         steps = self._steps(n_batches)
-        ids, labels = train.ids, train.labels
-        if ids.nbytes < _IN_MEMORY_LIMIT:
-            ids, labels = np.asarray(ids), np.asarray(labels)
-        total_loss, samples, t0 = 0.0, 0, time.perf_counter()
+        if self._train_cache is None or self._train_cache[0] is not train:
+            self._train_cache = (train, *_in_memory_ctr(train))
+        ids, labels = self._train_cache[1], self._train_cache[2]
+        # the running loss stays a tensor on the device: no host sync per step
+        total_loss, samples, t0 = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter()
         for step, (x, y) in enumerate(_iter_ctr_batches(ids, labels, order, c.batch_size, dist_info, device), start=1):
             logits = train_model(x)
             loss = F.binary_cross_entropy_with_logits(logits, y)
@@ -545,12 +645,13 @@ class Trainer:
             loss.backward()
             for opt in optimizers:
                 opt.step()
-            total_loss += float(loss.detach()) * len(x)
+            total_loss += loss.detach() * len(x)
             samples += len(x)
-            progress.update(epoch, c.epochs, step, steps, samples / (time.perf_counter() - t0), total_loss / samples)
+            if progress.due() or step == steps:
+                progress.update(epoch, c.epochs, step, steps, samples / (time.perf_counter() - t0), float(total_loss) / samples)
             if step >= steps:
                 break
-        return total_loss / max(samples, 1), samples
+        return float(total_loss) / max(samples, 1), samples
 
     def _topk_context(self, data: EncodedDataset) -> dict[str, Any]:
         train = np.asarray(data.split("train").ids, dtype=np.int64)
@@ -570,7 +671,7 @@ class Trainer:
         n_batches = len(order) // c.batch_size if dist_info.enabled else math.ceil(len(order) / c.batch_size)
         steps = self._steps(n_batches)
         per_rank = c.batch_size // dist_info.world_size
-        total_loss, samples, t0 = 0.0, 0, time.perf_counter()
+        total_loss, samples, t0 = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter()
         for step in range(1, steps + 1):
             rows = order[(step - 1) * c.batch_size : step * c.batch_size]
             if dist_info.enabled:
@@ -591,10 +692,11 @@ class Trainer:
             loss.backward()
             for opt in optimizers:
                 opt.step()
-            total_loss += float(loss.detach()) * len(rows)
+            total_loss += loss.detach() * len(rows)
             samples += len(rows)
-            progress.update(epoch, c.epochs, step, steps, samples / (time.perf_counter() - t0), total_loss / samples)
-        return total_loss / max(samples, 1), samples
+            if progress.due() or step == steps:
+                progress.update(epoch, c.epochs, step, steps, samples / (time.perf_counter() - t0), float(total_loss) / samples)
+        return float(total_loss) / max(samples, 1), samples
 
     def _evaluate(self, model: RecModel, data: EncodedDataset, split: str, device, ctx) -> dict[str, float]:
         c = self.config

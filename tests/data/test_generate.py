@@ -10,7 +10,7 @@ import pytest
 
 from ondevice.data import EncodedDataset
 from ondevice.data.generate import generate_ctr, generate_topk, synthetic_ctr_dataset
-from ondevice.data.prepare import prepare
+from ondevice.data.preparation import prepare
 from ondevice.errors import BadInputError
 
 

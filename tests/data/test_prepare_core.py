@@ -11,7 +11,7 @@ import pytest
 
 from ondevice.data import EncodedDataset
 from ondevice.data.formats.base import criteo_log2
-from ondevice.data.prepare import prepare, split_uniform
+from ondevice.data.preparation import prepare, split_uniform
 from ondevice.schema import Schema, stable_hash
 from tests.data.conftest import criteo_line
 

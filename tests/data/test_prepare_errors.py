@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ondevice.data.prepare import prepare
+from ondevice.data.preparation import prepare
 from ondevice.errors import BadInputError, DataFormatError, OutputExistsError
 from tests.data.conftest import criteo_line, write_criteo
 

@@ -11,7 +11,7 @@ import pytest
 
 from ondevice.data import EncodedDataset
 from ondevice.data.formats import FORMATS
-from ondevice.data.prepare import prepare
+from ondevice.data.preparation import prepare
 from ondevice.schema import Schema
 
 

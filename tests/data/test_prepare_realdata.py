@@ -9,7 +9,7 @@ import pytest
 
 from ondevice.data import EncodedDataset
 from ondevice.data.formats.libfm import FRAPPE_NAMES
-from ondevice.data.prepare import prepare
+from ondevice.data.preparation import prepare
 from tests.data.conftest import shared_or_skip
 
 pytestmark = pytest.mark.realdata

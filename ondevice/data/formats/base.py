@@ -4,7 +4,7 @@ A format turns one raw file into a stream of :class:`Chunk` s. A chunk holds one
 per field (a pyarrow array of raw values for ``vocab``/``hash`` fields, an int64 numpy array
 of raw ids for ``identity`` fields) plus the labels, and can name the file and line of any
 of its rows for error messages. The format knows nothing about vocabularies or splits:
-``ondevice.data.prepare`` counts, encodes and writes.
+``ondevice.data.preparation`` counts, encodes and writes.
 
 Delimited text (Criteo, Avazu, libFM, MovieLens, generic CSV) is read by
 :class:`DelimitedSource`: the file (gzip detected by its magic bytes, whatever its name) is

@@ -13,7 +13,7 @@ simply leave row 1 unused.)
 
 Use ``split="given"`` with the train and test files; val is then a seeded random
 ``val_fraction`` of each user's train interactions, keeping at least one in train
-(see ``ondevice.data.prepare``).
+(see ``ondevice.data.preparation``).
 """
 
 from __future__ import annotations
