@@ -1,9 +1,13 @@
 """``ondevice quickstart``: the whole flow on an embedded synthetic default, in about a minute.
 
-generate (Criteo-format TSV with a planted model) -> prepare -> train DeepFM -> export to a
-2 MB-budget ONNX artefact -> verify against PyTorch -> profile latency. Everything lands in
-one folder (default ``ondevice-quickstart/``), each stage in its own sub-folder, so every
-step can be rerun by hand with the commands printed at the end.
+generate (Criteo-format TSV with a planted model) -> prepare -> train a full DeepFM (about
+4 MB of fp32 parameters) -> compress it to a 2 MB budget with SSEDS (search, retrain,
+export, verify against PyTorch, profile latency). Everything lands in one folder (default
+``ondevice-quickstart/``), each stage in its own sub-folder, so every step can be rerun by
+hand with the commands printed at the end.
+
+Torch runs on one thread here: these models gain little from two, and two OpenMP threads
+on a busy 2-core machine can be ten times slower than one.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from typing import Any
 from ondevice.errors import OutputExistsError
 
 #: Small enough for ~1 minute on 2 cores, large enough that DeepFM learns the planted model.
-QUICKSTART_ROWS = 100_000
-QUICKSTART_VOCAB = 1_000
+QUICKSTART_ROWS = 300_000
+QUICKSTART_VOCAB = 4_000
 QUICKSTART_BUDGET = "2MB"
 
 
@@ -26,16 +30,18 @@ def run_quickstart(
     out_dir: str | Path = "ondevice-quickstart",
     *,
     rows: int = QUICKSTART_ROWS,
-    epochs: int = 2,
+    epochs: int = 3,
     seed: int = 0,
     force: bool = False,
     quiet: bool = False,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run generate -> prepare -> train -> export -> verify -> profile; return a summary."""
+    import torch
+
+    from ondevice.compress import compress
     from ondevice.data.generate import generate_ctr
     from ondevice.data.preparation import prepare
-    from ondevice.export import export_artefact, profile_artefact, verify_artefact
     from ondevice.train import TrainConfig, train
 
     out = Path(out_dir)
@@ -44,11 +50,12 @@ def run_quickstart(
             raise OutputExistsError(f"{out} already exists; pass --force to replace it or --out another folder")
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    torch.set_num_threads(1)
     t0 = time.perf_counter()
     raw = out / "raw" / "train.tsv.gz"
     raw.parent.mkdir()
 
-    echo(f"[1/5] generating {rows:,} Criteo-format rows with a planted model -> {raw}")
+    echo(f"[1/4] generating {rows:,} Criteo-format rows with a planted model -> {raw}")
     truth = generate_ctr(raw, rows, vocab=QUICKSTART_VOCAB, seed=seed)
     important = [f["field"] for f in truth.get("important_fields", [])]
     pairs = ["×".join(p["fields"]) for p in truth.get("interactions", [])]
@@ -56,49 +63,42 @@ def run_quickstart(
          f" (truth: {raw}.truth.json)")
 
     data_dir = out / "data"
-    echo(f"[2/5] preparing -> {data_dir}")
+    echo(f"[2/4] preparing -> {data_dir}")
     info = prepare(raw, data_dir, format="criteo", min_count=2, seed=seed)
     echo(f"      rows {info.get('rows')}, {info.get('rows_per_s', 0):,.0f} rows/s ({_since(t0)})")
 
     run_dir = out / "run"
-    echo(f"[3/5] training DeepFM -> {run_dir}")
-    # One thread: this small model gains little from two, and one thread stays fast when
-    # the machine is busy (two OpenMP threads on a loaded 2-core box can be 10x slower).
+    echo(f"[3/4] training DeepFM -> {run_dir}")
     config = TrainConfig(model="deepfm", embed_dim=8, mlp_dims=[64, 32], batch_size=1024, epochs=epochs,
                          seed=seed, patience=1, threads=1)
     result = train(data_dir, run_dir, config, quiet=quiet)
     echo(f"      validation AUC {result.val['auc']:.4f} (test AUC {result.test['auc']:.4f}, best epoch {result.best_epoch}) ({_since(t0)})")
 
-    artefact = out / "artefact"
-    echo(f"[4/5] exporting with budget {QUICKSTART_BUDGET} and verifying -> {artefact}")
-    manifest = export_artefact(run_dir, artefact, budget=QUICKSTART_BUDGET)
-    verified = verify_artefact(artefact)
-    file_bytes = manifest["files"]["model.onnx"]["bytes"] if "model.onnx" in manifest.get("files", {}) else None
-    echo(f"      model.onnx {file_bytes:,} B <= {QUICKSTART_BUDGET}; ORT vs PyTorch: {_verify_line(verified)} ({_since(t0)})")
-
-    echo("[5/5] profiling (batch 1 and 256, 1 thread)")
-    prof = profile_artefact(artefact, batches=(1, 256), threads=(1,), runs=200, warmup=20, plot=False, torch_baseline=True)
+    compressed = out / "compressed"
+    echo(f"[4/4] compressing to {QUICKSTART_BUDGET} with SSEDS: search, retrain, export, verify, profile -> {compressed}")
+    summary = compress(run_dir, budgets=[QUICKSTART_BUDGET], methods=["sseds"], out_dir=compressed, epochs=2,
+                       seed=seed, quiet=True)
+    full, run = summary["full_model"], summary["runs"][0]
+    artefact = compressed / run["folder"]
+    diff = max(run["verify_max_abs_diff"].values())
+    echo(f"      full model {full['file_bytes']:,} B -> {run['file_bytes']:,} B <= {QUICKSTART_BUDGET}; "
+         f"val AUC {full['val']['auc']:.4f} -> {run['val_metric']:.4f}; ORT vs PyTorch max diff {diff:.1e}; "
+         f"p50 {run['p50_ms_batch1'] * 1000:.0f} µs at batch 1 ({_since(t0)})")
     elapsed = time.perf_counter() - t0
-    echo(f"done in {elapsed:.0f} s. Artefact: {artefact}/model.onnx; report: {artefact}/profile.md")
+    echo(f"done in {elapsed:.0f} s. Artefact: {artefact}/model.onnx; report: {compressed}/summary.md")
     echo(f"next: ondevice profile {artefact} --batch 1 --batch 256 --threads 1 --threads 2")
     return {
         "out_dir": str(out),
         "val_auc": result.val["auc"],
         "test_auc": result.test["auc"],
         "artefact": str(artefact),
-        "file_bytes": file_bytes,
-        "verify": verified,
-        "profile": prof,
+        "full_bytes": full["file_bytes"],
+        "file_bytes": run["file_bytes"],
+        "compressed_val_auc": run["val_metric"],
+        "verify_max_abs_diff": diff,
         "seconds": elapsed,
     }
 
 
 def _since(t0: float) -> str:
     return f"{time.perf_counter() - t0:.0f} s elapsed"
-
-
-def _verify_line(verified: dict[str, Any]) -> str:
-    diff = verified.get("max_abs_diff")
-    if isinstance(diff, dict):
-        diff = max(diff.values())
-    return f"max abs diff {diff:.2e} (tolerance {verified.get('atol', verified.get('tolerance'))})" if diff is not None else "ok"

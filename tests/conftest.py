@@ -6,9 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ondevice.io import atomic_write_json
 from ondevice.schema import Field, Schema
+
+# One torch thread: the tests are about correctness, and two OpenMP threads on a busy
+# 2-core machine can run ten times slower than one.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -22,9 +22,10 @@ def test_quickstart_end_to_end(tmp_path):
     result = run("quickstart", "--out", str(out), "--rows", "20000", "--epochs", "1", "--quiet")
     assert result.exit_code == 0, result.output
     assert "validation AUC" in result.output
-    manifest = json.loads((out / "artefact" / "manifest.json").read_text())
-    assert manifest["budget"]["fits"] is True
-    assert (out / "artefact" / "profile.json").is_file()
+    manifest = json.loads((out / "compressed" / "2MB" / "manifest.json").read_text())
+    assert manifest["budget"]["fits"] is True and manifest["budget"]["bytes"] == 2_000_000
+    summary = json.loads((out / "compressed" / "summary.json").read_text())
+    assert summary["runs"][0]["method"] == "sseds" and not summary["failures"]
     # a second run refuses to clobber the folder
     again = run("quickstart", "--out", str(out), "--rows", "20000")
     assert again.exit_code == 2 and "already exists" in again.output

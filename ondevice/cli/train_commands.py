@@ -96,8 +96,8 @@ def train(data_dir: Path, out_dir: Path, model: str, embed_dim: int | None, mlp_
 @cli.command()
 @click.option("--out", "out_dir", default="ondevice-quickstart", show_default=True, type=click.Path(path_type=Path),
               help="Folder for the data, run and artefact.")
-@click.option("--rows", type=int, default=None, help="Synthetic rows to generate [200,000].")
-@click.option("--epochs", type=int, default=2, show_default=True)
+@click.option("--rows", type=int, default=None, help="Synthetic rows to generate [300,000].")
+@click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing quickstart folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
