@@ -10,6 +10,19 @@ with a small run count. Output, written atomically (temp folder + rename)::
                                          + search.json (searcher params, config, trace)
     OUT/summary.json, summary.md         every run: val metric, file bytes, timings, failures
     OUT/summary.png                      val metric vs artefact bytes (when matplotlib is there)
+    OUT/fleet.json, fleet.md             with ``fleet=DIR``: one row per device profile of DIR
+                                         (bytes, metric, p50/p99 at the profile's batch and
+                                         threads against its target, pass/fail)
+    OUT/_cache/                          what once-for-all methods trained for every budget
+                                         (RULE's elastic model and estimator)
+
+Top-K (BPR-MF) runs use the methods that support them (``rule``, ``uniform``, ``int8``,
+``fp16``) and report validation Recall@K (the run's ``k``, full ranking excluding training
+items); the artefact holds the item table only.
+
+Fleet: a latency target is judged only when this machine has the profile's architecture
+(an x86-64 host cannot judge an arm64 phone): elsewhere the report says "not measured on
+target arch" and the row passes on bytes and parity alone; a judged miss is a failure.
 
 The folder suffix ``-<method>`` is added when more than one method runs. The full model's
 validation metric and exported bytes are in the summary for reference. Searchers see the
@@ -35,7 +48,7 @@ import torch
 
 from ondevice.budget import DeviceProfile, format_bytes, load_profile, parse_budget
 from ondevice.data import EncodedDataset
-from ondevice.errors import BadInputError, BrokenPromiseError, OndeviceError
+from ondevice.errors import BadInputError, BrokenPromiseError, LatencyTargetError, OndeviceError
 from ondevice.io import (
     atomic_output_dir,
     atomic_write_json,
@@ -43,13 +56,13 @@ from ondevice.io import (
     read_json,
     safe_child,
 )
-from ondevice.models import RecModel
+from ondevice.models import BPRMF, RecModel
 from ondevice.search import ByteAccountant, make_searcher
 from ondevice.search.base import FORMAT_MARGIN_BYTES, SearchResult
-from ondevice.search.retrain import val_metrics
+from ondevice.search.retrain import topk_metric_name, val_metrics
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint
 
-__all__ = ["compress", "measure_file_bytes"]
+__all__ = ["compress", "fleet_profiles_in", "fleet_report", "measure_file_bytes", "render_fleet_markdown"]
 
 MAX_FIT_RETRIES = 2
 
@@ -62,11 +75,24 @@ def measure_file_bytes(model: RecModel) -> tuple[int, int]:
 
     deployed = deployable_model(model)
     module, io = export_module(deployed)
-    num_fields = deployed.embedding.num_fields  # type: ignore[union-attr]
+    if isinstance(deployed, BPRMF):  # top-K: the input is the user's vector
+        example = torch.zeros(2, deployed.embed_dim)
+    else:
+        example = torch.zeros(2, deployed.embedding.num_fields, dtype=torch.int64)  # type: ignore[union-attr]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        export_onnx(module, io, torch.zeros(2, num_fields, dtype=torch.int64), path)
+        export_onnx(module, io, example, path)
         return path.stat().st_size, int(storage_report(module)["parameter_bytes"])
+
+
+def default_method(run_dir: str | Path) -> str:
+    """``sseds`` for CTR runs, ``rule`` for top-K runs (read from the run's ``train.json``)."""
+    info = Path(run_dir) / "train.json"
+    try:
+        model = read_json(info, what="train.json").get("config", {}).get("model") if info.is_file() else None
+    except OndeviceError:
+        model = None
+    return "rule" if model == "bprmf" else "sseds"
 
 
 def _log(quiet: bool, text: str) -> None:
@@ -101,12 +127,12 @@ def _data_dir(run_dir: Path, data_dir: str | Path | None) -> Path:
 
 
 def _search_fitting(searcher, ckpt: Checkpoint, data: EncodedDataset, budget: int,
-                    overhead: int) -> tuple[SearchResult, int, list[dict[str, Any]]]:
+                    overhead: int, work_dir: Path | None = None) -> tuple[SearchResult, int, list[dict[str, Any]]]:
     """Search, then measure the exported bytes; tighten the margin and retry if over."""
     margin, attempts = FORMAT_MARGIN_BYTES, []
     for attempt in range(MAX_FIT_RETRIES + 1):
         acc = ByteAccountant(graph_overhead_bytes=overhead, margin_bytes=margin)
-        result = searcher.search(ckpt, data, budget, accountant=acc)
+        result = searcher.search(ckpt, data, budget, accountant=acc, work_dir=work_dir)
         file_bytes, _ = measure_file_bytes(result.model)
         attempts.append({"attempt": attempt, "margin_bytes": margin, "file_bytes": file_bytes})
         if file_bytes <= budget:
@@ -131,14 +157,20 @@ def compress(
     profile: bool = True,
     plot: bool = True,
     quiet: bool = False,
+    fleet: str | Path | None = None,
 ) -> dict[str, Any]:
     """Compress the run at ``run_dir`` for every budget/device × method; returns the summary.
 
     ``searcher_params`` maps a method name to extra searcher settings (e.g.
     ``{"pep": {"threshold_init": -4}}``); ``epochs``/``seed`` go to every searcher that takes them.
+    ``fleet``: a folder of device profiles (``*.toml``); every one becomes a target and
+    ``fleet.json``/``fleet.md`` report the fleet (module docstring).
     """
     run_dir = Path(run_dir)
-    targets = _targets(budgets, device_profiles)
+    fleet_profiles: list[DeviceProfile] = []
+    if fleet is not None:
+        fleet_profiles = fleet_profiles_in(fleet)
+    targets = _targets(budgets, [*device_profiles, *fleet_profiles])
     if not targets:
         raise BadInputError("give at least one --budget (e.g. 2MB) or --device-profile")
     if not methods:
@@ -146,7 +178,7 @@ def compress(
     if len(set(methods)) != len(methods):
         raise BadInputError(f"--method repeats a name: {', '.join(methods)}")
     extra = searcher_params or {}
-    searchers = {m: make_searcher(m, epochs=epochs, seed=seed, **extra.get(m, {})) for m in methods}
+    searchers = {m: make_searcher(m, **{"epochs": epochs, "seed": seed, **extra.get(m, {})}) for m in methods}
     if profile_runs < 1:
         raise BadInputError(f"profile runs must be >= 1, got {profile_runs}")
     out_dir = Path(out_dir)
@@ -164,8 +196,10 @@ def compress(
     started = time.time()
     full_file, full_params = measure_file_bytes(ckpt.model)
     overhead = full_file - full_params
-    full_val = val_metrics(copy.deepcopy(ckpt.model), data)
-    _log(quiet, f"full model: {format_bytes(full_file)}, val AUC {full_val['auc']:.4f}")
+    k = int(ckpt.train_config.get("k", 20) or 20)
+    full_metric = topk_metric_name(k) if isinstance(ckpt.model, BPRMF) else "auc"
+    full_val = val_metrics(copy.deepcopy(ckpt.model), data, k=k)
+    _log(quiet, f"full model: {format_bytes(full_file)}, val {_label(full_metric)} {full_val[full_metric]:.4f}")
     runs: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     errors: list[OndeviceError] = []
@@ -177,9 +211,10 @@ def compress(
                 _log(quiet, f"[{name}] {method} at {format_bytes(nbytes)}: searching...")
                 t0 = time.perf_counter()
                 try:
-                    result, file_bytes, attempts = _search_fitting(searcher.clone(), ckpt, data, nbytes, overhead)
+                    result, file_bytes, attempts = _search_fitting(searcher.clone(), ckpt, data, nbytes, overhead,
+                                                                   work_dir=tmp / "_cache")
                     search_s = time.perf_counter() - t0
-                    metrics = {"val": result.val, "selected_on": "val auc", "method": method,
+                    metrics = {"val": result.val, "selected_on": f"val {result.metric}", "method": method,
                                "search": {"config": result.config, "params": result.params}}
                     out_ckpt = Checkpoint(model=result.model, schema=ckpt.schema, train_config=ckpt.train_config,
                                           metrics=metrics, path=ckpt.path)
@@ -190,7 +225,8 @@ def compress(
                     prof = None
                     if profile:
                         prof = profile_artefact(folder, batches=(1, 256), threads=(1,), runs=profile_runs,
-                                                warmup=min(10, profile_runs), seed=seed, torch_baseline=False, plot=False)
+                                                warmup=min(10, profile_runs), seed=seed, torch_baseline=False, plot=False,
+                                                enforce_target=not fleet_profiles)
                     atomic_write_json(folder / "search.json", {**result.to_dict(), "fit_attempts": attempts})
                 except OndeviceError as err:
                     _log(quiet, f"[{name}] failed: {err}")
@@ -207,20 +243,35 @@ def compress(
                     "timings": {**result.timings, "search_and_retrain_s": search_s, "export_s": export_s},
                     "verify_max_abs_diff": verify["max_abs_diff"], "p50_ms_batch1": b1["p50_ms"] if b1 else None,
                 }
+                if fleet_profiles:
+                    entry["verified"] = bool(verify.get("passed", True))
+                    entry["latency"] = _latency_at_profile(prof, dev)
+                    tgt = (prof or {}).get("target")
+                    if tgt and tgt.get("checked") and tgt.get("passed") is False:
+                        err = LatencyTargetError(f"p99 {tgt['p99_ms']:.3f} ms at batch {tgt['batch']} x {tgt['threads']} "
+                                                 f"threads is over the {tgt['profile']} target of {tgt['p99_target_ms']} ms")
+                        failures.append({"target": label, "method": method, "budget_bytes": nbytes,
+                                         "error": type(err).__name__, "message": str(err), "exit_code": err.exit_code})
+                        errors.append(err)
                 runs.append(entry)
                 _log(quiet, f"[{name}] {format_bytes(entry['file_bytes'])} <= {format_bytes(nbytes)}, "
-                            f"val AUC {result.val_metric:.4f} ({search_s:.1f}s)")
+                            f"val {_label(result.metric)} {result.val_metric:.4f} ({search_s:.1f}s)")
         summary = {
             "format": "ondevice-compress-summary",
             "run_dir": str(run_dir), "data_dir": str(data.root),
             "full_model": {"file_bytes": full_file, "parameter_bytes": full_params, "graph_overhead_bytes": overhead,
-                           "val": full_val, "metric": "auc"},
+                           "val": full_val, "metric": full_metric},
             "methods": {m: s.get_params() for m, s in searchers.items()},
             "runs": runs, "failures": failures, "seconds": time.time() - started,
         }
         summary["plot"] = _plot(summary, tmp / "summary.png") if plot and runs else None
         atomic_write_json(tmp / "summary.json", summary)
         atomic_write_text(tmp / "summary.md", render_summary_markdown(summary))
+        if fleet_profiles:
+            report = fleet_report(summary, fleet_profiles, fleet)
+            summary["fleet"] = report
+            atomic_write_json(tmp / "fleet.json", report)
+            atomic_write_text(tmp / "fleet.md", render_fleet_markdown(report))
     if errors:
         if len(errors) == 1:
             raise errors[0]
@@ -232,22 +283,29 @@ def compress(
     return summary
 
 
+def _label(metric: str) -> str:
+    """``auc`` -> ``AUC`` (the CTR wording), ``recall@20`` stays."""
+    return "AUC" if metric == "auc" else metric
+
+
 def render_summary_markdown(s: dict[str, Any]) -> str:
     full = s["full_model"]
+    metric = full.get("metric", "auc")
+    label = _label(metric)
     lines = [
         "# ondevice compress",
         "",
-        f"Run `{s['run_dir']}`. Full model: {full['file_bytes']:,} B, val AUC {full['val']['auc']:.4f}. "
+        f"Run `{s['run_dir']}`. Full model: {full['file_bytes']:,} B, val {label} {full['val'][metric]:.4f}. "
         "Metrics are on the validation split (the test split is not read by compress).",
         "",
-        "| target | method | budget B | file B | × smaller | val AUC | Δ vs full | search+retrain s | p50 ms (b=1) | folder |",
+        f"| target | method | budget B | file B | × smaller | val {label} | Δ vs full | search+retrain s | p50 ms (b=1) | folder |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in s["runs"]:
         p50 = f"{r['p50_ms_batch1']:.3f}" if r["p50_ms_batch1"] is not None else "—"
         lines.append(f"| {r['target']} | {r['method']} | {r['budget_bytes']:,} | {r['file_bytes']:,} | "
                      f"{full['file_bytes'] / r['file_bytes']:.1f} | {r['val_metric']:.4f} | "
-                     f"{r['val_metric'] - full['val']['auc']:+.4f} | {r['timings']['search_and_retrain_s']:.1f} | "
+                     f"{r['val_metric'] - full['val'][metric]:+.4f} | {r['timings']['search_and_retrain_s']:.1f} | "
                      f"{p50} | `{r['folder']}` |")
     if s["failures"]:
         lines += ["", "## Failures", ""]
@@ -268,10 +326,11 @@ def _plot(s: dict[str, Any], path: Path) -> str | None:
         pts = sorted((r["file_bytes"], r["val_metric"]) for r in s["runs"] if r["method"] == method)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
     full = s["full_model"]
-    ax.scatter([full["file_bytes"]], [full["val"]["auc"]], marker="*", s=120, color="black", label="full model")
+    metric = full.get("metric", "auc")
+    ax.scatter([full["file_bytes"]], [full["val"][metric]], marker="*", s=120, color="black", label="full model")
     ax.set_xscale("log")
     ax.set_xlabel("artefact bytes (model.onnx)")
-    ax.set_ylabel("validation AUC")
+    ax.set_ylabel(f"validation {_label(metric)}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -284,3 +343,82 @@ def _plot(s: dict[str, Any], path: Path) -> str | None:
 
 def load_summary(out_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(out_dir) / "summary.json").read_text())
+
+
+# ---------------------------------------------------------------------- fleet
+def fleet_profiles_in(folder: str | Path) -> list[DeviceProfile]:
+    """Every device profile (``*.toml``) in ``folder``, sorted by file name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInputError(f"--fleet {folder} is not a folder; pass a folder of device profiles such as budgets/")
+    files = sorted(folder.glob("*.toml"))
+    if not files:
+        raise BadInputError(f"--fleet {folder} holds no *.toml device profiles; see budgets/README.md for the schema")
+    return [load_profile(f) for f in files]
+
+
+def _latency_at_profile(prof: dict[str, Any] | None, dev: DeviceProfile | None) -> dict[str, Any] | None:
+    """p50/p99 at the profile's (batch, threads) and the target verdict, from ``profile.json``."""
+    if prof is None or dev is None:
+        return None
+    row = next((r["onnxruntime"] for r in prof.get("results", [])
+                if r["batch"] == dev.batch_size and r["threads"] == dev.threads), None)
+    tgt = prof.get("target") or {}
+    if not tgt.get("checked"):
+        verdict = "not measured on target arch" if row is not None else "not measured"
+    else:
+        verdict = "pass" if tgt.get("passed") else "fail"
+    return {"batch": dev.batch_size, "threads": dev.threads, "p50_ms": row["p50_ms"] if row else None,
+            "p99_ms": row["p99_ms"] if row else None, "p99_target_ms": dev.p99_latency_ms, "arch": dev.arch,
+            "host_machine": (prof.get("machine") or {}).get("machine"), "verdict": verdict,
+            "reason": tgt.get("reason", "")}
+
+
+def fleet_report(summary: dict[str, Any], profiles: Sequence[DeviceProfile], folder: str | Path) -> dict[str, Any]:
+    """One row per (device profile, method): bytes, metric, latency vs target, pass/fail."""
+    rows: list[dict[str, Any]] = []
+    for dev in profiles:
+        for r in (x for x in summary["runs"] if x["device_profile"] == dev.name):
+            lat = r.get("latency") or {}
+            ok = bool(r["fits"]) and bool(r.get("verified", True)) and lat.get("verdict") != "fail"
+            rows.append({"device": dev.name, "arch": dev.arch, "method": r["method"], "budget_bytes": dev.memory_budget,
+                         "file_bytes": r["file_bytes"], "fits": r["fits"], "verified": r.get("verified", True),
+                         "metric": r["metric"], "val_metric": r["val_metric"], "latency": lat, "folder": r["folder"],
+                         "status": "pass" if ok else "fail"})
+        for f in (x for x in summary["failures"] if x["target"] == dev.name):
+            if any(row["device"] == dev.name and row["method"] == f["method"] for row in rows):
+                continue  # the artefact exists; its row already says fail (latency)
+            rows.append({"device": dev.name, "arch": dev.arch, "method": f["method"], "budget_bytes": dev.memory_budget,
+                         "file_bytes": None, "fits": False, "verified": False, "metric": None, "val_metric": None,
+                         "latency": {}, "folder": None, "status": "fail", "error": f"{f['error']}: {f['message']}"})
+    return {"format": "ondevice-fleet", "profiles_folder": str(folder), "run_dir": summary["run_dir"],
+            "full_model": summary["full_model"], "rows": rows,
+            "passed": all(r["status"] == "pass" for r in rows) and bool(rows),
+            "rule": "pass = model file <= the profile's budget, golden parity verified, and the p99 target met "
+                    "where it could be judged (only on a machine of the profile's architecture)"}
+
+
+def render_fleet_markdown(report: dict[str, Any]) -> str:
+    full = report["full_model"]
+    metric = full.get("metric", "auc")
+    lines = [
+        "# ondevice fleet",
+        "",
+        f"Run `{report['run_dir']}`, profiles from `{report['profiles_folder']}`. Full model {full['file_bytes']:,} B, "
+        f"val {_label(metric)} {full['val'][metric]:.4f}. Latency is ORT on this host at each profile's batch and "
+        "threads; a target is judged only on the profile's architecture.",
+        "",
+        f"| device | arch | method | budget B | file B | val {_label(metric)} | p50 ms | p99 ms | p99 target ms | latency | status | folder |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    fmt = lambda v, d=3: "—" if v is None else f"{v:.{d}f}"  # noqa: E731
+    for r in report["rows"]:
+        lat = r["latency"] or {}
+        file_b = f"{r['file_bytes']:,}" if r["file_bytes"] is not None else "—"
+        status = "**PASS**" if r["status"] == "pass" else "**FAIL**"
+        lines.append(f"| {r['device']} | {r['arch']} | {r['method']} | {r['budget_bytes']:,} | {file_b} | "
+                     f"{fmt(r['val_metric'], 4)} | {fmt(lat.get('p50_ms'))} | {fmt(lat.get('p99_ms'))} | "
+                     f"{fmt(lat.get('p99_target_ms'), 1)} (b={lat.get('batch', '—')}, t={lat.get('threads', '—')}) | "
+                     f"{lat.get('verdict', '—')} | {status} | {'`' + r['folder'] + '`' if r['folder'] else r.get('error', '')} |")
+    lines += ["", f"Fleet: **{'PASS' if report['passed'] else 'FAIL'}** ({report['rule']})."]
+    return "\n".join(lines) + "\n"

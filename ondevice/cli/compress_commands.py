@@ -15,9 +15,12 @@ from ondevice.cli import cli
               help="max bytes of the artefact, repeatable: 2MB = 2,000,000 B, 2MiB = 2,097,152 B")
 @click.option("--device-profile", "profiles", multiple=True,
               help="device profile name or .toml path, repeatable (its memory_budget is the budget)")
+@click.option("--fleet", "fleet", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="folder of device profiles (e.g. budgets/): one artefact per profile + fleet.json/fleet.md")
 @click.option("--method", "methods", multiple=True,
               help="pep | sseds | mde | uniform | hash | int8 | fp16 | sseds+int8 | mde+int8 | uniform+int8 | "
-                   "hash+int8 (+fp16 variants); repeatable; default sseds")
+                   "hash+int8 (+fp16 variants); top-K models: rule | uniform | int8 | fp16 | rule+int8; "
+                   "repeatable; default sseds (rule for top-K)")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="output folder")
 @click.option("--epochs", type=click.IntRange(min=0), default=None, help="retraining epochs (default: each method's)")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -26,9 +29,9 @@ from ondevice.cli import cli
 @click.option("--profile-runs", type=click.IntRange(min=1), default=20, show_default=True,
               help="timed calls per latency measurement")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
-def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, ...], methods: tuple[str, ...],
-                 out: Path, epochs: int | None, seed: int, data_dir: Path | None, profile_runs: int,
-                 force: bool) -> None:
+def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, ...], fleet: Path | None,
+                 methods: tuple[str, ...], out: Path, epochs: int | None, seed: int, data_dir: Path | None,
+                 profile_runs: int, force: bool) -> None:
     """Search, retrain, export, verify and profile RUN_DIR's model for each budget × method.
 
     \b
@@ -37,13 +40,17 @@ def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, .
     (an artefact over budget, failed parity, missed latency target). Failures are listed
     in OUT/summary.md; successful runs are kept.
     """
-    from ondevice.compress import compress
+    from ondevice.compress import compress, default_method
 
-    s = compress(run_dir, budgets=budgets, device_profiles=profiles, methods=methods or ("sseds",), out_dir=out,
-                 force=force, epochs=epochs, seed=seed, data_dir=data_dir, profile_runs=profile_runs)
+    s = compress(run_dir, budgets=budgets, device_profiles=profiles, methods=methods or (default_method(run_dir),),
+                 out_dir=out, force=force, epochs=epochs, seed=seed, data_dir=data_dir, profile_runs=profile_runs,
+                 fleet=fleet)
     full = s["full_model"]
-    click.echo(f"full model: {full['file_bytes']:,} B, val AUC {full['val']['auc']:.4f}")
+    label = "AUC" if full["metric"] == "auc" else full["metric"]
+    click.echo(f"full model: {full['file_bytes']:,} B, val {label} {full['val'][full['metric']]:.4f}")
     for r in s["runs"]:
         click.echo(f"{r['target']} {r['method']}: {r['file_bytes']:,} B <= {r['budget_bytes']:,} B, "
-                   f"val AUC {r['val_metric']:.4f} -> {out / r['folder']}")
+                   f"val {label} {r['val_metric']:.4f} -> {out / r['folder']}")
     click.echo(f"summary: {out / 'summary.md'}")
+    if fleet is not None:
+        click.echo(f"fleet: {out / 'fleet.md'}")

@@ -9,6 +9,7 @@ from ondevice.embedding.base import (
     swap_embedding_,
 )
 from ondevice.embedding.dense import DenseEmbedding
+from ondevice.embedding.elastic import ElasticBlockEmbedding, ElasticSubsetEmbedding
 from ondevice.embedding.hashed import HashedEmbedding
 from ondevice.embedding.masked import MaskedEmbedding
 from ondevice.embedding.mixed_dim import MixedDimEmbedding
@@ -18,6 +19,8 @@ from ondevice.embedding.sparse import SparseEmbedding, sparse_bytes
 
 __all__ = [
     "DenseEmbedding",
+    "ElasticBlockEmbedding",
+    "ElasticSubsetEmbedding",
     "EmbeddingLayer",
     "HashedEmbedding",
     "MaskedEmbedding",

@@ -22,19 +22,23 @@ from ondevice.search.embedding import (
     Int8Searcher,
     MDESearcher,
     PEPSearcher,
+    RULESearcher,
     SSEDSSearcher,
     UniformSearcher,
     quantize_layer,
 )
+from ondevice.search.pruning import DeepLightSearcher
 
 __all__ = [
     "SEARCHERS",
     "ByteAccountant",
+    "DeepLightSearcher",
     "FP16Searcher",
     "HashSearcher",
     "Int8Searcher",
     "MDESearcher",
     "PEPSearcher",
+    "RULESearcher",
     "RetrainingSearcher",
     "SearchContext",
     "SSEDSSearcher",

@@ -17,6 +17,10 @@ value as the exporter does) plus the ONNX graph itself (node protos, names, shap
 ``compress`` measures by exporting the full model once and pads by ``FORMAT_MARGIN_BYTES``
 for the extra nodes a compressed format adds (measured: 1-3 KB). The exported file is
 still checked against the budget afterwards, every time.
+
+Top-K models (BPR-MF): the artefact holds only the item table (the user table stays on the
+server, the device receives its user's vector), so the accountant counts the item
+embedding's deployable tensors plus the graph; ``compressible`` is ``item_embedding``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from ondevice.data import EncodedDataset
 from ondevice.embedding import EmbeddingLayer
 from ondevice.embedding.base import distinct_tensors
 from ondevice.errors import BadInputError, BudgetTooSmallError
-from ondevice.models import CTRModel, RecModel
+from ondevice.models import BPRMF, CTRModel, RecModel
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint
 
 __all__ = [
@@ -68,6 +72,8 @@ def tensor_bytes(tensors: list[torch.Tensor]) -> int:
 
 def _deployable_tensors(module: nn.Module) -> list[torch.Tensor]:
     """What the exported file stores for ``module``: deployable embedding tensors + the rest."""
+    if isinstance(module, BPRMF):  # top-K: the artefact stores the item table only
+        return list(module.item_embedding.storage_tensors())
     out: list[torch.Tensor] = []
     emb_prefixes: list[str] = []
     for name, sub in module.named_modules():
@@ -101,6 +107,8 @@ class ByteAccountant:
 
     def fixed_parts(self, model: RecModel, compressible: str = "embedding") -> dict[str, int]:
         """Bytes of what the method does not compress, by top-level module (+ the graph)."""
+        if isinstance(model, BPRMF):
+            return {"onnx graph": self.graph_overhead_bytes + self.margin_bytes}
         parts: dict[str, int] = {}
         for name, child in model.named_children():
             if name == compressible:
@@ -116,6 +124,8 @@ class ByteAccountant:
 
     def fixed_bytes(self, model: RecModel, compressible: str = "embedding") -> int:
         """Budget taken by everything except ``model.<compressible>`` (incl. graph + margin)."""
+        if isinstance(model, BPRMF):  # only the item table is exported; the user table stays on the server
+            return self.graph_overhead_bytes + self.margin_bytes
         rest: list[torch.Tensor] = []
         for name, child in model.named_children():
             if name != compressible:
@@ -191,6 +201,7 @@ class Searcher:
 
     name: ClassVar[str] = "abstract"
     supports_dtype: ClassVar[bool] = False  # can compose with int8/fp16 (``--method X+int8``)
+    tasks: ClassVar[tuple[str, ...]] = ("ctr",)  # "ctr" and/or "topk" (BPR-MF item table)
 
     def get_params(self) -> dict[str, Any]:
         """The ``__init__`` arguments (JSON-able), read from the signature like sklearn."""
@@ -214,18 +225,30 @@ class Searcher:
         return f"{type(self).__name__}({args})"
 
     def search(self, checkpoint: str | Path | Checkpoint, data: str | Path | EncodedDataset, budget_bytes: int, *,
-               accountant: ByteAccountant | None = None) -> SearchResult:
-        """Compress ``checkpoint``'s model so its exported file fits ``budget_bytes``."""
+               accountant: ByteAccountant | None = None, work_dir: str | Path | None = None) -> SearchResult:
+        """Compress ``checkpoint``'s model so its exported file fits ``budget_bytes``.
+
+        ``work_dir``: a folder where a once-for-all method may cache what it trained for
+        all budgets (RULE's elastic model); ``None`` keeps such caches in memory only.
+        """
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         ds = data if isinstance(data, EncodedDataset) else EncodedDataset(data)
-        if not isinstance(ckpt.model, CTRModel) or ds.task != "ctr":
-            raise BadInputError(f"method {self.name!r} compresses CTR models for now; {ckpt.model.name} "
-                                f"({ds.task}) is not supported yet; use `ondevice export` for top-K models")
-        if list(ds.schema.vocab_sizes) != list(ckpt.model.embedding.vocab_sizes):
+        is_ctr = isinstance(ckpt.model, CTRModel) and ds.task == "ctr"
+        is_topk = isinstance(ckpt.model, BPRMF) and ds.task == "topk"
+        if not ((is_ctr and "ctr" in self.tasks) or (is_topk and "topk" in self.tasks)):
+            if "ctr" in self.tasks and "topk" not in self.tasks:
+                topk = ", ".join(sorted(n for n, c in SEARCHERS.items() if "topk" in c.tasks))
+                raise BadInputError(f"method {self.name!r} compresses CTR models for now; {ckpt.model.name} "
+                                    f"({ds.task}) is not supported yet; for top-K models use --method {topk}")
+            raise BadInputError(f"method {self.name!r} compresses top-K (BPR-MF) models; {ckpt.model.name} ({ds.task}) "
+                                "is not one; pick a CTR method (sseds, pep, mde, uniform, hash, int8, fp16)")
+        vocab = ckpt.model.embedding.vocab_sizes if is_ctr else [ckpt.model.num_users, ckpt.model.num_items]  # type: ignore[union-attr]
+        if list(ds.schema.vocab_sizes) != list(vocab):
             raise BadInputError("the dataset's vocabulary sizes differ from the checkpoint's; pass the data the model was trained on")
         if int(budget_bytes) < 1:
             raise BadInputError(f"budget must be >= 1 byte, got {budget_bytes}")
-        ctx = SearchContext(ckpt=ckpt, data=ds, budget_bytes=int(budget_bytes), accountant=accountant or ByteAccountant())
+        ctx = SearchContext(ckpt=ckpt, data=ds, budget_bytes=int(budget_bytes), accountant=accountant or ByteAccountant(),
+                            work_dir=Path(work_dir) if work_dir is not None else None)
         started = time.perf_counter()
         result = self._search(ctx)
         result.timings["total_s"] = time.perf_counter() - started
@@ -247,10 +270,15 @@ class SearchContext:
     data: EncodedDataset
     budget_bytes: int
     accountant: ByteAccountant
+    work_dir: Path | None = None
 
     @property
     def model(self) -> CTRModel:
         return self.ckpt.model  # type: ignore[return-value]
+
+    @property
+    def task(self) -> str:
+        return self.data.task
 
 
 # ---------------------------------------------------------------------- registry
@@ -302,9 +330,12 @@ class RetrainingSearcher(Searcher):
     seed: int
     patience: int
 
-    def _retrain(self, ctx: SearchContext, model: CTRModel, **kwargs: Any):
-        from ondevice.search.retrain import fit_ctr
+    def _retrain(self, ctx: SearchContext, model: RecModel, **kwargs: Any):
+        from ondevice.search.retrain import fit_ctr, fit_topk
 
         torch.manual_seed(self.seed)
+        if isinstance(model, BPRMF):
+            return fit_topk(model, ctx.data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                            seed=self.seed, patience=self.patience, **kwargs)
         return fit_ctr(model, ctx.data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
                        seed=self.seed, patience=self.patience, **kwargs)

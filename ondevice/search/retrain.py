@@ -6,6 +6,12 @@ computed once over the whole split with ``evaluate_ctr``, the best epoch's weigh
 Optimisers: by default Adam on dense parameters and lazy ``SparseAdam`` on row-sparse tables
 (the trainer's split); a searcher may pass its own (PEP: one Adam with coupled weight decay
 on everything). ``on_step(step)`` may stop training early by returning ``True``.
+
+``fit_topk`` is the same loop for BPR-MF (top-K): the trainer's BPR objective (one uniform
+negative per training interaction, ``-ln σ(s(u,i) − s(u,j))``, L2 ``l2/2`` on the batch's
+rows), validation Recall@K with full ranking excluding training items (``evaluate_topk``).
+``before_step(step, rng)`` and ``extra_loss(model, users, pos, neg)`` are the hooks RULE uses
+(sample a block configuration per batch, add the diversity regulariser).
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from ondevice.data import EncodedDataset
-from ondevice.models import CTRModel
-from ondevice.train import evaluate_ctr
+from ondevice.models import BPRMF, CTRModel
+from ondevice.train import evaluate_ctr, evaluate_topk
 
-__all__ = ["FitResult", "default_optimizers", "fit_ctr", "iter_batches", "val_metrics"]
+__all__ = ["FitResult", "default_optimizers", "fit_ctr", "fit_topk", "iter_batches", "topk_metric_name", "topk_pairs",
+           "val_metrics"]
 
 
 @dataclass
@@ -61,11 +68,24 @@ def iter_batches(data: EncodedDataset, split: str, batch_size: int, seed: int, e
         yield (torch.from_numpy(ids[rows].astype(np.int64)), torch.from_numpy(labels[rows].astype(np.float32)))
 
 
-def val_metrics(model: CTRModel, data: EncodedDataset) -> dict[str, float]:
-    s = data.split("val")
-    out = evaluate_ctr(model, s.ids, s.labels)
+def val_metrics(model: CTRModel | BPRMF, data: EncodedDataset, *, k: int = 20) -> dict[str, float]:
+    """Validation metrics: AUC/logloss (CTR) or Recall@k/NDCG@k excluding training items (top-K)."""
+    if isinstance(model, BPRMF):
+        out = evaluate_topk(model, topk_pairs(data, "val"), [topk_pairs(data, "train")], k=k)
+    else:
+        s = data.split("val")
+        out = evaluate_ctr(model, s.ids, s.labels)
     model.train()
     return out
+
+
+def topk_metric_name(k: int = 20) -> str:
+    return f"recall@{k}"
+
+
+def topk_pairs(data: EncodedDataset, split: str) -> np.ndarray:
+    """``[n, 2]`` int64 (user, item) pairs of a top-K split."""
+    return np.asarray(data.split(split).ids, dtype=np.int64)
 
 
 def fit_ctr(
@@ -136,3 +156,90 @@ def fit_ctr(
     model.eval()
     return FitResult(val=val, best_epoch=best_epoch, steps=steps, seconds=time.perf_counter() - started,
                      history=history, stopped_early=stopped)
+
+
+def fit_topk(
+    model: BPRMF,
+    data: EncodedDataset,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 2048,
+    seed: int = 0,
+    patience: int = 2,
+    l2: float = 1e-4,
+    k: int = 20,
+    optimizers: list[torch.optim.Optimizer] | None = None,
+    before_step: Callable[[int, np.random.Generator], None] | None = None,
+    extra_loss: Callable[[BPRMF, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    select_best: bool = True,
+    evaluate: bool = True,
+    max_steps_per_epoch: int | None = None,
+) -> FitResult:
+    """Train a BPR-MF ``model`` in place on the train split (module docstring); val Recall@k.
+
+    Epoch ``e`` shuffles with ``default_rng([seed, e])`` and draws its negatives from
+    ``default_rng([seed, e, 1])`` (the trainer's streams); ``before_step`` gets its own
+    ``default_rng([seed, e, 2])``. With ``select_best`` the best validation epoch's weights
+    are restored (early stopping after ``patience`` epochs without improvement).
+    """
+    opts = optimizers if optimizers is not None else default_optimizers(model, lr)  # type: ignore[arg-type]
+    pairs = topk_pairs(data, "train")
+    n_items = model.num_items
+    metric = topk_metric_name(k)
+    started = time.perf_counter()
+    best, best_epoch, best_state, bad = -math.inf, 0, None, 0
+    history: list[dict[str, Any]] = []
+    steps = 0
+    val: dict[str, float] = {}
+    for epoch in range(1, epochs + 1):
+        torch.manual_seed(seed + epoch)
+        model.train()
+        order = np.random.default_rng([seed, epoch]).permutation(len(pairs))
+        negatives = np.random.default_rng([seed, epoch, 1]).integers(1, n_items, size=len(pairs))
+        hook_rng = np.random.default_rng([seed, epoch, 2])
+        total, n = 0.0, 0
+        for b, start in enumerate(range(0, len(order), batch_size)):
+            if max_steps_per_epoch is not None and b >= max_steps_per_epoch:
+                break
+            rows = order[start:start + batch_size]
+            users = torch.from_numpy(pairs[rows, 0])
+            pos = torch.from_numpy(pairs[rows, 1])
+            neg = torch.from_numpy(negatives[rows])
+            if before_step is not None:
+                before_step(steps, hook_rng)
+            u = model.user_vectors(users)
+            i_pos, i_neg = model.item_vectors(pos), model.item_vectors(neg)
+            loss = -F.logsigmoid((u * i_pos).sum(1) - (u * i_neg).sum(1)).mean()
+            if l2:
+                loss = loss + l2 * (u.pow(2).sum() + i_pos.pow(2).sum() + i_neg.pow(2).sum()) / (2 * len(rows))
+            if extra_loss is not None:
+                loss = loss + extra_loss(model, users, pos, neg)
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            for o in opts:
+                o.step()
+            steps += 1
+            total += float(loss.detach()) * len(rows)
+            n += len(rows)
+        entry: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(n, 1), "steps": steps}
+        if evaluate:
+            val = val_metrics(model, data, k=k)
+            entry[f"val_{metric}"] = val[metric]
+            if val[metric] > best:
+                best, best_epoch, bad = val[metric], epoch, 0
+                if select_best:
+                    best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+        history.append(entry)
+        if evaluate and select_best and bad >= patience:
+            break
+    if select_best and best_state is not None:
+        model.load_state_dict(best_state)
+    if evaluate:
+        val = val_metrics(model, data, k=k)
+    model.eval()
+    return FitResult(val=val, best_epoch=best_epoch, steps=steps, seconds=time.perf_counter() - started,
+                     history=history)

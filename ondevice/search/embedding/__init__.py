@@ -9,7 +9,8 @@ from ondevice.search.embedding.baselines import (
 from ondevice.search.embedding.mde import MDESearcher
 from ondevice.search.embedding.pep import PEPEmbedding, PEPSearcher
 from ondevice.search.embedding.quantize import quantize_layer
+from ondevice.search.embedding.rule import RULESearcher
 from ondevice.search.embedding.sseds import SSEDSSearcher
 
 __all__ = ["FP16Searcher", "HashSearcher", "Int8Searcher", "MDESearcher", "PEPEmbedding", "PEPSearcher",
-           "SSEDSSearcher", "UniformSearcher", "quantize_layer"]
+           "RULESearcher", "SSEDSSearcher", "UniformSearcher", "quantize_layer"]

@@ -15,6 +15,12 @@
 
 ``uniform`` and ``hash`` compose with quantization (``uniform+int8``): the byte target uses
 the quantized table's bytes and the retrained table is quantized at the end.
+
+Top-K (BPR-MF): ``uniform``, ``int8`` and ``fp16`` also compress the item table, the only
+table in the artefact (the user table stays on the server). ``uniform`` picks the largest
+``d`` whose item table fits, warm-starts from the item table's SVD ``Q ≈ U_d Σ_d V_dᵀ``
+(items ``U_d Σ_d``, users ``P V_d``, so ``⟨p V_d, q'⟩`` is the rank-``d`` part of
+``⟨p, q⟩``) and retrains both tables with BPR (``search.retrain.fit_topk``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import torch
 
 from ondevice.embedding import DenseEmbedding, HashedEmbedding, QuantizedEmbedding, table_bytes
 from ondevice.embedding.quantized import check_table_dtype
-from ondevice.models import CTRModel, model_from_description
+from ondevice.models import BPRMF, CTRModel, model_from_description
 from ondevice.search.base import (
     RetrainingSearcher,
     SearchContext,
@@ -37,7 +43,7 @@ from ondevice.search.base import (
     register_searcher,
 )
 from ondevice.search.embedding.quantize import quantize_layer
-from ondevice.search.retrain import val_metrics
+from ondevice.search.retrain import topk_metric_name, val_metrics
 
 __all__ = ["FP16Searcher", "HashSearcher", "Int8Searcher", "UniformSearcher"]
 
@@ -56,6 +62,7 @@ class UniformSearcher(RetrainingSearcher):
 
     name = "uniform"
     supports_dtype = True
+    tasks = ("ctr", "topk")
 
     def __init__(self, *, dtype: str = "float32", epochs: int = 5, lr: float = 1e-3, batch_size: int = 1024,
                  seed: int = 0, patience: int = 2) -> None:
@@ -71,8 +78,43 @@ class UniformSearcher(RetrainingSearcher):
         desc["embeddings"]["embedding"] = DenseEmbedding(full.embedding.vocab_sizes, d).spec()
         return model_from_description(desc)  # type: ignore[return-value]
 
+    def _search_topk(self, ctx: SearchContext) -> SearchResult:
+        full: BPRMF = ctx.ckpt.model  # type: ignore[assignment]
+        acc, budget = ctx.accountant, ctx.budget_bytes
+        n, D = full.num_items, full.embed_dim
+        t0 = time.perf_counter()
+        target = acc.embedding_target(full, budget, "item_embedding")
+        trace, chosen = [], None
+        for d in range(D, 0, -1):
+            est = table_bytes(n, d, self.dtype) + 16
+            trace.append({"dim": d, "item_table_bytes": est, "fits": est <= target})
+            if est <= target:
+                chosen = d
+                break
+        if chosen is None:
+            smallest = table_bytes(n, 1, self.dtype) + 16
+            raise acc.too_small(self.method_name(), budget, smallest + acc.fixed_bytes(full), full, smallest)
+        torch.manual_seed(self.seed)
+        with torch.no_grad():
+            u, s, vt = torch.linalg.svd(full.item_embedding.dense_weight(), full_matrices=False)
+            items = DenseEmbedding([n], chosen, init_std=0.1)
+            items.weight.copy_(u[:, :chosen] * s[:chosen])
+            users = DenseEmbedding([full.num_users], chosen, init_std=0.1)
+            users.weight.copy_(full.user_embedding.dense_weight() @ vt[:chosen].t())
+        model = BPRMF(users, items)
+        search_s = time.perf_counter() - t0
+        fit = self._retrain(ctx, model)
+        model.item_embedding = quantize_layer(model.item_embedding, self.dtype)
+        val = val_metrics(model, ctx.data) if self.dtype != "float32" else fit.val
+        model.eval()
+        return SearchResult(model=model, config=make_config("UniformConfig", {"dim": chosen, "dtype": self.dtype}),
+                            val=val, metric=topk_metric_name(), trace=trace + [{"retrain": fit.history}],
+                            timings={"search_s": search_s, "retrain_s": fit.seconds})
+
     def _search(self, ctx: SearchContext) -> SearchResult:
         check_table_dtype(self.dtype, owner="uniform")
+        if ctx.task == "topk":
+            return self._search_topk(ctx)
         full, acc, budget = ctx.model, ctx.accountant, ctx.budget_bytes
         vocab, D = full.embedding.vocab_sizes, full.embedding.dim
         t0 = time.perf_counter()
@@ -153,9 +195,10 @@ class HashSearcher(RetrainingSearcher):
 
 
 class _PTQSearcher(Searcher):
-    """Quantize every table of the full model (no retraining)."""
+    """Quantize every table of the full model (no retraining); top-K: the item table only."""
 
     dtype_name = "int8"
+    tasks = ("ctr", "topk")
 
     def __init__(self) -> None:
         pass
@@ -164,6 +207,17 @@ class _PTQSearcher(Searcher):
         full, acc, budget = ctx.model, ctx.accountant, ctx.budget_bytes
         t0 = time.perf_counter()
         model = copy.deepcopy(full)
+        if isinstance(model, BPRMF):
+            model.item_embedding = QuantizedEmbedding.from_dense(full.item_embedding, dtype=self.dtype_name)  # type: ignore[attr-defined]
+            est = acc.file_bytes_estimate(model)
+            if est > budget:
+                raise acc.too_small(self.name, budget, est, model, model.item_embedding.storage_bytes())
+            model.eval()
+            val = val_metrics(model, ctx.data)
+            model.eval()
+            return SearchResult(model=model, config=make_config("PTQConfig", {"dtype": self.dtype_name, "layers": ["item_embedding"]}),
+                                val=val, metric=topk_metric_name(), trace=[{"bytes_estimate": est}],
+                                timings={"search_s": time.perf_counter() - t0, "retrain_s": 0.0})
         model.embedding = QuantizedEmbedding.from_dense(full.embedding, dtype=self.dtype_name)
         if model.linear is not None:
             model.linear = QuantizedEmbedding.from_dense(full.linear, dtype=self.dtype_name)

@@ -1,0 +1,166 @@
+"""RULE benchmark (issue 5): Recall@20 / NDCG@20 vs byte budget for RULE against uniform
+dimension and int8 on the same BPR-MF; one-off training time, per-budget search time, and
+the estimator's rank correlation with true validation quality.
+
+Data: MovieLens-1M, LCFN implicit split (``../shared/data/movielens-1m/lcfn-implicit-split/``,
+``prepare --format implicit --split given`` with train.txt + test.txt; validation = a seeded
+10 % of each user's train interactions) and, with ``--dataset cds``, Amazon-CDs
+(``../shared/data/amazon-yelp/bgcf-amazon-cds/``). Model: BPR-MF, D = 64, trained by
+``ondevice train`` (lr 5e-3, ``--epochs``, early stopping on validation Recall@20).
+
+Budgets bound the artefact file (model.onnx: the item table + graph; the user table stays on
+the server). Methods, all from the same checkpoint:
+
+* ``rule``: elastic training ``--rule-epochs`` epochs (once), ``--samples`` configurations
+  scored on 1,000 validation users to fit the estimator, then regularised evolution per budget
+  (P 20, C 1000, S 5); no retraining after the search;
+* ``uniform``: the largest dimension whose item table fits, SVD warm start, retrained
+  ``--uniform-epochs`` epochs (users and items, BPR);
+* ``int8``: row-wise int8 item table (only one size: listed where it fits).
+
+Validation metrics are what the searchers select on; test metrics (full ranking, train and
+validation items excluded) are read once per artefact, after selection.
+
+    python benchmarks/rule.py [--dataset ml1m|cds] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ondevice.budget import parse_budget
+from ondevice.compress import measure_file_bytes
+from ondevice.data import EncodedDataset, prepare
+from ondevice.errors import BudgetTooSmallError
+from ondevice.search import ByteAccountant, make_searcher
+from ondevice.search.retrain import topk_pairs
+from ondevice.train import TrainConfig, evaluate_topk, train
+from ondevice.train.checkpoint import load_checkpoint
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATASETS = {
+    "ml1m": (SHARED / "movielens-1m" / "lcfn-implicit-split", ["40KB", "80KB", "150KB", "300KB", "500KB"]),
+    "cds": (SHARED / "amazon-yelp" / "bgcf-amazon-cds", ["250KB", "500KB", "1MB", "2MB", "4MB"]),
+}
+
+
+def _test_metrics(model, data: EncodedDataset) -> dict[str, float]:
+    return evaluate_topk(model, topk_pairs(data, "test"), [topk_pairs(data, "train"), topk_pairs(data, "val")], k=20)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="ml1m")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--work", type=Path, default=None, help="keep prepared data and the run here")
+    ap.add_argument("--budgets", default=None, help="comma-separated, e.g. 80KB,150KB")
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--rule-epochs", type=int, default=3)
+    ap.add_argument("--uniform-epochs", type=int, default=3)
+    ap.add_argument("--samples", type=int, default=600)
+    ap.add_argument("--diversity", type=float, default=0.1)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    src, default_budgets = DATASETS[args.dataset]
+    budgets = args.budgets.split(",") if args.budgets else default_budgets
+    work = args.work or Path(tempfile.mkdtemp(prefix=f"rule-bench-{args.dataset}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data_dir, run_dir = work / "data", work / "run"
+    if not (data_dir / "schema.json").is_file():
+        prepare([src / "train.txt.gz", src / "test.txt.gz"], data_dir, format="implicit", split="given")
+    t0 = time.perf_counter()
+    if not (run_dir / "model.pt").is_file():
+        train(data_dir, run_dir, TrainConfig(model="bprmf", embed_dim=64, lr=5e-3, epochs=args.epochs, patience=3,
+                                             batch_size=2048, l2=1e-4, threads=1), quiet=True)
+    full_train_s = time.perf_counter() - t0
+    ckpt, data = load_checkpoint(run_dir), EncodedDataset(data_dir)
+    full_file, full_params = measure_file_bytes(ckpt.model)
+    acc = ByteAccountant(graph_overhead_bytes=full_file - full_params)
+    info = json.loads((run_dir / "train.json").read_text())
+    rows: list[dict] = [{"method": "full BPR-MF", "budget": None, "file_bytes": full_file, "val": info["val"],
+                         "test": _test_metrics(ckpt.model, data)}]
+    print(f"full: {full_file:,} B, val {info['val']['recall@20']:.4f}", file=sys.stderr)
+    rule = make_searcher("rule", epochs=args.rule_epochs, lr=1e-3, n_samples=args.samples, diversity=args.diversity)
+    rule_stats = None
+    for b in budgets:
+        nbytes = parse_budget(b)
+        for method in ("rule", "uniform", "int8"):
+            searcher = rule.clone() if method == "rule" else make_searcher(
+                method, epochs=args.uniform_epochs, lr=5e-3, batch_size=2048)
+            t1 = time.perf_counter()
+            try:
+                r = searcher.search(ckpt, data, nbytes, accountant=acc)
+            except BudgetTooSmallError as err:
+                rows.append({"method": method, "budget": b, "budget_bytes": nbytes, "error": str(err).split(";")[0]})
+                continue
+            seconds = time.perf_counter() - t1
+            file_bytes, _ = measure_file_bytes(r.model)
+            row = {"method": method, "budget": b, "budget_bytes": nbytes, "file_bytes": file_bytes,
+                   "fits": file_bytes <= nbytes, "val": r.val, "test": _test_metrics(r.model, data),
+                   "seconds": seconds, "timings": r.timings, "config": r.config["_data"]}
+            if method == "rule":
+                row["blocks_per_group"] = r.trace[1]["blocks_per_group"]
+                row["estimated_val_recall@20"] = r.trace[1]["estimated_recall@20"]
+                rule_stats = rule_stats or r.trace[0]["supernet"]
+            rows.append(row)
+            print(f"{b} {method}: {file_bytes:,} B val {r.val['recall@20']:.4f} test {row['test']['recall@20']:.4f} "
+                  f"({seconds:.1f}s)", file=sys.stderr)
+    result = {
+        "benchmark": "rule", "dataset": args.dataset, "source": str(src),
+        "split": {k: len(data.split(k).ids) for k in ("train", "val", "test")},
+        "items": ckpt.model.num_items, "users": ckpt.model.num_users, "embed_dim": 64,
+        "full_train_s": full_train_s, "rule_settings": rule.get_params(), "rule_supernet": rule_stats,
+        "uniform_epochs": args.uniform_epochs, "rows": rows,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_threads": 1,
+                    "note": "2 shared CPU cores, other jobs running: timings are noisy"},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"rule_{args.dataset}.json").write_text(json.dumps(result, indent=1, default=float))
+    (args.out / f"rule_{args.dataset}.md").write_text(render(result))
+    print(render(result))
+
+
+def render(r: dict) -> str:
+    st = r["rule_supernet"] or {}
+    est = st.get("estimator_heldout", {})
+    lines = [f"# RULE vs uniform dimension vs int8 — {r['dataset']} (BPR-MF, D = 64)", "",
+             f"{r['items'] - 1:,} items, {r['users'] - 1:,} users; split {r['split']}. Budgets bound model.onnx "
+             "(item table + graph). Selection on validation; test read once per artefact.", "",
+             "| budget | method | file B | val R@20 | val N@20 | test R@20 | test N@20 | seconds | note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for row in r["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['budget']} | {row['method']} | — | — | — | — | — | — | does not fit: {row['error']} |")
+            continue
+        note = ""
+        if row["method"] == "rule":
+            note = f"blocks/group {row['blocks_per_group']}"
+        elif row["method"] == "uniform":
+            note = f"dim {row['config']['dim']}"
+        secs = f"{row['seconds']:.1f}" if "seconds" in row else "—"
+        lines.append(f"| {row['budget'] or 'full'} | {row['method']} | {row['file_bytes']:,} | {row['val']['recall@20']:.4f} | "
+                     f"{row['val']['ndcg@20']:.4f} | {row['test']['recall@20']:.4f} | {row['test']['ndcg@20']:.4f} | {secs} | {note} |")
+    rule_rows = [x for x in r["rows"] if x["method"] == "rule" and "seconds" in x]
+    per_budget = [x["timings"]["search_s"] for x in rule_rows[1:]] or [0.0]
+    lines += ["", f"RULE once-for-all training: {st.get('train_s', 0):.0f} s elastic training + "
+                  f"{st.get('score_samples_s', 0):.0f} s scoring {st.get('n_samples')} configurations on "
+                  f"{st.get('scored_users')} validation users + {st.get('estimator_s', 0):.1f} s estimator fit. "
+                  f"Per extra budget: search {np.mean(per_budget):.1f} s (max {max(per_budget):.1f} s) + one validation pass.",
+              "", f"Estimator on {est.get('n')} held-out configurations: Spearman {est.get('spearman', float('nan')):.3f}, "
+                  f"Kendall {est.get('kendall', float('nan')):.3f}, MSE {est.get('mse', float('nan')):.2e} "
+                  f"vs constant predictor {est.get('mse_constant', float('nan')):.2e}.",
+              "", f"Full BPR-MF trained in {r['full_train_s']:.0f} s (0 when reused). {r['machine']['note']}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,496 @@
+"""RULE — elastic item embeddings for on-device recommenders, trained once for all budgets
+(Chen, Yin, Zheng, Huang, Wang, Cui & Zhang, "Learning Elastic Embeddings for Customizing
+On-Device Recommenders", KDD'21; settings named as in the authors' group's code,
+``RuiqiZheng08/PEEL``, ``config_all.py``). Top-K (BPR-MF) models only.
+
+Method
+------
+1. **Elastic training, once.** The item table becomes ``n_b`` blocks of ``d_b = D/n_b``
+   dims (default ``n_b = 16``); items are sorted by training popularity into ``n_g`` groups
+   (default 20). A configuration gives each group a non-empty block subset ``S_g``; the
+   score is rule (1) of :mod:`ondevice.embedding.elastic`,
+   ``s(u,i|S) = Σ_{k∈S_g} ⟨u_k, b_{i,k}⟩`` (per-block user slices, no ``n_b/|S|`` rescale;
+   PEEL's tiled, rescaled form is measured and rejected there). Each batch draws one random
+   configuration: per group a size ``s ~ U{1..n_b}``, then a uniform subset of that size
+   (uniform over sizes, so one-block subsets are trained as often as full ones). Loss: BPR
+   (``-ln σ(s(u,i|S) − s(u,j|S))``, one uniform negative) + L2 on the batch rows + the
+   diversity regulariser ``λ·R``::
+
+       Δ_{b,k} = ⟨u_{b,k}, b_{i_b,k} − b_{j_b,k}⟩                 (per-block BPR margins, all blocks)
+       R = 1/(n_b(n_b−1)) · Σ_{k≠l} corr_batch(Δ_{·,k}, Δ_{·,l})²            (2)
+
+   *Our choice* (RULE's exact form is not public; PEEL's code has
+   ``−λ Σ_k ‖b_k − b_{k+1}‖²`` commented out). Under PEEL's tiled rule blocks live in one
+   space and "distinct" can be measured between vectors; with per-block user slices each
+   block has its own subspace, so distance between blocks means nothing, while what makes
+   blocks redundant is that they *rank the same way*. (2) penalises exactly that: two blocks
+   whose margins are perfectly correlated add no ranking information over one, so the
+   memory of the second is wasted. It is bounded (in [0, 1]), scale-free (it cannot be
+   lowered by shrinking weights, unlike PEEL's unbounded term) and costs one ``n_b × n_b``
+   matrix per batch. ``diversity=0`` switches it off.
+   The blocks start from the checkpoint's trained BPR-MF tables rotated into the item
+   table's singular basis, ``Q = U Σ Vᵀ`` → items ``Q V = U Σ``, users ``P V``: scores are
+   unchanged (``V`` is orthogonal, so the all-blocks configuration *is* the trained model)
+   and block 1 holds the ``d_b`` strongest directions, block 2 the next, ... (a warm start
+   of ours; the paper trains from scratch). Then ``epochs`` epochs of the above; the best
+   epoch on validation Recall@K (all blocks) is kept.
+
+2. **Performance estimator.** ``n_samples`` (PEEL: ``K = 5000``) random configurations are
+   scored by true **validation** Recall@K (PEEL uses test users and Recall@100; we never
+   read the test split) on ``eval_users`` sampled validation users with full ranking
+   excluding training items. Density varies per sample (each bit on with a probability
+   drawn log-uniformly in ``[1/n_b, 1]``) so small budgets are covered. The estimator is a
+   single-hidden-layer feed-forward net on PEEL's encoding, one row per group
+   ``x_g = [one-hot(g) | multi-hot(S_g)]``, summed over groups:
+   ``ŷ = Σ_g w₂ᵀ ReLU(W₁ x_g + b₁) + b₂`` (standardised targets, Adam, weight decay), fitted
+   on 80 % of the samples; Spearman/Kendall rank correlation and MSE (vs a constant
+   predictor, the training mean) on the other 20 % are reported in the trace. We tried a
+   net on the flat ``n_g·n_b`` bit vector first: with a few hundred samples the evolution
+   exploited it (estimated 0.07, true 0.02 Recall@20); the per-group form shares its weights
+   across groups and is far harder to fool.
+
+3. **Evolutionary search per budget** (:func:`ondevice.search.evolution.regularized_evolution`,
+   population ``P``, cycles ``C``, tournament ``S``; PEEL: 20 / 50 / 5). Fitness = the
+   estimator. Mutation flips 1–3 random (group, block) bits, then *repairs*: empty groups get
+   a random block, random blocks of multi-block groups are dropped until the configuration
+   fits, then random blocks are added while they still fit (so every individual uses its
+   budget). We run ``C = 1000`` cycles by default instead of PEEL's 50: an estimator call
+   costs microseconds (a search is 2-8 s on MovieLens-1M, ``benchmarks/rule.py``) and 70
+   evaluations leave most of a 320-bit space unexplored.
+
+Memory (exact, :func:`ondevice.embedding.elastic.config_bytes`): Σ over chosen (group, block)
+pairs of (items in group) × ``d_b`` × bytes per value (RULE's accounting; int8 adds one fp16
+scale per stored row), + the int16/int32 id→row position vector, + an int64 block index per
+distinct partial subset; plus the graph: the accountant's measured overhead and margin, plus
+``GRAPH_BYTES_PER_SUBSET`` per distinct subset (measured: 0.8–1.0 KB of node protos each).
+Only item blocks are stored; the user's vector comes from the server.
+
+Once for all: the trained elastic model and the estimator are cached (in memory, and in
+``work_dir`` when ``compress`` gives one) under a key of the checkpoint and every setting
+that shapes them, so each further budget costs only the evolutionary search.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ondevice.embedding.elastic import ElasticBlockEmbedding, ElasticSubsetEmbedding, config_bytes
+from ondevice.embedding.quantized import check_table_dtype
+from ondevice.errors import BadInputError
+from ondevice.models import BPRMF
+from ondevice.search.base import (
+    SearchContext,
+    Searcher,
+    SearchResult,
+    make_config,
+    register_searcher,
+)
+from ondevice.search.evolution import regularized_evolution
+from ondevice.search.retrain import fit_topk, topk_metric_name, topk_pairs, val_metrics
+
+__all__ = ["ConfigScorer", "PerformanceEstimator", "RULESearcher", "diversity_penalty", "sample_config"]
+
+#: Graph bytes per distinct block subset (Range/Gather/Reshape/Concat nodes), measured on
+#: BPR-MF exports: fp32/fp16 ≈ 800 B, int8 ≈ 950 B (two more nodes); rounded up.
+GRAPH_BYTES_PER_SUBSET = {"float32": 1024, "float16": 1024, "int8": 1152}
+#: Graph bytes of the elastic layer over a dense item table (position Gather, Cast, Concat).
+GRAPH_BYTES_BASE = 1536
+
+_CACHE: dict[str, _Supernet] = {}
+
+
+# ---------------------------------------------------------------------- training (step 1)
+def sample_config(rng: np.random.Generator, n_groups: int, n_blocks: int) -> np.ndarray:
+    """Per group: a size uniform in 1..n_b, then a uniform subset of that size -> bool ``[n_g, n_b]``."""
+    mask = np.zeros((n_groups, n_blocks), dtype=bool)
+    sizes = rng.integers(1, n_blocks + 1, size=n_groups)
+    for g, s in enumerate(sizes):
+        mask[g, rng.choice(n_blocks, size=s, replace=False)] = True
+    return mask
+
+
+def diversity_penalty(layer: ElasticBlockEmbedding, u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Eq. (2): mean squared off-diagonal correlation of the per-block BPR margins over the batch."""
+    n_b = layer.n_blocks
+    margins = layer.block_scores(u, pos) - layer.block_scores(u, neg)  # [B, n_b]
+    z = margins - margins.mean(dim=0, keepdim=True)
+    z = z / (z.norm(dim=0, keepdim=True) + 1e-8)
+    corr = z.t() @ z  # [n_b, n_b], unit diagonal
+    off = corr - torch.diag(torch.diagonal(corr))
+    return off.pow(2).sum() / (n_b * (n_b - 1))
+
+
+# ---------------------------------------------------------------------- scoring configurations
+class ConfigScorer:
+    """True validation Recall@K / NDCG@K of a configuration, fast (full ranking, train items excluded).
+
+    Users: up to ``max_users`` validation users drawn with ``seed``. Item vectors of a
+    configuration are the elastic table times the per-group factor ``n_b/|S_g|`` on the kept
+    blocks, zero elsewhere (rule (1)); one ``[U, D] @ [D, N]`` product per configuration.
+    """
+
+    def __init__(self, model: BPRMF, train_pairs: np.ndarray, val_pairs: np.ndarray, *, k: int = 20,
+                 max_users: int | None = 1000, seed: int = 0) -> None:
+        layer = model.item_embedding
+        assert isinstance(layer, ElasticBlockEmbedding)
+        self.layer, self.k = layer, int(k)
+        users = np.unique(val_pairs[:, 0])
+        if max_users is not None and len(users) > max_users:
+            users = np.sort(np.random.default_rng([seed, 11]).choice(users, size=max_users, replace=False))
+        self.users = users
+        row = {int(u): r for r, u in enumerate(users)}
+        n_items = model.num_items
+        with torch.no_grad():
+            self.u = model.user_vectors(torch.from_numpy(users.astype(np.int64))).detach().clone()
+            self.w = layer.weight.detach().clone()
+        self.group = layer.item_group.clone()
+        self.exclude = torch.zeros(len(users), n_items)
+        self.exclude[:, 0] = -torch.inf
+        tr = train_pairs[np.isin(train_pairs[:, 0], users)]
+        self.exclude[torch.tensor([row[int(u)] for u in tr[:, 0]], dtype=torch.int64), torch.from_numpy(tr[:, 1])] = -torch.inf
+        va = val_pairs[np.isin(val_pairs[:, 0], users)]
+        self.relevant = torch.zeros(len(users), n_items, dtype=torch.bool)
+        self.relevant[torch.tensor([row[int(u)] for u in va[:, 0]], dtype=torch.int64), torch.from_numpy(va[:, 1])] = True
+        self.n_rel = self.relevant.sum(1).clamp(min=1).double()
+        disc = 1.0 / np.log2(np.arange(2, self.k + 2))
+        self.disc = torch.from_numpy(disc)
+        self.idcg = torch.from_numpy(np.cumsum(disc))[(self.n_rel.long().clamp(max=self.k) - 1)]
+
+    @torch.no_grad()
+    def __call__(self, mask: np.ndarray) -> tuple[float, float]:
+        factor = torch.from_numpy(np.asarray(mask, dtype=bool)).float().repeat_interleave(self.layer.block_dim, dim=1)
+        items = self.w * factor[self.group]
+        scores = self.u @ items.t() + self.exclude
+        top = torch.topk(scores, self.k, dim=1).indices
+        hits = self.relevant.gather(1, top).double()
+        recall = (hits.sum(1) / self.n_rel).mean().item()
+        ndcg = ((hits * self.disc).sum(1) / self.idcg).mean().item()
+        return recall, ndcg
+
+
+# ---------------------------------------------------------------------- estimator (step 2)
+class PerformanceEstimator(nn.Module):
+    """Single-hidden-layer feed-forward net on per-group rows ``[one-hot(g) | multi-hot(S_g)]``, summed.
+
+    Input: configurations as flat ``[n_g·n_b]`` bits (a mask ``[n_g, n_b]`` raveled).
+    """
+
+    def __init__(self, n_groups: int, n_blocks: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.n_groups, self.n_blocks = int(n_groups), int(n_blocks)
+        self.net = nn.Sequential(nn.Linear(n_groups + n_blocks, hidden), nn.ReLU(), nn.Linear(hidden, 1, bias=False))
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.register_buffer("y_mean", torch.zeros(()))
+        self.register_buffer("y_std", torch.ones(()))
+
+    def _raw(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.view(-1, self.n_groups, self.n_blocks)
+        onehot = torch.eye(self.n_groups).expand(rows.shape[0], -1, -1)
+        return self.net(torch.cat([onehot, rows], dim=-1)).squeeze(-1).sum(-1) + self.bias  # [K]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._raw(x) * self.y_std + self.y_mean
+
+    def fit(self, x: np.ndarray, y: np.ndarray, *, epochs: int = 400, lr: float = 1e-2, weight_decay: float = 1e-4,
+            seed: int = 0) -> PerformanceEstimator:
+        torch.manual_seed(seed)
+        xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
+        self.y_mean.fill_(float(yt.mean()))
+        self.y_std.fill_(float(yt.std()) if len(yt) > 1 and float(yt.std()) > 0 else 1.0)
+        target = (yt - self.y_mean) / self.y_std
+        opt = torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)
+        for _ in range(epochs):
+            opt.zero_grad()
+            loss = (self._raw(xt) - target).pow(2).mean()
+            loss.backward()
+            opt.step()
+        self.eval()
+        return self
+
+    def numpy_fn(self):
+        """A fast ``bits [n_g·n_b] -> float`` closure (numpy, no autograd) for the search loop."""
+        w1 = self.net[0].weight.detach().numpy().T.copy()  # [n_g + n_b, H]
+        group_part = w1[: self.n_groups] + self.net[0].bias.detach().numpy()  # one-hot(g) @ W1 + b1: [n_g, H]
+        w_blocks = w1[self.n_groups:]  # [n_b, H]
+        w2, b2 = self.net[2].weight.detach().numpy()[0].copy(), float(self.bias.detach())
+        mean, std = float(self.y_mean), float(self.y_std)
+        shape = (self.n_groups, self.n_blocks)
+
+        def f(bits: np.ndarray) -> float:
+            h = np.maximum(group_part + bits.reshape(shape).astype(np.float32) @ w_blocks, 0.0)
+            return float((h @ w2).sum() + b2) * std + mean
+
+        return f
+
+
+def rank_correlations(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Spearman's rho and Kendall's tau-b between estimates and true values."""
+    from scipy.stats import kendalltau, spearmanr
+
+    return {"spearman": float(spearmanr(pred, true).statistic), "kendall": float(kendalltau(pred, true).statistic)}
+
+
+# ---------------------------------------------------------------------- the cached supernet
+@dataclass
+class _Supernet:
+    model: BPRMF  # users + ElasticBlockEmbedding items
+    estimator: PerformanceEstimator
+    samples_x: np.ndarray
+    samples_y: np.ndarray
+    stats: dict[str, Any]
+
+
+@register_searcher
+class RULESearcher(Searcher):
+    """RULE: train an elastic item table once, then evolve a block configuration per budget.
+
+    Parameters (keyword-only; PEEL's names in brackets)
+    ----------
+    n_blocks [max_num_blocks_per] : blocks per item (16); must divide the embedding dim.
+    n_groups [G] : popularity groups (20).
+    epochs, lr, batch_size, l2, patience : elastic training (BPR, Adam; lazy Adam on tables).
+    diversity : λ of the diversity regulariser, Eq. (2) of the module docstring (0 = off).
+    n_samples [K] : configurations scored to fit the estimator (PEEL 5000; default 600).
+    eval_users : validation users sampled to score a configuration.
+    hidden : width of the estimator's hidden layer.
+    population [P], cycles [C], tournament [S] : regularised evolution (20, 1000, 5).
+    k : K of Recall@K (the fitness and the reported metric).
+    dtype : stored value type of the kept blocks (float32, float16, int8).
+    """
+
+    name = "rule"
+    supports_dtype = True
+    tasks = ("topk",)
+
+    def __init__(self, *, n_blocks: int = 16, n_groups: int = 20, epochs: int = 5, lr: float = 1e-3,
+                 batch_size: int = 2048, l2: float = 1e-4, diversity: float = 0.1, patience: int = 2,
+                 n_samples: int = 600, eval_users: int = 1000, hidden: int = 64, population: int = 20,
+                 cycles: int = 1000, tournament: int = 5, k: int = 20, dtype: str = "float32", seed: int = 0) -> None:
+        self.n_blocks = n_blocks
+        self.n_groups = n_groups
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.l2 = l2
+        self.diversity = diversity
+        self.patience = patience
+        self.n_samples = n_samples
+        self.eval_users = eval_users
+        self.hidden = hidden
+        self.population = population
+        self.cycles = cycles
+        self.tournament = tournament
+        self.k = k
+        self.dtype = dtype
+        self.seed = seed
+
+    # ------------------------------------------------------------ once for all
+    def _cache_key(self, ctx: SearchContext) -> str:
+        full = ctx.ckpt.model
+        with torch.no_grad():
+            digest = hashlib.sha256(full.item_embedding.dense_weight().numpy().tobytes()).hexdigest()[:16]  # type: ignore[union-attr]
+        shaping = {k: v for k, v in self.get_params().items() if k not in ("dtype", "population", "cycles", "tournament")}
+        blob = json.dumps({"weights": digest, "data": str(ctx.data.root), "params": shaping}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def supernet(self, ctx: SearchContext) -> _Supernet:
+        """The trained elastic model + estimator: from memory, ``work_dir``, or trained now."""
+        key = self._cache_key(ctx)
+        if key in _CACHE:
+            return _CACHE[key]
+        path = ctx.work_dir / "rule" / f"supernet-{key}.pt" if ctx.work_dir is not None else None
+        net = self._load(path) if path is not None and path.is_file() else None
+        if net is None:
+            net = self._train(ctx)
+            if path is not None:
+                self._save(net, path)
+        _CACHE.clear()  # keep one: a supernet holds a copy of the model
+        _CACHE[key] = net
+        return net
+
+    def _save(self, net: _Supernet, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"model": net.model.describe(), "state": net.model.state_dict(),
+                    "estimator": net.estimator.state_dict(), "hidden": self.hidden,
+                    "n_groups": net.estimator.n_groups,
+                    "x": torch.from_numpy(net.samples_x), "y": torch.from_numpy(net.samples_y),
+                    "stats": json.dumps(net.stats)}, tmp)
+        tmp.replace(path)
+
+    def _load(self, path: Path) -> _Supernet:
+        from ondevice.models import model_from_description
+
+        blob = torch.load(path, weights_only=True)
+        model = model_from_description(blob["model"])
+        model.load_state_dict(blob["state"])
+        x, y = blob["x"].numpy(), blob["y"].numpy()
+        est = PerformanceEstimator(blob["n_groups"], x.shape[1] // blob["n_groups"], blob["hidden"])
+        est.load_state_dict(blob["estimator"])
+        stats = json.loads(blob["stats"])
+        stats["loaded_from"] = str(path)
+        return _Supernet(model=model.eval(), estimator=est.eval(), samples_x=x, samples_y=y, stats=stats)  # type: ignore[arg-type]
+
+    def _train(self, ctx: SearchContext) -> _Supernet:
+        full: BPRMF = ctx.ckpt.model  # type: ignore[assignment]
+        data = ctx.data
+        train_pairs, val_pairs = topk_pairs(data, "train"), topk_pairs(data, "val")
+        t0 = time.perf_counter()
+        torch.manual_seed(self.seed)
+        counts = np.bincount(train_pairs[:, 1], minlength=full.num_items)
+        items = ElasticBlockEmbedding.from_dense(full.item_embedding, counts, n_blocks=self.n_blocks,
+                                                 n_groups=self.n_groups)
+        users = copy.deepcopy(full.user_embedding)
+        with torch.no_grad():  # rotate into the item table's singular basis: same scores, ordered blocks
+            q = full.item_embedding.dense_weight()
+            if q.shape[0] >= q.shape[1] and hasattr(users, "weight"):
+                _, _, vt = torch.linalg.svd(q, full_matrices=True)
+                items.weight.copy_(q @ vt.t())
+                users.weight.copy_(full.user_embedding.dense_weight() @ vt.t())
+        model = BPRMF(users, items)
+        n_g = items.n_groups
+
+        def before_step(_step: int, rng: np.random.Generator) -> None:
+            items.set_config(sample_config(rng, n_g, self.n_blocks), training_only=True)
+
+        def extra_loss(m: BPRMF, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+            return self.diversity * diversity_penalty(items, m.user_vectors(users), pos, neg)
+
+        fit = fit_topk(model, data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
+                       patience=self.patience, l2=self.l2, k=self.k, before_step=before_step,
+                       extra_loss=extra_loss if self.diversity > 0 else None)
+        items.set_config(None)
+        train_s = time.perf_counter() - t0
+        # Step 2: score K sampled configurations on validation users, fit the estimator.
+        t1 = time.perf_counter()
+        scorer = ConfigScorer(model, train_pairs, val_pairs, k=self.k, max_users=self.eval_users, seed=self.seed)
+        rng = np.random.default_rng([self.seed, 5])
+        xs, ys = [], []
+        for _ in range(self.n_samples):
+            p = float(np.exp(rng.uniform(np.log(1.0 / self.n_blocks), 0.0)))
+            mask = rng.random((n_g, self.n_blocks)) < p
+            for g in np.flatnonzero(~mask.any(1)):
+                mask[g, rng.integers(self.n_blocks)] = True
+            xs.append(mask.ravel())
+            ys.append(scorer(mask)[0])
+        x, y = np.asarray(xs, dtype=bool), np.asarray(ys, dtype=np.float64)
+        score_s = time.perf_counter() - t1
+        n_fit = max(2, int(round(0.8 * len(y))))
+        est = PerformanceEstimator(n_g, self.n_blocks, self.hidden).fit(x[:n_fit], y[:n_fit], seed=self.seed)
+        stats: dict[str, Any] = {"train_s": train_s, "score_samples_s": score_s, "fit_history": fit.history,
+                                 "full_val": fit.val, "scored_users": int(len(scorer.users)), "n_samples": int(len(y))}
+        if len(y) - n_fit >= 3:
+            with torch.no_grad():
+                pred = est(torch.from_numpy(x[n_fit:].astype(np.float32))).numpy().astype(np.float64)
+            held = y[n_fit:]
+            stats["estimator_heldout"] = {
+                "n": int(len(held)), **rank_correlations(pred, held),
+                "mse": float(np.mean((pred - held) ** 2)),
+                "mse_constant": float(np.mean((y[:n_fit].mean() - held) ** 2)),
+            }
+        stats["estimator_s"] = time.perf_counter() - t1 - score_s
+        return _Supernet(model=model.eval(), estimator=est, samples_x=x, samples_y=y, stats=stats)
+
+    # ------------------------------------------------------------ per budget
+    def _search(self, ctx: SearchContext) -> SearchResult:
+        check_table_dtype(self.dtype, owner="rule")
+        t0 = time.perf_counter()
+        net = self.supernet(ctx)
+        supernet_s = time.perf_counter() - t0
+        layer: ElasticBlockEmbedding = net.model.item_embedding  # type: ignore[assignment]
+        sizes, n_g, n_b, dim = layer.group_sizes, layer.n_groups, layer.n_blocks, layer.dim
+        acc, budget = ctx.accountant, ctx.budget_bytes
+        target = budget - acc.graph_overhead_bytes - acc.margin_bytes
+        per_subset = GRAPH_BYTES_PER_SUBSET[self.dtype]
+
+        def cost(mask: np.ndarray) -> int:
+            distinct = len({r.tobytes() for r in mask})
+            return config_bytes(sizes, mask, dim, self.dtype) + GRAPH_BYTES_BASE + per_subset * distinct
+
+        smallest = np.zeros((n_g, n_b), dtype=bool)
+        smallest[:, 0] = True
+        if cost(smallest) > target:
+            raise acc.too_small(self.method_name(), budget, cost(smallest) + budget - target, net.model,
+                                what=f"one block per item takes {cost(smallest):,} B, the graph "
+                                     f"{acc.graph_overhead_bytes + acc.margin_bytes:,} B")
+        row_cost = np.asarray(sizes)[:, None] * np.ones((1, n_b))  # value bytes grow with the group's items
+
+        def repair(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            for g in np.flatnonzero(~mask.any(1)):
+                mask[g, rng.integers(n_b)] = True
+            while cost(mask) > target:
+                multi = np.flatnonzero(mask.sum(1) > 1)
+                if len(multi) == 0:  # one block each but too many distinct subsets: share group 0's
+                    mask[:] = mask[0]
+                    break
+                g = rng.choice(multi)
+                mask[g, rng.choice(np.flatnonzero(mask[g]))] = False
+            # fill: add random blocks while they fit (a few tries per round)
+            while True:
+                slack = target - cost(mask)
+                off = np.argwhere(~mask & (row_cost <= slack))
+                if len(off) == 0:
+                    break
+                added = False
+                for g, kb in off[rng.permutation(len(off))[:8]]:
+                    mask[g, kb] = True
+                    if cost(mask) <= target:
+                        added = True
+                        break
+                    mask[g, kb] = False
+                if not added:
+                    break
+            return mask
+
+        frac = min(1.0, max(1.0 / n_b, target / max(1, config_bytes(sizes, np.ones((n_g, n_b), bool), dim, self.dtype))))
+
+        def init(rng: np.random.Generator) -> np.ndarray:
+            return repair(rng.random((n_g, n_b)) < frac, rng)
+
+        def mutate(parent: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            child = parent.copy()
+            for _ in range(int(rng.integers(1, 4))):
+                g, kb = rng.integers(n_g), rng.integers(n_b)
+                child[g, kb] = not child[g, kb]
+            return repair(child, rng)
+
+        estimate = net.estimator.numpy_fn()
+        evo = regularized_evolution(init=init, mutate=mutate, fitness=estimate, population=self.population,
+                                    cycles=self.cycles, tournament=self.tournament, seed=self.seed,
+                                    trace_every=max(1, self.cycles // 50))
+        best = evo.best
+        search_s = time.perf_counter() - t0 - supernet_s
+        model = BPRMF(copy.deepcopy(net.model.user_embedding), ElasticSubsetEmbedding.from_elastic(layer, best, dtype=self.dtype))
+        model.eval()
+        val = val_metrics(model, ctx.data, k=self.k)
+        model.eval()
+        blocks = [[int(b) for b in np.flatnonzero(r)] for r in best]
+        config = make_config("RULEConfig", {"n_blocks": n_b, "n_groups": n_g, "group_sizes": list(sizes),
+                                            "blocks": blocks, "dtype": self.dtype})
+        trace = [{"supernet": {k: v for k, v in net.stats.items() if k != "fit_history"},
+                  "training": net.stats.get("fit_history", [])},
+                 {"budget_bytes": budget, "embedding_target_bytes": target,
+                  "config_bytes": config_bytes(sizes, best, dim, self.dtype), "estimated_bytes_with_graph": cost(best),
+                  "blocks_per_group": [len(b) for b in blocks], "pairs": int(best.sum()),
+                  "estimated_" + topk_metric_name(self.k): evo.best_fitness, "evaluations": evo.evaluations},
+                 {"evolution": evo.history}]
+        return SearchResult(model=model, config=config, val=val, metric=topk_metric_name(self.k), trace=trace,
+                            timings={"supernet_s": supernet_s, "search_s": search_s, "retrain_s": 0.0})
+
+
+def estimator_report(searcher: RULESearcher, ctx: SearchContext) -> dict[str, Any]:
+    """The cached supernet's statistics (training time, estimator rank correlation)."""
+    net = searcher.supernet(ctx)
+    if "estimator_heldout" not in net.stats:
+        raise BadInputError("too few sampled configurations to hold out 3 for the estimator report; raise n_samples")
+    return net.stats

@@ -1,0 +1,171 @@
+"""RULE (``ondevice/search/embedding/rule.py``), its elastic layer and the shared evolution loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ondevice.compress import measure_file_bytes
+from ondevice.data import EncodedDataset
+from ondevice.embedding import DenseEmbedding, ElasticBlockEmbedding, ElasticSubsetEmbedding
+from ondevice.embedding.elastic import config_bytes, popularity_groups
+from ondevice.errors import BadInputError, BudgetTooSmallError
+from ondevice.export import export_artefact, verify_artefact
+from ondevice.models import BPRMF
+from ondevice.search import ByteAccountant, make_searcher
+from ondevice.search.evolution import regularized_evolution
+from ondevice.train.checkpoint import Checkpoint, load_checkpoint
+from tests.topk_runs import pretrained_topk_run
+
+FAST = {"n_blocks": 4, "n_groups": 4, "epochs": 3, "lr": 5e-3, "batch_size": 512, "n_samples": 150,
+        "eval_users": None, "cycles": 300}
+
+
+@pytest.fixture(scope="module")
+def topk_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pretrained_topk_run(tmp_path_factory.mktemp("rule_run"))
+
+
+@pytest.fixture(scope="module")
+def setting(topk_run: Path):
+    ckpt = load_checkpoint(topk_run)
+    data = EncodedDataset(json.loads((topk_run / "train.json").read_text())["data_dir"])
+    file_bytes, params = measure_file_bytes(ckpt.model)
+    return ckpt, data, ByteAccountant(graph_overhead_bytes=file_bytes - params), file_bytes
+
+
+# ---------------------------------------------------------------------- the elastic layer
+def _elastic(n: int = 301, dim: int = 16, n_blocks: int = 4, n_groups: int = 5, seed: int = 0) -> ElasticBlockEmbedding:
+    torch.manual_seed(seed)
+    counts = np.random.default_rng(seed).integers(0, 40, size=n)
+    return ElasticBlockEmbedding.from_dense(DenseEmbedding([n], dim, init_std=0.1), counts, n_blocks=n_blocks,
+                                            n_groups=n_groups)
+
+
+def test_popularity_groups_sort_by_count() -> None:
+    group, sizes = popularity_groups([5, 0, 9, 9, 1, 3, 7], 3)
+    assert sizes == [3, 2, 2]
+    assert list(group) == [1, 2, 0, 0, 2, 1, 0]  # 9, 9, 7 | 5, 3 | 1, 0
+
+
+def test_subset_layer_matches_training_form_and_counts_bytes() -> None:
+    layer = _elastic()
+    mask = np.zeros((5, 4), dtype=bool)
+    mask[0] = True
+    mask[1, [0, 2]] = True
+    mask[2, [0, 2]] = True  # same subset as group 1: one shared table
+    mask[3, 3] = True
+    mask[4, 1] = True
+    sub = layer.deploy(mask)
+    layer.set_config(mask)
+    torch.testing.assert_close(sub.dense_weight(), layer.dense_weight(), rtol=0, atol=0)
+    assert len(sub.tables) == 4
+    for dtype in ("float32", "float16", "int8"):
+        s = layer.deploy(mask, dtype=dtype)
+        assert s.storage_bytes() == config_bytes(layer.group_sizes, mask, 16, dtype) == \
+            ElasticSubsetEmbedding.expected_bytes(layer.group_sizes, mask, 16, dtype)
+    # RULE's accounting: Σ items × d_b × 4 over the pairs, + int16 positions, 3 block indices, vocab size.
+    values = sum(layer.group_sizes[g] * 4 * 4 * int(mask[g].sum()) for g in range(5))
+    assert sub.storage_bytes() == values + 301 * 2 + 3 * 8 * 4 + 8
+
+
+def test_subset_layer_oov_and_spec_roundtrip() -> None:
+    from ondevice.embedding import embedding_from_spec
+
+    layer = _elastic()
+    mask = np.ones((5, 4), dtype=bool)
+    mask[2:, 1:] = False
+    sub = layer.deploy(mask, dtype="int8")
+    ids = torch.tensor([[0], [-1], [301], [5]])
+    out = sub(ids)
+    torch.testing.assert_close(out[1], out[0])
+    torch.testing.assert_close(out[2], out[0])
+    twin = embedding_from_spec(sub.spec())
+    twin.load_state_dict(sub.state_dict())
+    torch.testing.assert_close(twin(ids), out)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_elastic_artefact_bytes_match_and_verify(tmp_path: Path, topk_run: Path, dtype: str) -> None:
+    ckpt = load_checkpoint(topk_run)
+    full: BPRMF = ckpt.model  # type: ignore[assignment]
+    data = EncodedDataset(json.loads((topk_run / "train.json").read_text())["data_dir"])
+    counts = np.bincount(np.asarray(data.split("train").ids)[:, 1], minlength=full.num_items)
+    layer = ElasticBlockEmbedding.from_dense(full.item_embedding, counts, n_blocks=4, n_groups=4)
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]], dtype=bool)
+    model = BPRMF(full.user_embedding, layer.deploy(mask, dtype=dtype))
+    manifest = export_artefact(Checkpoint(model=model, schema=ckpt.schema, train_config=ckpt.train_config),
+                               tmp_path / "art", budget=10**6)
+    assert manifest["storage"]["parameter_bytes"] == model.item_embedding.storage_bytes()
+    assert manifest["storage"]["embedding_bytes"]["item_embedding"] == config_bytes(layer.group_sizes, mask, 16, dtype)
+    assert verify_artefact(tmp_path / "art")["passed"] is True
+
+
+# ---------------------------------------------------------------------- evolution
+def test_regularized_evolution_solves_onemax_reproducibly() -> None:
+    def run(seed: int):
+        return regularized_evolution(
+            init=lambda rng: rng.random(20) < 0.2,
+            mutate=lambda p, rng: np.where(np.arange(20) == rng.integers(20), ~p, p),
+            fitness=lambda x: float(x.sum()), population=10, cycles=400, tournament=3, seed=seed)
+
+    a, b = run(1), run(1)
+    assert a.best_fitness >= 18.0 > a.history[0]["best_fitness"] and a.evaluations == 410
+    assert [h["best_fitness"] for h in a.history] == [h["best_fitness"] for h in b.history]
+    with pytest.raises(BadInputError, match="tournament"):
+        regularized_evolution(init=lambda r: 0, mutate=lambda p, r: p, fitness=float, population=2, tournament=3)
+
+
+# ---------------------------------------------------------------------- the searcher
+@pytest.fixture(scope="module")
+def rule_results(setting):
+    ckpt, data, acc, full_bytes = setting
+    budgets = [int(full_bytes * f) for f in (0.6, 0.75, 0.9)]
+    searcher = make_searcher("rule", **FAST)
+    return budgets, [searcher.clone().search(ckpt, data, b, accountant=acc) for b in budgets]
+
+
+def test_rule_never_exceeds_budget(rule_results) -> None:
+    budgets, results = rule_results
+    for budget, r in zip(budgets, results, strict=True):
+        file_bytes, _ = measure_file_bytes(r.model)
+        assert file_bytes <= budget
+        assert r.bytes_estimate <= budget
+        assert all(len(b) >= 1 for b in r.config["_data"]["blocks"])  # never an empty subset
+    pairs = [r.trace[1]["pairs"] for r in results]
+    assert pairs == sorted(pairs) and pairs[0] < pairs[-1]  # a larger budget buys more blocks
+
+
+def test_rule_spends_more_blocks_on_popular_groups(rule_results) -> None:
+    _, results = rule_results
+    for r in results[:2]:  # budgets where a choice must be made
+        per_group = r.trace[1]["blocks_per_group"]
+        assert per_group[0] >= max(per_group[2:]) and per_group[0] > min(per_group), per_group
+
+
+def test_rule_estimator_beats_a_constant(rule_results) -> None:
+    _, results = rule_results
+    stats = results[0].trace[0]["supernet"]["estimator_heldout"]
+    assert stats["mse"] < stats["mse_constant"]
+    assert stats["spearman"] > 0.5
+
+
+def test_rule_trains_once_for_all_budgets(rule_results) -> None:
+    _, results = rule_results
+    assert results[0].timings["supernet_s"] > results[1].timings["supernet_s"]
+    assert results[1].timings["supernet_s"] < 0.5 and results[2].timings["search_s"] < 10
+
+
+def test_rule_minimum_budget_and_task_checks(setting, trained_run: Path) -> None:
+    ckpt, data, acc, _ = setting
+    with pytest.raises(BudgetTooSmallError, match="smallest model rule can build"):
+        make_searcher("rule", **FAST).search(ckpt, data, 3000, accountant=acc)
+    with pytest.raises(BadInputError, match="top-K"):
+        make_searcher("rule", **FAST).search(trained_run, EncodedDataset(
+            json.loads((trained_run / "train.json").read_text())["data_dir"]), 10**6)
+    with pytest.raises(BadInputError, match="for top-K models use --method"):
+        make_searcher("sseds").search(ckpt, data, 10**6)

@@ -1,0 +1,87 @@
+"""Top-K ``compress`` (rule, int8, uniform) and ``compress --fleet``: one verified artefact per profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ondevice.cli import _register_commands, cli
+from ondevice.compress import compress
+from ondevice.errors import BadInputError
+from tests.topk_runs import pretrained_topk_run
+
+RULE_FAST = {"n_blocks": 4, "n_groups": 4, "epochs": 2, "lr": 5e-3, "batch_size": 512, "n_samples": 80,
+             "eval_users": None, "cycles": 200}
+
+
+def _profile(folder: Path, name: str, budget: str, arch: str) -> None:
+    (folder / f"{name}.toml").write_text(
+        f'name = "{name}"\ndescription = "test device"\nmemory_budget = "{budget}"\narch = "{arch}"\n'
+        'threads = 1\nbatch_size = 4\np99_latency_ms = 1000.0\nruntime_format = "onnx"\n')
+
+
+@pytest.fixture(scope="module")
+def topk_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pretrained_topk_run(tmp_path_factory.mktemp("fleet_run"))
+
+
+@pytest.fixture(scope="module")
+def fleet_out(topk_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("fleet")
+    profiles = root / "profiles"
+    profiles.mkdir()
+    _profile(profiles, "phone", "45KB", "arm64")
+    _profile(profiles, "laptop", "60KB", "x86_64")
+    out = root / "out"
+    summary = compress(topk_run, fleet=profiles, methods=["rule"], out_dir=out, searcher_params={"rule": RULE_FAST},
+                       profile_runs=3, quiet=True)
+    return out, summary
+
+
+def test_fleet_has_one_verified_artefact_per_profile(fleet_out) -> None:
+    out, summary = fleet_out
+    report = json.loads((out / "fleet.json").read_text())
+    assert sorted(r["device"] for r in report["rows"]) == ["laptop", "phone"]
+    for row in report["rows"]:
+        manifest = json.loads((out / row["folder"] / "manifest.json").read_text())
+        assert manifest["verify"]["passed"] is True and manifest["budget"]["fits"] is True
+        assert manifest["device_profile"]["name"] == row["device"]
+        assert (out / row["folder"] / "model.onnx").stat().st_size == row["file_bytes"] <= row["budget_bytes"]
+        assert row["metric"] == "recall@20" and row["val_metric"] > 0.05
+        assert row["latency"]["p99_ms"] is not None and row["status"] == "pass"
+    phone = next(r for r in report["rows"] if r["device"] == "phone")
+    assert phone["latency"]["verdict"] == "not measured on target arch"  # the test host is not arm64
+    md = (out / "fleet.md").read_text()
+    assert "not measured on target arch" in md and "**PASS**" in md
+    assert list((out / "_cache" / "rule").glob("supernet-*.pt"))  # trained once, cached for the fleet
+
+
+def test_topk_baselines_verify(topk_run: Path, tmp_path: Path) -> None:
+    s = compress(topk_run, budgets=["40KB"], methods=["int8", "uniform", "rule+int8"], out_dir=tmp_path / "o",
+                 searcher_params={"uniform": {"epochs": 2, "batch_size": 512}, "rule+int8": RULE_FAST},
+                 profile_runs=2, quiet=True, plot=False)
+    assert not s["failures"] and s["full_model"]["metric"] == "recall@20"
+    for r in s["runs"]:
+        manifest = json.loads((tmp_path / "o" / r["folder"] / "manifest.json").read_text())
+        assert manifest["verify"]["passed"] is True and r["file_bytes"] <= 40_000
+        assert manifest["task"] == "topk" and r["val_metric"] > 0.02
+    uniform = next(r for r in s["runs"] if r["method"] == "uniform")
+    assert uniform["config"]["_data"]["dim"] < 16
+    assert "recall@20" in (tmp_path / "o" / "summary.md").read_text()
+
+
+def test_fleet_cli_and_errors(topk_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="no \\*.toml"):
+        compress(topk_run, fleet=tmp_path, methods=["int8"], out_dir=tmp_path / "x", quiet=True)
+    profiles = tmp_path / "p"
+    profiles.mkdir()
+    _profile(profiles, "box", "70KB", "x86_64")
+    _register_commands()
+    res = CliRunner().invoke(cli, ["compress", str(topk_run), "--fleet", str(profiles), "--method", "int8",
+                                   "--out", str(tmp_path / "c"), "--profile-runs", "2"])
+    assert res.exit_code == 0, res.output
+    assert "fleet:" in res.output and "recall@20" in res.output
+    assert json.loads((tmp_path / "c" / "fleet.json").read_text())["passed"] is True
