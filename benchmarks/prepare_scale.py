@@ -35,7 +35,7 @@ RSS_RATIO_TARGET = 1.5
 
 CHILD = """
 import json, sys, time
-from ondevice.data.prepare import prepare
+from ondevice.data.preparation import prepare
 info = prepare(sys.argv[1], sys.argv[2], format="criteo", force=True)
 print(json.dumps(info))
 """
