@@ -41,7 +41,7 @@ class MLP(nn.Sequential):
             layers.append(nn.Linear(d, h))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
-            layers.append(nn.ReLU())
+            layers.append(nn.ReLU(inplace=True))  # no extra activation buffer per layer (training hot path)
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             d = h

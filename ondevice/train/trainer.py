@@ -5,11 +5,17 @@
 * Top-K: BPR loss with one uniformly sampled negative per observed interaction;
   validation Recall@K with full ranking that excludes each user's training items.
 
-Optimisation: Adam on dense parameters; embedding tables with row-sparse gradients use
-``torch.optim.SparseAdam`` (lazy Adam: a step touches only the rows in the batch, as in
-TF's LazyAdam). This is the main reason we train embedding-heavy models several times
-faster than libraries that update every row of every table on every step. An optional
-L2 penalty (``l2``) applies to the embedding rows of each batch.
+Optimisation: Adam on dense parameters (torch's fused kernel where available); embedding
+tables with row-sparse gradients use ``LazyAdam``, ``torch.optim.SparseAdam``'s maths and
+state with a faster step (a step touches only the rows in the batch, as in TF's LazyAdam).
+This is the main reason we train embedding-heavy models several times faster than
+libraries that update every row of every table on every step. An optional L2 penalty
+(``l2``) applies to the embedding rows of each batch.
+
+Hot path (see ``benchmarks/train_throughput.py``): a training split that fits in memory is
+copied once per run into an int64 tensor and batches are gathered with ``index_select``;
+the running loss stays on the device (no host sync per step); glibc is asked to keep freed
+tensor memory (``_tune_cpu_allocator``) so steps do not page-fault fresh activations.
 
 Reproducibility: the shuffle of epoch e is drawn from ``numpy.random.default_rng([seed, e])``
 and torch's RNG is re-seeded with ``seed + e`` at the start of each epoch, so an interrupted
@@ -323,6 +329,35 @@ def _evaluate_sampled(model, ev_ptr, ev_items, ex_ptrs, users, n_items, k, negat
     return {f"hr@{k}": hr, f"ndcg@{k}": ndcg, "users": int(len(users)), "protocol": f"1+{negatives} sampled"}
 
 
+# ---------------------------------------------------------------------- CPU allocator
+_ALLOCATOR_TUNED = False
+
+
+def _tune_cpu_allocator() -> None:
+    """Let glibc keep freed tensor memory in the heap instead of unmapping it.
+
+    A training step allocates and frees the same few MB of activations and gradients every
+    step; with glibc's defaults many of them are fresh ``mmap`` pages that are zero-filled
+    by page faults on every step (~500 faults per DeepFM step at batch 1024). Raising the
+    mmap and trim thresholds (once per process, Linux/glibc only) reuses that memory, the
+    effect of running under jemalloc/tcmalloc. The cost is that up to 512 MB of freed heap
+    stays with the process. ``ONDEVICE_MALLOC_TUNING=0`` turns it off.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED or os.environ.get("ONDEVICE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return
+    _ALLOCATOR_TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum on 64-bit
+        libc.mallopt(m_trim_threshold, 512 << 20)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        pass
+
+
 # ---------------------------------------------------------------------- optimisers
 def _dense_adam(params: list[torch.nn.Parameter], *, lr: float, weight_decay: float) -> torch.optim.Adam:
     """Adam for the dense parameters, with the fused kernel where torch has one.
@@ -360,6 +395,7 @@ class LazyAdam(torch.optim.SparseAdam):
             beta1, beta2 = group["betas"]
             eps, lr = group["eps"], float(group["lr"])
             maximize = group.get("maximize", False)
+            rowwise: list[tuple[torch.Tensor, torch.Tensor]] = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -372,18 +408,18 @@ class LazyAdam(torch.optim.SparseAdam):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                if grad.sparse_dim() != 1 or p.dim() < 1:
+                if grad.sparse_dim() == 1 and p.dim() == 2 and grad.dense_dim() == 1:
+                    rowwise.append((p, grad))
+                else:
                     torch.optim._functional.sparse_adam(
                         [p], [grad], [state["exp_avg"]], [state["exp_avg_sq"]], [state["step"]],
                         eps=eps, beta1=beta1, beta2=beta2, lr=lr, maximize=maximize)
-                    continue
-                grad = grad.coalesce()  # the update is non-linear: one summed gradient per row
-                rows = grad._indices()[0]
-                g = grad._values()
+            for p, (rows, g) in zip([p for p, _ in rowwise], _coalesce_rowwise([g for _, g in rowwise]), strict=True):
                 if g.numel() == 0:
                     continue
                 if maximize:
                     g = -g
+                state = self.state[p]
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 # old <- old + (1 - b) * (new - old), exactly as SparseAdam writes it
                 m = exp_avg.index_select(0, rows)
@@ -399,6 +435,39 @@ class LazyAdam(torch.optim.SparseAdam):
                 update = m.div_(v.sqrt_().add_(eps)).mul_(-step_size)
                 p.index_copy_(0, rows, p.index_select(0, rows).add_(update))
         return loss
+
+
+def _coalesce_rowwise(grads: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(unique rows, summed gradient rows) of each row-sparse gradient.
+
+    Gradients with the same row ids (a model's interaction table and its dim-1 linear
+    table are looked up with the same ids) are coalesced together, side by side: one sort
+    instead of one per table, with the same sums.
+    """
+    out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(grads)
+    groups: list[list[int]] = []
+    for i, g in enumerate(grads):
+        idx = g._indices()
+        for members in groups:
+            ref = grads[members[0]]
+            if ref.shape[0] == g.shape[0] and ref._indices().shape == idx.shape and torch.equal(ref._indices(), idx):
+                members.append(i)
+                break
+        else:
+            groups.append([i])
+    for members in groups:
+        if len(members) == 1:
+            c = grads[members[0]].coalesce()
+            out[members[0]] = (c._indices()[0], c._values())
+            continue
+        ref = grads[members[0]]
+        widths = [grads[i].shape[1] for i in members]
+        values = torch.cat([grads[i]._values() for i in members], dim=1)
+        c = torch.sparse_coo_tensor(ref._indices(), values, (ref.shape[0], sum(widths)), check_invariants=False).coalesce()
+        rows, parts = c._indices()[0], c._values().split(widths, dim=1)
+        for i, part in zip(members, parts, strict=True):
+            out[i] = (rows, part)
+    return out  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -505,6 +574,8 @@ class Trainer:
     def _fit(self, data: EncodedDataset, run: Path, device: torch.device, dist_info: DistInfo, state: dict[str, Any] | None) -> TrainResult:
         c = self.config
         progress = Progress(not self.quiet and dist_info.is_main)
+        if device.type == "cpu":
+            _tune_cpu_allocator()
         if state is not None:
             model = model_from_description(state["model"])
             model.load_state_dict(state["state_dict"])
