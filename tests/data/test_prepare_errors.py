@@ -152,3 +152,14 @@ def test_format_specific_errors(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="unknown key 'colour'"):
         prepare(tmp_path / "a.csv", tmp_path / "out", format="csv", format_options={"spec": str(tmp_path / "s.json")})
     _no_output(tmp_path, tmp_path / "out")
+
+
+def test_comma_separated_criteo_gets_a_delimiter_hint(tmp_path: Path) -> None:
+    # DeepCTR's criteo_sample.txt layout: a header and commas instead of tabs
+    header = ",".join(["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)])
+    src = tmp_path / "sample.txt"
+    row = criteo_line(1, list(range(13)), ["68fd1e64"] * 26).replace("\t", ",")
+    src.write_text(header + "\n" + row + "\n")
+    with pytest.raises(DataFormatError, match="line 1: 1 fields, expected 40; it looks ','-separated"):
+        prepare(src, tmp_path / "out", format="criteo")
+    _no_output(tmp_path, tmp_path / "out")

@@ -294,7 +294,14 @@ class DelimitedSource:
                 continue
             n = self.count_fields(text)
             if n != self.expected:
-                return DataFormatError(f"{self.path} line {first_line + k}: {n} fields, expected {self.expected}")
+                hint = ""
+                for other in (",", "\t", ";", "|"):
+                    if other != self.delimiter and len(text.split(other)) == self.expected:
+                        hint = (f"; it looks {'tab' if other == chr(9) else repr(other)}-separated, not "
+                                f"{'tab' if self.delimiter == chr(9) else repr(self.delimiter)}-separated: "
+                                "use --format csv with a --spec file")
+                        break
+                return DataFormatError(f"{self.path} line {first_line + k}: {n} fields, expected {self.expected}{hint}")
         return DataFormatError(f"{self.path} near line {first_line}: a row has the wrong number of fields (expected {self.expected})")
 
     # ------------------------------------------------------------------ reading
