@@ -28,17 +28,12 @@ from __future__ import annotations
 
 import math
 import re
-import sys
+import tomllib  # Python >= 3.11 (pyproject's requires-python)
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ondevice.errors import BadInputError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 
 __all__ = [
     "PROFILE_DIR",
