@@ -21,10 +21,26 @@ still checked against the budget afterwards, every time.
 Top-K models (BPR-MF): the artefact holds only the item table (the user table stays on the
 server, the device receives its user's vector), so the accountant counts the item
 embedding's deployable tensors plus the graph; ``compressible`` is ``item_embedding``.
+
+First-order table (CTR models' dim-1 ``linear``, 4 B per id): no method compresses it, so
+every retraining CTR searcher takes ``first_order`` (``"auto"`` default), resolved in one
+place, :func:`search_with_first_order`:
+
+* ``"keep"``: fp32 table, counted as fixed bytes (the behaviour before the option);
+* ``"fp16"``: retrained in fp32, then stored as a frozen fp16 :class:`QuantizedEmbedding`
+  (2 B per id + 16 B per field); the accountant counts that form's exact bytes;
+* ``"drop"``: ``model.linear = None`` before the search, 0 B; the retrain learns without it;
+* ``"auto"``: ``keep`` if the method's smallest model fits with it, else ``fp16``, else
+  ``drop`` (whose ``BudgetTooSmallError`` is then the one raised: the smallest option).
+
+The choice is recorded in the result's trace (``{"first_order": ...}``) and config
+(``_data["first_order"]``).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import inspect
 import time
 from collections.abc import Callable
@@ -37,7 +53,7 @@ from torch import nn
 
 from ondevice.budget import format_bytes
 from ondevice.data import EncodedDataset
-from ondevice.embedding import EmbeddingLayer
+from ondevice.embedding import EmbeddingLayer, QuantizedEmbedding
 from ondevice.embedding.base import distinct_tensors
 from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.models import BPRMF, CTRModel, RecModel
@@ -45,6 +61,7 @@ from ondevice.train.checkpoint import Checkpoint, load_checkpoint
 
 __all__ = [
     "DEFAULT_GRAPH_OVERHEAD_BYTES",
+    "FIRST_ORDER_OPTIONS",
     "FORMAT_MARGIN_BYTES",
     "SEARCHERS",
     "ByteAccountant",
@@ -52,9 +69,11 @@ __all__ = [
     "RetrainingSearcher",
     "SearchContext",
     "Searcher",
+    "first_order_layer",
     "make_searcher",
     "method_names",
     "register_searcher",
+    "search_with_first_order",
 ]
 
 # Graph bytes (node protos, value names, shapes) of a small CTR model when nothing was
@@ -63,6 +82,8 @@ DEFAULT_GRAPH_OVERHEAD_BYTES = 4096
 # Extra nodes of compressed formats over the dense graph (measured on DeepFM, 5 fields):
 # mixed-dim +1.3 KB, int8 mixed-dim +2.5 KB, CSR sparse +1.5 KB, hashed +0.3 KB.
 FORMAT_MARGIN_BYTES = 4096
+# How the CTR first-order (dim-1 ``linear``) table is stored (module docstring).
+FIRST_ORDER_OPTIONS = ("auto", "keep", "fp16", "drop")
 
 
 # ---------------------------------------------------------------------- bytes
@@ -92,11 +113,20 @@ class ByteAccountant:
 
     ``graph_overhead_bytes``: the ONNX graph's own bytes (file bytes minus parameter bytes),
     measured by ``compress`` on the full model; ``margin_bytes``: room for the extra nodes of
-    a compressed embedding format.
+    a compressed embedding format; ``first_order``: the form the first-order (``linear``)
+    table will be stored in (``keep`` | ``fp16`` | ``drop``), counted by the fixed bytes.
     """
 
     graph_overhead_bytes: int = DEFAULT_GRAPH_OVERHEAD_BYTES
     margin_bytes: int = FORMAT_MARGIN_BYTES
+    first_order: str = "keep"
+
+    def _fixed_tensors(self, name: str, child: nn.Module) -> list[torch.Tensor]:
+        """Deployable tensors of a non-compressed child; ``linear`` in its planned form."""
+        if name == "linear" and isinstance(child, EmbeddingLayer):
+            layer = first_order_layer(child, self.first_order)
+            return [] if layer is None else _deployable_tensors(layer)
+        return _deployable_tensors(child)
 
     def parameter_bytes(self, model: nn.Module) -> int:
         """Exact bytes of every tensor the exported file stores for ``model`` (deployable form)."""
@@ -113,7 +143,7 @@ class ByteAccountant:
         for name, child in model.named_children():
             if name == compressible:
                 continue
-            n = tensor_bytes(_deployable_tensors(child))
+            n = tensor_bytes(self._fixed_tensors(name, child))
             if n:
                 parts[name] = n
         own = [t for k, t in model.state_dict().items() if "." not in k]
@@ -129,7 +159,7 @@ class ByteAccountant:
         rest: list[torch.Tensor] = []
         for name, child in model.named_children():
             if name != compressible:
-                rest.extend(_deployable_tensors(child))
+                rest.extend(self._fixed_tensors(name, child))
         rest.extend(t for k, t in model.state_dict().items() if "." not in k)
         return tensor_bytes(rest) + self.graph_overhead_bytes + self.margin_bytes
 
@@ -146,10 +176,70 @@ class ByteAccountant:
                 parts["the smallest embedding"] = smallest_embedding
             top = sorted(parts.items(), key=lambda kv: -kv[1])[:3]
             what = ", ".join(f"{_label(k)} {format_bytes(v)}" for k, v in top)
+            if self.first_order != "keep":
+                what += {"fp16": "; first-order table in fp16", "drop": "; first-order table dropped"}.get(self.first_order, "")
         return BudgetTooSmallError(
             f"budget {format_bytes(budget_bytes)} is below the smallest model {method} can build, "
             f"{format_bytes(minimum_bytes)} ({what}); raise the budget or pick another --method",
             minimum_bytes=minimum_bytes)
+
+
+def first_order_layer(layer: EmbeddingLayer, form: str) -> EmbeddingLayer | None:
+    """The first-order table ``layer`` stored as ``form``: itself, fp16 (frozen) or ``None``."""
+    if form == "keep":
+        return layer
+    if form == "drop":
+        return None
+    if form == "fp16":
+        if isinstance(layer, QuantizedEmbedding) and layer.dtype_name == "float16":
+            return layer
+        return QuantizedEmbedding.from_dense(layer, dtype="float16")
+    raise BadInputError(f"first_order must be one of {', '.join(FIRST_ORDER_OPTIONS[1:])}; got {form!r}")
+
+
+def search_with_first_order(run: Callable[[SearchContext], SearchResult], ctx: SearchContext,
+                            option: str) -> SearchResult:
+    """Run ``run(ctx)`` with the first-order table in the form ``option`` picks (module docstring).
+
+    ``auto`` tries ``keep``, ``fp16``, ``drop`` in turn and moves on when the method's
+    ``BudgetTooSmallError`` (raised before any training) says its smallest model does not fit;
+    the last error is raised. Models without a first-order table run unchanged.
+    """
+    if option not in FIRST_ORDER_OPTIONS:
+        raise BadInputError(f"first_order must be one of {', '.join(FIRST_ORDER_OPTIONS)}; got {option!r}")
+    full = ctx.ckpt.model
+    if not isinstance(full, CTRModel) or full.linear is None:
+        return run(ctx)
+    forms = ["keep", "fp16", "drop"] if option == "auto" else [option]
+    tried: list[dict[str, Any]] = []
+    for i, form in enumerate(forms):
+        model = full
+        if form == "drop":
+            model = copy.deepcopy(full)
+            model.linear = None
+        sub = dataclasses.replace(ctx, ckpt=dataclasses.replace(ctx.ckpt, model=model),
+                                  accountant=dataclasses.replace(ctx.accountant, first_order=form))
+        try:
+            result = run(sub)
+        except BudgetTooSmallError as err:
+            if i == len(forms) - 1:
+                raise
+            tried.append({"first_order": form, "minimum_bytes": err.minimum_bytes})
+            continue
+        break
+    out = result.model
+    if form == "fp16" and isinstance(out, CTRModel) and out.linear is not None:
+        from ondevice.search.retrain import val_metrics
+
+        out.linear = first_order_layer(out.linear, "fp16")
+        result.val = val_metrics(out, ctx.data)  # the deployed (fp16) model's metrics
+        out.eval()
+    linear = getattr(out, "linear", None)
+    result.trace.append({"first_order": form, "option": option, "tried": tried,
+                         "first_order_bytes": linear.storage_bytes() if linear is not None else 0})
+    if isinstance(result.config.get("_data"), dict):
+        result.config["_data"]["first_order"] = form
+    return result
 
 
 def _label(name: str) -> str:
@@ -250,7 +340,8 @@ class Searcher:
         ctx = SearchContext(ckpt=ckpt, data=ds, budget_bytes=int(budget_bytes), accountant=accountant or ByteAccountant(),
                             work_dir=Path(work_dir) if work_dir is not None else None)
         started = time.perf_counter()
-        result = self._search(ctx)
+        first_order = getattr(self, "first_order", None)  # retraining CTR searchers: the shared option
+        result = self._search(ctx) if first_order is None else search_with_first_order(self._search, ctx, first_order)
         result.timings["total_s"] = time.perf_counter() - started
         result.params = {"method": self.method_name(), **self.get_params()}
         result.bytes_estimate = ctx.accountant.file_bytes_estimate(result.model)

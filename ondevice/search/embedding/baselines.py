@@ -65,13 +65,14 @@ class UniformSearcher(RetrainingSearcher):
     tasks = ("ctr", "topk")
 
     def __init__(self, *, dtype: str = "float32", epochs: int = 5, lr: float = 1e-3, batch_size: int = 1024,
-                 seed: int = 0, patience: int = 2) -> None:
+                 seed: int = 0, patience: int = 2, first_order: str = "auto") -> None:
         self.dtype = dtype
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
         self.seed = seed
         self.patience = patience
+        self.first_order = first_order
 
     def _model_at(self, full: CTRModel, d: int) -> CTRModel:
         desc = copy.deepcopy(full.describe())
@@ -154,13 +155,14 @@ class HashSearcher(RetrainingSearcher):
     supports_dtype = True
 
     def __init__(self, *, dtype: str = "float32", epochs: int = 5, lr: float = 1e-3, batch_size: int = 1024,
-                 seed: int = 0, patience: int = 2) -> None:
+                 seed: int = 0, patience: int = 2, first_order: str = "auto") -> None:
         self.dtype = dtype
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
         self.seed = seed
         self.patience = patience
+        self.first_order = first_order
 
     def _search(self, ctx: SearchContext) -> SearchResult:
         check_table_dtype(self.dtype, owner="hash")

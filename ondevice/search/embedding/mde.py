@@ -85,13 +85,14 @@ class MDESearcher(RetrainingSearcher):
     alpha : temperature α (0 = uniform dims; dlrm default 0.3).
     dtype : table storage after retraining (``mde+int8``...).
     epochs, lr, batch_size, seed, patience : retraining.
+    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.base``).
     """
 
     name = "mde"
     supports_dtype = True
 
     def __init__(self, *, alpha: float = 0.3, dtype: str = "float32", epochs: int = 5, lr: float = 1e-3,
-                 batch_size: int = 1024, seed: int = 0, patience: int = 2) -> None:
+                 batch_size: int = 1024, seed: int = 0, patience: int = 2, first_order: str = "auto") -> None:
         self.alpha = alpha
         self.dtype = dtype
         self.epochs = epochs
@@ -99,6 +100,7 @@ class MDESearcher(RetrainingSearcher):
         self.batch_size = batch_size
         self.seed = seed
         self.patience = patience
+        self.first_order = first_order
 
     def _search(self, ctx: SearchContext) -> SearchResult:
         check_table_dtype(self.dtype, owner="mde")

@@ -157,6 +157,7 @@ class PEPSearcher(RetrainingSearcher):
     search_epochs : epochs the threshold search may run before the magnitude fallback.
     warm_start : step 0 = the pretrained checkpoint (default) or a fresh table (paper).
     epochs, lr, batch_size, seed, patience : retraining (paper: Adam lr 1e-3, batch 1024).
+    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.base``).
     """
 
     name = "pep"
@@ -164,7 +165,7 @@ class PEPSearcher(RetrainingSearcher):
     def __init__(self, *, granularity: str = "feature_dim", threshold_init: float | str = "auto",
                  weight_decay: float = 1e-5, threshold_lr: float | None = None, search_epochs: int = 20,
                  warm_start: bool = True, epochs: int = 5, lr: float = 1e-3, batch_size: int = 1024,
-                 seed: int = 0, patience: int = 2) -> None:
+                 seed: int = 0, patience: int = 2, first_order: str = "auto") -> None:
         self.granularity = granularity
         self.threshold_init = threshold_init
         self.weight_decay = weight_decay
@@ -176,6 +177,7 @@ class PEPSearcher(RetrainingSearcher):
         self.batch_size = batch_size
         self.seed = seed
         self.patience = patience
+        self.first_order = first_order
 
     def _s0(self, v0: torch.Tensor) -> float:
         if self.threshold_init == "auto":

@@ -119,13 +119,15 @@ class SSEDSSearcher(RetrainingSearcher):
     min_dims : dims every field keeps (1 default; 0 lets fields drop entirely).
     dtype : table storage after retraining (``float32``; ``int8``/``float16`` = ``sseds+int8``...).
     epochs, lr, batch_size, seed, patience : retraining.
+    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.base``).
     """
 
     name = "sseds"
     supports_dtype = True
 
     def __init__(self, *, salience_batches: int = 8, min_dims: int = 1, dtype: str = "float32", epochs: int = 5,
-                 lr: float = 1e-3, batch_size: int = 1024, seed: int = 0, patience: int = 2) -> None:
+                 lr: float = 1e-3, batch_size: int = 1024, seed: int = 0, patience: int = 2,
+                 first_order: str = "auto") -> None:
         self.salience_batches = salience_batches
         self.min_dims = min_dims
         self.dtype = dtype
@@ -134,6 +136,7 @@ class SSEDSSearcher(RetrainingSearcher):
         self.batch_size = batch_size
         self.seed = seed
         self.patience = patience
+        self.first_order = first_order
 
     def _search(self, ctx: SearchContext) -> SearchResult:
         check_table_dtype(self.dtype, owner="sseds")
