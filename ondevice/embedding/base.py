@@ -151,6 +151,11 @@ def distinct_tensors(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
+def stored_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes the exported file holds for ``tensors``: each distinct tensor once."""
+    return sum(t.numel() * t.element_size() for t in distinct_tensors(tensors))
+
+
 def field_offsets(vocab_sizes: Sequence[int]) -> list[int]:
     """Start row of each field in a concatenated table."""
     offsets, acc = [], 0

@@ -23,14 +23,15 @@ Top-K scores are dot products, not probabilities: their bound is scaled by
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ondevice.embedding.base import stored_bytes
 from ondevice.errors import ArtefactError, BadInputError, SchemaMismatchError
+from ondevice.export._runner import runner_module
 from ondevice.io import atomic_write_json, read_json
 from ondevice.models import RecModel
 from ondevice.schema import Schema
@@ -57,11 +58,8 @@ _QUANTIZED_DTYPES = {torch.int8, torch.uint8, torch.float16, torch.bfloat16}
 
 
 def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The device runner's sha256 (one implementation on host and device)."""
+    return runner_module().sha256_file(Path(path))
 
 
 def file_entry(path: Path) -> dict[str, Any]:
@@ -93,7 +91,7 @@ def storage_report(module: torch.nn.Module) -> dict[str, Any]:
     # offsets that the interaction and first-order tables share), so the file holds the
     # distinct tensors of all layers together.
     all_tensors = [t for layer in layers.values() for t in layer.storage_tensors()] + dense_tensors
-    distinct = _distinct_bytes(all_tensors)
+    distinct = stored_bytes(all_tensors)
     return {
         "embedding_bytes": per_layer,
         "embedding_types": {_short(name): layer.type_name for name, layer in layers.items()},
@@ -101,21 +99,6 @@ def storage_report(module: torch.nn.Module) -> dict[str, Any]:
         "shared_bytes": int(sum(per_layer.values()) + dense - distinct),
         "parameter_bytes": int(distinct),
     }
-
-
-def _distinct_bytes(tensors: list[torch.Tensor]) -> int:
-    seen: set[tuple[str, tuple[int, ...], str]] = set()
-    total = 0
-    for t in tensors:
-        if t.numel() == 0:
-            continue
-        data = t.detach().cpu().contiguous()
-        key = (str(data.dtype), tuple(data.shape), hashlib.sha256(data.view(torch.uint8).numpy().tobytes()
-                                                                 if data.dtype != torch.bool else data.numpy().tobytes()).hexdigest())
-        if key not in seen:
-            seen.add(key)
-            total += data.numel() * data.element_size()
-    return total
 
 
 def _short(name: str) -> str:
@@ -188,21 +171,12 @@ def load_artefact(artefact_dir: str | Path, *, check_hashes: bool = True) -> Art
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:
         raise ArtefactError(f"{path / 'manifest.json'} lacks {', '.join(missing)}; re-export")
-    if check_hashes:
-        for name, info in manifest["files"].items():
-            f = path / name
-            if not f.is_file():
-                raise ArtefactError(f"{f} is missing; re-export the artefact")
-            size = f.stat().st_size
-            if size != info["bytes"]:
-                raise ArtefactError(
-                    f"{f} has {size:,} bytes, the manifest records {info['bytes']:,} (truncated or modified); re-export"
-                )
-            digest = sha256_file(f)
-            if digest != info["sha256"]:
-                raise ArtefactError(
-                    f"{f} sha256 {digest[:12]}... != manifest {info['sha256'][:12]}... (corrupt or modified); re-export"
-                )
+    if check_hashes:  # the device runner's check: host and device judge a file alike
+        runner = runner_module()
+        try:
+            runner.check_files(path, manifest)
+        except runner.RunnerError as err:
+            raise ArtefactError(str(err)) from None
     try:
         schema = Schema.load(path / "schema.json")
     except BadInputError as err:

@@ -54,7 +54,7 @@ from torch import nn
 from ondevice.budget import format_bytes
 from ondevice.data import EncodedDataset
 from ondevice.embedding import EmbeddingLayer, QuantizedEmbedding
-from ondevice.embedding.base import distinct_tensors
+from ondevice.embedding.base import stored_bytes
 from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.models import BPRMF, CTRModel, RecModel
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint
@@ -87,8 +87,6 @@ FIRST_ORDER_OPTIONS = ("auto", "keep", "fp16", "drop")
 
 
 # ---------------------------------------------------------------------- bytes
-def tensor_bytes(tensors: list[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in distinct_tensors(tensors))
 
 
 def _deployable_tensors(module: nn.Module) -> list[torch.Tensor]:
@@ -130,7 +128,7 @@ class ByteAccountant:
 
     def parameter_bytes(self, model: nn.Module) -> int:
         """Exact bytes of every tensor the exported file stores for ``model`` (deployable form)."""
-        return tensor_bytes(_deployable_tensors(model))
+        return stored_bytes(_deployable_tensors(model))
 
     def file_bytes_estimate(self, model: nn.Module) -> int:
         return self.parameter_bytes(model) + self.graph_overhead_bytes + self.margin_bytes
@@ -143,12 +141,12 @@ class ByteAccountant:
         for name, child in model.named_children():
             if name == compressible:
                 continue
-            n = tensor_bytes(self._fixed_tensors(name, child))
+            n = stored_bytes(self._fixed_tensors(name, child))
             if n:
                 parts[name] = n
         own = [t for k, t in model.state_dict().items() if "." not in k]
         if own:
-            parts["biases"] = tensor_bytes(own)
+            parts["biases"] = stored_bytes(own)
         parts["onnx graph"] = self.graph_overhead_bytes + self.margin_bytes
         return parts
 
@@ -161,7 +159,7 @@ class ByteAccountant:
             if name != compressible:
                 rest.extend(self._fixed_tensors(name, child))
         rest.extend(t for k, t in model.state_dict().items() if "." not in k)
-        return tensor_bytes(rest) + self.graph_overhead_bytes + self.margin_bytes
+        return stored_bytes(rest) + self.graph_overhead_bytes + self.margin_bytes
 
     def embedding_target(self, model: RecModel, budget_bytes: int, compressible: str = "embedding") -> int:
         """Bytes ``model.<compressible>`` may take in its deployable form."""

@@ -30,6 +30,13 @@ import torch.nn.functional as F
 from ondevice.data import EncodedDataset
 from ondevice.models import BPRMF, CTRModel
 from ondevice.train import evaluate_ctr, evaluate_topk
+from ondevice.train.trainer import (
+    DistInfo,
+    epoch_order,
+    in_memory_ctr,
+    iter_ctr_batches,
+    make_optimizers,
+)
 
 __all__ = ["FitResult", "default_optimizers", "fit_ctr", "fit_topk", "iter_batches", "topk_metric_name", "topk_pairs",
            "val_metrics"]
@@ -45,27 +52,24 @@ class FitResult:
     stopped_early: bool = False
 
 
-def default_optimizers(model: CTRModel, lr: float, weight_decay: float = 0.0) -> list[torch.optim.Optimizer]:
-    """Adam on dense parameters + SparseAdam on row-sparse tables (as the Trainer)."""
-    sparse_ids = {id(p) for p in model.sparse_parameters()}
-    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
-    sparse = [p for p in model.sparse_parameters() if p.requires_grad]
-    opts: list[torch.optim.Optimizer] = []
-    if dense:
-        opts.append(torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay))
-    if sparse:
-        opts.append(torch.optim.SparseAdam(sparse, lr=lr))
-    return opts
+def default_optimizers(model: CTRModel | BPRMF, lr: float, weight_decay: float = 0.0) -> list[torch.optim.Optimizer]:
+    """The trainer's optimiser split (``ondevice.train.trainer.make_optimizers``)."""
+    return make_optimizers(model, lr=lr, weight_decay=weight_decay)
 
 
-def iter_batches(data: EncodedDataset, split: str, batch_size: int, seed: int, epoch: int):
-    """Shuffled ``(ids int64 [B, F], labels float32 [B])`` batches of one epoch."""
+def iter_batches(data: EncodedDataset, split: str, batch_size: int, seed: int, epoch: int,
+                 _cache: dict[int, tuple[Any, Any]] | None = None):
+    """Shuffled ``(ids int64 [B, F], labels float32 [B])`` batches of one epoch.
+
+    The trainer's order and batching (``epoch_order``, ``iter_ctr_batches``); the split is
+    converted to int64 tensors once per ``_cache`` (``fit_ctr`` keeps one for all epochs).
+    """
     s = data.split(split)
-    ids, labels = np.asarray(s.ids), np.asarray(s.labels)
-    order = np.random.default_rng([seed, epoch]).permutation(len(ids))
-    for start in range(0, len(order), batch_size):
-        rows = np.sort(order[start:start + batch_size])
-        yield (torch.from_numpy(ids[rows].astype(np.int64)), torch.from_numpy(labels[rows].astype(np.float32)))
+    cache = {} if _cache is None else _cache
+    if id(s) not in cache:
+        cache[id(s)] = in_memory_ctr(s)
+    ids, labels = cache[id(s)]
+    yield from iter_ctr_batches(ids, labels, epoch_order(len(s), seed, epoch), batch_size, DistInfo(), torch.device("cpu"))
 
 
 def val_metrics(model: CTRModel | BPRMF, data: EncodedDataset, *, k: int = 20) -> dict[str, float]:
@@ -115,11 +119,13 @@ def fit_ctr(
     history: list[dict[str, Any]] = []
     steps, stopped = 0, False
     val: dict[str, float] = {}
+    best_val: dict[str, float] = {}
+    train_cache: dict[int, tuple[Any, Any]] = {}  # the split as int64 tensors, converted once
     for epoch in range(1, epochs + 1):
         torch.manual_seed(seed + epoch)
         model.train()
-        total, n = 0.0, 0
-        for x, y in iter_batches(data, "train", batch_size, seed, epoch):
+        total, n = torch.zeros((), dtype=torch.float64), 0  # no host sync per step
+        for x, y in iter_batches(data, "train", batch_size, seed, epoch, train_cache):
             logits = model(x)  # [B]
             assert logits.shape == y.shape, f"logits {tuple(logits.shape)} vs labels {tuple(y.shape)}"
             loss = F.binary_cross_entropy_with_logits(logits, y)
@@ -131,19 +137,19 @@ def fit_ctr(
             for o in opts:
                 o.step()
             steps += 1
-            total += float(loss.detach()) * len(y)
+            total += loss.detach() * len(y)
             n += len(y)
             if on_step is not None and on_step(steps):
                 stopped = True
                 break
-        entry: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(n, 1), "steps": steps}
+        entry: dict[str, Any] = {"epoch": epoch, "train_loss": float(total) / max(n, 1), "steps": steps}
         if evaluate:
             val = val_metrics(model, data)
             entry["val_auc"] = val["auc"]
             if val["auc"] > best_auc:
                 best_auc, best_epoch, bad = val["auc"], epoch, 0
                 if select_best:
-                    best_state = copy.deepcopy(model.state_dict())
+                    best_state, best_val = copy.deepcopy(model.state_dict()), val
             else:
                 bad += 1
         history.append(entry)
@@ -151,8 +157,9 @@ def fit_ctr(
             break
     if select_best and best_state is not None:
         model.load_state_dict(best_state)
-    if evaluate:
-        val = val_metrics(model, data)
+        val = best_val  # evaluation is deterministic: the restored weights score exactly this
+    elif evaluate and not history:
+        val = val_metrics(model, data)  # epochs=0: evaluate only
     model.eval()
     return FitResult(val=val, best_epoch=best_epoch, steps=steps, seconds=time.perf_counter() - started,
                      history=history, stopped_early=stopped)
@@ -192,10 +199,11 @@ def fit_topk(
     history: list[dict[str, Any]] = []
     steps = 0
     val: dict[str, float] = {}
+    best_val: dict[str, float] = {}
     for epoch in range(1, epochs + 1):
         torch.manual_seed(seed + epoch)
         model.train()
-        order = np.random.default_rng([seed, epoch]).permutation(len(pairs))
+        order = epoch_order(len(pairs), seed, epoch)
         negatives = np.random.default_rng([seed, epoch, 1]).integers(1, n_items, size=len(pairs))
         hook_rng = np.random.default_rng([seed, epoch, 2])
         total, n = 0.0, 0
@@ -230,7 +238,7 @@ def fit_topk(
             if val[metric] > best:
                 best, best_epoch, bad = val[metric], epoch, 0
                 if select_best:
-                    best_state = copy.deepcopy(model.state_dict())
+                    best_state, best_val = copy.deepcopy(model.state_dict()), val
             else:
                 bad += 1
         history.append(entry)
@@ -238,8 +246,9 @@ def fit_topk(
             break
     if select_best and best_state is not None:
         model.load_state_dict(best_state)
-    if evaluate:
-        val = val_metrics(model, data, k=k)
+        val = best_val  # evaluation is deterministic: the restored weights score exactly this
+    elif evaluate and not history:
+        val = val_metrics(model, data, k=k)  # epochs=0: evaluate only
     model.eval()
     return FitResult(val=val, best_epoch=best_epoch, steps=steps, seconds=time.perf_counter() - started,
                      history=history)

@@ -183,13 +183,13 @@ class Progress:
 _IN_MEMORY_LIMIT = 1 << 30  # bytes of ids a split may take before we stream it in blocks
 
 
-def _epoch_order(n: int, seed: int, epoch: int, block: int) -> np.ndarray:
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """Row order for one epoch: a full permutation, deterministic in (seed, epoch)."""
     rng = np.random.default_rng([seed, epoch])
     return rng.permutation(n)
 
 
-def _iter_ctr_batches(
+def iter_ctr_batches(
     ids: np.ndarray,
     labels: np.ndarray,
     order: np.ndarray,
@@ -216,7 +216,7 @@ def _iter_ctr_batches(
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def _in_memory_ctr(split: Any) -> tuple[Any, Any]:
+def in_memory_ctr(split: Any) -> tuple[Any, Any]:
     """The split as (int64 ids, float32 labels) tensors when it fits, else the memmaps."""
     if split.ids.nbytes * 2 < _IN_MEMORY_LIMIT:
         ids = torch.from_numpy(np.ascontiguousarray(split.ids, dtype=np.int64))
@@ -470,6 +470,25 @@ def _coalesce_rowwise(grads: list[torch.Tensor]) -> list[tuple[torch.Tensor, tor
     return out  # type: ignore[return-value]
 
 
+def make_optimizers(model: RecModel, *, lr: float, weight_decay: float = 0.0,
+                    embedding_lr: float | None = None) -> list[torch.optim.Optimizer]:
+    """Adam (fused where possible) on dense parameters + ``LazyAdam`` on row-sparse tables.
+
+    The one optimiser split of the project: the trainer and the searchers' retraining loops
+    (``ondevice.search.retrain``) both build their optimisers here. Frozen parameters
+    (``requires_grad=False``, e.g. int8/fp16 tables) are left out.
+    """
+    sparse_ids = {id(p) for p in model.sparse_parameters()}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
+    sparse = [p for p in model.sparse_parameters() if p.requires_grad]
+    opts: list[torch.optim.Optimizer] = []
+    if dense:
+        opts.append(_dense_adam(dense, lr=lr, weight_decay=weight_decay))
+    if sparse:
+        opts.append(LazyAdam(sparse, lr=embedding_lr or lr))
+    return opts
+
+
 # ---------------------------------------------------------------------- the trainer
 class Trainer:
     """Train one model on one encoded dataset into a run folder.
@@ -503,14 +522,7 @@ class Trainer:
 
     def _optimizers(self, model: RecModel) -> list[torch.optim.Optimizer]:
         c = self.config
-        opts: list[torch.optim.Optimizer] = []
-        dense = model.dense_parameters()
-        sparse = model.sparse_parameters()
-        if dense:
-            opts.append(_dense_adam(dense, lr=c.lr, weight_decay=c.weight_decay))
-        if sparse:
-            opts.append(LazyAdam(sparse, lr=c.embedding_lr or c.lr))
-        return opts
+        return make_optimizers(model, lr=c.lr, weight_decay=c.weight_decay, embedding_lr=c.embedding_lr)
 
     # ------------------------------------------------------------------ main
     def fit(self, data_dir: str | Path, out_dir: str | Path, *, resume: bool = False, force: bool = False) -> TrainResult:
@@ -698,15 +710,15 @@ class Trainer:
 
     def _train_epoch_ctr(self, train_model, model, optimizers, train, epoch, device, dist_info, progress) -> tuple[float, int]:
         c = self.config
-        order = _epoch_order(len(train), c.seed, epoch, c.batch_size)
+        order = epoch_order(len(train), c.seed, epoch)
         n_batches = len(order) // c.batch_size if dist_info.enabled else math.ceil(len(order) / c.batch_size)
         steps = self._steps(n_batches)
         if self._train_cache is None or self._train_cache[0] is not train:
-            self._train_cache = (train, *_in_memory_ctr(train))
+            self._train_cache = (train, *in_memory_ctr(train))
         ids, labels = self._train_cache[1], self._train_cache[2]
         # the running loss stays a tensor on the device: no host sync per step
         total_loss, samples, t0 = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter()
-        for step, (x, y) in enumerate(_iter_ctr_batches(ids, labels, order, c.batch_size, dist_info, device), start=1):
+        for step, (x, y) in enumerate(iter_ctr_batches(ids, labels, order, c.batch_size, dist_info, device), start=1):
             logits = train_model(x)
             loss = F.binary_cross_entropy_with_logits(logits, y)
             if c.l2:
@@ -726,9 +738,8 @@ class Trainer:
 
     def _topk_context(self, data: EncodedDataset) -> dict[str, Any]:
         train = np.asarray(data.split("train").ids, dtype=np.int64)
-        n_users, n_items = data.schema.vocab_sizes
-        indptr, items = _user_item_csr(train, n_users)
-        return {"train": train, "n_items": n_items, "indptr": indptr, "items": items,
+        n_items = data.schema.vocab_sizes[1]
+        return {"train": train, "n_items": n_items,
                 "val": np.asarray(data.split("val").ids) if data.has_split("val") else None,
                 "test": np.asarray(data.split("test").ids) if data.has_split("test") else None}
 
@@ -736,7 +747,7 @@ class Trainer:
         """One pass over the training interactions; one uniform negative each (BPR)."""
         c = self.config
         pairs = ctx["train"]
-        order = _epoch_order(len(pairs), c.seed, epoch, c.batch_size)
+        order = epoch_order(len(pairs), c.seed, epoch)
         rng = np.random.default_rng([c.seed, epoch, 1])
         negatives = rng.integers(1, ctx["n_items"], size=len(pairs))
         n_batches = len(order) // c.batch_size if dist_info.enabled else math.ceil(len(order) / c.batch_size)
