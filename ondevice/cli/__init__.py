@@ -63,7 +63,8 @@ def _register_commands() -> None:
     # Each area owns one module that adds its commands to ``cli``.
     from ondevice.cli import data_commands, train_commands  # noqa: F401
 
-    for optional in ("artefact_commands", "compress_commands"):
+    for optional in ("artefact_commands", "compress_commands", "search_commands", "search_interaction_commands",
+                     "search_feature_commands", "search_architecture_commands", "arm64_commands"):
         try:
             __import__(f"ondevice.cli.{optional}")
         except ModuleNotFoundError as err:
