@@ -22,6 +22,12 @@ What it does, in order:
 
 Then ``ondevice report ARTEFACT_DIR --device-result device.json`` on the host merges the JSON.
 
+Parity mode (``--parity-inputs IN.npz --parity-out OUT.npz``, used by ``ondevice verify --arch
+arm64`` under qemu-aarch64): check the files, run every input of ``IN.npz`` (one array per case)
+through one 1-thread session and save the outputs as ``OUT.npz`` (keys ``case::output``); with
+``--parity-alt-config KEY=VALUE`` a second session with those session config entries runs too
+(keys ``alt::case::output``). One process, no subprocess (emulated binaries cannot exec others).
+
 Exit codes: 0 ok, 2 bad or corrupt artefact / bad arguments, 3 golden outputs differ or the
 latency target is missed.
 
@@ -110,9 +116,14 @@ def default_model_file(manifest: dict[str, Any]) -> str:
     return "model.ort" if manifest.get("runtime_format") == "ort" and "model.ort" in manifest["files"] else "model.onnx"
 
 
-def make_session(model_path: str | Path, threads: int) -> ort.InferenceSession:
-    """An InferenceSession tuned for small-batch latency (see the module docstring)."""
+def make_session(model_path: str | Path, threads: int, config: dict[str, str] | None = None) -> ort.InferenceSession:
+    """An InferenceSession tuned for small-batch latency (see the module docstring).
+
+    ``config``: extra ``add_session_config_entry`` pairs (e.g. ``mlas.disable_kleidiai=1``).
+    """
     so = ort.SessionOptions()
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, value)
     so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -401,6 +412,48 @@ def run_device_check(artefact_dir: str | Path, *, batches: list[int] | None = No
     }
 
 
+def run_parity(artefact_dir: str | Path, inputs_path: str | Path, out_path: str | Path, *,
+               model_file: str | None = None, alt_config: dict[str, str] | None = None) -> dict[str, Any]:
+    """Parity mode (module docstring): outputs of every input case, in this one process."""
+    manifest = load_manifest(artefact_dir)
+    check_files(artefact_dir, manifest)
+    model_file = model_file or default_model_file(manifest)
+    if model_file not in manifest["files"]:
+        raise RunnerError(f"{model_file} is not in this artefact; choose one of: {', '.join(manifest['files'])}")
+    in_name = manifest["inputs"][0]["name"]
+    names = [o["name"] for o in manifest["outputs"]]
+    t0 = time.perf_counter()
+    with np.load(inputs_path) as data:
+        cases = {k: data[k] for k in data.files}
+    outputs: dict[str, np.ndarray] = {}
+    variants = [("", None)] + ([("alt::", alt_config)] if alt_config else [])
+    for prefix, config in variants:
+        session = make_session(Path(artefact_dir) / model_file, 1, config)
+        for case, x in cases.items():
+            for name, value in zip(names, session.run(names, {in_name: x}), strict=False):
+                outputs[f"{prefix}{case}::{name}"] = np.asarray(value)
+        del session
+    tmp = Path(out_path).with_name(f".{Path(out_path).name}.tmp.npz")
+    np.savez(tmp, **outputs)
+    os.replace(tmp, out_path)
+    info = {k: v for k, v in device_info().items() if k != "hostname"}
+    return {"format": "ondevice-parity-outputs", "runner_version": RUNNER_VERSION, "device": info,
+            "cpu_features": _cpu_features(), "model_file": model_file, "cases": len(cases),
+            "alt_config": alt_config or {}, "seconds": time.perf_counter() - t0}
+
+
+def _cpu_features() -> list[str]:
+    """The ``Features`` line of ``/proc/cpuinfo`` (the HWCAPs kernels dispatch on), if any."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("features"):
+                    return line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return []
+
+
 def session_options_doc() -> dict[str, Any]:
     return {"intra_op_num_threads": "threads", "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
             "graph_optimization_level": "ORT_ENABLE_ALL", "providers": ["CPUExecutionProvider"]}
@@ -417,8 +470,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=100, help="untimed calls before timing (default 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-file", help="model.onnx or model.ort (default: the manifest's runtime format)")
+    p.add_argument("--parity-inputs", help="parity mode: .npz of input arrays, one per case (see the docstring)")
+    p.add_argument("--parity-out", help="parity mode: write the outputs here (.npz)")
+    p.add_argument("--parity-alt-config", action="append", metavar="KEY=VALUE",
+                   help="parity mode: also run a session with this config entry (repeatable)")
     p.add_argument("--_measure", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if bool(args.parity_inputs) != bool(args.parity_out):
+        p.error("--parity-inputs and --parity-out go together")
+    if any("=" not in kv for kv in args.parity_alt_config or []):
+        p.error("--parity-alt-config takes KEY=VALUE")
     for name in ("batch", "threads"):
         if any(v < 1 for v in getattr(args, name) or []):
             p.error(f"--{name} must be >= 1")
@@ -434,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
             b, t = (args.batch or [1])[0], (args.threads or [1])[0]
             result = measure_one(args.artefact_dir, args.model_file, b, t, args.runs, args.warmup, args.seed)
             print(json.dumps(result))
+            return EXIT_OK
+        if args.parity_inputs:
+            alt = dict(kv.split("=", 1) for kv in args.parity_alt_config or [])
+            print(json.dumps(run_parity(args.artefact_dir, args.parity_inputs, args.parity_out,
+                                        model_file=args.model_file, alt_config=alt or None)))
             return EXIT_OK
         result = run_device_check(args.artefact_dir, batches=args.batch, threads=args.threads, runs=args.runs,
                                   warmup=args.warmup, seed=args.seed, model_file=args.model_file)

@@ -18,8 +18,11 @@ which the p99 latency target applies, and the runtime format the device loads. S
     batch_size     = 256               # batch at which the latency target applies
     p99_latency_ms = 30.0              # p99 latency target at (batch_size, threads); > 0
     runtime_format = "onnx"            # "onnx" or "ort" (ORT-format model for mobile builds)
+    emulated_cpu   = "cortex-a72"      # optional, arm64 only: qemu core for the arm64 parity check
 
-Every key is required and unknown keys are an error. Profiles ship inside the package
+Every key but ``emulated_cpu`` is required and unknown keys are an error. ``emulated_cpu``
+names the ``qemu-aarch64 -cpu`` model whose kernel family matches the device's cores
+(``compress --fleet`` checks arm64 parity on it; default ``neoverse-n1``). Profiles ship inside the package
 (``ondevice/_resources/budgets``; ``budgets/`` at the repository root is the same set) and
 are found by name (``load_profile("rpi4")``) or by path (``load_profile("my/dev.toml")``).
 """
@@ -61,6 +64,7 @@ _UNITS: dict[str, int] = {
 _BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 _EXAMPLES = "2MB (2,000,000 bytes), 2MiB (2,097,152 bytes), 1.5MB, 512KiB, 750000B"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_CPU_RE = re.compile(r"^[a-z0-9][a-z0-9-]*(,[a-z0-9-]+=[a-z0-9]+)*$")
 
 Arch = Literal["arm64", "x86_64"]
 RuntimeFormat = Literal["onnx", "ort"]
@@ -116,6 +120,7 @@ class DeviceProfile:
     batch_size: int
     p99_latency_ms: float
     runtime_format: RuntimeFormat
+    emulated_cpu: str | None = None
     source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,7 +131,7 @@ class DeviceProfile:
         """Validate a parsed TOML table; one-line ``BadInputError`` naming the key at fault."""
         fields = ("name", "description", "memory_budget", "arch", "threads", "batch_size",
                   "p99_latency_ms", "runtime_format")
-        unknown = sorted(set(data) - set(fields) - {"source"})
+        unknown = sorted(set(data) - set(fields) - {"source", "emulated_cpu"})
         if unknown:
             raise BadInputError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
         missing = [k for k in fields if k not in data]
@@ -152,9 +157,13 @@ class DeviceProfile:
             raise BadInputError(f"{source}: p99_latency_ms must be a number > 0, got {lat!r}")
         if data["runtime_format"] not in ("onnx", "ort"):
             raise BadInputError(f"{source}: runtime_format {data['runtime_format']!r} must be 'onnx' or 'ort'")
+        cpu = data.get("emulated_cpu")
+        if cpu is not None and (not isinstance(cpu, str) or not _CPU_RE.match(cpu) or data["arch"] != "arm64"):
+            raise BadInputError(f"{source}: emulated_cpu {cpu!r} must be a qemu-aarch64 -cpu name such as 'cortex-a53', "
+                                "and only on arm64 profiles")
         return cls(name=name, description=data["description"], memory_budget=budget, arch=data["arch"],
                    threads=data["threads"], batch_size=data["batch_size"], p99_latency_ms=float(lat),
-                   runtime_format=data["runtime_format"], source=source)
+                   runtime_format=data["runtime_format"], emulated_cpu=cpu, source=source)
 
 
 def list_profiles() -> list[str]:

@@ -45,8 +45,22 @@ def export_cmd(run_dir: Path, out: Path, budget: str | None, profile: str | None
 @click.argument("artefact_dir", type=click.Path(path_type=Path))
 @click.option("--seed", type=int, default=None, help="seed of the fresh random inputs (default: new each run)")
 @click.option("--json", "as_json", is_flag=True, help="print the full result as JSON")
-def verify_cmd(artefact_dir: Path, seed: int | None, as_json: bool) -> None:
-    """Compare onnxruntime with PyTorch on golden and fresh inputs (exit 3 above tolerance)."""
+@click.option("--arch", type=click.Choice(["x86_64", "arm64"]), default="x86_64", show_default=True,
+              help="arm64: run the device runner on emulated ARM cores (needs `ondevice arm64 setup`) and compare "
+                   "with this host's onnxruntime outputs")
+@click.option("--cpu", "cpus", multiple=True,
+              help="emulated core for --arch arm64 (repeatable; default cortex-a53, neoverse-n1, neoverse-n2, max)")
+def verify_cmd(artefact_dir: Path, seed: int | None, as_json: bool, arch: str, cpus: tuple[str, ...]) -> None:
+    """Compare onnxruntime with PyTorch on golden and fresh inputs (exit 3 above tolerance).
+
+    With --arch arm64: the artefact's outputs on each emulated ARM core against x86, within
+    1e-5 (fp32 storage) or the manifest's quantized bound; writes verify_arm64.json.
+    """
+    if arch == "arm64":
+        _verify_arm64(artefact_dir, seed, as_json, cpus)
+        return
+    if cpus:
+        raise click.UsageError("--cpu needs --arch arm64")
     from ondevice.export import verify_artefact
 
     r = verify_artefact(artefact_dir, seed=seed)
@@ -55,6 +69,32 @@ def verify_cmd(artefact_dir: Path, seed: int | None, as_json: bool) -> None:
         return
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in r["max_abs_diff"].items())
     click.echo(f"verified {artefact_dir}: {len(r['cases'])} cases, max abs diff {diffs} <= atol {r['atol']:.1e} (seed {r['seed']})")
+
+
+def _verify_arm64(artefact_dir: Path, seed: int | None, as_json: bool, cpus: tuple[str, ...]) -> None:
+    import os
+
+    from ondevice.arm64 import arm64_parity
+    from ondevice.errors import ParityError
+
+    seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
+    log = None if as_json else (lambda line: click.echo(line, err=True))
+    r = arm64_parity(artefact_dir, cores=list(cpus) or None, seed=seed, log=log)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+    else:
+        for c in r["cores"]:
+            if c.get("kleidiai_note"):
+                click.echo(f"{c['cpu']:>12}: {c['kleidiai_note']}")
+        click.echo(f"arm64 parity {artefact_dir}: {'pass' if r['passed'] else 'FAIL'} on {len(r['cores'])} emulated cores, "
+                   f"max |arm-x86| {r['max_abs_diff']:.2e} <= {r['atol']:.1e} ({r['storage']} storage, seed {seed}); "
+                   "see verify_arm64.json (emulated timings are not device latency)")
+    if not r["passed"]:
+        bad = next(c for c in r["cores"] if not c["passed"])
+        worst = max(bad["max_abs_diff"].values(), default=float("nan"))
+        raise ParityError(f"arm64 ({bad['cpu']}) differs from x86: {bad.get('error') or f'max abs diff {worst:.3g}'} "
+                          f"(atol {r['atol']:.3g}); see {artefact_dir / 'verify_arm64.json'}",
+                          max_abs_diff=worst, tolerance=r["atol"])
 
 
 @cli.command("profile")
