@@ -1,0 +1,89 @@
+"""Run folders from an interaction search (``ondevice search interactions``).
+
+``search_interactions(RUN_DIR, NEW_RUN, searcher)`` searches on ``RUN_DIR``'s checkpoint and
+data and writes ``NEW_RUN`` (atomically) in the shape ``ondevice train`` writes, so
+``ondevice compress NEW_RUN`` and ``ondevice export NEW_RUN`` take it like any trained run::
+
+    NEW_RUN/model.pt     the retrained model (checkpoint: description + weights + schema)
+    NEW_RUN/schema.json  the dataset schema
+    NEW_RUN/train.json   data_dir, fingerprint, val metrics (the search's), test metrics
+                         (evaluated once, after the search chose the model on validation)
+    NEW_RUN/search.json  the searcher's parameters, config and trace
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ondevice import __version__
+from ondevice.data import EncodedDataset
+from ondevice.errors import BadInputError
+from ondevice.io import atomic_output_dir, atomic_write_json, read_json
+from ondevice.search.base import Searcher
+from ondevice.search.retrain import val_metrics
+from ondevice.train import evaluate_ctr
+from ondevice.train.checkpoint import load_checkpoint, save_checkpoint
+
+__all__ = ["search_interactions"]
+
+#: Without a budget the search is unconstrained (AutoFIS does not shrink tables).
+NO_BUDGET = 2**62
+
+
+def _data_dir(run_dir: Path, data_dir: str | Path | None) -> Path:
+    """``data_dir``, else the one ``RUN_DIR/train.json`` records."""
+    if data_dir is not None:
+        return Path(data_dir)
+    info = run_dir / "train.json"
+    if not info.is_file():
+        raise BadInputError(f"{run_dir} has no train.json naming its data; pass --data DATA_DIR")
+    d = read_json(info, what="train.json").get("data_dir")
+    if not d or not Path(d).is_dir():
+        raise BadInputError(f"the data folder {d!r} recorded in {info} is gone; pass --data DATA_DIR")
+    return Path(d)
+
+
+def search_interactions(run_dir: str | Path, out_dir: str | Path, searcher: Searcher, *,
+                        data_dir: str | Path | None = None, budget_bytes: int | None = None,
+                        force: bool = False) -> dict[str, Any]:
+    """Search ``run_dir``'s model with ``searcher`` and write the run folder ``out_dir``.
+
+    Returns the summary: kept pairs, validation AUC before (the full model) and after,
+    test AUC of the result, seconds.
+    """
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir)
+    data = EncodedDataset(_data_dir(run_dir, data_dir))
+    if data.schema.fingerprint() != ckpt.schema.fingerprint():
+        raise BadInputError(f"the data in {data.root} is not the data {run_dir} was trained on (schema fingerprint differs)")
+    if data.task != "ctr":
+        raise BadInputError(f"interaction search needs a CTR run; {run_dir} is a {data.task} run")
+    if Path(out_dir).exists() and not force:  # fail before the search, not after it
+        raise BadInputError(f"{out_dir} already exists; pass --force to replace it")
+    val_before = val_metrics(copy.deepcopy(ckpt.model), data)
+    result = searcher.search(ckpt, data, NO_BUDGET if budget_bytes is None else int(budget_bytes))
+    model = result.model.eval()
+    test = evaluate_ctr(model, data.split("test").ids, data.split("test").labels) if data.has_split("test") else {}
+    kept = next((t for t in result.trace if "kept" in t), {})
+    summary = {"method": result.params.get("method"), "kept_pairs": kept.get("kept_count"),
+               "candidate_pairs": kept.get("candidates"), "val_auc_before": val_before["auc"],
+               "val_auc_after": result.val["auc"], "test_auc": test.get("auc"),
+               "seconds": result.timings.get("total_s")}
+    train_config = {**ckpt.train_config, "searched_from": str(run_dir.resolve()), "search": result.params}
+    metrics = {"val": result.val, "test": test, "selected_on": "val auc"}
+    with atomic_output_dir(out_dir, force=force) as tmp:
+        save_checkpoint(tmp / "model.pt", model, data.schema, train_config=train_config, metrics=metrics)
+        data.schema.save(tmp / "schema.json")
+        atomic_write_json(tmp / "train.json", {
+            "ondevice_version": __version__, "torch_version": torch.__version__,
+            "data_dir": str(data.root.resolve()), "schema_fingerprint": data.schema.fingerprint(),
+            "task": data.task, "config": train_config, "selected_on": "val auc",
+            "val": result.val, "test": test, "val_before": val_before, "summary": summary,
+            "params": sum(p.numel() for p in model.parameters()),
+        })
+        atomic_write_json(tmp / "search.json", {**result.to_dict(), "summary": summary})
+    return summary

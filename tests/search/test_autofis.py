@@ -1,0 +1,251 @@
+"""AutoFIS (``ondevice.search.interaction.autofis``), its gRDA optimiser and the gated pair list
+of FM/DeepFM, on planted data where only three field pairs carry signal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ondevice.cli import _register_commands, cli
+from ondevice.data import EncodedDataset
+from ondevice.data.generate import generate_ctr
+from ondevice.data.preparation import prepare
+from ondevice.errors import BadInputError, BudgetTooSmallError
+from ondevice.export import export_artefact, verify_artefact
+from ondevice.models import FM, DeepFM, build_model, model_from_description
+from ondevice.search import make_searcher
+from ondevice.search.interaction import AutoFISSearcher
+from ondevice.search.interaction.autofis import auto_c, zeroing_steps
+from ondevice.search.retrain import fit_ctr
+from ondevice.train import Checkpoint, load_checkpoint
+from ondevice.train.grda import GRDA, grda_threshold
+
+_register_commands()
+FAST = {"batch_size": 512, "lr": 5e-3, "epochs": 2}
+
+
+# ---------------------------------------------------------------------- gRDA
+def test_grda_matches_hand_computed_sequence() -> None:
+    w = torch.nn.Parameter(torch.tensor([0.5, -0.2, 0.05]))
+    opt = GRDA([w], lr=0.5, c=0.1, mu=0.5)
+    grads = [torch.tensor([0.1, -0.1, 0.0]), torch.tensor([-0.3, 0.2, 0.0]), torch.tensor([0.0, 0.0, 0.0])]
+    v = torch.tensor([0.5, -0.2, 0.05])  # v_0 = w_0
+    for t, g in enumerate(grads, start=1):
+        w.grad = g.clone()
+        opt.step()
+        v = v - 0.5 * g
+        ell = 0.1 * 0.5 ** 1.0 * t ** 0.5  # c·γ^{0.5+μ}·t^μ
+        expected = v.sign() * (v.abs() - ell).clamp(min=0)
+        torch.testing.assert_close(w.detach(), expected, rtol=0, atol=1e-7)
+    assert w[2].item() == 0.0  # |v| = 0.05 < ℓ: an exact zero, not a small number
+
+
+def test_grda_zeroes_an_unpushed_weight_at_the_zeroing_time() -> None:
+    w = torch.nn.Parameter(torch.full((1,), 0.6))
+    opt = GRDA([w], lr=1.0, c=0.05, mu=0.6)
+    t_star = zeroing_steps(0.05, 0.6, 1.0)
+    first_zero = None
+    for t in range(1, 200):
+        w.grad = torch.zeros(1)
+        opt.step()
+        if first_zero is None and w.item() == 0.0:
+            first_zero = t
+    assert first_zero == int(np.ceil(t_star))
+    assert grda_threshold(0.05, 0.6, 1.0, first_zero) >= 0.6 > grda_threshold(0.05, 0.6, 1.0, first_zero - 1)
+    assert auto_c(0.6, 1.0, 100, 0.3) == pytest.approx(0.6 / 30 ** 0.6)
+
+
+def test_grda_state_dict_round_trip_resumes_exactly() -> None:
+    torch.manual_seed(0)
+    grads = [torch.randn(4) for _ in range(6)]
+
+    def run(split: int | None) -> torch.Tensor:
+        w = torch.nn.Parameter(torch.ones(4))
+        opt = GRDA([w], lr=0.3, c=0.2, mu=0.7)
+        for i, g in enumerate(grads):
+            if i == split:  # rebuild the optimiser from its state dict mid-run
+                state = opt.state_dict()
+                opt = GRDA([w], lr=0.3, c=0.2, mu=0.7)
+                opt.load_state_dict(state)
+            w.grad = g.clone()
+            opt.step()
+        return w.detach().clone()
+
+    torch.testing.assert_close(run(None), run(3), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------- models
+@pytest.mark.parametrize("name", ["fm", "deepfm"])
+def test_default_models_unchanged_and_pair_models_round_trip(name: str) -> None:
+    kw = {"mlp_dims": [8]} if name == "deepfm" else {}
+    full = build_model(name, [5, 6, 7, 8], embed_dim=4, **kw)
+    assert "pairs" not in full.describe()["config"] and not any(k.startswith("pair") for k in full.state_dict())
+    explicit = build_model(name, [5, 6, 7, 8], embed_dim=4, pairs=[[0, 1], [0, 2], [1, 2], [0, 3], [1, 3], [2, 3]], **kw)
+    explicit.load_state_dict({**explicit.state_dict(), **full.state_dict(), "pair_weight": torch.ones(6)})
+    ids = torch.randint(0, 5, (32, 4))
+    full.eval(), explicit.eval()
+    torch.testing.assert_close(explicit(ids), full(ids))  # all pairs with gate 1 == the sum-square FM
+    kept = build_model(name, [5, 6, 7, 8], embed_dim=4, pairs=[[0, 1], [2, 3]], **kw)
+    assert torch.equal(kept.pair_weight.detach(), torch.full((2,), 0.6))  # AutoFIS re-train gate init
+    again = model_from_description(kept.describe())
+    again.load_state_dict(kept.state_dict())
+    again.eval(), kept.eval()
+    torch.testing.assert_close(again(ids), kept(ids))
+    with pytest.raises(ValueError, match="not a field pair"):
+        build_model(name, [5, 6, 7, 8], embed_dim=4, pairs=[[2, 1]], **kw)
+
+
+def _graph_pair_terms(onnx_path: Path) -> list[int]:
+    """Lengths of the 1-D float initialisers/constants (the gate vector is one of them)."""
+    model = onnx.load(str(onnx_path))
+    shapes = [list(t.dims) for t in model.graph.initializer]
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.t is not None and a.t.dims:
+                    shapes.append(list(a.t.dims))
+    return [s[0] for s in shapes if len(s) == 1]
+
+
+def test_export_holds_only_the_kept_pairs(tmp_path: Path) -> None:
+    from ondevice.schema import Field, Schema
+
+    schema = Schema(task="ctr", fields=[Field(name=f"f{i}", vocab_size=9, encoding="identity") for i in range(8)])
+    sizes = {}
+    for label, pairs in (("all", [[i, j] for i in range(8) for j in range(i + 1, 8)]), ("kept", [[0, 4], [6, 7]])):
+        model = build_model("deepfm", [9] * 8, embed_dim=4, mlp_dims=[8], pairs=pairs)
+        export_artefact(Checkpoint(model=model, schema=schema), tmp_path / label)
+        assert verify_artefact(tmp_path / label)["passed"]
+        terms = _graph_pair_terms(tmp_path / label / "model.onnx")
+        assert terms.count(len(pairs)) >= 3  # the gate vector and the two index vectors
+        assert label == "all" or 28 not in terms  # nothing of the 26 dropped pairs is left
+        sizes[label] = (tmp_path / label / "model.onnx").stat().st_size
+    # 26 fewer pairs: 26 gates (4 B) + 2 × 26 int64 indices (16 B) = 520 B, plus a few bytes of
+    # protobuf length prefixes; no node is added or removed
+    assert 26 * 20 <= sizes["all"] - sizes["kept"] <= 26 * 20 + 16
+
+
+# ---------------------------------------------------------------------- planted search
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[EncodedDataset, set[tuple[int, int]]]:
+    """8 fields, 3 planted pairs (sign × sign, no main effects), 30K rows."""
+    root = tmp_path_factory.mktemp("planted")
+    truth = generate_ctr(root / "raw.libfm", 30_000, fields=8, vocab=20, seed=0, format="libfm", n_important=0,
+                         n_pairs=3, alpha=0.5)
+    prepare(root / "raw.libfm", root / "data", format="libfm", seed=0)
+    data = EncodedDataset(root / "data")
+    names = data.schema.field_names
+    pairs = {tuple(sorted(names.index(n) for n in t["fields"])) for t in truth["interactions"]}
+    return data, pairs
+
+
+def _pretrained(data: EncodedDataset, name: str) -> Checkpoint:
+    torch.manual_seed(0)
+    kw = {"mlp_dims": [32]} if name == "deepfm" else {}
+    model = build_model(name, data.schema.vocab_sizes, embed_dim=8, **kw)
+    fit_ctr(model, data, epochs=2, lr=5e-3, batch_size=512)
+    return Checkpoint(model=model, schema=data.schema)
+
+
+@pytest.fixture(scope="module")
+def searched(planted) -> dict[str, object]:
+    """One AutoFIS search per base model, shared by the tests below."""
+    data, _ = planted
+    return {name: AutoFISSearcher(search_epochs=3, **FAST).search(_pretrained(data, name), data, 10**9)
+            for name in ("fm", "deepfm")}
+
+
+@pytest.mark.parametrize("name", ["fm", "deepfm"])
+def test_autofis_recovers_the_planted_pairs(planted, searched, name: str) -> None:
+    data, truth = planted
+    result = searched[name]
+    kept = {tuple(k["pair"]) for k in result.trace[1]["kept"]}
+    precision = len(kept & truth) / max(1, len(kept))
+    assert precision >= 0.8 and len(kept & truth) > 0, (kept, truth)
+    model = result.model
+    assert isinstance(model, FM | DeepFM) and sorted(map(tuple, model.pairs)) == sorted(kept)
+    alphas = {tuple(p["pair"]): p["alpha"] for p in result.trace[0]["pairs"]}
+    assert all((alphas[p] != 0) == (p in kept) for p in alphas)  # kept ⇔ α ≠ 0 (no cap, no budget cut)
+    spars = result.trace[0]["sparsity"]
+    assert spars[0]["nonzero"] == 28 and spars[-1]["nonzero"] == len(kept)  # gates went to exact zeros
+    assert result.val["auc"] > 0.75
+    names = data.schema.field_names
+    assert result.trace[1]["kept"][0]["fields"] == [names[p] for p in result.trace[1]["kept"][0]["pair"]]
+
+
+def test_paper_constants_zero_nothing_on_small_data(planted) -> None:
+    data, _ = planted
+    s = AutoFISSearcher(search_epochs=1, c="paper", **{**FAST, "epochs": 0})
+    result = s.search(_pretrained(data, "fm"), data, 10**9)
+    grda = result.trace[0]["grda"]
+    assert grda["c"] == 5e-3 and grda["mu"] == 0.6  # FM's constants from the paper
+    assert grda["zeroing_steps"] > 40 * result.trace[0]["search_steps"]  # ~2 900 steps vs 47 here
+    assert result.trace[1]["kept_count"] == 28
+
+
+def test_budget_cap_and_bad_input(planted, trained_run: Path) -> None:
+    data, _ = planted
+    ckpt = _pretrained(data, "fm")
+    with pytest.raises(BudgetTooSmallError, match="autofis"):
+        AutoFISSearcher(**FAST).search(ckpt, data, 2_000)
+    capped = AutoFISSearcher(search_epochs=1, c="paper", max_pairs=2, **{**FAST, "epochs": 1}).search(ckpt, data, 10**9)
+    assert capped.trace[1]["kept_count"] == 2 and capped.trace[1]["capped_by_max_pairs"]
+    with pytest.raises(BadInputError, match="fm, deepfm or deepfwfm"):
+        ck = load_checkpoint(trained_run)
+        ck.model = build_model("dcn", ck.model.embedding.vocab_sizes, embed_dim=4)
+        AutoFISSearcher(**FAST).search(ck, EncodedDataset(json.loads((trained_run / "train.json").read_text())["data_dir"]), 10**9)
+    with pytest.raises(BadInputError, match="autofis c"):
+        AutoFISSearcher(c="big").search(ckpt, data, 10**9)
+
+
+def test_retrained_model_exports_with_only_kept_pairs(planted, searched, tmp_path: Path) -> None:
+    data, _ = planted
+    result = searched["deepfm"]
+    kept = result.trace[1]["kept_count"]
+    export_artefact(Checkpoint(model=result.model, schema=data.schema), tmp_path / "art")
+    assert verify_artefact(tmp_path / "art")["passed"]
+    terms = _graph_pair_terms(tmp_path / "art" / "model.onnx")
+    assert kept < 28 and 28 not in terms and (kept == 0 or terms.count(kept) >= 3)
+
+
+# ---------------------------------------------------------------------- compress and CLI
+def test_compress_method_autofis_end_to_end(trained_run: Path, tmp_path: Path) -> None:
+    from ondevice.compress import compress
+
+    assert make_searcher("autofis").name == "autofis"
+    out = tmp_path / "out"
+    summary = compress(trained_run, budgets=["60KB"], methods=["autofis"], out_dir=out, epochs=1,
+                       searcher_params={"autofis": {"batch_size": 256, "search_epochs": 2}}, profile_runs=3,
+                       profile=False, plot=False, quiet=True)
+    run = summary["runs"][0]
+    assert run["method"] == "autofis" and not summary["failures"]
+    manifest = json.loads((out / run["folder"] / "manifest.json").read_text())
+    assert manifest["budget"]["fits"] and manifest["verify"]["passed"]
+    search = json.loads((out / run["folder"] / "search.json").read_text())
+    assert search["config"]["_type"] == "AutoFISConfig"
+
+
+def test_cli_search_interactions_writes_a_run_folder(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new_run"
+    res = CliRunner().invoke(cli, ["search", "interactions", str(trained_run), "--out", str(out), "--epochs", "1",
+                                   "--search-epochs", "2", "--batch-size", "256", "--lr", "5e-3"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("autofis: kept ") and "val AUC" in res.output
+    assert {"model.pt", "train.json", "search.json", "schema.json"} <= {p.name for p in out.iterdir()}
+    ckpt = load_checkpoint(out)
+    assert isinstance(ckpt.model, DeepFM) and ckpt.model.explicit_pairs
+    info = json.loads((out / "train.json").read_text())
+    assert Path(info["data_dir"]).is_dir() and "auc" in info["test"]
+    export = CliRunner().invoke(cli, ["export", str(out), "--out", str(tmp_path / "art")], catch_exceptions=False)
+    assert export.exit_code == 0, export.output
+    again = CliRunner().invoke(cli, ["search", "interactions", str(trained_run), "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output
+    bad = CliRunner().invoke(cli, ["search", "interactions", str(trained_run), "--out", str(tmp_path / "x"), "--c", "big"])
+    assert bad.exit_code == 2 and "not 'auto', 'paper' or a number" in bad.output
