@@ -14,7 +14,9 @@ Id convention (the same for every field and every format):
 
 from __future__ import annotations
 
+import copy
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -110,6 +112,37 @@ class Schema:
             if f.role == role:
                 return i
         raise SchemaMismatchError(f"schema has no field with role {role!r}; top-K data needs a user and an item field")
+
+    def field_positions(self, names: Sequence[str]) -> list[int]:
+        """Positions of the named fields, in the given order; a one-line error for a missing name."""
+        index = {n: i for i, n in enumerate(self.field_names)}
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise SchemaMismatchError(f"field {missing[0]!r} is not in the schema (fields: {', '.join(self.field_names)}); "
+                                      "pass the data the run was trained on")
+        return [index[n] for n in names]
+
+    def select_fields(self, keep: Sequence[int]) -> Schema:
+        """The schema of the kept fields only (feature selection), in ``keep``'s order.
+
+        Each kept field keeps its name, vocabulary, OOV row, hashing and transform, so the
+        app encodes it as before and sends only these columns. The fingerprint changes
+        (ids of a ``[B, len(keep)]`` input mean something else); ``extra["field_selection"]``
+        records the parent's fingerprint and field names.
+        """
+        keep = [int(i) for i in keep]
+        if not keep:
+            raise BadInputError("a field selection must keep at least one field")
+        bad = [i for i in keep if not 0 <= i < self.num_fields]
+        if bad:
+            raise BadInputError(f"field index {bad[0]} is out of range for {self.num_fields} fields; use 0..{self.num_fields - 1}")
+        if len(set(keep)) != len(keep):
+            raise BadInputError(f"a field selection lists a field twice: {keep}")
+        extra = copy.deepcopy(self.extra)
+        extra["field_selection"] = {"parent_fingerprint": self.fingerprint(), "parent_fields": self.field_names,
+                                    "kept": [self.fields[i].name for i in keep]}
+        return Schema(task=self.task, fields=[copy.deepcopy(self.fields[i]) for i in keep], label=self.label,
+                      source_format=self.source_format, version=self.version, extra=extra)
 
     def fingerprint(self) -> str:
         """Short hash of names, sizes and encodings: two runs match iff ids mean the same."""

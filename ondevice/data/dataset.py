@@ -15,6 +15,7 @@ of each batch, so memory does not grow with the dataset.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,85 @@ class EncodedDataset:
         self._splits[name] = split
         return split
 
+    def select_fields(self, keep: Sequence[int]) -> FieldSelectedDataset:
+        """A read-only view over the kept fields (feature selection); see :class:`FieldSelectedDataset`."""
+        return FieldSelectedDataset(self, keep)
+
     def __repr__(self) -> str:
         sizes = {s: len(self.split(s)) for s in SPLITS if self.has_split(s)}
         return f"EncodedDataset({str(self.root)!r}, task={self.task!r}, fields={self.schema.num_fields}, rows={sizes})"
+
+
+class FieldColumns:
+    """The kept columns of a ``[rows, fields]`` ids array, read per access.
+
+    Indexing rows (``cols[rows]``, ``cols[a:b]``, ``cols[i]``) reads those rows of the
+    underlying memmap and returns their kept columns; ``np.asarray(cols)`` materialises
+    the whole ``[rows, len(keep)]`` array (what ``in_memory_ctr`` does for small splits).
+    """
+
+    def __init__(self, base: np.ndarray, keep: Sequence[int]) -> None:
+        self._base = base
+        self._keep = np.asarray(keep, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self._base.shape[0]), len(self._keep))
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._base.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.shape[1] * self._base.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):  # noqa: ANN001 - numpy index
+        if isinstance(key, tuple):
+            rows, *rest = key
+            return self[rows][(..., *rest)] if rest else self[rows]
+        return np.asarray(self._base[key])[..., self._keep]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:  # noqa: ANN001 - numpy protocol
+        out = np.asarray(self._base)[:, self._keep]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+class FieldSelectedDataset(EncodedDataset):
+    """``base`` restricted to the fields ``keep`` (in that order): a read-only view.
+
+    ``schema`` is ``base.schema.select_fields(keep)``; ``split(name).ids`` is a
+    :class:`FieldColumns` over the base memmap (no copy on disk or in memory until rows are
+    read); labels are the base's. ``root`` stays the base folder (what a run records as its
+    ``data_dir``, with the kept field names beside it).
+    """
+
+    def __init__(self, base: EncodedDataset, keep: Sequence[int]) -> None:  # noqa: D107 - no disk read
+        if base.task != "ctr":
+            raise BadInputError(f"feature selection applies to CTR data; {base.root} is {base.task} data")
+        self.base = base.base if isinstance(base, FieldSelectedDataset) else base
+        parent_keep = base.keep if isinstance(base, FieldSelectedDataset) else None
+        self.schema = base.schema.select_fields(keep)  # validates keep
+        self.keep = [int(i) for i in keep] if parent_keep is None else [parent_keep[int(i)] for i in keep]
+        self.root = self.base.root
+        self.info = self.base.info
+        self._splits = {}
+
+    def has_split(self, name: str) -> bool:
+        return self.base.has_split(name)
+
+    def split(self, name: str) -> Split:
+        if name not in self._splits:
+            s = self.base.split(name)
+            self._splits[name] = Split(s.name, FieldColumns(s.ids, self.keep), s.labels)  # type: ignore[arg-type]
+        return self._splits[name]
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, kept={self.schema.field_names})"

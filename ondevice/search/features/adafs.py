@@ -1,0 +1,190 @@
+"""AdaFS — adaptive (per-sample) feature selection (Lin et al., "AdaFS: Adaptive Feature
+Selection in Deep Recommender System", KDD'22; survey §4 Eq. 17, methods.md §6). The authors'
+code was not located; the details follow the survey and third-party notes.
+
+Method
+------
+1. Controller. The field embeddings ``e_f`` of a sample are batch-normalised (survey Eq. 17,
+   ``ê = (e − Mean_B)/sqrt(Var_B + ε)``, no affine), flattened ``[B, F·D]`` and fed to an
+   MLP (``hidden`` units, ReLU) that outputs one score per field; ``softmax`` over fields
+   gives the per-sample weights ``a_f^m``.
+2. Soft selection. ``F · a_f^m`` multiplies sample ``m``'s field-``f`` embedding (and its
+   first-order weight). Choice: the factor ``F`` makes uniform weights the identity, so the
+   search starts exactly at the pretrained model (the paper multiplies by ``a`` alone and
+   trains from scratch).
+3. Training. Controller and model are trained jointly on the training split (one level;
+   the controller has no architecture/weight split to keep apart), starting from the
+   pretrained checkpoint.
+4. As a compression step. AdaFS's per-sample "hard" top-k still needs every table on the
+   device (any sample may pick any field), so it saves no bytes. What the product deploys:
+   fields ranked by their **mean controller weight over a held-out 10 % of train**, the
+   largest top-k that fits the budget kept (``subset.fit_ranked_fields``, exact bytes), the
+   model over them retrained (as AutoField, steps 5-6). The controller is not deployed.
+
+What AdaFS adds over AutoField here: a second, differently-derived static ranking (per-sample
+importance averaged, learnt jointly with the model in one level, no Gumbel noise or
+temperature schedule); the per-sample re-weighting itself would only add a controller MLP to
+the artefact without removing a table, so it is not a compression method on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ondevice.search.base import (
+    RetrainingSearcher,
+    SearchContext,
+    SearchResult,
+    make_config,
+    register_searcher,
+)
+from ondevice.search.features.subset import (
+    fit_ranked_fields,
+    gated_fields,
+    select_model_fields,
+    smallest_single_field,
+)
+from ondevice.search.retrain import default_optimizers
+from ondevice.train.trainer import DistInfo, epoch_order, in_memory_ctr, iter_ctr_batches
+
+__all__ = ["AdaFSSearcher", "FieldController", "train_field_controller"]
+
+
+class FieldController(nn.Module):
+    """BN (Eq. 17) → MLP → softmax over fields: per-sample weights ``[B, F]`` (steps 1-2)."""
+
+    def __init__(self, num_fields: int, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.num_fields = num_fields
+        self.norm = nn.BatchNorm1d(num_fields * dim, affine=False)
+        self.mlp = nn.Sequential(nn.Linear(num_fields * dim, hidden), nn.ReLU(), nn.Linear(hidden, num_fields))
+        nn.init.zeros_(self.mlp[2].weight)  # uniform weights at the start: the pretrained model exactly
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        """``[B, F, D] -> [B, F]``, ``F · softmax`` (mean 1 per sample)."""
+        return self.num_fields * torch.softmax(self.mlp(self.norm(emb.flatten(1))), dim=1)
+
+
+def train_field_controller(model, data, *, epochs: int, batch_size: int, lr: float, controller_lr: float,
+                           hidden: int, holdout_fraction: float, seed: int) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Joint training (step 3); returns the mean weight per field on the held-out rows ``[F]`` and a trace."""
+    split = data.split("train")
+    ids, labels = in_memory_ctr(split)
+    n = len(split)
+    perm = np.random.default_rng([seed, 17]).permutation(n)
+    n_hold = min(max(int(round(n * holdout_fraction)), 1), n - 1)
+    hold_rows, train_rows = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
+    controller = FieldController(model.num_fields, model.embed_dim, hidden)
+    opts = [*default_optimizers(model, lr), torch.optim.Adam(controller.parameters(), lr=controller_lr)]
+    cpu, dist = torch.device("cpu"), DistInfo()
+    trace: list[dict[str, Any]] = []
+    with gated_fields(model, lambda x: controller(model.embedding(x))):
+        for epoch in range(1, epochs + 1):
+            torch.manual_seed(seed + epoch)
+            model.train(), controller.train()
+            total, rows = torch.zeros((), dtype=torch.float64), 0
+            order = train_rows[epoch_order(len(train_rows), seed, epoch)]
+            for x, y in iter_ctr_batches(ids, labels, order, batch_size, dist, cpu):
+                if len(y) < 2:  # batch statistics (Eq. 17) need two rows; a 1-row tail batch is skipped
+                    continue
+                loss = F.binary_cross_entropy_with_logits(model(x), y)
+                for o in opts:
+                    o.zero_grad(set_to_none=True)
+                loss.backward()
+                for o in opts:
+                    o.step()
+                total, rows = total + loss.detach() * len(y), rows + len(y)
+            trace.append({"epoch": epoch, "train_loss": float(total) / max(rows, 1)})
+    model.zero_grad(set_to_none=True)
+    model.eval(), controller.eval()
+    weight_sum = torch.zeros(model.num_fields, dtype=torch.float64)
+    with torch.no_grad():
+        for x, _ in iter_ctr_batches(ids, labels, hold_rows, 4096, dist, cpu):
+            weight_sum += controller(model.embedding(x)).sum(0).double()
+    mean = (weight_sum / len(hold_rows)).float()
+    trace.append({"holdout_rows": int(n_hold), "mean_weight": [round(float(w), 4) for w in mean]})
+    return mean, trace
+
+
+@register_searcher
+class AdaFSSearcher(RetrainingSearcher):
+    """Per-sample controller, fields ranked by mean weight, top fields that fit, retrain (module docstring).
+
+    Parameters
+    ----------
+    search_epochs : epochs of joint controller + model training.
+    controller_lr : Adam learning rate of the controller.
+    hidden : controller MLP width.
+    holdout_fraction : share of train whose mean controller weights rank the fields.
+    num_fields : keep at most this many fields (``None``: as many as the budget allows).
+    epochs, lr, batch_size, seed, patience : model weights and retraining.
+    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.base``).
+    """
+
+    name = "adafs"
+
+    def __init__(self, *, search_epochs: int = 2, controller_lr: float = 1e-3, hidden: int = 64,
+                 holdout_fraction: float = 0.1, num_fields: int | None = None, epochs: int = 5, lr: float = 1e-3,
+                 batch_size: int = 1024, seed: int = 0, patience: int = 2, first_order: str = "auto") -> None:
+        self.search_epochs = search_epochs
+        self.controller_lr = controller_lr
+        self.hidden = hidden
+        self.holdout_fraction = holdout_fraction
+        self.num_fields = num_fields
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.seed = seed
+        self.patience = patience
+        self.first_order = first_order
+
+    def _search(self, ctx: SearchContext) -> SearchResult:
+        from ondevice.errors import BadInputError
+
+        if self.search_epochs < 1 or not 0.0 < self.holdout_fraction < 1.0:
+            raise BadInputError("adafs: search_epochs must be >= 1 and holdout_fraction in (0, 1)")
+        if self.num_fields is not None and not 1 <= self.num_fields <= ctx.model.num_fields:
+            raise BadInputError(f"adafs: num_fields must be in 1..{ctx.model.num_fields}, got {self.num_fields}")
+        full, acc, budget = ctx.model, ctx.accountant, ctx.budget_bytes
+        _, minimum, smallest = smallest_single_field(full, acc)
+        if minimum > budget:
+            raise acc.too_small(self.method_name(), budget, minimum, smallest,
+                                smallest_embedding=smallest.embedding.storage_bytes())
+        t0 = time.perf_counter()
+        searched = copy.deepcopy(full)
+        torch.manual_seed(self.seed)
+        weights, search_trace = train_field_controller(
+            searched, ctx.data, epochs=self.search_epochs, batch_size=self.batch_size, lr=self.lr,
+            controller_lr=self.controller_lr, hidden=self.hidden, holdout_fraction=self.holdout_fraction,
+            seed=self.seed)
+        del searched
+        ranking = [int(f) for f in torch.argsort(-weights, stable=True)]
+        keep, fit_trace = fit_ranked_fields(full, ranking, acc, budget, max_fields=self.num_fields)
+        if not keep:  # after the search: ``first_order=auto`` still moves on to a smaller form
+            top = select_model_fields(full, ranking[:1])
+            raise acc.too_small(self.method_name(), budget, fit_trace[0]["bytes"], top,
+                                what=f"the top-ranked field {ctx.data.schema.field_names[ranking[0]]!r} alone")
+        search_s = time.perf_counter() - t0
+        model = select_model_fields(full, keep)
+        sub_data = ctx.data.select_fields(keep)
+        fit = self._retrain(dataclasses.replace(ctx, data=sub_data), model)
+        model.eval()
+        names = ctx.data.schema.field_names
+        kept_names = [names[f] for f in keep]
+        trace = [{"mean_weight": {names[f]: float(weights[f]) for f in range(len(names))},
+                  "ranking": [names[f] for f in ranking], "search": search_trace, "budget_walk": fit_trace,
+                  "fields_kept": kept_names},
+                 {"retrain": fit.history}]
+        config = make_config("AdaFSConfig", {"fields_kept": kept_names, "keep": keep,
+                                             "mean_weight": [float(weights[f]) for f in keep]})
+        return SearchResult(model=model, config=config, val=fit.val, metric="auc", trace=trace,
+                            timings={"search_s": search_s, "retrain_s": fit.seconds}, schema=sub_data.schema)
