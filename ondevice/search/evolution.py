@@ -56,12 +56,15 @@ def regularized_evolution(
     tournament: int = 5,
     seed: int = 0,
     trace_every: int = 1,
+    time_limit: float | None = None,
 ) -> EvolutionResult[T]:
     """Maximise ``fitness`` over individuals made by ``init`` and ``mutate`` (module docstring).
 
     ``init(rng)`` and ``mutate(parent, rng)`` must return valid individuals (repaired to
     any constraint, e.g. a byte budget); ``mutate`` must not modify ``parent``. The trace
     holds, every ``trace_every`` cycles, the child's and the best-so-far fitness.
+    ``time_limit`` (seconds): no new individual is started once it has passed (at least one
+    is always evaluated); ``evaluations`` counts those that were.
     """
     if population < 1 or cycles < 0 or not 1 <= tournament <= population:
         raise BadInputError(f"evolution needs population >= 1, cycles >= 0 and 1 <= tournament <= population; "
@@ -70,24 +73,34 @@ def regularized_evolution(
     started = time.perf_counter()
     queue: collections.deque[tuple[T, float]] = collections.deque()
     best, best_fit = None, -np.inf
+
+    def out_of_time() -> bool:
+        return time_limit is not None and time.perf_counter() - started > time_limit
+
     for _ in range(population):
+        if queue and out_of_time():
+            break
         ind = init(rng)
         f = float(fitness(ind))
         queue.append((ind, f))
         if f > best_fit:
             best, best_fit = ind, f
     history: list[dict[str, Any]] = [{"cycle": 0, "best_fitness": best_fit}]
+    evaluations = len(queue)
     for cycle in range(1, cycles + 1):
-        picks = rng.choice(len(queue), size=tournament, replace=False)
+        if out_of_time():
+            break
+        picks = rng.choice(len(queue), size=min(tournament, len(queue)), replace=False)
         parent = max((queue[i] for i in picks), key=lambda p: p[1])[0]
         child = mutate(parent, rng)
         f = float(fitness(child))
         queue.append((child, f))
         queue.popleft()
+        evaluations += 1
         if f > best_fit:
             best, best_fit = child, f
         if cycle % trace_every == 0 or cycle == cycles:
             history.append({"cycle": cycle, "child_fitness": f, "best_fitness": best_fit})
     assert best is not None
-    return EvolutionResult(best=best, best_fitness=best_fit, evaluations=population + cycles,
+    return EvolutionResult(best=best, best_fitness=best_fit, evaluations=evaluations,
                            seconds=time.perf_counter() - started, history=history)
