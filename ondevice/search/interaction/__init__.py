@@ -1,0 +1,12 @@
+"""Interaction searchers: which feature interactions a CTR model computes (issue 6).
+
+>>> from ondevice.search.interaction import AutoFISSearcher
+>>> AutoFISSearcher(search_epochs=3).get_params()["c"]
+'auto'
+"""
+
+from ondevice.search.interaction.autofis import AutoFISSearcher
+from ondevice.search.interaction.optinter import OptInterSearcher
+from ondevice.search.interaction.runs import search_interactions
+
+__all__ = ["AutoFISSearcher", "OptInterSearcher", "search_interactions"]
