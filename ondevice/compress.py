@@ -23,6 +23,11 @@ items); the artefact holds the item table only.
 Fleet: a latency target is judged only when this machine has the profile's architecture
 (an x86-64 host cannot judge an arm64 phone): elsewhere the report says "not measured on
 target arch" and the row passes on bytes and parity alone; a judged miss is a failure.
+Every arm64 profile's artefact is also run by the device runner on an emulated ARM core
+(``qemu-aarch64 -cpu`` the profile's ``emulated_cpu``, default ``neoverse-n1``) and compared
+with the x86 outputs (``ondevice.arm64``): a difference beyond the tolerance fails the row
+(exit 3). Without ``ondevice arm64 setup`` the row says "not checked" (it does not fail, and
+the report and log say so). Emulated timings are never reported as latency.
 
 The folder suffix ``-<method>`` is added when more than one method runs. The full model's
 validation metric and exported bytes are in the summary for reference. Searchers see the
@@ -48,7 +53,13 @@ import torch
 
 from ondevice.budget import DeviceProfile, format_bytes, load_profile, parse_budget
 from ondevice.data import EncodedDataset
-from ondevice.errors import BadInputError, BrokenPromiseError, LatencyTargetError, OndeviceError
+from ondevice.errors import (
+    BadInputError,
+    BrokenPromiseError,
+    LatencyTargetError,
+    OndeviceError,
+    ParityError,
+)
 from ondevice.io import (
     atomic_output_dir,
     atomic_write_json,
@@ -62,7 +73,7 @@ from ondevice.search.base import FORMAT_MARGIN_BYTES, SearchResult
 from ondevice.search.retrain import topk_metric_name, val_metrics
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint
 
-__all__ = ["compress", "fleet_profiles_in", "fleet_report", "measure_file_bytes", "render_fleet_markdown"]
+__all__ = ["compress", "fleet_profiles_in", "parse_duration", "fleet_report", "measure_file_bytes", "render_fleet_markdown"]
 
 MAX_FIT_RETRIES = 2
 
@@ -85,14 +96,29 @@ def measure_file_bytes(model: RecModel) -> tuple[int, int]:
         return path.stat().st_size, int(storage_report(module)["parameter_bytes"])
 
 
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """``600``, ``90s``, ``10m``, ``1.5h`` -> seconds (> 0); a one-line error otherwise."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    else:
+        raw = str(text).strip().lower()
+        num = raw.rstrip("abcdefghijklmnopqrstuvwxyz ")
+        unit = raw[len(num):].strip()
+        try:
+            value = float(num)
+        except ValueError:
+            value, unit = float("nan"), "?"
+    if unit not in _DURATION_UNITS or not (value > 0) or value == float("inf"):
+        raise BadInputError(f"cannot read the duration {text!r}; use seconds or a unit: 600, 90s, 10m, 1.5h")
+    return value * _DURATION_UNITS[unit]
+
+
 def default_method(run_dir: str | Path) -> str:
-    """``sseds`` for CTR runs, ``rule`` for top-K runs (read from the run's ``train.json``)."""
-    info = Path(run_dir) / "train.json"
-    try:
-        model = read_json(info, what="train.json").get("config", {}).get("model") if info.is_file() else None
-    except OndeviceError:
-        model = None
-    return "rule" if model == "bprmf" else "sseds"
+    """``auto`` for every run: the best applicable method that fits (``search/auto.py``)."""
+    return "auto"
 
 
 def _log(quiet: bool, text: str) -> None:
@@ -126,6 +152,13 @@ def _data_dir(run_dir: Path, data_dir: str | Path | None) -> Path:
     return Path(d)
 
 
+def _kept_fields_view(run_dir: Path, data: EncodedDataset) -> EncodedDataset:
+    """A feature-selection run (``ondevice search features``) reads only its kept fields of the data."""
+    info = run_dir / "train.json"
+    kept = read_json(info, what="train.json").get("fields_kept") if info.is_file() else None
+    return data.select_fields(data.schema.field_positions(kept)) if kept else data
+
+
 def _search_fitting(searcher, ckpt: Checkpoint, data: EncodedDataset, budget: int,
                     overhead: int, work_dir: Path | None = None) -> tuple[SearchResult, int, list[dict[str, Any]]]:
     """Search, then measure the exported bytes; tighten the margin and retry if over."""
@@ -146,7 +179,7 @@ def compress(
     *,
     budgets: Sequence[str | int] = (),
     device_profiles: Sequence[str | Path | DeviceProfile] = (),
-    methods: Sequence[str] = ("sseds",),
+    methods: Sequence[str] = ("auto",),
     out_dir: str | Path,
     force: bool = False,
     epochs: int | None = None,
@@ -158,13 +191,15 @@ def compress(
     plot: bool = True,
     quiet: bool = False,
     fleet: str | Path | None = None,
+    time_limit_s: float | None = None,
 ) -> dict[str, Any]:
     """Compress the run at ``run_dir`` for every budget/device × method; returns the summary.
 
     ``searcher_params`` maps a method name to extra searcher settings (e.g.
     ``{"pep": {"threshold_init": -4}}``); ``epochs``/``seed`` go to every searcher that takes them.
     ``fleet``: a folder of device profiles (``*.toml``); every one becomes a target and
-    ``fleet.json``/``fleet.md`` report the fleet (module docstring).
+    ``fleet.json``/``fleet.md`` report the fleet (module docstring). ``time_limit_s``: the
+    ``auto`` method's wall-clock limit per budget (its candidates are in the summary).
     """
     run_dir = Path(run_dir)
     fleet_profiles: list[DeviceProfile] = []
@@ -178,7 +213,8 @@ def compress(
     if len(set(methods)) != len(methods):
         raise BadInputError(f"--method repeats a name: {', '.join(methods)}")
     extra = searcher_params or {}
-    searchers = {m: make_searcher(m, **{"epochs": epochs, "seed": seed, **extra.get(m, {})}) for m in methods}
+    shared = {"epochs": epochs, "seed": seed, "time_limit_s": time_limit_s}
+    searchers = {m: make_searcher(m, **{**shared, **extra.get(m, {})}) for m in methods}
     if profile_runs < 1:
         raise BadInputError(f"profile runs must be >= 1, got {profile_runs}")
     out_dir = Path(out_dir)
@@ -187,7 +223,7 @@ def compress(
 
         raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it")
     ckpt = load_checkpoint(run_dir)
-    data = EncodedDataset(_data_dir(run_dir, data_dir))
+    data = _kept_fields_view(run_dir, EncodedDataset(_data_dir(run_dir, data_dir)))
     if data.schema.fingerprint() != ckpt.schema.fingerprint():
         raise BadInputError(f"the data in {data.root} is not the data {run_dir} was trained on (schema fingerprint differs)")
 
@@ -216,7 +252,7 @@ def compress(
                     search_s = time.perf_counter() - t0
                     metrics = {"val": result.val, "selected_on": f"val {result.metric}", "method": method,
                                "search": {"config": result.config, "params": result.params}}
-                    out_ckpt = Checkpoint(model=result.model, schema=ckpt.schema, train_config=ckpt.train_config,
+                    out_ckpt = Checkpoint(model=result.model, schema=result.schema or ckpt.schema, train_config=ckpt.train_config,
                                           metrics=metrics, path=ckpt.path)
                     t1 = time.perf_counter()
                     manifest = export_artefact(out_ckpt, folder, budget=budget_arg, profile=dev)
@@ -243,6 +279,8 @@ def compress(
                     "timings": {**result.timings, "search_and_retrain_s": search_s, "export_s": export_s},
                     "verify_max_abs_diff": verify["max_abs_diff"], "p50_ms_batch1": b1["p50_ms"] if b1 else None,
                 }
+                if result.candidates is not None:  # auto: every method it tried, the chosen one marked
+                    entry["candidates"] = [{k: v for k, v in c.items() if k != "config"} for c in result.candidates]
                 if fleet_profiles:
                     entry["verified"] = bool(verify.get("passed", True))
                     entry["latency"] = _latency_at_profile(prof, dev)
@@ -253,6 +291,14 @@ def compress(
                         failures.append({"target": label, "method": method, "budget_bytes": nbytes,
                                          "error": type(err).__name__, "message": str(err), "exit_code": err.exit_code})
                         errors.append(err)
+                    if dev is not None and dev.arch == "arm64":
+                        entry["arm64_parity"] = parity = _fleet_arm64_parity(folder, dev, seed, quiet, name)
+                        if parity["passed"] is False:
+                            err = ParityError(f"arm64 parity on emulated {parity['cpu']}: {parity['reason']}",
+                                              max_abs_diff=parity["max_abs_diff"], tolerance=parity.get("atol"))
+                            failures.append({"target": label, "method": method, "budget_bytes": nbytes,
+                                             "error": type(err).__name__, "message": str(err), "exit_code": err.exit_code})
+                            errors.append(err)
                 runs.append(entry)
                 _log(quiet, f"[{name}] {format_bytes(entry['file_bytes'])} <= {format_bytes(nbytes)}, "
                             f"val {_label(result.metric)} {result.val_metric:.4f} ({search_s:.1f}s)")
@@ -307,6 +353,14 @@ def render_summary_markdown(s: dict[str, Any]) -> str:
                      f"{full['file_bytes'] / r['file_bytes']:.1f} | {r['val_metric']:.4f} | "
                      f"{r['val_metric'] - full['val'][metric]:+.4f} | {r['timings']['search_and_retrain_s']:.1f} | "
                      f"{p50} | `{r['folder']}` |")
+    for r in (x for x in s["runs"] if x.get("candidates")):
+        lines += ["", f"## auto at {r['target']}: candidates", "",
+                  f"| method | outcome | file B | val {label} | seconds | chosen |", "|---|---|---:|---:|---:|---|"]
+        for c in r["candidates"]:
+            fb = f"{c['file_bytes']:,}" if c.get("file_bytes") is not None else "—"
+            vm = f"{c['val_metric']:.4f}" if c.get("val_metric") is not None else "—"
+            sec = f"{c['seconds']:.1f}" if c.get("seconds") is not None else "—"
+            lines.append(f"| {c['method']} | {c['outcome']} | {fb} | {vm} | {sec} | {'**yes**' if c.get('chosen') else ''} |")
     if s["failures"]:
         lines += ["", "## Failures", ""]
         lines += [f"- {f['target']} / {f['method']}: {f['error']}: {f['message']}" for f in s["failures"]]
@@ -327,6 +381,13 @@ def _plot(s: dict[str, Any], path: Path) -> str | None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
     full = s["full_model"]
     metric = full.get("metric", "auc")
+    tried = [(c["file_bytes"], c["val_metric"]) for r in s["runs"] for c in r.get("candidates") or []
+             if c.get("file_bytes") is not None and c.get("val_metric") is not None]
+    if tried:  # auto's candidates (the chosen ones are the auto line's points, circled)
+        ax.scatter([p[0] for p in tried], [p[1] for p in tried], s=14, color="grey", alpha=0.6, label="auto: candidates")
+        chosen = [(r["file_bytes"], r["val_metric"]) for r in s["runs"] if r.get("candidates")]
+        ax.scatter([p[0] for p in chosen], [p[1] for p in chosen], s=160, facecolors="none", edgecolors="red",
+                   linewidths=1.5, label="auto: chosen")
     ax.scatter([full["file_bytes"]], [full["val"][metric]], marker="*", s=120, color="black", label="full model")
     ax.set_xscale("log")
     ax.set_xlabel("artefact bytes (model.onnx)")
@@ -374,28 +435,70 @@ def _latency_at_profile(prof: dict[str, Any] | None, dev: DeviceProfile | None) 
             "reason": tgt.get("reason", "")}
 
 
+FLEET_DEFAULT_CPU = "neoverse-n1"  # v8.2 dotprod: phone big cores, RPi5, Graviton2
+
+
+def _fleet_arm64_parity(folder: Path, dev: DeviceProfile, seed: int, quiet: bool, name: str) -> dict[str, Any]:
+    """arm64 parity of one fleet artefact on the profile's emulated core (``passed`` None: not checked)."""
+    from ondevice.arm64.parity import arm64_parity
+    from ondevice.arm64.setup import find_env
+
+    cpu = dev.emulated_cpu or FLEET_DEFAULT_CPU
+    env, why = find_env()
+    if env is None:
+        _log(quiet, f"[{name}] arm64 parity: not checked ({why})")
+        return {"checked": False, "cpu": cpu, "passed": None, "max_abs_diff": None,
+                "reason": "not checked (run `ondevice arm64 setup`)"}
+    try:
+        r = arm64_parity(folder, cores=[cpu], seed=seed, cache=env.cache)
+    except OndeviceError as err:
+        return {"checked": True, "cpu": cpu, "passed": False, "max_abs_diff": None, "reason": str(err)}
+    core = r["cores"][0]
+    diff = max(core["max_abs_diff"].values(), default=None)
+    reason = core.get("error") or ("" if r["passed"] else f"max |arm-x86| {diff:.3g} > atol {r['atol']:.3g}")
+    _log(quiet, f"[{name}] arm64 parity on emulated {cpu}: {'pass' if r['passed'] else 'FAIL'}"
+                + (f", max |arm-x86| {diff:.2e} <= {r['atol']:.1e}" if r["passed"] else f" ({reason})"))
+    return {"checked": True, "cpu": cpu, "family": core["family"], "model_file": r["model_file"],
+            "passed": bool(r["passed"]), "max_abs_diff": diff, "atol": r["atol"], "reason": reason}
+
+
+def _parity_cell(parity: dict[str, Any] | None) -> str:
+    if not parity:
+        return "—"
+    if not parity["checked"]:
+        return "not checked (run `ondevice arm64 setup`)"
+    diff = "—" if parity["max_abs_diff"] is None else f"{parity['max_abs_diff']:.1e}"
+    return f"{'pass' if parity['passed'] else '**fail**'} {diff} ({parity['cpu']})"
+
+
 def fleet_report(summary: dict[str, Any], profiles: Sequence[DeviceProfile], folder: str | Path) -> dict[str, Any]:
-    """One row per (device profile, method): bytes, metric, latency vs target, pass/fail."""
+    """One row per (device profile, method): bytes, metric, latency vs target, arm64 parity, pass/fail."""
     rows: list[dict[str, Any]] = []
     for dev in profiles:
         for r in (x for x in summary["runs"] if x["device_profile"] == dev.name):
             lat = r.get("latency") or {}
-            ok = bool(r["fits"]) and bool(r.get("verified", True)) and lat.get("verdict") != "fail"
+            parity = r.get("arm64_parity")
+            ok = (bool(r["fits"]) and bool(r.get("verified", True)) and lat.get("verdict") != "fail"
+                  and (parity or {}).get("passed") is not False)
             rows.append({"device": dev.name, "arch": dev.arch, "method": r["method"], "budget_bytes": dev.memory_budget,
                          "file_bytes": r["file_bytes"], "fits": r["fits"], "verified": r.get("verified", True),
                          "metric": r["metric"], "val_metric": r["val_metric"], "latency": lat, "folder": r["folder"],
-                         "status": "pass" if ok else "fail"})
+                         "arm64_parity": parity, "status": "pass" if ok else "fail"})
         for f in (x for x in summary["failures"] if x["target"] == dev.name):
             if any(row["device"] == dev.name and row["method"] == f["method"] for row in rows):
                 continue  # the artefact exists; its row already says fail (latency)
             rows.append({"device": dev.name, "arch": dev.arch, "method": f["method"], "budget_bytes": dev.memory_budget,
                          "file_bytes": None, "fits": False, "verified": False, "metric": None, "val_metric": None,
-                         "latency": {}, "folder": None, "status": "fail", "error": f"{f['error']}: {f['message']}"})
+                         "latency": {}, "folder": None, "arm64_parity": None, "status": "fail",
+                         "error": f"{f['error']}: {f['message']}"})
+    unchecked = [r["device"] for r in rows if (r["arm64_parity"] or {}).get("checked") is False]
     return {"format": "ondevice-fleet", "profiles_folder": str(folder), "run_dir": summary["run_dir"],
             "full_model": summary["full_model"], "rows": rows,
             "passed": all(r["status"] == "pass" for r in rows) and bool(rows),
-            "rule": "pass = model file <= the profile's budget, golden parity verified, and the p99 target met "
-                    "where it could be judged (only on a machine of the profile's architecture)"}
+            "arm64_parity_not_checked": unchecked,
+            "rule": "pass = model file <= the profile's budget, golden parity verified, the p99 target met "
+                    "where it could be judged (only on a machine of the profile's architecture), and for arm64 "
+                    "profiles the outputs on the emulated core within the tolerance of x86 where emulation is set up"}
 
 
 def render_fleet_markdown(report: dict[str, Any]) -> str:
@@ -406,10 +509,11 @@ def render_fleet_markdown(report: dict[str, Any]) -> str:
         "",
         f"Run `{report['run_dir']}`, profiles from `{report['profiles_folder']}`. Full model {full['file_bytes']:,} B, "
         f"val {_label(metric)} {full['val'][metric]:.4f}. Latency is ORT on this host at each profile's batch and "
-        "threads; a target is judged only on the profile's architecture.",
+        "threads; a target is judged only on the profile's architecture. arm64 parity: max |arm - x86| of the "
+        "device runner's outputs on an emulated ARM core (qemu; emulated time is not latency).",
         "",
-        f"| device | arch | method | budget B | file B | val {_label(metric)} | p50 ms | p99 ms | p99 target ms | latency | status | folder |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+        f"| device | arch | method | budget B | file B | val {_label(metric)} | p50 ms | p99 ms | p99 target ms | latency | arm64 parity | status | folder |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
     fmt = lambda v, d=3: "—" if v is None else f"{v:.{d}f}"  # noqa: E731
     for r in report["rows"]:
@@ -419,6 +523,10 @@ def render_fleet_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['device']} | {r['arch']} | {r['method']} | {r['budget_bytes']:,} | {file_b} | "
                      f"{fmt(r['val_metric'], 4)} | {fmt(lat.get('p50_ms'))} | {fmt(lat.get('p99_ms'))} | "
                      f"{fmt(lat.get('p99_target_ms'), 1)} (b={lat.get('batch', '—')}, t={lat.get('threads', '—')}) | "
-                     f"{lat.get('verdict', '—')} | {status} | {'`' + r['folder'] + '`' if r['folder'] else r.get('error', '')} |")
+                     f"{lat.get('verdict', '—')} | {_parity_cell(r.get('arm64_parity'))} | {status} | "
+                     f"{'`' + r['folder'] + '`' if r['folder'] else r.get('error', '')} |")
     lines += ["", f"Fleet: **{'PASS' if report['passed'] else 'FAIL'}** ({report['rule']})."]
+    if report.get("arm64_parity_not_checked"):
+        lines += ["", f"arm64 parity: **not checked** for {', '.join(report['arm64_parity_not_checked'])}: no emulation "
+                      "environment here; run `ondevice arm64 setup` and compress again (these rows pass on host parity alone)."]
     return "\n".join(lines) + "\n"

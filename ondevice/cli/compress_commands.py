@@ -18,9 +18,9 @@ from ondevice.cli import cli
 @click.option("--fleet", "fleet", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="folder of device profiles (e.g. budgets/): one artefact per profile + fleet.json/fleet.md")
 @click.option("--method", "methods", multiple=True,
-              help="pep | sseds | mde | uniform | hash | int8 | fp16 | sseds+int8 | mde+int8 | uniform+int8 | "
-                   "hash+int8 (+fp16 variants); top-K models: rule | uniform | int8 | fp16 | rule+int8; "
-                   "repeatable; default sseds (rule for top-K)")
+              help="auto | pep | sseds | mde | uniform | hash | int8 | fp16 | sseds+int8 | mde+int8 | uniform+int8 | "
+                   "hash+int8 (+fp16 variants) | deeplight; top-K models: auto | rule | uniform | int8 | fp16 | "
+                   "rule+int8; repeatable; default auto (the best applicable method that fits, by val metric)")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="output folder")
 @click.option("--epochs", type=click.IntRange(min=0), default=None, help="retraining epochs (default: each method's)")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -28,10 +28,12 @@ from ondevice.cli import cli
               help="encoded dataset (default: the one recorded in RUN_DIR/train.json)")
 @click.option("--profile-runs", type=click.IntRange(min=1), default=20, show_default=True,
               help="timed calls per latency measurement")
+@click.option("--time-limit", "time_limit", default=None,
+              help="auto: wall-clock limit per budget, e.g. 600 (seconds), 90s, 10m (default 15m)")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, ...], fleet: Path | None,
                  methods: tuple[str, ...], out: Path, epochs: int | None, seed: int, data_dir: Path | None,
-                 profile_runs: int, force: bool) -> None:
+                 profile_runs: int, time_limit: str | None, force: bool) -> None:
     """Search, retrain, export, verify and profile RUN_DIR's model for each budget × method.
 
     \b
@@ -40,16 +42,18 @@ def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, .
     (an artefact over budget, failed parity, missed latency target). Failures are listed
     in OUT/summary.md; successful runs are kept.
     """
-    from ondevice.compress import compress, default_method
+    from ondevice.compress import compress, default_method, parse_duration
 
     s = compress(run_dir, budgets=budgets, device_profiles=profiles, methods=methods or (default_method(run_dir),),
                  out_dir=out, force=force, epochs=epochs, seed=seed, data_dir=data_dir, profile_runs=profile_runs,
-                 fleet=fleet)
+                 fleet=fleet, time_limit_s=parse_duration(time_limit) if time_limit is not None else None)
     full = s["full_model"]
     label = "AUC" if full["metric"] == "auc" else full["metric"]
     click.echo(f"full model: {full['file_bytes']:,} B, val {label} {full['val'][full['metric']]:.4f}")
     for r in s["runs"]:
-        click.echo(f"{r['target']} {r['method']}: {r['file_bytes']:,} B <= {r['budget_bytes']:,} B, "
+        chosen = next((c["method"] for c in r.get("candidates") or [] if c.get("chosen")), None)
+        via = f" (chose {chosen} of {len(r['candidates'])} candidates)" if chosen else ""
+        click.echo(f"{r['target']} {r['method']}{via}: {r['file_bytes']:,} B <= {r['budget_bytes']:,} B, "
                    f"val {label} {r['val_metric']:.4f} -> {out / r['folder']}")
     click.echo(f"summary: {out / 'summary.md'}")
     if fleet is not None:

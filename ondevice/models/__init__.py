@@ -8,19 +8,23 @@ from ondevice.models.base import (
     build_model,
     model_from_description,
 )
+from ondevice.models.blocknet import BlockNet
 from ondevice.models.bprmf import BPRMF
 from ondevice.models.dcn import DCN
 from ondevice.models.deepfm import DeepFM
 from ondevice.models.deepfwfm import DeepFwFM
 from ondevice.models.fm import FM
+from ondevice.models.optinter import OptInter
 from ondevice.models.widedeep import WideDeep
 
 __all__ = [
     "BPRMF",
+    "BlockNet",
     "DCN",
     "FM",
     "MLP",
     "MODEL_REGISTRY",
+    "OptInter",
     "CTRModel",
     "DeepFM",
     "DeepFwFM",

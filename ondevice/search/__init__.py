@@ -5,6 +5,7 @@
 'int8'
 """
 
+from ondevice.search.auto import AutoSearcher
 from ondevice.search.base import (
     SEARCHERS,
     ByteAccountant,
@@ -27,16 +28,23 @@ from ondevice.search.embedding import (
     UniformSearcher,
     quantize_layer,
 )
+from ondevice.search.features import AdaFSSearcher, AutoFieldSearcher
+from ondevice.search.interaction import AutoFISSearcher, OptInterSearcher
 from ondevice.search.pruning import DeepLightSearcher
 
 __all__ = [
     "SEARCHERS",
+    "AdaFSSearcher",
+    "AutoFieldSearcher",
+    "AutoFISSearcher",
+    "AutoSearcher",
     "ByteAccountant",
     "DeepLightSearcher",
     "FP16Searcher",
     "HashSearcher",
     "Int8Searcher",
     "MDESearcher",
+    "OptInterSearcher",
     "PEPSearcher",
     "RULESearcher",
     "RetrainingSearcher",

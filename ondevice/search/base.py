@@ -57,6 +57,7 @@ from ondevice.embedding import EmbeddingLayer, QuantizedEmbedding
 from ondevice.embedding.base import stored_bytes
 from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.models import BPRMF, CTRModel, RecModel
+from ondevice.schema import Schema
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint
 
 __all__ = [
@@ -230,7 +231,9 @@ def search_with_first_order(run: Callable[[SearchContext], SearchResult], ctx: S
         from ondevice.search.retrain import val_metrics
 
         out.linear = first_order_layer(out.linear, "fp16")
-        result.val = val_metrics(out, ctx.data)  # the deployed (fp16) model's metrics
+        data = ctx.data if result.schema is None else ctx.data.select_fields(  # feature selection: its kept fields
+            ctx.data.schema.field_positions(result.schema.field_names))
+        result.val = val_metrics(out, data)  # the deployed (fp16) model's metrics
         out.eval()
     linear = getattr(out, "linear", None)
     result.trace.append({"first_order": form, "option": option, "tried": tried,
@@ -263,6 +266,8 @@ class SearchResult:
     bytes_estimate: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    candidates: list[dict[str, Any]] | None = None  # ``auto``: every method it tried (search/auto.py)
+    schema: Schema | None = None  # the deployed input schema when the method changes the inputs (feature selection)
 
     @property
     def val_metric(self) -> float:
@@ -272,7 +277,8 @@ class SearchResult:
         """JSON-able summary (no weights)."""
         return {"config": self.config, "val": self.val, "metric": self.metric, "trace": self.trace,
                 "bytes_estimate": self.bytes_estimate, "timings": self.timings, "params": self.params,
-                "model": self.model.describe()}
+                "model": self.model.describe(),
+                **({"candidates": self.candidates} if self.candidates is not None else {})}
 
 
 def make_config(type_name: str, data: dict[str, Any], version: int = 1) -> dict[str, Any]:
