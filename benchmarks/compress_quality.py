@@ -53,7 +53,7 @@ CACHE = ROOT / "benchmarks" / ".cache" / "compress_quality"
 FRACTIONS = {"1/4": 4, "1/10": 10, "1/30": 30}
 CTR_METHODS = ["pep", "sseds", "mde", "uniform", "hash", "int8", "fp16",
                "sseds+int8", "mde+int8", "uniform+int8", "hash+int8",
-               "sseds min_dims=0", "sseds+int8 min_dims=0", "auto"]
+               "sseds min_dims=0", "sseds+int8 min_dims=0", "autofield", "auto"]
 # Variants: "<method> <param>=<int>" runs <method> with that searcher setting. SSEDS's
 # ``min_dims=0`` lets a field drop all its dimensions, the only way a pruning method can go
 # below one float per id (with the uncompressed first-order table, 1/10 of a dim-16 DeepFM
@@ -213,6 +213,8 @@ def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log)
                 k, _, v = kv.partition("=")
                 params[k] = int(v)
             key = f"{name}|{_key(st)}|{method}|{label}"
+            if method == "auto":  # its candidate list is part of what it is
+                key += f"|{_key(params['methods'])}"
             if key not in cache:
                 t0 = time.perf_counter()
                 try:

@@ -219,7 +219,7 @@ def host_archive() -> tuple[str, str | None, str]:
     if os.environ.get(ENV_MIRROR):
         return os.environ[ENV_MIRROR].rstrip("/"), None, codename or "bookworm"
     if not codename or shutil.which("apt-config") is None:
-        raise BadInputError(f"this host is not Debian-like (no apt or codename); set {ENV_MIRROR}=http://deb.debian.org/debian")
+        raise BadInputError(f"this host is not Debian-like (no apt or codename); set {ENV_MIRROR}=<the URL of a Debian archive>")
     out = subprocess.run(["apt-config", "shell", "SL", "Dir::Etc::sourcelist/f", "SP", "Dir::Etc::sourceparts/d"],
                          capture_output=True, text=True, check=False).stdout
     paths = dict(re.findall(r"^(SL|SP)='([^']*)'", out, re.M))
@@ -237,7 +237,7 @@ def host_archive() -> tuple[str, str | None, str]:
     found = pick_archive(entries, codename)
     if found is None:
         raise BadInputError(f"no Debian archive for '{codename} main' in the host's apt sources; "
-                            f"set {ENV_MIRROR}=http://deb.debian.org/debian")
+                            f"set {ENV_MIRROR}=<the URL of a Debian archive>")
     return found[0], found[1], codename
 
 

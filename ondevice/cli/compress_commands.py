@@ -19,7 +19,7 @@ from ondevice.cli import cli
               help="folder of device profiles (e.g. budgets/): one artefact per profile + fleet.json/fleet.md")
 @click.option("--method", "methods", multiple=True,
               help="auto | pep | sseds | mde | uniform | hash | int8 | fp16 | sseds+int8 | mde+int8 | uniform+int8 | "
-                   "hash+int8 (+fp16 variants) | deeplight; top-K models: auto | rule | uniform | int8 | fp16 | "
+                   "hash+int8 (+fp16 variants) | deeplight | autofield | adafs | autofis | optinter; top-K models: auto | rule | uniform | int8 | fp16 | "
                    "rule+int8; repeatable; default auto (the best applicable method that fits, by val metric)")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="output folder")
 @click.option("--epochs", type=click.IntRange(min=0), default=None, help="retraining epochs (default: each method's)")
