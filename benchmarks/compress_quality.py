@@ -151,7 +151,8 @@ def train_full(name: str, st: dict[str, Any], data_dir: Path, log) -> tuple[Path
     return run, json.loads(stamp.read_text())["seconds"]
 
 
-def test_metrics(model, data) -> dict[str, float]:
+def test_metrics(model, data, schema=None) -> dict[str, float]:
+    """Test metrics of the deployable ``model``; ``schema``: a feature-selection result's kept fields."""
     from ondevice.export.onnx_export import deployable_model
     from ondevice.models import BPRMF
     from ondevice.search.retrain import topk_pairs
@@ -160,6 +161,8 @@ def test_metrics(model, data) -> dict[str, float]:
     m = deployable_model(model)  # what the artefact holds
     if isinstance(m, BPRMF):
         return evaluate_topk(m, topk_pairs(data, "test"), [topk_pairs(data, "train"), topk_pairs(data, "val")], k=20)
+    if schema is not None and schema.field_names != data.schema.field_names:
+        data = data.select_fields(data.schema.field_positions(schema.field_names))
     s = data.split("test")
     out = evaluate_ctr(m, s.ids, s.labels)
     return {"auc": float(out["auc"]), "logloss": float(out["logloss"])}
@@ -229,7 +232,7 @@ def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log)
                     cfg = result.config.get("_data", {})
                     cache[key] = {
                         "fits": file_bytes <= nbytes, "file_bytes": file_bytes, "fit_attempts": attempts,
-                        "val": {k: float(v) for k, v in result.val.items()}, "test": test_metrics(result.model, data),
+                        "val": {k: float(v) for k, v in result.val.items()}, "test": test_metrics(result.model, data, result.schema),
                         "search_s": float(result.timings.get("search_s", 0.0)),
                         "retrain_s": float(result.timings.get("retrain_s", 0.0)), "wall_s": wall,
                         "timings": {k: float(v) for k, v in result.timings.items()},

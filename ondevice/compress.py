@@ -64,14 +64,13 @@ from ondevice.io import (
     atomic_output_dir,
     atomic_write_json,
     atomic_write_text,
-    read_json,
     safe_child,
 )
 from ondevice.models import BPRMF, RecModel
 from ondevice.search import ByteAccountant, make_searcher
 from ondevice.search.base import FORMAT_MARGIN_BYTES, SearchResult
 from ondevice.search.retrain import topk_metric_name, val_metrics
-from ondevice.train.checkpoint import Checkpoint, load_checkpoint
+from ondevice.train.checkpoint import Checkpoint, load_checkpoint, run_data
 
 __all__ = ["compress", "fleet_profiles_in", "parse_duration", "fleet_report", "measure_file_bytes", "render_fleet_markdown"]
 
@@ -140,25 +139,6 @@ def _targets(budgets: Sequence[str | int], device_profiles: Sequence[str | Path 
     return out
 
 
-def _data_dir(run_dir: Path, data_dir: str | Path | None) -> Path:
-    if data_dir is not None:
-        return Path(data_dir)
-    info = run_dir / "train.json"
-    if not info.is_file():
-        raise BadInputError(f"{run_dir} has no train.json naming its data; pass --data DATA_DIR")
-    d = read_json(info, what="train.json").get("data_dir")
-    if not d or not Path(d).is_dir():
-        raise BadInputError(f"the data folder {d!r} recorded in {info} is gone; pass --data DATA_DIR")
-    return Path(d)
-
-
-def _kept_fields_view(run_dir: Path, data: EncodedDataset) -> EncodedDataset:
-    """A feature-selection run (``ondevice search features``) reads only its kept fields of the data."""
-    info = run_dir / "train.json"
-    kept = read_json(info, what="train.json").get("fields_kept") if info.is_file() else None
-    return data.select_fields(data.schema.field_positions(kept)) if kept else data
-
-
 def _search_fitting(searcher, ckpt: Checkpoint, data: EncodedDataset, budget: int,
                     overhead: int, work_dir: Path | None = None) -> tuple[SearchResult, int, list[dict[str, Any]]]:
     """Search, then measure the exported bytes; tighten the margin and retry if over."""
@@ -223,7 +203,7 @@ def compress(
 
         raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it")
     ckpt = load_checkpoint(run_dir)
-    data = _kept_fields_view(run_dir, EncodedDataset(_data_dir(run_dir, data_dir)))
+    data = run_data(run_dir, data_dir)
     if data.schema.fingerprint() != ckpt.schema.fingerprint():
         raise BadInputError(f"the data in {data.root} is not the data {run_dir} was trained on (schema fingerprint differs)")
 

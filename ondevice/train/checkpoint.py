@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
-from ondevice.errors import CheckpointError
-from ondevice.io import atomic_write_bytes
+from ondevice.data import EncodedDataset
+from ondevice.errors import BadInputError, CheckpointError
+from ondevice.io import atomic_write_bytes, read_json
 from ondevice.models import RecModel, model_from_description
 from ondevice.schema import Schema
 
@@ -109,3 +110,22 @@ def load_raw(path: str | Path) -> dict[str, Any]:
         return torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt file
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}); start without --resume") from None
+
+
+def run_data(run_dir: str | Path, data_dir: str | Path | None = None) -> EncodedDataset:
+    """The dataset ``run_dir`` was trained on: ``data_dir``, else the folder its ``train.json``
+    records. A feature-selection run (``train.json`` lists ``fields_kept``) reads only those
+    fields, through ``EncodedDataset.select_fields``. One-line ``BadInputError`` otherwise.
+    """
+    run_dir = Path(run_dir)
+    info_path = run_dir / "train.json"
+    info = read_json(info_path, what="train.json") if info_path.is_file() else {}
+    if data_dir is None:
+        if not info_path.is_file():
+            raise BadInputError(f"{run_dir} has no train.json naming its data; pass --data DATA_DIR")
+        data_dir = info.get("data_dir")
+        if not data_dir or not Path(data_dir).is_dir():
+            raise BadInputError(f"the data folder {data_dir!r} recorded in {info_path} is gone; pass --data DATA_DIR")
+    data = EncodedDataset(data_dir)
+    kept = info.get("fields_kept")
+    return data.select_fields(data.schema.field_positions(kept)) if kept else data

@@ -169,3 +169,49 @@ def test_rule_minimum_budget_and_task_checks(setting, trained_run: Path) -> None
             json.loads((trained_run / "train.json").read_text())["data_dir"]), 10**6)
     with pytest.raises(BadInputError, match="for top-K models use --method"):
         make_searcher("sseds").search(ckpt, data, 10**6)
+
+
+# ---------------------------------------------------------------------- per-budget fine-tuning (step 4)
+@pytest.fixture(scope="module")
+def finetuned(setting, rule_results):
+    ckpt, data, acc, _ = setting
+    budgets, plain = rule_results
+    searcher = make_searcher("rule", **FAST, finetune_epochs=2, finetune_lr=5e-3)
+    return budgets[0], plain[0], searcher.search(ckpt, data, budgets[0], accountant=acc)
+
+
+def test_rule_finetune_keeps_the_searched_config_and_never_loses_on_val(finetuned) -> None:
+    budget, plain, tuned = finetuned
+    assert tuned.config["_data"]["blocks"] == plain.config["_data"]["blocks"]  # same supernet, same search
+    assert tuned.val["recall@20"] >= plain.val["recall@20"]  # epoch 0 competes in the selection
+    ft = tuned.trace[-1]
+    assert ft["val_before"]["recall@20"] == pytest.approx(plain.val["recall@20"], abs=1e-12)
+    assert len(ft["finetune"]) >= 1 and tuned.timings["retrain_s"] > 0 and plain.timings["retrain_s"] == 0.0
+    assert measure_file_bytes(tuned.model)[0] <= budget
+
+
+def test_rule_finetuned_model_deploys_exactly(finetuned, setting, tmp_path: Path) -> None:
+    from ondevice.embedding import embedding_from_spec
+    from ondevice.search.embedding.rule import finetune_config
+    from ondevice.search.retrain import val_metrics
+
+    _, plain, tuned = finetuned
+    ckpt, data, _, _ = setting
+    sub = tuned.model.item_embedding
+    twin = embedding_from_spec(sub.spec())  # spec/state round trip of the fine-tuned subset layer
+    twin.load_state_dict(sub.state_dict())
+    torch.testing.assert_close(twin.dense_weight(), sub.dense_weight(), rtol=0, atol=0)
+    assert not torch.equal(sub.dense_weight(), plain.model.item_embedding.dense_weight())  # it did train
+    # The training form, fine-tuned again from the cached supernet, is the deployed model, value for value.
+    from ondevice.search.embedding.rule import _CACHE
+
+    net = next(iter(_CACHE.values()))
+    mask = sub.mask
+    again = finetune_config(net.model, mask, data, epochs=2, lr=5e-3, batch_size=512, l2=1e-4, patience=2, k=20, seed=0)
+    torch.testing.assert_close(again.model.item_embedding.dense_weight(), sub.dense_weight(), rtol=0, atol=0)
+    torch.testing.assert_close(again.model.user_embedding.dense_weight(), tuned.model.user_embedding.dense_weight(),
+                               rtol=0, atol=0)
+    assert val_metrics(again.model, data)["recall@20"] == pytest.approx(tuned.val["recall@20"], abs=1e-12)
+    export_artefact(Checkpoint(model=tuned.model, schema=ckpt.schema, train_config=ckpt.train_config),
+                    tmp_path / "art", budget=10**6)
+    assert verify_artefact(tmp_path / "art")["passed"] is True

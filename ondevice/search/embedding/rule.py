@@ -84,6 +84,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ondevice.data import EncodedDataset
 from ondevice.embedding.elastic import ElasticBlockEmbedding, ElasticSubsetEmbedding, config_bytes
 from ondevice.embedding.quantized import check_table_dtype
 from ondevice.errors import BadInputError
@@ -98,7 +99,8 @@ from ondevice.search.base import (
 from ondevice.search.evolution import regularized_evolution
 from ondevice.search.retrain import fit_topk, topk_metric_name, topk_pairs, val_metrics
 
-__all__ = ["ConfigScorer", "PerformanceEstimator", "RULESearcher", "diversity_penalty", "sample_config"]
+__all__ = ["ConfigScorer", "FinetuneResult", "PerformanceEstimator", "RULESearcher", "diversity_penalty", "finetune_config",
+           "sample_config"]
 
 #: Graph bytes per distinct block subset (Range/Gather/Reshape/Concat nodes), measured on
 #: BPR-MF exports: fp32/fp16 ≈ 800 B, int8 ≈ 950 B (two more nodes); rounded up.
@@ -266,6 +268,8 @@ class RULESearcher(Searcher):
     population [P], cycles [C], tournament [S] : regularised evolution (20, 1000, 5).
     k : K of Recall@K (the fitness and the reported metric).
     dtype : stored value type of the kept blocks (float32, float16, int8).
+    finetune_epochs, finetune_lr : per-budget BPR fine-tuning of the chosen configuration
+        (step 4 of the module docstring; 0 = none, the paper's setting).
     """
 
     name = "rule"
@@ -275,7 +279,8 @@ class RULESearcher(Searcher):
     def __init__(self, *, n_blocks: int = 16, n_groups: int = 20, epochs: int = 5, lr: float = 1e-3,
                  batch_size: int = 2048, l2: float = 1e-4, diversity: float = 0.1, patience: int = 2,
                  n_samples: int = 600, eval_users: int = 1000, hidden: int = 64, population: int = 20,
-                 cycles: int = 1000, tournament: int = 5, k: int = 20, dtype: str = "float32", seed: int = 0) -> None:
+                 cycles: int = 1000, tournament: int = 5, k: int = 20, dtype: str = "float32", finetune_epochs: int = 0,
+                 finetune_lr: float = 5e-3, seed: int = 0) -> None:
         self.n_blocks = n_blocks
         self.n_groups = n_groups
         self.epochs = epochs
@@ -292,6 +297,8 @@ class RULESearcher(Searcher):
         self.tournament = tournament
         self.k = k
         self.dtype = dtype
+        self.finetune_epochs = finetune_epochs
+        self.finetune_lr = finetune_lr
         self.seed = seed
 
     # ------------------------------------------------------------ once for all
@@ -299,7 +306,8 @@ class RULESearcher(Searcher):
         full = ctx.ckpt.model
         with torch.no_grad():
             digest = hashlib.sha256(full.item_embedding.dense_weight().numpy().tobytes()).hexdigest()[:16]  # type: ignore[union-attr]
-        shaping = {k: v for k, v in self.get_params().items() if k not in ("dtype", "population", "cycles", "tournament")}
+        per_budget = ("dtype", "population", "cycles", "tournament", "finetune_epochs", "finetune_lr")
+        shaping = {k: v for k, v in self.get_params().items() if k not in per_budget}
         blob = json.dumps({"weights": digest, "data": str(ctx.data.root), "params": shaping}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -470,7 +478,13 @@ class RULESearcher(Searcher):
                                     trace_every=max(1, self.cycles // 50))
         best = evo.best
         search_s = time.perf_counter() - t0 - supernet_s
-        model = BPRMF(copy.deepcopy(net.model.user_embedding), ElasticSubsetEmbedding.from_elastic(layer, best, dtype=self.dtype))
+        users, items, tuned = net.model.user_embedding, layer, None
+        if self.finetune_epochs > 0:
+            tuned = finetune_config(net.model, best, ctx.data, epochs=self.finetune_epochs, lr=self.finetune_lr,
+                                    batch_size=self.batch_size, l2=self.l2, patience=self.patience, k=self.k,
+                                    seed=self.seed)
+            users, items = tuned.model.user_embedding, tuned.model.item_embedding
+        model = BPRMF(copy.deepcopy(users), ElasticSubsetEmbedding.from_elastic(items, best, dtype=self.dtype))  # type: ignore[arg-type]
         model.eval()
         val = val_metrics(model, ctx.data, k=self.k)
         model.eval()
@@ -484,8 +498,48 @@ class RULESearcher(Searcher):
                   "blocks_per_group": [len(b) for b in blocks], "pairs": int(best.sum()),
                   "estimated_" + topk_metric_name(self.k): evo.best_fitness, "evaluations": evo.evaluations},
                  {"evolution": evo.history}]
+        if tuned is not None:
+            trace.append({"finetune": tuned.history, "best_epoch": tuned.best_epoch, "val_before": tuned.val_before,
+                          "seconds": tuned.seconds})
         return SearchResult(model=model, config=config, val=val, metric=topk_metric_name(self.k), trace=trace,
-                            timings={"supernet_s": supernet_s, "search_s": search_s, "retrain_s": 0.0})
+                            timings={"supernet_s": supernet_s, "search_s": search_s,
+                                     "retrain_s": tuned.seconds if tuned is not None else 0.0})
+
+
+# ---------------------------------------------------------------------- per-budget fine-tuning (step 4)
+@dataclass
+class FinetuneResult:
+    model: BPRMF  # users + ElasticBlockEmbedding fixed to the configuration (training form)
+    val_before: dict[str, float]
+    best_epoch: int  # 0: fine-tuning did not beat the configuration as searched
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def finetune_config(supernet: BPRMF, mask: np.ndarray, data: EncodedDataset, *, epochs: int, lr: float,
+                    batch_size: int, l2: float, patience: int, k: int, seed: int) -> FinetuneResult:
+    """Step 4: BPR-train a copy of ``supernet`` scored by rule (1) with the fixed configuration ``mask``.
+
+    Only the kept (group, block) values and the user slices they meet get gradients, so the
+    trained copy deploys exactly (``ElasticSubsetEmbedding.from_elastic``). Epoch 0 (the
+    configuration as searched) competes with every fine-tuned epoch on validation Recall@K.
+    """
+    t0 = time.perf_counter()
+    model = copy.deepcopy(supernet)
+    items: ElasticBlockEmbedding = model.item_embedding  # type: ignore[assignment]
+    items.set_config(mask)  # applied in train and eval mode
+    before = val_metrics(model, data, k=k)
+    state = copy.deepcopy(model.state_dict())
+    torch.manual_seed(seed)
+    fit = fit_topk(model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, patience=patience, l2=l2, k=k)
+    metric = topk_metric_name(k)
+    best_epoch = fit.best_epoch
+    if fit.val.get(metric, -np.inf) <= before[metric]:
+        model.load_state_dict(state)
+        best_epoch = 0
+    model.eval()
+    return FinetuneResult(model=model, val_before=before, best_epoch=best_epoch, history=fit.history,
+                          seconds=time.perf_counter() - t0)
 
 
 def estimator_report(searcher: RULESearcher, ctx: SearchContext) -> dict[str, Any]:

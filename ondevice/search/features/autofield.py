@@ -40,10 +40,7 @@ Method
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -55,15 +52,9 @@ from ondevice.search.base import (
     RetrainingSearcher,
     SearchContext,
     SearchResult,
-    make_config,
     register_searcher,
 )
-from ondevice.search.features.subset import (
-    fit_ranked_fields,
-    gated_fields,
-    select_model_fields,
-    smallest_single_field,
-)
+from ondevice.search.features.subset import gated_fields, search_ranked_fields
 from ondevice.search.retrain import default_optimizers
 from ondevice.train.trainer import DistInfo, epoch_order, in_memory_ctr, iter_ctr_batches
 
@@ -197,36 +188,11 @@ class AutoFieldSearcher(RetrainingSearcher):
 
     def _search(self, ctx: SearchContext) -> SearchResult:
         self._check(ctx)
-        full, acc, budget = ctx.model, ctx.accountant, ctx.budget_bytes
-        _, minimum, smallest = smallest_single_field(full, acc)
-        if minimum > budget:  # before any training: ``first_order=auto`` moves on to a smaller form
-            raise acc.too_small(self.method_name(), budget, minimum, smallest,
-                                smallest_embedding=smallest.embedding.storage_bytes())
-        t0 = time.perf_counter()
-        searched = copy.deepcopy(full)
-        torch.manual_seed(self.seed)
-        probs, search_trace = train_field_controllers(
-            searched, ctx.data, epochs=self.search_epochs, batch_size=self.batch_size, lr=self.lr,
-            arch_lr=self.arch_lr, arch_fraction=self.arch_fraction, seed=self.seed)
-        del searched
-        ranking = [int(f) for f in torch.argsort(-probs, stable=True)]
-        keep, fit_trace = fit_ranked_fields(full, ranking, acc, budget, max_fields=self.num_fields)
-        if not keep:  # after the search: ``first_order=auto`` still moves on to a smaller form
-            top = select_model_fields(full, ranking[:1])
-            raise acc.too_small(self.method_name(), budget, fit_trace[0]["bytes"], top,
-                                what=f"the top-ranked field {ctx.data.schema.field_names[ranking[0]]!r} alone")
-        search_s = time.perf_counter() - t0
-        model = select_model_fields(full, keep)  # pretrained rows and columns of the kept fields
-        sub_data = ctx.data.select_fields(keep)
-        fit = self._retrain(dataclasses.replace(ctx, data=sub_data), model)
-        model.eval()
-        names = ctx.data.schema.field_names
-        kept_names = [names[f] for f in keep]
-        trace = [{"keep_probability": {names[f]: float(probs[f]) for f in range(len(names))},
-                  "ranking": [names[f] for f in ranking], "search": search_trace, "budget_walk": fit_trace,
-                  "fields_kept": kept_names},
-                 {"retrain": fit.history}]
-        config = make_config("AutoFieldConfig", {"fields_kept": kept_names, "keep": keep,
-                                                 "keep_probability": [float(probs[f]) for f in keep]})
-        return SearchResult(model=model, config=config, val=fit.val, metric="auc", trace=trace,
-                            timings={"search_s": search_s, "retrain_s": fit.seconds}, schema=sub_data.schema)
+
+        def score(model):
+            return train_field_controllers(model, ctx.data, epochs=self.search_epochs, batch_size=self.batch_size,
+                                           lr=self.lr, arch_lr=self.arch_lr, arch_fraction=self.arch_fraction,
+                                           seed=self.seed)
+
+        return search_ranked_fields(self, ctx, score, score_name="keep_probability", config_type="AutoFieldConfig",
+                                    max_fields=self.num_fields)

@@ -16,26 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from ondevice.budget import format_bytes, parse_budget
-from ondevice.data import EncodedDataset
 from ondevice.errors import BadInputError, BudgetExceededError
-from ondevice.io import atomic_output_dir, atomic_write_json, read_json
+from ondevice.io import atomic_output_dir, atomic_write_json
 from ondevice.models import CTRModel
 from ondevice.search.base import ByteAccountant, make_searcher
-from ondevice.train.checkpoint import load_checkpoint, save_checkpoint
+from ondevice.train.checkpoint import load_checkpoint, run_data, save_checkpoint
 
 __all__ = ["search_features"]
-
-
-def _run_data(run_dir: Path, data_dir: str | Path | None) -> EncodedDataset:
-    """The data ``run_dir`` was trained on (its own kept fields when it is a selected run)."""
-    info_path = run_dir / "train.json"
-    info = read_json(info_path, what="train.json") if info_path.is_file() else {}
-    root = data_dir if data_dir is not None else info.get("data_dir")
-    if not root or not Path(root).is_dir():
-        raise BadInputError(f"no data folder for {run_dir} (train.json names {root!r}); pass --data DATA_DIR")
-    data = EncodedDataset(root)
-    kept = info.get("fields_kept")
-    return data.select_fields(data.schema.field_positions(kept)) if kept else data
 
 
 def search_features(run_dir: str | Path, out_dir: str | Path, *, budget: str | int | None = None,
@@ -60,7 +47,7 @@ def search_features(run_dir: str | Path, out_dir: str | Path, *, budget: str | i
     ckpt = load_checkpoint(run_dir)
     if not isinstance(ckpt.model, CTRModel):
         raise BadInputError(f"feature selection applies to CTR models; {run_dir} holds {ckpt.model.name}")
-    data = _run_data(run_dir, data_dir)
+    data = run_data(run_dir, data_dir)
     if data.schema.fingerprint() != ckpt.schema.fingerprint():
         raise BadInputError(f"the data in {data.root} is not the data {run_dir} was trained on (schema fingerprint differs)")
     full_file, full_params = measure_file_bytes(ckpt.model)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -24,9 +26,16 @@ from ondevice.embedding import DenseEmbedding, EmbeddingLayer
 from ondevice.embedding.base import field_offsets
 from ondevice.errors import BadInputError
 from ondevice.models import CTRModel
-from ondevice.search.base import ByteAccountant, first_order_layer
+from ondevice.search.base import (
+    ByteAccountant,
+    RetrainingSearcher,
+    SearchContext,
+    SearchResult,
+    first_order_layer,
+    make_config,
+)
 
-__all__ = ["fit_ranked_fields", "gated_fields", "planned_bytes", "select_model_fields"]
+__all__ = ["fit_ranked_fields", "gated_fields", "planned_bytes", "search_ranked_fields", "select_model_fields"]
 
 
 def _select_table(layer: EmbeddingLayer, keep: list[int]) -> DenseEmbedding:
@@ -164,3 +173,44 @@ def gated_fields(model: CTRModel, weights: Callable[[torch.Tensor], torch.Tensor
     finally:
         for h in handles:
             h.remove()
+
+
+def search_ranked_fields(searcher: RetrainingSearcher, ctx: SearchContext,
+                         score_fields: Callable[[CTRModel], tuple[torch.Tensor, list[dict[str, Any]]]], *,
+                         score_name: str, config_type: str, max_fields: int | None) -> SearchResult:
+    """The part AutoField and AdaFS share: check the smallest model, score the fields on a copy
+    of the pretrained model (``score_fields(copy) -> (scores [F], trace)``, higher = keep), keep
+    the largest top-k that fits, retrain it on the kept columns, report.
+
+    ``BudgetTooSmallError`` comes before any training when no single field fits, and after the
+    search when the top-ranked field alone does not (``first_order=auto`` moves on either way).
+    """
+    full, acc, budget = ctx.model, ctx.accountant, ctx.budget_bytes
+    _, minimum, smallest = smallest_single_field(full, acc)
+    if minimum > budget:
+        raise acc.too_small(searcher.method_name(), budget, minimum, smallest,
+                            smallest_embedding=smallest.embedding.storage_bytes())
+    t0 = time.perf_counter()
+    torch.manual_seed(searcher.seed)
+    scores, search_trace = score_fields(copy.deepcopy(full))
+    ranking = [int(f) for f in torch.argsort(-scores, stable=True)]
+    keep, fit_trace = fit_ranked_fields(full, ranking, acc, budget, max_fields=max_fields)
+    names = ctx.data.schema.field_names
+    if not keep:
+        top = select_model_fields(full, ranking[:1])
+        raise acc.too_small(searcher.method_name(), budget, fit_trace[0]["bytes"], top,
+                            what=f"the top-ranked field {names[ranking[0]]!r} alone")
+    search_s = time.perf_counter() - t0
+    model = select_model_fields(full, keep)  # pretrained rows and columns of the kept fields
+    sub_data = ctx.data.select_fields(keep)
+    fit = searcher._retrain(dataclasses.replace(ctx, data=sub_data), model)
+    model.eval()
+    kept_names = [names[f] for f in keep]
+    trace = [{score_name: {names[f]: float(scores[f]) for f in range(len(names))},
+              "ranking": [names[f] for f in ranking], "search": search_trace, "budget_walk": fit_trace,
+              "fields_kept": kept_names},
+             {"retrain": fit.history}]
+    config = make_config(config_type, {"fields_kept": kept_names, "keep": keep,
+                                       score_name: [float(scores[f]) for f in keep]})
+    return SearchResult(model=model, config=config, val=fit.val, metric="auc", trace=trace,
+                        timings={"search_s": search_s, "retrain_s": fit.seconds}, schema=sub_data.schema)

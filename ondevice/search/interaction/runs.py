@@ -20,31 +20,17 @@ from typing import Any
 import torch
 
 from ondevice import __version__
-from ondevice.data import EncodedDataset
 from ondevice.errors import BadInputError
-from ondevice.io import atomic_output_dir, atomic_write_json, read_json
+from ondevice.io import atomic_output_dir, atomic_write_json
 from ondevice.search.base import Searcher
 from ondevice.search.retrain import val_metrics
 from ondevice.train import evaluate_ctr
-from ondevice.train.checkpoint import load_checkpoint, save_checkpoint
+from ondevice.train.checkpoint import load_checkpoint, run_data, save_checkpoint
 
 __all__ = ["search_interactions"]
 
 #: Without a budget the search is unconstrained (AutoFIS does not shrink tables).
 NO_BUDGET = 2**62
-
-
-def _data_dir(run_dir: Path, data_dir: str | Path | None) -> Path:
-    """``data_dir``, else the one ``RUN_DIR/train.json`` records."""
-    if data_dir is not None:
-        return Path(data_dir)
-    info = run_dir / "train.json"
-    if not info.is_file():
-        raise BadInputError(f"{run_dir} has no train.json naming its data; pass --data DATA_DIR")
-    d = read_json(info, what="train.json").get("data_dir")
-    if not d or not Path(d).is_dir():
-        raise BadInputError(f"the data folder {d!r} recorded in {info} is gone; pass --data DATA_DIR")
-    return Path(d)
 
 
 def search_interactions(run_dir: str | Path, out_dir: str | Path, searcher: Searcher, *,
@@ -57,7 +43,7 @@ def search_interactions(run_dir: str | Path, out_dir: str | Path, searcher: Sear
     """
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)
-    data = EncodedDataset(_data_dir(run_dir, data_dir))
+    data = run_data(run_dir, data_dir)
     if data.schema.fingerprint() != ckpt.schema.fingerprint():
         raise BadInputError(f"the data in {data.root} is not the data {run_dir} was trained on (schema fingerprint differs)")
     if data.task != "ctr":
