@@ -29,7 +29,8 @@ from ondevice.cli import cli
 @click.option("--profile-runs", type=click.IntRange(min=1), default=20, show_default=True,
               help="timed calls per latency measurement")
 @click.option("--time-limit", "time_limit", default=None,
-              help="auto: wall-clock limit per budget, e.g. 600 (seconds), 90s, 10m (default 15m)")
+              help="auto: wall-clock limit per budget, e.g. 600 (seconds), 90s, 10m (default 15m); soft: a "
+                   "candidate that started runs to its end")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, ...], fleet: Path | None,
                  methods: tuple[str, ...], out: Path, epochs: int | None, seed: int, data_dir: Path | None,

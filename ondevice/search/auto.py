@@ -11,6 +11,9 @@ post-training quantisers (``int8``, ``fp16``: no retraining), then the retrainin
 in the order of :data:`CTR_CANDIDATES` / :data:`TOPK_CANDIDATES`. Before a candidate starts,
 the remaining time is compared with the slowest retraining candidate seen so far; when it
 would not finish in time it is skipped and the skip is recorded (``"skipped": "time limit"``).
+The limit is soft: a candidate that has started is never interrupted, so a run can overshoot
+by one candidate's time when that candidate is slower than every one before it (PEP's
+threshold search, typically); the summary lists every candidate's seconds.
 A candidate whose smallest model does not fit the budget (``BudgetTooSmallError``, raised
 before any training) is recorded as ``"does not fit"`` with its minimum; any other
 ``OndeviceError`` of a candidate is recorded and the search goes on. Only when no

@@ -205,3 +205,12 @@ def test_cli_writes_a_run_that_compress_takes(trained_run: Path, tmp_path: Path)
     bad = runner.invoke(cli, ["search", "features", str(trained_run), "--out", str(tmp_path / "x"), "--keep", "2",
                               "--budget", "10KB"])
     assert bad.exit_code == 2 and "error: give exactly one of --budget" in bad.output
+
+
+def test_models_that_name_fields_themselves_are_refused_in_one_line() -> None:
+    from ondevice.search.architecture.evolutionary import build_candidate
+
+    net = build_candidate({"embed_dim": 4, "blocks": [{"type": "fm", "fields": [0, 1, 2]}]}, [5, 6, 7], seed=0)
+    with pytest.raises(BadInputError, match="feature selection supports .*blocknet") as err:
+        select_model_fields(net, [0, 2])
+    assert "\n" not in str(err.value)

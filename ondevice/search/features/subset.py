@@ -35,7 +35,10 @@ from ondevice.search.base import (
     make_config,
 )
 
-__all__ = ["fit_ranked_fields", "gated_fields", "planned_bytes", "search_ranked_fields", "select_model_fields"]
+#: Models whose structure is a function of the field count alone (``select_model_fields``).
+SELECTABLE_MODELS = ("fm", "deepfm", "deepfwfm", "widedeep", "dcn")
+
+__all__ = ["SELECTABLE_MODELS", "fit_ranked_fields", "gated_fields", "planned_bytes", "search_ranked_fields", "select_model_fields"]
 
 
 def _select_table(layer: EmbeddingLayer, keep: list[int]) -> DenseEmbedding:
@@ -60,6 +63,9 @@ def select_model_fields(model: CTRModel, keep: Sequence[int]) -> CTRModel:
     of other inputs, DCN's head, is kept after it): the kept fields' columns are copied.
     Pair parameters (``pair_*`` of size P) keep the entries of pairs between kept fields.
     """
+    if model.name not in SELECTABLE_MODELS:
+        raise BadInputError(f"feature selection supports {', '.join(SELECTABLE_MODELS)} models; {model.name}'s "
+                            "structure names fields itself (blocks, per-pair choices): search its fields before it")
     keep = [int(f) for f in keep]
     F_, D = model.num_fields, model.embed_dim
     if not keep or len(set(keep)) != len(keep) or not all(0 <= f < F_ for f in keep):
