@@ -17,6 +17,9 @@ the server). Methods, all from the same checkpoint:
 * ``rule+ft``: the same configuration (same supernet, same search), then fine-tuned
   ``--finetune-epochs`` epochs (BPR, lr ``--finetune-lr``, epoch 0 included in the
   validation selection): a deviation from the paper, measured here;
+* ``rule+nested`` (``+ft``): the evolution's best competes with popularity-graded
+  leading-block configurations, the pick by true validation Recall@20 on the 1,000 scored
+  users (``nested_candidates``, the searcher's default; a deviation from the paper);
 * ``uniform``: the largest dimension whose item table fits, SVD warm start, retrained
   ``--uniform-epochs`` epochs (users and items, BPR);
 * ``int8``: row-wise int8 item table (only one size: listed where it fits).
@@ -50,6 +53,8 @@ from ondevice.train import TrainConfig, evaluate_topk, train
 from ondevice.train.checkpoint import load_checkpoint
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: RULE rows: the paper's (estimator-picked, no retraining), + fine-tuning, + nested candidates (ours).
+RULE_VARIANTS = ("rule", "rule+ft", "rule+nested", "rule+nested+ft")
 DATASETS = {
     "ml1m": (SHARED / "movielens-1m" / "lcfn-implicit-split", ["40KB", "80KB", "150KB", "300KB", "500KB"]),
     "cds": (SHARED / "amazon-yelp" / "bgcf-amazon-cds", ["250KB", "500KB", "1MB", "2MB", "4MB"]),
@@ -98,12 +103,12 @@ def main() -> None:
     rule_stats = None
     for b in budgets:
         nbytes = parse_budget(b)
-        methods = ("rule", "rule+ft", "uniform", "int8") if args.finetune_epochs > 0 else ("rule", "uniform", "int8")
-        for method in methods:
-            if method == "rule":
-                searcher = rule.clone()
-            elif method == "rule+ft":
-                searcher = rule.clone(finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr)
+        variants = [m for m in RULE_VARIANTS if args.finetune_epochs > 0 or not m.endswith("+ft")]
+        for method in (*variants, "uniform", "int8"):
+            if method in RULE_VARIANTS:
+                searcher = rule.clone(nested_candidates="nested" in method,
+                                      finetune_epochs=args.finetune_epochs if method.endswith("+ft") else 0,
+                                      finetune_lr=args.finetune_lr)
             else:
                 searcher = make_searcher(method, epochs=args.uniform_epochs, lr=5e-3, batch_size=2048)
             t1 = time.perf_counter()
@@ -120,6 +125,7 @@ def main() -> None:
             if method.startswith("rule"):
                 row["blocks_per_group"] = r.trace[1]["blocks_per_group"]
                 row["estimated_val_recall@20"] = r.trace[1]["estimated_recall@20"]
+                row["picked"] = r.trace[2].get("picked", {}).get("source", "evolution")
                 rule_stats = rule_stats or r.trace[0]["supernet"]
             rows.append(row)
             print(f"{b} {method}: {file_bytes:,} B val {r.val['recall@20']:.4f} test {row['test']['recall@20']:.4f} "
@@ -153,18 +159,17 @@ def render(r: dict) -> str:
             lines.append(f"| {row['budget']} | {row['method']} | — | — | — | — | — | — | does not fit: {row['error']} |")
             continue
         note = ""
-        if row["method"] == "rule":
-            note = f"blocks/group {row['blocks_per_group']}"
-        elif row["method"] == "rule+ft":
-            note = (f"same blocks; search {row['timings']['search_s']:.1f} s + fine-tune "
-                    f"{row['timings']['retrain_s']:.1f} s")
+        if row["method"].startswith("rule"):
+            note = f"{row.get('picked', 'evolution')}: blocks/group {row['blocks_per_group']}"
+            if row["method"].endswith("+ft"):
+                note += f"; search {row['timings']['search_s']:.1f} s + fine-tune {row['timings']['retrain_s']:.1f} s"
         elif row["method"] == "uniform":
             note = f"dim {row['config']['dim']}"
         secs = f"{row['seconds']:.1f}" if "seconds" in row else "—"
         lines.append(f"| {row['budget'] or 'full'} | {row['method']} | {row['file_bytes']:,} | {row['val']['recall@20']:.4f} | "
                      f"{row['val']['ndcg@20']:.4f} | {row['test']['recall@20']:.4f} | {row['test']['ndcg@20']:.4f} | {secs} | {note} |")
     lines += ["", *target_lines(r["rows"])]
-    rule_rows = [x for x in r["rows"] if x["method"] == "rule" and "seconds" in x]
+    rule_rows = [x for x in r["rows"] if x["method"].startswith("rule") and "seconds" in x]
     per_budget = [x["timings"]["search_s"] for x in rule_rows[1:]] or [0.0]
     lines += ["", f"RULE once-for-all training: {st.get('train_s', 0):.0f} s elastic training + "
                   f"{st.get('score_samples_s', 0):.0f} s scoring {st.get('n_samples')} configurations on "
@@ -172,7 +177,7 @@ def render(r: dict) -> str:
                   f"Per extra budget: search {np.mean(per_budget):.1f} s (max {max(per_budget):.1f} s) + one validation pass.",
               *([f"rule+ft per budget: fine-tune {np.mean(ft):.1f} s (max {max(ft):.1f} s) on top of the search, "
                  f"{r['finetune_epochs']} epochs at lr {r['finetune_lr']:g}."] if (ft := [
-                  x["timings"]["retrain_s"] for x in r["rows"] if x["method"] == "rule+ft" and "timings" in x]) else []),
+                  x["timings"]["retrain_s"] for x in r["rows"] if x["method"].endswith("+ft") and "timings" in x]) else []),
               "", f"Estimator on {est.get('n')} held-out configurations: Spearman {est.get('spearman', float('nan')):.3f}, "
                   f"Kendall {est.get('kendall', float('nan')):.3f}, MSE {est.get('mse', float('nan')):.2e} "
                   f"vs constant predictor {est.get('mse_constant', float('nan')):.2e}.",
@@ -185,7 +190,7 @@ def target_lines(rows: list[dict]) -> list[str]:
     by = {(x["budget"], x["method"]): x for x in rows if "val" in x}
     budgets = [b for b, m in by if m == "uniform"]
     out = []
-    for method in ("rule", "rule+ft"):
+    for method in RULE_VARIANTS:
         pairs = [(by[(b, method)], by[(b, "uniform")]) for b in budgets if (b, method) in by]
         if not pairs:
             continue

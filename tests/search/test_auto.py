@@ -100,3 +100,23 @@ def test_cli_default_method_is_auto_and_time_limit_is_checked(trained_run: Path,
                                    "--time-limit", "soon"])
     assert bad.exit_code == 2 and "cannot read the duration 'soon'" in bad.output
     assert not (tmp_path / "o").exists()
+
+
+def test_fleet_with_auto_writes_one_verified_artefact_per_device(trained_run: Path, tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    for name, budget in (("small", "17KB"), ("big", "30KB")):
+        (profiles / f"{name}.toml").write_text(
+            f'name = "{name}"\ndescription = "test device"\nmemory_budget = "{budget}"\narch = "x86_64"\n'
+            'threads = 1\nbatch_size = 4\np99_latency_ms = 1000.0\nruntime_format = "onnx"\n')
+    out = tmp_path / "fleet"
+    summary = compress(trained_run, fleet=profiles, out_dir=out, epochs=1, profile_runs=2, quiet=True,
+                       searcher_params={"auto": {"methods": ["int8", "uniform"], "candidate_params": FAST}})
+    report = json.loads((out / "fleet.json").read_text())
+    assert sorted(r["device"] for r in report["rows"]) == ["big", "small"] and report["passed"]
+    for run in summary["runs"]:
+        assert run["method"] == "auto" and run["file_bytes"] <= run["budget_bytes"]
+        assert sum(bool(c.get("chosen")) for c in run["candidates"]) == 1
+        fitting = [c for c in run["candidates"] if c["outcome"] == "fits"]
+        best = max(fitting, key=lambda c: c["val_metric"])
+        assert best.get("chosen") and run["val_metric"] == pytest.approx(best["val_metric"])

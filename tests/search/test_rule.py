@@ -215,3 +215,28 @@ def test_rule_finetuned_model_deploys_exactly(finetuned, setting, tmp_path: Path
     export_artefact(Checkpoint(model=tuned.model, schema=ckpt.schema, train_config=ckpt.train_config),
                     tmp_path / "art", budget=10**6)
     assert verify_artefact(tmp_path / "art")["passed"] is True
+
+
+def test_nested_configs_are_graded_prefixes_that_fit() -> None:
+    from ondevice.search.embedding.rule import nested_configs
+
+    sizes = [50] * 5
+    def fits(m: np.ndarray) -> bool:
+        return config_bytes(sizes, m, 16) <= 6000
+    configs = nested_configs(sizes, 4, fits)
+    assert len(configs) >= 2
+    for _, mask in configs:
+        lengths = mask.sum(1)
+        assert fits(mask) and lengths.min() >= 1
+        assert all(mask[g, :n].all() and not mask[g, n:].any() for g, n in enumerate(lengths))  # leading blocks
+        assert list(lengths) == sorted(lengths, reverse=True)  # popular groups keep at least as many
+    assert configs[0][0] == "nested tilt 0" and len(set(configs[0][1].sum(1))) == 1  # tilt 0: uniform
+    assert nested_configs(sizes, 4, lambda m: False) == []
+
+
+def test_rule_picks_the_best_scored_candidate(rule_results) -> None:
+    _, results = rule_results
+    for r in results:
+        picked = r.trace[2]["picked"]
+        assert picked["scored"][picked["source"]] == max(picked["scored"].values())
+        assert "evolution" in picked["scored"]

@@ -100,7 +100,7 @@ from ondevice.search.evolution import regularized_evolution
 from ondevice.search.retrain import fit_topk, topk_metric_name, topk_pairs, val_metrics
 
 __all__ = ["ConfigScorer", "FinetuneResult", "PerformanceEstimator", "RULESearcher", "diversity_penalty", "finetune_config",
-           "sample_config"]
+           "nested_configs", "sample_config"]
 
 #: Graph bytes per distinct block subset (Range/Gather/Reshape/Concat nodes), measured on
 #: BPR-MF exports: fp32/fp16 ≈ 800 B, int8 ≈ 950 B (two more nodes); rounded up.
@@ -268,6 +268,8 @@ class RULESearcher(Searcher):
     population [P], cycles [C], tournament [S] : regularised evolution (20, 1000, 5).
     k : K of Recall@K (the fitness and the reported metric).
     dtype : stored value type of the kept blocks (float32, float16, int8).
+    nested_candidates : also weigh popularity-graded leading-block configurations and pick among
+        them and the evolution's best by true validation Recall@K (step 3b; False = the paper).
     finetune_epochs, finetune_lr : per-budget BPR fine-tuning of the chosen configuration
         (step 4 of the module docstring; 0 = none, the paper's setting).
     """
@@ -279,8 +281,9 @@ class RULESearcher(Searcher):
     def __init__(self, *, n_blocks: int = 16, n_groups: int = 20, epochs: int = 5, lr: float = 1e-3,
                  batch_size: int = 2048, l2: float = 1e-4, diversity: float = 0.1, patience: int = 2,
                  n_samples: int = 600, eval_users: int = 1000, hidden: int = 64, population: int = 20,
-                 cycles: int = 1000, tournament: int = 5, k: int = 20, dtype: str = "float32", finetune_epochs: int = 0,
-                 finetune_lr: float = 5e-3, seed: int = 0) -> None:
+                 cycles: int = 1000, tournament: int = 5, k: int = 20, dtype: str = "float32",
+                 nested_candidates: bool = True, finetune_epochs: int = 0, finetune_lr: float = 5e-3,
+                 seed: int = 0) -> None:
         self.n_blocks = n_blocks
         self.n_groups = n_groups
         self.epochs = epochs
@@ -297,6 +300,7 @@ class RULESearcher(Searcher):
         self.tournament = tournament
         self.k = k
         self.dtype = dtype
+        self.nested_candidates = nested_candidates
         self.finetune_epochs = finetune_epochs
         self.finetune_lr = finetune_lr
         self.seed = seed
@@ -306,7 +310,7 @@ class RULESearcher(Searcher):
         full = ctx.ckpt.model
         with torch.no_grad():
             digest = hashlib.sha256(full.item_embedding.dense_weight().numpy().tobytes()).hexdigest()[:16]  # type: ignore[union-attr]
-        per_budget = ("dtype", "population", "cycles", "tournament", "finetune_epochs", "finetune_lr")
+        per_budget = ("dtype", "population", "cycles", "tournament", "nested_candidates", "finetune_epochs", "finetune_lr")
         shaping = {k: v for k, v in self.get_params().items() if k not in per_budget}
         blob = json.dumps({"weights": digest, "data": str(ctx.data.root), "params": shaping}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -476,7 +480,10 @@ class RULESearcher(Searcher):
         evo = regularized_evolution(init=init, mutate=mutate, fitness=estimate, population=self.population,
                                     cycles=self.cycles, tournament=self.tournament, seed=self.seed,
                                     trace_every=max(1, self.cycles // 50))
-        best = evo.best
+        best, picked = evo.best, {"source": "evolution"}
+        if self.nested_candidates:
+            best, picked = self._pick_on_validation(net, ctx, [("evolution", evo.best)] + nested_configs(
+                sizes, n_b, lambda m: cost(m) <= target))
         search_s = time.perf_counter() - t0 - supernet_s
         users, items, tuned = net.model.user_embedding, layer, None
         if self.finetune_epochs > 0:
@@ -497,13 +504,55 @@ class RULESearcher(Searcher):
                   "config_bytes": config_bytes(sizes, best, dim, self.dtype), "estimated_bytes_with_graph": cost(best),
                   "blocks_per_group": [len(b) for b in blocks], "pairs": int(best.sum()),
                   "estimated_" + topk_metric_name(self.k): evo.best_fitness, "evaluations": evo.evaluations},
-                 {"evolution": evo.history}]
+                 {"evolution": evo.history, "picked": picked}]
         if tuned is not None:
             trace.append({"finetune": tuned.history, "best_epoch": tuned.best_epoch, "val_before": tuned.val_before,
                           "seconds": tuned.seconds})
         return SearchResult(model=model, config=config, val=val, metric=topk_metric_name(self.k), trace=trace,
                             timings={"supernet_s": supernet_s, "search_s": search_s,
                                      "retrain_s": tuned.seconds if tuned is not None else 0.0})
+
+    def _pick_on_validation(self, net: _Supernet, ctx: SearchContext,
+                            candidates: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, dict[str, Any]]:
+        """Step 3b: the candidate with the best true validation Recall@K on the ``eval_users`` users."""
+        scorer = ConfigScorer(net.model, topk_pairs(ctx.data, "train"), topk_pairs(ctx.data, "val"), k=self.k,
+                              max_users=self.eval_users, seed=self.seed)
+        scores = [scorer(mask)[0] for _, mask in candidates]
+        i = int(np.argmax(scores))
+        return candidates[i][1], {"source": candidates[i][0], "scored": dict(zip([c[0] for c in candidates], scores,
+                                                                                 strict=True))}
+
+
+def nested_configs(group_sizes: list[int], n_blocks: int, fits, tilts: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
+                   ) -> list[tuple[str, np.ndarray]]:
+    """Step 3b: popularity-graded leading-block configurations, the largest of each tilt that ``fits``.
+
+    Group ``g`` (0 = most popular) keeps its first ``L_g = clip(floor(s·w_g), 1, n_b)`` blocks,
+    ``w_g = 1 + tilt·(1 − g/(n_g − 1))``, with ``s`` the largest scale (bisection) that fits.
+    The warm start orders blocks by singular value, so leading blocks are the strong ones.
+    """
+    n_g = len(group_sizes)
+    rank = 1.0 - np.arange(n_g) / max(1, n_g - 1)
+    out: list[tuple[str, np.ndarray]] = []
+    seen: set[bytes] = set()
+    for tilt in tilts:
+        w = 1.0 + tilt * rank
+
+        def mask_at(scale: float, w: np.ndarray = w) -> np.ndarray:
+            lengths = np.clip(np.floor(scale * w), 1, n_blocks).astype(int)
+            return np.arange(n_blocks)[None, :] < lengths[:, None]
+
+        lo, hi = 0.0, float(n_blocks) + 1.0
+        if not fits(mask_at(lo)):
+            continue
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fits(mask_at(mid)) else (lo, mid)
+        mask = mask_at(lo)
+        if mask.tobytes() not in seen:
+            seen.add(mask.tobytes())
+            out.append((f"nested tilt {tilt:g}", mask))
+    return out
 
 
 # ---------------------------------------------------------------------- per-budget fine-tuning (step 4)
