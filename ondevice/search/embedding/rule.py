@@ -58,6 +58,31 @@ Method
    costs microseconds (a search is 2-8 s on MovieLens-1M, ``benchmarks/rule.py``) and 70
    evaluations leave most of a 320-bit space unexplored.
 
+3b. **Nested candidates, picked on validation** (``nested_candidates=True``, the default;
+   *a deviation*: the paper deploys the estimator's pick). The evolution's best competes with
+   popularity-graded *leading-block* configurations (:func:`nested_configs`: group ``g``
+   keeps its first ``L_g`` blocks, ``L_g ∝ 1 + tilt·(1 − g/(n_g−1))``, tilts 0–4, each the
+   largest that fits), and the one with the best true validation Recall@K on the
+   ``eval_users`` scored users (:class:`ConfigScorer`, one matrix product each) is deployed.
+   Why: the estimator is fitted on random-subset samples and misranks configurations far
+   from them. Measured on MovieLens-1M (``benchmarks/rule.py``, 3 elastic epochs, 500
+   samples), on all validation users: the estimator's pick at 300 KB scores 0.158 (estimated
+   0.239) while the first 4 blocks everywhere score 0.183 (estimated 0.208) and the first 6
+   0.188 — the SVD warm start puts the strong directions in the leading blocks, and the
+   elastic training keeps them strong. With 3b RULE beats uniform dimension at every budget
+   (results in ``benchmarks/results/rule_ml1m.md``); cost ≈ 1 s per budget, inside ``search_s``.
+
+4. **Per-budget fine-tuning** (``finetune_epochs``, default 0 = the paper: no per-budget
+   training; *a deviation* when > 0). :func:`finetune_config` BPR-trains a copy of the
+   supernet with the chosen mask fixed (rule (1), so only the kept blocks and the user
+   slices they meet move), same loop/L2 as uniform's retrain (:func:`fit_topk`), the
+   configuration as searched competing as epoch 0 on validation Recall@K; the deployed
+   :class:`ElasticSubsetEmbedding` stores exactly the trained values. Measured on
+   MovieLens-1M (3 epochs, lr 5e-3, ≈ 9–11 s per budget, ``retrain_s``): +0.000–0.001 val
+   Recall@20 — from a supernet the chosen blocks are already near a BPR optimum, and lr
+   1e-3 / 2e-2 or L2 1e-3 did no better (300 KB: every epoch at or below epoch 0). Off by
+   default.
+
 Memory (exact, :func:`ondevice.embedding.elastic.config_bytes`): Σ over chosen (group, block)
 pairs of (items in group) × ``d_b`` × bytes per value (RULE's accounting; int8 adds one fp16
 scale per stored row), + the int16/int32 id→row position vector, + an int64 block index per
