@@ -161,6 +161,12 @@ class DeviceProfile:
         if cpu is not None and (not isinstance(cpu, str) or not _CPU_RE.match(cpu) or data["arch"] != "arm64"):
             raise BadInputError(f"{source}: emulated_cpu {cpu!r} must be a qemu-aarch64 -cpu name such as 'cortex-a53', "
                                 "and only on arm64 profiles")
+        if cpu is not None:
+            from ondevice.arm64.parity import CORE_FAMILIES
+
+            if cpu.split(",", 1)[0] not in CORE_FAMILIES:
+                raise BadInputError(f"{source}: emulated_cpu {cpu!r} is not a core ondevice knows; choose from "
+                                    f"{', '.join(CORE_FAMILIES)}")
         return cls(name=name, description=data["description"], memory_budget=budget, arch=data["arch"],
                    threads=data["threads"], batch_size=data["batch_size"], p99_latency_ms=float(lat),
                    runtime_format=data["runtime_format"], emulated_cpu=cpu, source=source)

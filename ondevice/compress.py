@@ -193,6 +193,8 @@ def compress(
     if len(set(methods)) != len(methods):
         raise BadInputError(f"--method repeats a name: {', '.join(methods)}")
     extra = searcher_params or {}
+    if time_limit_s is not None and "auto" not in methods:
+        raise BadInputError("--time-limit applies to --method auto only; drop it or add --method auto")
     shared = {"epochs": epochs, "seed": seed, "time_limit_s": time_limit_s}
     searchers = {m: make_searcher(m, **{**shared, **extra.get(m, {})}) for m in methods}
     if profile_runs < 1:
@@ -421,17 +423,21 @@ FLEET_DEFAULT_CPU = "neoverse-n1"  # v8.2 dotprod: phone big cores, RPi5, Gravit
 def _fleet_arm64_parity(folder: Path, dev: DeviceProfile, seed: int, quiet: bool, name: str) -> dict[str, Any]:
     """arm64 parity of one fleet artefact on the profile's emulated core (``passed`` None: not checked)."""
     from ondevice.arm64.parity import arm64_parity
-    from ondevice.arm64.setup import find_env
+    from ondevice.arm64.setup import find_env, stamp_is_current, wanted_versions
 
     cpu = dev.emulated_cpu or FLEET_DEFAULT_CPU
     env, why = find_env()
+    if env is not None and not stamp_is_current(env.stamp, wanted_versions()):  # e.g. onnxruntime upgraded since
+        env, why = None, f"the arm64 environment in {env.cache} was built for other onnxruntime/numpy versions"
     if env is None:
         _log(quiet, f"[{name}] arm64 parity: not checked ({why})")
         return {"checked": False, "cpu": cpu, "passed": None, "max_abs_diff": None,
                 "reason": "not checked (run `ondevice arm64 setup`)"}
     try:
         r = arm64_parity(folder, cores=[cpu], seed=seed, cache=env.cache)
-    except OndeviceError as err:
+    except BadInputError:
+        raise  # a bad profile or environment is bad input (exit 2), not a parity failure
+    except OndeviceError as err:  # the artefact did not run under emulation: a failed check
         return {"checked": True, "cpu": cpu, "passed": False, "max_abs_diff": None, "reason": str(err)}
     core = r["cores"][0]
     diff = max(core["max_abs_diff"].values(), default=None)

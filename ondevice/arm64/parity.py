@@ -171,9 +171,12 @@ def _run_core(env: Arm64Env, art: Path, core: str, inputs: Path, work: Path, mod
     if proc.returncode != 0 or not out.is_file():
         tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}, no output"])[-1]
         return None, {}, f"runner exit {proc.returncode} under qemu -cpu {core}: {tail[:300]}", wall
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
-    with np.load(out) as data:
-        flat = {k: data[k] for k in data.files}
+    try:
+        info = json.loads((proc.stdout.strip().splitlines() or ["{}"])[-1])
+        with np.load(out) as data:
+            flat = {k: data[k] for k in data.files}
+    except (ValueError, OSError) as err:  # a runner that exited 0 but wrote no readable result
+        return None, {}, f"unreadable runner output under qemu -cpu {core} ({type(err).__name__})", wall
     return flat, info, "", wall
 
 

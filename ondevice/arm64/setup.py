@@ -106,7 +106,9 @@ def find_env(cache: str | Path | None = None) -> tuple[Arm64Env | None, str]:
         return None, f"no arm64 emulation environment in {cache}; {hint}"
     try:
         stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        stamp = None
+    if not isinstance(stamp, dict):
         return None, f"{stamp_path} is unreadable; {hint} --force"
     python = cache / "root" / "usr" / "bin" / f"python{stamp.get('python', '')}"
     env = Arm64Env(cache=cache, qemu=cache / "qemu" / "qemu-aarch64", root=cache / "root", site=cache / "site",

@@ -29,7 +29,7 @@ def _c_value(_ctx: click.Context, _param: click.Parameter, value: str) -> float 
 @click.option("--c", "c", default="auto", show_default=True, callback=_c_value,
               help="gRDA threshold scale: auto (paper's zeroing time rescaled to this run), paper "
                    "(deepfm 5e-4, fm 5e-3) or a number")
-@click.option("--mu", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--mu", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="gRDA exponent (default: the paper's, deepfm 0.8, fm 0.6)")
 @click.option("--grda-lr", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
 @click.option("--zero-at", type=click.FloatRange(0, 1, min_open=True), default=0.3, show_default=True,

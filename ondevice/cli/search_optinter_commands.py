@@ -17,8 +17,6 @@ from ondevice.cli.search_commands import search_group
 @click.option("--epochs", type=click.IntRange(min=0), default=5, show_default=True, help="retraining epochs")
 @click.option("--alpha-lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True,
               help="Adam learning rate of the architecture weights alpha (paper 1e-3)")
-@click.option("--alpha-data", type=click.Choice(["train", "val"]), default="train", show_default=True,
-              help="alpha steps on the training loss (one-level, the paper) or on validation batches")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="Adam learning rate")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -26,7 +24,7 @@ from ondevice.cli.search_commands import search_group
               help="the prepared data (default: the one RUN_DIR/train.json names)")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 def optinter_cmd(run_dir: Path, out: Path, budget: str | None, search_epochs: int, epochs: int, alpha_lr: float,
-                 alpha_data: str, lr: float, batch_size: int, seed: int, data_dir: Path | None, force: bool) -> None:
+                 lr: float, batch_size: int, seed: int, data_dir: Path | None, force: bool) -> None:
     """Choose memorized / factorized / no interaction per field pair of RUN_DIR's model (OptInter, ICDE'22).
 
     \b
@@ -40,7 +38,7 @@ def optinter_cmd(run_dir: Path, out: Path, budget: str | None, search_epochs: in
     from ondevice.io import read_json
     from ondevice.search.interaction import OptInterSearcher, search_interactions
 
-    searcher = OptInterSearcher(search_epochs=search_epochs, alpha_lr=alpha_lr, alpha_data=alpha_data, epochs=epochs,
+    searcher = OptInterSearcher(search_epochs=search_epochs, alpha_lr=alpha_lr, epochs=epochs,
                                 lr=lr, batch_size=batch_size, seed=seed)
     s = search_interactions(run_dir, out, searcher, data_dir=data_dir, force=force,
                             budget_bytes=None if budget is None else parse_budget(budget))

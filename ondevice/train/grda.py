@@ -47,8 +47,8 @@ class GRDA(torch.optim.Optimizer):
             raise ValueError(f"GRDA lr must be > 0, got {lr}")
         if c < 0:
             raise ValueError(f"GRDA c must be >= 0, got {c}")
-        if not 0 <= mu < 1:
-            raise ValueError(f"GRDA mu must be in [0, 1), got {mu}")
+        if not 0 < mu < 1:  # μ = 0: t^0 − (t−1)^0 = 0 from the first step on, the threshold never grows
+            raise ValueError(f"GRDA mu must be in (0, 1), got {mu}")
         super().__init__(params, {"lr": float(lr), "c": float(c), "mu": float(mu)})
 
     @torch.no_grad()

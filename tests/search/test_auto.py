@@ -120,3 +120,9 @@ def test_fleet_with_auto_writes_one_verified_artefact_per_device(trained_run: Pa
         fitting = [c for c in run["candidates"] if c["outcome"] == "fits"]
         best = max(fitting, key=lambda c: c["val_metric"])
         assert best.get("chosen") and run["val_metric"] == pytest.approx(best["val_metric"])
+
+
+def test_time_limit_without_auto_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="--time-limit applies to --method auto"):
+        compress(trained_run, budgets=["17KB"], methods=["int8"], out_dir=tmp_path / "o", time_limit_s=60, quiet=True)
+    assert not (tmp_path / "o").exists()

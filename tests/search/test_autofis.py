@@ -249,3 +249,18 @@ def test_cli_search_interactions_writes_a_run_folder(trained_run: Path, tmp_path
     assert again.exit_code == 2 and "--force" in again.output
     bad = CliRunner().invoke(cli, ["search", "interactions", str(trained_run), "--out", str(tmp_path / "x"), "--c", "big"])
     assert bad.exit_code == 2 and "not 'auto', 'paper' or a number" in bad.output
+
+
+def test_mu_zero_is_refused_everywhere(trained_run: Path, tmp_path: Path) -> None:
+    """μ = 0 would never grow gRDA's threshold (t^0 − (t−1)^0 = 0): refused, never a traceback."""
+    from ondevice.train.grda import GRDA
+
+    with pytest.raises(ValueError, match="mu must be in"):
+        GRDA([torch.zeros(2, requires_grad=True)], mu=0.0)
+    with pytest.raises(BadInputError, match="mu must be in"):
+        make_searcher("autofis", mu=0.0).search(load_checkpoint(trained_run),
+                                                EncodedDataset(json.loads((trained_run / "train.json").read_text())["data_dir"]),
+                                                10**9)
+    _register_commands()
+    res = CliRunner().invoke(cli, ["search", "interactions", str(trained_run), "--out", str(tmp_path / "o"), "--mu", "0"])
+    assert res.exit_code == 2 and "Traceback" not in res.output

@@ -214,3 +214,17 @@ def test_models_that_name_fields_themselves_are_refused_in_one_line() -> None:
     with pytest.raises(BadInputError, match="feature selection supports .*blocknet") as err:
         select_model_fields(net, [0, 2])
     assert "\n" not in str(err.value)
+
+
+def test_a_selected_run_stays_selected_through_an_interaction_search(trained_run: Path, tmp_path: Path) -> None:
+    """features -> interactions -> compress: the interaction run keeps the kept-field columns."""
+    from ondevice.search.features.run import search_features
+    from ondevice.search.interaction import AutoFISSearcher, search_interactions
+
+    selected = search_features(trained_run, tmp_path / "sel", keep=3, epochs=1, search_epochs=1)
+    search_interactions(tmp_path / "sel", tmp_path / "fis", AutoFISSearcher(search_epochs=1, epochs=1, batch_size=256))
+    info = json.loads((tmp_path / "fis" / "train.json").read_text())
+    assert info["fields_kept"] == selected["fields_kept"]
+    summary = compress(tmp_path / "fis", budgets=["1MB"], methods=["int8"], out_dir=tmp_path / "c", profile_runs=2,
+                       quiet=True)
+    assert summary["runs"][0]["file_bytes"] <= 1_000_000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from ondevice.cli import _register_commands, cli
 from ondevice.data import EncodedDataset
 from ondevice.embedding import DenseEmbedding
 from ondevice.embedding.base import map_oov
-from ondevice.errors import BudgetTooSmallError
+from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.export import export_artefact, verify_artefact
 from ondevice.models import OptInter, model_from_description
 from ondevice.models.optinter import cross_ids, cross_ids_reference
@@ -205,3 +206,21 @@ def test_cli_search_optinter_writes_a_run_folder(trained_run: Path, tmp_path: Pa
                                      "--budget", "1KB"])
     assert small.exit_code == 2 and small.output.startswith("error: budget 1,000 B")
     assert "below the smallest model optinter can build" in small.output and small.output.count("\n") == 1
+
+
+def test_capped_buckets_are_coprime_with_the_stride_so_both_ids_matter() -> None:
+    from ondevice.search.interaction.optinter import pair_buckets
+
+    (b,) = pair_buckets([100_001, 100_001], [[0, 1]], 50_000)
+    assert b <= 50_000 and math.gcd(b, 100_000) == 1
+    rows = {((a - 1) * 100_000 + (7 - 1)) % b for a in range(1, 102)}
+    assert len(rows) == 101  # every value of field 0 lands on its own row for a fixed field-1 value
+    assert pair_buckets([5, 7], [[0, 1]], 50_000) == [24]  # uncapped: exact, a bijection
+
+
+def test_supernet_memory_is_checked_before_allocation() -> None:
+    from ondevice.search.interaction.optinter import check_supernet_memory
+
+    assert check_supernet_memory([100, 100], 8, available=10**9) == 12 * 8 * 202
+    with pytest.raises(BadInputError, match="smaller max_buckets"):
+        check_supernet_memory([10**7] * 600, 16, available=16 * 10**9)

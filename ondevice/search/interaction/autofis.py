@@ -180,8 +180,8 @@ class AutoFISSearcher(RetrainingSearcher):
             raise BadInputError(f"autofis needs search_epochs >= 1 and epochs >= 0; got {self.search_epochs}, {self.epochs}")
         if not (self.c in ("paper", "auto") or (isinstance(self.c, int | float) and self.c >= 0)):
             raise BadInputError(f"autofis c must be 'paper', 'auto' or a number >= 0; got {self.c!r}")
-        if self.mu is not None and not 0 <= self.mu < 1:
-            raise BadInputError(f"autofis mu must be in [0, 1); got {self.mu}")
+        if self.mu is not None and not 0 < self.mu < 1:
+            raise BadInputError(f"autofis mu must be in (0, 1) (μ = 0 never grows the threshold); got {self.mu}")
         if self.grda_lr <= 0 or not 0 < self.zero_at <= 1:
             raise BadInputError(f"autofis needs grda_lr > 0 and zero_at in (0, 1]; got {self.grda_lr}, {self.zero_at}")
         if self.max_pairs is not None and self.max_pairs < 0:

@@ -80,7 +80,7 @@ from ondevice.search.base import (
     make_config,
     register_searcher,
 )
-from ondevice.search.retrain import fit_ctr, iter_batches
+from ondevice.search.retrain import fit_ctr
 from ondevice.train.trainer import make_optimizers
 
 __all__ = ["MIN_CROSS_COUNT", "OptInterSearcher", "OptInterSupernet", "budget_choices", "downgrade_order",
@@ -99,8 +99,19 @@ def temperature(step: int, decay: float) -> float:
 
 
 def pair_buckets(vocab_sizes: list[int], pairs: list[list[int]], cap: int) -> list[int]:
-    """Rows per pair's cross table (without the OOV row): ``min((v_i − 1)(v_j − 1), cap)``, ≥ 1."""
-    return [max(1, min((vocab_sizes[i] - 1) * (vocab_sizes[j] - 1), cap)) for i, j in pairs]
+    """Rows per pair's cross table (without the OOV row), ≥ 1: ``(v_i − 1)(v_j − 1)`` (exact, a
+    bijection) when that is ≤ ``cap``; else the largest ``b ≤ cap`` coprime with the stride
+    ``v_j − 1``. Without coprimality ``((a−1)(v_j−1) + (b−1)) mod b`` can ignore field ``i``
+    entirely (e.g. ``v_j − 1 = 100,000`` and ``b = 50,000``: every ``a`` lands on one row)."""
+    out = []
+    for i, j in pairs:
+        exact, stride = (vocab_sizes[i] - 1) * (vocab_sizes[j] - 1), max(1, vocab_sizes[j] - 1)
+        b = max(1, min(exact, cap))
+        if b < exact:
+            while b > 1 and math.gcd(b, stride) != 1:
+                b -= 1
+        out.append(b)
+    return out
 
 
 class OptInterSupernet(CTRModel):
@@ -199,6 +210,21 @@ def budget_choices(alpha: torch.Tensor, fits: Any) -> tuple[list[int], list[tupl
     return apply(hi), order[:hi]
 
 
+def check_supernet_memory(buckets: list[int], dim: int, available: int | None = None) -> int:
+    """Bytes the supernet's cross tables take while searching (fp32 weights + Adam's two
+    moments: 12 B per value); a one-line error when that exceeds half the available memory."""
+    need = 12 * dim * sum(b + 1 for b in buckets)
+    if available is None:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    if need > available // 2:
+        raise BadInputError(f"the OptInter search would hold {need / 1e9:.1f} GB of cross tables ({len(buckets)} pairs, "
+                            f"up to {max(buckets):,} rows each, Adam state included) but {available / 1e9:.1f} GB is "
+                            "available; pass a smaller max_buckets")
+    return need
+
+
 def deployable_bytes(acc: ByteAccountant, model: CTRModel) -> int:
     """``acc.file_bytes_estimate(model)`` with the first-order table in the accountant's planned form."""
     linear = model.linear
@@ -209,14 +235,6 @@ def deployable_bytes(acc: ByteAccountant, model: CTRModel) -> int:
         return acc.file_bytes_estimate(model)
     finally:
         model.linear = linear
-
-
-def _cycle(data: Any, split: str, batch_size: int, seed: int):
-    """Endless shuffled batches of ``split`` (a new order per pass)."""
-    epoch = 0
-    while True:
-        epoch += 1
-        yield from iter_batches(data, split, batch_size, seed, epoch)
 
 
 def _mlp_settings(full: CTRModel) -> dict[str, Any]:
@@ -238,9 +256,6 @@ class OptInterSearcher(RetrainingSearcher):
     ----------
     search_epochs : epochs of the supernet search.
     alpha_lr : Adam learning rate of α (paper 1e-3).
-    alpha_data : ``"train"`` (one-level, the paper: α steps on the training batch's loss) or
-        ``"val"`` (α steps on a validation batch after each training step; first-order bi-level,
-        the repository's ``DNN_cart_bi_lvl`` idea; memorizing noise does not pay off there).
     temperature_decay : ``"auto"`` (floor at the last search step) or the per-step slope (paper 5e-5).
     max_buckets : cap on a memorized pair's rows: ``"auto"`` (``train_rows // 20``, min 16) or an int.
     epochs, lr, batch_size, seed, patience : Adam (search and retrain), batches, early stopping.
@@ -250,13 +265,12 @@ class OptInterSearcher(RetrainingSearcher):
     name = "optinter"
     tasks = ("ctr",)
 
-    def __init__(self, *, search_epochs: int = 2, alpha_lr: float = 1e-3, alpha_data: str = "train",
+    def __init__(self, *, search_epochs: int = 2, alpha_lr: float = 1e-3,
                  temperature_decay: float | str = "auto",
                  max_buckets: int | str = "auto", epochs: int = 5, lr: float = 1e-3, batch_size: int = 1024,
                  seed: int = 0, patience: int = 2, first_order: str = "auto") -> None:
         self.search_epochs = search_epochs
         self.alpha_lr = alpha_lr
-        self.alpha_data = alpha_data
         self.temperature_decay = temperature_decay
         self.max_buckets = max_buckets
         self.epochs = epochs
@@ -276,8 +290,6 @@ class OptInterSearcher(RetrainingSearcher):
         if not (self.temperature_decay == "auto" or (isinstance(self.temperature_decay, int | float)
                                                       and self.temperature_decay >= 0)):
             raise BadInputError(f"optinter temperature_decay must be 'auto' or a number >= 0; got {self.temperature_decay!r}")
-        if self.alpha_data not in ("train", "val"):
-            raise BadInputError(f"optinter alpha_data must be 'train' or 'val'; got {self.alpha_data!r}")
         if not (self.max_buckets == "auto" or (isinstance(self.max_buckets, int) and self.max_buckets >= 1)):
             raise BadInputError(f"optinter max_buckets must be 'auto' or an int >= 1; got {self.max_buckets!r}")
 
@@ -316,6 +328,7 @@ class OptInterSearcher(RetrainingSearcher):
         train_rows = len(ctx.data.split("train"))
         cap = self.bucket_cap(train_rows)
         buckets = pair_buckets(list(full.embedding.vocab_sizes), pairs, cap)
+        check_supernet_memory(buckets, full.embed_dim)
         naive = self._build(full, pairs, [_NONE] * len(pairs), buckets, mlp)
         minimum = deployable_bytes(acc, naive)
         if minimum > budget:  # before any training
@@ -330,16 +343,9 @@ class OptInterSearcher(RetrainingSearcher):
         opts = make_optimizers(net, lr=self.lr)
         net.alpha.requires_grad_(True)
         alpha_opt = torch.optim.Adam([net.alpha], lr=self.alpha_lr)
-        if self.alpha_data == "train":
-            opts.append(alpha_opt)  # one-level: α steps on the training batch's loss (paper)
-        val_batches = _cycle(ctx.data, "val", self.batch_size, self.seed)
+        opts.append(alpha_opt)  # one-level: α steps on the training batch's loss (paper)
 
         def anneal(step: int) -> bool:
-            if self.alpha_data == "val":  # α steps on the next validation batch (first-order bi-level)
-                x, y = next(val_batches)
-                net.alpha.grad = None
-                F.binary_cross_entropy_with_logits(net(x), y).backward(inputs=[net.alpha])
-                alpha_opt.step()
             net.temperature = temperature(step, decay)
             return False
 
@@ -369,7 +375,7 @@ class OptInterSearcher(RetrainingSearcher):
                 for p, c in zip(pairs, choice, strict=True) if c != _NONE]
         trace: list[dict[str, Any]] = [
             {"search_steps": search_fit.steps, "temperature_decay": decay, "final_temperature": net.temperature,
-             "bucket_cap": cap, "alpha_lr": self.alpha_lr, "alpha_data": self.alpha_data, "search_history": search_fit.history,
+             "bucket_cap": cap, "alpha_lr": self.alpha_lr, "search_history": search_fit.history,
              "pairs": [{"pair": p, "fields": label[k], "alpha": alpha[k].tolist(),
                         "softmax": dict(zip(FUNCTIONS, probs[k].tolist(), strict=True)),
                         "argmax": FUNCTIONS[argmax[k]], "choice": FUNCTIONS[choice[k]], "buckets": buckets[k]}

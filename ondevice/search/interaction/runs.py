@@ -20,9 +20,11 @@ from typing import Any
 import torch
 
 from ondevice import __version__
-from ondevice.errors import BadInputError
+from ondevice.budget import format_bytes
+from ondevice.data.dataset import FieldSelectedDataset
+from ondevice.errors import BadInputError, BudgetExceededError
 from ondevice.io import atomic_output_dir, atomic_write_json
-from ondevice.search.base import Searcher
+from ondevice.search.base import ByteAccountant, Searcher
 from ondevice.search.retrain import val_metrics
 from ondevice.train import evaluate_ctr
 from ondevice.train.checkpoint import load_checkpoint, run_data, save_checkpoint
@@ -50,9 +52,18 @@ def search_interactions(run_dir: str | Path, out_dir: str | Path, searcher: Sear
         raise BadInputError(f"interaction search needs a CTR run; {run_dir} is a {data.task} run")
     if Path(out_dir).exists() and not force:  # fail before the search, not after it
         raise BadInputError(f"{out_dir} already exists; pass --force to replace it")
+    from ondevice.compress import measure_file_bytes  # compress sits above search (lazy: no cycle)
+
     val_before = val_metrics(copy.deepcopy(ckpt.model), data)
-    result = searcher.search(ckpt, data, NO_BUDGET if budget_bytes is None else int(budget_bytes))
+    full_file, full_params = measure_file_bytes(ckpt.model)  # the graph's real bytes, as compress measures them
+    acc = ByteAccountant(graph_overhead_bytes=full_file - full_params)
+    limit = NO_BUDGET if budget_bytes is None else int(budget_bytes)
+    result = searcher.search(ckpt, data, limit, accountant=acc)
     model = result.model.eval()
+    file_bytes, _ = measure_file_bytes(model)
+    if file_bytes > limit:
+        raise BudgetExceededError(f"the searched model exports to {format_bytes(file_bytes)}, over the budget of "
+                                  f"{format_bytes(limit)}; lower the budget", file_bytes=file_bytes, budget=limit)
     test = evaluate_ctr(model, data.split("test").ids, data.split("test").labels) if data.has_split("test") else {}
     kept = next((t for t in result.trace if "kept" in t), {})
     summary = {"method": result.params.get("method"), "kept_pairs": kept.get("kept_count"),
@@ -68,7 +79,9 @@ def search_interactions(run_dir: str | Path, out_dir: str | Path, searcher: Sear
             "ondevice_version": __version__, "torch_version": torch.__version__,
             "data_dir": str(data.root.resolve()), "schema_fingerprint": data.schema.fingerprint(),
             "task": data.task, "config": train_config, "selected_on": "val auc",
-            "val": result.val, "test": test, "val_before": val_before, "summary": summary,
+            "val": result.val, "test": test, "val_before": val_before, "summary": summary, "file_bytes": file_bytes,
+            # a run over selected fields (``ondevice search features``) stays one: compress reads these columns
+            **({"fields_kept": data.schema.field_names} if isinstance(data, FieldSelectedDataset) else {}),
             "params": sum(p.numel() for p in model.parameters()),
         })
         atomic_write_json(tmp / "search.json", {**result.to_dict(), "summary": summary})
