@@ -115,11 +115,6 @@ def parse_duration(text: str | float | int) -> float:
     return value * _DURATION_UNITS[unit]
 
 
-def default_method(run_dir: str | Path) -> str:
-    """``auto`` for every run: the best applicable method that fits (``search/auto.py``)."""
-    return "auto"
-
-
 def _log(quiet: bool, text: str) -> None:
     if not quiet:
         sys.stderr.write(text + "\n")

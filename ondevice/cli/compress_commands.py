@@ -43,9 +43,9 @@ def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, .
     (an artefact over budget, failed parity, missed latency target). Failures are listed
     in OUT/summary.md; successful runs are kept.
     """
-    from ondevice.compress import compress, default_method, parse_duration
+    from ondevice.compress import compress, parse_duration
 
-    s = compress(run_dir, budgets=budgets, device_profiles=profiles, methods=methods or (default_method(run_dir),),
+    s = compress(run_dir, budgets=budgets, device_profiles=profiles, methods=methods or ("auto",),
                  out_dir=out, force=force, epochs=epochs, seed=seed, data_dir=data_dir, profile_runs=profile_runs,
                  fleet=fleet, time_limit_s=parse_duration(time_limit) if time_limit is not None else None)
     full = s["full_model"]
