@@ -137,7 +137,7 @@ class ByteAccountant:
     def fixed_parts(self, model: RecModel, compressible: str = "embedding") -> dict[str, int]:
         """Bytes of what the method does not compress, by top-level module (+ the graph)."""
         if isinstance(model, BPRMF):
-            return {"onnx graph": self.graph_overhead_bytes + self.margin_bytes}
+            return self._graph_parts()
         parts: dict[str, int] = {}
         for name, child in model.named_children():
             if name == compressible:
@@ -148,7 +148,14 @@ class ByteAccountant:
         own = [t for k, t in model.state_dict().items() if "." not in k]
         if own:
             parts["biases"] = stored_bytes(own)
-        parts["onnx graph"] = self.graph_overhead_bytes + self.margin_bytes
+        parts.update(self._graph_parts())
+        return parts
+
+    def _graph_parts(self) -> dict[str, int]:
+        """The graph's measured bytes and, apart, the margin kept for a format's extra nodes."""
+        parts = {"onnx graph": self.graph_overhead_bytes}
+        if self.margin_bytes:
+            parts["format margin"] = self.margin_bytes
         return parts
 
     def fixed_bytes(self, model: RecModel, compressible: str = "embedding") -> int:
@@ -245,6 +252,7 @@ def search_with_first_order(run: Callable[[SearchContext], SearchResult], ctx: S
 
 def _label(name: str) -> str:
     return {"mlp": "the MLP takes", "linear": "the first-order table takes", "onnx graph": "the graph takes",
+            "format margin": "the margin for a compressed format's extra graph nodes takes",
             "the smallest embedding": "the smallest embedding takes"}.get(name, f"{name} takes")
 
 
