@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--budgets", default=None, help="comma-separated, e.g. 80KB,150KB")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--rule-epochs", type=int, default=3)
+    ap.add_argument("--n-blocks", type=int, default=16, help="RULE blocks per item (D/n_blocks dims each)")
     ap.add_argument("--uniform-epochs", type=int, default=3)
     ap.add_argument("--samples", type=int, default=600)
     ap.add_argument("--diversity", type=float, default=0.1)
@@ -99,7 +100,8 @@ def main() -> None:
     rows: list[dict] = [{"method": "full BPR-MF", "budget": None, "file_bytes": full_file, "val": info["val"],
                          "test": _test_metrics(ckpt.model, data)}]
     print(f"full: {full_file:,} B, val {info['val']['recall@20']:.4f}", file=sys.stderr)
-    rule = make_searcher("rule", epochs=args.rule_epochs, lr=1e-3, n_samples=args.samples, diversity=args.diversity)
+    rule = make_searcher("rule", epochs=args.rule_epochs, lr=1e-3, n_samples=args.samples, diversity=args.diversity,
+                         n_blocks=args.n_blocks)
     rule_stats = None
     for b in budgets:
         nbytes = parse_budget(b)
