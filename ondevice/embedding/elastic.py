@@ -46,7 +46,8 @@ Storage of :class:`ElasticSubsetEmbedding` (exact; ``c`` runs over the *distinct
 of the configuration, ``R_c`` = items in the groups using subset ``c``, ``s_c = |c|``)::
 
     Σ_c table_bytes(R_c, s_c · d_b, dtype)              values (+ int8: one fp16 scale per row)
-    + N · (2 if N ≤ 32767 else 4)                       position of each item id (int16/int32)
+    + N · (2 if N ≤ 65535 else 4)                       position of each item id (int16, wrapped above
+                                                        32767; int32 beyond 65535)
     + Σ_{c : s_c < n_b} 8 · n_b                         int64 block index of partial subsets
     + 8                                                 int64 vocabulary size (OOV mapping)
 
@@ -117,7 +118,23 @@ def config_mask(blocks: Sequence[Sequence[int]], n_blocks: int) -> np.ndarray:
 
 
 def _position_dtype(n: int) -> torch.dtype:
-    return torch.int16 if n <= 2**15 - 1 else torch.int32
+    """int16 up to 65,535 items (rows ≥ 32,768 stored two's-complement, see ``_positions_wrap``), else int32.
+
+    (uint16 would say it directly, but the ONNX exporter rejects uint16 tensors.)"""
+    return torch.int16 if n <= 2**16 - 1 else torch.int32
+
+
+def _positions_wrap(n: int) -> bool:
+    """Rows ≥ 32,768 are stored as ``row − 65,536`` in the int16 position vector."""
+    return 2**15 - 1 < n <= 2**16 - 1
+
+
+def _decode_positions(stored: torch.Tensor, n: int) -> torch.Tensor:
+    """Stored positions -> int64 rows (Cast, and Less + Where to undo the int16 wrap)."""
+    rows = stored.to(torch.int64)
+    if _positions_wrap(n):
+        rows = torch.where(rows < 0, rows + 2**16, rows)
+    return rows
 
 
 def _classes(mask: np.ndarray) -> list[tuple[tuple[int, ...], list[int]]]:
@@ -311,6 +328,8 @@ class ElasticSubsetEmbedding(EmbeddingLayer):
             start += len(ids)
             values = w[torch.from_numpy(ids)][:, list(bs), :].reshape(len(ids), -1)
             new.tables[c].set_dense(values)
+        if _positions_wrap(len(position)):
+            position = np.where(position >= 2**15, position - 2**16, position)
         new.position.copy_(torch.from_numpy(position).to(new.position.dtype))
         return new
 
@@ -333,12 +352,12 @@ class ElasticSubsetEmbedding(EmbeddingLayer):
         return torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = self.position[ids].to(torch.int64)  # Gather(int16|int32) -> Cast
+        rows = _decode_positions(self.position[ids], self.vocab_sizes[0])  # Gather(int16|int32) -> Cast [-> Where]
         return self._all_rows(ids)[rows]  # [B, 1, D]
 
     def dense_weight(self) -> torch.Tensor:
         with torch.no_grad():
-            return self._all_rows(torch.zeros(1))[self.position.to(torch.int64)].clone()
+            return self._all_rows(torch.zeros(1))[_decode_positions(self.position, self.vocab_sizes[0])].clone()
 
     def spec(self) -> dict[str, Any]:
         return {"type": self.type_name, "vocab_sizes": list(self.vocab_sizes), "dim": self.dim,

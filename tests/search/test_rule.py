@@ -240,3 +240,31 @@ def test_rule_picks_the_best_scored_candidate(rule_results) -> None:
         picked = r.trace[2]["picked"]
         assert picked["scored"][picked["source"]] == max(picked["scored"].values())
         assert "evolution" in picked["scored"]
+
+
+def test_positions_above_32767_items_stay_int16_and_export(tmp_path: Path) -> None:
+    """32,768..65,535 items: 2 B per position (int16, rows >= 32,768 wrapped), decoded in the graph."""
+    import onnxruntime as ort
+
+    layer = _elastic(n=40_001, dim=8, n_blocks=2, n_groups=3)
+    mask = np.array([[1, 1], [1, 0], [0, 1]], dtype=bool)
+    sub = layer.deploy(mask)
+    layer.set_config(mask)
+    assert sub.position.dtype == torch.int16 and int(sub.position.min()) < 0  # wrapped rows are stored
+    torch.testing.assert_close(sub.dense_weight(), layer.dense_weight(), rtol=0, atol=0)
+    assert sub.storage_bytes() == config_bytes(layer.group_sizes, mask, 8)
+
+    class Lookup(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sub = sub
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.sub(ids)
+
+    ids = torch.tensor([[0], [1], [32_767], [32_768], [40_000], [40_001], [-3], [12_345]])
+    path = tmp_path / "lookup.onnx"
+    torch.onnx.export(Lookup(), (ids,), str(path), input_names=["ids"], output_names=["v"],
+                      dynamic_axes={"ids": {0: "b"}}, opset_version=17, dynamo=False)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"ids": ids.numpy()})[0]
+    np.testing.assert_allclose(got, sub(ids).detach().numpy(), rtol=0, atol=0)
