@@ -134,6 +134,17 @@ class ByteAccountant:
     def file_bytes_estimate(self, model: nn.Module) -> int:
         return self.parameter_bytes(model) + self.graph_overhead_bytes + self.margin_bytes
 
+    def planned_file_bytes(self, model: RecModel) -> int:
+        """``file_bytes_estimate`` with the first-order table in its planned form (``first_order``),
+        for a candidate model still holding the fp32 table it trains with."""
+        linear = getattr(model, "linear", None)
+        if linear is None or self.first_order == "keep":
+            return self.file_bytes_estimate(model)
+        view = copy.copy(model)  # shallow: only the ``linear`` entry differs, the model is untouched
+        view._modules = dict(model._modules)
+        view._modules["linear"] = first_order_layer(linear, self.first_order)  # None when dropped
+        return self.file_bytes_estimate(view)
+
     def fixed_parts(self, model: RecModel, compressible: str = "embedding") -> dict[str, int]:
         """Bytes of what the method does not compress, by top-level module (+ the graph)."""
         if isinstance(model, BPRMF):

@@ -23,7 +23,6 @@ from ondevice.models import DeepFM, DeepFwFM
 from ondevice.schema import Schema
 from ondevice.search import ByteAccountant, make_searcher
 from ondevice.search.features import fit_ranked_fields, select_model_fields
-from ondevice.search.features.subset import planned_bytes
 from ondevice.train import Checkpoint, TrainConfig, load_checkpoint, train
 from ondevice.train.trainer import in_memory_ctr
 
@@ -126,7 +125,7 @@ def test_budget_keeps_the_largest_selection_that_fits_and_exports(trained_run: P
     ckpt, data = load_checkpoint(trained_run), _data(trained_run)
     full_file, full_params = measure_file_bytes(ckpt.model)
     acc = ByteAccountant(graph_overhead_bytes=full_file - full_params, first_order="keep")
-    by_k = [planned_bytes(select_model_fields(ckpt.model, list(range(k))), acc) for k in (1, 2, 3, 4)]
+    by_k = [acc.planned_file_bytes(select_model_fields(ckpt.model, list(range(k)))) for k in (1, 2, 3, 4)]
     budget = (by_k[1] + by_k[2]) // 2  # room for about two of the five fields
     result = make_searcher("autofield", first_order="keep", **FAST).search(ckpt, data, budget, accountant=acc)
     kept = result.config["_data"]["keep"]
@@ -135,7 +134,7 @@ def test_budget_keeps_the_largest_selection_that_fits_and_exports(trained_run: P
     ranking = [data.schema.field_names.index(n) for n in result.trace[0]["ranking"]]
     k = len(kept)
     assert sorted(ranking[:k]) == kept  # the top-k by keep probability ...
-    assert planned_bytes(select_model_fields(ckpt.model, sorted(ranking[:k + 1])), acc) > budget  # ... largest k
+    assert acc.planned_file_bytes(select_model_fields(ckpt.model, sorted(ranking[:k + 1]))) > budget  # ... largest k
     assert result.val["rows"] == len(data.split("val")) and 0.5 < result.val["auc"] <= 1.0
 
     out_ckpt = Checkpoint(model=result.model, schema=result.schema, train_config=ckpt.train_config)
@@ -152,7 +151,7 @@ def test_budget_keeps_the_largest_selection_that_fits_and_exports(trained_run: P
 
 def test_a_top_field_that_does_not_fit_is_not_replaced_by_a_smaller_one(trained_run: Path) -> None:
     model, acc = load_checkpoint(trained_run).model, ByteAccountant(first_order="keep")
-    small, big = (planned_bytes(select_model_fields(model, [f]), acc) for f in (4, 3))  # vocab 10 and 80
+    small, big = (acc.planned_file_bytes(select_model_fields(model, [f])) for f in (4, 3))  # vocab 10 and 80
     budget = (small + big) // 2
     assert fit_ranked_fields(model, [3, 4, 0, 1, 2], acc, budget)[0] == []  # prefix: nothing fits
     keep, trace = fit_ranked_fields(model, [4, 3, 0, 1, 2], acc, budget)

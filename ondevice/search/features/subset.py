@@ -31,14 +31,13 @@ from ondevice.search.base import (
     RetrainingSearcher,
     SearchContext,
     SearchResult,
-    first_order_layer,
     make_config,
 )
 
 #: Models whose structure is a function of the field count alone (``select_model_fields``).
 SELECTABLE_MODELS = ("fm", "deepfm", "deepfwfm", "widedeep", "dcn")
 
-__all__ = ["SELECTABLE_MODELS", "fit_ranked_fields", "gated_fields", "planned_bytes", "search_ranked_fields", "select_model_fields"]
+__all__ = ["SELECTABLE_MODELS", "fit_ranked_fields", "gated_fields", "search_ranked_fields", "select_model_fields"]
 
 
 def _select_table(layer: EmbeddingLayer, keep: list[int]) -> DenseEmbedding:
@@ -109,15 +108,6 @@ def select_model_fields(model: CTRModel, keep: Sequence[int]) -> CTRModel:
     return sub
 
 
-def planned_bytes(model: CTRModel, acc: ByteAccountant) -> int:
-    """Exported-file bytes of ``model`` with its first-order table in the accountant's form."""
-    if model.linear is not None and acc.first_order != "keep":
-        model = copy.copy(model)  # shallow: only the ``linear`` attribute is swapped
-        model._modules = dict(model._modules)
-        model._modules["linear"] = first_order_layer(model.linear, acc.first_order)  # type: ignore[arg-type]
-    return acc.file_bytes_estimate(model)
-
-
 def fit_ranked_fields(model: CTRModel, ranking: Sequence[int], acc: ByteAccountant, budget_bytes: int, *,
                       max_fields: int | None = None) -> tuple[list[int], list[dict[str, Any]]]:
     """The largest top-k of ``ranking`` (best first) whose model fits ``budget_bytes``, k ≤ ``max_fields``.
@@ -132,7 +122,7 @@ def fit_ranked_fields(model: CTRModel, ranking: Sequence[int], acc: ByteAccounta
     for f in ranking:
         if max_fields is not None and len(keep) >= max_fields:
             break
-        nbytes = planned_bytes(select_model_fields(model, sorted([*keep, f])), acc)
+        nbytes = acc.planned_file_bytes(select_model_fields(model, sorted([*keep, f])))
         trace.append({"field": int(f), "k": len(keep) + 1, "bytes": nbytes, "fits": nbytes <= budget_bytes})
         if nbytes > budget_bytes:
             break
@@ -145,7 +135,7 @@ def smallest_single_field(model: CTRModel, acc: ByteAccountant) -> tuple[int, in
     best: tuple[int, int, CTRModel] | None = None
     for f in range(model.num_fields):
         sub = select_model_fields(model, [f])
-        nbytes = planned_bytes(sub, acc)
+        nbytes = acc.planned_file_bytes(sub)
         if best is None or nbytes < best[1]:
             best = (f, nbytes, sub)
     assert best is not None

@@ -72,11 +72,9 @@ from ondevice.models import MLP, CTRModel, OptInter
 from ondevice.models.fm import all_pairs
 from ondevice.models.optinter import FUNCTIONS, cross_ids
 from ondevice.search.base import (
-    ByteAccountant,
     RetrainingSearcher,
     SearchContext,
     SearchResult,
-    first_order_layer,
     make_config,
     register_searcher,
 )
@@ -225,18 +223,6 @@ def check_supernet_memory(buckets: list[int], dim: int, available: int | None = 
     return need
 
 
-def deployable_bytes(acc: ByteAccountant, model: CTRModel) -> int:
-    """``acc.file_bytes_estimate(model)`` with the first-order table in the accountant's planned form."""
-    linear = model.linear
-    if linear is None or acc.first_order == "keep":
-        return acc.file_bytes_estimate(model)
-    model.linear = first_order_layer(linear, acc.first_order)
-    try:
-        return acc.file_bytes_estimate(model)
-    finally:
-        model.linear = linear
-
-
 def _mlp_settings(full: CTRModel) -> dict[str, Any]:
     mlp = getattr(full, "mlp", None)
     if not isinstance(mlp, MLP):
@@ -330,7 +316,7 @@ class OptInterSearcher(RetrainingSearcher):
         buckets = pair_buckets(list(full.embedding.vocab_sizes), pairs, cap)
         check_supernet_memory(buckets, full.embed_dim)
         naive = self._build(full, pairs, [_NONE] * len(pairs), buckets, mlp)
-        minimum = deployable_bytes(acc, naive)
+        minimum = acc.planned_file_bytes(naive)
         if minimum > budget:  # before any training
             raise acc.too_small(self.method_name(), budget, minimum, naive)
 
@@ -361,7 +347,7 @@ class OptInterSearcher(RetrainingSearcher):
         def nbytes(choice: list[int]) -> int:
             key = tuple(choice)
             if key not in sizes:
-                sizes[key] = deployable_bytes(acc, self._build(full, pairs, choice, buckets, mlp))
+                sizes[key] = acc.planned_file_bytes(self._build(full, pairs, choice, buckets, mlp))
             return sizes[key]
 
         choice, downgrades = budget_choices(alpha, lambda c: nbytes(c) <= budget)
