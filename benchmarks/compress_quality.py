@@ -51,7 +51,7 @@ FRAPPE = SHARED / "frappe" / "nfm-libfm"
 ML1M = SHARED / "movielens-1m" / "lcfn-implicit-split"
 CACHE = ROOT / "benchmarks" / ".cache" / "compress_quality"
 FRACTIONS = {"1/4": 4, "1/10": 10, "1/30": 30}
-CTR_METHODS = ["pep", "sseds", "mde", "uniform", "hash", "int8", "fp16",
+CTR_METHODS = ["pep", "pep+fp16", "sseds", "mde", "uniform", "hash", "int8", "fp16",
                "sseds+int8", "mde+int8", "uniform+int8", "hash+int8",
                "sseds min_dims=0", "sseds+int8 min_dims=0", "autofield", "auto"]
 # Variants: "<method> <param>=<int>" runs <method> with that searcher setting. SSEDS's

@@ -13,9 +13,9 @@ from ondevice.compress import compress
 from ondevice.errors import BudgetTooSmallError
 
 BUDGET = "17KB"
-METHODS = ["uniform", "hash", "int8", "pep", "sseds", "mde", "sseds+int8"]
+METHODS = ["uniform", "hash", "int8", "pep", "pep+fp16", "sseds", "mde", "sseds+int8"]
 FAST = {m: {"batch_size": 256} for m in METHODS}
-FAST["pep"] = {"batch_size": 256, "threshold_init": -1.0, "search_epochs": 3}
+FAST["pep"] = FAST["pep+fp16"] = {"batch_size": 256, "threshold_init": -1.0, "search_epochs": 3}
 
 
 @pytest.fixture(scope="session")

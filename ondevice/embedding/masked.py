@@ -124,9 +124,9 @@ class MaskedEmbedding(EmbeddingLayer):
         out["row_pruned"] = (RowPrunedEmbedding.expected_bytes(v, d, kept, dt),
                              lambda: RowPrunedEmbedding.from_dense(self, keep, pruned_to="zero", dtype=dt))
         if dt != "int8":
-            for layout in ("csr", "ell"):
+            for layout in ("csr", "bcsr", "ell"):
                 out[f"sparse_{layout}"] = (
-                    SparseEmbedding.expected_bytes(v, d, nnz, k, layout=layout, dtype=dt),
+                    SparseEmbedding.expected_bytes(v, d, nnz, k, layout=layout, dtype=dt, row_nnz=row_nnz),
                     lambda layout=layout: SparseEmbedding.from_weight(v, w, layout=layout, dtype=dt))
         return out
 

@@ -16,6 +16,16 @@ their columns (padding adds 0.0, so the result is exact)::
 
     bytes = 4·(R+1) + nnz·(s_v + s_c) + 8·K + 16·F
 
+``bcsr`` (blocked row pointers): ``csr`` with ``row_ptr`` split into an int32 base per block
+of ``b`` rows and a uint8 (or int16) offset per row, ``row_ptr[r] = base[r // b] + off[r]``;
+:func:`bcsr_plan` picks the largest power-of-two ``b`` (and the narrower offset dtype) whose
+offsets fit, from the actual row counts::
+
+    bytes = 4·ceil((R+1)/b) + s_o·(R+1) + nnz·(s_v + s_c) + 8·K + 16·F
+
+About 1.03-1.3 B per row instead of 4 (``b`` = 256 at one non-zero per row, 16 at 16);
+the lookup adds ``Div``, one more ``Gather`` and an ``Add`` per pointer.
+
 ``ell``: every row padded to ``K`` entries: ``values`` ``[R, K]``, ``cols`` uint8 ``[R, K]``
 (padding: value 0 in column 0, harmless under the scatter-add)::
 
@@ -34,19 +44,22 @@ single file) and run in ONNX Runtime 1.32 (parity 0.0 on 256 ids incl. OOV/negat
     90 % zeros, uniform             8   1,199,044 / 1,203,563   4,000,016 / 4,002,917
     90 % zeros, Zipf row density   16   1,181,963 / 1,186,484   8,000,016 / 8,002,917
 
-(``K`` = largest row non-zero count.) A third layout, a per-row bitmap (uint16 for
+(``K`` = largest row non-zero count.) ``bcsr`` on the same kind of table (random normal,
+seed 0, torch 2.13): 70 % zeros 2,512,640 B storage (csr 2,800,139, ``b`` = 32), 90 %
+902,465 (csr 1,199,340, ``b`` = 128), 97 % 341,761 (csr 640,200, ``b`` = 256); its graph is
+~1.3 KB larger than csr's. A third layout, a per-row bitmap (uint16 for
 ``D = 16``) + ``row_ptr`` + packed values, would store ~2.52 MB / ~1.24 MB: 10 % smaller
 than CSR at 70 % and 3 % larger at 90 %, but decoding bits needs BitwiseAnd (opset 18) or
 a Div/Sub chain per column, so it was not adopted.
 
-CSR wins because ELL pays for the *largest* row everywhere: with a uniform 30 % density a
+CSR (and BCSR, its blocked-pointer form, the smaller of the two whenever ``R`` is large) wins because ELL pays for the *largest* row everywhere: with a uniform 30 % density a
 few of 10^5 rows hold 13 of 16 values, so ELL stores 13 slots per row (more than dense).
-CSR's index overhead is fixed: 4 bytes per row (``row_ptr``) plus 1 byte per non-zero
-(uint8 column) — 25 % on top of fp32 values, 50 % on top of fp16 values. ELL only wins for
+CSR's index overhead is fixed: 4 bytes per row (``row_ptr``; ~1.1 with ``bcsr``) plus 1
+byte per non-zero (uint8 column) — 25 % on top of fp32 values, 50 % on top of fp16 values. ELL only wins for
 evenly filled rows (N:M-style masks); ``MaskedEmbedding.to_deployable`` compares the exact
 bytes of both, the dense table and row pruning, and keeps the smallest.
 
-ONNX ops (both layouts): OOV Where, Add (offsets), [csr: Gather (row_ptr, int32) ×2, Cast,
+ONNX ops: OOV Where, Add (offsets), [csr: Gather (row_ptr, int32) ×2 (bcsr: Div, Gather ×2, Add, each ×2), Cast,
 Unsqueeze, Add (window), Less, Where ×2], Gather (values) + Cast, Gather (cols) + Cast,
 ConstantOfShape + Unsqueeze + Tile (a ``[B, F, D]`` zero tensor), ScatterElements (reduction ``add``, opset 16+).
 No variable-length gathers, no custom ops. fp32 values are a
@@ -65,21 +78,61 @@ from ondevice.embedding.base import EmbeddingLayer, field_offsets, register_embe
 from ondevice.embedding.quantized import check_table_dtype
 from ondevice.errors import BadInputError
 
-SPARSE_LAYOUTS = ("csr", "ell")
+SPARSE_LAYOUTS = ("csr", "bcsr", "ell")
+# Blocked row pointers (``bcsr``): block sizes tried (powers of two, so a feasible size's
+# halves are feasible too) and the per-row offset codings (dtype, largest offset).
+BCSR_BLOCK_ROWS = tuple(2**i for i in range(16))
+BCSR_OFFSET_DTYPES = {"uint8": (torch.uint8, 255), "int16": (torch.int16, 32767)}
 
 
 def _col_dtype(dim: int) -> torch.dtype:
     return torch.uint8 if dim <= 256 else torch.int16
 
 
+def row_pointers(row_nnz: torch.Tensor) -> torch.Tensor:
+    """CSR row pointers ``[R+1]`` (int64) of per-row non-zero counts ``[R]``."""
+    return torch.cat([torch.zeros(1, dtype=torch.int64), row_nnz.to(torch.int64).cumsum(0)])
+
+
+def bcsr_plan(row_nnz: torch.Tensor) -> tuple[int, str, int]:
+    """The cheapest blocked row-pointer coding of ``row_nnz``: (block_rows, offset dtype, bytes).
+
+    ``ptr[r] = base[r // b] + off[r]`` with ``base`` int32 ``[ceil((R+1)/b)]`` and ``off``
+    uint8 or int16 ``[R+1]``: ``bytes = 4·ceil((R+1)/b) + s_o·(R+1)``. A block size is
+    feasible when every offset fits the dtype; doubling ``b`` merges blocks, so offsets only
+    grow and the scan over ``BCSR_BLOCK_ROWS`` stops at the first infeasible size.
+    """
+    ptr = row_pointers(row_nnz)
+    n = len(ptr)
+    idx = torch.arange(n)
+    best: tuple[int, str, int] | None = None
+    for name, (dtype, max_off) in BCSR_OFFSET_DTYPES.items():
+        size = torch.empty(0, dtype=dtype).element_size()
+        for b in BCSR_BLOCK_ROWS:
+            if int((ptr - ptr[(idx // b) * b]).max()) > max_off:
+                break
+            cost = 4 * -(-n // b) + size * n
+            if best is None or cost < best[2]:
+                best = (b, name, cost)
+            if b >= n:
+                break
+    if best is None:  # a single row holding more than 32767 non-zeros (dim > 32767 is refused)
+        raise BadInputError("bcsr offsets do not fit int16; use layout='csr'")
+    return best
+
+
 def sparse_bytes(rows: int, dim: int, num_fields: int, nnz: int, max_row_nnz: int, *,
-                 layout: str = "csr", dtype: str = "float32") -> int:
+                 layout: str = "csr", dtype: str = "float32", pointer_bytes: int | None = None) -> int:
     """Exact stored bytes of a :class:`SparseEmbedding` (the module docstring's formulas)."""
     s_v = 4 if dtype == "float32" else 2
     s_c = torch.empty(0, dtype=_col_dtype(dim)).element_size()
     k = max(1, max_row_nnz)
     if layout == "csr":
         return 4 * (rows + 1) + max(1, nnz) * (s_v + s_c) + 8 * k + 16 * num_fields
+    if layout == "bcsr":
+        if pointer_bytes is None:
+            raise BadInputError("bcsr bytes need the row-pointer bytes (bcsr_plan)")
+        return pointer_bytes + max(1, nnz) * (s_v + s_c) + 8 * k + 16 * num_fields
     return rows * k * (s_v + s_c) + 16 * num_fields
 
 
@@ -104,6 +157,8 @@ class SparseEmbedding(EmbeddingLayer):
         max_row_nnz: int,
         layout: str = "csr",
         dtype: str = "float32",
+        block_rows: int = 1,
+        offset_dtype: str = "uint8",
     ) -> None:
         super().__init__(vocab_sizes, dim)
         if layout not in SPARSE_LAYOUTS:
@@ -119,7 +174,7 @@ class SparseEmbedding(EmbeddingLayer):
         self.dtype_name = check_table_dtype(dtype, allowed=("float32", "float16"), owner="SparseEmbedding")
         self.nnz, self.max_row_nnz = int(nnz), int(max_row_nnz)
         rows, k = sum(self.vocab_sizes), max(1, self.max_row_nnz)
-        shape = (max(1, self.nnz),) if layout == "csr" else (rows, k)
+        shape = (max(1, self.nnz),) if layout != "ell" else (rows, k)
         values = torch.zeros(shape)
         if dtype == "float32":
             self.values = nn.Parameter(values)
@@ -127,8 +182,16 @@ class SparseEmbedding(EmbeddingLayer):
             self.register_buffer("values", values.to(torch.float16))
         self.register_buffer("cols", torch.zeros(shape, dtype=_col_dtype(self.dim)))
         self.register_buffer("offsets", torch.tensor(field_offsets(self.vocab_sizes), dtype=torch.int64))
+        self.block_rows, self.offset_dtype = int(block_rows), offset_dtype
         if layout == "csr":
             self.register_buffer("row_ptr", torch.zeros(rows + 1, dtype=torch.int32))
+        if layout == "bcsr":
+            if offset_dtype not in BCSR_OFFSET_DTYPES or self.block_rows < 1:
+                raise BadInputError(f"bcsr needs block_rows >= 1 and offset_dtype in {', '.join(BCSR_OFFSET_DTYPES)}; "
+                                    f"got {block_rows}, {offset_dtype!r}")
+            self.register_buffer("block_base", torch.zeros(-(-(rows + 1) // self.block_rows), dtype=torch.int32))
+            self.register_buffer("row_off", torch.zeros(rows + 1, dtype=BCSR_OFFSET_DTYPES[offset_dtype][0]))
+        if layout in ("csr", "bcsr"):
             self.register_buffer("window", torch.arange(k, dtype=torch.int64))
 
     # ------------------------------------------------------------------ building
@@ -153,13 +216,23 @@ class SparseEmbedding(EmbeddingLayer):
             w = w.clamp(-65504.0, 65504.0).to(torch.float16).to(torch.float32)  # fp16 zeros drop too
         nz = w != 0
         counts = nz.sum(dim=1)
+        blocked = {}
+        if layout == "bcsr":
+            b, offset_dtype, _ = bcsr_plan(counts)
+            blocked = {"block_rows": b, "offset_dtype": offset_dtype}
         new = cls(vocab_sizes, w.shape[1], nnz=int(counts.sum()), max_row_nnz=int(counts.max()) if len(counts) else 0,
-                  layout=layout, dtype=dtype)
+                  layout=layout, dtype=dtype, **blocked)
         store_dtype = new.values.dtype
         with torch.no_grad():
-            if layout == "csr":
+            if layout in ("csr", "bcsr"):
                 r_idx, c_idx = nz.nonzero(as_tuple=True)  # row-major: columns ascending per row
-                new.row_ptr.copy_(torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(torch.int32))
+                ptr = row_pointers(counts)
+                if layout == "csr":
+                    new.row_ptr.copy_(ptr.to(torch.int32))
+                else:
+                    b = new.block_rows
+                    new.block_base.copy_(ptr[::b].to(torch.int32))
+                    new.row_off.copy_((ptr - ptr[(torch.arange(len(ptr)) // b) * b]).to(new.row_off.dtype))
                 if new.nnz:
                     new.values.copy_(w[r_idx, c_idx].to(store_dtype))
                     new.cols.copy_(c_idx.to(new.cols.dtype))
@@ -173,10 +246,19 @@ class SparseEmbedding(EmbeddingLayer):
 
     @staticmethod
     def expected_bytes(vocab_sizes: Sequence[int], dim: int, nnz: int, max_row_nnz: int, *,
-                       layout: str = "csr", dtype: str = "float32") -> int:
-        """The docstring's byte formula (an int64 vector equal to another is stored once)."""
-        total = sparse_bytes(sum(vocab_sizes), dim, len(vocab_sizes), nnz, max_row_nnz, layout=layout, dtype=dtype)
-        if layout == "csr":  # window [0..K-1] equals the offsets only if every field but the last has 1 id
+                       layout: str = "csr", dtype: str = "float32", row_nnz: torch.Tensor | None = None) -> int:
+        """The docstring's byte formula (an int64 vector equal to another is stored once).
+
+        ``bcsr`` needs the per-row non-zero counts ``row_nnz`` (its block size depends on them).
+        """
+        pointer_bytes = None
+        if layout == "bcsr":
+            if row_nnz is None:
+                raise BadInputError("SparseEmbedding.expected_bytes(layout='bcsr') needs row_nnz")
+            pointer_bytes = bcsr_plan(row_nnz)[2]
+        total = sparse_bytes(sum(vocab_sizes), dim, len(vocab_sizes), nnz, max_row_nnz, layout=layout, dtype=dtype,
+                             pointer_bytes=pointer_bytes)
+        if layout in ("csr", "bcsr"):  # window [0..K-1] equals the offsets only if every field but the last has 1 id
             window = torch.arange(max(1, max_row_nnz))
             if torch.equal(window, torch.tensor(field_offsets(vocab_sizes))):
                 total -= 8 * len(window)
@@ -185,9 +267,8 @@ class SparseEmbedding(EmbeddingLayer):
     # ------------------------------------------------------------------ protocol
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids + self.offsets  # [B, F]
-        if self.layout == "csr":
-            start = self.row_ptr[flat].to(torch.int64)
-            end = self.row_ptr[flat + 1].to(torch.int64)
+        if self.layout in ("csr", "bcsr"):
+            start, end = self._row_pointer(flat), self._row_pointer(flat + 1)  # [B, F]
             pos = start.unsqueeze(-1) + self.window  # [B, F, K]
             valid = pos < end.unsqueeze(-1)
             pos = torch.where(valid, pos, 0)
@@ -200,14 +281,24 @@ class SparseEmbedding(EmbeddingLayer):
         dense = torch.zeros_like(flat, dtype=torch.float32).unsqueeze(-1).repeat(1, 1, self.dim)  # [B, F, D]
         return dense.scatter_add(2, cols, values)  # [B, F, D]
 
+    def _row_pointer(self, rows: torch.Tensor) -> torch.Tensor:
+        """CSR pointer of each row in ``rows`` (int64): stored (``csr``) or base + offset (``bcsr``)."""
+        if self.layout == "csr":
+            return self.row_ptr[rows].to(torch.int64)
+        return self.block_base[rows // self.block_rows].to(torch.int64) + self.row_off[rows].to(torch.int64)
+
     def spec(self) -> dict[str, Any]:
-        return {"type": self.type_name, "vocab_sizes": list(self.vocab_sizes), "dim": self.dim,
-                "nnz": self.nnz, "max_row_nnz": self.max_row_nnz, "layout": self.layout,
-                "dtype": self.dtype_name}
+        out = {"type": self.type_name, "vocab_sizes": list(self.vocab_sizes), "dim": self.dim,
+               "nnz": self.nnz, "max_row_nnz": self.max_row_nnz, "layout": self.layout,
+               "dtype": self.dtype_name}
+        if self.layout == "bcsr":
+            out.update(block_rows=self.block_rows, offset_dtype=self.offset_dtype)
+        return out
 
     def extra_repr(self) -> str:
+        blocked = f", block_rows={self.block_rows}, offsets={self.offset_dtype}" if self.layout == "bcsr" else ""
         return (f"{super().extra_repr()}, layout={self.layout}, nnz={self.nnz:,}, "
-                f"max_row_nnz={self.max_row_nnz}, dtype={self.dtype_name}")
+                f"max_row_nnz={self.max_row_nnz}, dtype={self.dtype_name}{blocked}")
 
 
 def _masked(weight: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -17,6 +17,7 @@ from ondevice.embedding import (
     table_bytes,
 )
 from ondevice.embedding.quantized import quantize_rows_int8
+from ondevice.embedding.sparse import bcsr_plan
 from ondevice.errors import BadInputError
 from tests.embedding.embedding_testkit import random_ids, sparse_dense_layer
 
@@ -138,12 +139,37 @@ def test_row_pruned_zero_mode_is_exact_for_zero_rows_and_pays_off_past_one_over_
 
 
 # ----------------------------------------------------------------------------- sparse + masked
-@pytest.mark.parametrize("layout", ["csr", "ell"])
+@pytest.mark.parametrize("layout", ["csr", "bcsr", "ell"])
 def test_sparse_layouts_are_exact(layout: str) -> None:
     dense = sparse_dense_layer(VOCAB, DIM, zero_share=0.7, zero_rows=0.2)
     layer = SparseEmbedding.from_dense(dense, layout=layout)
     assert torch.equal(layer.dense_weight(), dense.dense_weight())
     assert layer.nnz == int((dense.dense_weight() != 0).sum())
+
+
+@pytest.mark.parametrize("per_row", [1, 3, 16, 200])
+def test_bcsr_plan_is_the_cheapest_feasible_blocking(per_row: int) -> None:
+    """Brute force over every block size 1..R+1 and both offset dtypes: the plan is minimal."""
+    g = torch.Generator().manual_seed(per_row)
+    row_nnz = torch.randint(0, per_row + 1, (700,), generator=g)
+    b, dtype, nbytes = bcsr_plan(row_nnz)
+    ptr = torch.cat([torch.zeros(1, dtype=torch.int64), row_nnz.cumsum(0)])
+    n, idx = len(ptr), torch.arange(len(ptr))
+    best = min(4 * -(-n // bb) + size * n
+               for bb in range(1, n + 1) for size, limit in ((1, 255), (2, 32767))
+               if int((ptr - ptr[(idx // bb) * bb]).max()) <= limit)
+    assert nbytes <= best * 1.1  # powers of two only (monotone, cheap per PEP step): within 10 % of any block size
+    assert nbytes < 4 * n  # always cheaper than int32 row pointers
+    layer = SparseEmbedding.from_weight([700], _rows_with_counts(row_nnz, 256), layout="bcsr")
+    assert (layer.block_rows, layer.offset_dtype) == (b, dtype)
+    assert torch.equal(layer._row_pointer(torch.arange(701)), ptr)
+
+
+def _rows_with_counts(row_nnz: torch.Tensor, dim: int) -> torch.Tensor:
+    w = torch.zeros(len(row_nnz), dim)
+    for r, c in enumerate(row_nnz.tolist()):
+        w[r, :c] = torch.arange(1, c + 1, dtype=torch.float32)
+    return w
 
 
 def test_all_zero_table_still_builds() -> None:
@@ -165,7 +191,7 @@ def test_masked_gradient_is_masked_and_values_stay_pruned() -> None:
 
 @pytest.mark.parametrize(
     ("zero_share", "zero_rows", "expected"),
-    [(0.0, 0.0, "dense"), (0.0, 0.6, "row_pruned"), (0.8, 0.0, "sparse_csr")],
+    [(0.0, 0.0, "dense"), (0.0, 0.6, "row_pruned"), (0.8, 0.0, "sparse_bcsr")],
 )
 def test_masked_deploys_to_smallest_exact_format(zero_share: float, zero_rows: float, expected: str) -> None:
     dense = sparse_dense_layer((3000, 200), 16, zero_share=zero_share, zero_rows=zero_rows)

@@ -40,7 +40,8 @@ def test_registry_names_and_errors() -> None:
     assert {"pep", "sseds", "mde", "uniform", "hash", "int8", "fp16"} <= set(SEARCHERS)
     assert make_searcher("sseds+int8").dtype == "int8"
     assert make_searcher("mde+fp16").dtype == "float16"
-    for bad in ("nope", "int8+int8", "pep+int8", "sseds+int4"):
+    assert make_searcher("pep+fp16").dtype == "float16"
+    for bad in ("nope", "int8+int8", "autofis+int8", "sseds+int4"):
         with pytest.raises(BadInputError, match="unknown --method"):
             make_searcher(bad)
 

@@ -19,7 +19,7 @@ per step towards 0 — AdamW, SGD, or excluding ``s`` from decay would disable p
 (methods.md §1, §9.1).
 
 Each step the non-zeros of ``V̂`` are counted and turned into **exact deployable bytes**
-(the cheapest of dense / row-pruned / CSR / ELL for that mask, the formulas of
+(the cheapest of dense / row-pruned / CSR / blocked CSR / ELL for that mask, the formulas of
 :class:`ondevice.embedding.MaskedEmbedding`); the first time they fall to the embedding's
 byte target the mask ``M = [V̂ ≠ 0]`` is snapshot and the search stops (the reference
 code's ``candidate_p`` in bytes instead of non-zeros).
@@ -63,10 +63,12 @@ from torch import nn
 from ondevice.embedding import (
     EmbeddingLayer,
     MaskedEmbedding,
+    QuantizedEmbedding,
     RowPrunedEmbedding,
     SparseEmbedding,
     field_offsets,
 )
+from ondevice.embedding.quantized import check_table_dtype
 from ondevice.errors import BadInputError
 from ondevice.search.base import (
     RetrainingSearcher,
@@ -75,7 +77,7 @@ from ondevice.search.base import (
     make_config,
     register_searcher,
 )
-from ondevice.search.retrain import fit_ctr
+from ondevice.search.retrain import fit_ctr, val_metrics
 
 __all__ = ["GRANULARITIES", "PEPEmbedding", "PEPSearcher", "masked_bytes"]
 
@@ -87,11 +89,12 @@ def _soft_threshold(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return torch.sign(v) * torch.relu(v.abs() - torch.sigmoid(s))
 
 
-def masked_bytes(vocab_sizes: Sequence[int], dim: int, mask: torch.Tensor) -> int:
-    """Exact bytes of the cheapest fp32 deployable format for a ``[Σ vocab, D]`` 0/1 mask.
+def masked_bytes(vocab_sizes: Sequence[int], dim: int, mask: torch.Tensor, dtype: str = "float32") -> int:
+    """Exact bytes of the cheapest deployable format at ``dtype`` for a ``[Σ vocab, D]`` 0/1 mask.
 
-    The candidates of ``MaskedEmbedding.deploy_candidates`` (dense, row-pruned, CSR, ELL)
-    computed from counts only.
+    The candidates of ``MaskedEmbedding.deploy_candidates`` (dense, row-pruned, and for fp32 /
+    fp16 values CSR, BCSR, ELL) computed from counts only. (fp16 may round a few kept values
+    to zero; the deployed table is then smaller than this, never larger.)
     """
     row_nnz = mask.sum(dim=1)
     nnz, k = int(row_nnz.sum()), int(row_nnz.max()) if row_nnz.numel() else 0
@@ -99,10 +102,12 @@ def masked_bytes(vocab_sizes: Sequence[int], dim: int, mask: torch.Tensor) -> in
     keep[field_offsets(vocab_sizes)] = True
     kept = [int(keep[s:s + v].sum()) for s, v in zip(field_offsets(vocab_sizes), vocab_sizes, strict=True)]
     v = list(vocab_sizes)
-    return min(sum(v) * dim * 4 + 16 * len(v),
-               RowPrunedEmbedding.expected_bytes(v, dim, kept, "float32"),
-               SparseEmbedding.expected_bytes(v, dim, nnz, k, layout="csr", dtype="float32"),
-               SparseEmbedding.expected_bytes(v, dim, nnz, k, layout="ell", dtype="float32"))
+    dense = sum(v) * dim * 4 + 16 * len(v) if dtype == "float32" else QuantizedEmbedding.expected_bytes(v, dim, dtype)
+    candidates = [dense, RowPrunedEmbedding.expected_bytes(v, dim, kept, dtype)]
+    if dtype != "int8":
+        candidates += [SparseEmbedding.expected_bytes(v, dim, nnz, k, layout=layout, dtype=dtype, row_nnz=row_nnz)
+                       for layout in ("csr", "bcsr", "ell")]
+    return min(candidates)
 
 
 class PEPEmbedding(EmbeddingLayer):
@@ -158,14 +163,19 @@ class PEPSearcher(RetrainingSearcher):
     warm_start : step 0 = the pretrained checkpoint (default) or a fresh table (paper).
     epochs, lr, batch_size, seed, patience : retraining (paper: Adam lr 1e-3, batch 1024).
     first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.base``).
+    dtype : storage of the kept values (``float32``; ``float16`` = ``pep+fp16``: CSR/BCSR values
+        in fp16, 3 B per non-zero with its column; ``int8`` = ``pep+int8``: row-wise int8, which
+        has no sparse form, so only whole pruned rows save bytes). The budget is counted at this
+        dtype; retraining runs in fp32 and the validation metric is read on the stored form.
     """
 
     name = "pep"
+    supports_dtype = True
 
     def __init__(self, *, granularity: str = "feature_dim", threshold_init: float | str = "auto",
                  weight_decay: float = 1e-5, threshold_lr: float | None = None, search_epochs: int = 20,
                  warm_start: bool = True, epochs: int = 5, lr: float = 1e-3, batch_size: int = 1024,
-                 seed: int = 0, patience: int = 2, first_order: str = "auto") -> None:
+                 seed: int = 0, patience: int = 2, first_order: str = "auto", dtype: str = "float32") -> None:
         self.granularity = granularity
         self.threshold_init = threshold_init
         self.weight_decay = weight_decay
@@ -178,6 +188,7 @@ class PEPSearcher(RetrainingSearcher):
         self.seed = seed
         self.patience = patience
         self.first_order = first_order
+        self.dtype = dtype
 
     def _s0(self, v0: torch.Tensor) -> float:
         if self.threshold_init == "auto":
@@ -191,7 +202,8 @@ class PEPSearcher(RetrainingSearcher):
         full, acc, budget = ctx.model, ctx.accountant, ctx.budget_bytes
         vocab, D = list(full.embedding.vocab_sizes), full.embedding.dim
         target = acc.embedding_target(full, budget)
-        smallest = masked_bytes(vocab, D, torch.zeros(sum(vocab), D, dtype=torch.bool))
+        check_table_dtype(self.dtype, owner="pep")
+        smallest = masked_bytes(vocab, D, torch.zeros(sum(vocab), D, dtype=torch.bool), self.dtype)
         if smallest > target:
             raise acc.too_small(self.name, budget, acc.fixed_bytes(full) + smallest, full, smallest)
         t0 = time.perf_counter()
@@ -216,7 +228,7 @@ class PEPSearcher(RetrainingSearcher):
 
         def on_step(step: int) -> bool:
             mask = pep.pruned_weight() != 0
-            nbytes = masked_bytes(vocab, D, mask)
+            nbytes = masked_bytes(vocab, D, mask, self.dtype)
             if step == 1 or step % 50 == 0 or nbytes <= target:
                 trace.append({"step": step, "nnz": int(mask.sum()), "bytes": nbytes,
                               "mean_threshold": float(torch.sigmoid(pep.threshold.detach()).mean())})
@@ -230,13 +242,13 @@ class PEPSearcher(RetrainingSearcher):
         if snapshot:
             mask, reached = snapshot["mask"], "threshold"
         else:
-            mask, reached = _magnitude_mask(pep.pruned_weight(), vocab, D, target), "magnitude"
+            mask, reached = _magnitude_mask(pep.pruned_weight(), vocab, D, target, self.dtype), "magnitude"
         search_s = time.perf_counter() - t0
 
         # --- retrain: rewind every weight to step 0, table V0 ⊙ M, thresholds off.
         model = copy.deepcopy(full)
         state = {k.removeprefix("embedding."): v for k, v in step0.items() if k.startswith("embedding.")}
-        masked = MaskedEmbedding(vocab, D, sparse=False)
+        masked = MaskedEmbedding(vocab, D, sparse=False, deploy_dtype=self.dtype)
         with torch.no_grad():
             masked.weight.copy_(state["weight"] * mask)
         masked.set_mask(mask)
@@ -248,17 +260,22 @@ class PEPSearcher(RetrainingSearcher):
         torch.manual_seed(self.seed)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         refit = self._retrain(ctx, model, optimizers=[opt], grad_clip=100.0)
+        val = refit.val
+        if self.dtype != "float32":  # the stored (rounded) values are what the device computes with
+            model.embedding = masked.to_deployable()
+            val = val_metrics(model, ctx.data)
         config = make_config("PEPConfig", {"mask_nnz": int(mask.sum()), "mask_shape": list(mask.shape),
                                            "reached_by": reached, "search_step": snapshot.get("step", fit.steps),
-                                           "threshold_init": s0, "granularity": self.granularity})
+                                           "threshold_init": s0, "granularity": self.granularity,
+                                           "dtype": self.dtype})
         trace.append({"reached_by": reached, "embedding_target": target, "embedding_bytes": masked.storage_bytes(),
                       "search_steps": fit.steps})
         trace.append({"retrain": refit.history})
-        return SearchResult(model=model, config=config, val=refit.val, metric="auc", trace=trace,
+        return SearchResult(model=model, config=config, val=val, metric="auc", trace=trace,
                             timings={"search_s": search_s, "retrain_s": refit.seconds})
 
 
-def _magnitude_mask(w: torch.Tensor, vocab: list[int], dim: int, target: int) -> torch.Tensor:
+def _magnitude_mask(w: torch.Tensor, vocab: list[int], dim: int, target: int, dtype: str = "float32") -> torch.Tensor:
     """Keep the largest ``|w|`` entries, as many as fit ``target`` bytes (bisection on the count)."""
     flat = w.abs().flatten()
     order = torch.argsort(flat, descending=True)
@@ -271,5 +288,5 @@ def _magnitude_mask(w: torch.Tensor, vocab: list[int], dim: int, target: int) ->
     lo, hi = 0, int((w != 0).sum())
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if masked_bytes(vocab, dim, mask_of(mid)) <= target else (lo, mid - 1)
+        lo, hi = (mid, hi) if masked_bytes(vocab, dim, mask_of(mid), dtype) <= target else (lo, mid - 1)
     return mask_of(lo)
