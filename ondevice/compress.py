@@ -68,7 +68,7 @@ from ondevice.io import (
 )
 from ondevice.models import BPRMF, RecModel
 from ondevice.search import ByteAccountant, make_searcher
-from ondevice.search.base import FORMAT_MARGIN_BYTES, SearchResult
+from ondevice.search.base import FORMAT_MARGIN_BYTES, MLP_OPTIONS, SearchResult
 from ondevice.search.retrain import topk_metric_name, val_metrics
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, run_data
 
@@ -135,18 +135,29 @@ def _targets(budgets: Sequence[str | int], device_profiles: Sequence[str | Path 
 
 
 def _search_fitting(searcher, ckpt: Checkpoint, data: EncodedDataset, budget: int,
-                    overhead: int, work_dir: Path | None = None) -> tuple[SearchResult, int, list[dict[str, Any]]]:
+                    overhead: int, work_dir: Path | None = None,
+                    mlp: str = "fp32") -> tuple[SearchResult, int, list[dict[str, Any]]]:
     """Search, then measure the exported bytes; tighten the margin and retry if over."""
     margin, attempts = FORMAT_MARGIN_BYTES, []
     for attempt in range(MAX_FIT_RETRIES + 1):
         acc = ByteAccountant(graph_overhead_bytes=overhead, margin_bytes=margin)
-        result = searcher.search(ckpt, data, budget, accountant=acc, work_dir=work_dir)
+        result = searcher.search(ckpt, data, budget, accountant=acc, work_dir=work_dir, mlp=mlp)
         file_bytes, _ = measure_file_bytes(result.model)
         attempts.append({"attempt": attempt, "margin_bytes": margin, "file_bytes": file_bytes})
         if file_bytes <= budget:
             return result, file_bytes, attempts
         margin += file_bytes - budget + 1024
     return result, file_bytes, attempts  # export_artefact will refuse it (exit 3)
+
+
+def _mlp_for(mlp: str, dev: DeviceProfile | None) -> str:
+    """The ``--mlp`` option for one target: ``.ort`` targets store fp32 dense layers."""
+    if dev is None or dev.runtime_format != "ort":
+        return mlp
+    if mlp == "int8":
+        raise BadInputError(f"--mlp int8 cannot shrink the .ort artefact of {dev.name} (onnxruntime's converter folds "
+                            "the int8 weights back to fp32); use --mlp auto or fp32, or an onnx-format profile")
+    return "fp32"
 
 
 def compress(
@@ -167,6 +178,7 @@ def compress(
     quiet: bool = False,
     fleet: str | Path | None = None,
     time_limit_s: float | None = None,
+    mlp: str = "auto",
 ) -> dict[str, Any]:
     """Compress the run at ``run_dir`` for every budget/device × method; returns the summary.
 
@@ -175,6 +187,9 @@ def compress(
     ``fleet``: a folder of device profiles (``*.toml``); every one becomes a target and
     ``fleet.json``/``fleet.md`` report the fleet (module docstring). ``time_limit_s``: the
     ``auto`` method's wall-clock limit per budget (its candidates are in the summary).
+    ``mlp``: how CTR models' dense layers are stored, ``auto`` | ``fp32`` | ``int8``
+    (``search.base``); ``.ort`` targets get ``fp32`` (onnxruntime's converter folds int8
+    weights back to fp32, so the file would not shrink).
     """
     run_dir = Path(run_dir)
     fleet_profiles: list[DeviceProfile] = []
@@ -188,6 +203,8 @@ def compress(
     if len(set(methods)) != len(methods):
         raise BadInputError(f"--method repeats a name: {', '.join(methods)}")
     extra = searcher_params or {}
+    if mlp not in MLP_OPTIONS:
+        raise BadInputError(f"--mlp must be one of {', '.join(MLP_OPTIONS)}; got {mlp!r}")
     if time_limit_s is not None and "auto" not in methods:
         raise BadInputError("--time-limit applies to --method auto only; drop it or add --method auto")
     shared = {"epochs": epochs, "seed": seed, "time_limit_s": time_limit_s}
@@ -225,7 +242,7 @@ def compress(
                 t0 = time.perf_counter()
                 try:
                     result, file_bytes, attempts = _search_fitting(searcher.clone(), ckpt, data, nbytes, overhead,
-                                                                   work_dir=tmp / "_cache")
+                                                                   work_dir=tmp / "_cache", mlp=_mlp_for(mlp, dev))
                     search_s = time.perf_counter() - t0
                     metrics = {"val": result.val, "selected_on": f"val {result.metric}", "method": method,
                                "search": {"config": result.config, "params": result.params}}
@@ -284,7 +301,7 @@ def compress(
             "run_dir": str(run_dir), "data_dir": str(data.root),
             "full_model": {"file_bytes": full_file, "parameter_bytes": full_params, "graph_overhead_bytes": overhead,
                            "val": full_val, "metric": full_metric},
-            "methods": {m: s.get_params() for m, s in searchers.items()},
+            "methods": {m: s.get_params() for m, s in searchers.items()}, "mlp": mlp,
             "runs": runs, "failures": failures, "seconds": time.time() - started,
         }
         summary["plot"] = _plot(summary, tmp / "summary.png") if plot and runs else None

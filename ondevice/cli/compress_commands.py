@@ -31,10 +31,13 @@ from ondevice.cli import cli
 @click.option("--time-limit", "time_limit", default=None,
               help="auto: wall-clock limit per budget, e.g. 600 (seconds), 90s, 10m (default 15m); soft: a "
                    "candidate that started runs to its end")
+@click.option("--mlp", "mlp", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
+              help="dense (MLP) layers: int8 weights with per-row scales (4x smaller, fp32 compute) or fp32; auto "
+                   "keeps fp32 when the method's smallest model fits with it (.ort artefacts: fp32 only)")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, ...], fleet: Path | None,
                  methods: tuple[str, ...], out: Path, epochs: int | None, seed: int, data_dir: Path | None,
-                 profile_runs: int, time_limit: str | None, force: bool) -> None:
+                 profile_runs: int, time_limit: str | None, mlp: str, force: bool) -> None:
     """Search, retrain, export, verify and profile RUN_DIR's model for each budget × method.
 
     \b
@@ -47,7 +50,7 @@ def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, .
 
     s = compress(run_dir, budgets=budgets, device_profiles=profiles, methods=methods or ("auto",),
                  out_dir=out, force=force, epochs=epochs, seed=seed, data_dir=data_dir, profile_runs=profile_runs,
-                 fleet=fleet, time_limit_s=parse_duration(time_limit) if time_limit is not None else None)
+                 fleet=fleet, time_limit_s=parse_duration(time_limit) if time_limit is not None else None, mlp=mlp)
     full = s["full_model"]
     label = "AUC" if full["metric"] == "auc" else full["metric"]
     click.echo(f"full model: {full['file_bytes']:,} B, val {label} {full['val'][full['metric']]:.4f}")

@@ -92,11 +92,62 @@ def export_onnx(module: torch.nn.Module, io: dict[str, Any], example: torch.Tens
     model = onnx.load(str(path), load_external_data=False)
     if any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer):
         raise ArtefactError("the exported model references external data; it must be one self-contained file")
+    store_int8_weights(model.graph, module)
     _compact_names(model.graph)
     model.producer_name, model.producer_version = "ondevice", __version__
     model.doc_string = f"ondevice {io['task']} artefact; inputs {inputs}, outputs {outputs}; see manifest.json"
     onnx.checker.check_model(model, full_check=True)
     onnx.save_model(model, str(path), save_as_external_data=False)
+
+
+def store_int8_weights(graph: onnx.GraphProto, module: torch.nn.Module) -> int:
+    """Put every :class:`Int8Linear`'s int8 weight back into the graph; returns how many.
+
+    The exporter folds ``Cast(q)·s`` into an fp32 initializer. Each one equal to a layer's
+    dequantized weight (or its transpose, for a MatMul) is replaced by ``q`` (int8) and ``s``
+    (fp32, broadcast over the input axis) feeding ``Cast`` + ``Mul`` nodes that output the
+    old name. ONNX Runtime folds those nodes at session creation: the file stores 1 B per
+    weight, the run is the fp32 Gemm with bit-identical weights. A layer whose weight is not
+    found is an error (the bytes would silently be fp32).
+    """
+    from ondevice.models.int8_linear import Int8Linear
+
+    layers = [m for m in module.modules() if isinstance(m, Int8Linear)]
+    if not layers:
+        return 0
+    by_shape: dict[tuple[int, ...], list[onnx.TensorProto]] = {}
+    for init in graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT:
+            by_shape.setdefault(tuple(init.dims), []).append(init)
+    new_nodes: list[onnx.NodeProto] = []
+    for layer in layers:
+        with torch.no_grad():
+            w = layer.dequantized_weight().numpy()
+        q, scale = layer.weight_q.numpy(), layer.scale.numpy()
+        found = None
+        for transposed, target in ((False, w), (True, w.T)):
+            for init in by_shape.get(target.shape, []):
+                if np.array_equal(onnx.numpy_helper.to_array(init), target):
+                    found = (init, transposed)
+                    break
+            if found:
+                break
+        if found is None:
+            raise ArtefactError(f"int8 layer {layer.out_features}x{layer.in_features}: its weight is not an "
+                                "initializer of the exported graph; export it with --mlp fp32")
+        init, transposed = found
+        name = init.name
+        graph.initializer.remove(init)
+        by_shape[tuple(init.dims)].remove(init)
+        qt, st = (q.T, scale.reshape(1, -1)) if transposed else (q, scale.reshape(-1, 1))
+        graph.initializer.extend([onnx.numpy_helper.from_array(np.ascontiguousarray(qt), f"{name}.q"),
+                                  onnx.numpy_helper.from_array(np.ascontiguousarray(st), f"{name}.scale")])
+        new_nodes += [onnx.helper.make_node("Cast", [f"{name}.q"], [f"{name}.qf"], to=onnx.TensorProto.FLOAT),
+                      onnx.helper.make_node("Mul", [f"{name}.qf", f"{name}.scale"], [name])]
+    nodes = new_nodes + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(layers)
 
 
 def _compact_names(graph: onnx.GraphProto) -> None:

@@ -66,11 +66,17 @@ class RecModel(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         """Everything needed to rebuild an empty model of the same shape."""
-        return {
+        from ondevice.models.int8_linear import Int8Linear
+
+        out = {
             "model": self.name,
             "config": self.config(),
             "embeddings": {n: m.spec() for n, m in self.embedding_layers().items()},
         }
+        int8 = [n for n, m in self.named_modules() if isinstance(m, Int8Linear)]
+        if int8:  # dense layers stored in int8 (``--mlp int8``)
+            out["int8_linears"] = int8
+        return out
 
     def dense_parameters(self) -> list[nn.Parameter]:
         sparse = {id(p) for m in self.embedding_layers().values() for p in m.sparse_parameters()}
@@ -142,9 +148,14 @@ def model_from_description(desc: dict[str, Any]) -> RecModel:
     try:
         cls = MODEL_REGISTRY[desc["model"]]
         embeddings = {n: embedding_from_spec(s) for n, s in desc["embeddings"].items()}
-        return cls.from_parts(embeddings, **desc.get("config", {}))
+        model = cls.from_parts(embeddings, **desc.get("config", {}))
     except KeyError as err:
         raise BadInputError(f"model description lacks {err}; the checkpoint is from another version") from None
+    if desc.get("int8_linears"):
+        from ondevice.models.int8_linear import quantize_dense_layers_
+
+        quantize_dense_layers_(model, desc["int8_linears"])  # shapes only; the state dict fills them
+    return model
 
 
 def _ctr_from_parts(cls: type[CTRModel], embeddings: dict[str, EmbeddingLayer], **config: Any) -> CTRModel:

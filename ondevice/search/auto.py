@@ -90,6 +90,7 @@ class AutoSearcher(Searcher):
     """
 
     name = "auto"
+    delegates = True
     tasks = ("ctr", "topk")
 
     def __init__(self, *, methods: list[str] | None = None, time_limit_s: float = 900.0, epochs: int | None = None,
@@ -125,7 +126,8 @@ class AutoSearcher(Searcher):
             t0 = time.perf_counter()
             try:
                 result, file_bytes, attempts = _search_fitting(searcher, ctx.ckpt, ctx.data, ctx.budget_bytes,
-                                                               ctx.accountant.graph_overhead_bytes, ctx.work_dir)
+                                                               ctx.accountant.graph_overhead_bytes, ctx.work_dir,
+                                                               mlp=ctx.mlp)
             except BudgetTooSmallError as err:
                 if err.minimum_bytes is not None:
                     minimums.append((err.minimum_bytes, method))

@@ -35,6 +35,20 @@ place, :func:`search_with_first_order`:
 
 The choice is recorded in the result's trace (``{"first_order": ...}``) and config
 (``_data["first_order"]``).
+
+Dense layers (the MLP of DeepFM & co., ``--mlp``, one option for every CTR searcher): no
+embedding method shrinks them, and in a Frappe-size DeepFM they are 87 % of the file.
+
+* ``"fp32"``: stored as trained (the default of the Python API);
+* ``"int8"``: after the search, every dense ``nn.Linear`` outside the embedding layers is
+  stored as an :class:`~ondevice.models.int8_linear.Int8Linear` (int8 weight + one fp32 scale
+  per output row); the accountant counts that form, and the validation metric is read on it;
+* ``"auto"`` (``compress``'s default): fp32 while the method's smallest model fits with it,
+  else int8. With ``first_order="auto"`` the combined order is (keep, fp32), (fp16, fp32),
+  (keep, int8), (fp16, int8), (drop, fp32), (drop, int8): lossless-ish storage changes before
+  dropping a part of the model.
+
+Recorded in the trace (``{"mlp": ...}``) and config (``_data["mlp"]``).
 """
 
 from __future__ import annotations
@@ -57,6 +71,7 @@ from ondevice.embedding import EmbeddingLayer, QuantizedEmbedding
 from ondevice.embedding.base import stored_bytes
 from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.models import BPRMF, CTRModel, RecModel
+from ondevice.models.int8_linear import quantizable_linears, quantize_dense_layers_
 from ondevice.schema import Schema
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint
 
@@ -64,6 +79,7 @@ __all__ = [
     "DEFAULT_GRAPH_OVERHEAD_BYTES",
     "FIRST_ORDER_OPTIONS",
     "FORMAT_MARGIN_BYTES",
+    "MLP_OPTIONS",
     "SEARCHERS",
     "ByteAccountant",
     "SearchResult",
@@ -85,6 +101,8 @@ DEFAULT_GRAPH_OVERHEAD_BYTES = 4096
 FORMAT_MARGIN_BYTES = 4096
 # How the CTR first-order (dim-1 ``linear``) table is stored (module docstring).
 FIRST_ORDER_OPTIONS = ("auto", "keep", "fp16", "drop")
+# How the dense (MLP) layers are stored (module docstring).
+MLP_OPTIONS = ("auto", "fp32", "int8")
 
 
 # ---------------------------------------------------------------------- bytes
@@ -119,13 +137,22 @@ class ByteAccountant:
     graph_overhead_bytes: int = DEFAULT_GRAPH_OVERHEAD_BYTES
     margin_bytes: int = FORMAT_MARGIN_BYTES
     first_order: str = "keep"
+    mlp: str = "fp32"
+
+    def _planned_child(self, name: str, child: nn.Module) -> nn.Module | None:
+        """A non-compressed child in its planned stored form: ``linear`` per ``first_order``,
+        dense layers in int8 when ``mlp == "int8"`` (a copy; the model is untouched)."""
+        if name == "linear" and isinstance(child, EmbeddingLayer):
+            return first_order_layer(child, self.first_order)
+        if self.mlp == "int8" and not isinstance(child, EmbeddingLayer) and quantizable_linears(child):
+            child = copy.deepcopy(child)
+            quantize_dense_layers_(child)
+        return child
 
     def _fixed_tensors(self, name: str, child: nn.Module) -> list[torch.Tensor]:
-        """Deployable tensors of a non-compressed child; ``linear`` in its planned form."""
-        if name == "linear" and isinstance(child, EmbeddingLayer):
-            layer = first_order_layer(child, self.first_order)
-            return [] if layer is None else _deployable_tensors(layer)
-        return _deployable_tensors(child)
+        """Deployable tensors of a non-compressed child in its planned form."""
+        planned = self._planned_child(name, child)
+        return [] if planned is None else _deployable_tensors(planned)
 
     def parameter_bytes(self, model: nn.Module) -> int:
         """Exact bytes of every tensor the exported file stores for ``model`` (deployable form)."""
@@ -137,12 +164,11 @@ class ByteAccountant:
     def planned_file_bytes(self, model: RecModel) -> int:
         """``file_bytes_estimate`` with the first-order table in its planned form (``first_order``),
         for a candidate model still holding the fp32 table it trains with."""
-        linear = getattr(model, "linear", None)
-        if linear is None or self.first_order == "keep":
+        if self.first_order == "keep" and self.mlp == "fp32":
             return self.file_bytes_estimate(model)
-        view = copy.copy(model)  # shallow: only the ``linear`` entry differs, the model is untouched
-        view._modules = dict(model._modules)
-        view._modules["linear"] = first_order_layer(linear, self.first_order)  # None when dropped
+        view = copy.copy(model)  # shallow: only planned children differ, the model is untouched
+        view._modules = {name: (child if child is None or name == "embedding" else self._planned_child(name, child))
+                         for name, child in model._modules.items()}
         return self.file_bytes_estimate(view)
 
     def fixed_parts(self, model: RecModel, compressible: str = "embedding") -> dict[str, int]:
@@ -195,6 +221,8 @@ class ByteAccountant:
             what = ", ".join(f"{_label(k)} {format_bytes(v)}" for k, v in top)
             if self.first_order != "keep":
                 what += {"fp16": "; first-order table in fp16", "drop": "; first-order table dropped"}.get(self.first_order, "")
+            if self.mlp == "int8":
+                what += "; MLP in int8"
         return BudgetTooSmallError(
             f"budget {format_bytes(budget_bytes)} is below the smallest model {method} can build, "
             f"{format_bytes(minimum_bytes)} ({what}); raise the budget or pick another --method",
@@ -214,50 +242,78 @@ def first_order_layer(layer: EmbeddingLayer, form: str) -> EmbeddingLayer | None
     raise BadInputError(f"first_order must be one of {', '.join(FIRST_ORDER_OPTIONS[1:])}; got {form!r}")
 
 
-def search_with_first_order(run: Callable[[SearchContext], SearchResult], ctx: SearchContext,
-                            option: str) -> SearchResult:
-    """Run ``run(ctx)`` with the first-order table in the form ``option`` picks (module docstring).
+def _form_order(first_order: list[str | None], mlp: list[str]) -> list[tuple[str | None, str]]:
+    """(first-order form, MLP form) pairs in order of preference (module docstring)."""
+    kept = [(f, m) for m in mlp for f in first_order if f != "drop"]
+    return kept + [(f, m) for m in mlp for f in first_order if f == "drop"]
 
-    ``auto`` tries ``keep``, ``fp16``, ``drop`` in turn and moves on when the method's
-    ``BudgetTooSmallError`` (raised before any training) says its smallest model does not fit;
-    the last error is raised. Models without a first-order table run unchanged.
+
+def search_with_first_order(run: Callable[[SearchContext], SearchResult], ctx: SearchContext,
+                            option: str | None, mlp: str = "fp32") -> SearchResult:
+    """Run ``run(ctx)`` with the first-order table and the dense layers in the forms the options pick.
+
+    ``option``: the first-order option (``None``: the searcher does not handle that table and
+    it is left as it is); ``mlp``: ``fp32`` | ``int8`` | ``auto`` (module docstring).
+    ``auto`` options try the forms in :func:`_form_order` and move on when the method's
+    ``BudgetTooSmallError`` (raised before any training) says its smallest model does not
+    fit; the last error is raised. Models without these parts run unchanged.
     """
-    if option not in FIRST_ORDER_OPTIONS:
+    if option is not None and option not in FIRST_ORDER_OPTIONS:
         raise BadInputError(f"first_order must be one of {', '.join(FIRST_ORDER_OPTIONS)}; got {option!r}")
+    if mlp not in MLP_OPTIONS:
+        raise BadInputError(f"--mlp must be one of {', '.join(MLP_OPTIONS)}; got {mlp!r}")
     full = ctx.ckpt.model
-    if not isinstance(full, CTRModel) or full.linear is None:
+    is_ctr = isinstance(full, CTRModel)
+    has_linear = option is not None and is_ctr and full.linear is not None
+    has_dense = is_ctr and bool(quantizable_linears(full))
+    if mlp == "int8" and not has_dense:
+        raise BadInputError(f"--mlp int8: {full.name} has no dense (MLP) layers to store in int8; use --mlp auto or fp32")
+    fo_forms: list[str | None] = (["keep", "fp16", "drop"] if option == "auto" else [option]) if has_linear else [None]
+    mlp_forms = (["fp32", "int8"] if mlp == "auto" else [mlp]) if has_dense else ["fp32"]
+    forms = _form_order(fo_forms, mlp_forms)
+    if forms == [(None, "fp32")]:
         return run(ctx)
-    forms = ["keep", "fp16", "drop"] if option == "auto" else [option]
     tried: list[dict[str, Any]] = []
-    for i, form in enumerate(forms):
+    for i, (form, mlp_form) in enumerate(forms):
         model = full
         if form == "drop":
             model = copy.deepcopy(full)
             model.linear = None
-        sub = dataclasses.replace(ctx, ckpt=dataclasses.replace(ctx.ckpt, model=model),
-                                  accountant=dataclasses.replace(ctx.accountant, first_order=form))
+        acc = dataclasses.replace(ctx.accountant, first_order=form or "keep", mlp=mlp_form)
+        sub = dataclasses.replace(ctx, ckpt=dataclasses.replace(ctx.ckpt, model=model), accountant=acc)
         try:
             result = run(sub)
         except BudgetTooSmallError as err:
             if i == len(forms) - 1:
                 raise
-            tried.append({"first_order": form, "minimum_bytes": err.minimum_bytes})
+            tried.append({"first_order": form, "mlp": mlp_form, "minimum_bytes": err.minimum_bytes})
             continue
         break
     out = result.model
+    changed = False
     if form == "fp16" and isinstance(out, CTRModel) and out.linear is not None:
+        out.linear = first_order_layer(out.linear, "fp16")
+        changed = True
+    if mlp_form == "int8" and quantizable_linears(out):
+        quantize_dense_layers_(out)
+        changed = True
+    if changed:  # the deployed (fp16 table / int8 MLP) model's metrics
         from ondevice.search.retrain import val_metrics
 
-        out.linear = first_order_layer(out.linear, "fp16")
         data = ctx.data if result.schema is None else ctx.data.select_fields(  # feature selection: its kept fields
             ctx.data.schema.field_positions(result.schema.field_names))
-        result.val = val_metrics(out, data)  # the deployed (fp16) model's metrics
+        result.val = val_metrics(out, data)
         out.eval()
     linear = getattr(out, "linear", None)
-    result.trace.append({"first_order": form, "option": option, "tried": tried,
-                         "first_order_bytes": linear.storage_bytes() if linear is not None else 0})
+    entry: dict[str, Any] = {"mlp": mlp_form, "mlp_option": mlp, "tried": tried}
+    if form is not None:
+        entry = {"first_order": form, "option": option, **entry,
+                 "first_order_bytes": linear.storage_bytes() if linear is not None else 0}
+    result.trace.append(entry)
     if isinstance(result.config.get("_data"), dict):
-        result.config["_data"]["first_order"] = form
+        if form is not None:
+            result.config["_data"]["first_order"] = form
+        result.config["_data"]["mlp"] = mlp_form
     return result
 
 
@@ -315,6 +371,7 @@ class Searcher:
     name: ClassVar[str] = "abstract"
     supports_dtype: ClassVar[bool] = False  # can compose with int8/fp16 (``--method X+int8``)
     tasks: ClassVar[tuple[str, ...]] = ("ctr",)  # "ctr" and/or "topk" (BPR-MF item table)
+    delegates: ClassVar[bool] = False  # runs other searchers, which handle first_order / mlp (``auto``)
 
     def get_params(self) -> dict[str, Any]:
         """The ``__init__`` arguments (JSON-able), read from the signature like sklearn."""
@@ -338,11 +395,13 @@ class Searcher:
         return f"{type(self).__name__}({args})"
 
     def search(self, checkpoint: str | Path | Checkpoint, data: str | Path | EncodedDataset, budget_bytes: int, *,
-               accountant: ByteAccountant | None = None, work_dir: str | Path | None = None) -> SearchResult:
+               accountant: ByteAccountant | None = None, work_dir: str | Path | None = None,
+               mlp: str = "fp32") -> SearchResult:
         """Compress ``checkpoint``'s model so its exported file fits ``budget_bytes``.
 
         ``work_dir``: a folder where a once-for-all method may cache what it trained for
         all budgets (RULE's elastic model); ``None`` keeps such caches in memory only.
+        ``mlp``: how the dense layers are stored, ``fp32`` | ``int8`` | ``auto`` (module docstring).
         """
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         ds = data if isinstance(data, EncodedDataset) else EncodedDataset(data)
@@ -361,10 +420,13 @@ class Searcher:
         if int(budget_bytes) < 1:
             raise BadInputError(f"budget must be >= 1 byte, got {budget_bytes}")
         ctx = SearchContext(ckpt=ckpt, data=ds, budget_bytes=int(budget_bytes), accountant=accountant or ByteAccountant(),
-                            work_dir=Path(work_dir) if work_dir is not None else None)
+                            work_dir=Path(work_dir) if work_dir is not None else None, mlp=mlp)
         started = time.perf_counter()
         first_order = getattr(self, "first_order", None)  # retraining CTR searchers: the shared option
-        result = self._search(ctx) if first_order is None else search_with_first_order(self._search, ctx, first_order)
+        if self.delegates:  # ``auto``: its candidates apply the options themselves
+            result = self._search(ctx)
+        else:
+            result = search_with_first_order(self._search, ctx, first_order, mlp)
         result.timings["total_s"] = time.perf_counter() - started
         result.params = {"method": self.method_name(), **self.get_params()}
         result.bytes_estimate = ctx.accountant.file_bytes_estimate(result.model)
@@ -385,6 +447,7 @@ class SearchContext:
     budget_bytes: int
     accountant: ByteAccountant
     work_dir: Path | None = None
+    mlp: str = "fp32"  # the --mlp option (``auto`` passes it to its candidates)
 
     @property
     def model(self) -> CTRModel:

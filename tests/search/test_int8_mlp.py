@@ -1,0 +1,125 @@
+"""``--mlp int8``: dense layers stored as int8 weights with per-row scales.
+
+The layer quantizes exactly as documented, the exported file holds int8 initializers and
+runs the fp32 Gemm with bit-identical weights in onnxruntime, checkpoints rebuild it, and
+``compress --mlp auto`` reaches budgets the fp32 MLP cannot (``--mlp fp32`` refuses them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from ondevice.compress import compress
+from ondevice.errors import BadInputError, BudgetTooSmallError
+from ondevice.export import export_artefact, verify_artefact
+from ondevice.models import build_model, model_from_description
+from ondevice.models.int8_linear import (
+    Int8Linear,
+    int8_linear_bytes,
+    quantizable_linears,
+    quantize_dense_layers_,
+)
+from ondevice.search import ByteAccountant
+from ondevice.train import TrainConfig, load_checkpoint, train
+from tests.conftest import make_ctr
+
+
+@pytest.fixture(scope="module")
+def wide_mlp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DeepFM whose MLP (80-128-128-1, 108 KB fp32) is most of the file, as in a Frappe-size model."""
+    root = tmp_path_factory.mktemp("int8_mlp")
+    cfg = TrainConfig(model="deepfm", embed_dim=16, mlp_dims=[128, 128], epochs=3, batch_size=256, lr=5e-3, patience=2)
+    train(make_ctr(root / "data"), root / "run", cfg, quiet=True)
+    return root / "run"
+
+
+def test_int8_linear_quantizes_per_row_and_counts_its_bytes() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(30, 7)
+    with torch.no_grad():
+        lin.weight[3] = 0.0  # an all-zero row keeps scale 1 and exact zeros
+    q = Int8Linear.from_linear(lin)
+    w = lin.weight.detach()
+    scale = w.abs().amax(dim=1) / 127
+    assert torch.equal(q.scale[3], torch.tensor(1.0)) and torch.all(q.weight_q[3] == 0)
+    err = (q.dequantized_weight() - w).abs()
+    rows = [r for r in range(7) if r != 3]
+    assert torch.all(err[rows] <= scale[rows].unsqueeze(1) / 2 + 1e-7)  # round to nearest
+    assert int(q.weight_q.abs().max()) == 127  # the largest |w| of a row maps to ±127
+    assert q.storage_bytes() == int8_linear_bytes(30, 7) == 7 * 30 + 8 * 7
+    assert q.storage_bytes() == sum(t.numel() * t.element_size() for t in q.state_dict().values())
+    x = torch.randn(5, 30)
+    torch.testing.assert_close(q(x), x @ q.dequantized_weight().T + lin.bias, rtol=0, atol=1e-6)
+
+
+def test_quantizable_linears_skip_embedding_layers_and_rebuild_from_description() -> None:
+    model = build_model("deepfm", [5, 6, 7], embed_dim=4, mlp_dims=(8, 8))
+    names = quantizable_linears(model)
+    assert names == ["mlp.0", "mlp.2", "mlp.4"]
+    quantize_dense_layers_(model)
+    desc = model.describe()
+    assert desc["int8_linears"] == names
+    twin = model_from_description(json.loads(json.dumps(desc)))
+    twin.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 5, (9, 3))
+    model.eval(), twin.eval()
+    with torch.no_grad():
+        assert torch.equal(twin(ids), model(ids))
+
+
+def test_accountant_counts_the_int8_form() -> None:
+    model = build_model("deepfm", [50, 60], embed_dim=8, mlp_dims=(64, 32))
+    fp32, int8 = ByteAccountant(mlp="fp32"), ByteAccountant(mlp="int8")
+    mlp_fp32 = fp32.fixed_parts(model)["mlp"]
+    mlp_int8 = int8.fixed_parts(model)["mlp"]
+    assert mlp_fp32 == 4 * (16 * 64 + 64 * 32 + 32) + 4 * (64 + 32 + 1)
+    assert mlp_int8 == int8_linear_bytes(16, 64) + int8_linear_bytes(64, 32) + int8_linear_bytes(32, 1)
+    assert isinstance(model.mlp[0], nn.Linear)  # planning never changes the model
+    assert int8.planned_file_bytes(model) == fp32.planned_file_bytes(model) - (mlp_fp32 - mlp_int8)
+
+
+def test_export_stores_int8_and_onnxruntime_matches(wide_mlp_run: Path, tmp_path: Path) -> None:
+    ckpt = load_checkpoint(wide_mlp_run)
+    fp32_art = export_artefact(ckpt, tmp_path / "fp32")
+    quantize_dense_layers_(ckpt.model)
+    manifest = export_artefact(ckpt, tmp_path / "int8")
+    graph = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph
+    int8_inits = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert sorted(tuple(i.dims) for i in int8_inits) == [(1, 128), (128, 80), (128, 128)]
+    saved = fp32_art["files"]["model.onnx"]["bytes"] - manifest["files"]["model.onnx"]["bytes"]
+    assert saved >= 3 * (80 * 128 + 128 * 128 + 128) - 4 * (128 + 128 + 1) - 512  # 3 B per weight, minus scales
+    report = verify_artefact(tmp_path / "int8")
+    assert report["passed"] and max(report["max_abs_diff"].values()) <= 1e-5  # fp32 compute: the fp32 tolerance
+
+
+def test_compress_mlp_auto_reaches_budgets_fp32_cannot(wide_mlp_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(BudgetTooSmallError, match="the MLP takes"):
+        compress(wide_mlp_run, budgets=["60KB"], methods=["uniform"], out_dir=tmp_path / "fp32", epochs=1,
+                 profile=False, plot=False, quiet=True, mlp="fp32")
+    s = compress(wide_mlp_run, budgets=["60KB"], methods=["uniform"], out_dir=tmp_path / "auto", epochs=1,
+                 profile=False, plot=False, quiet=True, mlp="auto")
+    run = s["runs"][0]
+    assert run["file_bytes"] <= 60_000 and run["config"]["_data"]["mlp"] == "int8"
+    assert max(run["verify_max_abs_diff"].values()) <= 1e-5 and run["val_metric"] > 0.6  # planted data: far above random
+    search = json.loads((tmp_path / "auto" / run["folder"] / "search.json").read_text())
+    assert any(t.get("mlp") == "int8" and t["tried"] for t in search["trace"])  # fp32 forms were tried first
+    with pytest.raises(BadInputError, match="--mlp"):
+        compress(wide_mlp_run, budgets=["60KB"], out_dir=tmp_path / "bad", mlp="int4", quiet=True)
+
+
+def test_int8_mlp_predictions_stay_close_to_fp32(wide_mlp_run: Path) -> None:
+    ckpt = load_checkpoint(wide_mlp_run)
+    model = ckpt.model.eval()
+    ids = torch.randint(0, 5, (512, model.num_fields))
+    with torch.no_grad():
+        ref = torch.sigmoid(model(ids)).numpy()
+        quantize_dense_layers_(model)
+        got = torch.sigmoid(model(ids)).numpy()
+    assert float(np.abs(got - ref).max()) < 0.02  # weight-only int8: a small, bounded change
