@@ -7,8 +7,9 @@ Datasets (skipped with a message when ``../shared/data`` lacks them):
 * ``frappe``: NFM's libFM Frappe files. The NFM *train* file is not in ``shared/data``; the
   validation + test files (86,582 rows) are pooled and split 80/10/10 by a seeded
   permutation (``prepare --format libfm --split random --seed 0``). DeepFM dim 10, MLP
-  400-400-400 (FuxiCTR/BARS). Here the MLP is ~85 % of the bytes and no method compresses
-  it, so every budget is below every method's minimum: reported as "does not fit (min X B)".
+  400-400-400 (FuxiCTR/BARS). Here the MLP is ~86 % of the bytes: with ``--mlp fp32`` every
+  budget is below every method's minimum; the default ``--mlp auto`` (``compress``'s
+  default) stores it in int8 and, for retraining methods, narrows it until the method fits.
 * ``frappe-small``: the same data, DeepFM dim 16, MLP 32-32, where the table dominates.
 * ``synthetic``: ``generate_ctr`` Criteo-like (13 integer + 26 categorical columns,
   ``--rows``, default 10^6), ``prepare --format criteo --min-count 2`` (166,864 ids at 10^6
@@ -26,7 +27,7 @@ indicative only). Finished entries are cached in ``benchmarks/.cache/compress_qu
 entries.json`` keyed by dataset settings + method + budget, so a rerun resumes.
 
     nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/compress_quality.py \
-        [--datasets frappe,frappe-small,synthetic,ml1m] [--rows 1000000] [--fresh]
+        [--datasets frappe,frappe-small,synthetic,ml1m] [--rows 1000000] [--mlp auto] [--fresh]
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def test_metrics(model, data, schema=None) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------- one dataset
-def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log) -> dict[str, Any]:
+def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log, mlp: str = "fp32") -> dict[str, Any]:
     from ondevice.compress import _search_fitting, measure_file_bytes
     from ondevice.data import EncodedDataset
     from ondevice.errors import BudgetTooSmallError
@@ -218,11 +219,13 @@ def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log)
             key = f"{name}|{_key(st)}|{method}|{label}"
             if method == "auto":  # its candidate list is part of what it is
                 key += f"|{_key(params['methods'])}"
+            if mlp != "fp32" and st["task"] == "ctr":
+                key += f"|mlp={mlp}"
             if key not in cache:
                 t0 = time.perf_counter()
                 try:
                     searcher = make_searcher(spec, **params)
-                    result, fb, attempts = _search_fitting(searcher, ckpt, data, nbytes, overhead,
+                    result, fb, attempts = _search_fitting(searcher, ckpt, data, nbytes, overhead, mlp=mlp,
                                                            work_dir=CACHE / f"work-{name}-{_key(st)}")
                 except BudgetTooSmallError as err:
                     cache[key] = {"fits": False, "min_bytes": err.minimum_bytes, "error": str(err).split(";")[0]}
@@ -238,13 +241,15 @@ def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log)
                         "timings": {k: float(v) for k, v in result.timings.items()},
                         "config": {k: v for k, v in cfg.items() if k in (
                             "dims", "dim", "buckets", "dtype", "mask_nnz", "reached_by", "lambda", "search_step",
-                            "threshold_init")} if isinstance(cfg, dict) else {},
+                            "threshold_init", "mlp", "mlp_dims", "first_order")} if isinstance(cfg, dict) else {},
                     }
                     if method == "rule":
                         cache[key]["config"]["blocks_per_group"] = result.trace[1].get("blocks_per_group")
                     if result.candidates is not None:
                         chosen = result.config["_data"]["chosen"]
-                        cache[key]["config"] = {"chosen": chosen}
+                        inner = result.config["_data"].get("config", {}).get("_data", {})
+                        cache[key]["config"] = {"chosen": chosen, **{k: inner[k] for k in ("mlp", "mlp_dims", "first_order")
+                                                                    if k in inner}}
                         cache[key]["candidates"] = [{k: c.get(k) for k in ("method", "outcome", "val_metric", "file_bytes",
                                                                            "seconds", "chosen")}
                                                     for c in result.candidates]
@@ -257,7 +262,7 @@ def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log)
                 log(f"[{name}] {label} {method}: {e['file_bytes']:,} B <= {nbytes:,}: {e['fits']}, "
                     f"val {e['val'][metric]:.4f} test {e['test'][metric]:.4f} "
                     f"(search {e['search_s']:.1f}s + retrain {e['retrain_s']:.1f}s)")
-    return {"dataset": name, "task": st["task"], "metric": metric, "data_dir": str(data_dir),
+    return {"dataset": name, "task": st["task"], "metric": metric, "data_dir": str(data_dir), "mlp": mlp,
             "rows": {s: len(data.split(s)) for s in ("train", "val", "test")},
             "fields": data.schema.num_fields, "ids": int(sum(data.schema.vocab_sizes)),
             "settings": st, "full": full, "budgets": budgets, "runs": rows, "targets": targets(st["task"], full, rows)}
@@ -374,7 +379,12 @@ def render(res: dict[str, Any]) -> dict[str, str]:
                 continue
             c = r.get("config", {})
             struct = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                               for k, v in c.items() if k not in ("dtype",) and not isinstance(v, list))
+                               for k, v in c.items() if k not in ("dtype", "first_order", "mlp") and not isinstance(v, list))
+            if c.get("mlp", "fp32") != "fp32":
+                struct += f"; MLP {c['mlp']}" + (f" {'-'.join(map(str, c['mlp_dims']))}" if c.get("mlp_dims") else "")
+            if c.get("first_order", "keep") != "keep":
+                struct += f"; first-order {c['first_order']}"
+            struct = struct.lstrip("; ")
             if isinstance(c.get("dims"), list):
                 struct = f"dims {c['dims']}" + (f", {struct}" if struct else "")
             if isinstance(c.get("buckets"), list):
@@ -430,13 +440,17 @@ def render(res: dict[str, Any]) -> dict[str, str]:
         if ds["task"] == "ctr":
             parts = full["bytes_by_part"]
             lin, mlp = parts["linear (first-order table)"], parts["mlp + biases"]
-            lines += ["", "Why budgets do not fit: no method compresses the MLP or the first-order (`linear`) table "
-                      f"({lin:,} B, 4 B per id) — together {lin + mlp:,} B, "
-                      f"{100 * (lin + mlp) / full['file_bytes']:.1f} % of the full file. PEP, SSEDS and MDE also keep "
-                      "the MLP's input width (projections back to the base dim) and at least one fp32 value per id "
-                      "(PEP: the CSR row pointers), so their minimum is that plus ≈ 4 B per id; `uniform` shrinks the "
-                      "MLP's first layer with the dim; `hash` shares rows; `int8`/`fp16` have one fixed size. "
-                      "`sseds min_dims=0` lets SSEDS drop whole fields."]
+            how = {"fp32": "the MLP stays fp32 (`--mlp fp32`)",
+                   "int8": "the MLP is stored in int8 (`--mlp int8`)",
+                   "auto": "`--mlp auto`: the MLP stays fp32 while the method fits, else int8 (1 B per weight), else — "
+                           "for retraining methods — an int8 MLP narrowed to 1/2 ... 1/16 of its neurons; the first-order "
+                           "table is kept, stored in fp16 or dropped (in that order)"}[ds.get("mlp", "fp32")]
+            lines += ["", f"Fixed parts: MLP + biases {mlp:,} B, first-order (`linear`) table {lin:,} B (4 B per id) — "
+                      f"together {100 * (lin + mlp) / full['file_bytes']:.1f} % of the full file; {how}. "
+                      "PEP, SSEDS and MDE keep the MLP's input width (projections back to the base dim) and at least "
+                      "≈ 1 B per id (PEP: blocked CSR row pointers; SSEDS/MDE: one fp32 dim per id unless "
+                      "`min_dims=0`); `uniform` shrinks the MLP's first layer with the dim; `hash` shares rows; "
+                      "`int8`/`fp16` (no retraining) have one fixed size and never get a narrowed MLP."]
         lines.append("")
         out[name] = "\n".join(lines)
     return out
@@ -452,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic-retrain-epochs", type=int, default=1,
                     help="retraining epochs and PEP threshold-search epochs (synthetic)")
     ap.add_argument("--ml1m-epochs", type=int, default=15)
+    ap.add_argument("--mlp", choices=["auto", "fp32", "int8"], default="auto",
+                    help="how CTR methods store the MLP (compress's --mlp; default auto, as compress)")
     ap.add_argument("--fresh", action="store_true", help="ignore cached entries (data and trained runs are kept)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -474,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     if not SHARED.is_dir():
         log(f"{SHARED} is absent: the Frappe and MovieLens-1M scenarios are skipped")
-    datasets = [run_dataset(n, all_settings[n], cache, save, log) for n in names]
+    datasets = [run_dataset(n, all_settings[n], cache, save, log, mlp=args.mlp) for n in names]
     from ondevice.export.onnx_export import versions
 
     res = {"benchmark": "compress_quality",

@@ -44,11 +44,18 @@ embedding method shrinks them, and in a Frappe-size DeepFM they are 87 % of the 
   stored as an :class:`~ondevice.models.int8_linear.Int8Linear` (int8 weight + one fp32 scale
   per output row); the accountant counts that form, and the validation metric is read on it;
 * ``"auto"`` (``compress``'s default): fp32 while the method's smallest model fits with it,
-  else int8. With ``first_order="auto"`` the combined order is (keep, fp32), (fp16, fp32),
-  (keep, int8), (fp16, int8), (drop, fp32), (drop, int8): lossless-ish storage changes before
-  dropping a part of the model.
+  else int8, else — for retraining searchers on models with a plain MLP — an int8 MLP
+  narrowed to ½, ¼, ⅛, 1/16 of every hidden layer's neurons
+  (:mod:`ondevice.models.narrow_mlp`: the highest-magnitude neurons keep their trained
+  weights, the searcher's retraining adapts the model). The widest MLP that lets the method
+  fit is taken; that is a preference rule, not a search over the split of bytes between
+  the MLP and the embedding. With ``first_order="auto"`` the combined order is (keep, fp32),
+  (fp16, fp32), (keep, int8), (fp16, int8), (keep, int8/2), (fp16, int8/2) ... and the
+  forms that drop the first-order table last: storage changes before dropping a part of
+  the model.
 
-Recorded in the trace (``{"mlp": ...}``) and config (``_data["mlp"]``).
+Recorded in the trace (``{"mlp": ...}``) and config (``_data["mlp"]``, and
+``_data["mlp_dims"]`` when narrowed).
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ from ondevice.embedding.base import stored_bytes
 from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.models import BPRMF, CTRModel, RecModel
 from ondevice.models.int8_linear import quantizable_linears, quantize_dense_layers_
+from ondevice.models.narrow_mlp import can_narrow, narrow_mlp_
 from ondevice.schema import Schema
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint
 
@@ -103,6 +111,8 @@ FORMAT_MARGIN_BYTES = 4096
 FIRST_ORDER_OPTIONS = ("auto", "keep", "fp16", "drop")
 # How the dense (MLP) layers are stored (module docstring).
 MLP_OPTIONS = ("auto", "fp32", "int8")
+# ``auto``'s narrower int8 MLPs: the fraction of hidden neurons kept is 1 / divisor.
+MLP_NARROWING = (2, 4, 8, 16)
 
 
 # ---------------------------------------------------------------------- bytes
@@ -248,12 +258,19 @@ def _form_order(first_order: list[str | None], mlp: list[str]) -> list[tuple[str
     return kept + [(f, m) for m in mlp for f in first_order if f == "drop"]
 
 
+def _mlp_form(form: str) -> tuple[str, int]:
+    """``"int8/4"`` -> (``"int8"``, 4): the dtype and the width divisor of an MLP form."""
+    dtype, _, div = form.partition("/")
+    return dtype, int(div or 1)
+
+
 def search_with_first_order(run: Callable[[SearchContext], SearchResult], ctx: SearchContext,
-                            option: str | None, mlp: str = "fp32") -> SearchResult:
+                            option: str | None, mlp: str = "fp32", narrow: bool = False) -> SearchResult:
     """Run ``run(ctx)`` with the first-order table and the dense layers in the forms the options pick.
 
     ``option``: the first-order option (``None``: the searcher does not handle that table and
     it is left as it is); ``mlp``: ``fp32`` | ``int8`` | ``auto`` (module docstring).
+    ``narrow``: whether ``auto`` may narrow the MLP (retraining searchers only).
     ``auto`` options try the forms in :func:`_form_order` and move on when the method's
     ``BudgetTooSmallError`` (raised before any training) says its smallest model does not
     fit; the last error is raised. Models without these parts run unchanged.
@@ -270,16 +287,22 @@ def search_with_first_order(run: Callable[[SearchContext], SearchResult], ctx: S
         raise BadInputError(f"--mlp int8: {full.name} has no dense (MLP) layers to store in int8; use --mlp auto or fp32")
     fo_forms: list[str | None] = (["keep", "fp16", "drop"] if option == "auto" else [option]) if has_linear else [None]
     mlp_forms = (["fp32", "int8"] if mlp == "auto" else [mlp]) if has_dense else ["fp32"]
+    if mlp == "auto" and narrow and can_narrow(full):
+        mlp_forms += [f"int8/{d}" for d in MLP_NARROWING]
     forms = _form_order(fo_forms, mlp_forms)
     if forms == [(None, "fp32")]:
         return run(ctx)
     tried: list[dict[str, Any]] = []
     for i, (form, mlp_form) in enumerate(forms):
         model = full
-        if form == "drop":
+        mlp_dtype, divisor = _mlp_form(mlp_form)
+        if form == "drop" or divisor > 1:
             model = copy.deepcopy(full)
-            model.linear = None
-        acc = dataclasses.replace(ctx.accountant, first_order=form or "keep", mlp=mlp_form)
+            if form == "drop":
+                model.linear = None
+            if divisor > 1:
+                narrow_mlp_(model, 1 / divisor)
+        acc = dataclasses.replace(ctx.accountant, first_order=form or "keep", mlp=mlp_dtype)
         sub = dataclasses.replace(ctx, ckpt=dataclasses.replace(ctx.ckpt, model=model), accountant=acc)
         try:
             result = run(sub)
@@ -294,7 +317,7 @@ def search_with_first_order(run: Callable[[SearchContext], SearchResult], ctx: S
     if form == "fp16" and isinstance(out, CTRModel) and out.linear is not None:
         out.linear = first_order_layer(out.linear, "fp16")
         changed = True
-    if mlp_form == "int8" and quantizable_linears(out):
+    if mlp_dtype == "int8" and quantizable_linears(out):
         quantize_dense_layers_(out)
         changed = True
     if changed:  # the deployed (fp16 table / int8 MLP) model's metrics
@@ -306,6 +329,8 @@ def search_with_first_order(run: Callable[[SearchContext], SearchResult], ctx: S
         out.eval()
     linear = getattr(out, "linear", None)
     entry: dict[str, Any] = {"mlp": mlp_form, "mlp_option": mlp, "tried": tried}
+    if divisor > 1:
+        entry["mlp_dims"] = list(out.mlp_dims)
     if form is not None:
         entry = {"first_order": form, "option": option, **entry,
                  "first_order_bytes": linear.storage_bytes() if linear is not None else 0}
@@ -314,6 +339,8 @@ def search_with_first_order(run: Callable[[SearchContext], SearchResult], ctx: S
         if form is not None:
             result.config["_data"]["first_order"] = form
         result.config["_data"]["mlp"] = mlp_form
+        if divisor > 1:
+            result.config["_data"]["mlp_dims"] = list(out.mlp_dims)
     return result
 
 
@@ -426,7 +453,8 @@ class Searcher:
         if self.delegates:  # ``auto``: its candidates apply the options themselves
             result = self._search(ctx)
         else:
-            result = search_with_first_order(self._search, ctx, first_order, mlp)
+            result = search_with_first_order(self._search, ctx, first_order, mlp,
+                                             narrow=isinstance(self, RetrainingSearcher))
         result.timings["total_s"] = time.perf_counter() - started
         result.params = {"method": self.method_name(), **self.get_params()}
         result.bytes_estimate = ctx.accountant.file_bytes_estimate(result.model)

@@ -26,7 +26,8 @@ from ondevice.models.int8_linear import (
     quantizable_linears,
     quantize_dense_layers_,
 )
-from ondevice.search import ByteAccountant
+from ondevice.models.narrow_mlp import can_narrow, narrow_mlp_, neuron_scores
+from ondevice.search import ByteAccountant, make_searcher
 from ondevice.train import TrainConfig, load_checkpoint, train
 from tests.conftest import make_ctr
 
@@ -123,3 +124,53 @@ def test_int8_mlp_predictions_stay_close_to_fp32(wide_mlp_run: Path) -> None:
         quantize_dense_layers_(model)
         got = torch.sigmoid(model(ids)).numpy()
     assert float(np.abs(got - ref).max()) < 0.02  # weight-only int8: a small, bounded change
+
+
+def test_narrow_mlp_keeps_the_strongest_neurons_and_rebuilds() -> None:
+    torch.manual_seed(0)
+    model = build_model("deepfm", [5, 6, 7], embed_dim=4, mlp_dims=(8, 6), batch_norm=True).eval()
+    assert can_narrow(model)
+    with torch.no_grad():
+        model.mlp[0].weight[3] *= 100  # neuron 3 of the first hidden layer dominates
+    w_in, w_out = model.mlp[0].weight.clone(), model.mlp[3].weight.clone()  # Linear, BN, ReLU, Linear...
+    scores = neuron_scores(w_in, w_out)
+    dims = narrow_mlp_(model, 0.5)
+    assert dims == model.mlp_dims == [4, 3]
+    kept = torch.sort(torch.topk(scores, 4).indices).values
+    assert 3 in kept.tolist()
+    assert torch.equal(model.mlp[0].weight, w_in[kept])
+    assert torch.equal(model.mlp[3].weight[:, :], model.mlp[3].weight) and model.mlp[3].in_features == 4
+    assert model.mlp[3].out_features == 3 and model.mlp[6].in_features == 3
+    assert model.mlp[1].num_features == 4 and model.mlp[1].running_mean.shape == (4,)
+    twin = model_from_description(json.loads(json.dumps(model.describe())))
+    twin.load_state_dict(model.state_dict())  # shapes match: mlp_dims travel in the config
+    ids = torch.randint(0, 5, (9, 3))
+    with torch.no_grad():
+        assert torch.equal(twin.eval()(ids), model(ids))
+
+
+def test_narrow_mlp_at_full_width_changes_nothing() -> None:
+    torch.manual_seed(1)
+    model = build_model("deepfm", [5, 6], embed_dim=4, mlp_dims=(8, 8)).eval()
+    ids = torch.randint(0, 5, (16, 2))
+    with torch.no_grad():
+        before = model(ids)
+        narrow_mlp_(model, 1.0)
+        assert torch.allclose(model(ids), before, atol=1e-6)  # same neurons, sorted order kept
+
+
+def test_compress_mlp_auto_narrows_only_when_int8_is_not_enough(wide_mlp_run: Path, tmp_path: Path) -> None:
+    s = compress(wide_mlp_run, budgets=["20KB"], methods=["sseds"], out_dir=tmp_path / "narrow", epochs=1,
+                 profile=False, plot=False, quiet=True, mlp="auto")
+    run = s["runs"][0]
+    data = run["config"]["_data"]
+    assert run["file_bytes"] <= 20_000 and data["mlp"].startswith("int8/")
+    divisor = int(data["mlp"].split("/")[1])
+    assert data["mlp_dims"] == [round(128 / divisor)] * 2
+    assert max(run["verify_max_abs_diff"].values()) <= 1e-5 and run["val_metric"] > 0.6
+    # post-training int8 tables are not retrained, so they are never given a narrowed MLP
+    ckpt = load_checkpoint(wide_mlp_run)
+    data_dir = json.loads((wide_mlp_run / "train.json").read_text())["data_dir"]
+    with pytest.raises(BudgetTooSmallError, match="MLP in int8") as err:
+        make_searcher("int8").search(ckpt, data_dir, 20_000, mlp="auto")
+    assert err.value.minimum_bytes > 100_000
