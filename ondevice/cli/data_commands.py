@@ -102,22 +102,30 @@ def prepare_command(inputs: tuple[Path, ...], fmt: str, out: Path, min_count: in
 @click.option("--fields", type=click.IntRange(min=1), default=None, help="libfm: categorical fields (default 10).")
 @click.option("--vocab", type=click.IntRange(min=2), default=None, help="ctr: values per field (default 4..100K).")
 @click.option("--truth", type=click.Path(path_type=Path), default=None, help="ctr: truth JSON (default OUT.truth.json).")
+@click.option("--latent-dim", type=click.IntRange(min=0), default=0, show_default=True,
+              help="ctr: plant an FM term of this rank among --latent-fields fields (0: none)")
+@click.option("--latent-fields", type=click.IntRange(min=2), default=6, show_default=True,
+              help="ctr: fields that take part in the planted FM term")
 @click.option("--users", default=1000, show_default=True, type=click.IntRange(min=1), help="topk: users.")
 @click.option("--items", default=2000, show_default=True, type=click.IntRange(min=2), help="topk: items.")
 @click.option("--mean-items", default=20.0, show_default=True, type=float, help="topk: mean items per user.")
 @click.option("--seed", default=0, show_default=True, type=int)
 def generate_command(task: str, out: Path, rows: int, fmt: str, fields: int | None, vocab: int | None,
-                     truth: Path | None, users: int, items: int, mean_items: float, seed: int) -> None:
+                     truth: Path | None, latent_dim: int, latent_fields: int, users: int, items: int,
+                     mean_items: float, seed: int) -> None:
     """Write synthetic data with a known planted structure, in a real raw format."""
     from ondevice.data.generate import generate_ctr, generate_topk
 
     t0 = time.perf_counter()
     if task == "ctr":
-        info = generate_ctr(out, rows, fields=fields, vocab=vocab, seed=seed, format=fmt, truth_path=truth)
+        info = generate_ctr(out, rows, fields=fields, vocab=vocab, seed=seed, format=fmt, truth_path=truth,
+                            latent_dim=latent_dim, latent_fields=latent_fields)
         imp = ", ".join(f["field"] for f in info["important_fields"])
         pairs = ", ".join("×".join(p["fields"]) for p in info["interactions"])
+        lat = info.get("latent_interactions")
+        latent = f"; rank-{lat['dim']} FM term among {', '.join(lat['fields'])}" if lat else ""
         click.echo(f"wrote {rows:,} {fmt} rows to {out} in {time.perf_counter() - t0:.1f} s; "
-                   f"positive rate {info['positive_rate']:.3f}; important: {imp}; pairs: {pairs}")
+                   f"positive rate {info['positive_rate']:.3f}; important: {imp}; pairs: {pairs}{latent}")
         click.echo(f"  next: ondevice prepare {out} --format {fmt} --out DATA_DIR")
     else:
         info = generate_topk(out, users=users, items=items, mean_items=mean_items, seed=seed)

@@ -128,7 +128,8 @@ class _PlantedCTR:
     """The planted model and the row sampler (shared by every chunk)."""
 
     def __init__(self, names: list[str], sizes: list[int], *, seed: int, alpha: float, base_rate: float,
-                 n_important: int, n_pairs: int, numeric: bool) -> None:
+                 n_important: int, n_pairs: int, numeric: bool, latent_dim: int = 0, latent_fields: int = 0,
+                 latent_std: float = 1.5) -> None:
         self.names, self.sizes, self.alpha, self.seed = names, sizes, alpha, seed
         rng = np.random.default_rng([seed, 1])
         self.cdfs = [_zipf_cdf(v, alpha) for v in sizes]
@@ -143,6 +144,16 @@ class _PlantedCTR:
         self.effects = {f: rng.normal(0.0, self.stds[f], size=sizes[f]) for f in self.important}
         self.pair_coef = [float(c) for c in np.linspace(1.0, 0.7, max(n_pairs, 1))[:n_pairs]]
         self.signs = {f: rng.choice(np.array([-1.0, 1.0]), size=sizes[f]) for p in self.pairs for f in p}
+        # Latent-factor interactions (an FM term) among further fields, from their own stream so
+        # that latent_dim=0 reproduces the data of earlier versions exactly.
+        rest = [int(i) for i in order[n_important + 2 * n_pairs:]]
+        self.latent = sorted(rest[:latent_fields]) if latent_dim > 0 else []
+        self.latent_dim = int(latent_dim) if self.latent else 0
+        n_lat_pairs = len(self.latent) * (len(self.latent) - 1) // 2
+        # <v_f, v_g> with v ~ N(0, σ² I_k) has variance k σ⁴; P such pairs sum to std latent_std.
+        self.latent_sigma = (latent_std ** 2 / max(1, n_lat_pairs * self.latent_dim)) ** 0.25 if self.latent else 0.0
+        lat_rng = np.random.default_rng([seed, 4])
+        self.vectors = {f: lat_rng.normal(0.0, self.latent_sigma, size=(sizes[f], self.latent_dim)) for f in self.latent}
         self.numeric_weight = 0.4 if numeric else 0.0
         self.intercept = 0.0
         self.intercept = self._solve_intercept(base_rate)
@@ -159,6 +170,9 @@ class _PlantedCTR:
             z += self.effects[f][ranks[:, f]]
         for (f, g), c in zip(self.pairs, self.pair_coef, strict=True):
             z += c * self.signs[f][ranks[:, f]] * self.signs[g][ranks[:, g]]
+        if self.latent:  # Σ_{f<g} <v_f, v_g> = (‖Σ v‖² − Σ ‖v‖²) / 2
+            vs = np.stack([self.vectors[f][ranks[:, f]] for f in self.latent], axis=1)  # [rows, m, k]
+            z += 0.5 * ((vs.sum(axis=1) ** 2).sum(axis=1) - (vs ** 2).sum(axis=(1, 2)))
         if numeric_z is not None and self.numeric_weight:
             z += self.numeric_weight * numeric_z
         return z
@@ -195,6 +209,10 @@ class _PlantedCTR:
                  "form": "coefficient * sign_f[value_f] * sign_g[value_g], signs ±1 per value"}
                 for (f, g), c in zip(self.pairs, self.pair_coef, strict=True)
             ],
+            **({"latent_interactions": {
+                "fields": [self.names[f] for f in self.latent], "dim": self.latent_dim, "sigma": self.latent_sigma,
+                "form": "sum over pairs f<g of <v_f[value_f], v_g[value_g]>, v ~ N(0, sigma^2 I_dim) per value"}}
+               if self.latent else {}),
         }
 
 
@@ -255,6 +273,8 @@ def generate_ctr(
     n_pairs: int = 2,
     missing_rate: float = 0.02,
     chunk_rows: int = 200_000,
+    latent_dim: int = 0,
+    latent_fields: int = 6,
 ) -> dict[str, Any]:
     """Write synthetic CTR data with a planted model; return the truth (also saved as JSON).
 
@@ -271,6 +291,10 @@ def generate_ctr(
     truth_path : JSON truth file; default ``<path>.truth.json``.
     alpha : Zipf exponent of value frequencies.
     missing_rate : fraction of empty categorical values (criteo format).
+    latent_dim : > 0 adds a planted FM term among ``latent_fields`` further fields: every
+        value has a ``latent_dim``-vector and the logit gains ``Σ_{f<g} <v_f, v_g>`` (std
+        ≈ 1.5), so the embedding dimension matters (with 0, a dim-1 model can fit the
+        planted logit). 0 keeps the data of earlier versions bit for bit.
     """
     if format not in CTR_FORMATS:
         raise BadInputError(f"unknown synthetic CTR format {format!r}; expected one of {', '.join(CTR_FORMATS)}")
@@ -291,8 +315,11 @@ def generate_ctr(
     sizes = _resolve_vocab(vocab, n_cat)
     n_important = min(n_important, n_cat)
     n_pairs = min(n_pairs, (n_cat - n_important) // 2)
+    if latent_dim < 0 or latent_fields < 0:
+        raise BadInputError(f"latent_dim and latent_fields must be >= 0, got {latent_dim}, {latent_fields}")
     model = _PlantedCTR(names, sizes, seed=seed, alpha=alpha, base_rate=base_rate, n_important=n_important,
-                        n_pairs=n_pairs, numeric=(format == "criteo"))
+                        n_pairs=n_pairs, numeric=(format == "criteo"), latent_dim=latent_dim,
+                        latent_fields=min(latent_fields, n_cat - n_important - 2 * n_pairs))
     values = [_hex_values(f, v, seed) for f, v in enumerate(sizes)] if format == "criteo" else \
         [np.arange(v) + int(np.sum(sizes[:f])) for f, v in enumerate(sizes)]
     offsets = np.cumsum([0] + sizes[:-1]).astype(np.int64)

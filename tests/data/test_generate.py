@@ -91,3 +91,24 @@ def test_synthetic_dataset_and_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="vocab has 2 sizes"):
         generate_ctr(tmp_path / "x", 10, vocab=[3, 4])
     assert not (tmp_path / "x").exists()
+
+
+def test_latent_fm_term_is_planted_and_off_by_default(tmp_path: Path) -> None:
+    """``latent_dim`` adds Σ_{f<g} <v_f, v_g> among fields outside the other planted ones; 0 changes nothing."""
+    from ondevice.data.generate import _PlantedCTR
+
+    names, sizes = [f"C{i}" for i in range(12)], [40] * 12
+    kw = dict(seed=3, alpha=1.1, base_rate=0.25, n_important=2, n_pairs=1, numeric=False)
+    plain = _PlantedCTR(names, sizes, **kw)
+    latent = _PlantedCTR(names, sizes, **kw, latent_dim=8, latent_fields=5)
+    assert plain.latent == [] and len(latent.latent) == 5
+    assert not set(latent.latent) & (set(latent.important) | {f for p in latent.pairs for f in p})
+    ranks = latent.sample_ranks(np.random.default_rng(0), 20_000)
+    vs = np.stack([latent.vectors[f][ranks[:, f]] for f in latent.latent], axis=1)
+    brute = sum((vs[:, i] * vs[:, j]).sum(1) for i in range(5) for j in range(i + 1, 5))
+    term = latent.logit(ranks, None) - plain.logit(ranks, None) - (latent.intercept - plain.intercept)
+    np.testing.assert_allclose(term, brute, atol=1e-9)
+    assert 1.0 < float(np.std(brute)) < 2.2  # scaled to std ≈ 1.5
+    truth = generate_ctr(tmp_path / "l.tsv", 2000, seed=3, latent_dim=4, latent_fields=3)
+    assert truth["latent_interactions"]["dim"] == 4 and len(truth["latent_interactions"]["fields"]) == 3
+    assert "latent_interactions" not in generate_ctr(tmp_path / "p.tsv", 2000, seed=3)
