@@ -1,5 +1,5 @@
 """RULE benchmark (issue 5): Recall@20 / NDCG@20 vs byte budget for RULE against uniform
-dimension and int8 on the same BPR-MF; one-off training time, per-budget search time, and
+dimension, int8 and PEP on the same BPR-MF; one-off training time, per-budget search time, and
 the estimator's rank correlation with true validation quality.
 
 Data: MovieLens-1M, LCFN implicit split (``../shared/data/movielens-1m/lcfn-implicit-split/``,
@@ -22,7 +22,10 @@ the server). Methods, all from the same checkpoint:
   users (``nested_candidates``, the searcher's default; a deviation from the paper);
 * ``uniform``: the largest dimension whose item table fits, SVD warm start, retrained
   ``--uniform-epochs`` epochs (users and items, BPR);
-* ``int8``: row-wise int8 item table (only one size: listed where it fits).
+* ``int8``: row-wise int8 item table (only one size: listed where it fits);
+* ``pep``, ``pep+fp16``: PEP's soft thresholds on the item table (``--pep-search-epochs``
+  search epochs, threshold lr ``--pep-threshold-lr``), lottery-ticket retrain
+  ``--uniform-epochs`` epochs; blocked-CSR storage (fp32 or fp16 values).
 
 Validation metrics are what the searchers select on; test metrics (full ranking, train and
 validation items excluded) are read once per artefact, after selection.
@@ -79,6 +82,11 @@ def main() -> None:
     ap.add_argument("--diversity", type=float, default=0.1)
     ap.add_argument("--finetune-epochs", type=int, default=3, help="rule+ft: per-budget fine-tuning epochs (0: skip)")
     ap.add_argument("--finetune-lr", type=float, default=5e-3)
+    ap.add_argument("--pep", default="pep,pep+fp16", help="PEP variants on the item table ('' to skip)")
+    ap.add_argument("--pep-search-epochs", type=int, default=5)
+    ap.add_argument("--pep-threshold-lr", type=float, default=1e-2,
+                    help="PEP threshold learning rate (the paper's coupled-decay dynamics; 1e-3 rarely reaches "
+                         "the byte target within the search epochs here)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     src, default_budgets = DATASETS[args.dataset]
@@ -106,11 +114,15 @@ def main() -> None:
     for b in budgets:
         nbytes = parse_budget(b)
         variants = [m for m in RULE_VARIANTS if args.finetune_epochs > 0 or not m.endswith("+ft")]
-        for method in (*variants, "uniform", "int8"):
+        peps = [m for m in args.pep.split(",") if m]
+        for method in (*variants, "uniform", "int8", *peps):
             if method in RULE_VARIANTS:
                 searcher = rule.clone(nested_candidates="nested" in method,
                                       finetune_epochs=args.finetune_epochs if method.endswith("+ft") else 0,
                                       finetune_lr=args.finetune_lr)
+            elif method.startswith("pep"):
+                searcher = make_searcher(method, epochs=args.uniform_epochs, lr=5e-3, batch_size=2048,
+                                         search_epochs=args.pep_search_epochs, threshold_lr=args.pep_threshold_lr)
             else:
                 searcher = make_searcher(method, epochs=args.uniform_epochs, lr=5e-3, batch_size=2048)
             t1 = time.perf_counter()
@@ -152,7 +164,7 @@ def main() -> None:
 def render(r: dict) -> str:
     st = r["rule_supernet"] or {}
     est = st.get("estimator_heldout", {})
-    lines = [f"# RULE vs uniform dimension vs int8 — {r['dataset']} (BPR-MF, D = 64)", "",
+    lines = [f"# RULE vs uniform dimension vs int8 vs PEP — {r['dataset']} (BPR-MF, D = 64)", "",
              *([f"Command: `{r['command']}`", ""] if r.get("command") else []),
              f"{r['items'] - 1:,} items, {r['users'] - 1:,} users; split {r['split']}. Budgets bound model.onnx "
              "(item table + graph). Selection on validation; test read once per artefact.", "",
@@ -169,6 +181,9 @@ def render(r: dict) -> str:
                 note += f"; search {row['timings']['search_s']:.1f} s + fine-tune {row['timings']['retrain_s']:.1f} s"
         elif row["method"] == "uniform":
             note = f"dim {row['config']['dim']}"
+        elif row["method"].startswith("pep"):
+            c = row["config"]
+            note = f"{c['mask_nnz']:,} non-zeros of {c['mask_shape'][0] * c['mask_shape'][1]:,}, reached by {c['reached_by']}"
         secs = f"{row['seconds']:.1f}" if "seconds" in row else "—"
         lines.append(f"| {row['budget'] or 'full'} | {row['method']} | {row['file_bytes']:,} | {row['val']['recall@20']:.4f} | "
                      f"{row['val']['ndcg@20']:.4f} | {row['test']['recall@20']:.4f} | {row['test']['ndcg@20']:.4f} | {secs} | {note} |")

@@ -182,8 +182,13 @@ def fit_topk(
     select_best: bool = True,
     evaluate: bool = True,
     max_steps_per_epoch: int | None = None,
+    on_step: Callable[[int], bool] | None = None,
+    grad_clip: float | None = None,
 ) -> FitResult:
     """Train a BPR-MF ``model`` in place on the train split (module docstring); val Recall@k.
+
+    ``on_step(steps)`` runs after every optimizer step; returning True stops training
+    (PEP's byte-target snapshot), as in :func:`fit_ctr`.
 
     Epoch ``e`` shuffles with ``default_rng([seed, e])`` and draws its negatives from
     ``default_rng([seed, e, 1])`` (the trainer's streams); ``before_step`` gets its own
@@ -198,6 +203,7 @@ def fit_topk(
     best, best_epoch, best_state, bad = -math.inf, 0, None, 0
     history: list[dict[str, Any]] = []
     steps = 0
+    stop = False
     val: dict[str, float] = {}
     best_val: dict[str, float] = {}
     for epoch in range(1, epochs + 1):
@@ -226,11 +232,16 @@ def fit_topk(
             for o in opts:
                 o.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             for o in opts:
                 o.step()
             steps += 1
             total += float(loss.detach()) * len(rows)
             n += len(rows)
+            if on_step is not None and on_step(steps):
+                stop = True
+                break
         entry: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(n, 1), "steps": steps}
         if evaluate:
             val = val_metrics(model, data, k=k)
@@ -242,7 +253,7 @@ def fit_topk(
             else:
                 bad += 1
         history.append(entry)
-        if evaluate and select_best and bad >= patience:
+        if stop or (evaluate and select_best and bad >= patience):
             break
     if select_best and best_state is not None:
         model.load_state_dict(best_state)

@@ -268,3 +268,25 @@ def test_positions_above_32767_items_stay_int16_and_export(tmp_path: Path) -> No
                       dynamic_axes={"ids": {0: "b"}}, opset_version=17, dynamo=False)
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"ids": ids.numpy()})[0]
     np.testing.assert_allclose(got, sub(ids).detach().numpy(), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------- PEP on the item table (issue 5's baseline)
+def test_pep_prunes_the_item_table_of_bprmf_and_the_artefact_verifies(setting, tmp_path: Path) -> None:
+    from ondevice.embedding import MaskedEmbedding
+    from ondevice.export import export_artefact, verify_artefact
+    from ondevice.train.checkpoint import Checkpoint
+
+    ckpt, data, acc, full_bytes = setting
+    budget = full_bytes // 3
+    result = make_searcher("pep", epochs=2, lr=5e-3, batch_size=512, search_epochs=4, threshold_lr=5e-2).search(
+        ckpt, data, budget, accountant=acc)
+    layer = result.model.item_embedding
+    assert isinstance(layer, MaskedEmbedding) and result.metric == "recall@20"
+    assert int(layer.mask.sum()) == result.config["_data"]["mask_nnz"] < layer.mask.numel()
+    assert torch.all(layer.dense_weight()[~layer.mask] == 0)
+    assert result.model.user_embedding.dense_weight().ne(0).all()  # the user table (server side) stays dense
+    assert measure_file_bytes(result.model)[0] <= budget
+    assert result.val["recall@20"] > 0.05  # far above random (20 of 1,000 items)
+    out = Checkpoint(model=result.model, schema=ckpt.schema, train_config=ckpt.train_config, metrics={}, path=ckpt.path)
+    export_artefact(out, tmp_path / "art", budget=budget)
+    assert verify_artefact(tmp_path / "art")["passed"]

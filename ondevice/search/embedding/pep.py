@@ -47,6 +47,9 @@ Deviations (documented choices)
   (``"reached_by": "magnitude"``), so an artefact is always produced.
 * The first-order (``linear``) table is not pruned (the reference code leaves
   ``FeaturesLinear`` dense too).
+* Top-K (BPR-MF, an extension: the paper evaluates CTR models): the soft threshold is put on
+  the *item* table, the one the artefact stores; the user table stays dense on the server.
+  Search and retrain use the BPR loop (``fit_topk``), validation Recall@20 selects.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from ondevice.embedding import (
 )
 from ondevice.embedding.quantized import check_table_dtype
 from ondevice.errors import BadInputError
+from ondevice.models import BPRMF
 from ondevice.search.base import (
     RetrainingSearcher,
     SearchContext,
@@ -77,7 +81,7 @@ from ondevice.search.base import (
     make_config,
     register_searcher,
 )
-from ondevice.search.retrain import fit_ctr, val_metrics
+from ondevice.search.retrain import fit_ctr, fit_topk, topk_metric_name, val_metrics
 
 __all__ = ["GRANULARITIES", "PEPEmbedding", "PEPSearcher", "masked_bytes"]
 
@@ -171,6 +175,7 @@ class PEPSearcher(RetrainingSearcher):
 
     name = "pep"
     supports_dtype = True
+    tasks = ("ctr", "topk")  # top-K: the BPR-MF item table (the artefact's only table)
 
     def __init__(self, *, granularity: str = "feature_dim", threshold_init: float | str = "auto",
                  weight_decay: float = 1e-5, threshold_lr: float | None = None, search_epochs: int = 20,
@@ -200,26 +205,29 @@ class PEPSearcher(RetrainingSearcher):
 
     def _search(self, ctx: SearchContext) -> SearchResult:
         full, acc, budget = ctx.model, ctx.accountant, ctx.budget_bytes
-        vocab, D = list(full.embedding.vocab_sizes), full.embedding.dim
-        target = acc.embedding_target(full, budget)
+        topk = isinstance(full, BPRMF)
+        table = "item_embedding" if topk else "embedding"  # the table the artefact stores
+        base: EmbeddingLayer = getattr(full, table)
+        vocab, D = list(base.vocab_sizes), base.dim
+        target = acc.embedding_target(full, budget, compressible=table)
         check_table_dtype(self.dtype, owner="pep")
         smallest = masked_bytes(vocab, D, torch.zeros(sum(vocab), D, dtype=torch.bool), self.dtype)
         if smallest > target:
-            raise acc.too_small(self.name, budget, acc.fixed_bytes(full) + smallest, full, smallest)
+            raise acc.too_small(self.name, budget, acc.fixed_bytes(full, table) + smallest, full, smallest)
         t0 = time.perf_counter()
         torch.manual_seed(self.seed)
         model = copy.deepcopy(full)
-        v0 = full.embedding.dense_weight() if self.warm_start else torch.randn(sum(vocab), D) * 1e-2
+        v0 = base.dense_weight() if self.warm_start else torch.randn(sum(vocab), D) * 1e-2
         s0 = self._s0(v0)
         pep = PEPEmbedding(vocab, D, granularity=self.granularity, threshold_init=s0)
         with torch.no_grad():
             pep.weight.copy_(v0)
-        model.embedding = pep
+        setattr(model, table, pep)
         for layer in model.embedding_layers().values():  # dense gradients: Adam + decay on every row (paper)
             if hasattr(layer, "sparse"):
                 layer.sparse = False
         step0 = copy.deepcopy(model.state_dict())  # rewind point (Engine: initial_embedding.npy)
-        others = [p for n, p in model.named_parameters() if n != "embedding.threshold"]
+        others = [p for n, p in model.named_parameters() if n != f"{table}.threshold"]
         opt = torch.optim.Adam([{"params": others},
                                 {"params": [pep.threshold], "lr": self.threshold_lr or self.lr}],
                                lr=self.lr, weight_decay=self.weight_decay)  # coupled L2, s included
@@ -237,8 +245,9 @@ class PEPSearcher(RetrainingSearcher):
                 return True
             return False
 
-        fit = fit_ctr(model, ctx.data, epochs=self.search_epochs, batch_size=self.batch_size, seed=self.seed,
-                      optimizers=[opt], on_step=on_step, select_best=False, evaluate=False, grad_clip=100.0)
+        fit_kw = dict(epochs=self.search_epochs, batch_size=self.batch_size, seed=self.seed, optimizers=[opt],
+                      on_step=on_step, select_best=False, evaluate=False, grad_clip=100.0)
+        fit = fit_topk(model, ctx.data, **fit_kw) if topk else fit_ctr(model, ctx.data, **fit_kw)
         if snapshot:
             mask, reached = snapshot["mask"], "threshold"
         else:
@@ -247,13 +256,13 @@ class PEPSearcher(RetrainingSearcher):
 
         # --- retrain: rewind every weight to step 0, table V0 ⊙ M, thresholds off.
         model = copy.deepcopy(full)
-        state = {k.removeprefix("embedding."): v for k, v in step0.items() if k.startswith("embedding.")}
+        state = {k.removeprefix(f"{table}."): v for k, v in step0.items() if k.startswith(f"{table}.")}
         masked = MaskedEmbedding(vocab, D, sparse=False, deploy_dtype=self.dtype)
         with torch.no_grad():
             masked.weight.copy_(state["weight"] * mask)
         masked.set_mask(mask)
-        model.load_state_dict({k: v for k, v in step0.items() if not k.startswith("embedding.")}, strict=False)
-        model.embedding = masked
+        model.load_state_dict({k: v for k, v in step0.items() if not k.startswith(f"{table}.")}, strict=False)
+        setattr(model, table, masked)
         for layer in model.embedding_layers().values():
             if hasattr(layer, "sparse"):
                 layer.sparse = False
@@ -262,16 +271,17 @@ class PEPSearcher(RetrainingSearcher):
         refit = self._retrain(ctx, model, optimizers=[opt], grad_clip=100.0)
         val = refit.val
         if self.dtype != "float32":  # the stored (rounded) values are what the device computes with
-            model.embedding = masked.to_deployable()
+            setattr(model, table, masked.to_deployable())
             val = val_metrics(model, ctx.data)
         config = make_config("PEPConfig", {"mask_nnz": int(mask.sum()), "mask_shape": list(mask.shape),
                                            "reached_by": reached, "search_step": snapshot.get("step", fit.steps),
                                            "threshold_init": s0, "granularity": self.granularity,
-                                           "dtype": self.dtype})
+                                           "dtype": self.dtype, "table": table})
         trace.append({"reached_by": reached, "embedding_target": target, "embedding_bytes": masked.storage_bytes(),
                       "search_steps": fit.steps})
         trace.append({"retrain": refit.history})
-        return SearchResult(model=model, config=config, val=val, metric="auc", trace=trace,
+        metric = topk_metric_name(20) if topk else "auc"
+        return SearchResult(model=model, config=config, val=val, metric=metric, trace=trace,
                             timings={"search_s": search_s, "retrain_s": refit.seconds})
 
 
