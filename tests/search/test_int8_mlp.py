@@ -174,3 +174,17 @@ def test_compress_mlp_auto_narrows_only_when_int8_is_not_enough(wide_mlp_run: Pa
     with pytest.raises(BudgetTooSmallError, match="MLP in int8") as err:
         make_searcher("int8").search(ckpt, data_dir, 20_000, mlp="auto")
     assert err.value.minimum_bytes > 100_000
+
+
+def test_post_training_int8_counts_the_planned_mlp(wide_mlp_run: Path) -> None:
+    """The PTQ baselines size the model with the MLP in its planned form (regression: fp32 was counted)."""
+    from ondevice.compress import measure_file_bytes
+
+    ckpt = load_checkpoint(wide_mlp_run)
+    data_dir = json.loads((wide_mlp_run / "train.json").read_text())["data_dir"]
+    small = make_searcher("int8").search(ckpt, data_dir, 10**7, mlp="int8")
+    budget = measure_file_bytes(small.model)[0] + 64
+    with pytest.raises(BudgetTooSmallError):
+        make_searcher("int8").search(ckpt, data_dir, budget, mlp="fp32")
+    result = make_searcher("int8").search(ckpt, data_dir, budget, mlp="auto")
+    assert quantizable_linears(result.model) == [] and measure_file_bytes(result.model)[0] <= budget

@@ -211,7 +211,7 @@ class _PTQSearcher(Searcher):
         model = copy.deepcopy(full)
         if isinstance(model, BPRMF):
             model.item_embedding = QuantizedEmbedding.from_dense(full.item_embedding, dtype=self.dtype_name)  # type: ignore[attr-defined]
-            est = acc.file_bytes_estimate(model)
+            est = acc.planned_file_bytes(model)
             if est > budget:
                 raise acc.too_small(self.name, budget, est, model, model.item_embedding.storage_bytes())
             model.eval()
@@ -223,7 +223,7 @@ class _PTQSearcher(Searcher):
         model.embedding = QuantizedEmbedding.from_dense(full.embedding, dtype=self.dtype_name)
         if model.linear is not None:
             model.linear = QuantizedEmbedding.from_dense(full.linear, dtype=self.dtype_name)
-        est = acc.file_bytes_estimate(model)
+        est = acc.planned_file_bytes(model)  # the MLP in its planned (--mlp) form
         if est > budget:
             raise acc.too_small(self.name, budget, est, model, model.embedding.storage_bytes())
         model.eval()
