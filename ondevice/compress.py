@@ -328,6 +328,20 @@ def _label(metric: str) -> str:
     return "AUC" if metric == "auc" else metric
 
 
+def _stored_as(config: dict[str, Any]) -> str:
+    """How the parts no method compresses were stored: ``MLP int8/2 200-200; first-order fp16``."""
+    data = config.get("_data") or {}
+    if "chosen" in data:  # auto: the chosen method's config
+        data = (data.get("config") or {}).get("_data") or {}
+    parts = []
+    mlp = data.get("mlp")
+    if mlp:
+        parts.append(f"MLP {mlp}" + (f" {'-'.join(map(str, data['mlp_dims']))}" if data.get("mlp_dims") else ""))
+    if data.get("first_order"):
+        parts.append(f"first-order {data['first_order']}")
+    return "; ".join(parts) or "—"
+
+
 def render_summary_markdown(s: dict[str, Any]) -> str:
     full = s["full_model"]
     metric = full.get("metric", "auc")
@@ -338,15 +352,16 @@ def render_summary_markdown(s: dict[str, Any]) -> str:
         f"Run `{s['run_dir']}`. Full model: {full['file_bytes']:,} B, val {label} {full['val'][metric]:.4f}. "
         "Metrics are on the validation split (the test split is not read by compress).",
         "",
-        f"| target | method | budget B | file B | × smaller | val {label} | Δ vs full | search+retrain s | p50 ms (b=1) | folder |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| target | method | budget B | file B | × smaller | val {label} | Δ vs full | stored as | search+retrain s | "
+        "p50 ms (b=1) | folder |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in s["runs"]:
         p50 = f"{r['p50_ms_batch1']:.3f}" if r["p50_ms_batch1"] is not None else "—"
         lines.append(f"| {r['target']} | {r['method']} | {r['budget_bytes']:,} | {r['file_bytes']:,} | "
                      f"{full['file_bytes'] / r['file_bytes']:.1f} | {r['val_metric']:.4f} | "
-                     f"{r['val_metric'] - full['val'][metric]:+.4f} | {r['timings']['search_and_retrain_s']:.1f} | "
-                     f"{p50} | `{r['folder']}` |")
+                     f"{r['val_metric'] - full['val'][metric]:+.4f} | {_stored_as(r.get('config') or {})} | "
+                     f"{r['timings']['search_and_retrain_s']:.1f} | {p50} | `{r['folder']}` |")
     for r in (x for x in s["runs"] if x.get("candidates")):
         lines += ["", f"## auto at {r['target']}: candidates", "",
                   f"| method | outcome | file B | val {label} | seconds | chosen |", "|---|---|---:|---:|---:|---|"]
