@@ -293,6 +293,8 @@ def search_with_first_order(run: Callable[[SearchContext], SearchResult], ctx: S
     if forms == [(None, "fp32")]:
         return run(ctx)
     tried: list[dict[str, Any]] = []
+    failed: tuple[int, int] | None = None  # (fixed bytes, minimum bytes) of the last form that did not fit
+    last_error: BudgetTooSmallError | None = None
     for i, (form, mlp_form) in enumerate(forms):
         model = full
         mlp_dtype, divisor = _mlp_form(mlp_form)
@@ -303,15 +305,26 @@ def search_with_first_order(run: Callable[[SearchContext], SearchResult], ctx: S
             if divisor > 1:
                 narrow_mlp_(model, 1 / divisor)
         acc = dataclasses.replace(ctx.accountant, first_order=form or "keep", mlp=mlp_dtype)
+        fixed = acc.fixed_bytes(model)
+        if failed is not None and failed[0] - fixed < failed[1] - ctx.budget_bytes and i < len(forms) - 1:
+            # This form only changes fixed parts; it saves too little to close the last gap, so
+            # running the method again (some search before they can tell) is skipped. The last
+            # (smallest) form always runs: its error states the method's true minimum.
+            tried.append({"first_order": form, "mlp": mlp_form, "skipped": f"saves {failed[0] - fixed:,} B, "
+                          f"needs {failed[1] - ctx.budget_bytes:,} B"})
+            continue
         sub = dataclasses.replace(ctx, ckpt=dataclasses.replace(ctx.ckpt, model=model), accountant=acc)
         try:
             result = run(sub)
         except BudgetTooSmallError as err:
-            if i == len(forms) - 1:
-                raise
+            last_error = err
             tried.append({"first_order": form, "mlp": mlp_form, "minimum_bytes": err.minimum_bytes})
+            failed = (fixed, err.minimum_bytes) if err.minimum_bytes is not None else None
             continue
         break
+    else:
+        assert last_error is not None  # the first form always runs
+        raise last_error
     out = result.model
     changed = False
     if form == "fp16" and isinstance(out, CTRModel) and out.linear is not None:

@@ -188,3 +188,36 @@ def test_post_training_int8_counts_the_planned_mlp(wide_mlp_run: Path) -> None:
         make_searcher("int8").search(ckpt, data_dir, budget, mlp="fp32")
     result = make_searcher("int8").search(ckpt, data_dir, budget, mlp="auto")
     assert quantizable_linears(result.model) == [] and measure_file_bytes(result.model)[0] <= budget
+
+
+def test_forms_that_cannot_close_the_gap_are_skipped(wide_mlp_run: Path) -> None:
+    """A method that only fails after work is not rerun for forms saving too few bytes."""
+    from ondevice.search.base import SearchContext, SearchResult, search_with_first_order
+
+    ckpt = load_checkpoint(wide_mlp_run)
+    data = json.loads((wide_mlp_run / "train.json").read_text())["data_dir"]
+    from ondevice.data import EncodedDataset
+
+    embedding_need = 30_000  # what the (pretend) method needs besides the fixed parts
+    calls: list[tuple[str, int]] = []
+
+    def run(ctx: SearchContext) -> SearchResult:
+        fixed = ctx.accountant.fixed_bytes(ctx.model)
+        calls.append((ctx.accountant.mlp, fixed))
+        if fixed + embedding_need > ctx.budget_bytes:
+            raise BudgetTooSmallError("too small", minimum_bytes=fixed + embedding_need)
+        return SearchResult(model=ctx.model, config={"_data": {}}, val={"auc": 0.5}, metric="auc")
+
+    acc = ByteAccountant()
+    fixed = ByteAccountant(mlp="int8", first_order="fp16").fixed_bytes(ckpt.model)
+    budget = fixed + embedding_need - 1  # (fp16 table, int8 MLP) misses by 1 B; narrowing the MLP to 1/2 fits
+    ctx = SearchContext(ckpt=ckpt, data=EncodedDataset(data), budget_bytes=budget, accountant=acc)
+    result = search_with_first_order(run, ctx, "auto", "auto", narrow=True)
+    trace = result.trace[-1]
+    assert trace["mlp"] == "int8/2" and result.config["_data"]["mlp_dims"] == [64, 64]
+    ran = [t for t in trace["tried"] if "minimum_bytes" in t]
+    skipped = [t for t in trace["tried"] if "skipped" in t]
+    assert [(t["first_order"], t["mlp"]) for t in ran] == [("keep", "fp32"), ("keep", "int8")]
+    # an fp16 first-order table saves too little to close either gap: never run
+    assert [(t["first_order"], t["mlp"]) for t in skipped] == [("fp16", "fp32"), ("fp16", "int8")]
+    assert [m for m, _ in calls] == ["fp32", "int8", "int8"]  # the third: int8 at half width, which fits
