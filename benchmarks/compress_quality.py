@@ -112,7 +112,7 @@ def settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "train": dict(model="bprmf", embed_dim=64, lr=5e-3, epochs=args.ml1m_epochs, patience=3, batch_size=2048,
                           l2=1e-4, threads=1, seed=0),
             "search": {"uniform": {"epochs": 3, "lr": 5e-3, "batch_size": 2048},
-                       "rule": {"epochs": 3, "lr": 1e-3, "n_samples": 600, "diversity": 0.1}},
+                       "rule": {"epochs": 3, "lr": 1e-3, "n_samples": 600, "diversity": 0.1, "finetune_epochs": 3}},
         },
     }
 

@@ -21,7 +21,7 @@ from ondevice.search.evolution import regularized_evolution
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint
 from tests.topk_runs import pretrained_topk_run
 
-FAST = {"n_blocks": 4, "n_groups": 4, "epochs": 3, "lr": 5e-3, "batch_size": 512, "n_samples": 150,
+FAST = {"n_blocks": 4, "n_groups": 4, "epochs": 3, "lr": 5e-3, "batch_size": 512, "n_samples": 150, "finetune_epochs": 0,
         "eval_users": None, "cycles": 300}
 
 
@@ -176,7 +176,7 @@ def test_rule_minimum_budget_and_task_checks(setting, trained_run: Path) -> None
 def finetuned(setting, rule_results):
     ckpt, data, acc, _ = setting
     budgets, plain = rule_results
-    searcher = make_searcher("rule", **FAST, finetune_epochs=2, finetune_lr=5e-3)
+    searcher = make_searcher("rule", **{**FAST, "finetune_epochs": 2, "finetune_lr": 5e-3})
     return budgets[0], plain[0], searcher.search(ckpt, data, budgets[0], accountant=acc)
 
 
