@@ -20,7 +20,7 @@ Datasets (skipped with a message when ``../shared/data`` lacks them):
   cannot matter there; here it does.
 * ``ml1m``: MovieLens-1M LCFN implicit split (``prepare --format implicit --split given``),
   BPR-MF D = 64; Recall@20 / NDCG@20 (full ranking, train + validation items excluded)
-  for ``rule``, ``uniform``, ``int8``, ``fp16``.
+  for ``rule``, ``uniform``, ``int8``, ``fp16``, ``pep``, ``pep+fp16`` (the item table).
 
 Every (dataset, method, budget) goes through the searcher and ``compress``'s fit loop
 (search, measure the exported ONNX, tighten the margin and retry if over), then the
@@ -63,7 +63,7 @@ CTR_METHODS = ["pep", "pep+fp16", "sseds", "mde", "uniform", "hash", "int8", "fp
 # ``min_dims=0`` lets a field drop all its dimensions, the only way a pruning method can go
 # below one float per id (with the uncompressed first-order table, 1/10 of a dim-16 DeepFM
 # leaves less than that).
-TOPK_METHODS = ["rule", "uniform", "int8", "fp16", "auto"]
+TOPK_METHODS = ["rule", "uniform", "int8", "fp16", "pep", "pep+fp16", "auto"]
 # ``auto`` (issue 6) tries the single methods above (variants aside) with the same settings,
 # so its target is checkable here: never worse than the best single method it tried.
 AUTO_TIME_LIMIT_S = 3600.0
@@ -112,7 +112,8 @@ def settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "train": dict(model="bprmf", embed_dim=64, lr=5e-3, epochs=args.ml1m_epochs, patience=3, batch_size=2048,
                           l2=1e-4, threads=1, seed=0),
             "search": {"uniform": {"epochs": 3, "lr": 5e-3, "batch_size": 2048},
-                       "rule": {"epochs": 3, "lr": 1e-3, "n_samples": 600, "diversity": 0.1, "finetune_epochs": 3}},
+                       "rule": {"epochs": 3, "lr": 1e-3, "n_samples": 600, "diversity": 0.1, "finetune_epochs": 3},
+                       "pep": {"epochs": 3, "lr": 5e-3, "batch_size": 2048, "search_epochs": 5, "threshold_lr": 1e-2}},
         },
     }
 
@@ -378,7 +379,7 @@ def render(res: dict[str, Any]) -> dict[str, str]:
         else:
             lines += [f"BPR-MF D = {tr['embed_dim']}, trained ≤ {tr['epochs']} epochs. {ds['ids']:,} ids (users + items); split "
                       f"{ds['rows']}. Budgets bound `model.onnx` (item table + graph; the user table stays on the server). "
-                      f"RULE: {st['search']['rule']}; uniform retrained {st['search']['uniform']['epochs']} epochs.", "",
+                      f"RULE: {st['search']['rule']}; uniform retrained {st['search']['uniform']['epochs']} epochs; PEP: {st['search'].get('pep')}.", "",
                       "| budget | method | budget B | file B | × smaller | val R@20 | test R@20 | test N@20 | Δ test R@20 (rel.) | "
                       "search + retrain s (wall) | structure |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
                       f"| full | bprmf fp32 | — | {full['file_bytes']:,} | 1.0 | {full['val']['recall@20']:.4f} | "

@@ -53,7 +53,7 @@ __all__ = ["AutoSearcher", "CTR_CANDIDATES", "TOPK_CANDIDATES", "candidate_metho
 # Cheapest first; methods whose module is not installed/registered are left out at run time.
 CTR_CANDIDATES = ("int8", "fp16", "sseds", "sseds+int8", "uniform", "uniform+int8", "mde", "mde+int8",
                   "autofield", "pep", "hash")
-TOPK_CANDIDATES = ("int8", "fp16", "rule", "rule+int8", "uniform", "uniform+int8")
+TOPK_CANDIDATES = ("int8", "fp16", "rule", "rule+int8", "uniform", "uniform+int8", "pep", "pep+fp16")
 _NO_RETRAIN = {"int8", "fp16"}
 
 
