@@ -50,9 +50,11 @@ embedding method shrinks them, and in a Frappe-size DeepFM they are 87 % of the 
   weights, the searcher's retraining adapts the model). The widest MLP that lets the method
   fit is taken; that is a preference rule, not a search over the split of bytes between
   the MLP and the embedding. With ``first_order="auto"`` the combined order is (keep, fp32),
-  (fp16, fp32), (keep, int8), (fp16, int8), (keep, int8/2), (fp16, int8/2) ... and the
-  forms that drop the first-order table last: storage changes before dropping a part of
-  the model.
+  (fp16, fp32), (keep, int8), (fp16, int8), then (drop, fp32), (drop, int8), then the
+  narrowed MLPs, each with keep / fp16 / drop: storage changes before removing parameters,
+  and the first-order table before MLP neurons. Measured on the synthetic Criteo-like set
+  at 1/30 of the bytes (``hash+int8``, 166,864 ids): narrowing the MLP to 1/16 to keep an
+  fp16 first-order table gave test AUC 0.767, dropping the table and keeping the MLP 0.823.
 
 Recorded in the trace (``{"mlp": ...}``) and config (``_data["mlp"]``, and
 ``_data["mlp_dims"]`` when narrowed).
@@ -253,9 +255,13 @@ def first_order_layer(layer: EmbeddingLayer, form: str) -> EmbeddingLayer | None
 
 
 def _form_order(first_order: list[str | None], mlp: list[str]) -> list[tuple[str | None, str]]:
-    """(first-order form, MLP form) pairs in order of preference (module docstring)."""
-    kept = [(f, m) for m in mlp for f in first_order if f != "drop"]
-    return kept + [(f, m) for m in mlp for f in first_order if f == "drop"]
+    """(first-order form, MLP form) pairs in order of preference (module docstring): storage
+    changes first, then dropping the first-order table, then narrowing the MLP."""
+    full_width = [m for m in mlp if "/" not in m]
+    narrowed = [m for m in mlp if "/" in m]
+    kept = [(f, m) for m in full_width for f in first_order if f != "drop"]
+    dropped = [(f, m) for m in full_width for f in first_order if f == "drop"]
+    return kept + dropped + [(f, m) for m in narrowed for f in first_order]
 
 
 def _mlp_form(form: str) -> tuple[str, int]:

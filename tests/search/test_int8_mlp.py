@@ -7,6 +7,7 @@ runs the fp32 Gemm with bit-identical weights in onnxruntime, checkpoints rebuil
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -209,8 +210,10 @@ def test_forms_that_cannot_close_the_gap_are_skipped(wide_mlp_run: Path) -> None
         return SearchResult(model=ctx.model, config={"_data": {}}, val={"auc": 0.5}, metric="auc")
 
     acc = ByteAccountant()
-    fixed = ByteAccountant(mlp="int8", first_order="fp16").fixed_bytes(ckpt.model)
-    budget = fixed + embedding_need - 1  # (fp16 table, int8 MLP) misses by 1 B; narrowing the MLP to 1/2 fits
+    no_table = copy.deepcopy(ckpt.model)
+    no_table.linear = None
+    fixed = ByteAccountant(mlp="int8", first_order="drop").fixed_bytes(no_table)
+    budget = fixed + embedding_need - 1  # (table dropped, int8 MLP) misses by 1 B; narrowing the MLP to 1/2 fits
     ctx = SearchContext(ckpt=ckpt, data=EncodedDataset(data), budget_bytes=budget, accountant=acc)
     result = search_with_first_order(run, ctx, "auto", "auto", narrow=True)
     trace = result.trace[-1]
@@ -218,6 +221,7 @@ def test_forms_that_cannot_close_the_gap_are_skipped(wide_mlp_run: Path) -> None
     ran = [t for t in trace["tried"] if "minimum_bytes" in t]
     skipped = [t for t in trace["tried"] if "skipped" in t]
     assert [(t["first_order"], t["mlp"]) for t in ran] == [("keep", "fp32")]
-    # the forms between save less than the first gap (int8 at full width misses by 1 B): never run
-    assert [(t["first_order"], t["mlp"]) for t in skipped] == [("fp16", "fp32"), ("keep", "int8"), ("fp16", "int8")]
+    # the forms between save less than the first gap (int8 at full width, no table, misses by 1 B): never run
+    assert [(t["first_order"], t["mlp"]) for t in skipped] == [("fp16", "fp32"), ("keep", "int8"), ("fp16", "int8"),
+                                                                ("drop", "fp32"), ("drop", "int8")]
     assert [m for m, _ in calls] == ["fp32", "int8"]  # the second: int8 at half width, which fits
