@@ -483,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mlp", choices=["auto", "fp32", "int8"], default="auto",
                     help="how CTR methods store the MLP (compress's --mlp; default auto, as compress)")
     ap.add_argument("--fresh", action="store_true", help="ignore cached entries (data and trained runs are kept)")
+    ap.add_argument("--cache", type=Path, default=CACHE / "entries.json",
+                    help="entries file (a second invocation running at the same time needs its own)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -492,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{time.perf_counter() - started:7.1f}s {msg}", file=sys.stderr, flush=True)
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    cache_file = CACHE / "entries.json"
+    cache_file = args.cache
     cache: dict[str, Any] = {} if args.fresh or not cache_file.is_file() else json.loads(cache_file.read_text())
 
     def save() -> None:
