@@ -33,8 +33,29 @@ from ondevice.embedding.base import EmbeddingLayer, field_offsets, register_embe
 from ondevice.embedding.dense import DenseEmbedding
 from ondevice.embedding.quantized import QuantizedEmbedding, check_table_dtype
 from ondevice.embedding.row_pruned import RowPrunedEmbedding
-from ondevice.embedding.sparse import SparseEmbedding
+from ondevice.embedding.sparse import SPARSE_LAYOUTS, SparseEmbedding
 from ondevice.errors import BadInputError
+
+
+def deployable_bytes(vocab_sizes: Sequence[int], dim: int, nonzero: torch.Tensor,
+                     dtype: str = "float32") -> tuple[dict[str, int], torch.Tensor]:
+    """Exact bytes of every exact deployable format of a ``[Σ vocab, D]`` table whose non-zero
+    entries are ``nonzero``, stored at ``dtype``; and the rows row pruning keeps (non-empty
+    rows plus each field's OOV row). From counts only: PEP and DeepLight call it every step.
+    """
+    row_nnz = nonzero.sum(dim=1)
+    nnz, k = int(row_nnz.sum()), int(row_nnz.max()) if row_nnz.numel() else 0
+    keep = row_nnz > 0
+    keep[field_offsets(vocab_sizes)] = True  # each field's OOV row is always kept
+    kept = [int(keep[s:s + n].sum()) for s, n in zip(field_offsets(vocab_sizes), vocab_sizes, strict=True)]
+    v = list(vocab_sizes)
+    out = {"dense": sum(v) * dim * 4 + 16 * len(v) if dtype == "float32" else QuantizedEmbedding.expected_bytes(v, dim, dtype),
+           "row_pruned": RowPrunedEmbedding.expected_bytes(v, dim, kept, dtype)}
+    if dtype != "int8":  # int8 rows have no sparse form
+        for layout in SPARSE_LAYOUTS:
+            out[f"sparse_{layout}"] = SparseEmbedding.expected_bytes(v, dim, nnz, k, layout=layout, dtype=dtype,
+                                                                     row_nnz=row_nnz)
+    return out, keep
 
 
 @register_embedding
@@ -108,27 +129,15 @@ class MaskedEmbedding(EmbeddingLayer):
         w = self.effective_weight()
         if self.deploy_dtype == "float16":
             w = w.clamp(-65504.0, 65504.0).to(torch.float16).to(torch.float32)
-        nz = w != 0
-        row_nnz = nz.sum(dim=1)
-        nnz, k = int(row_nnz.sum()), int(row_nnz.max())
-        keep = row_nnz > 0
-        keep[field_offsets(self.vocab_sizes)] = True  # each field's OOV row is always kept
-        kept = [int(keep[s:s + v].sum()) for s, v in zip(field_offsets(self.vocab_sizes), self.vocab_sizes, strict=True)]
-        v, d, dt = self.vocab_sizes, self.dim, self.deploy_dtype
-        out: dict[str, tuple[int, Callable[[], EmbeddingLayer]]] = {}
-        if dt == "float32":
-            out["dense"] = (sum(v) * d * 4 + 16 * len(v), self._build_dense)
-        else:
-            out["dense"] = (QuantizedEmbedding.expected_bytes(v, d, dt),
-                            lambda: QuantizedEmbedding.from_dense(self, dtype=dt))
-        out["row_pruned"] = (RowPrunedEmbedding.expected_bytes(v, d, kept, dt),
-                             lambda: RowPrunedEmbedding.from_dense(self, keep, pruned_to="zero", dtype=dt))
-        if dt != "int8":
-            for layout in ("csr", "bcsr", "ell"):
-                out[f"sparse_{layout}"] = (
-                    SparseEmbedding.expected_bytes(v, d, nnz, k, layout=layout, dtype=dt, row_nnz=row_nnz),
-                    lambda layout=layout: SparseEmbedding.from_weight(v, w, layout=layout, dtype=dt))
-        return out
+        v, dt = self.vocab_sizes, self.deploy_dtype
+        sizes, keep = deployable_bytes(v, self.dim, w != 0, dt)
+        builders: dict[str, Callable[[], EmbeddingLayer]] = {
+            "dense": self._build_dense if dt == "float32" else lambda: QuantizedEmbedding.from_dense(self, dtype=dt),
+            "row_pruned": lambda: RowPrunedEmbedding.from_dense(self, keep, pruned_to="zero", dtype=dt),
+            **{f"sparse_{layout}": (lambda layout=layout: SparseEmbedding.from_weight(v, w, layout=layout, dtype=dt))
+               for layout in SPARSE_LAYOUTS},
+        }
+        return {name: (nbytes, builders[name]) for name, nbytes in sizes.items()}
 
     def _build_dense(self) -> DenseEmbedding:
         new = DenseEmbedding(self.vocab_sizes, self.dim, sparse=self.sparse)

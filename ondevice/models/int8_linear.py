@@ -1,6 +1,6 @@
 """Dense layers stored in int8: weight-only post-training quantization of the MLP.
 
-A Frappe-size DeepFM (MLP 400-400-400) keeps 87 % of its bytes in the MLP, so no embedding
+A Frappe-size DeepFM (MLP 400-400-400) keeps 86 % of its bytes in the MLP, so no embedding
 method alone reaches ¼ of its file. :class:`Int8Linear` stores ``W [out, in]`` as int8 with
 one fp32 scale per output row (symmetric, round to nearest)::
 
@@ -19,8 +19,8 @@ back (``Cast`` + ``Mul`` nodes in front of the Gemm). ONNX Runtime constant-fold
 nodes when the session is created, so the file is small and the run is the fp32 Gemm:
 batch-1 latency does not change (measured in ``benchmarks/latency_mlp_bound.py``, which also
 times ORT's dynamic int8 ``MatMulInteger`` path for comparison). ``DequantizeLinear`` was not
-used: ORT keeps it unfolded by default (a QDQ node) and dequantizes on every call (89 µs vs
-40 µs for the 400-wide MLP at batch 1 here).
+used: ORT leaves a weight-only ``DequantizeLinear`` unfolded by default (it is kept for QDQ
+fusion), so it would dequantize the weights on every call.
 """
 
 from __future__ import annotations
@@ -33,11 +33,7 @@ from torch import nn
 
 from ondevice.embedding import EmbeddingLayer
 
-__all__ = ["DENSE_DTYPES", "Int8Linear", "int8_linear_bytes", "quantize_dense_layers_", "quantizable_linears"]
-
-# How a model's dense (non-embedding) Linear layers are stored: ``--mlp``.
-DENSE_DTYPES = ("fp32", "int8")
-
+__all__ = ["Int8Linear", "int8_linear_bytes", "quantize_dense_layers_", "quantizable_linears"]
 
 def int8_linear_bytes(in_features: int, out_features: int) -> int:
     """Exact stored bytes of an :class:`Int8Linear` (weight, scales, bias)."""

@@ -24,7 +24,7 @@ embedding's deployable tensors plus the graph; ``compressible`` is ``item_embedd
 
 First-order table (CTR models' dim-1 ``linear``, 4 B per id): no method compresses it, so
 every retraining CTR searcher takes ``first_order`` (``"auto"`` default), resolved in one
-place, :func:`search_with_first_order`:
+place, :func:`search_with_fixed_parts`:
 
 * ``"keep"``: fp32 table, counted as fixed bytes (the behaviour before the option);
 * ``"fp16"``: retrained in fp32, then stored as a frozen fp16 :class:`QuantizedEmbedding`
@@ -37,7 +37,7 @@ The choice is recorded in the result's trace (``{"first_order": ...}``) and conf
 (``_data["first_order"]``).
 
 Dense layers (the MLP of DeepFM & co., ``--mlp``, one option for every CTR searcher): no
-embedding method shrinks them, and in a Frappe-size DeepFM they are 87 % of the file.
+embedding method shrinks them, and in a Frappe-size DeepFM they are 86 % of the file.
 
 * ``"fp32"``: stored as trained (the default of the Python API);
 * ``"int8"``: after the search, every dense ``nn.Linear`` outside the embedding layers is
@@ -52,9 +52,10 @@ embedding method shrinks them, and in a Frappe-size DeepFM they are 87 % of the 
   the MLP and the embedding. With ``first_order="auto"`` the combined order is (keep, fp32),
   (fp16, fp32), (keep, int8), (fp16, int8), then (drop, fp32), (drop, int8), then the
   narrowed MLPs, each with keep / fp16 / drop: storage changes before removing parameters,
-  and the first-order table before MLP neurons. Measured on the synthetic Criteo-like set
-  at 1/30 of the bytes (``hash+int8``, 166,864 ids): narrowing the MLP to 1/16 to keep an
-  fp16 first-order table gave test AUC 0.767, dropping the table and keeping the MLP 0.823.
+  and the first-order table before MLP neurons. (On the synthetic Criteo-like set at 1/30
+  of the bytes, ``hash+int8`` with the table dropped and the MLP kept reaches test AUC 0.823,
+  ``benchmarks/results/compress_quality_synthetic.md``; an earlier run that narrowed the MLP
+  first to keep an fp16 table did clearly worse.)
 
 Recorded in the trace (``{"mlp": ...}``) and config (``_data["mlp"]``, and
 ``_data["mlp_dims"]`` when narrowed).
@@ -100,7 +101,7 @@ __all__ = [
     "make_searcher",
     "method_names",
     "register_searcher",
-    "search_with_first_order",
+    "search_with_fixed_parts",
 ]
 
 # Graph bytes (node protos, value names, shapes) of a small CTR model when nothing was
@@ -174,8 +175,8 @@ class ByteAccountant:
         return self.parameter_bytes(model) + self.graph_overhead_bytes + self.margin_bytes
 
     def planned_file_bytes(self, model: RecModel) -> int:
-        """``file_bytes_estimate`` with the first-order table in its planned form (``first_order``),
-        for a candidate model still holding the fp32 table it trains with."""
+        """``file_bytes_estimate`` with the first-order table and the dense layers in their planned
+        forms (``first_order``, ``mlp``), for a candidate model still holding the fp32 parts it trains with."""
         if self.first_order == "keep" and self.mlp == "fp32":
             return self.file_bytes_estimate(model)
         view = copy.copy(model)  # shallow: only planned children differ, the model is untouched
@@ -270,7 +271,7 @@ def _mlp_form(form: str) -> tuple[str, int]:
     return dtype, int(div or 1)
 
 
-def search_with_first_order(run: Callable[[SearchContext], SearchResult], ctx: SearchContext,
+def search_with_fixed_parts(run: Callable[[SearchContext], SearchResult], ctx: SearchContext,
                             option: str | None, mlp: str = "fp32", narrow: bool = False) -> SearchResult:
     """Run ``run(ctx)`` with the first-order table and the dense layers in the forms the options pick.
 
@@ -472,7 +473,7 @@ class Searcher:
         if self.delegates:  # ``auto``: its candidates apply the options themselves
             result = self._search(ctx)
         else:
-            result = search_with_first_order(self._search, ctx, first_order, mlp,
+            result = search_with_fixed_parts(self._search, ctx, first_order, mlp,
                                              narrow=isinstance(self, RetrainingSearcher))
         result.timings["total_s"] = time.perf_counter() - started
         result.params = {"method": self.method_name(), **self.get_params()}

@@ -193,7 +193,7 @@ def test_post_training_int8_counts_the_planned_mlp(wide_mlp_run: Path) -> None:
 
 def test_forms_that_cannot_close_the_gap_are_skipped(wide_mlp_run: Path) -> None:
     """A method that only fails after work is not rerun for forms saving too few bytes."""
-    from ondevice.search.base import SearchContext, SearchResult, search_with_first_order
+    from ondevice.search.base import SearchContext, SearchResult, search_with_fixed_parts
 
     ckpt = load_checkpoint(wide_mlp_run)
     data = json.loads((wide_mlp_run / "train.json").read_text())["data_dir"]
@@ -215,7 +215,7 @@ def test_forms_that_cannot_close_the_gap_are_skipped(wide_mlp_run: Path) -> None
     fixed = ByteAccountant(mlp="int8", first_order="drop").fixed_bytes(no_table)
     budget = fixed + embedding_need - 1  # (table dropped, int8 MLP) misses by 1 B; narrowing the MLP to 1/2 fits
     ctx = SearchContext(ckpt=ckpt, data=EncodedDataset(data), budget_bytes=budget, accountant=acc)
-    result = search_with_first_order(run, ctx, "auto", "auto", narrow=True)
+    result = search_with_fixed_parts(run, ctx, "auto", "auto", narrow=True)
     trace = result.trace[-1]
     assert trace["mlp"] == "int8/2" and result.config["_data"]["mlp_dims"] == [64, 64]
     ran = [t for t in trace["tried"] if "minimum_bytes" in t]

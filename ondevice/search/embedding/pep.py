@@ -63,14 +63,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ondevice.embedding import (
-    EmbeddingLayer,
-    MaskedEmbedding,
-    QuantizedEmbedding,
-    RowPrunedEmbedding,
-    SparseEmbedding,
-    field_offsets,
-)
+from ondevice.embedding import EmbeddingLayer, MaskedEmbedding, field_offsets
+from ondevice.embedding.masked import deployable_bytes
 from ondevice.embedding.quantized import check_table_dtype
 from ondevice.errors import BadInputError
 from ondevice.models import BPRMF
@@ -96,22 +90,11 @@ def _soft_threshold(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 def masked_bytes(vocab_sizes: Sequence[int], dim: int, mask: torch.Tensor, dtype: str = "float32") -> int:
     """Exact bytes of the cheapest deployable format at ``dtype`` for a ``[Σ vocab, D]`` 0/1 mask.
 
-    The candidates of ``MaskedEmbedding.deploy_candidates`` (dense, row-pruned, and for fp32 /
-    fp16 values CSR, BCSR, ELL) computed from counts only. (fp16 may round a few kept values
-    to zero; the deployed table is then smaller than this, never larger.)
+    The smallest of :func:`ondevice.embedding.masked.deployable_bytes` (dense, row-pruned, and
+    for fp32 / fp16 values CSR, BCSR, ELL). (fp16 may round a few kept values to zero; the
+    deployed table is then smaller than this, never larger.)
     """
-    row_nnz = mask.sum(dim=1)
-    nnz, k = int(row_nnz.sum()), int(row_nnz.max()) if row_nnz.numel() else 0
-    keep = row_nnz > 0
-    keep[field_offsets(vocab_sizes)] = True
-    kept = [int(keep[s:s + v].sum()) for s, v in zip(field_offsets(vocab_sizes), vocab_sizes, strict=True)]
-    v = list(vocab_sizes)
-    dense = sum(v) * dim * 4 + 16 * len(v) if dtype == "float32" else QuantizedEmbedding.expected_bytes(v, dim, dtype)
-    candidates = [dense, RowPrunedEmbedding.expected_bytes(v, dim, kept, dtype)]
-    if dtype != "int8":
-        candidates += [SparseEmbedding.expected_bytes(v, dim, nnz, k, layout=layout, dtype=dtype, row_nnz=row_nnz)
-                       for layout in ("csr", "bcsr", "ell")]
-    return min(candidates)
+    return min(deployable_bytes(vocab_sizes, dim, mask.bool(), dtype)[0].values())
 
 
 class PEPEmbedding(EmbeddingLayer):

@@ -82,7 +82,7 @@ Method
    exactly the trained values. Measured (``benchmarks/rule.py``, 3 epochs, lr 5e-3): on
    MovieLens-1M +0.000–0.001 val Recall@20 (≈ 10 s per budget: the chosen blocks are already
    near a BPR optimum); on Amazon-CDs (35,648 items, 64 one-dim blocks, 8 elastic epochs)
-   +0.001–0.003 at every budget (40–60 s per budget), which is what lifts RULE over
+   +0.0004–0.0027 at every budget (≈ 38 s per budget, max 43 s), which is what lifts RULE over
    uniform dimension at 2 MB (val 0.0437 vs 0.0430; without it 0.0412). Hence on by
    default; the search itself stays a few seconds per budget (``search_s``).
 
