@@ -45,7 +45,7 @@ single file) and run in ONNX Runtime 1.32 (parity 0.0 on 256 ids incl. OOV/negat
     90 % zeros, Zipf row density   16   1,181,963 / 1,186,484   8,000,016 / 8,002,917
 
 (``K`` = largest row non-zero count.) ``bcsr`` on the same kind of table (random normal,
-seed 0, torch 2.13): 70 % zeros 2,512,640 B storage (csr 2,800,139, ``b`` = 32), 90 %
+seed 0, torch 2.13; ``python benchmarks/sparse_formats.py``): 70 % zeros 2,512,640 B storage (csr 2,800,139, ``b`` = 32), 90 %
 902,465 (csr 1,199,340, ``b`` = 128), 97 % 341,761 (csr 640,200, ``b`` = 256); its graph is
 ~1.3 KB larger than csr's. A third layout, a per-row bitmap (uint16 for
 ``D = 16``) + ``row_ptr`` + packed values, would store ~2.52 MB / ~1.24 MB: 10 % smaller
