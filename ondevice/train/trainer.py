@@ -38,7 +38,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -60,23 +60,45 @@ CTR_MODELS = ("fm", "deepfm", "widedeep", "deepfwfm", "dcn")
 TOPK_MODELS = ("bprmf",)
 
 
+# Table entries (rows x dim, all tables) up to which ``sparse_embeddings="auto"`` trains the
+# tables with dense gradients + Adam (coupled L2 on every row, the original PEP/FuxiCTR
+# setting, +0.001-0.003 test AUC on Frappe); above it lazy Adam keeps a step O(batch rows).
+DENSE_TABLE_ENTRIES = 1 << 22
+
+
+# The defaults of every CTR model, measured strongest on Frappe against the original PEP code
+# and FuxiCTR (benchmarks/original_protocol.py): BatchNorm + dropout 0.2 in the MLP, Adam lr
+# 1e-3 with coupled L2 (weight_decay 1e-5) on every parameter, early stopping, patience 5.
+CTR_DEFAULTS: dict[str, Any] = {"embed_dim": 16, "dropout": 0.2, "batch_norm": True, "lr": 1e-3,
+                                "weight_decay": 1e-5, "l2": 0.0, "batch_size": 1024, "patience": 5}
+# Per-model departures (BPR-MF: benchmarks/topk_defaults.py; lr 1e-3 ended below popularity).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bprmf": {"embed_dim": 64, "dropout": 0.0, "batch_norm": False, "lr": 1e-2, "weight_decay": 0.0,
+              "l2": 1e-4, "batch_size": 2048, "patience": 3},
+}
+
+
 @dataclass
 class TrainConfig:
-    """Every knob of a training run (stored in ``train.json`` and the checkpoint)."""
+    """Every knob of a training run (stored in ``train.json`` and the checkpoint).
+
+    Knobs left ``None`` take the model's default (``CTR_DEFAULTS``, ``MODEL_DEFAULTS``) when
+    the config is built, so ``TrainConfig(model="bprmf")`` is BPR-MF's default run.
+    """
 
     model: str = "deepfm"
-    embed_dim: int = 16
+    embed_dim: int = None  # type: ignore[assignment]  # resolved in __post_init__
     mlp_dims: list[int] = field(default_factory=lambda: [400, 400, 400])
-    dropout: float = 0.0
-    batch_norm: bool = False
+    dropout: float = None  # type: ignore[assignment]
+    batch_norm: bool = None  # type: ignore[assignment]
     cross_layers: int = 3
-    lr: float = 1e-3
+    lr: float = None  # type: ignore[assignment]
     embedding_lr: float | None = None
-    weight_decay: float = 0.0
-    l2: float = 0.0
-    batch_size: int = 1024
-    epochs: int = 10
-    patience: int = 2
+    weight_decay: float = None  # type: ignore[assignment]
+    l2: float = None  # type: ignore[assignment]
+    batch_size: int = None  # type: ignore[assignment]
+    epochs: int = 50
+    patience: int = None  # type: ignore[assignment]
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
@@ -85,7 +107,14 @@ class TrainConfig:
     eval_negatives: int = 99
     eval_batch_size: int = 16384
     max_steps_per_epoch: int | None = None  # for smoke tests and quick benchmarks
-    sparse_embeddings: bool = True  # lazy (row-sparse) Adam on tables; forced off under DDP
+    # lazy (row-sparse) Adam on tables: True | False (dense Adam, coupled L2 on every row) |
+    # "auto" (dense up to DENSE_TABLE_ENTRIES table entries); forced off under DDP
+    sparse_embeddings: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        for name, value in {**CTR_DEFAULTS, **MODEL_DEFAULTS.get(self.model, {})}.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
     def validate(self) -> None:
         if self.model not in CTR_MODELS + TOPK_MODELS:
@@ -93,8 +122,17 @@ class TrainConfig:
         for name in ("embed_dim", "batch_size", "epochs", "k"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise BadInputError(f"--lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise BadInputError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise BadInputError(f"--dropout must be in [0, 1), got {self.dropout}")
+        for name in ("weight_decay", "l2"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise BadInputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.patience < 1:
+            raise BadInputError(f"--patience must be >= 1, got {self.patience}")
+        if self.sparse_embeddings not in (True, False, "auto"):
+            raise BadInputError(f"sparse_embeddings must be true, false or 'auto', got {self.sparse_embeddings!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise BadInputError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -106,6 +144,8 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
 
 
 @dataclass
@@ -305,6 +345,22 @@ def evaluate_topk(
     return {f"recall@{k}": recall, f"ndcg@{k}": ndcg, "users": int(len(users))}
 
 
+def popularity_model(train_pairs: np.ndarray, n_users: int, n_items: int) -> BPRMF:
+    """The most-popular baseline as a dim-1 BPR-MF: every user scores item ``i`` by its
+    number of training interactions, so ``evaluate_topk`` ranks it exactly like the model."""
+    from ondevice.embedding import DenseEmbedding
+
+    counts = np.bincount(np.asarray(train_pairs[:, 1], dtype=np.int64), minlength=n_items)[:n_items]
+    order = np.lexsort((np.arange(n_items), -counts))  # most popular first, ties by id
+    score = np.empty(n_items, dtype=np.float32)
+    score[order] = np.arange(n_items, 0, -1, dtype=np.float32)  # exact integers in float32
+    model = BPRMF(DenseEmbedding([n_users], 1), DenseEmbedding([n_items], 1))
+    with torch.no_grad():
+        model.user_embedding.weight.fill_(1.0)
+        model.item_embedding.weight.copy_(torch.from_numpy(score).view(-1, 1))
+    return model
+
+
 def _evaluate_sampled(model, ev_ptr, ev_items, ex_ptrs, users, n_items, k, negatives, seed, device) -> dict[str, float]:
     rng = np.random.default_rng([seed, 7919])
     pos_scores, neg_scores = [], []
@@ -489,6 +545,14 @@ def make_optimizers(model: RecModel, *, lr: float, weight_decay: float = 0.0,
     return opts
 
 
+def _lazy_tables(setting: bool | str, model: RecModel) -> bool:
+    """Whether the tables train with lazy (row-sparse) Adam: ``sparse_embeddings`` resolved."""
+    if setting == "auto":
+        entries = sum(layer.weight.numel() for layer in model.embedding_layers().values() if hasattr(layer, "weight"))
+        return entries > DENSE_TABLE_ENTRIES
+    return bool(setting)
+
+
 # ---------------------------------------------------------------------- the trainer
 class Trainer:
     """Train one model on one encoded dataset into a run folder.
@@ -498,10 +562,14 @@ class Trainer:
     >>> result = Trainer(TrainConfig(model="deepfm", epochs=2)).fit("data/", "runs/deepfm")  # doctest: +SKIP
     """
 
-    def __init__(self, config: TrainConfig, *, quiet: bool = False) -> None:
+    def __init__(self, config: TrainConfig, *, quiet: bool = False,
+                 on_epoch: Callable[[int, float], bool] | None = None) -> None:
         config.validate()
         self.config = config
         self.quiet = quiet
+        # on_epoch(epoch, validation metric) -> True stops training (``tune``'s pruning); the
+        # best epoch so far is kept and tested as after early stopping
+        self.on_epoch = on_epoch
         self._train_cache: tuple[Any, Any, Any] | None = None  # (split, ids, labels) of the last CTR fit
 
     # ------------------------------------------------------------------ setup
@@ -593,7 +661,7 @@ class Trainer:
             model.load_state_dict(state["state_dict"])
         else:
             model = self._build_model(data)
-        if dist_info.enabled or not c.sparse_embeddings:
+        if dist_info.enabled or not _lazy_tables(c.sparse_embeddings, model):
             # DDP cannot reduce row-sparse gradients (NCCL not at all, gloo not mixed with
             # dense buckets): distributed runs train the tables with dense gradients + Adam.
             for layer in model.embedding_layers().values():
@@ -603,8 +671,10 @@ class Trainer:
         optimizers = self._optimizers(model)
         train_model: torch.nn.Module = model
         if dist_info.enabled:
+            if device.type == "cuda":  # one set of BatchNorm statistics over the global batch
+                train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             train_model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
+                train_model, device_ids=[device.index] if device.type == "cuda" else None
             )
 
         history: list[dict[str, Any]] = []
@@ -672,6 +742,8 @@ class Trainer:
                                 extra={"trainer_state": trainer_state})
             if dist_info.enabled:
                 dist.barrier()
+            if self.on_epoch is not None and self.on_epoch(epoch, val[metric_name]):
+                break
 
         # --- test once, with the model chosen on validation
         from ondevice.train.checkpoint import load_checkpoint
@@ -793,9 +865,9 @@ class Trainer:
 
 
 def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, *, resume: bool = False,
-          force: bool = False, quiet: bool = False) -> TrainResult:
+          force: bool = False, quiet: bool = False, on_epoch: Callable[[int, float], bool] | None = None) -> TrainResult:
     """Library entry point behind ``ondevice train``."""
-    return Trainer(config, quiet=quiet).fit(data_dir, out_dir, resume=resume, force=force)
+    return Trainer(config, quiet=quiet, on_epoch=on_epoch).fit(data_dir, out_dir, resume=resume, force=force)
 
 
 def config_for_run(out_dir: str | Path, *, epochs: int | None = None) -> TrainConfig:

@@ -161,13 +161,16 @@ class PEPSearcher(RetrainingSearcher):
     tasks = ("ctr", "topk")  # top-K: the BPR-MF item table (the artefact's only table)
 
     def __init__(self, *, granularity: str = "feature_dim", threshold_init: float | str = "auto",
-                 weight_decay: float = 1e-5, threshold_lr: float | None = None, search_epochs: int = 20,
+                 weight_decay: float = 1e-5, threshold_lr: float | str = "auto", pressure: str = "adaptive",
+                 search_epochs: int = 20,
                  warm_start: bool = True, epochs: int = 5, lr: float = 1e-3, batch_size: int = 1024,
-                 seed: int = 0, patience: int = 2, first_order: str = "auto", dtype: str = "float32") -> None:
+                 seed: int = 0, patience: int = 2, first_order: str = "auto", dtype: str = "float32",
+                 target_sparsity: float | None = None) -> None:
         self.granularity = granularity
         self.threshold_init = threshold_init
         self.weight_decay = weight_decay
         self.threshold_lr = threshold_lr
+        self.pressure = pressure
         self.search_epochs = search_epochs
         self.warm_start = warm_start
         self.epochs = epochs
@@ -177,6 +180,7 @@ class PEPSearcher(RetrainingSearcher):
         self.patience = patience
         self.first_order = first_order
         self.dtype = dtype
+        self.target_sparsity = target_sparsity
 
     def _s0(self, v0: torch.Tensor) -> float:
         if self.threshold_init == "auto":
@@ -186,6 +190,22 @@ class PEPSearcher(RetrainingSearcher):
             raise BadInputError(f"PEP threshold_init must be a number or 'auto'; got {self.threshold_init!r}")
         return float(self.threshold_init)
 
+    def _threshold_lr(self, v0: torch.Tensor, s0: float, keep: float, total_steps: int) -> float:
+        """The learning rate of ``s``: a number, or ``"auto"`` (Deviations).
+
+        Where the loss gradient on ``s`` is 0, Adam moves ``s`` by ≈ its lr per step, so the
+        lr sets how far the thresholds can travel in the search budget. ``auto`` lets them
+        reach the ``|V₀|`` quantile of the target sparsity (logit) from ``s₀`` in half of the
+        budget's steps, never slower than ``lr`` (the paper's rate).
+        """
+        if self.threshold_lr != "auto":
+            if isinstance(self.threshold_lr, str) or not self.threshold_lr > 0:
+                raise BadInputError(f"PEP threshold_lr must be a number > 0 or 'auto'; got {self.threshold_lr!r}")
+            return float(self.threshold_lr)
+        q = float(torch.quantile(v0.abs().flatten()[:1_000_000], min(max(1.0 - keep, 0.0), 1.0)).clamp(1e-8, 1 - 1e-6))
+        distance = math.log(q / (1 - q)) - s0
+        return max(self.lr, distance / max(0.5 * total_steps, 1.0))
+
     def _search(self, ctx: SearchContext) -> SearchResult:
         full, acc, budget = ctx.model, ctx.accountant, ctx.budget_bytes
         topk = isinstance(full, BPRMF)
@@ -193,6 +213,11 @@ class PEPSearcher(RetrainingSearcher):
         base: EmbeddingLayer = getattr(full, table)
         vocab, D = list(base.vocab_sizes), base.dim
         target = acc.embedding_target(full, budget, compressible=table)
+        if self.target_sparsity is not None and not 0.0 < self.target_sparsity < 1.0:
+            raise BadInputError(f"PEP target_sparsity must be in (0, 1); got {self.target_sparsity!r}")
+        # the paper's budget unit (candidate_p): non-zeros of the whole N x D table
+        target_nnz = (math.floor((1 - self.target_sparsity) * sum(base.vocab_sizes) * base.dim)
+                      if self.target_sparsity is not None else None)
         check_table_dtype(self.dtype, owner="pep")
         smallest = masked_bytes(vocab, D, torch.zeros(sum(vocab), D, dtype=torch.bool), self.dtype)
         if smallest > target:
@@ -210,22 +235,33 @@ class PEPSearcher(RetrainingSearcher):
             if hasattr(layer, "sparse"):
                 layer.sparse = False
         step0 = copy.deepcopy(model.state_dict())  # rewind point (Engine: initial_embedding.npy)
+        if self.pressure not in PRESSURES:
+            raise BadInputError(f"PEP pressure must be one of {', '.join(PRESSURES)}; got {self.pressure!r}")
+        total_steps = self.search_epochs * math.ceil(len(ctx.data.split("train")) / self.batch_size)
+        keep = _magnitude_mask(v0, vocab, D, target, self.dtype, target_nnz).float().mean().item()
+        s_lr = self._threshold_lr(v0, s0, keep, total_steps)
         others = [p for n, p in model.named_parameters() if n != f"{table}.threshold"]
         opt = torch.optim.Adam([{"params": others},
-                                {"params": [pep.threshold], "lr": self.threshold_lr or self.lr}],
+                                {"params": [pep.threshold], "lr": s_lr}],
                                lr=self.lr, weight_decay=self.weight_decay)  # coupled L2, s included
-        trace: list[dict[str, Any]] = []
+        pressure = _DecayPressure(opt.param_groups[1], total_steps) if self.pressure == "adaptive" else None
+        trace: list[dict[str, Any]] = [{"threshold_lr": s_lr, "keep_fraction": keep, "search_steps_budget": total_steps}]
         snapshot: dict[str, Any] = {}
 
         def on_step(step: int) -> bool:
             mask = pep.pruned_weight() != 0
-            nbytes = masked_bytes(vocab, D, mask, self.dtype)
-            if step == 1 or step % 50 == 0 or nbytes <= target:
-                trace.append({"step": step, "nnz": int(mask.sum()), "bytes": nbytes,
-                              "mean_threshold": float(torch.sigmoid(pep.threshold.detach()).mean())})
-            if nbytes <= target:
+            nbytes, nnz = masked_bytes(vocab, D, mask, self.dtype), int(mask.sum())
+            # distance to the target in log units (0 once reached): what the pressure follows
+            gap = max(math.log(nbytes / target), math.log(nnz / target_nnz) if target_nnz else 0.0, 0.0)
+            if step == 1 or step % 50 == 0 or gap == 0.0:
+                trace.append({"step": step, "nnz": nnz, "bytes": nbytes,
+                              "mean_threshold": float(torch.sigmoid(pep.threshold.detach()).mean()),
+                              "threshold_decay": opt.param_groups[1]["weight_decay"]})
+            if gap == 0.0:
                 snapshot.update(mask=mask, step=step, bytes=nbytes)
                 return True
+            if pressure is not None:
+                pressure.update(step, gap)
             return False
 
         fit_kw = dict(epochs=self.search_epochs, batch_size=self.batch_size, seed=self.seed, optimizers=[opt],
@@ -234,7 +270,7 @@ class PEPSearcher(RetrainingSearcher):
         if snapshot:
             mask, reached = snapshot["mask"], "threshold"
         else:
-            mask, reached = _magnitude_mask(pep.pruned_weight(), vocab, D, target, self.dtype), "magnitude"
+            mask, reached = _magnitude_mask(pep.pruned_weight(), vocab, D, target, self.dtype, target_nnz), "magnitude"
         search_s = time.perf_counter() - t0
 
         # --- retrain: rewind every weight to step 0, table V0 ⊙ M, thresholds off.
@@ -268,8 +304,42 @@ class PEPSearcher(RetrainingSearcher):
                             timings={"search_s": search_s, "retrain_s": refit.seconds})
 
 
-def _magnitude_mask(w: torch.Tensor, vocab: list[int], dim: int, target: int, dtype: str = "float32") -> torch.Tensor:
-    """Keep the largest ``|w|`` entries, as many as fit ``target`` bytes (bisection on the count)."""
+PRESSURES = ("adaptive", "paper")
+
+
+class _DecayPressure:
+    """Target-driven coupled decay on the thresholds (``pressure="adaptive"``, Deviations).
+
+    The paper's only force on ``s`` is Adam's coupled L2 (``weight_decay·s``); sparsity
+    settles where it balances the loss gradient, which on Frappe is ≈ 87 % (the original
+    code never reaches 90 %). Every ``window`` steps this compares how fast the log-distance
+    to the byte target shrank with the rate the remaining steps need, and doubles the
+    thresholds' ``weight_decay`` when it is behind. The thresholds still choose *which*
+    entries go (those whose loss gradient resists least); only the global pressure rises.
+    Deterministic: it reads nothing but the training state.
+    """
+
+    def __init__(self, group: dict[str, Any], total_steps: int, max_factor: float = 2.0**16) -> None:
+        self.group = group
+        self.total_steps = total_steps
+        self.window = max(20, total_steps // 40)
+        self.ceiling = max(float(group["weight_decay"]), 1e-6) * max_factor
+        self.last_gap: float | None = None
+
+    def update(self, step: int, gap: float) -> None:
+        if step % self.window:
+            return
+        if self.last_gap is not None:
+            rate = (self.last_gap - gap) / self.window
+            needed = gap / max(self.total_steps - step, 1)
+            if rate < needed and self.group["weight_decay"] < self.ceiling:
+                self.group["weight_decay"] = min(max(2.0 * self.group["weight_decay"], 1e-6), self.ceiling)
+        self.last_gap = gap
+
+
+def _magnitude_mask(w: torch.Tensor, vocab: list[int], dim: int, target: int, dtype: str = "float32",
+                    max_nnz: int | None = None) -> torch.Tensor:
+    """Keep the largest ``|w|`` entries, as many as fit ``target`` bytes and ``max_nnz`` (bisection on the count)."""
     flat = w.abs().flatten()
     order = torch.argsort(flat, descending=True)
 
@@ -279,6 +349,8 @@ def _magnitude_mask(w: torch.Tensor, vocab: list[int], dim: int, target: int, dt
         return m.view_as(w) & (w != 0)
 
     lo, hi = 0, int((w != 0).sum())
+    if max_nnz is not None:
+        hi = min(hi, max_nnz)
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if masked_bytes(vocab, dim, mask_of(mid), dtype) <= target else (lo, mid - 1)
