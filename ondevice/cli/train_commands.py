@@ -90,8 +90,12 @@ def train(data_dir: Path, out_dir: Path, model: str, embed_dim: int | None, mlp_
         config = config_for_run(out_dir, epochs=epochs)
     result = train_fn(data_dir, out_dir, config, resume=resume, force=force, quiet=quiet)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
-        click.echo(json.dumps({"run_dir": str(result.run_dir), "best_epoch": result.best_epoch,
-                               "val": result.val, "test": result.test}, indent=2))
+        summary = {"run_dir": str(result.run_dir), "best_epoch": result.best_epoch, "val": result.val, "test": result.test}
+        if result.baselines:
+            summary["baselines"] = result.baselines
+        click.echo(json.dumps(summary, indent=2))
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}", err=True)
 
 
 @cli.command()

@@ -156,6 +156,13 @@ class TrainResult:
     test: dict[str, float]
     history: list[dict[str, Any]]
     train_seconds: float
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+# A top-K model whose validation metric is below this multiple of the popularity baseline's
+# is reported with a warning (issue 12: "beats popularity by a wide margin").
+POPULARITY_MARGIN = 1.5
 
 
 # ---------------------------------------------------------------------- distributed
@@ -751,7 +758,8 @@ class Trainer:
         best = load_checkpoint(run / "model.pt").model.to(device)
         val_best = history[best_epoch - 1]["val"] if best_epoch else {}
         test = self._evaluate(best, data, "test", device, topk_ctx) if data.has_split("test") else {}
-        result = TrainResult(run, best_epoch, val_best, test, history, train_seconds)
+        baselines, warnings = self._baselines(data, device, topk_ctx, metric_name, val_best)
+        result = TrainResult(run, best_epoch, val_best, test, history, train_seconds, baselines, warnings)
         if dist_info.is_main:
             metrics = {"epoch": best_epoch, "val": val_best, "test": test, "selected_on": f"val {metric_name}"}
             ckpt = load_raw(run / "model.pt")
@@ -770,10 +778,30 @@ class Trainer:
                 "test": test,
                 "train_seconds": train_seconds,
                 "params": sum(p.numel() for p in best.parameters()),
+                "baselines": baselines,
+                "warnings": warnings,
                 "history": history,
             })
         progress.line(f"best epoch {best_epoch}: val {metric_name} {best_metric:.4f}; test {test}")
         return result
+
+    def _baselines(self, data: EncodedDataset, device, ctx, metric_name: str,
+                   val_best: dict[str, float]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Top-K: the most-popular baseline on val and test (a fixed model, nothing selected
+        on it), and a warning when the trained model does not beat it by ``POPULARITY_MARGIN``."""
+        if data.task != "topk":
+            return {}, []
+        n_users, n_items = data.schema.vocab_sizes[:2]
+        pop = popularity_model(ctx["train"], n_users, n_items).to(device)
+        baselines = {"popularity": {split: self._evaluate(pop, data, split, device, ctx)
+                                    for split in ("val", "test") if data.has_split(split)}}
+        pop_val = baselines["popularity"].get("val", {}).get(metric_name)
+        warnings = []
+        if pop_val is not None and val_best and val_best[metric_name] < POPULARITY_MARGIN * pop_val:
+            warnings.append(f"{self.config.model} val {metric_name} {val_best[metric_name]:.4f} is only "
+                            f"{val_best[metric_name] / max(pop_val, 1e-12):.2f}x the popularity baseline's {pop_val:.4f}; "
+                            "train longer (--epochs), try another --lr, or run `ondevice tune`")
+        return baselines, warnings
 
     # ------------------------------------------------------------------ epochs
     def _steps(self, n_batches: int) -> int:

@@ -165,7 +165,7 @@ class PEPSearcher(RetrainingSearcher):
                  search_epochs: int = 20,
                  warm_start: bool = True, epochs: int = 5, lr: float = 1e-3, batch_size: int = 1024,
                  seed: int = 0, patience: int = 2, first_order: str = "auto", dtype: str = "float32",
-                 target_sparsity: float | None = None) -> None:
+                 target_sparsity: float | None = None, rewind: str = "step0") -> None:
         self.granularity = granularity
         self.threshold_init = threshold_init
         self.weight_decay = weight_decay
@@ -181,6 +181,7 @@ class PEPSearcher(RetrainingSearcher):
         self.first_order = first_order
         self.dtype = dtype
         self.target_sparsity = target_sparsity
+        self.rewind = rewind
 
     def _s0(self, v0: torch.Tensor) -> float:
         if self.threshold_init == "auto":
@@ -267,20 +268,27 @@ class PEPSearcher(RetrainingSearcher):
         fit_kw = dict(epochs=self.search_epochs, batch_size=self.batch_size, seed=self.seed, optimizers=[opt],
                       on_step=on_step, select_best=False, evaluate=False, grad_clip=100.0)
         fit = fit_topk(model, ctx.data, **fit_kw) if topk else fit_ctr(model, ctx.data, **fit_kw)
+        search_model = model
         if snapshot:
             mask, reached = snapshot["mask"], "threshold"
         else:
             mask, reached = _magnitude_mask(pep.pruned_weight(), vocab, D, target, self.dtype, target_nnz), "magnitude"
         search_s = time.perf_counter() - t0
 
-        # --- retrain: rewind every weight to step 0, table V0 ⊙ M, thresholds off.
+        # --- retrain: rewind every weight to step 0 (or keep the search's: rewind="none"),
+        # table V ⊙ M, thresholds off.
+        if self.rewind == "none":
+            start = {k: v.clone() for k, v in search_model.state_dict().items()}
+            start[f"{table}.weight"] = pep.pruned_weight()
+        else:
+            start = step0
         model = copy.deepcopy(full)
-        state = {k.removeprefix(f"{table}."): v for k, v in step0.items() if k.startswith(f"{table}.")}
+        state = {k.removeprefix(f"{table}."): v for k, v in start.items() if k.startswith(f"{table}.")}
         masked = MaskedEmbedding(vocab, D, sparse=False, deploy_dtype=self.dtype)
         with torch.no_grad():
             masked.weight.copy_(state["weight"] * mask)
         masked.set_mask(mask)
-        model.load_state_dict({k: v for k, v in step0.items() if not k.startswith(f"{table}.")}, strict=False)
+        model.load_state_dict({k: v for k, v in start.items() if not k.startswith(f"{table}.")}, strict=False)
         setattr(model, table, masked)
         for layer in model.embedding_layers().values():
             if hasattr(layer, "sparse"):
