@@ -273,6 +273,10 @@ def compress(
                     "timings": {**result.timings, "search_and_retrain_s": search_s, "export_s": export_s},
                     "verify_max_abs_diff": verify["max_abs_diff"], "p50_ms_batch1": b1["p50_ms"] if b1 else None,
                 }
+                if result.warnings:
+                    entry["warnings"] = list(result.warnings)
+                    for warning in result.warnings:
+                        _log(False, f"[{name}] warning: {warning}")
                 if result.candidates is not None:  # auto: every method it tried, the chosen one marked
                     entry["candidates"] = [{k: v for k, v in c.items() if k != "config"} for c in result.candidates]
                 if fleet_profiles:
@@ -370,6 +374,10 @@ def render_summary_markdown(s: dict[str, Any]) -> str:
             vm = f"{c['val_metric']:.4f}" if c.get("val_metric") is not None else "—"
             sec = f"{c['seconds']:.1f}" if c.get("seconds") is not None else "—"
             lines.append(f"| {c['method']} | {c['outcome']} | {fb} | {vm} | {sec} | {'**yes**' if c.get('chosen') else ''} |")
+    warned = [(r, w) for r in s["runs"] for w in r.get("warnings", [])]
+    if warned:
+        lines += ["", "## Warnings", ""]
+        lines += [f"- {r['target']} / {r['method']}: {w}" for r, w in warned]
     if s["failures"]:
         lines += ["", "## Failures", ""]
         lines += [f"- {f['target']} / {f['method']}: {f['error']}: {f['message']}" for f in s["failures"]]

@@ -16,6 +16,12 @@ from ondevice.schema import Field, Schema
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The training setting the searcher tests on tiny planted data are calibrated on (the defaults
+# before issue 12): no BatchNorm, dropout or weight decay, lazy Adam. With a 16-wide MLP on a
+# few thousand rows the newer defaults learn the planted structure less sharply, and several
+# tests assert on rankings that structure drives. Real-data behaviour is in benchmarks/.
+CALIBRATED = {"batch_norm": False, "dropout": 0.0, "weight_decay": 0.0, "sparse_embeddings": True}
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -390,6 +390,9 @@ class SearchResult:
     params: dict[str, Any] = field(default_factory=dict)
     candidates: list[dict[str, Any]] | None = None  # ``auto``: every method it tried (search/auto.py)
     schema: Schema | None = None  # the deployed input schema when the method changes the inputs (feature selection)
+    # what the user must know about how the result was reached (a fallback taken, ...): the
+    # CLI prints each as ``warning: ...`` and summary.md lists them
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def val_metric(self) -> float:

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 
 from ondevice.train import TrainConfig, train
-from tests.conftest import make_ctr
+from tests.conftest import CALIBRATED, make_ctr
 
 
 def pretrained_run(root: Path) -> Path:
     data = make_ctr(root / "data")
-    cfg = TrainConfig(model="deepfm", embed_dim=16, mlp_dims=[16], epochs=6, batch_size=256, lr=5e-3, patience=2)
+    cfg = TrainConfig(model="deepfm", embed_dim=16, mlp_dims=[16], epochs=6, batch_size=256, lr=5e-3, patience=2,
+                      **CALIBRATED)
     train(data, root / "run", cfg, quiet=True)
     return root / "run"
 

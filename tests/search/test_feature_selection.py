@@ -25,6 +25,7 @@ from ondevice.search import ByteAccountant, make_searcher
 from ondevice.search.features import fit_ranked_fields, select_model_fields
 from ondevice.train import Checkpoint, TrainConfig, load_checkpoint, train
 from ondevice.train.trainer import in_memory_ctr
+from tests.conftest import CALIBRATED
 
 FAST = {"batch_size": 256, "search_epochs": 1, "epochs": 1}
 
@@ -99,7 +100,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     truth = generate_ctr(root / "raw.libfm", 8000, format="libfm", fields=10, vocab=20, n_important=3, n_pairs=1,
                          seed=3)
     prepare(root / "raw.libfm", root / "data", format="libfm", seed=0)
-    cfg = TrainConfig(model="deepfm", embed_dim=8, mlp_dims=[16], epochs=3, batch_size=256, lr=5e-3)
+    cfg = TrainConfig(model="deepfm", embed_dim=8, mlp_dims=[16], epochs=3, batch_size=256, lr=5e-3, **CALIBRATED)
     train(root / "data", root / "run", cfg, quiet=True)
     return root, truth
 

@@ -27,7 +27,7 @@ from ondevice.search import ByteAccountant, OptInterSearcher, make_searcher
 from ondevice.search.interaction.optinter import budget_choices, downgrade_order
 from ondevice.train import TrainConfig, train
 from ondevice.train.checkpoint import load_checkpoint, save_checkpoint
-from tests.conftest import write_encoded
+from tests.conftest import CALIBRATED, write_encoded
 from tests.embedding.embedding_testkit import export_onnx, initializer_bytes, random_ids
 
 VOCAB = (50, 30, 20, 80, 10)
@@ -160,7 +160,8 @@ def test_planted_pairs_are_kept_more_often(tmp_path: Path) -> None:
     for seed in range(3):
         data = _planted(tmp_path / f"d{seed}", seed)
         train(data, tmp_path / f"r{seed}", TrainConfig(model="deepfm", embed_dim=8, mlp_dims=[16], epochs=3,
-                                                        batch_size=256, lr=5e-3, patience=1, seed=seed), quiet=True)
+                                                        batch_size=256, lr=5e-3, patience=1, seed=seed, **CALIBRATED),
+              quiet=True)
         ckpt = load_checkpoint(tmp_path / f"r{seed}")
         searcher = OptInterSearcher(search_epochs=4, epochs=0, batch_size=256, lr=1e-3, alpha_lr=0.01, seed=seed,
                                     first_order="keep")

@@ -238,6 +238,8 @@ class PEPSearcher(RetrainingSearcher):
         step0 = copy.deepcopy(model.state_dict())  # rewind point (Engine: initial_embedding.npy)
         if self.pressure not in PRESSURES:
             raise BadInputError(f"PEP pressure must be one of {', '.join(PRESSURES)}; got {self.pressure!r}")
+        if self.rewind not in REWINDS:
+            raise BadInputError(f"PEP rewind must be one of {', '.join(REWINDS)}; got {self.rewind!r}")
         total_steps = self.search_epochs * math.ceil(len(ctx.data.split("train")) / self.batch_size)
         keep = _magnitude_mask(v0, vocab, D, target, self.dtype, target_nnz).float().mean().item()
         s_lr = self._threshold_lr(v0, s0, keep, total_steps)
@@ -308,11 +310,17 @@ class PEPSearcher(RetrainingSearcher):
                       "search_steps": fit.steps})
         trace.append({"retrain": refit.history})
         metric = topk_metric_name(20) if topk else "auc"
+        warnings = []
+        if reached == "magnitude":
+            warnings.append(f"pep: the thresholds did not reach the target ({target:,} B"
+                            f"{f', {target_nnz:,} non-zeros' if target_nnz else ''}) within {self.search_epochs} "
+                            f"search epochs; the mask was completed by magnitude pruning (raise search_epochs)")
         return SearchResult(model=model, config=config, val=val, metric=metric, trace=trace,
-                            timings={"search_s": search_s, "retrain_s": refit.seconds})
+                            timings={"search_s": search_s, "retrain_s": refit.seconds}, warnings=warnings)
 
 
 PRESSURES = ("adaptive", "paper")
+REWINDS = ("step0", "none")
 
 
 class _DecayPressure:
@@ -321,16 +329,17 @@ class _DecayPressure:
     The paper's only force on ``s`` is Adam's coupled L2 (``weight_decay·s``); sparsity
     settles where it balances the loss gradient, which on Frappe is ≈ 87 % (the original
     code never reaches 90 %). Every ``window`` steps this compares how fast the log-distance
-    to the byte target shrank with the rate the remaining steps need, and doubles the
-    thresholds' ``weight_decay`` when it is behind. The thresholds still choose *which*
-    entries go (those whose loss gradient resists least); only the global pressure rises.
-    Deterministic: it reads nothing but the training state.
+    to the target shrank with the rate needed to close it by 80 % of the search budget, and
+    raises the thresholds' ``weight_decay`` when behind: ×2, or ×4 when the rate is under a
+    quarter of the need. The thresholds still choose *which* entries go (those whose loss
+    gradient resists least); only the global pressure rises, never falls. Deterministic: it
+    reads nothing but the training state.
     """
 
-    def __init__(self, group: dict[str, Any], total_steps: int, max_factor: float = 2.0**16) -> None:
+    def __init__(self, group: dict[str, Any], total_steps: int, max_factor: float = 2.0**20) -> None:
         self.group = group
         self.total_steps = total_steps
-        self.window = max(20, total_steps // 40)
+        self.window = max(5, total_steps // 50)
         self.ceiling = max(float(group["weight_decay"]), 1e-6) * max_factor
         self.last_gap: float | None = None
 
@@ -339,9 +348,10 @@ class _DecayPressure:
             return
         if self.last_gap is not None:
             rate = (self.last_gap - gap) / self.window
-            needed = gap / max(self.total_steps - step, 1)
-            if rate < needed and self.group["weight_decay"] < self.ceiling:
-                self.group["weight_decay"] = min(max(2.0 * self.group["weight_decay"], 1e-6), self.ceiling)
+            needed = gap / max(0.8 * self.total_steps - step, 1.0)
+            if rate < needed:
+                factor = 4.0 if rate < needed / 4 else 2.0
+                self.group["weight_decay"] = min(max(factor * self.group["weight_decay"], 1e-6), self.ceiling)
         self.last_gap = gap
 
 
