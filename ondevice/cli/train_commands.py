@@ -25,6 +25,21 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return dims
 
 
+#: ``train`` options whose TrainConfig field has another name.
+_CONFIG_FIELDS = {"max_steps": "max_steps_per_epoch", "dense_embeddings": "sparse_embeddings"}
+
+
+def _given_options(ctx: click.Context, config) -> dict:  # noqa: ANN001 - TrainConfig, imported lazily
+    """The TrainConfig fields whose option was given on the command line (or by environment)."""
+    given = {}
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        fld = _CONFIG_FIELDS.get(name, name)
+        if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT) and hasattr(config, fld):
+            given[fld] = getattr(config, fld)
+    return given
+
+
 @cli.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run folder to write.")
@@ -62,7 +77,7 @@ def train(data_dir: Path, out_dir: Path, model: str, embed_dim: int | None, mlp_
     """
     from ondevice.train import TrainConfig
     from ondevice.train import train as train_fn
-    from ondevice.train.trainer import config_for_run
+    from ondevice.train.trainer import resume_config
 
     topk = model == "bprmf"
     config = TrainConfig(
@@ -85,8 +100,8 @@ def train(data_dir: Path, out_dir: Path, model: str, embed_dim: int | None, mlp_
         max_steps_per_epoch=max_steps,
         sparse_embeddings=not dense_embeddings,
     )
-    if resume:
-        config = config_for_run(out_dir, epochs=epochs)
+    if resume:  # options not given on the command line come from the checkpoint; given ones are checked
+        config = resume_config(out_dir, _given_options(click.get_current_context(), config))
     result = train_fn(data_dir, out_dir, config, resume=resume, force=force, quiet=quiet)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         click.echo(json.dumps({"run_dir": str(result.run_dir), "best_epoch": result.best_epoch,

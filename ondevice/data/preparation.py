@@ -402,7 +402,7 @@ def prepare(
 
     n_fields = len(plans)
     ctr = fmt.task == "ctr"
-    with atomic_output_dir(out_dir, force=force) as tmp, ThreadPoolExecutor(n_threads) as pool:
+    with atomic_output_dir(out_dir, kind="prepare", inputs=paths, force=force) as tmp, ThreadPoolExecutor(n_threads) as pool:
         # ------------------------------------------------------------ pass 1: read once
         spills = [_RawSpill(tmp, name, n_fields, labels=ctr, rowidx=keep_user and s != _TRAIN)
                   for s, name in enumerate(SPLITS)]

@@ -54,7 +54,7 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Atomically write a checkpoint (temp file + rename)."""
-    payload = {
+    payload = _unshared({
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "model": model.describe(),
@@ -63,10 +63,30 @@ def save_checkpoint(
         "train_config": train_config or {},
         "metrics": metrics or {},
         "extra": extra or {},
-    }
+    })
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _unshared(obj: Any) -> Any:
+    """A copy of the containers and strings in ``obj`` in which no object appears twice.
+
+    Pickle writes an object seen before as a back-reference, so two equal payloads whose
+    strings or dicts happen to be shared differently (a resumed run's metrics come from the
+    loaded checkpoint, a straight run's from the trainer) would give different bytes.
+    Copying every container and string makes the bytes a function of the values only.
+    Tensors are kept as they are (pickled by storage).
+    """
+    if isinstance(obj, dict):
+        return {_unshared(k): _unshared(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unshared(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_unshared(v) for v in obj)
+    if isinstance(obj, str) and len(obj) > 1:
+        return (obj + " ")[:-1]  # a new str object with the same value
+    return obj
 
 
 def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> Checkpoint:
