@@ -96,9 +96,9 @@ def write_marker(folder: str | os.PathLike, kind: str) -> None:
 
 
 def is_temp_path(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is (inside) a temp folder of a run that did not finish."""
-    p = _resolve(path)
-    return any(_TMP_RE.match(part) for part in p.parts) or any(part.endswith(".partial") for part in p.parts)
+    """Whether ``path`` is the temp folder of a run that did not finish (``.OUT.ondevice-*.tmp``, ``RUN.partial``)."""
+    name = _resolve(path).name
+    return bool(_TMP_RE.match(name)) or name.endswith(".partial")
 
 
 def is_finished(folder: str | os.PathLike, kind: str | None = None) -> bool:
