@@ -146,7 +146,7 @@ class OutputLock:
     """
 
     def __init__(self, out: str | os.PathLike) -> None:
-        out = Path(out)
+        out = Path(os.path.abspath(out))  # '.' and '..' have no name of their own
         self.out = out
         self.path = _resolve(out).parent / f".{out.name}.lock"
         self.fd: int | None = None
@@ -227,7 +227,7 @@ def output_dir(out: str | os.PathLike, *, kind: str, inputs: Iterable[str | os.P
     """
     from ondevice.io import check_writable_parent
 
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # '.' and '..' have no name of their own
     inputs = [i for i in inputs if i is not None]
     check_out_vs_inputs(out, inputs)
     check_writable_parent(out)

@@ -16,8 +16,11 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     dims: list[int] = []
     try:
         for part in (p.strip() for p in value.split(",") if p.strip()):
-            width, _, repeat = part.partition("x")  # "400x3" = 400,400,400
-            dims.extend([int(width)] * (int(repeat) if repeat else 1))
+            width, x, repeat = part.partition("x")  # "400x3" = 400,400,400
+            count = int(repeat) if x else 1
+            if count < 1:
+                raise click.BadParameter(f"the repeat count in {part!r} must be >= 1; got {value!r}")
+            dims.extend([int(width)] * count)
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers such as 400,400,400 (or 400x3); got {value!r}") from None
     if any(d < 1 for d in dims):
@@ -82,14 +85,14 @@ def train(data_dir: Path, out_dir: Path, model: str, embed_dim: int | None, mlp_
     topk = model == "bprmf"
     config = TrainConfig(
         model=model,
-        embed_dim=embed_dim or (64 if topk else 16),
-        mlp_dims=mlp_dims or [400, 400, 400],
+        embed_dim=embed_dim if embed_dim is not None else (64 if topk else 16),
+        mlp_dims=mlp_dims if mlp_dims is not None else [400, 400, 400],
         dropout=dropout,
         batch_norm=batch_norm,
         lr=lr,
         weight_decay=weight_decay,
         l2=l2 if l2 is not None else (1e-4 if topk else 0.0),
-        batch_size=batch_size or (2048 if topk else 1024),
+        batch_size=batch_size if batch_size is not None else (2048 if topk else 1024),
         epochs=epochs,
         patience=patience,
         seed=seed,

@@ -23,9 +23,12 @@ __all__ = ["build_report", "load_device_result"]
 
 def load_device_result(path: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Read a runner JSON and check it belongs to this artefact (one-line errors, exit 2)."""
+    from ondevice.validation import DEVICE_RESULT_SCHEMA, validate
+
     data = read_json(path, what="device result")
     if not isinstance(data, dict) or data.get("format") != "ondevice-device-result":
         raise BadInputError(f"{path} is not a device result; write one with `python runner.py ARTEFACT --json out.json`")
+    validate(data, DEVICE_RESULT_SCHEMA, str(path))
     art = data.get("artefact", {})
     entry = manifest["files"].get(art.get("model_file", ""))
     if entry is None or entry["sha256"] != art.get("sha256"):

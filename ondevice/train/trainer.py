@@ -101,8 +101,21 @@ class TrainConfig:
         for name in ("embed_dim", "batch_size", "epochs", "k"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise BadInputError(f"--lr must be > 0, got {self.lr}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise BadInputError(f"--lr must be a finite number > 0, got {self.lr}")
+        for name in ("weight_decay", "l2"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise BadInputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:  # also refuses nan
+            raise BadInputError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.embedding_lr is not None and not (math.isfinite(self.embedding_lr) and self.embedding_lr > 0):
+            raise BadInputError(f"embedding_lr must be a finite number > 0, got {self.embedding_lr}")
+        if any(int(d) < 1 for d in self.mlp_dims) or (not self.mlp_dims and self.model in ("deepfm", "widedeep", "deepfwfm", "dcn")):
+            raise BadInputError(f"--mlp widths must be >= 1, got {self.mlp_dims}")
+        for name in ("patience", "threads", "max_steps_per_epoch", "cross_layers", "eval_negatives", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BadInputError(f"--{name.replace('_per_epoch', '').replace('_', '-')} must be >= 1, got {value}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise BadInputError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -498,6 +511,20 @@ def make_optimizers(model: RecModel, *, lr: float, weight_decay: float = 0.0,
 
 
 # ---------------------------------------------------------------------- the trainer
+def _check_table_memory(vocab_sizes: list[int], dim: int) -> None:
+    """Refuse before allocating embedding tables (+ two Adam moments) larger than this machine's memory."""
+    rows = sum(int(v) for v in vocab_sizes)
+    need = rows * (dim + 1) * 4 * 3
+    try:
+        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > avail:
+        raise BadInputError(f"the embedding tables need about {need / 2**30:,.1f} GiB ({rows:,} rows x {dim} dims with "
+                            f"Adam state), more than this machine's {avail / 2**30:,.1f} GiB; hash the large fields "
+                            "(prepare --hash FIELD=N) or raise --min-count")
+
+
 class Trainer:
     """Train one model on one encoded dataset into a run folder.
 
@@ -526,6 +553,7 @@ class Trainer:
             kwargs.update(mlp_dims=list(c.mlp_dims), dropout=c.dropout, batch_norm=c.batch_norm)
         if c.model == "dcn":
             kwargs["cross_layers"] = c.cross_layers
+        _check_table_memory(data.schema.vocab_sizes, c.embed_dim)
         return build_model(c.model, data.schema.vocab_sizes, **kwargs)
 
     def _optimizers(self, model: RecModel) -> list[torch.optim.Optimizer]:
@@ -541,7 +569,7 @@ class Trainer:
         continues from ``<out_dir>.partial/last.pt`` (or a finished run's ``last.pt``).
         """
         c = self.config
-        out_dir = Path(out_dir)
+        out_dir = Path(os.path.abspath(out_dir))  # '.' and '..' have no name to add '.partial' to
         partial = out_dir.with_name(out_dir.name + ".partial")
         data = EncodedDataset(data_dir)
         dist_info = _init_distributed(c.device)
