@@ -48,6 +48,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -79,6 +80,209 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# --------------------------------------------------------------------------- JSON schemas
+# A small subset of JSON Schema (type, properties, required, additionalProperties as a
+# schema for other keys, items, maxItems, enum, minimum, maximum, pattern, anyOf), checked by
+# ``check_json``: the one validator of every JSON ondevice reads from outside (manifest here;
+# checkpoint metadata, spec and device results in ``ondevice.validation``, which imports it).
+_JSON_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def check_json(value: Any, schema: dict[str, Any], where: str) -> None:
+    """Raise ``RunnerError`` naming the first place where ``value`` does not follow ``schema``."""
+    if "anyOf" in schema:
+        errors = []
+        for option in schema["anyOf"]:
+            try:
+                check_json(value, option, where)
+                return
+            except RunnerError as err:
+                errors.append(str(err))
+        raise RunnerError(errors[-1] if errors else f"{where} matches no allowed form")
+    kind = schema.get("type")
+    if kind == "integer":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "number":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+    elif kind is not None:
+        ok = isinstance(value, _JSON_TYPES[kind])
+    else:
+        ok = True
+    if not ok:
+        shown = repr(value) if isinstance(value, (int, float, str, bool)) or value is None else type(value).__name__
+        raise RunnerError(f"{where} must be {'an' if kind in ('integer', 'object', 'array') else 'a'} {kind}, got {shown[:60]}")
+    if "enum" in schema and value not in schema["enum"]:
+        raise RunnerError(f"{where} must be one of {', '.join(map(repr, schema['enum']))}, got {str(value)[:60]!r}")
+    if "minimum" in schema and value < schema["minimum"]:
+        raise RunnerError(f"{where} must be >= {schema['minimum']}, got {value}")
+    if "maximum" in schema and value > schema["maximum"]:
+        raise RunnerError(f"{where} must be <= {schema['maximum']}, got {value}")
+    if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
+        raise RunnerError(f"{where} is malformed ({value[:60]!r})")
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        for key in schema.get("required", ()):
+            if key not in value:
+                raise RunnerError(f"{where} lacks {key!r}")
+        for key, item in value.items():
+            sub = props.get(key, schema.get("additionalProperties"))
+            if sub is not None:
+                check_json(item, sub, f"{where}.{key}")
+    if isinstance(value, list):
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            raise RunnerError(f"{where} has {len(value)} items, at most {schema['maxItems']} allowed")
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            raise RunnerError(f"{where} has {len(value)} items, at least {schema['minItems']} needed")
+        if "items" in schema:
+            for i, item in enumerate(value):
+                check_json(item, schema["items"], f"{where}[{i}]")
+
+
+_INT = {"type": "integer"}
+_NUM = {"type": "number"}
+_STR = {"type": "string"}
+#: At most this many numbers in one stored array (golden cases are a few thousand).
+MAX_ARRAY_VALUES = 10_000_000
+_ARRAY = {"type": "object", "required": ["dtype", "shape", "data"], "properties": {
+    "dtype": {"enum": ["int64", "int32", "float32", "float64"]},
+    "shape": {"type": "array", "maxItems": 8, "items": {"type": "integer", "minimum": 0, "maximum": MAX_ARRAY_VALUES}},
+    "data": {"type": "array", "maxItems": MAX_ARRAY_VALUES, "items": _NUM}}}
+_TENSOR_INFO = {"type": "object", "required": ["name"], "properties": {"name": _STR}}
+MANIFEST_SCHEMA: dict[str, Any] = {"type": "object", "required": [
+    "format", "task", "inputs", "outputs", "files", "tolerance", "golden", "schema"], "properties": {
+    "format": {"enum": ["ondevice-artefact"]},
+    "version": _INT,
+    "task": {"enum": ["ctr", "topk"]},
+    "runtime_format": {"anyOf": [{"enum": ["onnx", "ort"]}, {"type": "null"}]},
+    "vocab_sizes": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 100_000,
+                                                   "items": {"type": "integer", "minimum": 1}}]},
+    "inputs": {"type": "array", "minItems": 1, "items": _TENSOR_INFO},
+    "outputs": {"type": "array", "minItems": 1, "items": _TENSOR_INFO},
+    "files": {"type": "object", "additionalProperties": {"type": "object", "required": ["bytes", "sha256"], "properties": {
+        "bytes": {"type": "integer", "minimum": 0}, "sha256": {"type": "string", "pattern": "[0-9a-f]{64}"}}}},
+    "tolerance": {"type": "object", "required": ["atol"], "properties": {"atol": {"type": "number", "minimum": 0}}},
+    "golden": {"type": "array", "items": {"type": "object", "required": ["name", "inputs", "outputs"], "properties": {
+        "name": _STR, "inputs": {"type": "object", "additionalProperties": _ARRAY},
+        "outputs": {"type": "object", "additionalProperties": _ARRAY}}}},
+    "schema": {"type": "object", "properties": {"fingerprint": _STR}},
+    "topk": {"anyOf": [{"type": "null"}, {"type": "object", "properties": {
+        "k": {"type": "integer", "minimum": 1}, "num_items": {"type": "integer", "minimum": 1},
+        "ids_output": _STR, "scores_output": _STR, "user_vector_std": _NUM}}]},
+    "device_profile": {"anyOf": [{"type": "null"}, {"type": "object", "properties": {
+        "name": _STR, "arch": _STR, "batch_size": {"type": "integer", "minimum": 1},
+        "threads": {"type": "integer", "minimum": 1}, "p99_latency_ms": {"anyOf": [_NUM, {"type": "null"}]}}}]},
+}}
+
+
+def artefact_file(artefact_dir: str | Path, name: Any) -> Path:
+    """``artefact_dir / name`` for a plain file name that stays inside the artefact folder.
+
+    Refuses absolute paths, ``..``, separators and symlinks that lead out, without looking at
+    (or reporting anything about) the file outside.
+    """
+    root = Path(artefact_dir).resolve()
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\x00" in name or Path(name).is_absolute()):
+        raise RunnerError(f"file name {str(name)[:80]!r} is not a plain file inside the artefact folder; re-export")
+    path = root / name
+    if path.resolve().parent != root:
+        raise RunnerError(f"{name!r} leads outside the artefact folder (a symlink); copy the real file or re-export")
+    return path
+
+
+def _varint(buf: memoryview, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
+def _fields(buf: memoryview):
+    """(field number, wire type, value) of one protobuf message; value is an int or a memoryview."""
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 1:
+            value, i = None, i + 8
+        elif wire == 5:
+            value, i = None, i + 4
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            if i + n > len(buf):
+                raise ValueError("truncated field")
+            value, i = buf[i:i + n], i + n
+        else:
+            raise ValueError(f"wire type {wire}")
+        yield field, wire, value
+
+
+# Where TensorProtos sit in an ONNX model: message -> {field: kind of the sub-message}.
+_ONNX_WALK = {"model": {7: "graph", 25: "function"}, "function": {7: "node"},
+              "graph": {1: "node", 5: "tensor", 15: "sparse"}, "node": {5: "attribute"},
+              "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+              "sparse": {1: "tensor", 2: "tensor"}}
+
+
+def uses_external_data(model_bytes: bytes) -> bool:
+    """Whether any tensor of an ONNX model keeps its values in an external file.
+
+    A minimal protobuf walk (no onnx package on devices): TensorProto field 13
+    (``external_data``) or field 14 (``data_location``) = 1 (EXTERNAL). Raises ``RunnerError``
+    when the bytes are not a well-formed protobuf.
+    """
+    def walk(buf: memoryview, kind: str, depth: int) -> bool:
+        if depth > 64:
+            raise ValueError("nesting too deep")
+        for field, wire, value in _fields(buf):
+            if kind == "tensor":
+                if field == 13 or (field == 14 and value == 1):
+                    return True
+                continue
+            sub = _ONNX_WALK[kind].get(field)
+            if sub and wire == 2 and walk(value, sub, depth + 1):
+                return True
+        return False
+
+    try:
+        return walk(memoryview(model_bytes), "model", 0)
+    except ValueError as err:
+        raise RunnerError(f"the model file is not a well-formed ONNX protobuf ({err}); re-export") from None
+
+
+def validate_manifest(manifest: Any, where: str = "manifest.json") -> dict[str, Any]:
+    """Check the manifest's structure (``MANIFEST_SCHEMA``) and every golden array's shape."""
+    check_json(manifest, MANIFEST_SCHEMA, where)
+    for case in manifest["golden"]:
+        for part in ("inputs", "outputs"):
+            for key, arr in case[part].items():
+                n = 1
+                for d in arr["shape"]:
+                    n *= d
+                if n != len(arr["data"]):
+                    raise RunnerError(f"{where}.golden {case['name']!r} {part}.{key}: shape {arr['shape']} does not hold "
+                                      f"{len(arr['data'])} values; re-export")
+    names = {o["name"] for o in manifest["outputs"]}
+    for case in manifest["golden"]:
+        if set(case["outputs"]) != names:
+            raise RunnerError(f"{where}.golden {case['name']!r} outputs {sorted(case['outputs'])} != {sorted(names)}; re-export")
+        if manifest["inputs"][0]["name"] not in case["inputs"]:
+            raise RunnerError(f"{where}.golden {case['name']!r} lacks input {manifest['inputs'][0]['name']!r}; re-export")
+    if manifest["task"] == "topk" and not isinstance(manifest.get("topk"), dict):
+        raise RunnerError(f"{where}.topk is missing for a top-K artefact; re-export")
+    if manifest["task"] == "ctr" and not isinstance(manifest.get("vocab_sizes"), list):
+        raise RunnerError(f"{where} lacks 'vocab_sizes'; re-export")
+    return manifest
+
+
 def load_manifest(artefact_dir: str | Path) -> dict[str, Any]:
     """Read ``manifest.json``; one-line ``RunnerError`` when missing or unreadable."""
     path = Path(artefact_dir) / "manifest.json"
@@ -90,13 +294,14 @@ def load_manifest(artefact_dir: str | Path) -> dict[str, Any]:
         raise RunnerError(f"{path} is not valid JSON ({err}); copy the artefact folder again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != "ondevice-artefact":
         raise RunnerError(f"{path} is not an ondevice artefact manifest")
-    return manifest
+    return validate_manifest(manifest, str(path))
 
 
 def check_files(artefact_dir: str | Path, manifest: dict[str, Any]) -> None:
-    """Every model file listed in the manifest exists with the recorded bytes and sha256."""
+    """Every model file listed in the manifest exists inside the folder with the recorded
+    bytes and sha256, and no ONNX file keeps weights in an external file (single-file contract)."""
     for name, info in manifest["files"].items():
-        path = Path(artefact_dir) / name
+        path = artefact_file(artefact_dir, name)
         if not path.is_file():
             raise RunnerError(f"{path} is missing; copy the whole artefact folder or re-export")
         size = path.stat().st_size
@@ -109,6 +314,8 @@ def check_files(artefact_dir: str | Path, manifest: dict[str, Any]) -> None:
             raise RunnerError(
                 f"{path} sha256 {digest[:12]}... does not match the manifest's {info['sha256'][:12]}... (corrupt or modified); re-export or copy it again"
             )
+        if name.endswith(".onnx") and uses_external_data(path.read_bytes()):
+            raise RunnerError(f"{path} keeps weights in an external data file; artefacts are single-file models, re-export")
 
 
 def default_model_file(manifest: dict[str, Any]) -> str:
@@ -203,7 +410,11 @@ def check_golden(session: ort.InferenceSession, manifest: dict[str, Any]) -> dic
     cases = []
     for case in manifest["golden"]:
         feeds = {k: decode_array(v) for k, v in case["inputs"].items()}
-        got = dict(zip(names, session.run(names, feeds), strict=False))
+        try:
+            got = dict(zip(names, session.run(names, feeds), strict=False))
+        except Exception as err:  # noqa: BLE001 - a golden input the model rejects is a broken artefact
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise RunnerError(f"onnxruntime failed on golden case {case['name']!r} ({first[:160]}); re-export") from None
         expected = {k: decode_array(v) for k, v in case["outputs"].items()}
         diffs = compare_outputs(manifest, got, expected, atol)
         passed = all(v <= atol for k, v in diffs.items()) if manifest["task"] == "ctr" else all(
@@ -288,7 +499,7 @@ def measure_one(artefact_dir: str | Path, model_file: str, batch: int, threads: 
     names = [o["name"] for o in manifest["outputs"]]
     rss_before = rss_bytes()
     t0 = time.perf_counter_ns()
-    session = make_session(Path(artefact_dir) / model_file, threads)
+    session = make_session(artefact_file(artefact_dir, model_file), threads)
     create_ms = (time.perf_counter_ns() - t0) / 1e6
     rss_session, peak_session = rss_bytes(), peak_rss_bytes()
     run = session.run
@@ -385,11 +596,12 @@ def run_device_check(artefact_dir: str | Path, *, batches: list[int] | None = No
     check_files(artefact_dir, manifest)
     model_file = model_file or default_model_file(manifest)
     if model_file not in manifest["files"]:
-        raise RunnerError(f"{model_file} is not in this artefact; choose one of: {', '.join(manifest['files'])}")
+        raise RunnerError(f"{str(model_file)[:80]!r} is not in this artefact; choose one of: {', '.join(manifest['files'])}")
+    artefact_file(artefact_dir, model_file)
     profile = manifest.get("device_profile") or {}
     batches = batches or sorted({1, int(profile.get("batch_size", 256))} | {256})
     threads = threads or sorted({1, int(profile.get("threads", 1))})
-    session = make_session(Path(artefact_dir) / model_file, 1)
+    session = make_session(artefact_file(artefact_dir, model_file), 1)
     golden = check_golden(session, manifest)
     del session
     latency = [measure_in_subprocess(artefact_dir, model_file, b, t, runs, warmup, seed)
@@ -419,18 +631,30 @@ def run_parity(artefact_dir: str | Path, inputs_path: str | Path, out_path: str 
     check_files(artefact_dir, manifest)
     model_file = model_file or default_model_file(manifest)
     if model_file not in manifest["files"]:
-        raise RunnerError(f"{model_file} is not in this artefact; choose one of: {', '.join(manifest['files'])}")
+        raise RunnerError(f"{str(model_file)[:80]!r} is not in this artefact; choose one of: {', '.join(manifest['files'])}")
+    artefact_file(artefact_dir, model_file)
     in_name = manifest["inputs"][0]["name"]
     names = [o["name"] for o in manifest["outputs"]]
     t0 = time.perf_counter()
-    with np.load(inputs_path) as data:
-        cases = {k: data[k] for k in data.files}
+    try:
+        with np.load(inputs_path, allow_pickle=False) as data:
+            cases = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise RunnerError(f"--parity-inputs {inputs_path} is not a readable .npz ({str(err)[:120]})") from None
+    for case, x in cases.items():
+        if x.dtype.kind not in "iuf":
+            raise RunnerError(f"--parity-inputs case {case!r} has dtype {x.dtype}; expected numbers")
     outputs: dict[str, np.ndarray] = {}
     variants = [("", None)] + ([("alt::", alt_config)] if alt_config else [])
     for prefix, config in variants:
-        session = make_session(Path(artefact_dir) / model_file, 1, config)
+        session = make_session(artefact_file(artefact_dir, model_file), 1, config)
         for case, x in cases.items():
-            for name, value in zip(names, session.run(names, {in_name: x}), strict=False):
+            try:
+                values = session.run(names, {in_name: x})
+            except Exception as err:  # noqa: BLE001 - an input the model rejects
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise RunnerError(f"onnxruntime failed on parity case {case!r} ({first[:160]})") from None
+            for name, value in zip(names, values, strict=False):
                 outputs[f"{prefix}{case}::{name}"] = np.asarray(value)
         del session
     tmp = Path(out_path).with_name(f".{Path(out_path).name}.tmp.npz")
@@ -488,9 +712,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _check_writable(path: str, what: str) -> None:
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise RunnerError(f"{what} {path}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise RunnerError(f"{what} {path}: folder {parent} is not writable")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
+        if args.json_out:  # fail now, not after the whole run
+            _check_writable(args.json_out, "--json")
+        if args.parity_out:
+            _check_writable(args.parity_out, "--parity-out")
         if args._measure:
             b, t = (args.batch or [1])[0], (args.threads or [1])[0]
             result = measure_one(args.artefact_dir, args.model_file, b, t, args.runs, args.warmup, args.seed)

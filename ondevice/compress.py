@@ -67,6 +67,7 @@ from ondevice.io import (
     safe_child,
 )
 from ondevice.models import BPRMF, RecModel
+from ondevice.outputs import check_output
 from ondevice.search import ByteAccountant, make_searcher
 from ondevice.search.base import FORMAT_MARGIN_BYTES, MLP_OPTIONS, SearchResult
 from ondevice.search.retrain import topk_metric_name, val_metrics
@@ -212,10 +213,7 @@ def compress(
     if profile_runs < 1:
         raise BadInputError(f"profile runs must be >= 1, got {profile_runs}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        from ondevice.errors import OutputExistsError
-
-        raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it")
+    check_output(out_dir, kind="compress", inputs=[run_dir, data_dir], force=force)
     ckpt = load_checkpoint(run_dir)
     data = run_data(run_dir, data_dir)
     if data.schema.fingerprint() != ckpt.schema.fingerprint():
@@ -233,7 +231,7 @@ def compress(
     runs: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     errors: list[OndeviceError] = []
-    with atomic_output_dir(out_dir, force=force) as tmp:
+    with atomic_output_dir(out_dir, kind="compress", inputs=[run_dir, data.root], force=force) as tmp:
         for label, nbytes, dev, budget_arg in targets:
             for method, searcher in searchers.items():
                 name = label if len(searchers) == 1 else f"{label}-{method}"

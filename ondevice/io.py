@@ -9,13 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ondevice.errors import BadInputError, OutputExistsError
+from ondevice.errors import BadInputError
 
 
 def _umask() -> int:
@@ -90,32 +89,18 @@ def check_writable_parent(out: Path) -> None:
         raise BadInputError(f"output folder {parent} is not writable; choose another --out")
 
 
-@contextlib.contextmanager
-def atomic_output_dir(out: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
+def atomic_output_dir(out: str | os.PathLike, *, kind: str, inputs: Iterable[str | os.PathLike | None] = (),
+                      force: bool = False) -> contextlib.AbstractContextManager[Path]:
     """Yield a temp folder beside ``out``; on success it is renamed to ``out``.
 
     On any exception the temp folder is removed, so no partial output is left behind.
-    An existing ``out`` is replaced only with ``force=True``.
+    ``kind`` names the command (its marker), ``inputs`` the paths ``out`` must stay clear of;
+    an existing ``out`` is replaced only with ``force=True`` and a marker of the same kind.
+    The rules (locking, markers, leftovers) live in ``ondevice.outputs``.
     """
-    out = Path(out)
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out} already exists; pass --force to replace it")
-    check_writable_parent(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs are ordinary folders
-    try:
-        yield tmp
-        if out.exists():
-            backup = out.with_name(f".{out.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(out, backup)
-            os.replace(tmp, out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    from ondevice.outputs import output_dir
+
+    return output_dir(out, kind=kind, inputs=inputs, force=force)
 
 
 def safe_child(parent: Path, name: str) -> Path:

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ondevice.errors import OutputExistsError
+from ondevice.io import check_writable_parent
+from ondevice.outputs import OutputLock, check_replaceable, write_marker
 
 #: Small enough for ~1 minute on 2 cores, large enough that DeepFM learns the planted model.
 QUICKSTART_ROWS = 300_000
@@ -36,7 +37,28 @@ def run_quickstart(
     quiet: bool = False,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run generate -> prepare -> train -> export -> verify -> profile; return a summary."""
+    """Run generate -> prepare -> train -> export -> verify -> profile; return a summary.
+
+    ``out_dir`` is locked for the run, replaced only with ``force`` when an earlier quickstart
+    wrote it (``ondevice.outputs``), and removed again if the run fails.
+    """
+    out = Path(out_dir)
+    check_writable_parent(out)
+    with OutputLock(out):
+        # not renamed at the end (the run records its data folder's path): removed on failure instead
+        if check_replaceable(out, "quickstart", force, hint=" or --out another folder"):
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        try:
+            summary = _run(out, rows=rows, epochs=epochs, seed=seed, quiet=quiet, echo=echo)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        write_marker(out, "quickstart")
+    return summary
+
+
+def _run(out: Path, *, rows: int, epochs: int, seed: int, quiet: bool, echo: Callable[[str], None]) -> dict[str, Any]:
     import torch
 
     from ondevice.compress import compress
@@ -44,12 +66,6 @@ def run_quickstart(
     from ondevice.data.preparation import prepare
     from ondevice.train import TrainConfig, train
 
-    out = Path(out_dir)
-    if out.exists():
-        if not force:
-            raise OutputExistsError(f"{out} already exists; pass --force to replace it or --out another folder")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     raw = out / "raw" / "train.tsv.gz"

@@ -184,8 +184,8 @@ class Schema:
                 version=version,
                 extra=d.get("extra", {}),
             )
-        except (KeyError, TypeError) as err:
-            raise SchemaMismatchError(f"{source}: malformed schema ({err}); re-run `ondevice prepare`") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise SchemaMismatchError(f"{source}: malformed schema ({str(err)[:160]}); re-run `ondevice prepare`") from None
         if schema.task not in ("ctr", "topk"):
             raise SchemaMismatchError(f"{source}: unknown task {schema.task!r}; expected 'ctr' or 'topk'")
         return schema

@@ -68,7 +68,8 @@ def verify_cmd(artefact_dir: Path, seed: int | None, as_json: bool, arch: str, c
         click.echo(json.dumps(r, indent=2))
         return
     diffs = ", ".join(f"{k} {v:.2e}" for k, v in r["max_abs_diff"].items())
-    click.echo(f"verified {artefact_dir}: {len(r['cases'])} cases, max abs diff {diffs} <= atol {r['atol']:.1e} (seed {r['seed']})")
+    click.echo(f"verified {artefact_dir}: {len(r['cases'])} cases, max abs diff {diffs} <= atol {r['atol']:.1e} (seed {r['seed']})"
+               f"{'' if r['recorded'] else '; not recorded in the read-only folder'}")
 
 
 def _verify_arm64(artefact_dir: Path, seed: int | None, as_json: bool, cpus: tuple[str, ...]) -> None:

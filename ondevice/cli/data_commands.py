@@ -73,7 +73,11 @@ def prepare_command(inputs: tuple[Path, ...], fmt: str, out: Path, min_count: in
     """Encode raw INPUTS into an encoded dataset folder (schema.json, prepare.json, splits)."""
     from ondevice.data.preparation import DEFAULT_CHUNK_ROWS, prepare
 
-    hash_buckets = {k: int(v) for k, v in _key_values(hashes, "--hash").items()}
+    hash_buckets = {}
+    for key, value in _key_values(hashes, "--hash").items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise BadInputError(f"--hash {key}={value!r}: the number of buckets must be a whole number, e.g. {key}=100000")
+        hash_buckets[key] = value
     format_options = _key_values(options, "--option")
     if spec is not None:
         format_options["spec"] = str(spec)

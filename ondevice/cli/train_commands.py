@@ -16,13 +16,31 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     dims: list[int] = []
     try:
         for part in (p.strip() for p in value.split(",") if p.strip()):
-            width, _, repeat = part.partition("x")  # "400x3" = 400,400,400
-            dims.extend([int(width)] * (int(repeat) if repeat else 1))
+            width, x, repeat = part.partition("x")  # "400x3" = 400,400,400
+            count = int(repeat) if x else 1
+            if count < 1:
+                raise click.BadParameter(f"the repeat count in {part!r} must be >= 1; got {value!r}")
+            dims.extend([int(width)] * count)
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers such as 400,400,400 (or 400x3); got {value!r}") from None
     if any(d < 1 for d in dims):
         raise click.BadParameter(f"layer widths must be >= 1; got {value!r}")
     return dims
+
+
+#: ``train`` options whose TrainConfig field has another name.
+_CONFIG_FIELDS = {"max_steps": "max_steps_per_epoch", "dense_embeddings": "sparse_embeddings"}
+
+
+def _given_options(ctx: click.Context, config) -> dict:  # noqa: ANN001 - TrainConfig, imported lazily
+    """The TrainConfig fields whose option was given on the command line (or by environment)."""
+    given = {}
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        fld = _CONFIG_FIELDS.get(name, name)
+        if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT) and hasattr(config, fld):
+            given[fld] = getattr(config, fld)
+    return given
 
 
 @cli.command()
@@ -64,12 +82,12 @@ def train(data_dir: Path, out_dir: Path, model: str, embed_dim: int | None, mlp_
     """
     from ondevice.train import TrainConfig
     from ondevice.train import train as train_fn
-    from ondevice.train.trainer import config_for_run
+    from ondevice.train.trainer import resume_config
 
     config = TrainConfig(
         model=model,
         embed_dim=embed_dim,
-        mlp_dims=mlp_dims or [400, 400, 400],
+        mlp_dims=mlp_dims if mlp_dims is not None else [400, 400, 400],
         dropout=dropout,
         batch_norm=batch_norm,
         lr=lr,
@@ -86,8 +104,8 @@ def train(data_dir: Path, out_dir: Path, model: str, embed_dim: int | None, mlp_
         max_steps_per_epoch=max_steps,
         sparse_embeddings="auto" if dense_embeddings is None else not dense_embeddings,
     )
-    if resume:
-        config = config_for_run(out_dir, epochs=epochs)
+    if resume:  # options not given on the command line come from the checkpoint; given ones are checked
+        config = resume_config(out_dir, _given_options(click.get_current_context(), config))
     result = train_fn(data_dir, out_dir, config, resume=resume, force=force, quiet=quiet)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         summary = {"run_dir": str(result.run_dir), "best_epoch": result.best_epoch, "val": result.val, "test": result.test}

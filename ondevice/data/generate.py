@@ -396,6 +396,8 @@ def generate_topk(
         raise BadInputError(f"need users >= 1 and items >= 2, got users={users}, items={items}")
     if not 0.0 <= test_fraction < 1.0:
         raise BadInputError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if not 1.0 <= mean_items < float("inf"):  # also refuses nan
+        raise BadInputError(f"--mean-items must be a number >= 1, got {mean_items}")
     out = Path(out_dir)
     check_writable_parent(out / "x")
     out.mkdir(parents=True, exist_ok=True)

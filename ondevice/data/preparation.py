@@ -105,7 +105,7 @@ def _token(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, bytes):
-        return v.decode("utf-8")
+        return v.decode("utf-8", errors="backslashreplace")  # non-UTF-8 bytes stay distinct values
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     return str(v)
@@ -190,6 +190,8 @@ class _FieldPlan:
         buckets = int(self.hash_buckets or 1)
         cache = self.hash_cache
         mapping = np.empty(len(values), dtype=np.int32)
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            values = values.cast(pa.binary())  # to_pylist on non-UTF-8 text raises; bytes -> _token decodes safely
         for k, v in enumerate(values.to_pylist()):
             tok = _token(v)
             hid = cache.get(tok)
@@ -402,7 +404,7 @@ def prepare(
 
     n_fields = len(plans)
     ctr = fmt.task == "ctr"
-    with atomic_output_dir(out_dir, force=force) as tmp, ThreadPoolExecutor(n_threads) as pool:
+    with atomic_output_dir(out_dir, kind="prepare", inputs=paths, force=force) as tmp, ThreadPoolExecutor(n_threads) as pool:
         # ------------------------------------------------------------ pass 1: read once
         spills = [_RawSpill(tmp, name, n_fields, labels=ctr, rowidx=keep_user and s != _TRAIN)
                   for s, name in enumerate(SPLITS)]

@@ -171,12 +171,13 @@ def load_artefact(artefact_dir: str | Path, *, check_hashes: bool = True) -> Art
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:
         raise ArtefactError(f"{path / 'manifest.json'} lacks {', '.join(missing)}; re-export")
-    if check_hashes:  # the device runner's check: host and device judge a file alike
-        runner = runner_module()
-        try:
+    runner = runner_module()
+    try:  # the device runner's checks: host and device judge a manifest and its files alike
+        runner.validate_manifest(manifest, str(path / "manifest.json"))
+        if check_hashes:
             runner.check_files(path, manifest)
-        except runner.RunnerError as err:
-            raise ArtefactError(str(err)) from None
+    except runner.RunnerError as err:
+        raise ArtefactError(str(err)) from None
     try:
         schema = Schema.load(path / "schema.json")
     except BadInputError as err:

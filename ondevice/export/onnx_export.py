@@ -53,6 +53,7 @@ from ondevice.export.manifest import (
 from ondevice.export.mobile import check_mobile_usability, convert_to_ort
 from ondevice.io import atomic_output_dir
 from ondevice.models import BPRMF, RecModel
+from ondevice.outputs import check_output
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 __all__ = ["deployable_model", "export_artefact", "export_onnx", "versions"]
@@ -224,10 +225,8 @@ def export_artefact(
     if top_k < 1:
         raise BadInputError(f"top-k must be >= 1, got {top_k}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        from ondevice.errors import OutputExistsError
-
-        raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it")
+    src = run_dir_or_checkpoint.path if isinstance(run_dir_or_checkpoint, Checkpoint) else run_dir_or_checkpoint
+    check_output(out_dir, kind="export", inputs=[src], force=force)
     ckpt = _resolve_checkpoint(run_dir_or_checkpoint)
     model = deployable_model(ckpt.model)
     module, io = export_module(model, k=top_k)
@@ -242,7 +241,7 @@ def export_artefact(
         assert isinstance(model, BPRMF)
         io["topk"]["user_vector_std"] = golden_mod.user_vector_std(model)
     runner = runner_module()
-    with atomic_output_dir(out_dir, force=force) as tmp:
+    with atomic_output_dir(out_dir, kind="export", inputs=[src], force=force) as tmp:
         scratch = tmp / ".export"
         scratch.mkdir()
         export_onnx(module, io, torch.from_numpy(next(iter(goldens.values()))), scratch / MODEL_ONNX)

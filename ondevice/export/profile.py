@@ -95,7 +95,11 @@ def profile_artefact(
     manifest = art.manifest
     model_file = model_file or MODEL_ONNX
     if model_file not in manifest["files"]:
-        raise BadInputError(f"{model_file} is not in this artefact; choose one of: {', '.join(manifest['files'])}")
+        raise BadInputError(f"{str(model_file)[:80]!r} is not in this artefact; choose one of: {', '.join(manifest['files'])}")
+    try:
+        runner.artefact_file(art.path, model_file)  # no '..', absolute path or symlink out of the folder
+    except runner.RunnerError as err:
+        raise ArtefactError(str(err)) from None
     combos = [(int(b), int(t)) for b in batches for t in threads]
     prof = manifest.get("device_profile")
     if prof and (prof["batch_size"], prof["threads"]) not in combos:

@@ -23,15 +23,19 @@ __all__ = ["build_report", "load_device_result"]
 
 def load_device_result(path: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Read a runner JSON and check it belongs to this artefact (one-line errors, exit 2)."""
+    from ondevice.validation import DEVICE_RESULT_SCHEMA, validate
+
     data = read_json(path, what="device result")
     if not isinstance(data, dict) or data.get("format") != "ondevice-device-result":
         raise BadInputError(f"{path} is not a device result; write one with `python runner.py ARTEFACT --json out.json`")
-    art = data.get("artefact", {})
-    entry = manifest["files"].get(art.get("model_file", ""))
-    if entry is None or entry["sha256"] != art.get("sha256"):
+    art_schema = DEVICE_RESULT_SCHEMA["properties"]["artefact"]
+    validate(data.get("artefact"), art_schema, f"{path}.artefact")  # which artefact first: the likelier mistake
+    art = data["artefact"]
+    entry = manifest["files"].get(art["model_file"])
+    if entry is None or entry["sha256"] != art["sha256"]:
         raise ArtefactError(f"{path} was measured on another artefact (sha256 {str(art.get('sha256'))[:12]}...); "
                             "run the runner on this artefact's files")
-    return data
+    return validate(data, DEVICE_RESULT_SCHEMA, str(path))
 
 
 def build_report(artefact_dir: str | Path, *, device_results: list[str | Path] | None = None) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from ondevice.export._runner import runner_module
 from ondevice.export.lowering import export_module
 from ondevice.export.manifest import load_artefact, write_manifest
 from ondevice.io import atomic_write_json
+from ondevice.outputs import MARKER, is_finished
 
 __all__ = ["verify_artefact"]
 
@@ -63,13 +64,20 @@ def _topk_case(name: str, x: np.ndarray, ort_out: dict[str, np.ndarray], module:
 
 
 def verify_artefact(artefact_dir: str | Path, *, seed: int | None = None, batches: tuple[int, ...] = (1, 256),
-                    write: bool = True) -> dict[str, Any]:
+                    write: bool | None = None) -> dict[str, Any]:
     """Compare onnxruntime with PyTorch on golden and fresh inputs; raise ``ParityError`` on a miss.
 
-    Writes ``verify.json`` and the ``verify`` entry of ``manifest.json`` (also when the check
-    fails, so the report shows the numbers). ``seed`` defaults to a fresh random one.
-    Raises ``ArtefactError`` (exit 2) for a corrupt, truncated or modified artefact.
+    Records ``verify.json`` and the ``verify`` entry of ``manifest.json`` (also when the check
+    fails, so the report shows the numbers) when ``write`` is True, or by default when the
+    folder is writable; a read-only artefact is verified all the same (``result["recorded"]``
+    says which). ``seed`` defaults to a fresh random one. Raises ``ArtefactError`` (exit 2)
+    for a corrupt, truncated, modified or unfinished artefact (no completion marker, or the
+    temp folder of an export that was killed).
     """
+    path = Path(artefact_dir)
+    if path.is_dir() and not is_finished(path, "export"):
+        raise ArtefactError(f"{path} is not a finished artefact (no completion marker {MARKER}, or the temp folder "
+                            "of an interrupted export); re-export it")
     art = load_artefact(artefact_dir)
     manifest = art.manifest
     runner = runner_module()
@@ -116,6 +124,9 @@ def verify_artefact(artefact_dir: str | Path, *, seed: int | None = None, batche
         "seconds": time.time() - started,
         "verified_unix": time.time(),
     }
+    if write is None:
+        write = os.access(art.path, os.W_OK) and os.access(art.path / "manifest.json", os.W_OK)
+    result["recorded"] = bool(write)
     if write:
         atomic_write_json(art.path / "verify.json", result)
         manifest["verify"] = {k: result[k] for k in ("passed", "seed", "atol", "max_abs_diff", "verified_unix")}

@@ -54,7 +54,7 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Atomically write a checkpoint (temp file + rename)."""
-    payload = {
+    payload = _unshared({
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "model": model.describe(),
@@ -63,10 +63,30 @@ def save_checkpoint(
         "train_config": train_config or {},
         "metrics": metrics or {},
         "extra": extra or {},
-    }
+    })
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _unshared(obj: Any) -> Any:
+    """A copy of the containers and strings in ``obj`` in which no object appears twice.
+
+    Pickle writes an object seen before as a back-reference, so two equal payloads whose
+    strings or dicts happen to be shared differently (a resumed run's metrics come from the
+    loaded checkpoint, a straight run's from the trainer) would give different bytes.
+    Copying every container and string makes the bytes a function of the values only.
+    Tensors are kept as they are (pickled by storage).
+    """
+    if isinstance(obj, dict):
+        return {_unshared(k): _unshared(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unshared(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_unshared(v) for v in obj)
+    if isinstance(obj, str) and len(obj) > 1:
+        return (obj + " ")[:-1]  # a new str object with the same value
+    return obj
 
 
 def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> Checkpoint:
@@ -87,11 +107,20 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> Checkpoin
         raise CheckpointError(
             f"{path}: checkpoint version {payload.get('version')} != supported {CHECKPOINT_VERSION}; re-train with this version"
         )
+    from ondevice.validation import CHECKPOINT_SCHEMA, validate
+
+    validate(payload, CHECKPOINT_SCHEMA, str(path), CheckpointError)
     schema = Schema.from_dict(payload["schema"], source=str(path))
-    model = model_from_description(payload["model"])
+    try:
+        model = model_from_description(payload["model"])
+    except BadInputError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path}: the model description is malformed ({type(err).__name__}: {str(err)[:120]}); "
+                              "re-run training") from None
     try:
         model.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{path}: weights do not fit the described model ({str(err).splitlines()[0][:160]})") from None
     model.eval()
     return Checkpoint(
@@ -105,11 +134,14 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> Checkpoin
 
 
 def load_raw(path: str | Path) -> dict[str, Any]:
-    """The raw payload (used by --resume for optimiser/RNG state)."""
+    """The raw payload (used by --resume for optimiser/RNG state), structure-checked."""
     try:
-        return torch.load(Path(path), map_location="cpu", weights_only=True)
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt file
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}); start without --resume") from None
+    from ondevice.validation import CHECKPOINT_SCHEMA, validate
+
+    return validate(payload, CHECKPOINT_SCHEMA, str(path), CheckpointError)
 
 
 def run_data(run_dir: str | Path, data_dir: str | Path | None = None) -> EncodedDataset:

@@ -50,9 +50,17 @@ import torch.nn.functional as F
 
 from ondevice import __version__
 from ondevice.data import EncodedDataset
-from ondevice.errors import BadInputError, CheckpointError, OutputExistsError
+from ondevice.errors import BadInputError, CheckpointError, OutputExistsError, SchemaMismatchError
 from ondevice.io import atomic_write_json, check_writable_parent
 from ondevice.models import BPRMF, CTRModel, RecModel, build_model, model_from_description
+from ondevice.outputs import (
+    OutputLock,
+    check_out_vs_inputs,
+    check_replaceable,
+    publish,
+    write_marker,
+)
+from ondevice.schema import Schema
 from ondevice.train.checkpoint import load_raw, save_checkpoint
 from ondevice.train.metrics import log_loss, recall_ndcg_at_k, roc_auc, sampled_hr_ndcg
 
@@ -122,15 +130,21 @@ class TrainConfig:
         for name in ("embed_dim", "batch_size", "epochs", "k"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
+        if not math.isfinite(self.lr) or self.lr <= 0:
             raise BadInputError(f"--lr must be a finite number > 0, got {self.lr}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise BadInputError(f"--dropout must be in [0, 1), got {self.dropout}")
         for name in ("weight_decay", "l2"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise BadInputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
-        if self.patience < 1:
-            raise BadInputError(f"--patience must be >= 1, got {self.patience}")
+        if not 0.0 <= self.dropout < 1.0:  # also refuses nan
+            raise BadInputError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.embedding_lr is not None and not (math.isfinite(self.embedding_lr) and self.embedding_lr > 0):
+            raise BadInputError(f"embedding_lr must be a finite number > 0, got {self.embedding_lr}")
+        if any(int(d) < 1 for d in self.mlp_dims) or (not self.mlp_dims and self.model in ("deepfm", "widedeep", "deepfwfm", "dcn")):
+            raise BadInputError(f"--mlp widths must be >= 1, got {self.mlp_dims}")
+        for name in ("patience", "threads", "max_steps_per_epoch", "cross_layers", "eval_negatives", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BadInputError(f"--{name.replace('_per_epoch', '').replace('_', '-')} must be >= 1, got {value}")
         if self.sparse_embeddings not in (True, False, "auto"):
             raise BadInputError(f"sparse_embeddings must be true, false or 'auto', got {self.sparse_embeddings!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -561,6 +575,20 @@ def _lazy_tables(setting: bool | str, model: RecModel) -> bool:
 
 
 # ---------------------------------------------------------------------- the trainer
+def _check_table_memory(vocab_sizes: list[int], dim: int) -> None:
+    """Refuse before allocating embedding tables (+ two Adam moments) larger than this machine's memory."""
+    rows = sum(int(v) for v in vocab_sizes)
+    need = rows * (dim + 1) * 4 * 3
+    try:
+        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > avail:
+        raise BadInputError(f"the embedding tables need about {need / 2**30:,.1f} GiB ({rows:,} rows x {dim} dims with "
+                            f"Adam state), more than this machine's {avail / 2**30:,.1f} GiB; hash the large fields "
+                            "(prepare --hash FIELD=N) or raise --min-count")
+
+
 class Trainer:
     """Train one model on one encoded dataset into a run folder.
 
@@ -593,6 +621,7 @@ class Trainer:
             kwargs.update(mlp_dims=list(c.mlp_dims), dropout=c.dropout, batch_norm=c.batch_norm)
         if c.model == "dcn":
             kwargs["cross_layers"] = c.cross_layers
+        _check_table_memory(data.schema.vocab_sizes, c.embed_dim)
         return build_model(c.model, data.schema.vocab_sizes, **kwargs)
 
     def _optimizers(self, model: RecModel) -> list[torch.optim.Optimizer]:
@@ -608,7 +637,7 @@ class Trainer:
         continues from ``<out_dir>.partial/last.pt`` (or a finished run's ``last.pt``).
         """
         c = self.config
-        out_dir = Path(out_dir)
+        out_dir = Path(os.path.abspath(out_dir))  # '.' and '..' have no name to add '.partial' to
         partial = out_dir.with_name(out_dir.name + ".partial")
         data = EncodedDataset(data_dir)
         dist_info = _init_distributed(c.device)
@@ -618,21 +647,41 @@ class Trainer:
         if dist_info.enabled and c.batch_size % dist_info.world_size:
             raise BadInputError(f"--batch-size {c.batch_size} is not divisible by the {dist_info.world_size} processes")
 
-        # --- where we write, and where we resume from
+        # --- where we write, and where we resume from (rank 0 holds the output lock throughout)
+        check_out_vs_inputs(out_dir, [data_dir])
+        check_out_vs_inputs(partial, [data_dir])
+        lock = OutputLock(out_dir) if dist_info.is_main else None
+        if lock is not None:
+            check_writable_parent(out_dir)
+            lock.acquire()
+        try:
+            return self._fit_locked(data, out_dir, partial, device, dist_info, resume=resume, force=force)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit_locked(self, data: EncodedDataset, out_dir: Path, partial: Path, device: torch.device,
+                    dist_info: DistInfo, *, resume: bool, force: bool) -> TrainResult:
         state: dict[str, Any] | None = None
+        existed = os.path.lexists(out_dir)
         if resume:
             src = partial if (partial / "last.pt").is_file() else out_dir
             if not (src / "last.pt").is_file():
                 raise CheckpointError(f"nothing to resume: neither {partial}/last.pt nor {out_dir}/last.pt exists; start without --resume")
+            if existed:
+                check_replaceable(out_dir, "train", True)
             state = load_raw(src / "last.pt")
+            check_resume(state, data, self.config, src / "last.pt")
             if dist_info.is_main and src == out_dir:
                 partial.mkdir(parents=True, exist_ok=True)
                 for f in out_dir.iterdir():
-                    shutil.copy2(f, partial / f.name)
+                    if f.is_file():
+                        shutil.copy2(f, partial / f.name)
         else:
-            if out_dir.exists() and not force:
-                raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it or --resume to continue it")
-            check_writable_parent(out_dir)
+            check_replaceable(out_dir, "train", force, hint=" or --resume to continue it")
+            if (partial / "last.pt").is_file() and not force:
+                raise OutputExistsError(f"{partial} holds an interrupted run; pass --resume to continue it "
+                                        "or --force to start over")
             if dist_info.is_main:
                 shutil.rmtree(partial, ignore_errors=True)
                 partial.mkdir(parents=True)
@@ -650,9 +699,8 @@ class Trainer:
                 shutil.rmtree(partial, ignore_errors=True)
             raise
         if dist_info.is_main:
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(partial, out_dir)
+            write_marker(partial, "train")
+            publish(partial, out_dir, kind="train", force=force or resume, existed=existed)
         if dist_info.enabled:
             dist.barrier()
         result.run_dir = out_dir
@@ -697,6 +745,7 @@ class Trainer:
             train_seconds = ts["train_seconds"]
 
         train = data.split("train")
+        data_identity = data.identity()  # recorded in last.pt: --resume checks it is the same data
         metric_name = "auc" if data.task == "ctr" else f"recall@{c.k}"
         if data.task == "topk" and c.eval_protocol == "sampled":
             metric_name = f"hr@{c.k}"
@@ -746,7 +795,7 @@ class Trainer:
                     "train_seconds": train_seconds,
                 }
                 save_checkpoint(run / "last.pt", model, data.schema, train_config=asdict(c), metrics=meta,
-                                extra={"trainer_state": trainer_state})
+                                extra={"trainer_state": trainer_state, "data_identity": data_identity})
             if dist_info.enabled:
                 dist.barrier()
             if self.on_epoch is not None and self.on_epoch(epoch, val[metric_name]):
@@ -896,6 +945,57 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, *, res
           force: bool = False, quiet: bool = False, on_epoch: Callable[[int, float], bool] | None = None) -> TrainResult:
     """Library entry point behind ``ondevice train``."""
     return Trainer(config, quiet=quiet, on_epoch=on_epoch).fit(data_dir, out_dir, resume=resume, force=force)
+
+
+#: Options a resumed run may change: they do not change what is computed.
+RESUME_FREE_OPTIONS = ("epochs", "device", "threads", "eval_batch_size")
+
+
+def check_resume(state: dict[str, Any], data: EncodedDataset, config: TrainConfig, path: Path) -> None:
+    """Refuse to resume ``state`` (a ``last.pt`` payload) on other data or with other run-shaping options.
+
+    Compares every ``TrainConfig`` field except ``RESUME_FREE_OPTIONS`` with the checkpoint's,
+    then the dataset's schema fingerprint, split row counts and content hash
+    (``EncodedDataset.identity``) with the ones recorded at the start of the run.
+    """
+    saved = state.get("train_config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} records no training config; start without --resume")
+    for key, value in asdict(config).items():
+        if key in RESUME_FREE_OPTIONS or key not in saved:
+            continue
+        if saved[key] != value and not (isinstance(value, list) and list(saved[key] or []) == value):
+            raise BadInputError(f"--resume: {path} was trained with {key}={saved[key]!r}, this run asks for {value!r}; "
+                                "drop the option to keep the checkpoint's value, or start a new run")
+    schema = state.get("schema")
+    recorded = None
+    if isinstance(schema, dict):
+        try:
+            recorded = Schema.from_dict(schema, source=str(path)).fingerprint()
+        except BadInputError:
+            recorded = None
+    ident = (state.get("extra") or {}).get("data_identity") if isinstance(state.get("extra"), dict) else None
+    current = data.identity()
+    if recorded is not None and recorded != current["schema_fingerprint"]:
+        raise SchemaMismatchError(f"--resume: {data.root} has schema {current['schema_fingerprint']}, the checkpoint "
+                                  f"{path} was trained on schema {recorded}; resume with the same data")
+    if isinstance(ident, dict):
+        for split, n in (ident.get("rows") or {}).items():
+            if current["rows"].get(split) != n:
+                raise SchemaMismatchError(f"--resume: {data.root} has {current['rows'].get(split)} {split} rows, the "
+                                          f"checkpoint {path} was trained on {n}; resume with the same data")
+        if ident.get("content_sha256") not in (None, current["content_sha256"]):
+            raise SchemaMismatchError(f"--resume: the content of {data.root} differs from the data the checkpoint {path} "
+                                      "was trained on (same schema and rows); resume with the same data")
+
+
+def resume_config(out_dir: str | Path, given: dict[str, Any] | None = None) -> TrainConfig:
+    """The config of the run being resumed, with the options ``given`` on the command line on top
+    (``check_resume`` then refuses any run-shaping one that differs)."""
+    config = config_for_run(out_dir)
+    for key, value in (given or {}).items():
+        setattr(config, key, value)
+    return config
 
 
 def config_for_run(out_dir: str | Path, *, epochs: int | None = None) -> TrainConfig:

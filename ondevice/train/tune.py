@@ -46,6 +46,7 @@ from ondevice.io import (
     atomic_write_text,
     check_writable_parent,
 )
+from ondevice.outputs import check_out_vs_inputs
 from ondevice.train.trainer import CTR_MODELS, TOPK_MODELS, TrainConfig, TrainResult, train
 
 __all__ = ["TUNABLE", "TuneResult", "search_space", "tune"]
@@ -184,10 +185,15 @@ def tune(
     expected_task = "topk" if model in TOPK_MODELS else "ctr"
     if data.task != expected_task:
         raise BadInputError(f"model {model!r} is a {expected_task} model but {data_dir} holds {data.task} data")
+    check_out_vs_inputs(out_dir, [data_dir])
+    check_out_vs_inputs(work, [data_dir])
     if out_dir.exists() and not force:
         raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it")
     if work.exists() and not (resume or force):
         raise OutputExistsError(f"{work} holds an earlier search; pass --resume to continue it or --force to start over")
+    if work.exists() and any(work.iterdir()) and not (work / "study.journal").is_file():
+        raise OutputExistsError(f"{work} exists but is not an ondevice tune folder (no study.journal); "
+                                "choose another --out or remove it yourself")
     check_writable_parent(out_dir)
     if force and not resume:
         shutil.rmtree(work, ignore_errors=True)
@@ -254,7 +260,7 @@ def tune(
     table = _table(rows, metric, best.number)
     atomic_write_json(work / "tune.json", summary)
     atomic_write_text(work / "tune.md", f"# ondevice tune: {model}\n\n{table}")
-    with atomic_output_dir(out_dir, force=force) as tmp:
+    with atomic_output_dir(out_dir, kind="tune", inputs=[data_dir], force=force) as tmp:
         for f in best_run.iterdir():
             shutil.copy2(f, tmp / f.name)
         atomic_write_json(tmp / "tune.json", summary)

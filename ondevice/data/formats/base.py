@@ -20,6 +20,7 @@ import gzip
 import io
 import queue
 import threading
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -85,6 +86,9 @@ class RawFormat(ABC):
         if unknown:
             allowed = ", ".join(sorted(self.options)) or "none"
             raise BadInputError(f"format {self.name!r} has no option {unknown[0]!r}; allowed: {allowed}")
+        bb = opts.get("block_bytes")
+        if bb is not None and (not isinstance(bb, int) or isinstance(bb, bool) or not 1 <= bb <= 1 << 31):
+            raise BadInputError(f"--option block_bytes must be a whole number of bytes in [1, 2^31], got {bb!r}")
         self.opts = opts
 
     @abstractmethod
@@ -121,8 +125,48 @@ def open_binary(path: Path) -> BinaryIO:
     magic = fh.read(2)
     fh.seek(0)
     if magic == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
+        return _CheckedGzip(path, fileobj=fh, mode="rb")  # type: ignore[return-value]
     return fh
+
+
+class _CheckedGzip(gzip.GzipFile):
+    """A ``GzipFile`` whose corrupt or truncated stream is a one-line ``DataFormatError`` naming the file.
+
+    (zlib raises ``zlib.error``, a cut-off file ``EOFError`` — which click would turn into
+    "Aborted!" — and a damaged header ``BadGzipFile``.)
+    """
+
+    def __init__(self, path: Path, **kwargs: Any) -> None:
+        self._path = path
+        super().__init__(**kwargs)
+
+    def _fail(self, err: Exception) -> DataFormatError:
+        return DataFormatError(f"{self._path} is a corrupt or truncated gzip file ({type(err).__name__}: "
+                               f"{str(err)[:100]}); download or compress it again")
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return super().read(size)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+            raise self._fail(err) from None
+
+    def read1(self, size: int = -1) -> bytes:
+        try:
+            return super().read1(size)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+            raise self._fail(err) from None
+
+    def readline(self, size: int | None = -1) -> bytes:
+        try:
+            return super().readline(size)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+            raise self._fail(err) from None
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
 
 
 def read_first_line(path: Path, *, encoding: str = "utf-8") -> str | None:

@@ -74,6 +74,9 @@ def load_spec(path: str | Path) -> dict[str, Any]:
         raise BadInputError(f"csv spec {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'}: {err}") from None
     if not isinstance(spec, dict):
         raise BadInputError(f"csv spec {p} must be a table/object of keys")
+    from ondevice.validation import SPEC_SCHEMA, validate
+
+    validate(spec, SPEC_SCHEMA, f"csv spec {p}")
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
         raise BadInputError(f"csv spec {p}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(SPEC_KEYS))}")

@@ -72,10 +72,14 @@ def _parse_block(block: bytes, path: Path, first_line: int) -> tuple[np.ndarray,
     line_idx = np.searchsorted(newlines, starts)  # 0-based line of each token within the block
     try:
         values = np.array(block.split(), dtype=np.bytes_).astype(np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):
         _raise_bad_token(block, path, first_line)
     if values.size != starts.size:  # a token with other whitespace (\v, \f): fall back to a clear error
         _raise_bad_token(block, path, first_line)
+    if values.size and values.max() >= 2**31 - 2:
+        k = int(np.flatnonzero(values >= 2**31 - 2)[0])
+        raise DataFormatError(f"{path} line {first_line + int(line_idx[k])}: id {int(values[k])} is too large "
+                              "(ids are stored as int32, at most 2^31 - 3); renumber the ids")
     if values.size and values.min() < 0:
         k = int(np.flatnonzero(values < 0)[0])
         raise DataFormatError(f"{path} line {first_line + int(line_idx[k])}: negative id {int(values[k])}; ids must be >= 0")
@@ -92,4 +96,7 @@ def _raise_bad_token(block: bytes, path: Path, first_line: int) -> None:
             if not tok.isdigit():
                 bad = tok.decode(errors="replace")
                 raise DataFormatError(f"{path} line {first_line + k}: {bad!r} is not an integer id (ids must be >= 0)")
+            if int(tok) >= 2**31 - 2:
+                raise DataFormatError(f"{path} line {first_line + k}: id {tok.decode()[:30]} is too large "
+                                      "(ids are stored as int32, at most 2^31 - 3); renumber the ids")
     raise DataFormatError(f"{path} near line {first_line}: unexpected characters; expected 'user item item ...' lines")

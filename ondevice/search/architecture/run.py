@@ -20,8 +20,9 @@ import torch
 from ondevice import __version__
 from ondevice.budget import load_profile, parse_budget
 from ondevice.data import EncodedDataset
-from ondevice.errors import BadInputError, OutputExistsError
+from ondevice.errors import BadInputError
 from ondevice.io import atomic_output_dir, atomic_write_json, check_writable_parent
+from ondevice.outputs import check_output
 from ondevice.search.architecture.evolutionary import (
     Constraints,
     EvolutionaryArchitectureSearch,
@@ -78,8 +79,7 @@ def search_architecture(data_dir: str | Path, out_dir: str | Path, *, budget: st
     Returns the summary also stored in ``search.json["result"]``.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it")
+    check_output(out_dir, kind="search-architecture", inputs=[data_dir], force=force)
     check_writable_parent(out_dir)
     if epochs < 1:
         raise BadInputError(f"--epochs must be >= 1, got {epochs}")
@@ -121,7 +121,7 @@ def search_architecture(data_dir: str | Path, out_dir: str | Path, *, budget: st
         "candidates_evaluated": found.evaluations,
         "candidates_trained": sum(c.feasible and not c.reused for c in found.candidates),
     }
-    with atomic_output_dir(out_dir, force=force) as tmp:
+    with atomic_output_dir(out_dir, kind="search-architecture", inputs=[data_dir], force=force) as tmp:
         metrics = {"epoch": fit.best_epoch, "val": fit.val, "test": test, "selected_on": "val auc"}
         save_checkpoint(tmp / "model.pt", model, data.schema, train_config=config, metrics=metrics)
         data.schema.save(tmp / "schema.json")

@@ -19,6 +19,7 @@ from ondevice.budget import format_bytes, parse_budget
 from ondevice.errors import BadInputError, BudgetExceededError
 from ondevice.io import atomic_output_dir, atomic_write_json
 from ondevice.models import CTRModel
+from ondevice.outputs import check_output
 from ondevice.search.base import ByteAccountant, make_searcher
 from ondevice.train.checkpoint import load_checkpoint, run_data, save_checkpoint
 
@@ -40,10 +41,7 @@ def search_features(run_dir: str | Path, out_dir: str | Path, *, budget: str | i
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if (budget is None) == (keep is None):
         raise BadInputError("give exactly one of --budget (e.g. 50KB) or --keep N")
-    if out_dir.exists() and not force:
-        from ondevice.errors import OutputExistsError
-
-        raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it")
+    check_output(out_dir, kind="search-features", inputs=[run_dir, data_dir], force=force)
     ckpt = load_checkpoint(run_dir)
     if not isinstance(ckpt.model, CTRModel):
         raise BadInputError(f"feature selection applies to CTR models; {run_dir} holds {ckpt.model.name}")
@@ -70,7 +68,7 @@ def search_features(run_dir: str | Path, out_dir: str | Path, *, budget: str | i
     }
     metrics = {"val": result.val, "selected_on": f"val {result.metric}", "method": summary["method"],
                "search": {"config": result.config, "params": result.params}}
-    with atomic_output_dir(out_dir, force=force) as tmp:
+    with atomic_output_dir(out_dir, kind="search-features", inputs=[run_dir, data.root], force=force) as tmp:
         save_checkpoint(tmp / "model.pt", result.model, schema, train_config=ckpt.train_config, metrics=metrics,
                         extra={"selected_from": str(ckpt.path) if ckpt.path else None})
         schema.save(tmp / "schema.json")

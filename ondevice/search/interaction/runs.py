@@ -24,6 +24,7 @@ from ondevice.budget import format_bytes
 from ondevice.data.dataset import FieldSelectedDataset
 from ondevice.errors import BadInputError, BudgetExceededError
 from ondevice.io import atomic_output_dir, atomic_write_json
+from ondevice.outputs import check_output
 from ondevice.search.base import ByteAccountant, Searcher
 from ondevice.search.retrain import val_metrics
 from ondevice.train import evaluate_ctr
@@ -44,14 +45,13 @@ def search_interactions(run_dir: str | Path, out_dir: str | Path, searcher: Sear
     test AUC of the result, seconds.
     """
     run_dir = Path(run_dir)
+    check_output(out_dir, kind="search-interactions", inputs=[run_dir, data_dir], force=force)  # before any work
     ckpt = load_checkpoint(run_dir)
     data = run_data(run_dir, data_dir)
     if data.schema.fingerprint() != ckpt.schema.fingerprint():
         raise BadInputError(f"the data in {data.root} is not the data {run_dir} was trained on (schema fingerprint differs)")
     if data.task != "ctr":
         raise BadInputError(f"interaction search needs a CTR run; {run_dir} is a {data.task} run")
-    if Path(out_dir).exists() and not force:  # fail before the search, not after it
-        raise BadInputError(f"{out_dir} already exists; pass --force to replace it")
     from ondevice.compress import measure_file_bytes  # compress sits above search (lazy: no cycle)
 
     val_before = val_metrics(copy.deepcopy(ckpt.model), data)
@@ -72,7 +72,7 @@ def search_interactions(run_dir: str | Path, out_dir: str | Path, searcher: Sear
                "seconds": result.timings.get("total_s")}
     train_config = {**ckpt.train_config, "searched_from": str(run_dir.resolve()), "search": result.params}
     metrics = {"val": result.val, "test": test, "selected_on": "val auc"}
-    with atomic_output_dir(out_dir, force=force) as tmp:
+    with atomic_output_dir(out_dir, kind="search-interactions", inputs=[run_dir, data.root], force=force) as tmp:
         save_checkpoint(tmp / "model.pt", model, data.schema, train_config=train_config, metrics=metrics)
         data.schema.save(tmp / "schema.json")
         atomic_write_json(tmp / "train.json", {
