@@ -25,7 +25,9 @@ Datasets (skipped with a message when ``../shared/data`` lacks them):
 Every (dataset, method, budget) goes through the searcher and ``compress``'s fit loop
 (search, measure the exported ONNX, tighten the margin and retry if over), then the
 exported ``model.onnx`` bytes are measured again and the deployable model (what the
-artefact holds) is scored on the test split. One thread (``torch.set_num_threads(1)``);
+artefact holds) is scored on the test split; its exported file's onnxruntime p50/p99 at
+batch 1, one thread (100 calls, ``compress.candidate_latency``) is the last column (entries
+cached before it show "—"). One thread (``torch.set_num_threads(1)``);
 quality does not depend on it, times do (the machine is shared, run at nice 19: times are
 indicative only). Finished entries are cached in ``benchmarks/.cache/compress_quality/
 entries.json`` keyed by dataset settings + method + budget, so a rerun resumes.
@@ -185,7 +187,7 @@ def test_metrics(model, data, schema=None) -> dict[str, float]:
 
 # ---------------------------------------------------------------------- one dataset
 def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log, mlp: str = "fp32") -> dict[str, Any]:
-    from ondevice.compress import _search_fitting, measure_file_bytes
+    from ondevice.compress import _search_fitting, candidate_latency, measure_file_bytes
     from ondevice.data import EncodedDataset
     from ondevice.errors import BudgetTooSmallError
     from ondevice.search import make_searcher
@@ -253,6 +255,7 @@ def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log,
                         "search_s": float(result.timings.get("search_s", 0.0)),
                         "retrain_s": float(result.timings.get("retrain_s", 0.0)), "wall_s": wall,
                         "timings": {k: float(v) for k, v in result.timings.items()},
+                        "latency_b1": candidate_latency(result.model, batch=1, threads=1, runs=100),
                         "config": {k: v for k, v in cfg.items() if k in (
                             "dims", "dim", "buckets", "dtype", "mask_nnz", "reached_by", "lambda", "search_step",
                             "threshold_init", "mlp", "mlp_dims", "first_order")} if isinstance(cfg, dict) else {},
@@ -373,23 +376,23 @@ def render(res: dict[str, Any]) -> dict[str, str]:
                       f"≤ {st['search']['pep']['search_epochs']} epochs. Full model bytes by part: "
                       + ", ".join(f"{k} {v:,}" for k, v in full["bytes_by_part"].items()) + ".", "",
                       "| budget | method | budget B | file B | × smaller | val AUC | test AUC | Δ test vs full (rel.) | "
-                      "search + retrain s (wall) | structure |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+                      "search + retrain s (wall) | structure | p50 / p99 ms (b=1) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
                       f"| full | deepfm fp32 | — | {full['file_bytes']:,} | 1.0 | {full['val']['auc']:.4f} | "
-                      f"{full['test']['auc']:.4f} | — | {full['train_s']:.0f} (training) | |"]
+                      f"{full['test']['auc']:.4f} | — | {full['train_s']:.0f} (training) | | — |"]
         else:
             lines += [f"BPR-MF D = {tr['embed_dim']}, trained ≤ {tr['epochs']} epochs. {ds['ids']:,} ids (users + items); split "
                       f"{ds['rows']}. Budgets bound `model.onnx` (item table + graph; the user table stays on the server). "
                       f"RULE: {st['search']['rule']}; uniform retrained {st['search']['uniform']['epochs']} epochs; PEP: {st['search'].get('pep')}.", "",
                       "| budget | method | budget B | file B | × smaller | val R@20 | test R@20 | test N@20 | Δ test R@20 (rel.) | "
-                      "search + retrain s (wall) | structure |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+                      "search + retrain s (wall) | structure | p50 / p99 ms (b=1) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
                       f"| full | bprmf fp32 | — | {full['file_bytes']:,} | 1.0 | {full['val']['recall@20']:.4f} | "
-                      f"{full['test']['recall@20']:.4f} | {full['test']['ndcg@20']:.4f} | — | {full['train_s']:.0f} (training) | |"]
+                      f"{full['test']['recall@20']:.4f} | {full['test']['ndcg@20']:.4f} | — | {full['train_s']:.0f} (training) | | — |"]
         ref = full["test"][metric]
         for r in ds["runs"]:
             if "file_bytes" not in r:
                 cols = 7 if ds["task"] == "ctr" else 8
                 lines.append(f"| {r['budget']} | {r['method']} | {r['budget_bytes']:,} | "
-                             + " | ".join(["—"] * (cols - 1)) + f" | does not fit (min {r['min_bytes']:,} B) |")
+                             + " | ".join(["—"] * (cols - 1)) + f" | does not fit (min {r['min_bytes']:,} B) | — |")
                 continue
             c = r.get("config", {})
             struct = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
@@ -406,16 +409,18 @@ def render(res: dict[str, Any]) -> dict[str, str]:
             if isinstance(c.get("blocks_per_group"), list):
                 struct = f"blocks/group {c['blocks_per_group']}"
             over = "" if r["fits"] else " **OVER**"
+            lat = r.get("latency_b1")
+            lat_cell = f" {lat['p50_ms']:.3f} / {lat['p99_ms']:.3f} |" if lat else " — |"
             rel = 100 * (r["test"][metric] - ref) / ref
             x = full["file_bytes"] / r["file_bytes"]
             if ds["task"] == "ctr":
                 lines.append(f"| {r['budget']} | {r['method']} | {r['budget_bytes']:,} | {r['file_bytes']:,}{over} | {x:.1f} | "
                              f"{r['val']['auc']:.4f} | {r['test']['auc']:.4f} | {r['test']['auc'] - ref:+.4f} ({rel:+.2f} %) | "
-                             f"{_fmt_s(r)} | {struct} |")
+                             f"{_fmt_s(r)} | {struct} |" + lat_cell)
             else:
                 lines.append(f"| {r['budget']} | {r['method']} | {r['budget_bytes']:,} | {r['file_bytes']:,}{over} | {x:.1f} | "
                              f"{r['val']['recall@20']:.4f} | {r['test']['recall@20']:.4f} | {r['test']['ndcg@20']:.4f} | "
-                             f"{rel:+.2f} % | {_fmt_s(r)} | {struct} |")
+                             f"{rel:+.2f} % | {_fmt_s(r)} | {struct} |" + lat_cell)
         lines += ["", "Targets:", ""]
         t = ds["targets"]
         a = t.get("auto_never_worse_than_best_single")

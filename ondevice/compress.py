@@ -30,8 +30,17 @@ with the x86 outputs (``ondevice.arm64``): a difference beyond the tolerance fai
 the report and log say so). Emulated timings are never reported as latency.
 
 The folder suffix ``-<method>`` is added when more than one method runs. The full model's
-validation metric and exported bytes are in the summary for reference. Searchers see the
-train and validation splits only; the test split is never read here.
+validation metric and exported bytes are in the summary for reference. Searchers, and every
+choice (``auto``'s included), see the train and validation splits only; after all choices,
+each artefact's ``model.onnx`` is evaluated once on the test split with onnxruntime
+(``ondevice.evaluate``) and reported in its own column.
+
+Quality floor (``max_loss``): ``auto`` never chooses a candidate whose validation metric is
+more than ``max_loss`` (default 2 %) below the full model's, relatively; when none is within
+it, the run fails with exit 3 and one line naming the best candidate, its loss and the
+smallest budget of this call at which the floor was met. A named ``--method`` is held to the
+floor only when ``--max-loss`` is given. Inputs: ``summary.md``, the CLI and the manifest's
+``input_contract`` say in words when an artefact takes other inputs than the full model.
 
 Every failure is listed in the summary; the output folder is kept for the runs that
 succeeded and the call then raises the failure (one-line message, exit 2 for a budget
@@ -59,6 +68,7 @@ from ondevice.errors import (
     LatencyTargetError,
     OndeviceError,
     ParityError,
+    QualityFloorError,
 )
 from ondevice.io import (
     atomic_output_dir,
@@ -69,6 +79,7 @@ from ondevice.io import (
 from ondevice.models import BPRMF, RecModel
 from ondevice.outputs import check_output
 from ondevice.search import ByteAccountant, make_searcher
+from ondevice.search.auto import DEFAULT_MAX_LOSS, relative_loss
 from ondevice.search.base import FORMAT_MARGIN_BYTES, MLP_OPTIONS, SearchResult
 from ondevice.search.retrain import topk_metric_name, val_metrics
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, run_data
@@ -94,6 +105,55 @@ def measure_file_bytes(model: RecModel) -> tuple[int, int]:
         path = Path(tmp) / "model.onnx"
         export_onnx(module, io, example, path)
         return path.stat().st_size, int(storage_report(module)["parameter_bytes"])
+
+
+def candidate_latency(model: RecModel, *, batch: int = 1, threads: int = 1, runs: int = 50,
+                      seed: int = 0) -> dict[str, float]:
+    """onnxruntime p50/p99 (ms) of ``model`` exported as ``export_artefact`` does, on this machine.
+
+    Inputs as the profiler draws them (valid ids / unit-scale user vectors), ``runs`` timed
+    calls after ``min(10, runs)`` warm-up calls, in this process (``auto`` compares candidates).
+    """
+    import numpy as np
+
+    from ondevice.export._runner import runner_module
+    from ondevice.export.lowering import export_module
+    from ondevice.export.onnx_export import deployable_model, export_onnx
+
+    runner = runner_module()
+    deployed = deployable_model(model)
+    module, io = export_module(deployed)
+    rng = np.random.default_rng([seed, batch])
+    if isinstance(deployed, BPRMF):
+        x = rng.normal(size=(batch, deployed.embed_dim)).astype(np.float32)
+    else:
+        vocab = np.asarray(deployed.embedding.vocab_sizes)  # type: ignore[union-attr]
+        x = (rng.random((batch, len(vocab))) * vocab).astype(np.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(module, io, torch.from_numpy(x[:2] if len(x) >= 2 else x), path)
+        session = runner.make_session(path, threads)
+        feeds = {io["inputs"][0]["name"]: x}
+        samples = runner.time_calls(lambda: session.run(None, feeds), runs, min(10, runs))
+    stats = runner.latency_stats(samples, batch)
+    return {"p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"], "batch": batch, "threads": threads, "runs": runs}
+
+
+def parse_max_loss(text: str | float | None) -> float | None:
+    """``2%`` / ``0.02`` -> 0.02; ``off`` / ``none`` -> ``None`` (no quality floor)."""
+    if text is None or isinstance(text, float | int) and not isinstance(text, bool):
+        value = None if text is None else float(text)
+    else:
+        raw = str(text).strip().lower()
+        if raw in ("off", "none"):
+            return None
+        try:
+            value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+        except ValueError:
+            value = float("nan")
+    if value is not None and not 0 <= value < 1:
+        raise BadInputError(f"cannot use --max-loss {text!r}: give a relative loss in [0, 1) such as 2% or 0.02, or off")
+    return value
 
 
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -151,6 +211,67 @@ def _search_fitting(searcher, ckpt: Checkpoint, data: EncodedDataset, budget: in
     return result, file_bytes, attempts  # export_artefact will refuse it (exit 3)
 
 
+def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | None, time_limit_s: float | None,
+                reserve_s: float):
+    """A fresh searcher for one target; ``auto`` gets the target's latency goal and its search time.
+
+    A device profile's p99 target is given to ``auto`` only on a machine of the profile's
+    architecture (elsewhere it cannot be judged, as in ``profile``); ``latency_p99_ms`` is the
+    target of plain budgets at batch 1, one thread. The search time is the limit minus
+    ``reserve_s`` for the export, verify, profile and test evaluation that follow.
+    """
+    if searcher.name != "auto":
+        return searcher.clone()
+    over: dict[str, Any] = {}
+    if time_limit_s is not None:
+        over["time_limit_s"] = max(time_limit_s - reserve_s, 0.5 * time_limit_s)
+    if dev is not None:
+        import platform
+
+        from ondevice.export._runner import runner_module
+
+        over.update(latency_batch=dev.batch_size, latency_threads=dev.threads)
+        if runner_module().normalise_arch(platform.machine()) == dev.arch:
+            over["latency_p99_ms"] = dev.p99_latency_ms
+    elif latency_p99_ms is not None:
+        over.update(latency_p99_ms=latency_p99_ms, latency_batch=1, latency_threads=1)
+    return searcher.clone(**over)
+
+
+def _full_test(model: RecModel, data: EncodedDataset, k: int) -> dict[str, float]:
+    """The full model's test metrics (PyTorch; the reference row of the summary)."""
+    from ondevice.search.retrain import topk_pairs
+    from ondevice.train import evaluate_ctr, evaluate_topk
+
+    model = copy.deepcopy(model).eval()
+    if isinstance(model, BPRMF):
+        excluded = [topk_pairs(data, "train")] + ([topk_pairs(data, "val")] if data.has_split("val") else [])
+        return evaluate_topk(model, topk_pairs(data, "test"), excluded, k=k)
+    s = data.split("test")
+    return evaluate_ctr(model, s.ids, s.labels)
+
+
+def _explain_floor_failures(failures: list[dict[str, Any]], errors: list[OndeviceError], runs: list[dict[str, Any]],
+                            floor: float | None) -> None:
+    """Add to each quality-floor failure the smallest budget of this run at which the floor was met."""
+    met = sorted((r["budget_bytes"], r["target"], r["method"]) for r in runs
+                 if not r.get("below_floor") and r.get("loss") is not None and floor is not None and r["loss"] <= floor)
+    for i, err in enumerate(errors):
+        if not isinstance(err, QualityFloorError):
+            continue
+        if met:
+            nbytes, target, method = met[0]
+            tail = f"; the floor was met at {target} ({nbytes:,} B, {method})"
+        else:
+            tail = "; no budget of this run met it: raise the budget or --max-loss"
+        new = QualityFloorError(str(err) + tail, best_method=err.best_method, best_loss=err.best_loss,
+                                budget_bytes=err.budget_bytes)
+        for f in failures:
+            if f["message"] == str(err):
+                f["message"] = str(new)
+        errors[i] = new
+
+
 def _mlp_for(mlp: str, dev: DeviceProfile | None) -> str:
     """The ``--mlp`` option for one target: ``.ort`` targets store fp32 dense layers."""
     if dev is None or dev.runtime_format != "ort":
@@ -180,6 +301,10 @@ def compress(
     fleet: str | Path | None = None,
     time_limit_s: float | None = None,
     mlp: str = "auto",
+    max_loss: float | str | None = "default",
+    allow_input_change: bool = False,
+    latency_p99_ms: float | None = None,
+    evaluate_test: bool = True,
 ) -> dict[str, Any]:
     """Compress the run at ``run_dir`` for every budget/device × method; returns the summary.
 
@@ -191,6 +316,14 @@ def compress(
     ``mlp``: how CTR models' dense layers are stored, ``auto`` | ``fp32`` | ``int8``
     (``search.base``); ``.ort`` targets get ``fp32`` (onnxruntime's converter folds int8
     weights back to fp32, so the file would not shrink).
+    ``max_loss``: quality floor, relative validation-metric loss vs the full model (``0.02``,
+    ``"2%"``); ``"default"``: :data:`~ondevice.search.auto.DEFAULT_MAX_LOSS` for ``auto`` and no
+    floor for a named method; ``None``/``"off"``: none. A run beyond it fails (exit 3); auto never
+    chooses such a candidate. ``allow_input_change``: let ``auto`` try methods that change the
+    artefact's inputs (feature selection). ``latency_p99_ms``: a p99 target (batch 1, one
+    thread) for plain budgets; device profiles bring their own (judged on their architecture).
+    ``evaluate_test``: after every choice, evaluate each artefact's ``model.onnx`` once on the
+    test split with onnxruntime (``ondevice.evaluate``).
     """
     run_dir = Path(run_dir)
     fleet_profiles: list[DeviceProfile] = []
@@ -208,7 +341,10 @@ def compress(
         raise BadInputError(f"--mlp must be one of {', '.join(MLP_OPTIONS)}; got {mlp!r}")
     if time_limit_s is not None and "auto" not in methods:
         raise BadInputError("--time-limit applies to --method auto only; drop it or add --method auto")
-    shared = {"epochs": epochs, "seed": seed, "time_limit_s": time_limit_s}
+    floor_given = max_loss != "default"
+    floor = parse_max_loss(max_loss) if floor_given else DEFAULT_MAX_LOSS
+    shared = {"epochs": epochs, "seed": seed, "time_limit_s": time_limit_s, "max_loss": floor,
+              "allow_input_change": allow_input_change, "progress": not quiet}
     searchers = {m: make_searcher(m, **{**shared, **extra.get(m, {})}) for m in methods}
     if profile_runs < 1:
         raise BadInputError(f"profile runs must be >= 1, got {profile_runs}")
@@ -219,15 +355,19 @@ def compress(
     if data.schema.fingerprint() != ckpt.schema.fingerprint():
         raise BadInputError(f"the data in {data.root} is not the data {run_dir} was trained on (schema fingerprint differs)")
 
+    from ondevice.evaluate import evaluate_artefact
     from ondevice.export import export_artefact, profile_artefact, verify_artefact
 
     started = time.time()
+    t_export = time.perf_counter()
     full_file, full_params = measure_file_bytes(ckpt.model)
+    export_cost_s = time.perf_counter() - t_export
     overhead = full_file - full_params
     k = int(ckpt.train_config.get("k", 20) or 20)
     full_metric = topk_metric_name(k) if isinstance(ckpt.model, BPRMF) else "auc"
     full_val = val_metrics(copy.deepcopy(ckpt.model), data, k=k)
     _log(quiet, f"full model: {format_bytes(full_file)}, val {_label(full_metric)} {full_val[full_metric]:.4f}")
+    reserve_s = 0.0 if time_limit_s is None else min(0.25 * time_limit_s, 3 * export_cost_s + 4.0)
     runs: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     errors: list[OndeviceError] = []
@@ -239,8 +379,9 @@ def compress(
                 _log(quiet, f"[{name}] {method} at {format_bytes(nbytes)}: searching...")
                 t0 = time.perf_counter()
                 try:
-                    result, file_bytes, attempts = _search_fitting(searcher.clone(), ckpt, data, nbytes, overhead,
-                                                                   work_dir=tmp / "_cache", mlp=_mlp_for(mlp, dev))
+                    result, file_bytes, attempts = _search_fitting(
+                        _for_target(searcher, dev, latency_p99_ms, time_limit_s, reserve_s), ckpt, data, nbytes, overhead,
+                        work_dir=tmp / "_cache", mlp=_mlp_for(mlp, dev))
                     search_s = time.perf_counter() - t0
                     metrics = {"val": result.val, "selected_on": f"val {result.metric}", "method": method,
                                "search": {"config": result.config, "params": result.params}}
@@ -270,11 +411,25 @@ def compress(
                     "val_metric": result.val_metric, "config": result.config,
                     "timings": {**result.timings, "search_and_retrain_s": search_s, "export_s": export_s},
                     "verify_max_abs_diff": verify["max_abs_diff"], "p50_ms_batch1": b1["p50_ms"] if b1 else None,
+                    "p99_ms_batch1": b1["p99_ms"] if b1 else None,
+                    "loss": relative_loss(float(full_val[result.metric]), result.val_metric)
+                    if result.metric in full_val else None,
+                    "inputs": manifest.get("input_contract"), "wall_s": time.perf_counter() - t0,
                 }
                 if result.warnings:
                     entry["warnings"] = list(result.warnings)
                     for warning in result.warnings:
                         _log(False, f"[{name}] warning: {warning}")
+                if floor is not None and (floor_given or method == "auto") and entry["loss"] is not None \
+                        and entry["loss"] > floor:  # auto never chooses such a candidate; a named method may land here
+                    entry["below_floor"] = True
+                    err = QualityFloorError(f"{method} at {label} loses {entry['loss']:.1%} of the full model's val "
+                                            f"{_label(result.metric)} ({result.val_metric:.4f} vs "
+                                            f"{full_val[result.metric]:.4f}), beyond --max-loss {floor:.1%}",
+                                            best_method=method, best_loss=entry["loss"], budget_bytes=nbytes)
+                    failures.append({"target": label, "method": method, "budget_bytes": nbytes, "error": type(err).__name__,
+                                     "message": str(err), "exit_code": err.exit_code})
+                    errors.append(err)
                 if result.candidates is not None:  # auto: every method it tried, the chosen one marked
                     entry["candidates"] = [{k: v for k, v in c.items() if k != "config"} for c in result.candidates]
                 if fleet_profiles:
@@ -297,13 +452,25 @@ def compress(
                             errors.append(err)
                 runs.append(entry)
                 _log(quiet, f"[{name}] {format_bytes(entry['file_bytes'])} <= {format_bytes(nbytes)}, "
-                            f"val {_label(result.metric)} {result.val_metric:.4f} ({search_s:.1f}s)")
+                            f"val {_label(result.metric)} {result.val_metric:.4f} ({search_s:.1f}s)"
+                            + (f"; {entry['inputs']['text']}" if (entry["inputs"] or {}).get("changed") else ""))
+        full_test = None
+        if evaluate_test and data.has_split("test"):  # read once, after every choice was made on validation
+            full_test = _full_test(ckpt.model, data, k)
+            for entry in runs:
+                entry["test"] = evaluate_artefact(tmp / entry["folder"], data, split="test")
+                entry["test_metric"] = entry["test"].get(entry["metric"])
+                _log(quiet, f"[{entry['folder']}] test {_label(entry['metric'])} {entry['test_metric']:.4f} "
+                            "(onnxruntime, model.onnx)")
+        _explain_floor_failures(failures, errors, runs, floor)
         summary = {
             "format": "ondevice-compress-summary",
             "run_dir": str(run_dir), "data_dir": str(data.root),
             "full_model": {"file_bytes": full_file, "parameter_bytes": full_params, "graph_overhead_bytes": overhead,
-                           "val": full_val, "metric": full_metric},
+                           "val": full_val, "metric": full_metric, "test": full_test},
             "methods": {m: s.get_params() for m, s in searchers.items()}, "mlp": mlp,
+            "max_loss": floor, "max_loss_applies_to": "every run" if floor_given else "auto",
+            "time_limit_s": time_limit_s, "torch_threads": torch.get_num_threads(), "seed": seed,
             "runs": runs, "failures": failures, "seconds": time.time() - started,
         }
         summary["plot"] = _plot(summary, tmp / "summary.png") if plot and runs else None
@@ -344,34 +511,57 @@ def _stored_as(config: dict[str, Any]) -> str:
     return "; ".join(parts) or "—"
 
 
+def _fmt(v: float | None, spec: str = ".4f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
 def render_summary_markdown(s: dict[str, Any]) -> str:
     full = s["full_model"]
     metric = full.get("metric", "auc")
     label = _label(metric)
+    full_test = (full.get("test") or {}).get(metric)
+    floor = s.get("max_loss")
+    floor_text = ("no quality floor" if floor is None else
+                  f"quality floor: at most {floor:.1%} relative val loss vs the full model "
+                  f"({'every run' if s.get('max_loss_applies_to') == 'every run' else 'auto'})")
     lines = [
         "# ondevice compress",
         "",
-        f"Run `{s['run_dir']}`. Full model: {full['file_bytes']:,} B, val {label} {full['val'][metric]:.4f}. "
-        "Metrics are on the validation split (the test split is not read by compress).",
+        f"Run `{s['run_dir']}`. Full model: {full['file_bytes']:,} B, val {label} {full['val'][metric]:.4f}"
+        + (f", test {label} {full_test:.4f} (PyTorch)" if full_test is not None else "") + f"; {floor_text}. "
+        "Every choice is made on the validation split; the test column is read once afterwards, by running each "
+        "artefact's model.onnx with onnxruntime (`ondevice evaluate`).",
         "",
-        f"| target | method | budget B | file B | × smaller | val {label} | Δ vs full | stored as | search+retrain s | "
-        "p50 ms (b=1) | folder |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        f"| target | method | budget B | file B | × smaller | val {label} | loss vs full | test {label} | stored as | "
+        "search+retrain s | p50 / p99 ms (b=1) | inputs | folder |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---|",
     ]
     for r in s["runs"]:
-        p50 = f"{r['p50_ms_batch1']:.3f}" if r["p50_ms_batch1"] is not None else "—"
+        lat = f"{_fmt(r['p50_ms_batch1'], '.3f')} / {_fmt(r.get('p99_ms_batch1'), '.3f')}"
+        loss = "—" if r.get("loss") is None else f"{-r['loss']:+.2%}" + (" **below floor**" if r.get("below_floor") else "")
+        inputs = r.get("inputs") or {}
+        in_cell = (f"**changed**: {len(inputs['fields'])} of {len(inputs['parent_fields'])} fields"
+                   if inputs.get("changed") else "unchanged")
         lines.append(f"| {r['target']} | {r['method']} | {r['budget_bytes']:,} | {r['file_bytes']:,} | "
-                     f"{full['file_bytes'] / r['file_bytes']:.1f} | {r['val_metric']:.4f} | "
-                     f"{r['val_metric'] - full['val'][metric]:+.4f} | {_stored_as(r.get('config') or {})} | "
-                     f"{r['timings']['search_and_retrain_s']:.1f} | {p50} | `{r['folder']}` |")
+                     f"{full['file_bytes'] / r['file_bytes']:.1f} | {r['val_metric']:.4f} | {loss} | "
+                     f"{_fmt(r.get('test_metric'))} | {_stored_as(r.get('config') or {})} | "
+                     f"{r['timings']['search_and_retrain_s']:.1f} | {lat} | {in_cell} | `{r['folder']}` |")
+    changed = [r for r in s["runs"] if (r.get("inputs") or {}).get("changed")]
+    if changed:
+        lines += ["", "## Input changes", ""]
+        lines += [f"- `{r['folder']}`: {r['inputs']['text']}" for r in changed]
     for r in (x for x in s["runs"] if x.get("candidates")):
         lines += ["", f"## auto at {r['target']}: candidates", "",
-                  f"| method | outcome | file B | val {label} | seconds | chosen |", "|---|---|---:|---:|---:|---|"]
+                  f"| method | outcome | file B | val {label} | loss vs full | p99 ms | expected s | seconds | chosen |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for c in r["candidates"]:
             fb = f"{c['file_bytes']:,}" if c.get("file_bytes") is not None else "—"
-            vm = f"{c['val_metric']:.4f}" if c.get("val_metric") is not None else "—"
-            sec = f"{c['seconds']:.1f}" if c.get("seconds") is not None else "—"
-            lines.append(f"| {c['method']} | {c['outcome']} | {fb} | {vm} | {sec} | {'**yes**' if c.get('chosen') else ''} |")
+            loss = "—" if c.get("loss") is None else f"{-c['loss']:+.2%}"
+            p99 = "—" if c.get("p99_ms") is None else f"{c['p99_ms']:.3f} (b={c['latency_batch']}, t={c['latency_threads']})"
+            outcome = c["outcome"] + (" (stopped at the time limit)" if c.get("stopped_at_limit") else "")
+            chosen = ("**yes**" + (f" ({c['chosen_by']})" if c.get("chosen_by") else "")) if c.get("chosen") else ""
+            lines.append(f"| {c['method']} | {outcome} | {fb} | {_fmt(c.get('val_metric'))} | {loss} | {p99} | "
+                         f"{_fmt(c.get('expected_s'), '.1f')} | {_fmt(c.get('seconds'), '.1f')} | {chosen} |")
     warned = [(r, w) for r in s["runs"] for w in r.get("warnings", [])]
     if warned:
         lines += ["", "## Warnings", ""]

@@ -97,3 +97,14 @@ class ParityError(BrokenPromiseError):
 
 class LatencyTargetError(BrokenPromiseError):
     """Measured p99 latency is above the device profile's target."""
+
+
+class QualityFloorError(BrokenPromiseError):
+    """No candidate kept the validation metric within ``--max-loss`` of the full model."""
+
+    def __init__(self, message: str, *, best_method: str | None = None, best_loss: float | None = None,
+                 budget_bytes: int | None = None):
+        super().__init__(message)
+        self.best_method = best_method
+        self.best_loss = best_loss
+        self.budget_bytes = budget_bytes

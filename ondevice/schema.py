@@ -204,3 +204,30 @@ class Schema:
                 f"{what} schema (fingerprint {other.fingerprint()}) differs from the data's "
                 f"({self.fingerprint()}); they come from different `prepare` runs, re-train or pass the matching data"
             )
+
+
+def input_contract(schema: Schema, max_names: int = 12) -> dict[str, Any]:
+    """The artefact's inputs in words, and whether they differ from the full model's (feature selection).
+
+    ``changed`` is True when ``schema`` keeps a subset of a parent schema's fields
+    (``extra["field_selection"]``, written by :meth:`Schema.select_fields`); ``text`` is the
+    one line ``compress``, ``summary.md`` and the manifest print.
+    """
+    names = schema.field_names
+    sel = schema.extra.get("field_selection") if isinstance(schema.extra, dict) else None
+
+    def _list(items: list[str]) -> str:
+        return ", ".join(items[:max_names]) + (f", … (+{len(items) - max_names})" if len(items) > max_names else "")
+
+    if schema.task != "ctr":
+        return {"changed": False, "fields": names, "text": "inputs unchanged: the user's vector [batch, dim]"}
+    if not sel:
+        return {"changed": False, "fields": names,
+                "text": f"inputs unchanged: ids [batch, {len(names)}] of every field ({_list(names)})"}
+    parent = list(sel.get("parent_fields") or [])
+    dropped = [n for n in parent if n not in names]
+    text = (f"INPUTS CHANGED: the artefact takes ids [batch, {len(names)}] = {len(names)} of the full model's "
+            f"{len(parent)} fields, in this order: {_list(names)}; dropped {len(dropped)}: {_list(dropped)}. "
+            "Encode the kept fields as before (schema.json) and send only them")
+    return {"changed": True, "fields": names, "parent_fields": parent, "dropped_fields": dropped,
+            "parent_fingerprint": sel.get("parent_fingerprint"), "text": text}

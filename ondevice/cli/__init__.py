@@ -64,7 +64,7 @@ def _register_commands() -> None:
     from ondevice.cli import data_commands, train_commands  # noqa: F401
 
     for optional in ("artefact_commands", "compress_commands", "search_commands", "search_interaction_commands",
-                     "search_feature_commands", "search_architecture_commands", "search_optinter_commands",
+                     "search_feature_commands", "search_architecture_commands", "search_optinter_commands", "evaluate_commands",
                      "arm64_commands"):
         try:
             __import__(f"ondevice.cli.{optional}")

@@ -29,36 +29,51 @@ from ondevice.cli import cli
 @click.option("--profile-runs", type=click.IntRange(min=1), default=20, show_default=True,
               help="timed calls per latency measurement")
 @click.option("--time-limit", "time_limit", default=None,
-              help="auto: wall-clock limit per budget, e.g. 600 (seconds), 90s, 10m (default 15m); soft: a "
-                   "candidate that started runs to its end")
+              help="auto: wall-clock limit per budget, e.g. 600 (seconds), 90s, 10m (default: none); candidates run "
+                   "cheapest first and the one running at the limit is stopped (its best weights still count)")
+@click.option("--max-loss", "max_loss", default=None,
+              help="quality floor: largest relative val-metric loss vs the full model, e.g. 2% or 0.02, or off "
+                   "(default: 2% for auto, which never chooses a candidate beyond it; none for a named method); "
+                   "exit 3 when no artefact meets it")
+@click.option("--allow-input-change", is_flag=True,
+              help="auto: also try feature selection (autofield, adafs), whose artefacts take fewer input fields")
+@click.option("--latency-p99", "latency_p99", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="auto: p99 target in ms at batch 1, one thread, for --budget targets (device profiles bring theirs)")
 @click.option("--mlp", "mlp", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
               help="dense (MLP) layers: int8 weights with per-row scales (4x smaller, fp32 compute) or fp32; auto "
                    "keeps fp32 when the method's smallest model fits with it (.ort artefacts: fp32 only)")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, ...], fleet: Path | None,
                  methods: tuple[str, ...], out: Path, epochs: int | None, seed: int, data_dir: Path | None,
-                 profile_runs: int, time_limit: str | None, mlp: str, force: bool) -> None:
+                 profile_runs: int, time_limit: str | None, max_loss: str | None, allow_input_change: bool,
+                 latency_p99: float | None, mlp: str, force: bool) -> None:
     """Search, retrain, export, verify and profile RUN_DIR's model for each budget × method.
 
     \b
-    Exit codes: 0 every artefact fits and verified; 2 bad input (incl. a budget below the
-    smallest model a method can build: the message states that minimum); 3 a broken promise
-    (an artefact over budget, failed parity, missed latency target). Failures are listed
-    in OUT/summary.md; successful runs are kept.
+    Exit codes: 0 every artefact fits, verified and is within the quality floor; 2 bad input
+    (incl. a budget below the smallest model a method can build: the message states that
+    minimum); 3 a broken promise (an artefact over budget, failed parity, missed latency
+    target, no candidate within --max-loss). Failures are listed in OUT/summary.md;
+    successful runs are kept.
     """
     from ondevice.compress import compress, parse_duration
 
     s = compress(run_dir, budgets=budgets, device_profiles=profiles, methods=methods or ("auto",),
                  out_dir=out, force=force, epochs=epochs, seed=seed, data_dir=data_dir, profile_runs=profile_runs,
-                 fleet=fleet, time_limit_s=parse_duration(time_limit) if time_limit is not None else None, mlp=mlp)
+                 fleet=fleet, time_limit_s=parse_duration(time_limit) if time_limit is not None else None, mlp=mlp,
+                 max_loss=max_loss if max_loss is not None else "default", allow_input_change=allow_input_change,
+                 latency_p99_ms=latency_p99)
     full = s["full_model"]
     label = "AUC" if full["metric"] == "auc" else full["metric"]
     click.echo(f"full model: {full['file_bytes']:,} B, val {label} {full['val'][full['metric']]:.4f}")
     for r in s["runs"]:
         chosen = next((c["method"] for c in r.get("candidates") or [] if c.get("chosen")), None)
         via = f" (chose {chosen} of {len(r['candidates'])} candidates)" if chosen else ""
+        test = f", test {label} {r['test_metric']:.4f}" if r.get("test_metric") is not None else ""
         click.echo(f"{r['target']} {r['method']}{via}: {r['file_bytes']:,} B <= {r['budget_bytes']:,} B, "
-                   f"val {label} {r['val_metric']:.4f} -> {out / r['folder']}")
+                   f"val {label} {r['val_metric']:.4f}{test} -> {out / r['folder']}")
+        if (r.get("inputs") or {}).get("changed"):
+            click.echo(f"  {r['inputs']['text']}")
     click.echo(f"summary: {out / 'summary.md'}")
     if fleet is not None:
         click.echo(f"fleet: {out / 'fleet.md'}")

@@ -11,7 +11,8 @@ compressed embedding layer lowers itself through its own ``forward``.
   the server; the app receives its user's vector) -> ``item_ids`` int64 ``[batch, k]`` and
   ``scores`` float32 ``[batch, k]``, best first. Item vectors come from the item embedding
   layer's own forward over ids ``1 .. num_items-1`` (id 0 is the OOV row and is never
-  recommended), then MatMul + TopK.
+  recommended), or, for sparse storage, from its ``full_table`` decode (O(nnz) instead of a
+  window gather per row: 36 -> a few ms at batch 1 on 40,000 items), then MatMul + TopK.
 """
 
 from __future__ import annotations
@@ -53,8 +54,12 @@ class TopKExport(nn.Module):
         # exporter cannot constant-fold the table: a compressed item layer stays compressed
         # in the file (and in device memory), and no int64 arange of num_items is stored.
         start = user_vector.shape[0] * 0 + 1
-        item_ids = torch.arange(start, start + self.num_items - 1, dtype=torch.int64).unsqueeze(1)  # [N-1, 1]
-        items = self.item_embedding(item_ids).squeeze(1)  # [N-1, D]
+        if hasattr(self.item_embedding, "full_table"):  # sparse storage: decode the table once per call, O(nnz)
+            zero = torch.ones_like(user_vector[:, 0], dtype=torch.int64).sum() * 0  # a 0 the exporter cannot fold
+            items = self.item_embedding.full_table(zero)[1:]  # [N-1, D]
+        else:
+            item_ids = torch.arange(start, start + self.num_items - 1, dtype=torch.int64).unsqueeze(1)  # [N-1, 1]
+            items = self.item_embedding(item_ids).squeeze(1)  # [N-1, D]
         scores = user_vector @ items.t()  # [B, N-1]
         top_scores, top_idx = torch.topk(scores, self.k, dim=1)  # [B, k]
         return top_idx + 1, top_scores

@@ -54,6 +54,7 @@ from ondevice.export.mobile import check_mobile_usability, convert_to_ort
 from ondevice.io import atomic_output_dir
 from ondevice.models import BPRMF, RecModel
 from ondevice.outputs import check_output
+from ondevice.schema import input_contract
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 __all__ = ["deployable_model", "export_artefact", "export_onnx", "versions"]
@@ -269,6 +270,7 @@ def export_artefact(
             "opset": OPSET,
             "runtime_format": fmt,
             "inputs": io["inputs"],
+            "input_contract": input_contract(ckpt.schema),
             "outputs": io["outputs"],
             "files": files,
             "budget": None,

@@ -472,6 +472,11 @@ class Searcher:
         ctx = SearchContext(ckpt=ckpt, data=ds, budget_bytes=int(budget_bytes), accountant=accountant or ByteAccountant(),
                             work_dir=Path(work_dir) if work_dir is not None else None, mlp=mlp)
         started = time.perf_counter()
+        # Reproducibility: whatever ran before in this process (another searcher, a model built
+        # and discarded) must not change what this one draws. Without this, ``uniform`` built its
+        # narrower MLP layer from the unseeded global stream: val AUC 0.7709 vs 0.7673 for two
+        # identical calls in one process (tests/search/test_reproducible.py).
+        torch.manual_seed(int(getattr(self, "seed", 0) or 0))
         first_order = getattr(self, "first_order", None)  # retraining CTR searchers: the shared option
         if self.delegates:  # ``auto``: its candidates apply the options themselves
             result = self._search(ctx)

@@ -12,6 +12,11 @@ negative per training interaction, ``-ln σ(s(u,i) − s(u,j))``, L2 ``l2/2`` on
 rows), validation Recall@K with full ranking excluding training items (``evaluate_topk``).
 ``before_step(step, rng)`` and ``extra_loss(model, users, pos, neg)`` are the hooks RULE uses
 (sample a block configuration per batch, add the diversity regulariser).
+
+Time limit (``compress --time-limit``): inside ``with deadline(t):`` both loops stop at the
+first optimizer step after ``time.monotonic()`` passes ``t``, evaluate what they have, and
+keep the best evaluated epoch as usual, so a candidate stopped at the limit still returns
+a valid model (``FitResult.stopped_at_deadline``). Without a deadline nothing changes.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +44,28 @@ from ondevice.train.trainer import (
     make_optimizers,
 )
 
-__all__ = ["FitResult", "default_optimizers", "fit_ctr", "fit_topk", "iter_batches", "topk_metric_name", "topk_pairs",
-           "val_metrics"]
+__all__ = ["FitResult", "deadline", "default_optimizers", "fit_ctr", "fit_topk", "iter_batches", "past_deadline",
+           "topk_metric_name", "topk_pairs", "val_metrics"]
+
+_DEADLINES: list[float] = []  # time.monotonic() values, innermost last
+
+
+@contextmanager
+def deadline(at: float | None) -> Iterator[None]:
+    """Training loops inside stop at the first step after ``time.monotonic() > at`` (``None``: no limit)."""
+    if at is None:
+        yield
+        return
+    _DEADLINES.append(float(at))
+    try:
+        yield
+    finally:
+        _DEADLINES.pop()
+
+
+def past_deadline() -> bool:
+    """Whether the innermost ``deadline`` has passed."""
+    return bool(_DEADLINES) and time.monotonic() > min(_DEADLINES)
 
 
 @dataclass
@@ -50,6 +76,7 @@ class FitResult:
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    stopped_at_deadline: bool = False
 
 
 def default_optimizers(model: CTRModel | BPRMF, lr: float, weight_decay: float = 0.0) -> list[torch.optim.Optimizer]:
@@ -117,11 +144,11 @@ def fit_ctr(
     started = time.perf_counter()
     best_auc, best_epoch, best_state, bad = -math.inf, 0, None, 0
     history: list[dict[str, Any]] = []
-    steps, stopped = 0, False
+    steps, stopped, at_deadline = 0, False, past_deadline()
     val: dict[str, float] = {}
     best_val: dict[str, float] = {}
     train_cache: dict[int, tuple[Any, Any]] = {}  # the split as int64 tensors, converted once
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, 0 if at_deadline else epochs + 1):
         torch.manual_seed(seed + epoch)
         model.train()
         total, n = torch.zeros((), dtype=torch.float64), 0  # no host sync per step
@@ -141,6 +168,9 @@ def fit_ctr(
             n += len(y)
             if on_step is not None and on_step(steps):
                 stopped = True
+                break
+            if past_deadline():
+                stopped = at_deadline = True
                 break
         entry: dict[str, Any] = {"epoch": epoch, "train_loss": float(total) / max(n, 1), "steps": steps}
         if evaluate:
@@ -162,7 +192,7 @@ def fit_ctr(
         val = val_metrics(model, data)  # epochs=0: evaluate only
     model.eval()
     return FitResult(val=val, best_epoch=best_epoch, steps=steps, seconds=time.perf_counter() - started,
-                     history=history, stopped_early=stopped)
+                     history=history, stopped_early=stopped, stopped_at_deadline=at_deadline)
 
 
 def fit_topk(
@@ -203,10 +233,10 @@ def fit_topk(
     best, best_epoch, best_state, bad = -math.inf, 0, None, 0
     history: list[dict[str, Any]] = []
     steps = 0
-    stop = False
+    stop = at_deadline = past_deadline()
     val: dict[str, float] = {}
     best_val: dict[str, float] = {}
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, 0 if at_deadline else epochs + 1):
         torch.manual_seed(seed + epoch)
         model.train()
         order = epoch_order(len(pairs), seed, epoch)
@@ -242,6 +272,9 @@ def fit_topk(
             if on_step is not None and on_step(steps):
                 stop = True
                 break
+            if past_deadline():
+                stop = at_deadline = True
+                break
         entry: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(n, 1), "steps": steps}
         if evaluate:
             val = val_metrics(model, data, k=k)
@@ -262,4 +295,4 @@ def fit_topk(
         val = val_metrics(model, data, k=k)  # epochs=0: evaluate only
     model.eval()
     return FitResult(val=val, best_epoch=best_epoch, steps=steps, seconds=time.perf_counter() - started,
-                     history=history)
+                     history=history, stopped_at_deadline=at_deadline)

@@ -158,3 +158,19 @@ def test_generic_csv_topk(tmp_path: Path) -> None:
     assert info["task"] == "topk" and info["fields"] == ["uid", "iid"]
     ds = EncodedDataset(tmp_path / "out")
     assert ds.schema.field_index("user") == 0 and ds.schema.field_index("item") == 1
+
+
+def test_implicit_refuses_a_label_column(tmp_path: Path) -> None:
+    from ondevice.errors import DataFormatError
+
+    rng = np.random.default_rng(0)
+    rows = [f"{u} {int(rng.integers(0, 50))} {int(rng.integers(0, 2))}" for u in range(30) for _ in range(3)]
+    (tmp_path / "labelled.txt").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataFormatError, match="the third column is a label, not an item"):
+        prepare([tmp_path / "labelled.txt"], tmp_path / "out", format="implicit", seed=0)
+    assert not (tmp_path / "out").exists()
+    # Three items per line are fine when the third is not always 0/1 (a real interaction list).
+    rows = [f"{u} {int(rng.integers(0, 50))} {int(rng.integers(2, 50))}" for u in range(30)]
+    (tmp_path / "lists.txt").write_text("\n".join(rows) + "\n")
+    info = prepare([tmp_path / "lists.txt"], tmp_path / "ok", format="implicit", seed=0)
+    assert sum(info["rows"].values()) == 60

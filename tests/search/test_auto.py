@@ -51,15 +51,20 @@ def test_auto_records_what_does_not_fit(auto_result) -> None:
     assert fp16["outcome"] == "does not fit" and fp16["minimum_bytes"] > 17_000
 
 
-def test_auto_time_limit_skips_later_retraining_candidates(trained_run: Path) -> None:
-    searcher = make_searcher("auto", methods=["uniform", "sseds", "int8"], epochs=1, time_limit_s=1e-3,
+def test_auto_time_limit_stops_the_running_candidate_and_skips_the_rest(trained_run: Path) -> None:
+    searcher = make_searcher("auto", methods=["uniform", "sseds", "int8"], epochs=3, time_limit_s=1e-3,
                              candidate_params=FAST)
     result = searcher.search(load_checkpoint(trained_run), _data(trained_run), 17_000)
-    outcomes = {c["method"]: c["outcome"] for c in result.candidates}
-    assert outcomes["uniform"] == "fits"  # the first candidate always runs
-    assert outcomes["sseds"] == "skipped: time limit"
-    assert outcomes["int8"] == "skipped: time limit"  # the limit had passed before it could start
+    cands = {c["method"]: c for c in result.candidates}
+    # Cheapest first by the probe's estimate: int8 (no retraining) before the retraining methods.
+    assert [c["method"] for c in result.candidates] == ["int8", "uniform", "sseds"]
+    assert cands["int8"]["expected_s"] < cands["uniform"]["expected_s"]
+    assert cands["int8"]["outcome"] == "does not fit"  # no model yet: the next one still starts...
+    assert cands["uniform"]["stopped_at_limit"] and cands["uniform"]["outcome"] == "fits"  # ...and is stopped
+    assert cands["sseds"]["outcome"] == "skipped: time limit"
     assert result.config["_data"]["chosen"] == "uniform"
+    retrain = next(t["retrain"] for t in result.trace if "retrain" in t)
+    assert retrain == []  # stopped before its first epoch: the warm-started weights are the candidate
 
 
 def test_auto_budget_below_every_candidate_names_the_smallest(trained_run: Path) -> None:

@@ -85,9 +85,36 @@ def _parse_block(block: bytes, path: Path, first_line: int) -> tuple[np.ndarray,
         raise DataFormatError(f"{path} line {first_line + int(line_idx[k])}: negative id {int(values[k])}; ids must be >= 0")
     first = np.ones(values.size, dtype=bool)
     first[1:] = line_idx[1:] != line_idx[:-1]
+    _refuse_label_column(values, first, path, first_line)
     owner = np.maximum.accumulate(np.where(first, np.arange(values.size), 0))  # index of the line's user token
     items = ~first
     return values[owner[items]], values[items], first_line + line_idx[items]
+
+
+#: Lines of a block that must all look like ``user item 0|1`` before the file is refused.
+LABEL_COLUMN_MIN_LINES = 10
+
+
+def _refuse_label_column(values: np.ndarray, first: np.ndarray, path: Path, first_line: int) -> None:
+    """Refuse ``user item label`` files: read as ``user item item`` they double the rows and turn
+    every negative (label 0) into a positive interaction with item 0 (issue 13).
+
+    The signature: every line has exactly three tokens and the third is always 0 or 1, over at
+    least :data:`LABEL_COLUMN_MIN_LINES` lines (a real interaction list varies in length).
+    """
+    starts = np.flatnonzero(first)
+    if len(starts) < LABEL_COLUMN_MIN_LINES:
+        return
+    lengths = np.diff(np.append(starts, values.size))
+    if not (lengths == 3).all():
+        return
+    third = values[starts + 2]
+    if ((third == 0) | (third == 1)).all():
+        raise DataFormatError(
+            f"{path} line {first_line}: every line is 'user item 0|1' ({len(starts):,} lines): the third column is a "
+            "label, not an item; --format implicit reads 'user item item ...' lists and would count every row twice "
+            "and label-0 rows as positives. Keep the positive pairs without the label (awk '$3==1{print $1, $2}') "
+            "or prepare the file as labelled CTR data (--format csv)")
 
 
 def _raise_bad_token(block: bytes, path: Path, first_line: int) -> None:
