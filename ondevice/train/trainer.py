@@ -81,7 +81,7 @@ CTR_DEFAULTS: dict[str, Any] = {"embed_dim": 16, "dropout": 0.2, "batch_norm": T
                                 "weight_decay": 1e-5, "l2": 0.0, "batch_size": 1024, "patience": 5}
 # Per-model departures (BPR-MF: benchmarks/topk_defaults.py; lr 1e-3 ended below popularity).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "bprmf": {"embed_dim": 64, "dropout": 0.0, "batch_norm": False, "lr": 1e-2, "weight_decay": 0.0,
+    "bprmf": {"embed_dim": 64, "dropout": 0.0, "batch_norm": False, "lr": 3e-3, "weight_decay": 0.0,
               "l2": 1e-4, "batch_size": 2048, "patience": 3},
 }
 

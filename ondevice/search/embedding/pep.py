@@ -40,11 +40,28 @@ Deviations (documented choices)
   data of our size would not prune for thousands of epochs (σ(−15) ≈ 3e-7; s moves ≈ lr per
   step). The default ``"auto"`` sets s₀ = logit of the 5th percentile of ``|V₀|``, so the
   threshold starts just below the bulk of the weights and pruning starts in the first
-  epoch; a float gives the paper's behaviour. ``threshold_lr`` (default: ``lr``) may speed
-  the thresholds up on small data; the dynamics stay the coupled-decay ones.
+  epoch; a float gives the paper's behaviour.
+* ``threshold_lr`` (default ``"auto"``): where the loss gradient on ``s`` is 0, Adam moves
+  ``s`` by ≈ its lr per step, so with the paper's lr (1e-3) the distance the thresholds can
+  travel depends on the number of batches: ≈ 1.4 logits in 20 Frappe epochs (68 steps each),
+  too little to reach 80 % from s₀. ``auto`` sets the lr so that s₀ can reach the logit of
+  the ``|V₀|`` quantile at the target sparsity in half the search budget's steps (never
+  below ``lr``); a number gives a fixed lr (the paper: ``lr``).
+* ``pressure="adaptive"`` (default): with the paper's fixed coupled decay the sparsity settles
+  where the decay on ``s`` balances the loss gradient (the original code levels off at 87 %
+  on Frappe, never reaching 90 %). ``_DecayPressure`` raises the thresholds' weight decay
+  (×2 or ×4) whenever the distance to the target is not closing fast enough to reach it by
+  80 % of the search budget. The thresholds still rank the entries; only the global pressure
+  grows. ``pressure="paper"`` keeps the decay fixed.
+* ``target_sparsity`` (optional): the paper's budget unit, non-zeros of the whole N×D table
+  (``candidate_p``), checked together with the byte target (``benchmarks/original_protocol.py``
+  uses it to compare with the original code at 50/80/90/95 %).
 * If the target is not reached within ``search_epochs``, the search snapshot is completed by
   magnitude pruning of ``V̂`` down to the byte target and the trace says so
-  (``"reached_by": "magnitude"``), so an artefact is always produced.
+  (``"reached_by": "magnitude"``), so an artefact is always produced; the result carries a
+  warning that ``compress`` prints and lists in ``summary.md``.
+* ``rewind="step0"`` (default, the paper's lottery-ticket rewind) or ``"none"`` (retrain
+  from the search's weights, V̂ at the snapshot; an alternative to compare, not the default).
 * The first-order (``linear``) table is not pruned (the reference code leaves
   ``FeaturesLinear`` dense too).
 * Top-K (BPR-MF, an extension: the paper evaluates CTR models): the soft threshold is put on
@@ -145,7 +162,11 @@ class PEPSearcher(RetrainingSearcher):
     threshold_init : s₀, a float (paper: −15 / −150) or ``"auto"`` (logit of the 5th
         percentile of ``|V₀|``; see Deviations).
     weight_decay : coupled L2 of Adam on every parameter incl. s (paper 1e-5).
-    threshold_lr : learning rate of ``s`` (default ``lr``, as the paper).
+    threshold_lr : learning rate of ``s``: ``"auto"`` (Deviations) or a number (paper: ``lr``).
+    pressure : ``adaptive`` (raise the decay on ``s`` until the target is reached in budget) or
+        ``paper`` (fixed coupled decay).
+    target_sparsity : optional fraction of the table's N×D entries to prune (the paper's unit).
+    rewind : ``step0`` (lottery-ticket rewind, paper) or ``none`` (retrain from the search's V̂).
     search_epochs : epochs the threshold search may run before the magnitude fallback.
     warm_start : step 0 = the pretrained checkpoint (default) or a fresh table (paper).
     epochs, lr, batch_size, seed, patience : retraining (paper: Adam lr 1e-3, batch 1024).
