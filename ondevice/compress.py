@@ -80,7 +80,13 @@ from ondevice.models import BPRMF, RecModel
 from ondevice.outputs import check_output
 from ondevice.search import ByteAccountant, make_searcher
 from ondevice.search.auto import DEFAULT_MAX_LOSS, relative_loss
-from ondevice.search.base import FORMAT_MARGIN_BYTES, MLP_OPTIONS, SearchResult
+from ondevice.search.base import (
+    FORMAT_MARGIN_BYTES,
+    MLP_OPTIONS,
+    SearchResult,
+    check_method_options,
+    method_params,
+)
 from ondevice.search.retrain import topk_metric_name, val_metrics
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, run_data
 
@@ -345,7 +351,10 @@ def compress(
     floor = parse_max_loss(max_loss) if floor_given else DEFAULT_MAX_LOSS
     shared = {"epochs": epochs, "seed": seed, "time_limit_s": time_limit_s, "max_loss": floor,
               "allow_input_change": allow_input_change, "progress": not quiet}
-    searchers = {m: make_searcher(m, **{**shared, **extra.get(m, {})}) for m in methods}
+    check_method_options(extra)
+    searchers = {m: make_searcher(m, **{**shared, **method_params(extra, m),
+                                        **({"candidate_params": extra} if m == "auto" and extra else {})})
+                 for m in methods}
     if profile_runs < 1:
         raise BadInputError(f"profile runs must be >= 1, got {profile_runs}")
     out_dir = Path(out_dir)

@@ -87,3 +87,34 @@ def test_cli_exit_codes(trained_run: Path, tmp_path: Path, monkeypatch: pytest.M
                 "--out", tmp_path / "d")
     assert over.exit_code == 3, over.output
     assert "over the budget" in over.output
+
+
+def test_method_option_reaches_the_searcher(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = _cli("compress", trained_run, "--budget", "1MB", "--method", "pep+fp16", "--out", out,
+               "--method-option", "pep.target_sparsity=0.9", "--method-option", "pep.batch_size=256",
+               "--method-option", "pep.search_epochs=6", "--epochs", "1", "--profile-runs", "2")
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "summary.json").read_text())["runs"][0]
+    cfg = run["config"]["_data"]
+    assert cfg["reached_by"] == "threshold"  # the pep.* options apply to pep+fp16 too
+    assert cfg["mask_nnz"] <= 0.1 * cfg["mask_shape"][0] * cfg["mask_shape"][1]
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("pep.treshold_init=-4", "pep has no setting 'treshold_init'; its settings:"),
+    ("nope.lr=1", "unknown method 'nope'"),
+    ("threshold_lr=1", "expected METHOD.KEY=VALUE"),
+])
+def test_method_option_typos_are_one_line_errors(trained_run: Path, tmp_path: Path, option: str, message: str) -> None:
+    res = _cli("compress", trained_run, "--budget", "1MB", "--method", "pep", "--out", tmp_path / "out",
+               "--method-option", option)
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "out").exists()
+
+
+def test_methods_lists_every_setting() -> None:
+    res = _cli("methods", "pep", "deeplight")
+    assert res.exit_code == 0
+    assert "pep.target_sparsity = None" in res.output and "pep.threshold_lr = 'auto'" in res.output
+    assert "deeplight.dnn_sparsity = 0.9" in res.output

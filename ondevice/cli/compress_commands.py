@@ -42,11 +42,15 @@ from ondevice.cli import cli
 @click.option("--mlp", "mlp", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
               help="dense (MLP) layers: int8 weights with per-row scales (4x smaller, fp32 compute) or fp32; auto "
                    "keeps fp32 when the method's smallest model fits with it (.ort artefacts: fp32 only)")
+@click.option("--method-option", "method_options", multiple=True, metavar="METHOD.KEY=VALUE",
+              help="a searcher setting, repeatable, e.g. pep.target_sparsity=0.9, pep.search_epochs=40, "
+                   "deeplight.dnn_sparsity=0.95 (values are JSON; `ondevice methods` lists every setting); "
+                   "pep.* also applies to pep+fp16, and auto passes them to its candidates")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, ...], fleet: Path | None,
                  methods: tuple[str, ...], out: Path, epochs: int | None, seed: int, data_dir: Path | None,
                  profile_runs: int, time_limit: str | None, max_loss: str | None, allow_input_change: bool,
-                 latency_p99: float | None, mlp: str, force: bool) -> None:
+                 latency_p99: float | None, mlp: str, method_options: tuple[str, ...], force: bool) -> None:
     """Search, retrain, export, verify and profile RUN_DIR's model for each budget × method.
 
     \b
@@ -56,13 +60,22 @@ def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, .
     target, no candidate within --max-loss). Failures are listed in OUT/summary.md;
     successful runs are kept.
     """
+    from ondevice.cli.data_commands import _key_values
     from ondevice.compress import compress, parse_duration
+    from ondevice.errors import BadInputError
+
+    searcher_params: dict[str, dict] = {}
+    for key, value in _key_values(method_options, "--method-option").items():
+        method, dot, setting = key.partition(".")
+        if not dot or not method or not setting:
+            raise BadInputError(f"--method-option {key}={value}: expected METHOD.KEY=VALUE, e.g. pep.threshold_lr=0.01")
+        searcher_params.setdefault(method, {})[setting] = value
 
     s = compress(run_dir, budgets=budgets, device_profiles=profiles, methods=methods or ("auto",),
                  out_dir=out, force=force, epochs=epochs, seed=seed, data_dir=data_dir, profile_runs=profile_runs,
                  fleet=fleet, time_limit_s=parse_duration(time_limit) if time_limit is not None else None, mlp=mlp,
                  max_loss=max_loss if max_loss is not None else "default", allow_input_change=allow_input_change,
-                 latency_p99_ms=latency_p99)
+                 latency_p99_ms=latency_p99, searcher_params=searcher_params)
     full = s["full_model"]
     label = "AUC" if full["metric"] == "auc" else full["metric"]
     click.echo(f"full model: {full['file_bytes']:,} B, val {label} {full['val'][full['metric']]:.4f}")
@@ -77,3 +90,20 @@ def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, .
     click.echo(f"summary: {out / 'summary.md'}")
     if fleet is not None:
         click.echo(f"fleet: {out / 'fleet.md'}")
+
+
+@cli.command("methods")
+@click.argument("names", nargs=-1)
+def methods_cmd(names: tuple[str, ...]) -> None:
+    """List the compression methods and every setting `--method-option` can set, with defaults.
+
+    NAMES restricts the list (e.g. `ondevice methods pep deeplight`).
+    """
+    from ondevice.search import SEARCHERS, make_searcher
+
+    for name in names or sorted(SEARCHERS):
+        searcher = make_searcher(name)
+        doc = (type(searcher).__doc__ or "").strip().splitlines()[0]
+        click.echo(f"{name} ({', '.join(type(searcher).tasks)}): {doc}")
+        for key, value in searcher.get_params().items():
+            click.echo(f"  {name}.{key} = {value!r}")

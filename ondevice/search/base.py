@@ -548,6 +548,29 @@ def make_searcher(method: str, **params: Any) -> Searcher:
     return cls(**kwargs)
 
 
+def method_params(options: dict[str, dict[str, Any]], method: str) -> dict[str, Any]:
+    """``method``'s settings from per-method options (``--method-option``): the base name's
+    (``pep``) with the exact name's (``pep+fp16``) on top."""
+    base = method.partition("+")[0]
+    return {**options.get(base, {}), **(options.get(method, {}) if method != base else {})}
+
+
+def check_method_options(options: dict[str, dict[str, Any]]) -> None:
+    """One-line error for a per-method option whose method or setting does not exist,
+    naming the settings the method has (a typo is never dropped silently)."""
+    for method, params in options.items():
+        base, _, suffix = method.partition("+")
+        cls = SEARCHERS.get(base)
+        if cls is None or (suffix and suffix not in _SUFFIX_DTYPE):
+            raise BadInputError(f"--method-option names unknown method {method!r}; choose one of: "
+                                f"{', '.join(method_names())}")
+        accepted = sorted(set(inspect.signature(cls.__init__).parameters) - {"self"})
+        for key in params:
+            if key not in accepted:
+                raise BadInputError(f"--method-option {method}.{key}: {base} has no setting {key!r}; "
+                                    f"its settings: {', '.join(accepted)}")
+
+
 Factory = Callable[..., Searcher]
 
 
