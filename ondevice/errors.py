@@ -97,3 +97,13 @@ class ParityError(BrokenPromiseError):
 
 class LatencyTargetError(BrokenPromiseError):
     """Measured p99 latency is above the device profile's target."""
+
+
+class WeakSignalError(BadInputError):
+    """A searcher's learned ranking (gates, keep probabilities, estimator) does not separate its
+    choices from chance on held-out data, so its pick is not deployed (threshold in the message)."""
+
+    def __init__(self, message: str, *, statistic: float | None = None, threshold: float | None = None):
+        super().__init__(message)
+        self.statistic = statistic
+        self.threshold = threshold
