@@ -19,8 +19,8 @@
     the CLI's defaults (3 search epochs from scratch, batch 1024, Adam 1e-3); precision / recall of
     the kept pairs against the truth file, for the default (centred factors + held-out test) and
     the paper's pair form with the same auto c (``centred=False, test_level=0``, the earlier default).
-(d) Step cost: seconds per step (median of 30 after 5 warm-up, 1 thread, batch 1024, the same
-    batches) of a training step of the base model (sum-square FM, Adam) against a search step
+(d) Step cost: seconds per step (median of 50: 5 rounds of 10 steps of each kind, interleaved,
+    after 3 warm-up steps each; 1 thread, batch 1024, the same batches) of a training step of the base model (sum-square FM, Adam) against a search step
     (741 gated pairs, centring, BatchNorm, Adam + gRDA), with the pair values as one batched
     Gram product (now) and as two gathers of ``[B, P, D]`` (before), on seed 7's data.
 
@@ -257,7 +257,9 @@ def _old_pair_values(self, emb: torch.Tensor) -> torch.Tensor:
     return values if self.pair_norm is None else self.pair_norm(values)
 
 
-def run_step_cost(work: Path, log, steps: int = 30, warmup: int = 5) -> list[dict[str, Any]]:
+def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 5, warmup: int = 3) -> list[dict[str, Any]]:
+    """Seconds per step of the three steps, interleaved: ``rounds`` × (``steps`` of each), so that the
+    load of a shared machine hits all three alike; the median over all timed steps."""
     import torch.nn.functional as F
 
     from ondevice.data import EncodedDataset
@@ -274,41 +276,50 @@ def run_step_cost(work: Path, log, steps: int = 30, warmup: int = 5) -> list[dic
     batches = []
     for x, y in iter_batches(data, "train", 1024, 0, 1):
         batches.append((x, y))
-        if len(batches) == steps + warmup:
+        if len(batches) == steps:
             break
 
-    def timed(model, opts) -> float:
+    def run(model, opts, values, n: int) -> list[float]:
+        original = PairInteraction.pair_values
+        PairInteraction.pair_values = values  # type: ignore[method-assign]
         model.train()
         times = []
-        for i, (x, y) in enumerate(batches):
-            t0 = time.perf_counter()
-            loss = F.binary_cross_entropy_with_logits(model(x), y)
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            for o in opts:
-                o.step()
-            if i >= warmup:
+        try:
+            for x, y in batches[:n]:
+                t0 = time.perf_counter()
+                loss = F.binary_cross_entropy_with_logits(model(x), y)
+                for o in opts:
+                    o.zero_grad(set_to_none=True)
+                loss.backward()
+                for o in opts:
+                    o.step()
                 times.append(time.perf_counter() - t0)
-        return float(np.median(times))
+        finally:
+            PairInteraction.pair_values = original  # type: ignore[method-assign]
+        return times
 
     rows = []
     for base in ("fm", "deepfm"):
         full = _issue_model(data, base)
-        train_s = timed(full, make_optimizers(full, lr=1e-3))
-        out = {"base": base, "train_step_s": train_s}
+        arms: dict[str, tuple[Any, list[Any], Any]] = {"train": (full, make_optimizers(full, lr=1e-3),
+                                                                  PairInteraction.pair_values)}
         for label, values in (("batched", PairInteraction.pair_values), ("gathered", _old_pair_values)):
-            original = PairInteraction.pair_values
-            PairInteraction.pair_values = values  # type: ignore[method-assign]
-            try:
-                model = search_model(full, all_pairs(full.num_fields), seed=0, warm_start=False, centred=True)
-                gate = model.pair_weight
-                gate.requires_grad_(False)
-                adam = make_optimizers(model, lr=1e-3)
-                gate.requires_grad_(True)
-                out[f"search_step_s_{label}"] = timed(model, [*adam, GRDA([gate], lr=1.0, c=0.01, mu=0.8)])
-            finally:
-                PairInteraction.pair_values = original  # type: ignore[method-assign]
+            model = search_model(full, all_pairs(full.num_fields), seed=0, warm_start=False, centred=True)
+            gate = model.pair_weight
+            gate.requires_grad_(False)
+            adam = make_optimizers(model, lr=1e-3)
+            gate.requires_grad_(True)
+            arms[label] = (model, [*adam, GRDA([gate], lr=1.0, c=0.01, mu=0.8)], values)
+        for model, opts, values in arms.values():
+            run(model, opts, values, warmup)
+        samples: dict[str, list[float]] = {k: [] for k in arms}
+        for _ in range(rounds):
+            for k, (model, opts, values) in arms.items():
+                samples[k] += run(model, opts, values, steps)
+        train_s = float(np.median(samples["train"]))
+        out: dict[str, Any] = {"base": base, "train_step_s": train_s, "timed_steps": steps * rounds}
+        for label in ("batched", "gathered"):
+            out[f"search_step_s_{label}"] = float(np.median(samples[label]))
             out[f"ratio_{label}"] = out[f"search_step_s_{label}"] / train_s
         rows.append(out)
         log(f"[step cost {base}] train {train_s * 1e3:.1f} ms, search {out['search_step_s_batched'] * 1e3:.1f} ms "
@@ -360,7 +371,7 @@ def render(res: dict[str, Any]) -> str:
                                  f"{np.mean([r['precision'] or 0.0 for r in sel]):.2f}, mean recall "
                                  f"{np.mean([r['recall'] for r in sel]):.2f} over seeds {', '.join(str(r['seed']) for r in sel)}")
     if res.get("step_cost"):
-        lines += ["", "## (d) Step cost (seed 7's data, batch 1024, 1 thread, median of 30 steps)", "",
+        lines += ["", "## (d) Step cost (seed 7's data, batch 1024, 1 thread, median of 50 interleaved steps)", "",
                   "| base | training step (ms) | search step, batched (ms) | ratio | search step, gathered (ms) | ratio |",
                   "|---|---|---|---|---|---|"]
         for r in res["step_cost"]:
