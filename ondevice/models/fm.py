@@ -79,9 +79,9 @@ class PairInteraction:
         batched Gram product ``E Eᵀ`` ``[B,F,F]`` and one gather of the kept entries (O(B·F²·D)
         work, O(B·F²) memory, against O(B·P·D) for gathering both factors of every pair: 741
         pairs of 16 dims is a 12M-float tensor per side at batch 1024). AutoFIS's search step on
-        39 fields, 1 thread (``benchmarks/autofis.py`` (d)): DeepFM 400³ 89 ms against 322 ms
-        gathered (training step 81 ms); FM 24 ms against 232 ms (its sum-square training step,
-        with no per-pair work at all, is 10 ms). Otherwise
+        39 fields, 1 thread (``benchmarks/results/autofis.md`` (d)): DeepFM 400³ 95 ms against
+        339 ms gathered (training step 81 ms: 1.18×); FM 11.2 ms against 124 ms (its sum-square
+        training step, with no per-pair work at all, is 4.6 ms: 2.4×). Otherwise
         (few pairs, evaluation and export) the two gathers: the exported graph is unchanged.
         """
         if self.pair_centre is not None:
