@@ -12,6 +12,18 @@
     onnxruntime p50 latency at batch 1 and 256 (1 thread, the two artefacts interleaved in
     rounds in one process), search seconds. Missing data files are skipped with a message.
 
+(c) Main effects (issue 17): ``ondevice generate --task ctr --rows 200000 --seed S`` (the
+    default: criteo format, 13 numeric + 26 categorical fields = 741 pairs, 4 main-effect
+    fields, a numeric effect on I1, 2 planted sign × sign pairs), ``prepare --format criteo``,
+    seeds 7, 1, 2. The issue's setting: FM and DeepFM (dim 16, MLP 400-400-400), AutoFIS with
+    the CLI's defaults (3 search epochs from scratch, batch 1024, Adam 1e-3); precision / recall of
+    the kept pairs against the truth file, for the default (centred factors + held-out test) and
+    the paper's pair form with the same auto c (``centred=False, test_level=0``, the earlier default).
+(d) Step cost: seconds per step (median of 50: 5 rounds of 10 steps of each kind, interleaved,
+    after 3 warm-up steps each; 1 thread, batch 1024, the same batches) of a training step of the base model (sum-square FM, Adam) against a search step
+    (741 gated pairs, centring, BatchNorm, Adam + gRDA), with the pair values as one batched
+    Gram product (now) and as two gathers of ``[B, P, D]`` (before), on seed 7's data.
+
 Models: DeepFM dim 10, MLP 64-64 (small on purpose: 2 shared CPU cores; with the usual
 400-400-400 the MLP dominates latency and pair removal is invisible), Adam lr 1e-3, batch
 1024 (256 on the 8K-row Criteo head), up to 10 epochs with patience 2. AutoFIS: 3 search
@@ -19,6 +31,7 @@ epochs (from scratch), retrain up to 10 epochs, same batches. Planted runs: batc
 for the full model and AutoFIS alike.
 
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/autofis.py [--out benchmarks/results]
+        [--datasets planted,frappe,criteo10k,main-effects,step-cost]
 """
 
 from __future__ import annotations
@@ -176,6 +189,145 @@ def run_real(work: Path, name: str, log) -> dict[str, Any] | None:
             "search_s": result.timings["search_s"], "retrain_s": result.timings["retrain_s"], "models": rows}
 
 
+MAIN_SEEDS = (7, 1, 2)
+
+
+def prepare_generated(work: Path, seed: int) -> tuple[Path, set[tuple[int, int]]]:
+    """``ondevice generate --task ctr --rows 200000 --seed S`` + ``prepare --format criteo``."""
+    from ondevice.data import EncodedDataset, generate_ctr, prepare
+
+    out = work / f"generated-{seed}"
+    truth = generate_ctr(work / f"generated-{seed}.tsv", 200_000, seed=seed)
+    prepare(work / f"generated-{seed}.tsv", out, format="criteo", seed=0, force=True)
+    names = EncodedDataset(out).schema.field_names
+    return out, {tuple(sorted(names.index(n) for n in t["fields"])) for t in truth["interactions"]}
+
+
+def _issue_model(data, base: str):
+    from ondevice.models import build_model
+
+    torch.manual_seed(0)
+    kw = {"mlp_dims": [400, 400, 400]} if base == "deepfm" else {}
+    return build_model(base, data.schema.vocab_sizes, embed_dim=16, **kw)
+
+
+def run_main_effects(work: Path, log) -> list[dict[str, Any]]:
+    from ondevice.data import EncodedDataset
+    from ondevice.errors import WeakSignalError
+    from ondevice.search.interaction import AutoFISSearcher
+    from ondevice.train import Checkpoint
+
+    rows = []
+    for seed in MAIN_SEEDS:
+        data_dir, truth = prepare_generated(work, seed)
+        data = EncodedDataset(data_dir)
+        names = data.schema.field_names
+        for base in ("fm", "deepfm"):
+            for label, kw in (("default", {}), ("paper form, auto c", {"centred": False, "test_level": 0})):
+                t0 = time.perf_counter()
+                s = AutoFISSearcher(search_epochs=3, epochs=0, **kw)  # retrain skipped: the choice is measured
+                try:
+                    r = s.search(Checkpoint(model=_issue_model(data, base), schema=data.schema), data, 10**12)
+                except WeakSignalError as err:
+                    rows.append({"seed": seed, "base": base, "variant": label, "refused": str(err)})
+                    continue
+                kept = {tuple(k["pair"]) for k in r.trace[1]["kept"]}
+                hit = len(kept & truth)
+                survivors = sum(1 for p in r.trace[0]["pairs"] if p["alpha"] != 0)
+                check = r.trace[0]["signal_check"]
+                row = {"seed": seed, "base": base, "variant": label, "kept": sorted(kept), "planted": sorted(truth),
+                       "kept_fields": [[names[i], names[j]] for i, j in sorted(kept)], "survivors": survivors,
+                       "precision": hit / len(kept) if kept else None, "recall": hit / len(truth),
+                       "threshold_z": check["threshold_z"] if check else None,
+                       "max_failed_z": check["max_failed_z"] if check else None,
+                       "min_kept_z": min((p["heldout_z"] for p in r.trace[0]["pairs"] if tuple(p["pair"]) in kept),
+                                         default=None) if check else None,
+                       "search_s": r.timings["search_s"], "seconds": time.perf_counter() - t0}
+                rows.append(row)
+                log(f"[main effects seed {seed} {base} {label}] survivors {survivors}, kept {len(kept)}/741, "
+                    f"precision {row['precision']}, recall {row['recall']:.2f}, {row['seconds']:.0f}s")
+    return rows
+
+
+def _old_pair_values(self, emb: torch.Tensor) -> torch.Tensor:
+    """The pair values as before issue 17: both factors of every pair gathered, ``[B, P, D]`` each."""
+    if self.pair_centre is not None:
+        emb = self.pair_centre(emb)
+    values = (emb.index_select(1, self.pair_left) * emb.index_select(1, self.pair_right)).sum(dim=2)
+    return values if self.pair_norm is None else self.pair_norm(values)
+
+
+def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 5, warmup: int = 3) -> list[dict[str, Any]]:
+    """Seconds per step of the three steps, interleaved: ``rounds`` × (``steps`` of each), so that the
+    load of a shared machine hits all three alike; the median over all timed steps."""
+    import torch.nn.functional as F
+
+    from ondevice.data import EncodedDataset
+    from ondevice.models.fm import PairInteraction, all_pairs
+    from ondevice.search.interaction.autofis import search_model
+    from ondevice.search.retrain import iter_batches
+    from ondevice.train.grda import GRDA
+    from ondevice.train.trainer import make_optimizers
+
+    data_dir = work / f"generated-{MAIN_SEEDS[0]}"
+    if not data_dir.is_dir():
+        data_dir, _ = prepare_generated(work, MAIN_SEEDS[0])
+    data = EncodedDataset(data_dir)
+    batches = []
+    for x, y in iter_batches(data, "train", 1024, 0, 1):
+        batches.append((x, y))
+        if len(batches) == steps:
+            break
+
+    def run(model, opts, values, n: int) -> list[float]:
+        original = PairInteraction.pair_values
+        PairInteraction.pair_values = values  # type: ignore[method-assign]
+        model.train()
+        times = []
+        try:
+            for x, y in batches[:n]:
+                t0 = time.perf_counter()
+                loss = F.binary_cross_entropy_with_logits(model(x), y)
+                for o in opts:
+                    o.zero_grad(set_to_none=True)
+                loss.backward()
+                for o in opts:
+                    o.step()
+                times.append(time.perf_counter() - t0)
+        finally:
+            PairInteraction.pair_values = original  # type: ignore[method-assign]
+        return times
+
+    rows = []
+    for base in ("fm", "deepfm"):
+        full = _issue_model(data, base)
+        arms: dict[str, tuple[Any, list[Any], Any]] = {"train": (full, make_optimizers(full, lr=1e-3),
+                                                                  PairInteraction.pair_values)}
+        for label, values in (("batched", PairInteraction.pair_values), ("gathered", _old_pair_values)):
+            model = search_model(full, all_pairs(full.num_fields), seed=0, warm_start=False, centred=True)
+            gate = model.pair_weight
+            gate.requires_grad_(False)
+            adam = make_optimizers(model, lr=1e-3)
+            gate.requires_grad_(True)
+            arms[label] = (model, [*adam, GRDA([gate], lr=1.0, c=0.01, mu=0.8)], values)
+        for model, opts, values in arms.values():
+            run(model, opts, values, warmup)
+        samples: dict[str, list[float]] = {k: [] for k in arms}
+        for _ in range(rounds):
+            for k, (model, opts, values) in arms.items():
+                samples[k] += run(model, opts, values, steps)
+        train_s = float(np.median(samples["train"]))
+        out: dict[str, Any] = {"base": base, "train_step_s": train_s, "timed_steps": steps * rounds}
+        for label in ("batched", "gathered"):
+            out[f"search_step_s_{label}"] = float(np.median(samples[label]))
+            out[f"ratio_{label}"] = out[f"search_step_s_{label}"] / train_s
+        rows.append(out)
+        log(f"[step cost {base}] train {train_s * 1e3:.1f} ms, search {out['search_step_s_batched'] * 1e3:.1f} ms "
+            f"(x{out['ratio_batched']:.2f}), gathered {out['search_step_s_gathered'] * 1e3:.1f} ms "
+            f"(x{out['ratio_gathered']:.2f})")
+    return rows
+
+
 def render(res: dict[str, Any]) -> str:
     lines = ["# AutoFIS (issue 6)", "", f"Command: `{res['command']}`  ", f"Machine: {res['machine']}; "
              f"torch {res['torch']}; 1 thread; shared 2-core host, times indicative.", "",
@@ -195,6 +347,36 @@ def render(res: dict[str, Any]) -> str:
         for m in d["models"]:
             lines.append(f"| {m['model']} | {m['pairs']} | {m['val_auc']:.4f} | {m['test_auc']:.4f} | "
                          f"{m['file_bytes']:,} | {m['p50_ms_b1']:.3f} | {m['p50_ms_b256']:.2f} |")
+    if res.get("main_effects"):
+        lines += ["", "## (c) Main effects and numeric fields: `generate --task ctr --rows 200000` (39 fields, "
+                  "741 pairs, 2 planted)", "",
+                  "| seed | base | variant | gRDA survivors | kept | precision | recall | min kept z | max failed z | "
+                  "threshold z | search s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+        def f(v: Any, fmt: str = ".2f") -> str:
+            return "–" if v is None else format(v, fmt)
+
+        for r in res["main_effects"]:
+            if "refused" in r:
+                lines.append(f"| {r['seed']} | {r['base']} | {r['variant']} | refused: {r['refused']} | | | | | | | |")
+                continue
+            lines.append(f"| {r['seed']} | {r['base']} | {r['variant']} | {r['survivors']} | {len(r['kept'])} | "
+                         f"{f(r['precision'])} | {r['recall']:.2f} | {f(r['min_kept_z'])} | {f(r['max_failed_z'])} | "
+                         f"{f(r['threshold_z'])} | {r['search_s']:.0f} |")
+        for variant in dict.fromkeys(r["variant"] for r in res["main_effects"]):
+            for base in ("fm", "deepfm"):
+                sel = [r for r in res["main_effects"] if r["variant"] == variant and r["base"] == base and "refused" not in r]
+                if sel:
+                    lines.append(f"\n{base}, {variant}: mean precision "
+                                 f"{np.mean([r['precision'] or 0.0 for r in sel]):.2f}, mean recall "
+                                 f"{np.mean([r['recall'] for r in sel]):.2f} over seeds {', '.join(str(r['seed']) for r in sel)}")
+    if res.get("step_cost"):
+        lines += ["", "## (d) Step cost (seed 7's data, batch 1024, 1 thread, median of 50 interleaved steps)", "",
+                  "| base | training step (ms) | search step, batched (ms) | ratio | search step, gathered (ms) | ratio |",
+                  "|---|---|---|---|---|---|"]
+        for r in res["step_cost"]:
+            lines.append(f"| {r['base']} | {r['train_step_s'] * 1e3:.1f} | {r['search_step_s_batched'] * 1e3:.1f} | "
+                         f"{r['ratio_batched']:.2f} | {r['search_step_s_gathered'] * 1e3:.1f} | {r['ratio_gathered']:.2f} |")
     for s in res["skipped"]:
         lines += ["", f"{s}: data absent, skipped."]
     return "\n".join(lines) + "\n"
@@ -203,7 +385,7 @@ def render(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--datasets", default="planted,frappe,criteo10k")
+    ap.add_argument("--datasets", default="planted,frappe,criteo10k,main-effects,step-cost")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -219,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         if "planted" in names:
             res["planted"] = run_planted(work, log)
+        if "main-effects" in names:
+            res["main_effects"] = run_main_effects(work, log)
+        if "step-cost" in names:
+            res["step_cost"] = run_step_cost(work, log)
         for name in ("frappe", "criteo10k"):
             if name in names:
                 d = run_real(work, name, log)

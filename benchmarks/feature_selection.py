@@ -6,6 +6,13 @@ dropping fields buy in bytes, latency and AUC on real data?
   three seeds. DeepFM dim 8, MLP 32; AutoField with no byte limit; reports each planted
   field's rank and precision@k for k = |important| and k = |informative| (important ∪ pair
   fields).
+* ``signal`` (issue 17): the signal check every selection now passes before it deploys
+  (``subset.ranking_signal``: the kept fields' held-out importance on validation against all
+  other subsets of as many fields, permutation p ≤ 0.1). On the planted data with
+  ``num_fields`` = the informative fields (6 of 20), and on ``null`` data (the same generator
+  with no planted effect at all: labels independent of every field), seeds 0-2, both methods:
+  passed or refused (``WeakSignalError``), with p and Spearman's rho between the method's
+  scores and the held-out importance. On real data below a refused selection is a row.
 * ``frappe``: NFM's libFM Frappe validation + test files pooled, random 80/10/10 (seed 0), as
   ``compress_quality.py``'s ``frappe-small``: DeepFM dim 16, MLP 32-32 (the tables are 94 %
   of the bytes, the item table alone 71 %; Frappe's negatives are random items in a logged
@@ -20,7 +27,7 @@ once per model), kept fields, ONNX file bytes, onnxruntime batch-1 p50 (1 thread
 after 50 warm-up), search and retrain seconds. The controllers' architecture batches are a
 held-out 10 % of train (AdaFS: its ranking rows), validation only picks the retrain's best epoch.
 
-    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/feature_selection.py [--only planted,frappe,criteo-head10k]
+    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/feature_selection.py [--only planted,signal,frappe,criteo-head10k]
 """
 
 from __future__ import annotations
@@ -101,6 +108,48 @@ def planted(seed: int, method: str) -> dict[str, Any]:
     return out
 
 
+def _planted_run(seed: int, *, null: bool) -> Path:
+    from ondevice.data import generate_ctr, prepare
+    from ondevice.train import TrainConfig, train
+
+    work = CACHE / (f"null-{seed}" if null else f"planted-{seed}")
+    if not (work / "run" / "model.pt").is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        kw = {"n_important": 0, "n_pairs": 0} if null else {"n_important": 4, "n_pairs": 2}
+        generate_ctr(work / "raw.libfm", 100_000, format="libfm", fields=20, vocab=100, seed=seed, **kw)
+        prepare(work / "raw.libfm", work / "data", format="libfm", seed=0, force=True)
+        train(work / "data", work / "run", TrainConfig(model="deepfm", embed_dim=8, mlp_dims=[32], epochs=5, patience=1,
+                                                       batch_size=1024, lr=3e-3, threads=1), quiet=True, force=True)
+    return work
+
+
+def signal_case(seed: int, method: str, *, null: bool, keep: int = 6) -> dict[str, Any]:
+    """The searcher's signal check with ``num_fields=keep`` (module docstring, ``signal``)."""
+    from ondevice.data import EncodedDataset
+    from ondevice.errors import WeakSignalError
+    from ondevice.search import make_searcher
+
+    work = _planted_run(seed, null=null)
+    out: dict[str, Any] = {"seed": seed, "method": method, "data": "null" if null else "planted", "keep": keep}
+    t0 = time.perf_counter()
+    try:
+        r = make_searcher(method, **SEARCH, **AUTOFIELD, num_fields=keep).search(work / "run", EncodedDataset(work / "data"),
+                                                                                   10**12)
+        check = r.trace[0]["signal_check"]
+        out.update(refused=None, kept=r.trace[0]["fields_kept"])
+    except WeakSignalError as err:
+        out.update(refused=str(err), p_value=err.statistic, needed_p=err.threshold)
+        check = None
+    if check is not None:
+        out.update(p_value=check["p_value"], needed_p=check["needed_p"], spearman=check["spearman_score_vs_heldout"])
+        truth = json.loads((work / "raw.libfm.truth.json").read_text())
+        informative = {f["field"] for f in truth["important_fields"]} | {f for p in truth["interactions"] for f in p["fields"]}
+        out["kept_informative"] = len(set(out["kept"]) & informative)
+    out["seconds"] = time.perf_counter() - t0
+    log(f"[signal {out['data']} {seed} {method}] {'REFUSED' if out['refused'] else 'passed'} p={out.get('p_value')}")
+    return out
+
+
 # ---------------------------------------------------------------------- real data
 def _p50_batch1(model, schema) -> float:
     from ondevice.export import export_artefact, profile_artefact
@@ -126,7 +175,7 @@ def _test_auc(model, data) -> dict[str, float]:
 def real(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     from ondevice.compress import _search_fitting, measure_file_bytes
     from ondevice.data import EncodedDataset, prepare
-    from ondevice.errors import BudgetTooSmallError
+    from ondevice.errors import BudgetTooSmallError, WeakSignalError
     from ondevice.search import make_searcher
     from ondevice.search.retrain import val_metrics
     from ondevice.train import TrainConfig, load_checkpoint, train
@@ -161,6 +210,10 @@ def real(name: str, spec: dict[str, Any]) -> dict[str, Any]:
                              "min_bytes": err.minimum_bytes})
                 log(f"[{name}] {label} {method}: does not fit (min {err.minimum_bytes:,} B)")
                 continue
+            except WeakSignalError as err:
+                runs.append({"method": method, "budget": label, "budget_bytes": budget, "refused": str(err)})
+                log(f"[{name}] {label} {method}: refused: {err}")
+                continue
             wall = time.perf_counter() - t0
             schema = result.schema or ckpt.schema
             view = data.select_fields(data.schema.field_positions(schema.field_names)) if result.schema else data
@@ -175,6 +228,8 @@ def real(name: str, spec: dict[str, Any]) -> dict[str, Any]:
                 row["dim"] = result.config["_data"].get("dim")
             if method != "uniform":
                 row["scores"] = result.trace[0].get("keep_probability") or result.trace[0]["mean_weight"]
+                row["signal_check"] = {k: v for k, v in (result.trace[0].get("signal_check") or {}).items()
+                                       if k in ("passed", "p_value", "needed_p", "spearman_score_vs_heldout", "reason")}
             runs.append(row)
             log(f"[{name}] {label} {method}: {file_bytes:,} B <= {budget:,}, test AUC {row['test']['auc']:.4f}, "
                 f"kept {len(schema.field_names)} fields, p50 {row['p50_ms_batch1']:.3f} ms "
@@ -199,6 +254,17 @@ def render(res: dict[str, Any]) -> str:
                      f"{p['precision_at_informative']:.2f} | {p['search_s']:.1f} |")
     lines += ["", "Important fields are listed strongest first (effect std 1.2 → 0.6); a pair field has no main "
               "effect (coefficient 1.0 / 0.7 on ±1 signs).", ""]
+    if res.get("signal"):
+        lines += ["## Signal check (issue 17): keep 6 of 20 fields", "",
+                  "| data | seed | method | result | permutation p (needed) | Spearman scores vs held-out | "
+                  "informative kept |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for x in res["signal"]:
+            rho = "–" if x.get("spearman") is None else f"{x['spearman']:.2f}"
+            p = "–" if x.get("p_value") is None else f"{x['p_value']:.3f} ({x['needed_p']:.2f})"
+            lines.append(f"| {x['data']} | {x['seed']} | {x['method']} | {'refused' if x['refused'] else 'deployed'} | "
+                         f"{p} | {rho} | {x.get('kept_informative', '–')} |")
+        lines += ["", "`null`: no planted effect, labels independent of every field (nothing to select). "
+                  "`planted`: 6 informative fields of 20.", ""]
     for d in res["real"]:
         if "skipped" in d:
             lines += [f"## {d['dataset']}: skipped ({d['skipped']})", ""]
@@ -210,6 +276,10 @@ def render(res: dict[str, Any]) -> str:
                   f"| full DeepFM | — | {f['file_bytes']:,} | {f['test']['auc']:.4f} | {f['val']['auc']:.4f} | "
                   f"{f['fields']} | {f['p50_ms_batch1']:.3f} | — | — |"]
         for r in d["runs"]:
+            if r.get("refused"):
+                lines.append(f"| {r['method']} | {r['budget']} ({r['budget_bytes']:,}) | refused: {r['refused']} "
+                             "| | | | | | |")
+                continue
             if not r.get("file_bytes"):
                 lines.append(f"| {r['method']} | {r['budget']} ({r['budget_bytes']:,}) | does not fit "
                              f"(min {r['min_bytes']:,}) | | | | | | |")
@@ -232,7 +302,7 @@ def main() -> None:
     from ondevice.io import atomic_write_json, atomic_write_text
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default="planted,frappe,criteo-head10k")
+    ap.add_argument("--only", default="planted,signal,frappe,criteo-head10k")
     args = ap.parse_args()
     only = set(args.only.split(","))
     torch.set_num_threads(1)
@@ -242,6 +312,8 @@ def main() -> None:
            "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
            "settings": {"search": SEARCH, "autofield": AUTOFIELD, "fractions": FRACTIONS},
            "planted": [planted(s, m) for s in (0, 1, 2) for m in METHODS[:2]] if "planted" in only else [],
+           "signal": [signal_case(s, m, null=null) for null in (False, True) for s in (0, 1, 2) for m in METHODS[:2]]
+           if "signal" in only else [],
            "real": [real(n, s) for n, s in REAL.items() if n in only]}
     res["seconds"] = time.time() - started
     atomic_write_json(RESULTS / "feature_selection.json", res)

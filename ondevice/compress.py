@@ -13,8 +13,8 @@ with a small run count. Output, written atomically (temp folder + rename)::
     OUT/fleet.json, fleet.md             with ``fleet=DIR``: one row per device profile of DIR
                                          (bytes, metric, p50/p99 at the profile's batch and
                                          threads against its target, pass/fail)
-    OUT/_cache/                          what once-for-all methods trained for every budget
-                                         (RULE's elastic model and estimator)
+    RUN_DIR/_cache/rule/                 beside the run, not in OUT: RULE's elastic model, estimator
+                                         and deployed configurations, reused by later calls
 
 Top-K (BPR-MF) runs use the methods that support them (``rule``, ``uniform``, ``int8``,
 ``fp16``) and report validation Recall@K (the run's ``k``, full ranking excluding training

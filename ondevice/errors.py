@@ -108,3 +108,13 @@ class QualityFloorError(BrokenPromiseError):
         self.best_method = best_method
         self.best_loss = best_loss
         self.budget_bytes = budget_bytes
+
+
+class WeakSignalError(BadInputError):
+    """A searcher's learned ranking (gates, keep probabilities, estimator) does not separate its
+    choices from chance on held-out data, so its pick is not deployed (threshold in the message)."""
+
+    def __init__(self, message: str, *, statistic: float | None = None, threshold: float | None = None):
+        super().__init__(message)
+        self.statistic = statistic
+        self.threshold = threshold

@@ -41,7 +41,7 @@ def fleet_out(topk_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     return out, summary
 
 
-def test_fleet_has_one_verified_artefact_per_profile(fleet_out) -> None:
+def test_fleet_has_one_verified_artefact_per_profile(fleet_out, topk_run: Path) -> None:
     out, summary = fleet_out
     report = json.loads((out / "fleet.json").read_text())
     assert sorted(r["device"] for r in report["rows"]) == ["laptop", "phone"]
@@ -56,7 +56,8 @@ def test_fleet_has_one_verified_artefact_per_profile(fleet_out) -> None:
     assert phone["latency"]["verdict"] == "not measured on target arch"  # the test host is not arm64
     md = (out / "fleet.md").read_text()
     assert "not measured on target arch" in md and "**PASS**" in md
-    assert list((out / "_cache" / "rule").glob("supernet-*.pt"))  # trained once, cached for the fleet
+    # trained once, cached beside the run for the fleet and later calls, never inside --out (issue 17)
+    assert list((topk_run / "_cache" / "rule").glob("supernet-*.pt")) and not (out / "_cache").exists()
 
 
 def test_topk_baselines_verify(topk_run: Path, tmp_path: Path) -> None:

@@ -18,22 +18,27 @@ from ondevice.cli.search_commands import search_group
 @click.option("--epochs", type=click.IntRange(min=0), default=None, help="retraining epochs (default: the method's)")
 @click.option("--search-epochs", type=click.IntRange(min=1), default=None, help="controller search epochs")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--signal-level", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="level of the ranking's signal check (default 0.1; 0 = deploy without it)")
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="encoded dataset (default: the one recorded in RUN_DIR/train.json)")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 def features_cmd(run_dir: Path, out: Path, budget: str | None, keep: int | None, method: str, epochs: int | None,
-                 search_epochs: int | None, seed: int, data_dir: Path | None, force: bool) -> None:
+                 search_epochs: int | None, seed: int, signal_level: float | None, data_dir: Path | None,
+                 force: bool) -> None:
     """Learn which fields RUN_DIR's CTR model needs; keep the best that fit --budget (or --keep N).
 
     \b
     A dropped field leaves the model, its table and the schema: the app sends only the
     kept fields. OUT is a run folder for `ondevice compress` / `ondevice export`.
-    Exit codes: 0 ok; 2 bad input (incl. a budget below one field's model); 3 over budget.
+    Exit codes: 0 ok; 2 bad input (incl. a budget below one field's model, or a ranking whose kept
+    fields do not matter more on validation than the dropped ones); 3 over budget.
     """
     from ondevice.search.features.run import search_features
 
     s = search_features(run_dir, out, budget=budget, keep=keep, method=method, epochs=epochs,
-                        search_epochs=search_epochs, seed=seed, data_dir=data_dir, force=force)
+                        search_epochs=search_epochs, seed=seed, data_dir=data_dir, force=force,
+                        signal_level=signal_level)
     click.echo(f"{s['method']}: kept {len(s['fields_kept'])} of {len(s['fields_kept']) + len(s['fields_dropped'])} fields "
                f"({', '.join(s['fields_kept'])}), {s['file_bytes']:,} B (full {s['full_file_bytes']:,} B), "
                f"val AUC {s['val']['auc']:.4f} -> {out}")

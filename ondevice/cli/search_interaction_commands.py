@@ -36,6 +36,11 @@ def _c_value(_ctx: click.Context, _param: click.Parameter, value: str) -> float 
               help="with --c auto: share of the search after which a gate the loss does not push is 0")
 @click.option("--max-pairs", type=click.IntRange(min=0), default=None, help="keep at most N pairs (largest |alpha|)")
 @click.option("--warm-start", is_flag=True, help="search from the pretrained weights (the paper: from scratch)")
+@click.option("--centred/--no-centred", default=None,
+              help="pairs of centred embeddings in the search, so no gate carries a main effect "
+                   "(default: on; off with --c paper)")
+@click.option("--test-level", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="family-wise level of the held-out test of the kept pairs (default 0.1; 0 with --c paper: off)")
 @click.option("--budget", default=None, help="max bytes of the exported model: 50KB = 50,000 B, 50KiB = 51,200 B")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="Adam learning rate")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
@@ -44,22 +49,25 @@ def _c_value(_ctx: click.Context, _param: click.Parameter, value: str) -> float 
               help="encoded dataset (default: the one recorded in RUN_DIR/train.json)")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 def interactions_cmd(run_dir: Path, out: Path, search_epochs: int, epochs: int, c: float | str, mu: float | None,
-                     grda_lr: float, zero_at: float, max_pairs: int | None, warm_start: bool, budget: str | None,
+                     grda_lr: float, zero_at: float, max_pairs: int | None, warm_start: bool, centred: bool | None,
+                     test_level: float | None, budget: str | None,
                      lr: float, batch_size: int, seed: int, data_dir: Path | None, force: bool) -> None:
     """Select the field pairs of RUN_DIR's FM/DeepFM/DeepFwFM with AutoFIS (KDD'20), retrain.
 
     \b
-    Search: a gate per pair after a BatchNorm, gRDA on the gates, Adam on the rest; then
-    a fresh model computing only the pairs whose gate is not zero. OUT is a run folder
-    (model.pt, train.json, search.json) for `ondevice compress` / `ondevice export`.
-    Exit codes: 0 ok; 2 bad input (incl. a budget below the model without pairs).
+    Search: a gate per pair (of centred embeddings) after a BatchNorm, gRDA on the gates,
+    Adam on the rest; the surviving pairs must pass a held-out test on validation; then a
+    fresh model computing only the kept pairs. OUT is a run folder (model.pt, train.json,
+    search.json) for `ondevice compress` / `ondevice export`.
+    Exit codes: 0 ok; 2 bad input (incl. a budget below the model without pairs, or gates
+    none of which holds up on validation).
     """
     from ondevice.budget import parse_budget
     from ondevice.search.interaction import AutoFISSearcher, search_interactions
 
     searcher = AutoFISSearcher(search_epochs=search_epochs, c=c, mu=mu, grda_lr=grda_lr, zero_at=zero_at,
                                max_pairs=max_pairs, warm_start=warm_start, epochs=epochs, lr=lr,
-                               batch_size=batch_size, seed=seed)
+                               batch_size=batch_size, seed=seed, centred=centred, test_level=test_level)
     s = search_interactions(run_dir, out, searcher, data_dir=data_dir, force=force,
                             budget_bytes=None if budget is None else parse_budget(budget))
     click.echo(f"autofis: kept {s['kept_pairs']} of {s['candidate_pairs']} pairs, val AUC {s['val_auc_before']:.4f} -> "

@@ -179,6 +179,78 @@ def test_autofis_recovers_the_planted_pairs(planted, searched, name: str) -> Non
     assert result.trace[1]["kept"][0]["fields"] == [names[p] for p in result.trace[1]["kept"][0]["pair"]]
 
 
+# ---------------------------------------------------------------------- main effects and numeric fields (issue 17)
+def _criteo_like(root: Path, *, n_pairs: int, vocab: int) -> tuple[EncodedDataset, set[tuple[int, int]]]:
+    """``generate``'s default structure at test size: 13 numeric + 26 categorical fields (741 pairs),
+    4 main-effect fields, a numeric effect (I1) and ``n_pairs`` sign × sign pairs, 30K rows."""
+    truth = generate_ctr(root / "raw.tsv", 30_000, vocab=vocab, seed=0, n_pairs=n_pairs)
+    prepare(root / "raw.tsv", root / "data", format="criteo", seed=0)
+    data = EncodedDataset(root / "data")
+    names = data.schema.field_names
+    return data, {tuple(sorted(names.index(n) for n in t["fields"])) for t in truth["interactions"]}
+
+
+@pytest.fixture(scope="module")
+def main_effects(tmp_path_factory: pytest.TempPathFactory) -> tuple[EncodedDataset, set[tuple[int, int]]]:
+    return _criteo_like(tmp_path_factory.mktemp("main_effects"), n_pairs=2, vocab=20)
+
+
+def _untrained(data: EncodedDataset, name: str) -> Checkpoint:
+    torch.manual_seed(0)  # the search trains from scratch: the checkpoint only gives the architecture
+    kw = {"mlp_dims": [32]} if name == "deepfm" else {}
+    return Checkpoint(model=build_model(name, data.schema.vocab_sizes, embed_dim=8, **kw), schema=data.schema)
+
+
+def _precision_recall(result, truth: set[tuple[int, int]]) -> tuple[float, float]:
+    kept = {tuple(k["pair"]) for k in result.trace[1]["kept"]}
+    return len(kept & truth) / max(1, len(kept)), len(kept & truth) / len(truth)
+
+
+@pytest.mark.parametrize("name", ["fm", "deepfm"])
+def test_planted_pairs_recovered_beside_main_effects_and_numeric_fields(main_effects, name: str) -> None:
+    data, truth = main_effects
+    s = AutoFISSearcher(search_epochs=3, batch_size=512, lr=5e-3, epochs=0)
+    result = s.search(_untrained(data, name), data, 10**9)
+    assert _precision_recall(result, truth) == (1.0, 1.0), (result.trace[1]["kept"], truth)
+    assert result.trace[0]["variant"] == {"centred": True, "test_level": 0.1}
+    check = result.trace[0]["signal_check"]
+    assert check["passed_count"] == 2 and check["best_z"] > check["threshold_z"] > 1.0
+    # without the two deviations (the paper's pair form, auto c), main-effect pairs swamp the planted ones
+    paper_form = AutoFISSearcher(search_epochs=3, batch_size=512, lr=5e-3, epochs=0, centred=False, test_level=0)
+    precision, recall = _precision_recall(paper_form.search(_untrained(data, name), data, 10**9), truth)
+    assert precision < 0.3 and recall == 1.0
+
+
+def test_c_paper_is_the_papers_form(main_effects) -> None:
+    data, _ = main_effects
+    s = AutoFISSearcher(search_epochs=1, c="paper", batch_size=512, lr=5e-3, epochs=0)
+    assert s.variant() == {"centred": False, "test_level": 0.0}
+    result = s.search(_untrained(data, "fm"), data, 10**9)
+    assert result.trace[0]["signal_check"] is None and result.trace[0]["grda"]["c"] == 5e-3
+    assert AutoFISSearcher(c="paper", centred=True, test_level=0.2).variant() == {"centred": True, "test_level": 0.2}
+
+
+def test_no_interaction_signal_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Main effects only, 2,000 values per field: gRDA keeps overfitted pairs, none holds up on validation."""
+    from ondevice.errors import WeakSignalError
+
+    data, truth = _criteo_like(tmp_path, n_pairs=0, vocab=2000)
+    assert not truth
+    with pytest.raises(WeakSignalError, match="none of the .* pairs the gates kept holds up on validation") as err:
+        AutoFISSearcher(search_epochs=3, batch_size=512, lr=5e-3, epochs=0).search(_untrained(data, "fm"), data, 10**9)
+    assert "\n" not in str(err.value) and err.value.exit_code == 2 and err.value.statistic < err.value.threshold
+
+
+def test_batched_pair_values_match_the_gathered_ones() -> None:
+    torch.manual_seed(0)
+    model = build_model("fm", [5] * 9, embed_dim=4, pairs=[[i, j] for i in range(9) for j in range(i + 1, 9)])
+    emb = torch.randn(16, 9, 4)
+    model.train()
+    gram = model.pair_values(emb)  # 36 pairs > 9 fields: the Gram product
+    model.eval()
+    torch.testing.assert_close(gram, model.pair_values(emb))  # the two gathers
+
+
 def test_paper_constants_zero_nothing_on_small_data(planted) -> None:
     data, _ = planted
     s = AutoFISSearcher(search_epochs=1, c="paper", **{**FAST, "epochs": 0})

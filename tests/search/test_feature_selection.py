@@ -121,6 +121,43 @@ def test_planted_fields_rank_first(planted: tuple[Path, dict], method: str) -> N
     assert len(result.schema.field_names) == 10  # no byte limit: every field fits
 
 
+# ------------------------------------------------------------------ signal check (issue 17)
+def test_ranking_signal_separates_kept_from_dropped() -> None:
+    from ondevice.search.features.subset import ranking_signal
+
+    importance = [0.30, 0.01, 0.20, 0.0, -0.01, 0.02]
+    good = ranking_signal(importance, [0.9, 0.1, 0.8, 0.2, 0.1, 0.3], keep=[0, 2])
+    assert good["passed"] and good["p_value"] == pytest.approx(1 / 15) and good["spearman_score_vs_heldout"] > 0.8
+    bad = ranking_signal(importance, [0.51, 0.52, 0.51, 0.52, 0.51, 0.51], keep=[1, 3])  # "all ≈ 0.51"
+    assert not bad["passed"] and bad["p_value"] > 0.5
+    # nothing dropped: the ranking decided nothing
+    assert ranking_signal(importance, [0.5] * 6, keep=list(range(6)))["passed"]
+    # 2 fields, keep 1: only the best split passes (level 0.1 is out of reach with 2 splits)
+    assert ranking_signal([0.2, 0.0], [1, 0], keep=[0])["passed"]
+    assert not ranking_signal([0.2, 0.0], [0, 1], keep=[1])["passed"]
+
+
+def test_planted_selection_passes_the_signal_check(planted: tuple[Path, dict]) -> None:
+    root, truth = planted
+    result = make_searcher("autofield", batch_size=256, search_epochs=2, epochs=1, num_fields=4).search(
+        root / "run", root / "data", 10**9)
+    check = result.trace[0]["signal_check"]
+    assert check["passed"] and check["p_value"] <= 0.1 and check["kept"] == 4 and check["fields"] == 10
+    important = {f["field"] for f in truth["important_fields"]}
+    heldout = check["heldout_importance"]
+    noise = set(heldout) - important - {f for p in truth["interactions"] for f in p["fields"]}
+    assert min(heldout[f] for f in important) > max(heldout[f] for f in noise)  # the held-out side is sound
+
+
+def test_weak_ranking_is_refused_in_one_line(trained_run: Path) -> None:
+    """A 1-epoch AutoField on the tiny run ranks noise fields among its top 3: not deployed."""
+    from ondevice.errors import WeakSignalError
+
+    with pytest.raises(WeakSignalError, match="no field-selection signal, not deployed") as err:
+        make_searcher("autofield", num_fields=3, **FAST).search(trained_run, _data(trained_run), 10**7)
+    assert "\n" not in str(err.value) and err.value.exit_code == 2 and err.value.statistic > err.value.threshold
+
+
 # ------------------------------------------------------------------ budget, export, compress, CLI
 def test_budget_keeps_the_largest_selection_that_fits_and_exports(trained_run: Path, tmp_path: Path) -> None:
     ckpt, data = load_checkpoint(trained_run), _data(trained_run)
@@ -167,7 +204,8 @@ def test_too_small_budget_names_the_minimum(trained_run: Path) -> None:
 
 def test_fp16_first_order_and_same_seed_same_result(trained_run: Path) -> None:
     ckpt, data = load_checkpoint(trained_run), _data(trained_run)
-    runs = [make_searcher("autofield", first_order="fp16", num_fields=3, **FAST).search(ckpt, data, 10**7)
+    # the 1-epoch ranking of this tiny run has no signal (see test_weak_ranking_is_refused): checked off here
+    runs = [make_searcher("autofield", first_order="fp16", num_fields=3, signal_level=0, **FAST).search(ckpt, data, 10**7)
             for _ in range(2)]
     a, b = runs
     assert isinstance(a.model.linear, QuantizedEmbedding) and a.model.linear.num_fields == 3
@@ -189,8 +227,12 @@ def test_compress_method_autofield(trained_run: Path, tmp_path: Path) -> None:
 def test_cli_writes_a_run_that_compress_takes(trained_run: Path, tmp_path: Path) -> None:
     _register_commands()
     runner = CliRunner()
-    res = runner.invoke(cli, ["search", "features", str(trained_run), "--out", str(tmp_path / "sel"), "--keep", "2",
-                              "--epochs", "1", "--search-epochs", "1", "--method", "adafs"])
+    args = ["search", "features", str(trained_run), "--out", str(tmp_path / "sel"), "--keep", "2",
+            "--epochs", "1", "--search-epochs", "1", "--method", "adafs"]
+    weak = runner.invoke(cli, args)  # AdaFS ranks the noise field f3 over f0 here: refused in one line
+    assert weak.exit_code == 2 and "no field-selection signal" in weak.output and not (tmp_path / "sel").exists()
+    assert len(weak.output.strip().splitlines()) == 1, weak.output
+    res = runner.invoke(cli, [*args, "--signal-level", "0"])
     assert res.exit_code == 0, res.output
     assert "adafs: kept 2 of 5 fields" in res.output
     info = json.loads((tmp_path / "sel" / "train.json").read_text())
@@ -221,8 +263,10 @@ def test_a_selected_run_stays_selected_through_an_interaction_search(trained_run
     from ondevice.search.features.run import search_features
     from ondevice.search.interaction import AutoFISSearcher, search_interactions
 
-    selected = search_features(trained_run, tmp_path / "sel", keep=3, epochs=1, search_epochs=1)
-    search_interactions(tmp_path / "sel", tmp_path / "fis", AutoFISSearcher(search_epochs=1, epochs=1, batch_size=256))
+    # the plumbing, not the rankings: both signal checks are off (their tiny 1-epoch searches fail them)
+    selected = search_features(trained_run, tmp_path / "sel", keep=3, epochs=1, search_epochs=1, signal_level=0)
+    search_interactions(tmp_path / "sel", tmp_path / "fis",
+                        AutoFISSearcher(search_epochs=1, epochs=1, batch_size=256, test_level=0))
     info = json.loads((tmp_path / "fis" / "train.json").read_text())
     assert info["fields_kept"] == selected["fields_kept"]
     summary = compress(tmp_path / "fis", budgets=["1MB"], methods=["int8"], out_dir=tmp_path / "c", profile_runs=2,

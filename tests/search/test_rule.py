@@ -137,7 +137,19 @@ def test_rule_never_exceeds_budget(rule_results) -> None:
         assert r.bytes_estimate <= budget
         assert all(len(b) >= 1 for b in r.config["_data"]["blocks"])  # never an empty subset
     pairs = [r.trace[1]["pairs"] for r in results]
-    assert pairs == sorted(pairs) and pairs[0] < pairs[-1]  # a larger budget buys more blocks
+    assert pairs == sorted(pairs) and pairs[0] < pairs[-1]  # a larger budget searches more blocks
+
+
+def test_rule_deployed_metric_never_falls_with_the_budget(rule_results) -> None:
+    """A larger budget falls back to a smaller budget's configuration when that scores better (issue 17)."""
+    _, results = rule_results
+    vals = [r.val["recall@20"] for r in results]
+    assert vals == sorted(vals), vals
+    for r in results[1:]:
+        deployed = r.trace[2]["deployed"]
+        assert {c["source"] for c in deployed["candidates"]} >= {"searched", "earlier budget"}
+        best = max(c["recall@20"] for c in deployed["candidates"])
+        assert r.val["recall@20"] == pytest.approx(best)
 
 
 def test_rule_spends_more_blocks_on_popular_groups(rule_results) -> None:
@@ -169,6 +181,76 @@ def test_rule_minimum_budget_and_task_checks(setting, trained_run: Path) -> None
             json.loads((trained_run / "train.json").read_text())["data_dir"]), 10**6)
     with pytest.raises(BadInputError, match="for top-K models use --method"):
         make_searcher("sseds").search(ckpt, data, 10**6)
+
+
+# ---------------------------------------------------------------------- issue 17: signal, full model, cache
+def test_weak_estimator_is_not_deployed(setting) -> None:
+    from ondevice.errors import WeakSignalError
+
+    ckpt, data, acc, full_bytes = setting
+    strict = {**FAST, "min_estimator_rho": 0.999}  # no estimator reaches it: the signal check fails
+    with pytest.raises(WeakSignalError, match="rule: the performance estimator ranks held-out configurations") as err:
+        make_searcher("rule", **strict, nested_candidates=False).search(ckpt, data, int(full_bytes * 0.75), accountant=acc)
+    assert "\n" not in str(err.value) and err.value.threshold == 0.999
+    # with nested candidates the evolution's pick is left out; a nested configuration is deployed
+    r = make_searcher("rule", **strict).search(ckpt, data, int(full_bytes * 0.75), accountant=acc)
+    picked = r.trace[2]["picked"]
+    assert "evolution" not in picked["scored"] and picked["evolution_dropped"] and picked["source"].startswith("nested")
+    assert r.trace[2]["estimator_signal"]["passed"] is False
+
+
+def test_rule_never_deploys_more_than_the_full_model_unless_better(setting) -> None:
+    ckpt, data, acc, full_bytes = setting
+    results = [make_searcher("rule", **FAST).clone().search(ckpt, data, b, accountant=acc)
+               for b in (int(full_bytes * 1.5), 4 * full_bytes)]
+    full_val = results[0].trace[2]["deployed"]["candidates"][-1]
+    assert full_val["source"] == "full model"
+    for r in results:
+        file_bytes, _ = measure_file_bytes(r.model)
+        assert file_bytes <= full_bytes or r.val["recall@20"] > full_val["recall@20"], (file_bytes, full_bytes)
+        assert r.trace[2]["deployed"]["full_model_fits"]
+    assert results[0].val == results[1].val  # same choice at both budgets
+
+
+def test_fleet_profiles_with_one_configuration_share_one_finetune(setting) -> None:
+    ckpt, data, acc, full_bytes = setting
+    searcher = make_searcher("rule", **{**FAST, "finetune_epochs": 1, "seed": 3})  # its own registry entries
+    first, second = (searcher.clone().search(ckpt, data, int(full_bytes * 0.8), accountant=acc) for _ in range(2))
+    assert first.config == second.config and first.val == second.val
+    assert first.timings["retrain_s"] > 0 and second.timings["retrain_s"] == 0.0
+    assert second.trace[-1]["finetune"].startswith("shared")
+
+
+def test_supernet_is_cached_beside_the_run_and_reused_by_a_later_compress(tmp_path: Path) -> None:
+    from ondevice.compress import compress
+    from ondevice.search.embedding import rule
+
+    run = pretrained_topk_run(tmp_path / "r")
+    kw = {"methods": ["rule"], "profile": False, "plot": False, "quiet": True,
+          "searcher_params": {"rule": {**FAST, "seed": 5}}}
+    full_bytes, _ = measure_file_bytes(load_checkpoint(run).model)
+    budget = int(full_bytes * 0.75)
+    a = compress(run, budgets=[budget], out_dir=tmp_path / "a", **kw)
+    cached = sorted((run / "_cache" / "rule").glob("supernet-*.pt"))
+    assert len(cached) == 1 and not (tmp_path / "a" / "_cache").exists()
+    assert not list((run / "_cache" / "rule").glob(".*tmp"))  # written atomically: no temp file left
+    rule._CACHE.clear()  # a new process: only the file remains
+    b = compress(run, budgets=[budget], out_dir=tmp_path / "b", **kw)
+    ta, tb = a["runs"][0]["timings"], b["runs"][0]["timings"]
+    assert tb["supernet_s"] < ta["supernet_s"] / 3
+    assert a["runs"][0]["config"] == b["runs"][0]["config"] and a["runs"][0]["val"] == b["runs"][0]["val"]
+    search = json.loads((tmp_path / "b" / b["runs"][0]["folder"] / "search.json").read_text())
+    assert search["trace"][0]["supernet"]["loaded_from"] == str(cached[0])
+    # another checkpoint in the same folder (a different checksum) does not reuse it
+    ckpt = load_checkpoint(run)
+    with torch.no_grad():
+        ckpt.model.item_embedding.weight.mul_(1.01)
+    from ondevice.train.checkpoint import save_checkpoint
+
+    save_checkpoint(run / "model.pt", ckpt.model, ckpt.schema, train_config=ckpt.train_config, metrics=ckpt.metrics)
+    rule._CACHE.clear()
+    compress(run, budgets=[budget], out_dir=tmp_path / "c", **kw)
+    assert len(list((run / "_cache" / "rule").glob("supernet-*.pt"))) == 2
 
 
 # ---------------------------------------------------------------------- per-budget fine-tuning (step 4)

@@ -49,6 +49,12 @@ Method
    exploited it (estimated 0.07, true 0.02 Recall@20); the per-group form shares its weights
    across groups and is far harder to fool.
 
+2b. **Signal check** (``min_estimator_rho``, default 0.5; issue 17). The estimator's Spearman
+   rho on the held-out 20 % must reach the threshold (measured 0.88 on Amazon-CDs, 0.92 on
+   MovieLens-1M, ``benchmarks/results/rule_*.md``). Below it, the evolution's pick is not
+   deployed: with nested candidates (3b) it is left out of the pick (the trace says so); with
+   ``nested_candidates=False`` (the paper) the search refuses (``WeakSignalError``, one line).
+
 3. **Evolutionary search per budget** (:func:`ondevice.search.evolution.regularized_evolution`,
    population ``P``, cycles ``C``, tournament ``S``; PEEL: 20 / 50 / 5). Fitness = the
    estimator. Mutation flips 1–3 random (group, block) bits, then *repairs*: empty groups get
@@ -86,6 +92,22 @@ Method
    uniform dimension at 2 MB (val 0.0437 vs 0.0430; without it 0.0412). Hence on by
    default; the search itself stays a few seconds per budget (``search_s``).
 
+5. **The deployed model is monotone in the budget** (issue 17; the paper deploys the search's
+   pick). The searched configuration (fine-tuned) competes, on its validation Recall@K over all
+   validation users, with every configuration already deployed from this supernet with the same
+   fine-tune settings and dtype that fits the budget (a larger budget may always fall back to a
+   smaller budget's configuration), and with the full checkpoint itself when its artefact fits
+   (an elastic table with every block is *larger* than the dense table: positions, per-subset
+   graph nodes). The best wins; ties go to the smaller artefact. So the deployed metric never
+   falls as the budget grows (for budgets searched in increasing order, or repeated calls), and
+   no artefact is larger than the full model's fp32 artefact unless it scores better. Measured on
+   MovieLens-1M (``benchmarks/results/rule_ml1m_budgets.md``, budgets 256 KB - 2 MB): the searched
+   configurations alone score val Recall@20 0.1918 / 0.1898 / 0.1856 / 0.1856 (falling), the
+   deployed ones 0.1918 at every budget, every artefact 248,488 B (full model: 781,033 B, 0.1725).
+   The registry of deployed configurations
+   (masks, validation metrics, fine-tuned tables) is what makes a configuration fine-tuned once:
+   budgets and fleet profiles that resolve to the same configuration share that one fine-tune.
+
 Memory (exact, :func:`ondevice.embedding.elastic.config_bytes`): Σ over chosen (group, block)
 pairs of (items in group) × ``d_b`` × bytes per value (RULE's accounting; int8 adds one fp16
 scale per stored row), + the int16/int32 id→row position vector, + an int64 block index per
@@ -93,9 +115,14 @@ distinct partial subset; plus the graph: the accountant's measured overhead and 
 ``GRAPH_BYTES_PER_SUBSET`` per distinct subset (measured: 0.8–1.0 KB of node protos each).
 Only item blocks are stored; the user's vector comes from the server.
 
-Once for all: the trained elastic model and the estimator are cached (in memory, and in
-``work_dir`` when ``compress`` gives one) under a key of the checkpoint and every setting
-that shapes them, so each further budget costs only the evolutionary search.
+Once for all: the trained elastic model and the estimator are cached in memory and beside the
+run, ``RUN_DIR/_cache/rule/supernet-<key>.pt`` (written atomically: temp file + rename), under a
+key of the run's checkpoint checksum (sha256 of ``model.pt``), its item table, the data folder
+and every setting that shapes them; the registry of step 5 sits next to it
+(``deployed-<key>.pt``). Each further budget, and every later ``compress`` call on the same run
+with the same settings, costs only the evolutionary search. Never inside ``compress --out``
+(replaced per call); a checkpoint without a file uses ``work_dir``; a read-only run folder keeps
+the supernet in memory (``stats["not_saved"]``).
 """
 
 from __future__ import annotations
@@ -103,8 +130,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +143,8 @@ from torch import nn
 from ondevice.data import EncodedDataset
 from ondevice.embedding.elastic import ElasticBlockEmbedding, ElasticSubsetEmbedding, config_bytes
 from ondevice.embedding.quantized import check_table_dtype
-from ondevice.errors import BadInputError
+from ondevice.errors import BadInputError, WeakSignalError
+from ondevice.io import atomic_write_bytes
 from ondevice.models import BPRMF
 from ondevice.search.base import (
     SearchContext,
@@ -278,6 +307,35 @@ class _Supernet:
     samples_x: np.ndarray
     samples_y: np.ndarray
     stats: dict[str, Any]
+    key: str = ""
+    folder: Path | None = None  # where the supernet and its deployed configurations are cached
+    #: Deployed configurations, by :func:`_entry_id` (mask, fine-tune settings, dtype): the mask,
+    #: the full validation metrics of the deployed model, and the fine-tuned tables (``None``: none).
+    deployed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    full_val: dict[str, float] | None = None
+
+
+def _mask_digest(mask: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(mask, dtype=bool).tobytes() + str(mask.shape).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file (the run's checkpoint), read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def estimator_signal(stats: dict[str, Any], min_rho: float) -> dict[str, Any]:
+    """The estimator's signal check: Spearman's rho between its estimates and the true validation
+    Recall@K of held-out sampled configurations (step 2) must reach ``min_rho``."""
+    held = stats.get("estimator_heldout")
+    rho = None if held is None else held.get("spearman")
+    ok = rho is not None and not math.isnan(rho) and rho >= min_rho
+    return {"test": "estimator vs true val Recall@K, Spearman on held-out sampled configurations",
+            "spearman": rho, "n": None if held is None else held["n"], "threshold": min_rho, "passed": bool(ok)}
 
 
 @register_searcher
@@ -302,6 +360,8 @@ class RULESearcher(Searcher):
         estimator was fitted on (``None``: every validation user).
     finetune_epochs, finetune_lr : per-budget BPR fine-tuning of the chosen configuration
         (step 4 of the module docstring; default 3; 0 = none, the paper's setting).
+    min_estimator_rho : the estimator's signal check (step 2b): held-out Spearman below this and
+        the evolution's pick is not deployed (0 = off).
     """
 
     name = "rule"
@@ -313,7 +373,7 @@ class RULESearcher(Searcher):
                  n_samples: int = 600, eval_users: int = 1000, hidden: int = 64, population: int = 20,
                  cycles: int = 1000, tournament: int = 5, k: int = 20, dtype: str = "float32",
                  nested_candidates: bool = True, pick_users: int | None = 2000, finetune_epochs: int = 3,
-                 finetune_lr: float = 5e-3, seed: int = 0) -> None:
+                 finetune_lr: float = 5e-3, min_estimator_rho: float = 0.5, seed: int = 0) -> None:
         self.n_blocks = n_blocks
         self.n_groups = n_groups
         self.epochs = epochs
@@ -334,6 +394,7 @@ class RULESearcher(Searcher):
         self.pick_users = pick_users
         self.finetune_epochs = finetune_epochs
         self.finetune_lr = finetune_lr
+        self.min_estimator_rho = min_estimator_rho
         self.seed = seed
 
     # ------------------------------------------------------------ once for all
@@ -342,35 +403,84 @@ class RULESearcher(Searcher):
         with torch.no_grad():
             digest = hashlib.sha256(full.item_embedding.dense_weight().numpy().tobytes()).hexdigest()[:16]  # type: ignore[union-attr]
         per_budget = ("dtype", "population", "cycles", "tournament", "nested_candidates", "pick_users", "finetune_epochs",
-                      "finetune_lr")
+                      "finetune_lr", "min_estimator_rho")
         shaping = {k: v for k, v in self.get_params().items() if k not in per_budget}
-        blob = json.dumps({"weights": digest, "data": str(ctx.data.root), "params": shaping}, sort_keys=True)
+        run = ctx.ckpt.path
+        checksum = _file_digest(run) if run is not None and Path(run).is_file() else None
+        blob = json.dumps({"weights": digest, "run_checksum": checksum, "data": str(ctx.data.root), "params": shaping},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
+    @staticmethod
+    def cache_folder(ctx: SearchContext) -> Path | None:
+        """Where the supernet is kept: ``RUN_DIR/_cache/rule`` beside the run's checkpoint (never in
+        ``compress --out``, which is replaced per call); ``work_dir/rule`` for a checkpoint with no
+        file; ``None``: memory only."""
+        if ctx.ckpt.path is not None:
+            return Path(ctx.ckpt.path).parent / "_cache" / "rule"
+        return ctx.work_dir / "rule" if ctx.work_dir is not None else None
+
     def supernet(self, ctx: SearchContext) -> _Supernet:
-        """The trained elastic model + estimator: from memory, ``work_dir``, or trained now."""
+        """The trained elastic model + estimator: from memory, the run's cache folder, or trained now."""
         key = self._cache_key(ctx)
         if key in _CACHE:
             return _CACHE[key]
-        path = ctx.work_dir / "rule" / f"supernet-{key}.pt" if ctx.work_dir is not None else None
+        folder = self.cache_folder(ctx)
+        path = folder / f"supernet-{key}.pt" if folder is not None else None
         net = self._load(path) if path is not None and path.is_file() else None
         if net is None:
             net = self._train(ctx)
             if path is not None:
-                self._save(net, path)
+                try:
+                    self._save(net, path)
+                    net.stats["saved_to"] = str(path)
+                except OSError as err:  # a read-only run folder: keep it in memory
+                    net.stats["not_saved"] = f"{path}: {err.strerror or err}"
+                    folder = None
+        net.key, net.folder = key, folder
+        if folder is not None:
+            net.deployed = self._load_deployed(folder / f"deployed-{key}.pt")
         _CACHE.clear()  # keep one: a supernet holds a copy of the model
         _CACHE[key] = net
         return net
 
     def _save(self, net: _Supernet, path: Path) -> None:
+        import io
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        buf = io.BytesIO()
         torch.save({"model": net.model.describe(), "state": net.model.state_dict(),
                     "estimator": net.estimator.state_dict(), "hidden": self.hidden,
                     "n_groups": net.estimator.n_groups,
                     "x": torch.from_numpy(net.samples_x), "y": torch.from_numpy(net.samples_y),
-                    "stats": json.dumps(net.stats)}, tmp)
-        tmp.replace(path)
+                    "stats": json.dumps(net.stats)}, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    @staticmethod
+    def _load_deployed(path: Path) -> dict[str, dict[str, Any]]:
+        if not path.is_file():
+            return {}
+        try:
+            blob = torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
+            return {}
+        return {k: {**v, "mask": v["mask"].numpy().astype(bool), "val": json.loads(v["val"])} for k, v in blob.items()}
+
+    @staticmethod
+    def _save_deployed(net: _Supernet) -> None:
+        import io
+
+        if net.folder is None:
+            return
+        blob = {k: {**v, "mask": torch.from_numpy(np.ascontiguousarray(v["mask"])), "val": json.dumps(v["val"])}
+                for k, v in net.deployed.items()}
+        buf = io.BytesIO()
+        torch.save(blob, buf)
+        try:
+            net.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(net.folder / f"deployed-{net.key}.pt", buf.getvalue())
+        except OSError:
+            pass  # the registry stays in memory
 
     def _load(self, path: Path) -> _Supernet:
         from ondevice.models import model_from_description
@@ -508,41 +618,115 @@ class RULESearcher(Searcher):
                 child[g, kb] = not child[g, kb]
             return repair(child, rng)
 
+        signal = estimator_signal(net.stats, self.min_estimator_rho) if self.min_estimator_rho > 0 else None
+        if signal is not None and not signal["passed"] and not self.nested_candidates:
+            rho = "none (too few held-out samples)" if signal["spearman"] is None else f"{signal['spearman']:.2f}"
+            raise WeakSignalError(f"rule: the performance estimator ranks held-out configurations with Spearman {rho} "
+                                  f"< {self.min_estimator_rho}; its pick is not deployed: raise n_samples or the "
+                                  "elastic epochs, or use nested_candidates", statistic=signal["spearman"],
+                                  threshold=self.min_estimator_rho)
         estimate = net.estimator.numpy_fn()
         evo = regularized_evolution(init=init, mutate=mutate, fitness=estimate, population=self.population,
                                     cycles=self.cycles, tournament=self.tournament, seed=self.seed,
                                     trace_every=max(1, self.cycles // 50))
         best, picked = evo.best, {"source": "evolution"}
+        trusted = signal is None or signal["passed"]
         if self.nested_candidates:
-            best, picked = self._pick_on_validation(net, ctx, [("evolution", evo.best)] + nested_configs(
+            evolution = [("evolution", evo.best)] if trusted else []
+            best, picked = self._pick_on_validation(net, ctx, evolution + nested_configs(
                 sizes, n_b, lambda m: cost(m) <= target))
+            if not trusted:
+                picked["evolution_dropped"] = "estimator signal check failed"
         search_s = time.perf_counter() - t0 - supernet_s
-        users, items, tuned = net.model.user_embedding, layer, None
-        if self.finetune_epochs > 0:
-            tuned = finetune_config(net.model, best, ctx.data, epochs=self.finetune_epochs, lr=self.finetune_lr,
-                                    batch_size=self.batch_size, l2=self.l2, patience=self.patience, k=self.k,
-                                    seed=self.seed)
-            users, items = tuned.model.user_embedding, tuned.model.item_embedding
-        model = BPRMF(copy.deepcopy(users), ElasticSubsetEmbedding.from_elastic(items, best, dtype=self.dtype))  # type: ignore[arg-type]
-        model.eval()
-        val = val_metrics(model, ctx.data, k=self.k)
-        model.eval()
+        metric = topk_metric_name(self.k)
+        # Step 5: the deployed model, monotone in the budget (module docstring).
+        searched = best
+        entry, tuned = self._deploy_entry(net, ctx, searched)
+        options = [("searched", entry)] + [
+            ("earlier budget", e) for i, e in net.deployed.items()
+            if i != entry["id"] and e["settings"] == entry["settings"] and cost(e["mask"]) <= target]
+        full = ctx.ckpt.model
+        full_fits = acc.file_bytes_estimate(full) <= budget
+        if full_fits:
+            if net.full_val is None:
+                net.full_val = val_metrics(copy.deepcopy(full), ctx.data, k=self.k)
+            options.append(("full model", {"val": net.full_val, "mask": np.ones((n_g, n_b), bool), "full": True}))
+
+        def rank(option: tuple[str, dict[str, Any]]) -> tuple[float, int]:
+            source, e = option
+            nbytes = acc.file_bytes_estimate(full) if e.get("full") else cost(e["mask"]) + acc.graph_overhead_bytes
+            return (e["val"][metric], -nbytes)
+
+        source, chosen = max(options, key=rank)
+        deployed = {"source": source, "candidates": [{"source": src, metric: e["val"][metric],
+                                                      "blocks": int(np.asarray(e["mask"]).sum())} for src, e in options],
+                    "full_model_fits": full_fits}
+        if chosen.get("full"):
+            model = copy.deepcopy(full).eval()
+            val, best = dict(net.full_val or {}), np.ones((n_g, n_b), bool)
+        else:
+            model, val, best = self._entry_model(net, chosen), chosen["val"], chosen["mask"]
         blocks = [[int(b) for b in np.flatnonzero(r)] for r in best]
         config = make_config("RULEConfig", {"n_blocks": n_b, "n_groups": n_g, "group_sizes": list(sizes),
-                                            "blocks": blocks, "dtype": self.dtype})
+                                            "blocks": blocks, "dtype": self.dtype,
+                                            **({"full_model": True} if chosen.get("full") else {})})
         trace = [{"supernet": {k: v for k, v in net.stats.items() if k != "fit_history"},
                   "training": net.stats.get("fit_history", [])},
                  {"budget_bytes": budget, "embedding_target_bytes": target,
-                  "config_bytes": config_bytes(sizes, best, dim, self.dtype), "estimated_bytes_with_graph": cost(best),
-                  "blocks_per_group": [len(b) for b in blocks], "pairs": int(best.sum()),
+                  "config_bytes": config_bytes(sizes, searched, dim, self.dtype),
+                  "estimated_bytes_with_graph": cost(searched),
+                  "blocks_per_group": [int(n) for n in searched.sum(1)], "pairs": int(searched.sum()),
+                  "deployed_blocks_per_group": [len(b) for b in blocks],
                   "estimated_" + topk_metric_name(self.k): evo.best_fitness, "evaluations": evo.evaluations},
-                 {"evolution": evo.history, "picked": picked}]
+                 {"evolution": evo.history, "picked": picked, "estimator_signal": signal, "deployed": deployed}]
         if tuned is not None:
             trace.append({"finetune": tuned.history, "best_epoch": tuned.best_epoch, "val_before": tuned.val_before,
                           "seconds": tuned.seconds})
-        return SearchResult(model=model, config=config, val=val, metric=topk_metric_name(self.k), trace=trace,
+        elif self.finetune_epochs > 0:
+            trace.append({"finetune": "shared: this configuration was fine-tuned for an earlier budget or profile"})
+        return SearchResult(model=model, config=config, val=val, metric=metric, trace=trace,
                             timings={"supernet_s": supernet_s, "search_s": search_s,
                                      "retrain_s": tuned.seconds if tuned is not None else 0.0})
+
+    def _settings(self) -> dict[str, Any]:
+        return {"finetune_epochs": self.finetune_epochs, "finetune_lr": self.finetune_lr, "dtype": self.dtype,
+                "k": self.k, "l2": self.l2, "batch_size": self.batch_size, "patience": self.patience, "seed": self.seed}
+
+    def _deploy_entry(self, net: _Supernet, ctx: SearchContext, mask: np.ndarray
+                      ) -> tuple[dict[str, Any], FinetuneResult | None]:
+        """The deployable form of ``mask``: from the registry when this configuration was already
+        deployed with these settings (one fine-tune shared by every budget/profile that picks it),
+        else fine-tuned (step 4), evaluated on validation and registered (and saved)."""
+        settings = self._settings()
+        entry_id = hashlib.sha256((_mask_digest(mask) + json.dumps(settings, sort_keys=True)).encode()).hexdigest()[:20]
+        if entry_id in net.deployed:
+            return net.deployed[entry_id], None
+        tuned = None
+        users, items = net.model.user_embedding, net.model.item_embedding
+        if self.finetune_epochs > 0:
+            tuned = finetune_config(net.model, mask, ctx.data, epochs=self.finetune_epochs, lr=self.finetune_lr,
+                                    batch_size=self.batch_size, l2=self.l2, patience=self.patience, k=self.k,
+                                    seed=self.seed)
+            users, items = tuned.model.user_embedding, tuned.model.item_embedding
+        entry: dict[str, Any] = {"id": entry_id, "settings": settings, "mask": np.asarray(mask, dtype=bool).copy(),
+                                 "users": copy.deepcopy(users.state_dict()) if tuned is not None else None,
+                                 "items": copy.deepcopy(items.state_dict()) if tuned is not None else None}
+        model = self._entry_model(net, entry)
+        entry["val"] = val_metrics(model, ctx.data, k=self.k)
+        net.deployed[entry_id] = entry
+        self._save_deployed(net)
+        return entry, tuned
+
+    def _entry_model(self, net: _Supernet, entry: dict[str, Any]) -> BPRMF:
+        """The deployable model of a registry entry (the supernet's tables, or the fine-tuned ones)."""
+        users = copy.deepcopy(net.model.user_embedding)
+        items: ElasticBlockEmbedding = copy.deepcopy(net.model.item_embedding)  # type: ignore[assignment]
+        if entry.get("users") is not None:
+            users.load_state_dict(entry["users"])
+            items.load_state_dict(entry["items"])
+        items.set_config(None)
+        model = BPRMF(users, ElasticSubsetEmbedding.from_elastic(items, entry["mask"], dtype=entry["settings"]["dtype"]))
+        return model.eval()
 
     def _pick_on_validation(self, net: _Supernet, ctx: SearchContext,
                             candidates: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, dict[str, Any]]:

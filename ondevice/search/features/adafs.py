@@ -42,7 +42,7 @@ from ondevice.search.base import (
     SearchResult,
     register_searcher,
 )
-from ondevice.search.features.subset import gated_fields, search_ranked_fields
+from ondevice.search.features.subset import SIGNAL_LEVEL, gated_fields, search_ranked_fields
 from ondevice.search.retrain import default_optimizers
 from ondevice.train.trainer import DistInfo, epoch_order, in_memory_ctr, iter_ctr_batches
 
@@ -119,15 +119,19 @@ class AdaFSSearcher(RetrainingSearcher):
     num_fields : keep at most this many fields (``None``: as many as the budget allows).
     epochs, lr, batch_size, seed, patience : model weights and retraining.
     first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.base``).
+    signal_level : level of the ranking's signal check (``subset.ranking_signal``; 0 = off): the
+        kept fields must matter more on validation than the dropped ones, else ``WeakSignalError``.
     """
 
     name = "adafs"
 
     def __init__(self, *, search_epochs: int = 2, controller_lr: float = 1e-3, hidden: int = 64,
                  holdout_fraction: float = 0.1, num_fields: int | None = None, epochs: int = 5, lr: float = 1e-3,
-                 batch_size: int = 1024, seed: int = 0, patience: int = 2, first_order: str = "auto") -> None:
+                 batch_size: int = 1024, seed: int = 0, patience: int = 2, first_order: str = "auto",
+                 signal_level: float = SIGNAL_LEVEL) -> None:
         self.search_epochs = search_epochs
         self.controller_lr = controller_lr
+        self.signal_level = signal_level
         self.hidden = hidden
         self.holdout_fraction = holdout_fraction
         self.num_fields = num_fields

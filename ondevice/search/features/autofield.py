@@ -54,7 +54,7 @@ from ondevice.search.base import (
     SearchResult,
     register_searcher,
 )
-from ondevice.search.features.subset import gated_fields, search_ranked_fields
+from ondevice.search.features.subset import SIGNAL_LEVEL, gated_fields, search_ranked_fields
 from ondevice.search.retrain import default_optimizers
 from ondevice.train.trainer import DistInfo, epoch_order, in_memory_ctr, iter_ctr_batches
 
@@ -158,15 +158,19 @@ class AutoFieldSearcher(RetrainingSearcher):
     num_fields : keep at most this many fields (``None``: as many as the budget allows).
     epochs, lr, batch_size, seed, patience : model weights (search) and retraining.
     first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.base``).
+    signal_level : level of the ranking's signal check (``subset.ranking_signal``; 0 = off): the
+        kept fields must matter more on validation than the dropped ones, else ``WeakSignalError``.
     """
 
     name = "autofield"
 
     def __init__(self, *, search_epochs: int = 2, arch_lr: float = 1.0, arch_fraction: float = 0.1,
                  num_fields: int | None = None, epochs: int = 5, lr: float = 1e-3, batch_size: int = 1024,
-                 seed: int = 0, patience: int = 2, first_order: str = "auto") -> None:
+                 seed: int = 0, patience: int = 2, first_order: str = "auto",
+                 signal_level: float = SIGNAL_LEVEL) -> None:
         self.search_epochs = search_epochs
         self.arch_lr = arch_lr
+        self.signal_level = signal_level
         self.arch_fraction = arch_fraction
         self.num_fields = num_fields
         self.epochs = epochs

@@ -29,12 +29,13 @@ __all__ = ["search_features"]
 def search_features(run_dir: str | Path, out_dir: str | Path, *, budget: str | int | None = None,
                     keep: int | None = None, method: str = "autofield", epochs: int | None = None,
                     search_epochs: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
-                    force: bool = False) -> dict[str, Any]:
+                    force: bool = False, signal_level: float | None = None) -> dict[str, Any]:
     """Select fields of ``run_dir``'s model within ``budget`` bytes (or keep the ``keep`` best).
 
     Returns the summary written to ``train.json``. ``budget`` is the exported file's limit
     (graph included, measured on the full model as ``compress`` does); with ``keep`` alone
-    there is no byte limit.
+    there is no byte limit. ``signal_level``: the ranking's signal check (``subset.ranking_signal``;
+    ``None``: the searcher's default, 0: off).
     """
     from ondevice.compress import measure_file_bytes  # compress sits above search (lazy: no cycle)
 
@@ -51,7 +52,8 @@ def search_features(run_dir: str | Path, out_dir: str | Path, *, budget: str | i
     full_file, full_params = measure_file_bytes(ckpt.model)
     acc = ByteAccountant(graph_overhead_bytes=full_file - full_params)
     limit = parse_budget(budget) if budget is not None else acc.file_bytes_estimate(ckpt.model)
-    searcher = make_searcher(method, epochs=epochs, seed=seed, num_fields=keep, search_epochs=search_epochs)
+    searcher = make_searcher(method, epochs=epochs, seed=seed, num_fields=keep, search_epochs=search_epochs,
+                             signal_level=signal_level)
     result = searcher.search(ckpt, data, limit, accountant=acc)
     file_bytes, _ = measure_file_bytes(result.model)
     if budget is not None and file_bytes > limit:
