@@ -78,8 +78,8 @@ def test_topk_run_reports_the_popularity_baseline_and_warns_when_not_beaten(topk
     res = CliRunner().invoke(cli, ["train", str(topk_data), "--model", "bprmf", "--out", str(tmp_path / "cli"),
                                    "--lr", "1e-5", "--epochs", "1", "--embed-dim", "4", "--quiet"])
     assert res.exit_code == 0 and "warning: bprmf val recall@20" in res.output
-    strong = train(topk_data, tmp_path / "strong", TrainConfig(model="bprmf", embed_dim=16, batch_size=256, epochs=15),
-                   quiet=True)
+    strong = train(topk_data, tmp_path / "strong", TrainConfig(model="bprmf", embed_dim=16, batch_size=256, epochs=15,
+                                                                lr=1e-2), quiet=True)
     assert not strong.warnings, strong.warnings
     assert strong.val["recall@20"] >= 1.5 * strong.baselines["popularity"]["val"]["recall@20"]
 
