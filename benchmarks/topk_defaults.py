@@ -11,7 +11,8 @@ Datasets (``prepare --format implicit``; validation carved from train with the d
 
 Per dataset: the most-popular baseline (every user gets the items with the most training
 interactions, training items excluded), the default BPR-MF, and with ``--previous`` the
-defaults before issue 12 (lr 1e-3, 10 epochs, patience 2, lazy Adam), all on the same prepared
+defaults before issue 12 (lr 1e-3, 10 epochs, patience 2, lazy Adam), and with ``--variants``
+other settings (what the default was chosen against, on validation), all on the same prepared
 data. Recall@20 / NDCG@20 with full ranking (training items excluded; for test, validation
 items too); the model is selected on validation and test is read once. One torch thread;
 seconds are indicative (shared 2-core machine).
@@ -47,7 +48,7 @@ DATASETS: dict[str, tuple[list[Path], str]] = {
 MARGIN = 1.5
 
 
-def run_dataset(name: str, work: Path, previous: bool, log) -> dict[str, Any] | None:
+def run_dataset(name: str, work: Path, previous: bool, variants: dict[str, dict[str, Any]], log) -> dict[str, Any] | None:
     from ondevice.data import EncodedDataset, prepare
     from ondevice.train import TrainConfig, evaluate_topk, train
     from ondevice.train.trainer import popularity_model
@@ -72,6 +73,8 @@ def run_dataset(name: str, work: Path, previous: bool, log) -> dict[str, Any] | 
     if previous:
         configs["previous defaults"] = TrainConfig(model="bprmf", threads=1, lr=1e-3, epochs=10, patience=2,
                                                    sparse_embeddings=True)
+    for label, overrides in variants.items():
+        configs[label] = TrainConfig(model="bprmf", threads=1, **overrides)
     row["runs"] = {}
     for label, config in configs.items():
         t0 = time.perf_counter()
@@ -110,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="keep prepared data and runs here")
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--previous", action="store_true", help="also train the pre-issue-12 defaults")
+    ap.add_argument("--variants", default="{}", help='JSON {label: {TrainConfig overrides}} also trained, e.g. '
+                                                     '\'{"l2 1e-4": {"l2": 1e-4}}\'')
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {"command": "python benchmarks/topk_defaults.py " + " ".join(argv or sys.argv[1:]),
                            "machine": platform.platform(), "torch": torch.__version__, "datasets": []}
     for name in args.datasets.split(","):
-        row = run_dataset(name, work, args.previous, log)
+        row = run_dataset(name, work, args.previous, json.loads(args.variants), log)
         if row is not None:
             res["datasets"].append(row)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ one makes every later comparison easy. ``tune`` searches the training knobs of o
 * CTR models: ``lr`` (log 1e-4..1e-2), ``weight_decay`` (0, 1e-6, 1e-5, 1e-4), ``dropout``
   (0..0.5), ``batch_norm``, ``embed_dim`` (8, 16, 32), ``batch_size`` (512..4096); FM has no
   MLP, so no dropout or BatchNorm.
-* BPR-MF: ``lr`` (log 1e-3..3e-2), ``l2`` (log 1e-6..1e-2), ``embed_dim`` (32, 64, 128),
+* BPR-MF: ``lr`` (log 1e-3..3e-2), ``l2`` (log 1e-5..1e-1), ``embed_dim`` (32, 64, 128),
   ``batch_size`` (1024..4096).
 
 ``fixed`` holds any of them at a value (``--fix embed_dim=16``). Trial 0 is the model's
@@ -62,7 +62,7 @@ _CTR_SPACE: dict[str, tuple[str, Any]] = {
 }
 _TOPK_SPACE: dict[str, tuple[str, Any]] = {
     "lr": ("log", (1e-3, 3e-2)),
-    "l2": ("log", (1e-6, 1e-2)),
+    "l2": ("log", (1e-5, 1e-1)),
     "embed_dim": ("choice", (32, 64, 128)),
     "batch_size": ("choice", (1024, 2048, 4096)),
 }
