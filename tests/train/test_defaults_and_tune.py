@@ -28,7 +28,8 @@ def test_ctr_defaults_are_the_strong_setting() -> None:
 
 def test_model_defaults_fill_only_what_is_not_given() -> None:
     b = TrainConfig(model="bprmf")
-    assert (b.embed_dim, b.l2, b.batch_size, b.batch_norm, b.dropout, b.weight_decay) == (64, 1e-4, 2048, False, 0.0, 0.0)
+    assert (b.embed_dim, b.l2, b.batch_size, b.batch_norm, b.dropout, b.weight_decay) == (64, 1e-2, 2048, False, 0.0, 0.0)
+    assert (b.lr, b.epochs, TrainConfig(model="fm").lr, TrainConfig(model="deepfm").epochs) == (3e-3, 100, 1e-2, 50)
     assert TrainConfig(model="bprmf", lr=5e-3, embed_dim=8).lr == 5e-3
     assert TrainConfig(model="deepfm", dropout=0.0, batch_norm=False).dropout == 0.0
 
