@@ -46,6 +46,7 @@ import argparse
 import gc
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -143,11 +144,25 @@ _NUM = {"type": "number"}
 _STR = {"type": "string"}
 #: At most this many numbers in one stored array (golden cases are a few thousand).
 MAX_ARRAY_VALUES = 10_000_000
+#: Arrays: numbers, or for float arrays the strings "NaN", "Infinity", "-Infinity" (JSON has no
+#: non-finite numbers); dtype "string" holds text (raw-feature artefacts' categorical input).
 _ARRAY = {"type": "object", "required": ["dtype", "shape", "data"], "properties": {
-    "dtype": {"enum": ["int64", "int32", "float32", "float64"]},
+    "dtype": {"enum": ["int64", "int32", "float32", "float64", "string"]},
     "shape": {"type": "array", "maxItems": 8, "items": {"type": "integer", "minimum": 0, "maximum": MAX_ARRAY_VALUES}},
-    "data": {"type": "array", "maxItems": MAX_ARRAY_VALUES, "items": _NUM}}}
-_TENSOR_INFO = {"type": "object", "required": ["name"], "properties": {"name": _STR}}
+    "data": {"type": "array", "maxItems": MAX_ARRAY_VALUES, "items": {"anyOf": [_NUM, _STR]}}}}
+_TENSOR_INFO = {"type": "object", "required": ["name"], "properties": {
+    "name": _STR, "dtype": {"enum": ["int64", "int32", "float32", "float64", "string"]}}}
+_RAW_COLUMN = {"type": "object", "required": ["name", "kind", "input", "index", "fields"], "properties": {
+    "name": _STR, "kind": {"enum": ["string", "number", "hashed"]}, "input": _STR,
+    "index": {"type": "integer", "minimum": 0}, "fields": {"type": "array", "items": _STR},
+    "transform": {"anyOf": [_STR, {"type": "null"}]}}}
+_RAW_INPUTS = {"anyOf": [{"type": "null"}, {"type": "object", "required": ["mode", "inputs", "columns"], "properties": {
+    "mode": {"enum": ["raw"]}, "inputs": {"type": "array", "items": _TENSOR_INFO},
+    "columns": {"type": "array", "maxItems": 100_000, "items": _RAW_COLUMN},
+    "hashing": {"anyOf": [{"type": "null"}, {"type": "object", "required": ["fields"], "properties": {
+        "in_graph": {"type": "boolean"}, "fields": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
+        "reference": {"type": "array", "items": _STR}}}]},
+    "libfm_aliases": {"anyOf": [{"type": "array", "items": _STR}, {"type": "null"}]}}}]}
 MANIFEST_SCHEMA: dict[str, Any] = {"type": "object", "required": [
     "format", "task", "inputs", "outputs", "files", "tolerance", "golden", "schema"], "properties": {
     "format": {"enum": ["ondevice-artefact"]},
@@ -170,7 +185,10 @@ MANIFEST_SCHEMA: dict[str, Any] = {"type": "object", "required": [
         "ids_output": _STR, "scores_output": _STR, "user_vector_std": _NUM}}]},
     "device_profile": {"anyOf": [{"type": "null"}, {"type": "object", "properties": {
         "name": _STR, "arch": _STR, "batch_size": {"type": "integer", "minimum": 1},
-        "threads": {"type": "integer", "minimum": 1}, "p99_latency_ms": {"anyOf": [_NUM, {"type": "null"}]}}}]},
+        "threads": {"type": "integer", "minimum": 1}, "p99_latency_ms": {"anyOf": [_NUM, {"type": "null"}]},
+        "memory_budget_runtime": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]}}}]},
+    "input_encoding": {"enum": ["ids", "raw"]},
+    "raw_inputs": _RAW_INPUTS,
 }}
 
 
@@ -274,8 +292,9 @@ def validate_manifest(manifest: Any, where: str = "manifest.json") -> dict[str, 
     for case in manifest["golden"]:
         if set(case["outputs"]) != names:
             raise RunnerError(f"{where}.golden {case['name']!r} outputs {sorted(case['outputs'])} != {sorted(names)}; re-export")
-        if manifest["inputs"][0]["name"] not in case["inputs"]:
-            raise RunnerError(f"{where}.golden {case['name']!r} lacks input {manifest['inputs'][0]['name']!r}; re-export")
+        for inp in manifest["inputs"]:
+            if inp["name"] not in case["inputs"]:
+                raise RunnerError(f"{where}.golden {case['name']!r} lacks input {inp['name']!r}; re-export")
     if manifest["task"] == "topk" and not isinstance(manifest.get("topk"), dict):
         raise RunnerError(f"{where}.topk is missing for a top-K artefact; re-export")
     if manifest["task"] == "ctr" and not isinstance(manifest.get("vocab_sizes"), list):
@@ -343,14 +362,30 @@ def make_session(model_path: str | Path, threads: int, config: dict[str, str] | 
         raise RunnerError(f"onnxruntime cannot load {model_path} ({first[:200]}); re-export the artefact") from None
 
 
+_NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
 def decode_array(obj: dict[str, Any]) -> np.ndarray:
     """``{"dtype", "shape", "data"}`` (as written in the manifest) -> ndarray."""
-    return np.asarray(obj["data"], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
+    if obj["dtype"] == "string":
+        return np.asarray([str(v) for v in obj["data"]], dtype=object).reshape(obj["shape"])
+    data = obj["data"]
+    if any(isinstance(v, str) for v in data):
+        if obj["dtype"] not in ("float32", "float64") or any(isinstance(v, str) and v not in _NONFINITE for v in data):
+            raise RunnerError(f"a stored {obj['dtype']} array holds text; only NaN/Infinity/-Infinity are allowed in float arrays")
+        data = [_NONFINITE[v] if isinstance(v, str) else v for v in data]
+    return np.asarray(data, dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
 
 
 def encode_array(arr: np.ndarray) -> dict[str, Any]:
+    """ndarray -> ``{"dtype", "shape", "data"}`` (strict JSON: non-finite floats as strings)."""
     arr = np.asarray(arr)
-    return {"dtype": str(arr.dtype), "shape": list(arr.shape), "data": arr.reshape(-1).tolist()}
+    if arr.dtype.kind in "OUS":
+        return {"dtype": "string", "shape": list(arr.shape), "data": [str(v) for v in arr.reshape(-1).tolist()]}
+    data = arr.reshape(-1).tolist()
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        data = [v if math.isfinite(v) else ("NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")) for v in data]
+    return {"dtype": str(arr.dtype), "shape": list(arr.shape), "data": data}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -363,6 +398,11 @@ def make_inputs(manifest: dict[str, Any], batch: int, seed: int, *, oov_fraction
     """
     rng = np.random.default_rng(seed)
     inp = manifest["inputs"][0]
+    if manifest.get("raw_inputs"):  # raw artefact: rows drawn from the golden cases (kept, unseen, missing values)
+        cases = [{k: decode_array(v) for k, v in c["inputs"].items()} for c in manifest["golden"]]
+        pool = {i["name"]: np.concatenate([c[i["name"]] for c in cases]) for i in manifest["inputs"]}
+        rows = rng.integers(0, len(next(iter(pool.values()))), size=batch)
+        return {name: arr[rows] for name, arr in pool.items()}
     if manifest["task"] == "ctr":
         vocab = np.asarray(manifest["vocab_sizes"], dtype=np.int64)
         ids = (rng.random((batch, len(vocab))) * vocab).astype(np.int64)
@@ -374,6 +414,108 @@ def make_inputs(manifest: dict[str, Any], batch: int, seed: int, *, oov_fraction
     dim = int(inp["shape"][1])
     std = float(manifest.get("topk", {}).get("user_vector_std", 1.0))
     return {inp["name"]: (rng.standard_normal((batch, dim)) * std).astype(np.float32)}
+
+
+# --------------------------------------------------------------------------- raw records
+def value_token(value: Any) -> str:
+    """The text of a raw categorical value (``prepare``'s rule): missing -> "", 3.0 -> "3"."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def value_number(value: Any) -> float:
+    """A raw numeric value as float64: missing (None, "") -> NaN; numbers written as text are parsed."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return float("nan")
+    if isinstance(value, bool):
+        raise RunnerError(f"numeric value {value!r} is a boolean, not a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RunnerError(f"numeric value {str(value)[:40]!r} is not a number") from None
+
+
+def hash_id(value: Any, buckets: int) -> int:
+    """A hashed field's id: ``1 + blake2b-64(token) mod buckets`` (see the artefact's hash_reference.py)."""
+    digest = hashlib.blake2b(value_token(value).encode("utf-8"), digest_size=8).digest()
+    return 1 + int.from_bytes(digest, "little") % int(buckets)
+
+
+def records_to_feeds(manifest: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Raw records (``{column: value}``, the manifest's ``raw_inputs.columns``) -> the raw artefact's feeds.
+
+    A column absent from a record is missing. Unknown keys are ignored (labels, ids).
+    """
+    raw = manifest.get("raw_inputs")
+    if not raw:
+        raise RunnerError("this artefact takes ids, not raw records; re-export it with `ondevice export --inputs raw`")
+    buckets = ((raw.get("hashing") or {}).get("fields")) or {}
+    feeds: dict[str, np.ndarray] = {}
+    for inp in raw["inputs"]:
+        cols = [c for c in raw["columns"] if c["input"] == inp["name"]]
+        dtype = {"string": object, "float64": np.float64, "int64": np.int64}[inp["dtype"]]
+        arr = np.empty((len(records), len(cols)), dtype=dtype)
+        for r, rec in enumerate(records):
+            if not isinstance(rec, dict):
+                raise RunnerError(f"record {r + 1} is not a JSON object of column -> value")
+            for c in cols:
+                v = rec.get(c["name"])
+                if c["kind"] == "string":
+                    arr[r, c["index"]] = value_token(v)
+                elif c["kind"] == "number":
+                    arr[r, c["index"]] = value_number(v)
+                else:
+                    arr[r, c["index"]] = hash_id(v, buckets[c["fields"][0]])
+        feeds[inp["name"]] = arr
+    return feeds
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """One JSON object per line (blank lines skipped); a bad line is a one-line error naming it."""
+    records = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunnerError(f"--records {path}: cannot read ({str(err)[:120]})") from None
+    for k, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RunnerError(f"--records {path} line {k}: not JSON ({err.msg})") from None
+        if not isinstance(rec, dict):
+            raise RunnerError(f"--records {path} line {k}: expected a JSON object of column -> value")
+        records.append(rec)
+    if not records:
+        raise RunnerError(f"--records {path} holds no records")
+    return records
+
+
+def predict_records(artefact_dir: str | Path, records_path: str | Path, *, model_file: str | None = None,
+                    batch: int = 256) -> list[dict[str, Any]]:
+    """Run raw records through the artefact (files checked first); one output dict per record."""
+    manifest = load_manifest(artefact_dir)
+    check_files(artefact_dir, manifest)
+    model_file = model_file or default_model_file(manifest)
+    if model_file not in manifest["files"]:
+        raise RunnerError(f"{str(model_file)[:80]!r} is not in this artefact; choose one of: {', '.join(manifest['files'])}")
+    records = read_records(records_path)
+    feeds = records_to_feeds(manifest, records)
+    session = make_session(artefact_file(artefact_dir, model_file), 1)
+    names = [o["name"] for o in manifest["outputs"]]
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(records), batch):
+        part = {k: v[start:start + batch] for k, v in feeds.items()}
+        values = session.run(names, part)
+        for r in range(len(next(iter(part.values())))):
+            out.append({n: np.asarray(v[r]).tolist() for n, v in zip(names, values, strict=True)})
+    return out
 
 
 # --------------------------------------------------------------------------- golden check
@@ -698,6 +840,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parity-out", help="parity mode: write the outputs here (.npz)")
     p.add_argument("--parity-alt-config", action="append", metavar="KEY=VALUE",
                    help="parity mode: also run a session with this config entry (repeatable)")
+    p.add_argument("--records", help="raw-feature artefacts: a .jsonl file of records ({column: value} per line); "
+                   "prints one JSON line of predictions per record")
     p.add_argument("--_measure", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if bool(args.parity_inputs) != bool(args.parity_out):
@@ -731,6 +875,10 @@ def main(argv: list[str] | None = None) -> int:
             b, t = (args.batch or [1])[0], (args.threads or [1])[0]
             result = measure_one(args.artefact_dir, args.model_file, b, t, args.runs, args.warmup, args.seed)
             print(json.dumps(result))
+            return EXIT_OK
+        if args.records:
+            for row in predict_records(args.artefact_dir, args.records, model_file=args.model_file):
+                print(json.dumps(row))
             return EXIT_OK
         if args.parity_inputs:
             alt = dict(kv.split("=", 1) for kv in args.parity_alt_config or [])

@@ -47,6 +47,7 @@ def _torch_worker(artefact_dir: str, spec: str, runs: int, warmup: int, seed: in
     import torch
 
     from ondevice.export.lowering import export_module
+    from ondevice.export.raw import encode_reference
 
     runner = runner_module()
     art = load_artefact(artefact_dir, check_hashes=False)
@@ -56,7 +57,9 @@ def _torch_worker(artefact_dir: str, spec: str, runs: int, warmup: int, seed: in
     for item in spec.split(","):
         b, t = (int(v) for v in item.split("x"))
         torch.set_num_threads(t)
-        x = torch.from_numpy(next(iter(runner.make_inputs(art.manifest, b, seed).values())))
+        feeds = runner.make_inputs(art.manifest, b, seed)
+        plan = art.manifest.get("raw_inputs")  # raw artefact: PyTorch gets prepare's ids (encoding not timed)
+        x = torch.from_numpy(encode_reference(art.schema, plan, feeds) if plan else next(iter(feeds.values())))
         with torch.inference_mode():
             t0 = time.perf_counter_ns()
             module(x)
