@@ -51,7 +51,7 @@ from ondevice.export.manifest import (
     tolerance_for,
     write_manifest,
 )
-from ondevice.export.mobile import check_mobile_usability, convert_to_ort
+from ondevice.export.mobile import check_mobile_usability, convert_to_ort, required_operators_config
 from ondevice.io import atomic_output_dir
 from ondevice.models import BPRMF, RecModel
 from ondevice.outputs import check_output
@@ -60,6 +60,7 @@ from ondevice.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoi
 
 __all__ = ["INPUT_MODES", "app_payload", "bytes_by_part", "deployable_model", "export_artefact", "export_onnx", "versions"]
 
+REQUIRED_OPS = "required_operators.config"
 #: ``export --inputs``: ``ids`` (the default, int64 ids encoded by the app) or ``raw`` (encoding in the graph).
 INPUT_MODES = ("ids", "raw")
 
@@ -357,6 +358,10 @@ def export_artefact(
         ckpt.schema.save(tmp / "schema.json")
         if plan is not None and plan["hashing"]:
             extra_files += raw_mod.write_hash_reference(tmp)
+        if not (tmp / REQUIRED_OPS).is_file():  # ORT format: the converter wrote it (for model.ort)
+            (tmp / REQUIRED_OPS).write_text(required_operators_config(tmp / MODEL_ONNX), encoding="utf-8")
+            extra_files.append(REQUIRED_OPS)
+        manifest["required_operators"] = {"file": REQUIRED_OPS, "config": (tmp / REQUIRED_OPS).read_text(encoding="utf-8")}
         manifest["app_payload"] = app_payload(manifest, tmp)
         save_checkpoint(tmp / REFERENCE_MODEL, model, ckpt.schema, train_config=ckpt.train_config,
                         metrics=ckpt.metrics, extra={"exported_from": manifest["export_options"]["source_checkpoint"]})

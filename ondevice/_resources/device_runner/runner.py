@@ -43,6 +43,7 @@ and output-name list and run with the garbage collector paused, so the loop meas
 from __future__ import annotations
 
 import argparse
+import base64
 import gc
 import hashlib
 import json
@@ -342,14 +343,28 @@ def default_model_file(manifest: dict[str, Any]) -> str:
     return "model.ort" if manifest.get("runtime_format") == "ort" and "model.ort" in manifest["files"] else "model.onnx"
 
 
-def make_session(model_path: str | Path, threads: int, config: dict[str, str] | None = None) -> ort.InferenceSession:
+#: onnxruntime memory settings of every session (``make_session``): ``arena`` (the CPU memory
+#: arena), ``mem_pattern`` (pre-planned activation buffers), ``prepacking`` (weights re-laid out
+#: for the GEMM kernels, a second copy of each dense weight). See MEMORY_NOTE for the measurements.
+MEMORY_OPTIONS: dict[str, bool] = {"arena": True, "mem_pattern": True, "prepacking": True}
+MEMORY_NOTE = "defaults measured by benchmarks/app_payload.py; see budgets/README.md"
+
+
+def make_session(model_path: str | Path, threads: int, config: dict[str, str] | None = None,
+                 memory: dict[str, bool] | None = None) -> ort.InferenceSession:
     """An InferenceSession tuned for small-batch latency (see the module docstring).
 
     ``config``: extra ``add_session_config_entry`` pairs (e.g. ``mlas.disable_kleidiai=1``).
+    ``memory``: overrides of :data:`MEMORY_OPTIONS`.
     """
+    mem = {**MEMORY_OPTIONS, **(memory or {})}
     so = ort.SessionOptions()
     for key, value in (config or {}).items():
         so.add_session_config_entry(key, value)
+    so.enable_cpu_mem_arena = bool(mem["arena"])
+    so.enable_mem_pattern = bool(mem["mem_pattern"])
+    if not mem["prepacking"]:
+        so.add_session_config_entry("session.disable_prepacking", "1")
     so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -601,6 +616,49 @@ def peak_rss_bytes() -> int | None:
         return None
 
 
+#: A 68-byte ONNX model (Identity, float[1]): the warm-up session that loads onnxruntime's own
+#: code and thread pools before a measurement, so the memory a session adds is the model's.
+TRIVIAL_MODEL = base64.b64decode("CAg6OgoQCgF4EgF5IghJZGVudGl0eRIEd2FybVoPCgF4EgoKCAgBEgQKAggBYg8KAXkSCgoICAESBAoCCAFCBAoAEBE=")
+
+
+def warm_up_runtime(threads: int) -> None:
+    """Create and run a session on :data:`TRIVIAL_MODEL`, then drop it."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.log_severity_level = 3
+    session = ort.InferenceSession(TRIVIAL_MODEL, sess_options=so, providers=["CPUExecutionProvider"])
+    session.run(None, {"x": np.zeros(1, dtype=np.float32)})
+    del session
+    gc.collect()
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux ``/proc/self/clear_refs`` = 5); False where impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_entry(rss_before: int | None, rss_load: int | None, peak_load: int | None, rss_runs: int | None,
+                 peak_runs: int | None, peak_reset: bool) -> dict[str, Any]:
+    """Resident bytes a session adds above the warmed-up baseline: after load, peak during load,
+    after the runs, peak overall; ``runtime_bytes`` (the one ``memory_budget_runtime`` bounds) is
+    the largest of them."""
+    def added(v: int | None) -> int | None:
+        return None if v is None or rss_before is None else int(v - rss_before)
+
+    out = {"baseline": "RSS after a warm-up session on a trivial model (onnxruntime start-up not counted)",
+           "peak_reset": peak_reset, "load_added_bytes": added(rss_load),
+           "load_peak_added_bytes": added(peak_load) if peak_reset else None,
+           "after_runs_added_bytes": added(rss_runs), "peak_added_bytes": added(peak_runs) if peak_reset else None}
+    values = [v for k, v in out.items() if k.endswith("_bytes") and isinstance(v, int)]
+    out["runtime_bytes"] = max(values) if values else None
+    return out
+
+
 def latency_stats(samples_ns: list[int] | np.ndarray, batch: int) -> dict[str, float]:
     """p50/p90/p99/p999/max/mean in ms plus throughput, from per-call nanoseconds."""
     ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
@@ -634,14 +692,16 @@ def time_calls(fn: Any, runs: int, warmup: int) -> list[int]:
 
 
 def measure_one(artefact_dir: str | Path, model_file: str, batch: int, threads: int, runs: int, warmup: int,
-                seed: int) -> dict[str, Any]:
+                seed: int, memory: dict[str, bool] | None = None) -> dict[str, Any]:
     """One (batch, threads) measurement in *this* process (call it in a fresh one)."""
     manifest = load_manifest(artefact_dir)
     feeds = make_inputs(manifest, batch, seed)
     names = [o["name"] for o in manifest["outputs"]]
+    warm_up_runtime(threads)
     rss_before = rss_bytes()
+    peak_reset = reset_peak_rss()
     t0 = time.perf_counter_ns()
-    session = make_session(artefact_file(artefact_dir, model_file), threads)
+    session = make_session(artefact_file(artefact_dir, model_file), threads, memory=memory)
     create_ms = (time.perf_counter_ns() - t0) / 1e6
     rss_session, peak_session = rss_bytes(), peak_rss_bytes()
     run = session.run
@@ -656,15 +716,21 @@ def measure_one(artefact_dir: str | Path, model_file: str, batch: int, threads: 
     result.update({"rss_before_session_bytes": rss_before, "rss_after_session_bytes": rss_session,
                    "peak_rss_after_session_bytes": peak_session, "rss_after_runs_bytes": rss_bytes(),
                    "peak_rss_after_runs_bytes": peak_rss_bytes()})
+    result["memory"] = memory_entry(rss_before, rss_session, peak_session, result["rss_after_runs_bytes"],
+                                    result["peak_rss_after_runs_bytes"], peak_reset)
+    result["memory_options"] = {**MEMORY_OPTIONS, **(memory or {})}
     return result
 
 
 def measure_in_subprocess(artefact_dir: str | Path, model_file: str, batch: int, threads: int, runs: int,
-                          warmup: int, seed: int, *, python: str | None = None, timeout: float = 3600) -> dict[str, Any]:
+                          warmup: int, seed: int, *, python: str | None = None, timeout: float = 3600,
+                          memory: dict[str, bool] | None = None) -> dict[str, Any]:
     """Run ``measure_one`` in a fresh interpreter and return its JSON."""
     cmd = [python or sys.executable, str(Path(__file__).resolve()), str(artefact_dir), "--_measure",
            "--model-file", model_file, "--batch", str(batch), "--threads", str(threads), "--runs", str(runs),
            "--warmup", str(warmup), "--seed", str(seed)]
+    for key, value in (memory or {}).items():
+        cmd += ["--memory-option", f"{key}={int(bool(value))}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -731,8 +797,24 @@ def check_target(manifest: dict[str, Any], latency: list[dict[str, Any]], machin
     return result
 
 
+def check_memory(manifest: dict[str, Any], latency: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The profile's ``memory_budget_runtime`` against the largest ``runtime_bytes`` measured
+    (every batch x threads; None when the profile sets no runtime budget)."""
+    budget = (manifest.get("device_profile") or {}).get("memory_budget_runtime")
+    if not budget:
+        return None
+    measured = [e for e in latency if (e.get("memory") or {}).get("runtime_bytes") is not None]
+    if not measured:
+        return {"budget_bytes": int(budget), "runtime_bytes": None, "passed": None, "checked": False}
+    worst = max(measured, key=lambda e: e["memory"]["runtime_bytes"])
+    used = int(worst["memory"]["runtime_bytes"])
+    return {"budget_bytes": int(budget), "runtime_bytes": used, "batch": worst["batch"], "threads": worst["threads"],
+            "passed": used <= int(budget), "checked": True, "profile": (manifest.get("device_profile") or {}).get("name")}
+
+
 def run_device_check(artefact_dir: str | Path, *, batches: list[int] | None = None, threads: list[int] | None = None,
-                     runs: int = 1000, warmup: int = 100, seed: int = 0, model_file: str | None = None) -> dict[str, Any]:
+                     runs: int = 1000, warmup: int = 100, seed: int = 0, model_file: str | None = None,
+                     memory: dict[str, bool] | None = None) -> dict[str, Any]:
     """Steps 1-4 of the module docstring; returns the JSON-able result (never raises on a miss)."""
     manifest = load_manifest(artefact_dir)
     check_files(artefact_dir, manifest)
@@ -746,11 +828,13 @@ def run_device_check(artefact_dir: str | Path, *, batches: list[int] | None = No
     session = make_session(artefact_file(artefact_dir, model_file), 1)
     golden = check_golden(session, manifest)
     del session
-    latency = [measure_in_subprocess(artefact_dir, model_file, b, t, runs, warmup, seed)
+    latency = [measure_in_subprocess(artefact_dir, model_file, b, t, runs, warmup, seed, memory=memory)
                for b in batches for t in threads]
     info = device_info()
     target = check_target(manifest, latency, info["machine"])
-    ok = golden["passed"] and (target is None or target["passed"] is not False)
+    memory_target = check_memory(manifest, latency)
+    ok = golden["passed"] and (target is None or target["passed"] is not False) and (
+        memory_target is None or memory_target["passed"] is not False)
     return {
         "format": "ondevice-device-result",
         "runner_version": RUNNER_VERSION,
@@ -762,6 +846,7 @@ def run_device_check(artefact_dir: str | Path, *, batches: list[int] | None = No
         "golden": golden,
         "latency": latency,
         "target": target,
+        "memory_target": memory_target,
         "ok": bool(ok),
     }
 
@@ -822,7 +907,8 @@ def _cpu_features() -> list[str]:
 
 def session_options_doc() -> dict[str, Any]:
     return {"intra_op_num_threads": "threads", "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
-            "graph_optimization_level": "ORT_ENABLE_ALL", "providers": ["CPUExecutionProvider"]}
+            "graph_optimization_level": "ORT_ENABLE_ALL", "providers": ["CPUExecutionProvider"],
+            "memory": dict(MEMORY_OPTIONS)}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -842,6 +928,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="parity mode: also run a session with this config entry (repeatable)")
     p.add_argument("--records", help="raw-feature artefacts: a .jsonl file of records ({column: value} per line); "
                    "prints one JSON line of predictions per record")
+    p.add_argument("--memory-option", action="append", metavar="KEY=0|1",
+                   help=f"onnxruntime memory setting for the measurements (repeatable): {', '.join(MEMORY_OPTIONS)}")
     p.add_argument("--_measure", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if bool(args.parity_inputs) != bool(args.parity_out):
@@ -853,6 +941,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name} must be >= 1")
     if args.runs < 1 or args.warmup < 0:
         p.error("--runs must be >= 1 and --warmup >= 0")
+    memory = {}
+    for kv in args.memory_option or []:
+        key, _, value = kv.partition("=")
+        if key not in MEMORY_OPTIONS or value not in ("0", "1"):
+            p.error(f"--memory-option takes KEY=0|1 with KEY one of {', '.join(MEMORY_OPTIONS)}")
+        memory[key] = value == "1"
+    args.memory = memory
     return args
 
 
@@ -873,7 +968,7 @@ def main(argv: list[str] | None = None) -> int:
             _check_writable(args.parity_out, "--parity-out")
         if args._measure:
             b, t = (args.batch or [1])[0], (args.threads or [1])[0]
-            result = measure_one(args.artefact_dir, args.model_file, b, t, args.runs, args.warmup, args.seed)
+            result = measure_one(args.artefact_dir, args.model_file, b, t, args.runs, args.warmup, args.seed, args.memory)
             print(json.dumps(result))
             return EXIT_OK
         if args.records:
@@ -886,7 +981,7 @@ def main(argv: list[str] | None = None) -> int:
                                         model_file=args.model_file, alt_config=alt or None)))
             return EXIT_OK
         result = run_device_check(args.artefact_dir, batches=args.batch, threads=args.threads, runs=args.runs,
-                                  warmup=args.warmup, seed=args.seed, model_file=args.model_file)
+                                  warmup=args.warmup, seed=args.seed, model_file=args.model_file, memory=args.memory)
     except RunnerError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
@@ -898,6 +993,11 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if not result["golden"]["passed"]:
         print("error: golden outputs differ from the manifest beyond the tolerance", file=sys.stderr)
+        return EXIT_BROKEN_PROMISE
+    mt = result.get("memory_target")
+    if mt and mt["passed"] is False:
+        print(f"error: runtime memory {mt['runtime_bytes']:,} B > memory_budget_runtime {mt['budget_bytes']:,} B "
+              f"({mt['profile']})", file=sys.stderr)
         return EXIT_BROKEN_PROMISE
     if result["target"] and result["target"]["passed"] is False:
         t = result["target"]
