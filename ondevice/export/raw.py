@@ -155,9 +155,8 @@ class _Builder:
 
     def to_key(self, t: str) -> str:
         """float64 -> int64 as numpy's cast on x86: outside [-2^63, 2^63) (and inf) -> -2^63."""
-        lo, hi = self.const(-(2.0**63), np.float64), self.const(2.0**63, np.float64)
-        ok = self.op("And", [self.op("GreaterOrEqual", [t, lo]), self.op("Less", [t, hi])])
-        return self.op("Where", [ok, self.op("Cast", [t], to=TensorProto.INT64), self.const(INT64_MIN, np.int64)])
+        ok = self.op("Less", [self.op("Abs", [t]), self.const(2.0**63, np.float64)])  # NaN, inf, |t| >= 2^63: False
+        return self.op("Cast", [self.op("Where", [ok, t, self.const(-(2.0**63), np.float64)])], to=TensorProto.INT64)
 
 
 def _vocab_ids(f: Field) -> dict[str, int]:
@@ -183,8 +182,7 @@ def _transform_key(b: _Builder, x: str, transform: str) -> str:
     """The int64 key of a numeric column (before the NaN override), as ``prepare``'s transform."""
     if transform == "criteo_log2":  # x > 2 -> floor(ln(x)^2) else floor(x) (formats.base._log2_rule)
         lg = b.op("Log", [b.op("Max", [x, b.const(1.0, np.float64)])])
-        t = b.op("Where", [b.op("Greater", [x, b.const(2.0, np.float64)]), b.op("Floor", [b.op("Mul", [lg, lg])]),
-                           b.op("Floor", [x])])
+        t = b.op("Floor", [b.op("Where", [b.op("Greater", [x, b.const(2.0, np.float64)]), b.op("Mul", [lg, lg]), x])])
         return b.to_key(t)
     if transform == "floor":
         return b.to_key(b.op("Floor", [x]))
@@ -239,46 +237,107 @@ def _avazu_parts(b: _Builder, x: str) -> tuple[str, str, str]:
     return valid, hh, weekday
 
 
+def _two_level(b: _Builder, x: str, width: int, per_column: dict[int, list[tuple[Any, int]]], kind: str) -> str:
+    """ids ``[B, width]`` of a whole block in four nodes (instead of one lookup per field).
+
+    ``per_column[k]`` lists (key, id) of column ``k``. Level 1 maps every distinct key of the
+    block to its index ``u`` in the union (default -1); level 2 maps ``u * width + k`` to the
+    id (default 0, the OOV row). The union stores a key shared by several fields once.
+    """
+    union: dict[Any, int] = {}
+    for pairs in per_column.values():
+        for key, _ in pairs:
+            union.setdefault(key, len(union))
+    if not union:
+        union = {("\x00" if kind == "string" else MISSING_KEY - 1): 0}
+    attrs = {"keys_strings": list(union)} if kind == "string" else {"keys_int64s": [int(k) for k in union]}
+    u = b.op("LabelEncoder", [x], domain=ML_DOMAIN, values_int64s=list(union.values()), default_int64=-1, **attrs)
+    comb = b.op("Add", [b.op("Mul", [u, b.const(width, np.int64)]), b.const(np.arange(width)[None, :], np.int64)])
+    keys = [union[key] * width + k for k, pairs in per_column.items() for key, _ in pairs]
+    values = [i for pairs in per_column.values() for _, i in pairs]
+    return b.lookup_int(comb, keys, values)
+
+
 def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto],
                                                                                    list[onnx.ValueInfoProto]]:
-    """Nodes, initializers and graph inputs computing ``out_name`` = ids int64 ``[batch, F]``."""
+    """Nodes, initializers and graph inputs computing ``out_name`` = ids int64 ``[batch, F]``.
+
+    Vocabulary fields are looked up a whole input at a time (:func:`_two_level`); identity,
+    Avazu date and ``edges:`` fields column by column; hashed ids pass through. The blocks are
+    concatenated and one ``Gather`` puts the fields in schema order.
+    """
     b = _Builder()
     cols = {name: [c for c in plan["columns"] if c["input"] == name] for name in (STRING_INPUT, NUMBER_INPUT, HASHED_INPUT)}
-    split = {name: b.split(name, len(cs)) if cs else [] for name, cs in cols.items()}
     field_col = {f: c for c in plan["columns"] for f in c["fields"]}
     aliases = plan.get("libfm_aliases") or []
-    nan = {}
-    if cols[NUMBER_INPUT]:
-        nan_all = b.op("IsNaN", [NUMBER_INPUT])
-        nan = dict(zip((c["name"] for c in cols[NUMBER_INPUT]), b.split(nan_all, len(cols[NUMBER_INPUT])), strict=True))
-    simple: dict[str, list[str]] = {}  # transform -> per-column keys over the whole numeric input (vectorised)
-    avazu: dict[str, tuple[str, str, str]] = {}
-    out_cols: list[str] = []
-    for f in schema.fields:
-        c = field_col[f.name]
-        x = split[c["input"]][c["index"]]
-        if c["kind"] == "hashed":
-            out_cols.append(x)
-            continue
-        if c["kind"] == "string":
+    blocks: list[str] = []
+    position: dict[int, int] = {}  # field index -> column of the concatenated blocks
+    width = 0
+
+    def add_block(tensor: str, n: int, fields: dict[int, int]) -> None:
+        nonlocal width
+        blocks.append(tensor)
+        for j, k in fields.items():
+            position[j] = width + k
+        width += n
+
+    # strings: one two-level lookup over the whole categorical input
+    if cols[STRING_INPUT]:
+        per_column: dict[int, list[tuple[Any, int]]] = {}
+        fields: dict[int, int] = {}
+        for j, f in enumerate(schema.fields):
+            c = field_col[f.name]
+            if c["kind"] != "string":
+                continue
             ids = _vocab_ids(f)
-            keys, values = list(ids), list(ids.values())
+            pairs = list(ids.items())
             for alias in aliases:
-                extra = [(k + alias, v) for k, v in ids.items() if ":" not in k and k + alias not in ids]
-                keys += [k for k, _ in extra]
-                values += [v for _, v in extra]
-            if not keys:
-                keys, values = ["\x00"], [0]
-            out_cols.append(b.op("LabelEncoder", [x], domain=ML_DOMAIN, keys_strings=keys, values_int64s=values,
-                                 default_int64=0))
-            continue
+                pairs += [(k + alias, v) for k, v in ids.items() if ":" not in k and k + alias not in ids]
+            per_column[c["index"]] = pairs
+            fields[j] = c["index"]
+        add_block(_two_level(b, STRING_INPUT, len(cols[STRING_INPUT]), per_column, "string"), len(cols[STRING_INPUT]), fields)
+    # numbers with an elementwise transform (criteo_log2, floor): keys of the whole input, then two levels
+    simple = {j: f for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "number"
+              and f.encoding == "vocab" and (f.transform or "floor") in ("criteo_log2", "floor")}
+    n_num = len(cols[NUMBER_INPUT])
+    if simple:
+        key = None
+        for t in sorted({f.transform or "floor" for f in simple.values()}):
+            tk = _transform_key(b, NUMBER_INPUT, t)
+            if key is None:
+                key = tk
+            else:
+                mask = np.zeros((1, n_num), dtype=bool)
+                for f in simple.values():
+                    mask[0, field_col[f.name]["index"]] = (f.transform or "floor") == t
+                key = b.op("Where", [b.const(mask, bool), tk, key])
+        key = b.op("Where", [b.op("IsNaN", [NUMBER_INPUT]), b.const(MISSING_KEY, np.int64), key])
+        per_column = {}
+        fields = {}
+        for j, f in simple.items():
+            keys, values, missing_id = _int_keys(f)
+            pairs = list(zip(keys, values, strict=True)) + ([(MISSING_KEY, missing_id)] if missing_id else [])
+            per_column[field_col[f.name]["index"]] = pairs
+            fields[j] = field_col[f.name]["index"]
+        add_block(_two_level(b, key, n_num, per_column, "int"), n_num, fields)
+    # column by column: hashed ids, identity ids, Avazu dates, edges buckets
+    rest = [j for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "number" and j not in simple]
+    number_cols = b.split(NUMBER_INPUT, n_num) if rest else []
+    if cols[HASHED_INPUT]:
+        add_block(HASHED_INPUT, len(cols[HASHED_INPUT]),
+                  {j: field_col[f.name]["index"] for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "hashed"})
+    avazu: dict[str, tuple[str, str, str]] = {}
+    for j in rest:
+        f = schema.fields[j]
+        c = field_col[f.name]
+        x = number_cols[c["index"]]
         if f.encoding == "identity":  # id = value - offset + 1 for integer values inside the vocabulary, else 0
             off = float(f.offset or 0)
             rel = b.op("Sub", [x, b.const(off - 1.0, np.float64)])
             ok = b.op("And", [b.op("Equal", [x, b.op("Floor", [x])]),
                               b.op("And", [b.op("GreaterOrEqual", [rel, b.const(1.0, np.float64)]),
                                            b.op("Less", [rel, b.const(float(f.vocab_size), np.float64)])])])
-            out_cols.append(b.op("Cast", [b.op("Where", [ok, rel, b.const(0.0, np.float64)])], to=TensorProto.INT64))
+            add_block(b.op("Cast", [b.op("Where", [ok, rel, b.const(0.0, np.float64)])], to=TensorProto.INT64), 1, {j: 0})
             continue
         keys, values, missing_id = _int_keys(f)
         if f.transform in AVAZU_TRANSFORMS:
@@ -287,21 +346,19 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str) -> tuple[
             valid, hh, wd = avazu[c["name"]]
             part = hh if f.transform == "avazu_hour_of_day" else wd
             key = b.op("Where", [valid, part, b.const(MISSING_KEY - 1, np.int64)])  # invalid -> no key -> OOV
-            out_cols.append(b.lookup_int(key, keys, values))
+            add_block(b.lookup_int(key, keys, values), 1, {j: 0})
             continue
-        t = f.transform or "floor"
-        if t.startswith("edges:"):
-            key = _transform_key(b, x, t)
-        else:
-            if t not in simple:
-                simple[t] = b.split(_transform_key(b, NUMBER_INPUT, t), len(cols[NUMBER_INPUT]))
-            key = simple[t][c["index"]]
-        key = b.op("Where", [nan[c["name"]], b.const(MISSING_KEY, np.int64), key])
+        key = _transform_key(b, x, f.transform or "floor")  # edges:
+        key = b.op("Where", [b.op("IsNaN", [x]), b.const(MISSING_KEY, np.int64), key])
         if missing_id:
             keys, values = [*keys, MISSING_KEY], [*values, missing_id]
-        out_cols.append(b.lookup_int(key, keys, values))
-    b.nodes.append(oh.make_node("Concat", out_cols, [out_name], axis=1) if len(out_cols) > 1
-                   else oh.make_node("Identity", out_cols, [out_name]))
+        add_block(b.lookup_int(key, keys, values), 1, {j: 0})
+    order = [position[j] for j in range(schema.num_fields)]
+    cat = blocks[0] if len(blocks) == 1 else b.op("Concat", blocks, axis=1)
+    if order == list(range(width)):
+        b.nodes.append(oh.make_node("Identity", [cat], [out_name]))
+    else:
+        b.nodes.append(oh.make_node("Gather", [cat, b.const(order, np.int64)], [out_name], axis=1))
     elem = {STRING_INPUT: TensorProto.STRING, NUMBER_INPUT: TensorProto.DOUBLE, HASHED_INPUT: TensorProto.INT64}
     inputs = [oh.make_tensor_value_info(i["name"], elem[i["name"]], ["batch", i["shape"][1]]) for i in plan["inputs"]]
     return b.nodes, b.inits, inputs
