@@ -43,9 +43,11 @@ and output-name list and run with the garbage collector paused, so the loop meas
 from __future__ import annotations
 
 import argparse
+import base64
 import gc
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -143,11 +145,25 @@ _NUM = {"type": "number"}
 _STR = {"type": "string"}
 #: At most this many numbers in one stored array (golden cases are a few thousand).
 MAX_ARRAY_VALUES = 10_000_000
+#: Arrays: numbers, or for float arrays the strings "NaN", "Infinity", "-Infinity" (JSON has no
+#: non-finite numbers); dtype "string" holds text (raw-feature artefacts' categorical input).
 _ARRAY = {"type": "object", "required": ["dtype", "shape", "data"], "properties": {
-    "dtype": {"enum": ["int64", "int32", "float32", "float64"]},
+    "dtype": {"enum": ["int64", "int32", "float32", "float64", "string"]},
     "shape": {"type": "array", "maxItems": 8, "items": {"type": "integer", "minimum": 0, "maximum": MAX_ARRAY_VALUES}},
-    "data": {"type": "array", "maxItems": MAX_ARRAY_VALUES, "items": _NUM}}}
-_TENSOR_INFO = {"type": "object", "required": ["name"], "properties": {"name": _STR}}
+    "data": {"type": "array", "maxItems": MAX_ARRAY_VALUES, "items": {"anyOf": [_NUM, _STR]}}}}
+_TENSOR_INFO = {"type": "object", "required": ["name"], "properties": {
+    "name": _STR, "dtype": {"enum": ["int64", "int32", "float32", "float64", "string"]}}}
+_RAW_COLUMN = {"type": "object", "required": ["name", "kind", "input", "index", "fields"], "properties": {
+    "name": _STR, "kind": {"enum": ["string", "number", "hashed"]}, "input": _STR,
+    "index": {"type": "integer", "minimum": 0}, "fields": {"type": "array", "items": _STR},
+    "transform": {"anyOf": [_STR, {"type": "null"}]}}}
+_RAW_INPUTS = {"anyOf": [{"type": "null"}, {"type": "object", "required": ["mode", "inputs", "columns"], "properties": {
+    "mode": {"enum": ["raw"]}, "inputs": {"type": "array", "items": _TENSOR_INFO},
+    "columns": {"type": "array", "maxItems": 100_000, "items": _RAW_COLUMN},
+    "hashing": {"anyOf": [{"type": "null"}, {"type": "object", "required": ["fields"], "properties": {
+        "in_graph": {"type": "boolean"}, "fields": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
+        "reference": {"type": "array", "items": _STR}}}]},
+    "libfm_aliases": {"anyOf": [{"type": "array", "items": _STR}, {"type": "null"}]}}}]}
 MANIFEST_SCHEMA: dict[str, Any] = {"type": "object", "required": [
     "format", "task", "inputs", "outputs", "files", "tolerance", "golden", "schema"], "properties": {
     "format": {"enum": ["ondevice-artefact"]},
@@ -170,7 +186,10 @@ MANIFEST_SCHEMA: dict[str, Any] = {"type": "object", "required": [
         "ids_output": _STR, "scores_output": _STR, "user_vector_std": _NUM}}]},
     "device_profile": {"anyOf": [{"type": "null"}, {"type": "object", "properties": {
         "name": _STR, "arch": _STR, "batch_size": {"type": "integer", "minimum": 1},
-        "threads": {"type": "integer", "minimum": 1}, "p99_latency_ms": {"anyOf": [_NUM, {"type": "null"}]}}}]},
+        "threads": {"type": "integer", "minimum": 1}, "p99_latency_ms": {"anyOf": [_NUM, {"type": "null"}]},
+        "memory_budget_runtime": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]}}}]},
+    "input_encoding": {"enum": ["ids", "raw"]},
+    "raw_inputs": _RAW_INPUTS,
 }}
 
 
@@ -274,8 +293,9 @@ def validate_manifest(manifest: Any, where: str = "manifest.json") -> dict[str, 
     for case in manifest["golden"]:
         if set(case["outputs"]) != names:
             raise RunnerError(f"{where}.golden {case['name']!r} outputs {sorted(case['outputs'])} != {sorted(names)}; re-export")
-        if manifest["inputs"][0]["name"] not in case["inputs"]:
-            raise RunnerError(f"{where}.golden {case['name']!r} lacks input {manifest['inputs'][0]['name']!r}; re-export")
+        for inp in manifest["inputs"]:
+            if inp["name"] not in case["inputs"]:
+                raise RunnerError(f"{where}.golden {case['name']!r} lacks input {inp['name']!r}; re-export")
     if manifest["task"] == "topk" and not isinstance(manifest.get("topk"), dict):
         raise RunnerError(f"{where}.topk is missing for a top-K artefact; re-export")
     if manifest["task"] == "ctr" and not isinstance(manifest.get("vocab_sizes"), list):
@@ -323,14 +343,28 @@ def default_model_file(manifest: dict[str, Any]) -> str:
     return "model.ort" if manifest.get("runtime_format") == "ort" and "model.ort" in manifest["files"] else "model.onnx"
 
 
-def make_session(model_path: str | Path, threads: int, config: dict[str, str] | None = None) -> ort.InferenceSession:
+#: onnxruntime memory settings of every session (``make_session``): ``arena`` (the CPU memory
+#: arena), ``mem_pattern`` (pre-planned activation buffers), ``prepacking`` (weights re-laid out
+#: for the GEMM kernels, a second copy of each dense weight). See MEMORY_NOTE for the measurements.
+MEMORY_OPTIONS: dict[str, bool] = {"arena": True, "mem_pattern": True, "prepacking": True}
+MEMORY_NOTE = "defaults measured by benchmarks/app_payload.py; see budgets/README.md"
+
+
+def make_session(model_path: str | Path, threads: int, config: dict[str, str] | None = None,
+                 memory: dict[str, bool] | None = None) -> ort.InferenceSession:
     """An InferenceSession tuned for small-batch latency (see the module docstring).
 
     ``config``: extra ``add_session_config_entry`` pairs (e.g. ``mlas.disable_kleidiai=1``).
+    ``memory``: overrides of :data:`MEMORY_OPTIONS`.
     """
+    mem = {**MEMORY_OPTIONS, **(memory or {})}
     so = ort.SessionOptions()
     for key, value in (config or {}).items():
         so.add_session_config_entry(key, value)
+    so.enable_cpu_mem_arena = bool(mem["arena"])
+    so.enable_mem_pattern = bool(mem["mem_pattern"])
+    if not mem["prepacking"]:
+        so.add_session_config_entry("session.disable_prepacking", "1")
     so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -343,14 +377,30 @@ def make_session(model_path: str | Path, threads: int, config: dict[str, str] | 
         raise RunnerError(f"onnxruntime cannot load {model_path} ({first[:200]}); re-export the artefact") from None
 
 
+_NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
 def decode_array(obj: dict[str, Any]) -> np.ndarray:
     """``{"dtype", "shape", "data"}`` (as written in the manifest) -> ndarray."""
-    return np.asarray(obj["data"], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
+    if obj["dtype"] == "string":
+        return np.asarray([str(v) for v in obj["data"]], dtype=object).reshape(obj["shape"])
+    data = obj["data"]
+    if any(isinstance(v, str) for v in data):
+        if obj["dtype"] not in ("float32", "float64") or any(isinstance(v, str) and v not in _NONFINITE for v in data):
+            raise RunnerError(f"a stored {obj['dtype']} array holds text; only NaN/Infinity/-Infinity are allowed in float arrays")
+        data = [_NONFINITE[v] if isinstance(v, str) else v for v in data]
+    return np.asarray(data, dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
 
 
 def encode_array(arr: np.ndarray) -> dict[str, Any]:
+    """ndarray -> ``{"dtype", "shape", "data"}`` (strict JSON: non-finite floats as strings)."""
     arr = np.asarray(arr)
-    return {"dtype": str(arr.dtype), "shape": list(arr.shape), "data": arr.reshape(-1).tolist()}
+    if arr.dtype.kind in "OUS":
+        return {"dtype": "string", "shape": list(arr.shape), "data": [str(v) for v in arr.reshape(-1).tolist()]}
+    data = arr.reshape(-1).tolist()
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        data = [v if math.isfinite(v) else ("NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")) for v in data]
+    return {"dtype": str(arr.dtype), "shape": list(arr.shape), "data": data}
 
 
 # --------------------------------------------------------------------------- inputs
@@ -363,6 +413,11 @@ def make_inputs(manifest: dict[str, Any], batch: int, seed: int, *, oov_fraction
     """
     rng = np.random.default_rng(seed)
     inp = manifest["inputs"][0]
+    if manifest.get("raw_inputs"):  # raw artefact: rows drawn from the golden cases (kept, unseen, missing values)
+        cases = [{k: decode_array(v) for k, v in c["inputs"].items()} for c in manifest["golden"]]
+        pool = {i["name"]: np.concatenate([c[i["name"]] for c in cases]) for i in manifest["inputs"]}
+        rows = rng.integers(0, len(next(iter(pool.values()))), size=batch)
+        return {name: arr[rows] for name, arr in pool.items()}
     if manifest["task"] == "ctr":
         vocab = np.asarray(manifest["vocab_sizes"], dtype=np.int64)
         ids = (rng.random((batch, len(vocab))) * vocab).astype(np.int64)
@@ -374,6 +429,108 @@ def make_inputs(manifest: dict[str, Any], batch: int, seed: int, *, oov_fraction
     dim = int(inp["shape"][1])
     std = float(manifest.get("topk", {}).get("user_vector_std", 1.0))
     return {inp["name"]: (rng.standard_normal((batch, dim)) * std).astype(np.float32)}
+
+
+# --------------------------------------------------------------------------- raw records
+def value_token(value: Any) -> str:
+    """The text of a raw categorical value (``prepare``'s rule): missing -> "", 3.0 -> "3"."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def value_number(value: Any) -> float:
+    """A raw numeric value as float64: missing (None, "") -> NaN; numbers written as text are parsed."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return float("nan")
+    if isinstance(value, bool):
+        raise RunnerError(f"numeric value {value!r} is a boolean, not a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RunnerError(f"numeric value {str(value)[:40]!r} is not a number") from None
+
+
+def hash_id(value: Any, buckets: int) -> int:
+    """A hashed field's id: ``1 + blake2b-64(token) mod buckets`` (see the artefact's hash_reference.py)."""
+    digest = hashlib.blake2b(value_token(value).encode("utf-8"), digest_size=8).digest()
+    return 1 + int.from_bytes(digest, "little") % int(buckets)
+
+
+def records_to_feeds(manifest: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Raw records (``{column: value}``, the manifest's ``raw_inputs.columns``) -> the raw artefact's feeds.
+
+    A column absent from a record is missing. Unknown keys are ignored (labels, ids).
+    """
+    raw = manifest.get("raw_inputs")
+    if not raw:
+        raise RunnerError("this artefact takes ids, not raw records; re-export it with `ondevice export --inputs raw`")
+    buckets = ((raw.get("hashing") or {}).get("fields")) or {}
+    feeds: dict[str, np.ndarray] = {}
+    for inp in raw["inputs"]:
+        cols = [c for c in raw["columns"] if c["input"] == inp["name"]]
+        dtype = {"string": object, "float64": np.float64, "int64": np.int64}[inp["dtype"]]
+        arr = np.empty((len(records), len(cols)), dtype=dtype)
+        for r, rec in enumerate(records):
+            if not isinstance(rec, dict):
+                raise RunnerError(f"record {r + 1} is not a JSON object of column -> value")
+            for c in cols:
+                v = rec.get(c["name"])
+                if c["kind"] == "string":
+                    arr[r, c["index"]] = value_token(v)
+                elif c["kind"] == "number":
+                    arr[r, c["index"]] = value_number(v)
+                else:
+                    arr[r, c["index"]] = hash_id(v, buckets[c["fields"][0]])
+        feeds[inp["name"]] = arr
+    return feeds
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """One JSON object per line (blank lines skipped); a bad line is a one-line error naming it."""
+    records = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunnerError(f"--records {path}: cannot read ({str(err)[:120]})") from None
+    for k, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RunnerError(f"--records {path} line {k}: not JSON ({err.msg})") from None
+        if not isinstance(rec, dict):
+            raise RunnerError(f"--records {path} line {k}: expected a JSON object of column -> value")
+        records.append(rec)
+    if not records:
+        raise RunnerError(f"--records {path} holds no records")
+    return records
+
+
+def predict_records(artefact_dir: str | Path, records_path: str | Path, *, model_file: str | None = None,
+                    batch: int = 256) -> list[dict[str, Any]]:
+    """Run raw records through the artefact (files checked first); one output dict per record."""
+    manifest = load_manifest(artefact_dir)
+    check_files(artefact_dir, manifest)
+    model_file = model_file or default_model_file(manifest)
+    if model_file not in manifest["files"]:
+        raise RunnerError(f"{str(model_file)[:80]!r} is not in this artefact; choose one of: {', '.join(manifest['files'])}")
+    records = read_records(records_path)
+    feeds = records_to_feeds(manifest, records)
+    session = make_session(artefact_file(artefact_dir, model_file), 1)
+    names = [o["name"] for o in manifest["outputs"]]
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(records), batch):
+        part = {k: v[start:start + batch] for k, v in feeds.items()}
+        values = session.run(names, part)
+        for r in range(len(next(iter(part.values())))):
+            out.append({n: np.asarray(v[r]).tolist() for n, v in zip(names, values, strict=True)})
+    return out
 
 
 # --------------------------------------------------------------------------- golden check
@@ -459,6 +616,49 @@ def peak_rss_bytes() -> int | None:
         return None
 
 
+#: A 68-byte ONNX model (Identity, float[1]): the warm-up session that loads onnxruntime's own
+#: code and thread pools before a measurement, so the memory a session adds is the model's.
+TRIVIAL_MODEL = base64.b64decode("CAg6OgoQCgF4EgF5IghJZGVudGl0eRIEd2FybVoPCgF4EgoKCAgBEgQKAggBYg8KAXkSCgoICAESBAoCCAFCBAoAEBE=")
+
+
+def warm_up_runtime(threads: int) -> None:
+    """Create and run a session on :data:`TRIVIAL_MODEL`, then drop it."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.log_severity_level = 3
+    session = ort.InferenceSession(TRIVIAL_MODEL, sess_options=so, providers=["CPUExecutionProvider"])
+    session.run(None, {"x": np.zeros(1, dtype=np.float32)})
+    del session
+    gc.collect()
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux ``/proc/self/clear_refs`` = 5); False where impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_entry(rss_before: int | None, rss_load: int | None, peak_load: int | None, rss_runs: int | None,
+                 peak_runs: int | None, peak_reset: bool) -> dict[str, Any]:
+    """Resident bytes a session adds above the warmed-up baseline: after load, peak during load,
+    after the runs, peak overall; ``runtime_bytes`` (the one ``memory_budget_runtime`` bounds) is
+    the largest of them."""
+    def added(v: int | None) -> int | None:
+        return None if v is None or rss_before is None else int(v - rss_before)
+
+    out = {"baseline": "RSS after a warm-up session on a trivial model (onnxruntime start-up not counted)",
+           "peak_reset": peak_reset, "load_added_bytes": added(rss_load),
+           "load_peak_added_bytes": added(peak_load) if peak_reset else None,
+           "after_runs_added_bytes": added(rss_runs), "peak_added_bytes": added(peak_runs) if peak_reset else None}
+    values = [v for k, v in out.items() if k.endswith("_bytes") and isinstance(v, int)]
+    out["runtime_bytes"] = max(values) if values else None
+    return out
+
+
 def latency_stats(samples_ns: list[int] | np.ndarray, batch: int) -> dict[str, float]:
     """p50/p90/p99/p999/max/mean in ms plus throughput, from per-call nanoseconds."""
     ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
@@ -492,14 +692,16 @@ def time_calls(fn: Any, runs: int, warmup: int) -> list[int]:
 
 
 def measure_one(artefact_dir: str | Path, model_file: str, batch: int, threads: int, runs: int, warmup: int,
-                seed: int) -> dict[str, Any]:
+                seed: int, memory: dict[str, bool] | None = None) -> dict[str, Any]:
     """One (batch, threads) measurement in *this* process (call it in a fresh one)."""
     manifest = load_manifest(artefact_dir)
     feeds = make_inputs(manifest, batch, seed)
     names = [o["name"] for o in manifest["outputs"]]
+    warm_up_runtime(threads)
     rss_before = rss_bytes()
+    peak_reset = reset_peak_rss()
     t0 = time.perf_counter_ns()
-    session = make_session(artefact_file(artefact_dir, model_file), threads)
+    session = make_session(artefact_file(artefact_dir, model_file), threads, memory=memory)
     create_ms = (time.perf_counter_ns() - t0) / 1e6
     rss_session, peak_session = rss_bytes(), peak_rss_bytes()
     run = session.run
@@ -514,15 +716,21 @@ def measure_one(artefact_dir: str | Path, model_file: str, batch: int, threads: 
     result.update({"rss_before_session_bytes": rss_before, "rss_after_session_bytes": rss_session,
                    "peak_rss_after_session_bytes": peak_session, "rss_after_runs_bytes": rss_bytes(),
                    "peak_rss_after_runs_bytes": peak_rss_bytes()})
+    result["memory"] = memory_entry(rss_before, rss_session, peak_session, result["rss_after_runs_bytes"],
+                                    result["peak_rss_after_runs_bytes"], peak_reset)
+    result["memory_options"] = {**MEMORY_OPTIONS, **(memory or {})}
     return result
 
 
 def measure_in_subprocess(artefact_dir: str | Path, model_file: str, batch: int, threads: int, runs: int,
-                          warmup: int, seed: int, *, python: str | None = None, timeout: float = 3600) -> dict[str, Any]:
+                          warmup: int, seed: int, *, python: str | None = None, timeout: float = 3600,
+                          memory: dict[str, bool] | None = None) -> dict[str, Any]:
     """Run ``measure_one`` in a fresh interpreter and return its JSON."""
     cmd = [python or sys.executable, str(Path(__file__).resolve()), str(artefact_dir), "--_measure",
            "--model-file", model_file, "--batch", str(batch), "--threads", str(threads), "--runs", str(runs),
            "--warmup", str(warmup), "--seed", str(seed)]
+    for key, value in (memory or {}).items():
+        cmd += ["--memory-option", f"{key}={int(bool(value))}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -589,8 +797,24 @@ def check_target(manifest: dict[str, Any], latency: list[dict[str, Any]], machin
     return result
 
 
+def check_memory(manifest: dict[str, Any], latency: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The profile's ``memory_budget_runtime`` against the largest ``runtime_bytes`` measured
+    (every batch x threads; None when the profile sets no runtime budget)."""
+    budget = (manifest.get("device_profile") or {}).get("memory_budget_runtime")
+    if not budget:
+        return None
+    measured = [e for e in latency if (e.get("memory") or {}).get("runtime_bytes") is not None]
+    if not measured:
+        return {"budget_bytes": int(budget), "runtime_bytes": None, "passed": None, "checked": False}
+    worst = max(measured, key=lambda e: e["memory"]["runtime_bytes"])
+    used = int(worst["memory"]["runtime_bytes"])
+    return {"budget_bytes": int(budget), "runtime_bytes": used, "batch": worst["batch"], "threads": worst["threads"],
+            "passed": used <= int(budget), "checked": True, "profile": (manifest.get("device_profile") or {}).get("name")}
+
+
 def run_device_check(artefact_dir: str | Path, *, batches: list[int] | None = None, threads: list[int] | None = None,
-                     runs: int = 1000, warmup: int = 100, seed: int = 0, model_file: str | None = None) -> dict[str, Any]:
+                     runs: int = 1000, warmup: int = 100, seed: int = 0, model_file: str | None = None,
+                     memory: dict[str, bool] | None = None) -> dict[str, Any]:
     """Steps 1-4 of the module docstring; returns the JSON-able result (never raises on a miss)."""
     manifest = load_manifest(artefact_dir)
     check_files(artefact_dir, manifest)
@@ -604,11 +828,13 @@ def run_device_check(artefact_dir: str | Path, *, batches: list[int] | None = No
     session = make_session(artefact_file(artefact_dir, model_file), 1)
     golden = check_golden(session, manifest)
     del session
-    latency = [measure_in_subprocess(artefact_dir, model_file, b, t, runs, warmup, seed)
+    latency = [measure_in_subprocess(artefact_dir, model_file, b, t, runs, warmup, seed, memory=memory)
                for b in batches for t in threads]
     info = device_info()
     target = check_target(manifest, latency, info["machine"])
-    ok = golden["passed"] and (target is None or target["passed"] is not False)
+    memory_target = check_memory(manifest, latency)
+    ok = golden["passed"] and (target is None or target["passed"] is not False) and (
+        memory_target is None or memory_target["passed"] is not False)
     return {
         "format": "ondevice-device-result",
         "runner_version": RUNNER_VERSION,
@@ -620,6 +846,7 @@ def run_device_check(artefact_dir: str | Path, *, batches: list[int] | None = No
         "golden": golden,
         "latency": latency,
         "target": target,
+        "memory_target": memory_target,
         "ok": bool(ok),
     }
 
@@ -680,7 +907,8 @@ def _cpu_features() -> list[str]:
 
 def session_options_doc() -> dict[str, Any]:
     return {"intra_op_num_threads": "threads", "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
-            "graph_optimization_level": "ORT_ENABLE_ALL", "providers": ["CPUExecutionProvider"]}
+            "graph_optimization_level": "ORT_ENABLE_ALL", "providers": ["CPUExecutionProvider"],
+            "memory": dict(MEMORY_OPTIONS)}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -698,6 +926,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parity-out", help="parity mode: write the outputs here (.npz)")
     p.add_argument("--parity-alt-config", action="append", metavar="KEY=VALUE",
                    help="parity mode: also run a session with this config entry (repeatable)")
+    p.add_argument("--records", help="raw-feature artefacts: a .jsonl file of records ({column: value} per line); "
+                   "prints one JSON line of predictions per record")
+    p.add_argument("--memory-option", action="append", metavar="KEY=0|1",
+                   help=f"onnxruntime memory setting for the measurements (repeatable): {', '.join(MEMORY_OPTIONS)}")
     p.add_argument("--_measure", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if bool(args.parity_inputs) != bool(args.parity_out):
@@ -709,6 +941,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name} must be >= 1")
     if args.runs < 1 or args.warmup < 0:
         p.error("--runs must be >= 1 and --warmup >= 0")
+    memory = {}
+    for kv in args.memory_option or []:
+        key, _, value = kv.partition("=")
+        if key not in MEMORY_OPTIONS or value not in ("0", "1"):
+            p.error(f"--memory-option takes KEY=0|1 with KEY one of {', '.join(MEMORY_OPTIONS)}")
+        memory[key] = value == "1"
+    args.memory = memory
     return args
 
 
@@ -729,8 +968,12 @@ def main(argv: list[str] | None = None) -> int:
             _check_writable(args.parity_out, "--parity-out")
         if args._measure:
             b, t = (args.batch or [1])[0], (args.threads or [1])[0]
-            result = measure_one(args.artefact_dir, args.model_file, b, t, args.runs, args.warmup, args.seed)
+            result = measure_one(args.artefact_dir, args.model_file, b, t, args.runs, args.warmup, args.seed, args.memory)
             print(json.dumps(result))
+            return EXIT_OK
+        if args.records:
+            for row in predict_records(args.artefact_dir, args.records, model_file=args.model_file):
+                print(json.dumps(row))
             return EXIT_OK
         if args.parity_inputs:
             alt = dict(kv.split("=", 1) for kv in args.parity_alt_config or [])
@@ -738,7 +981,7 @@ def main(argv: list[str] | None = None) -> int:
                                         model_file=args.model_file, alt_config=alt or None)))
             return EXIT_OK
         result = run_device_check(args.artefact_dir, batches=args.batch, threads=args.threads, runs=args.runs,
-                                  warmup=args.warmup, seed=args.seed, model_file=args.model_file)
+                                  warmup=args.warmup, seed=args.seed, model_file=args.model_file, memory=args.memory)
     except RunnerError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
@@ -750,6 +993,11 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if not result["golden"]["passed"]:
         print("error: golden outputs differ from the manifest beyond the tolerance", file=sys.stderr)
+        return EXIT_BROKEN_PROMISE
+    mt = result.get("memory_target")
+    if mt and mt["passed"] is False:
+        print(f"error: runtime memory {mt['runtime_bytes']:,} B > memory_budget_runtime {mt['budget_bytes']:,} B "
+              f"({mt['profile']})", file=sys.stderr)
         return EXIT_BROKEN_PROMISE
     if result["target"] and result["target"]["passed"] is False:
         t = result["target"]

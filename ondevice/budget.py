@@ -121,6 +121,7 @@ class DeviceProfile:
     p99_latency_ms: float
     runtime_format: RuntimeFormat
     emulated_cpu: str | None = None
+    memory_budget_runtime: int | None = None
     source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,7 +132,7 @@ class DeviceProfile:
         """Validate a parsed TOML table; one-line ``BadInputError`` naming the key at fault."""
         fields = ("name", "description", "memory_budget", "arch", "threads", "batch_size",
                   "p99_latency_ms", "runtime_format")
-        unknown = sorted(set(data) - set(fields) - {"source", "emulated_cpu"})
+        unknown = sorted(set(data) - set(fields) - {"source", "emulated_cpu", "memory_budget_runtime"})
         if unknown:
             raise BadInputError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
         missing = [k for k in fields if k not in data]
@@ -167,9 +168,15 @@ class DeviceProfile:
             if cpu.split(",", 1)[0] not in CORE_FAMILIES:
                 raise BadInputError(f"{source}: emulated_cpu {cpu!r} is not a core ondevice knows; choose from "
                                     f"{', '.join(CORE_FAMILIES)}")
+        runtime = data.get("memory_budget_runtime")
+        if runtime is not None:
+            try:
+                runtime = parse_budget(runtime)
+            except BadInputError as err:
+                raise BadInputError(f"{source}: memory_budget_runtime: {err}") from None
         return cls(name=name, description=data["description"], memory_budget=budget, arch=data["arch"],
                    threads=data["threads"], batch_size=data["batch_size"], p99_latency_ms=float(lat),
-                   runtime_format=data["runtime_format"], emulated_cpu=cpu, source=source)
+                   runtime_format=data["runtime_format"], emulated_cpu=cpu, memory_budget_runtime=runtime, source=source)
 
 
 def list_profiles() -> list[str]:

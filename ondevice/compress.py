@@ -69,6 +69,7 @@ from ondevice.errors import (
     OndeviceError,
     ParityError,
     QualityFloorError,
+    RuntimeMemoryError,
 )
 from ondevice.io import (
     atomic_output_dir,
@@ -451,6 +452,14 @@ def compress(
                         failures.append({"target": label, "method": method, "budget_bytes": nbytes,
                                          "error": type(err).__name__, "message": str(err), "exit_code": err.exit_code})
                         errors.append(err)
+                    entry["required_operators"] = _required_operators_of(folder)
+                    entry["runtime_memory"] = mem = (prof or {}).get("memory_target")
+                    if mem and mem.get("passed") is False:
+                        err = RuntimeMemoryError(f"a session adds {mem['runtime_bytes']:,} B of resident memory, over the "
+                                                 f"{mem['profile']} memory_budget_runtime of {mem['budget_bytes']:,} B")
+                        failures.append({"target": label, "method": method, "budget_bytes": nbytes,
+                                         "error": type(err).__name__, "message": str(err), "exit_code": err.exit_code})
+                        errors.append(err)
                     if dev is not None and dev.arch == "arm64":
                         entry["arm64_parity"] = parity = _fleet_arm64_parity(folder, dev, seed, quiet, name)
                         if parity["passed"] is False:
@@ -696,12 +705,14 @@ def fleet_report(summary: dict[str, Any], profiles: Sequence[DeviceProfile], fol
         for r in (x for x in summary["runs"] if x["device_profile"] == dev.name):
             lat = r.get("latency") or {}
             parity = r.get("arm64_parity")
+            mem = r.get("runtime_memory")
             ok = (bool(r["fits"]) and bool(r.get("verified", True)) and lat.get("verdict") != "fail"
-                  and (parity or {}).get("passed") is not False)
+                  and (parity or {}).get("passed") is not False and (mem or {}).get("passed") is not False)
             rows.append({"device": dev.name, "arch": dev.arch, "method": r["method"], "budget_bytes": dev.memory_budget,
                          "file_bytes": r["file_bytes"], "fits": r["fits"], "verified": r.get("verified", True),
                          "metric": r["metric"], "val_metric": r["val_metric"], "latency": lat, "folder": r["folder"],
-                         "arm64_parity": parity, "status": "pass" if ok else "fail"})
+                         "arm64_parity": parity, "runtime_memory": mem, "required_operators": r.get("required_operators"),
+                         "status": "pass" if ok else "fail"})
         for f in (x for x in summary["failures"] if x["target"] == dev.name):
             if any(row["device"] == dev.name and row["method"] == f["method"] for row in rows):
                 continue  # the artefact exists; its row already says fail (latency)
@@ -714,9 +725,16 @@ def fleet_report(summary: dict[str, Any], profiles: Sequence[DeviceProfile], fol
             "full_model": summary["full_model"], "rows": rows,
             "passed": all(r["status"] == "pass" for r in rows) and bool(rows),
             "arm64_parity_not_checked": unchecked,
-            "rule": "pass = model file <= the profile's budget, golden parity verified, the p99 target met "
+            "rule": "pass = model file <= the profile's budget, golden parity verified, the runtime memory a session "
+                    "adds <= the profile's memory_budget_runtime (when set), the p99 target met "
                     "where it could be judged (only on a machine of the profile's architecture), and for arm64 "
                     "profiles the outputs on the emulated core within the tolerance of x86 where emulation is set up"}
+
+
+def _required_operators_of(folder: Path) -> str | None:
+    """The artefact's ``required_operators.config`` text (None when absent)."""
+    path = folder / "required_operators.config"
+    return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
 def render_fleet_markdown(report: dict[str, Any]) -> str:

@@ -99,6 +99,10 @@ class LatencyTargetError(BrokenPromiseError):
     """Measured p99 latency is above the device profile's target."""
 
 
+class RuntimeMemoryError(BrokenPromiseError):
+    """The resident memory a session adds is above the device profile's ``memory_budget_runtime``."""
+
+
 class QualityFloorError(BrokenPromiseError):
     """No candidate kept the validation metric within ``--max-loss`` of the full model."""
 

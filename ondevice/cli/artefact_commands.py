@@ -23,9 +23,12 @@ from ondevice.cli import cli
 @click.option("--format", "fmt", type=click.Choice(["onnx", "ort"]), default=None,
               help="ort also writes model.ort (default: the profile's runtime_format, else onnx)")
 @click.option("--top-k", default=20, show_default=True, type=click.IntRange(min=1), help="k of top-K (BPR-MF) artefacts")
+@click.option("--inputs", "inputs", type=click.Choice(["ids", "raw"]), default="ids", show_default=True,
+              help="raw: the model takes raw field values (strings, numbers) and encodes them in the graph "
+                   "(vocabulary, transforms, OOV) exactly as prepare does; ids: int64 ids encoded with schema.json")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 def export_cmd(run_dir: Path, out: Path, budget: str | None, profile: str | None, fmt: str | None, top_k: int,
-               force: bool) -> None:
+               inputs: str, force: bool) -> None:
     """Export RUN_DIR (a run folder or model.pt) to a verified single-file ONNX artefact.
 
     Exit 3 when a model file is over budget or onnxruntime disagrees with PyTorch on the
@@ -33,12 +36,15 @@ def export_cmd(run_dir: Path, out: Path, budget: str | None, profile: str | None
     """
     from ondevice.export import export_artefact
 
-    m = export_artefact(run_dir, out, budget=budget, profile=profile, format=fmt, force=force, top_k=top_k)
+    m = export_artefact(run_dir, out, budget=budget, profile=profile, format=fmt, force=force, top_k=top_k, inputs=inputs)
     b, s = m["budget"], m["storage"]
     sizes = ", ".join(f"{n} {i['bytes']:,} B" for n, i in m["files"].items())
     fits = "" if b["bytes"] is None else f"; budget {b['bytes']:,} B ({b['source']}): fits, headroom {b['headroom_bytes']:,} B"
     click.echo(f"exported {out}: {sizes}{fits}; graph overhead {100 * s['graph_overhead_ratio']:.2f} %; "
                f"golden parity ok (atol {m['tolerance']['atol']:.1e})")
+    parts = ", ".join(f"{k} {v:,} B" for k, v in s["by_part"].items() if k != "total")
+    pay = m["app_payload"]
+    click.echo(f"  model bytes by part: {parts}; the app ships {pay['bytes']:,} B ({', '.join(pay['files'])})")
 
 
 @cli.command("verify")

@@ -36,6 +36,7 @@ from ondevice.budget import DeviceProfile, format_bytes, load_profile, resolve_b
 from ondevice.embedding import swap_embedding_
 from ondevice.errors import ArtefactError, BadInputError, BudgetExceededError, ParityError
 from ondevice.export import golden as golden_mod
+from ondevice.export import raw as raw_mod
 from ondevice.export._runner import RUNNER_PATH, runner_module
 from ondevice.export.lowering import DEFAULT_TOP_K, export_module
 from ondevice.export.manifest import (
@@ -50,14 +51,18 @@ from ondevice.export.manifest import (
     tolerance_for,
     write_manifest,
 )
-from ondevice.export.mobile import check_mobile_usability, convert_to_ort
+from ondevice.export.mobile import check_mobile_usability, convert_to_ort, required_operators_config
 from ondevice.io import atomic_output_dir
 from ondevice.models import BPRMF, RecModel
 from ondevice.outputs import check_output
 from ondevice.schema import input_contract
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
-__all__ = ["deployable_model", "export_artefact", "export_onnx", "versions"]
+__all__ = ["INPUT_MODES", "app_payload", "bytes_by_part", "deployable_model", "export_artefact", "export_onnx", "versions"]
+
+REQUIRED_OPS = "required_operators.config"
+#: ``export --inputs``: ``ids`` (the default, int64 ids encoded by the app) or ``raw`` (encoding in the graph).
+INPUT_MODES = ("ids", "raw")
 
 
 def versions() -> dict[str, str]:
@@ -198,6 +203,7 @@ def export_artefact(
     golden_seed: int = 0,
     golden_batch: int = 64,
     check_mobile: bool = True,
+    inputs: str = "ids",
 ) -> dict[str, Any]:
     """Export a checkpoint (run folder, ``model.pt`` or ``Checkpoint``) to an artefact folder.
 
@@ -211,6 +217,8 @@ def export_artefact(
     force : replace an existing ``out_dir``.
     top_k : k of top-K artefacts (clipped to the number of items).
     golden_seed, golden_batch : seed and size of the large golden batch.
+    inputs : ``"ids"`` (int64 ids, encode with ``schema.json``) or ``"raw"`` (CTR: the raw field
+        values, encoded inside the graph exactly as ``prepare`` does; see ``ondevice.export.raw``).
 
     Returns the manifest (also written to ``out_dir/manifest.json``). Raises
     ``BudgetExceededError`` (exit 3) when a model file is over budget, ``ParityError``
@@ -225,6 +233,8 @@ def export_artefact(
         raise BadInputError(f"format {fmt!r} must be 'onnx' or 'ort'")
     if top_k < 1:
         raise BadInputError(f"top-k must be >= 1, got {top_k}")
+    if inputs not in INPUT_MODES:
+        raise BadInputError(f"--inputs {inputs!r} must be one of {', '.join(INPUT_MODES)}")
     out_dir = Path(out_dir)
     src = run_dir_or_checkpoint.path if isinstance(run_dir_or_checkpoint, Checkpoint) else run_dir_or_checkpoint
     check_output(out_dir, kind="export", inputs=[src], force=force)
@@ -233,6 +243,15 @@ def export_artefact(
     module, io = export_module(model, k=top_k)
     out_names = [o["name"] for o in io["outputs"]]
     goldens = golden_mod.golden_inputs(model, seed=golden_seed, large_batch=golden_batch)
+    plan = None
+    if inputs == "raw":
+        if io["task"] != "ctr":
+            raise BadInputError("--inputs raw is for CTR artefacts; a top-K artefact takes the user's vector (use --inputs ids)")
+        plan = raw_mod.raw_plan(ckpt.schema)
+        golden_feeds = raw_mod.raw_golden(ckpt.schema, plan, seed=golden_seed, large_batch=golden_batch)
+        goldens = {name: raw_mod.encode_reference(ckpt.schema, plan, feeds) for name, feeds in golden_feeds.items()}
+    else:
+        golden_feeds = {name: {io["inputs"][0]["name"]: x} for name, x in goldens.items()}
     expected = {name: _torch_outputs(module, io["task"], x, out_names) for name, x in goldens.items()}
     tolerance = tolerance_for(model)
     if io["task"] == "topk":
@@ -246,6 +265,9 @@ def export_artefact(
         scratch = tmp / ".export"
         scratch.mkdir()
         export_onnx(module, io, torch.from_numpy(next(iter(goldens.values()))), scratch / MODEL_ONNX)
+        vocab_bytes = 0
+        if plan is not None:
+            vocab_bytes = _attach_raw_encoder(scratch / MODEL_ONNX, ckpt.schema, plan)
         shutil.move(str(scratch / MODEL_ONNX), tmp / MODEL_ONNX)
         scratch.rmdir()
         files = {MODEL_ONNX: file_entry(tmp / MODEL_ONNX)}
@@ -269,7 +291,9 @@ def export_artefact(
             "vocab_sizes": list(ckpt.schema.vocab_sizes) if io["task"] == "ctr" else None,
             "opset": OPSET,
             "runtime_format": fmt,
-            "inputs": io["inputs"],
+            "inputs": plan["inputs"] if plan else io["inputs"],
+            "input_encoding": inputs,
+            "raw_inputs": plan,
             "input_contract": input_contract(ckpt.schema),
             "outputs": io["outputs"],
             "files": files,
@@ -278,9 +302,9 @@ def export_artefact(
             "storage": {},
             "tolerance": tolerance,
             "golden": [
-                {"name": name, "inputs": {io["inputs"][0]["name"]: runner.encode_array(x)},
+                {"name": name, "inputs": {k: runner.encode_array(v) for k, v in golden_feeds[name].items()},
                  "outputs": {k: runner.encode_array(v) for k, v in expected[name].items()}}
-                for name, x in goldens.items()
+                for name in goldens
             ],
             "metrics": ckpt.metrics,
             "mobile_usability": None,
@@ -320,6 +344,7 @@ def export_artefact(
         storage["file_bytes"] = onnx_bytes
         storage["graph_overhead_bytes"] = onnx_bytes - storage["parameter_bytes"]
         storage["graph_overhead_ratio"] = storage["graph_overhead_bytes"] / onnx_bytes
+        storage["by_part"] = bytes_by_part(storage, onnx_bytes, vocab_bytes)
         manifest["storage"] = storage
         manifest["budget"] = _budget_entry(limit, limit_source, files)
         if limit is not None and not manifest["budget"]["fits"]:
@@ -331,6 +356,13 @@ def export_artefact(
                 file_bytes=size, budget=limit)
         # 7. the rest of the folder.
         ckpt.schema.save(tmp / "schema.json")
+        if plan is not None and plan["hashing"]:
+            extra_files += raw_mod.write_hash_reference(tmp)
+        if not (tmp / REQUIRED_OPS).is_file():  # ORT format: the converter wrote it (for model.ort)
+            (tmp / REQUIRED_OPS).write_text(required_operators_config(tmp / MODEL_ONNX), encoding="utf-8")
+            extra_files.append(REQUIRED_OPS)
+        manifest["required_operators"] = {"file": REQUIRED_OPS, "config": (tmp / REQUIRED_OPS).read_text(encoding="utf-8")}
+        manifest["app_payload"] = app_payload(manifest, tmp)
         save_checkpoint(tmp / REFERENCE_MODEL, model, ckpt.schema, train_config=ckpt.train_config,
                         metrics=ckpt.metrics, extra={"exported_from": manifest["export_options"]["source_checkpoint"]})
         shutil.copyfile(RUNNER_PATH, tmp / RUNNER_FILE)
@@ -338,6 +370,39 @@ def export_artefact(
         write_manifest(tmp, manifest)
         _publishable_permissions(tmp)
     return manifest
+
+
+def _attach_raw_encoder(path: Path, schema: Any, plan: dict[str, Any]) -> int:
+    """Put the raw-feature encoder in front of the id model at ``path``; returns the vocabulary bytes."""
+    model = onnx.load(str(path), load_external_data=False)
+    raw_mod.attach_encoder(model, schema, plan)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    return raw_mod.vocabulary_bytes(model)
+
+
+def bytes_by_part(storage: dict[str, Any], file_bytes: int, vocabulary_bytes: int) -> dict[str, int]:
+    """The model file's bytes split into embeddings, vocabulary (raw artefacts' lookup tables),
+    dense layers (every other parameter) and graph (structure, names, framing: the rest)."""
+    embeddings = int(sum(storage["embedding_bytes"].values()) - storage.get("shared_bytes", 0))
+    dense = int(storage["dense_bytes"])
+    return {"embeddings": embeddings, "vocabulary": int(vocabulary_bytes), "dense_layers": dense,
+            "graph": int(file_bytes - embeddings - dense - vocabulary_bytes), "total": int(file_bytes)}
+
+
+def app_payload(manifest: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """What an app must ship to run the artefact: the model file, plus ``schema.json`` (its encoding)
+    for an id artefact, plus the hash reference for a raw artefact with hashed fields."""
+    model_file = "model.ort" if manifest.get("runtime_format") == "ort" and "model.ort" in manifest["files"] else MODEL_ONNX
+    ship = [model_file]
+    if manifest.get("input_encoding") != "raw":
+        ship.append("schema.json")
+    elif (manifest.get("raw_inputs") or {}).get("hashing"):
+        ship.append("hash_reference.js")
+    files = {name: (folder / name).stat().st_size for name in ship}
+    return {"files": files, "bytes": int(sum(files.values())),
+            "note": "raw inputs: the vocabulary is inside the model file" if manifest.get("input_encoding") == "raw"
+            else "id inputs: the app also ships schema.json to encode features (export --inputs raw puts it in the model)"}
 
 
 def _publishable_permissions(folder: Path) -> None:

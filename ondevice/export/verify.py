@@ -23,6 +23,7 @@ import torch
 
 from ondevice.errors import ArtefactError, ParityError
 from ondevice.export import golden as golden_mod
+from ondevice.export import raw as raw_mod
 from ondevice.export._runner import runner_module
 from ondevice.export.lowering import export_module
 from ondevice.export.manifest import load_artefact, write_manifest
@@ -90,15 +91,27 @@ def verify_artefact(artefact_dir: str | Path, *, seed: int | None = None, batche
     session = runner.make_session(art.model_path, 1)
     in_name = manifest["inputs"][0]["name"]
     out_names = [o["name"] for o in manifest["outputs"]]
-    cases_in: dict[str, np.ndarray] = {f"golden_{c['name']}": runner.decode_array(c["inputs"][in_name]) for c in manifest["golden"]}
-    cases_in.update(golden_mod.fresh_inputs(model, seed, batches))
+    plan = manifest.get("raw_inputs")
+    # Each case: the artefact's feeds and the ids the PyTorch reference sees (raw: prepare's encoding).
+    feeds_of: dict[str, dict[str, np.ndarray]] = {
+        f"golden_{c['name']}": {k: runner.decode_array(v) for k, v in c["inputs"].items()} for c in manifest["golden"]}
+    if plan:
+        rng = np.random.default_rng(seed)
+        feeds_of.update({f"fresh_b{b}": raw_mod.raw_random(art.schema, plan, b, rng) for b in batches})
+    else:
+        feeds_of.update({name: {in_name: x} for name, x in golden_mod.fresh_inputs(model, seed, batches).items()})
+
+    def ids_of(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return raw_mod.encode_reference(art.schema, plan, feeds) if plan else feeds[in_name]
+
     cases = []
     started = time.time()
-    for name, x in cases_in.items():
+    for name, feeds in feeds_of.items():
         try:
-            ort_out = dict(zip(out_names, session.run(out_names, {in_name: x}), strict=False))
+            ort_out = dict(zip(out_names, session.run(out_names, feeds), strict=False))
         except Exception as err:  # noqa: BLE001 - a runtime failure on valid input is a broken artefact
             raise ArtefactError(f"onnxruntime failed on case {name!r} ({str(err).splitlines()[0][:200]})") from None
+        x = ids_of(feeds)
         if manifest["task"] == "ctr":
             with torch.no_grad():
                 ref = module(torch.from_numpy(x)).numpy()
@@ -107,7 +120,7 @@ def verify_artefact(artefact_dir: str | Path, *, seed: int | None = None, batche
             cases.append(_topk_case(name, x, ort_out, module, io, atol))
     # The stored expectations must still match the reference model (catches a swapped reference_model.pt).
     for c in manifest["golden"]:
-        x = runner.decode_array(c["inputs"][in_name])
+        x = ids_of({k: runner.decode_array(v) for k, v in c["inputs"].items()})
         with torch.no_grad():
             out = module(torch.from_numpy(x))
         outs = out if isinstance(out, tuple) else (out,)

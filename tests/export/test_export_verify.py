@@ -25,7 +25,7 @@ def test_export_verify_round_trip(name: str, exported, cli_runner) -> None:
     assert set(MANIFEST_KEYS) <= set(m)
     assert m["opset"] == OPSET and m["versions"]["torch"] == torch.__version__
     assert sorted(p.name for p in art.iterdir()) == [".ondevice-output.json", "manifest.json", "model.onnx",
-                                                     "reference_model.pt", "runner.py", "schema.json"]
+                                                     "reference_model.pt", "required_operators.config", "runner.py", "schema.json"]
     model = onnx.load(str(art / "model.onnx"))
     assert not any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     inp = model.graph.input[0].type.tensor_type
