@@ -82,15 +82,18 @@ def auto_params(methods: list[str], shared: dict[str, Any], search: dict[str, An
 def settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Per dataset: data, full-model training and searcher settings (all cache keys)."""
     ctr_train = dict(lr=1e-3, batch_size=1024, patience=1, seed=0, threads=1)
+    # Frappe's full models are trained with `ondevice train`'s defaults (issue 12: BatchNorm,
+    # dropout 0.2, L2 1e-5, early stopping with patience 5), to convergence unless --frappe-epochs caps it
+    frappe_train = dict(seed=0, threads=1, **({"epochs": args.frappe_epochs} if args.frappe_epochs else {}))
     return {
         "frappe": {
             "task": "ctr", "source": str(FRAPPE),
-            "train": dict(model="deepfm", embed_dim=10, mlp_dims=[400, 400, 400], epochs=args.frappe_epochs, **ctr_train),
+            "train": dict(model="deepfm", embed_dim=10, mlp_dims=[400, 400, 400], **frappe_train),
             "search": {"epochs": 3, "batch_size": 1024, "pep": {"search_epochs": 20}},
         },
         "frappe-small": {
             "task": "ctr", "source": str(FRAPPE),
-            "train": dict(model="deepfm", embed_dim=16, mlp_dims=[32, 32], epochs=args.frappe_epochs, **ctr_train),
+            "train": dict(model="deepfm", embed_dim=16, mlp_dims=[32, 32], **frappe_train),
             "search": {"epochs": 3, "batch_size": 1024, "pep": {"search_epochs": 20}},
         },
         "synthetic": {
@@ -186,7 +189,8 @@ def test_metrics(model, data, schema=None) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------- one dataset
-def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log, mlp: str = "fp32") -> dict[str, Any]:
+def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log, mlp: str = "fp32",
+                only: list[str] | None = None) -> dict[str, Any]:
     from ondevice.compress import _search_fitting, candidate_latency, measure_file_bytes
     from ondevice.data import EncodedDataset
     from ondevice.errors import BudgetTooSmallError
@@ -220,6 +224,8 @@ def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log,
     log(f"[{name}] {sum(data.schema.vocab_sizes):,} ids, full {full_file:,} B, test {metric} "
         f"{full['test'][metric]:.4f}; budgets {budgets}")
     methods = CTR_METHODS if st["task"] == "ctr" else TOPK_METHODS
+    if only:
+        methods = [m for m in methods if m in only]
     shared = {k: v for k, v in st["search"].items() if not isinstance(v, dict)}
     rows: list[dict[str, Any]] = []
     for label, nbytes in budgets.items():
@@ -356,12 +362,12 @@ def _fmt_s(r: dict[str, Any]) -> str:
 
 def render(res: dict[str, Any]) -> dict[str, str]:
     out = {}
-    head = (f"`{res['command']}` — {res['machine']['cpu']}, torch {res['machine']['torch']}, 1 thread "
-            f"(`torch.set_num_threads(1)`, nice 19 on a shared 2-core machine: times are indicative only), "
-            f"compute {res['compute_s']:.0f} s (full-model training + every search/retrain, summed over the cached "
-            f"entries; this invocation {res['seconds']:.0f} s).")
     for ds in res["datasets"]:
         name = ds["dataset"]
+        compute = (ds["full"]["train_s"] + sum(r.get("wall_s", 0.0) for r in ds["runs"])) if "full" in ds else 0.0
+        head = (f"`{ds.get('command', res['command'])}` — {res['machine']['cpu']}, torch {res['machine']['torch']}, "
+                f"1 thread (`torch.set_num_threads(1)`, nice 19 on a shared 2-core machine: times are indicative "
+                f"only), compute {compute:.0f} s (full-model training + every search/retrain of this dataset).")
         if "skipped" in ds:
             out[name] = f"# Quality at budget — {name}\n\nSkipped: {ds['skipped']}.\n"
             continue
@@ -480,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--datasets", default="frappe,frappe-small,synthetic,synthetic-latent,ml1m")
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic Criteo-like set")
-    ap.add_argument("--frappe-epochs", type=int, default=10)
+    ap.add_argument("--frappe-epochs", type=int, default=None, help="cap on the Frappe full models' epochs (default: train's)")
+    ap.add_argument("--methods", default=None, help="only these methods (comma-separated; default: all of the task's)")
     ap.add_argument("--synthetic-epochs", type=int, default=2, help="full-model training epochs (synthetic)")
     ap.add_argument("--synthetic-retrain-epochs", type=int, default=1,
                     help="retraining epochs and PEP threshold-search epochs (synthetic)")
@@ -511,12 +518,23 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     if not SHARED.is_dir():
         log(f"{SHARED} is absent: the Frappe and MovieLens-1M scenarios are skipped")
-    datasets = [run_dataset(n, all_settings[n], cache, save, log, mlp=args.mlp) for n in names]
+    only = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    datasets = [run_dataset(n, all_settings[n], cache, save, log, mlp=args.mlp, only=only) for n in names]
+    command = "nice -n 19 env OMP_NUM_THREADS=1 python " + " ".join(
+        shlex.quote(a) for a in ["benchmarks/compress_quality.py", *(argv if argv is not None else sys.argv[1:])])
+    for d in datasets:
+        d["command"] = command
+    earlier_file = args.out / "compress_quality.json"
+    if earlier_file.is_file():  # datasets not rerun keep their earlier results (and say which command made them)
+        earlier = json.loads(earlier_file.read_text())
+        for d in earlier.get("datasets", []):
+            if d.get("dataset") not in names:
+                d.setdefault("command", earlier.get("command"))
+                datasets.append(d)
     from ondevice.export.onnx_export import versions
 
     res = {"benchmark": "compress_quality",
-           "command": "nice -n 19 env OMP_NUM_THREADS=1 python " + " ".join(
-               shlex.quote(a) for a in ["benchmarks/compress_quality.py", *(argv if argv is not None else sys.argv[1:])]),
+           "command": command,
            "machine": {"cpu": f"{platform.machine()} {platform.processor() or ''}".strip(), "python": platform.python_version(),
                        "torch": torch.__version__, "threads": 1, "versions": versions(),
                        "note": "shared 2-core machine, run at nice 19 next to other jobs: timings are noisy"},
