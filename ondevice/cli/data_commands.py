@@ -90,6 +90,8 @@ def prepare_command(inputs: tuple[Path, ...], fmt: str, out: Path, min_count: in
     finally:
         progress.done()
     rows = info["rows"]
+    for warning in info["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(
         f"prepared {info['total_rows']:,} rows ({info['task']}, {len(info['fields'])} fields) -> {out}\n"
         f"  train {rows['train']:,} / val {rows['val']:,} / test {rows['test']:,}; "

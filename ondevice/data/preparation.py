@@ -130,6 +130,7 @@ class _FieldPlan:
         self.vocab: pa.Array | None = None
         self.remap: np.ndarray | None = None
         self.distinct = 0
+        self.train_rows = self.train_oov = self.max_count = 0  # vocab: set by finalize (min_count check)
         self.max_id = -1
         self.hash_cache: dict[str, int] = {}
 
@@ -213,6 +214,9 @@ class _FieldPlan:
         counts = self.counts
         self.distinct = int(np.count_nonzero(counts))
         kept = np.flatnonzero(counts >= min_count)
+        self.train_rows = int(counts.sum())
+        self.train_oov = self.train_rows - int(counts[kept].sum())
+        self.max_count = int(counts.max()) if counts.size else 0
         table = pa.table({"v": self.seen.take(pa.array(kept)), "c": pa.array(counts[kept])})
         order = np.asarray(pc.sort_indices(table, sort_keys=[("c", "descending"), ("v", "ascending")]))
         self.vocab = table.column("v").take(pa.array(order)).combine_chunks()
@@ -366,7 +370,8 @@ def prepare(
     vocab_size, distinct_train_values, oov_rate {split: {field: rate}}, positive_rate
     {split: rate} (None for top-K), schema_fingerprint, elapsed_s, rows_per_s`` (input rows
     / wall seconds of the whole call) and ``peak_rss_mb`` (the process's peak RSS so far,
-    ``ru_maxrss``; run in a fresh process to measure ``prepare`` alone).
+    ``ru_maxrss``; run in a fresh process to measure ``prepare`` alone) and ``warnings`` (one
+    line each: empty or single-class val/test splits, fields ``min_count`` turns into OOV).
 
     Raises ``BadInputError``/``DataFormatError`` (one line naming the file and line) and
     leaves no output folder (and no temp folder) behind on failure.
@@ -464,6 +469,8 @@ def prepare(
         for plan in plans:
             plan.finalize(int(min_count))
         distinct = {p.name: (p.distinct if p.encoding == "vocab" else None) for p in plans}
+        warnings = _check_splits(rows, positives if ctr else None, paths)
+        warnings += _check_min_count(plans, int(min_count))
 
         # ------------------------------------------------------------ pass 2: final ids
         oov = np.zeros((3, n_fields), dtype=np.int64)
@@ -547,6 +554,7 @@ def prepare(
             "elapsed_s": round(elapsed, 3),
             "rows_per_s": round(total / elapsed, 1) if elapsed > 0 else None,
             "peak_rss_mb": round(_peak_rss_bytes() / 2**20, 1),
+            "warnings": warnings,
         }
         atomic_write_json(tmp / "prepare.json", info)
     return info
@@ -569,6 +577,63 @@ def _schema_dict(schema: Schema) -> dict[str, Any]:
         if v is not None:
             fd["values"] = v
     return d
+
+
+#: A vocabulary field whose training rows fall to OOV at least this often gets a warning line.
+OOV_WARN_RATE = 0.95
+
+
+def _check_min_count(plans: Sequence[_FieldPlan], min_count: int) -> list[str]:
+    """Warnings for vocabulary fields that ``min_count`` turns (almost) entirely into OOV id 0.
+
+    Such a field carries no signal (every row looks up the same OOV row); when it is
+    *every* field, the model can only learn the base rate (AUC 0.5), so that is an error.
+    """
+    warnings: list[str] = []
+    vocab = [p for p in plans if p.encoding == "vocab" and p.train_rows]
+    for p in vocab:
+        rate = p.train_oov / p.train_rows
+        if rate >= OOV_WARN_RATE:
+            kept = p.vocab_size - 1
+            warnings.append(f"field {p.name!r}: --min-count {min_count} maps {rate:.1%} of its training rows to the "
+                            f"OOV id (keeps {kept:,} of {p.distinct:,} distinct values; the most frequent occurs "
+                            f"{p.max_count:,} times); this field will carry almost no signal")
+    if vocab and len(vocab) == len(plans) and all(p.train_oov == p.train_rows for p in vocab):
+        top = max(p.max_count for p in vocab)
+        raise BadInputError(f"--min-count {min_count} maps every value of every field to the OOV id (no value occurs "
+                            f"{min_count} times in the training split; the most frequent occurs {top:,} times): "
+                            f"a model could only learn the base rate; use --min-count {top} or less")
+    return warnings
+
+
+def _check_splits(rows: np.ndarray, positives: np.ndarray | None, paths: Sequence[Path]) -> list[str]:
+    """Refuse data nothing can be learned from; warn about splits train or evaluation cannot use.
+
+    An empty training split, or (CTR) training labels of one class only, is an error: AUC is
+    undefined and every model predicts the base rate. An empty val split (``train`` refuses it:
+    early stopping and the checkpoint choice need it), an empty test split, and a single-class
+    val/test split (AUC undefined there) are warnings.
+    """
+    inputs = ", ".join(str(p) for p in paths)
+    if rows[_TRAIN] == 0:
+        raise BadInputError(f"the training split of {inputs} is empty (val {int(rows[_VAL]):,}, test "
+                            f"{int(rows[_TEST]):,} rows); give more rows or smaller --val-fraction/--test-fraction")
+    if positives is not None:
+        pos = int(positives[_TRAIN])
+        if pos in (0, int(rows[_TRAIN])):
+            raise BadInputError(f"every training label of {inputs} is {1 if pos else 0} ({int(rows[_TRAIN]):,} rows): "
+                                "a CTR model needs clicks and non-clicks (AUC is undefined); check the label column "
+                                "and the label rule (e.g. --option threshold for movielens)")
+    warnings: list[str] = []
+    for s, name in ((_VAL, "val"), (_TEST, "test")):
+        if rows[s] == 0:
+            use = ("`ondevice train` refuses it (early stopping and the checkpoint choice need validation rows); "
+                   "use --val-fraction > 0" if s == _VAL else "there will be no test metrics; use --test-fraction > 0")
+            warnings.append(f"the {name} split is empty: {use}")
+        elif positives is not None and int(positives[s]) in (0, int(rows[s])):
+            warnings.append(f"every {name} label is {1 if positives[s] else 0} ({int(rows[s]):,} rows): AUC is undefined "
+                            f"on {name}" + ("; `ondevice train` refuses it" if s == _VAL else ""))
+    return warnings
 
 
 def _check_chunk(chunk: Chunk, specs: list[FieldSpec]) -> None:

@@ -463,17 +463,30 @@ def _is_float(v: Any) -> bool:
 
 
 def to_float(col: pa.Array | pa.ChunkedArray, block: Block, what: str) -> pa.Array | pa.ChunkedArray:
-    """String column -> float64 (empty strings -> null); a non-number names its line."""
+    """String column -> float64 (empty strings -> null); a non-number names its line.
+
+    A number must be **finite**: ``inf``, ``-inf`` and values beyond float64 (``1e999``) are a
+    ``DataFormatError`` naming the file and line, like any other text that is not a number
+    (issue 15: they all used to become the same token). The usual spellings of a missing
+    value (``""``, ``NA``, ``NULL``, ``nan``, ``N/A``: pyarrow's CSV null values) are missing.
+    """
     if pa.types.is_floating(col.type):
-        return col
-    empty = pc.equal(col, "")
-    masked = pc.if_else(empty, pa.scalar(None, pa.string()), col)
-    try:
-        return pc.cast(masked, pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        values = masked.to_pylist()
-        i = _first_bad(values, lambda v: v is None or _is_float(v))
-        raise DataFormatError(f"{block.locate(i)}: {what} {values[i]!r} is not a number") from None
+        x = col
+    else:
+        empty = pc.equal(col, "")
+        masked = pc.if_else(empty, pa.scalar(None, pa.string()), col)
+        try:
+            x = pc.cast(masked, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values = masked.to_pylist()
+            i = _first_bad(values, lambda v: v is None or _is_float(v))
+            raise DataFormatError(f"{block.locate(i)}: {what} {values[i]!r} is not a number") from None
+    infinite = pc.is_inf(x)
+    if pc.any(infinite).as_py():
+        i = int(np.flatnonzero(to_numpy(pc.fill_null(infinite, False)))[0])
+        raise DataFormatError(f"{block.locate(i)}: {what} is {to_numpy(x)[i]} (written as inf or a number beyond "
+                              "±1.8e308 such as 1e999), not a finite number; fix or remove the line")
+    return x
 
 
 def labels_from(col: pa.Array, block: Block, what: str = "label", threshold: float = 0.0) -> np.ndarray:
@@ -488,18 +501,33 @@ def labels_from(col: pa.Array, block: Block, what: str = "label", threshold: flo
     return (to_numpy(x) > threshold).astype(np.float32)
 
 
-def map_distinct(x: pa.Array | pa.ChunkedArray, fn: Callable[[np.ndarray], np.ndarray]) -> pa.Array:
+#: The integer tokens a numeric rule may produce: int64, so ``x`` outside [-2^63, 2^63) has none.
+INT64_LIMIT = float(2**63)
+
+
+def map_distinct(x: pa.Array | pa.ChunkedArray, fn: Callable[[np.ndarray], np.ndarray],
+                 block: Block | None = None, what: str = "value") -> pa.Array:
     """Apply a numeric ``fn`` to the *distinct* values of ``x`` only, then gather.
 
     Integer-like columns have few distinct values (a Criteo I-column has at most a few
     thousand per chunk), so hashing once and transforming the dictionary is several times
-    cheaper than transforming every row. ``fn`` maps float64 (NaN = missing) to int64;
-    missing stays null.
+    cheaper than transforming every row. ``fn`` maps float64 (NaN = missing) to whole
+    numbers; missing stays null. A result that is not finite or does not fit int64
+    (``-9.3e18`` kept as itself) is a ``DataFormatError`` naming ``block``'s line: casting it
+    would give every such value the same token.
     """
     values, indices = dictionary_encode(x)
     v = to_numpy(values).astype(np.float64)
     missing = np.isnan(v)
-    out = fn(np.where(missing, 0.0, v)).astype(np.int64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        f = np.asarray(fn(np.where(missing, 0.0, v)), dtype=np.float64)
+    bad = ~missing & ~(np.isfinite(f) & (f >= -INT64_LIMIT) & (f < INT64_LIMIT))
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        where = block.locate(int(np.flatnonzero(indices == k)[0])) if block is not None else "input"
+        raise DataFormatError(f"{where}: {what} {v[k]:.6g} has no integer token (outside the 64-bit integer range "
+                              f"±9.2e18, or not finite); an integer field holds counts: fix or remove the line")
+    out = np.where(missing, 0.0, f).astype(np.int64)
     return pa.array(out, mask=missing).take(pa.array(indices))
 
 
@@ -508,17 +536,18 @@ def _log2_rule(v: np.ndarray) -> np.ndarray:
         return np.where(v > 2, np.floor(np.log(np.maximum(v, 1.0)) ** 2), np.floor(v))
 
 
-def criteo_log2(x: pa.Array | pa.ChunkedArray) -> pa.Array:
+def criteo_log2(x: pa.Array | pa.ChunkedArray, block: Block | None = None, what: str = "value") -> pa.Array:
     """Criteo integer bucketing: ``x > 2 -> floor(ln(x)^2)``, else ``x`` itself; missing stays null.
 
     This is the discretisation of the Kaggle Criteo winners' solution as used in the PEP
     (Liu et al., ICLR 2021, ``ssui-liu/learnable-embed-sizes-for-RecSys`` ``criteo.py``:
     ``if val > 2: val = int(math.log(float(val)) ** 2)``) and DeepLight (Deng et al.,
-    WSDM 2021) preprocessing code. Takes float64 with nulls, returns int64 with nulls.
+    WSDM 2021) preprocessing code. Takes float64 with nulls, returns int64 with nulls; a value
+    without an int64 token (``x < -2^63``, not finite) names ``block``'s line (:func:`map_distinct`).
     """
-    return map_distinct(x, _log2_rule)
+    return map_distinct(x, _log2_rule, block, what)
 
 
-def int_tokens(x: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """float64 with nulls -> int64 with nulls (``floor``)."""
-    return map_distinct(x, np.floor)
+def int_tokens(x: pa.Array | pa.ChunkedArray, block: Block | None = None, what: str = "value") -> pa.Array:
+    """float64 with nulls -> int64 with nulls (``floor``); out-of-range values as in :func:`map_distinct`."""
+    return map_distinct(x, np.floor, block, what)

@@ -26,7 +26,8 @@ The same in JSON: ``{"delimiter": ",", "label": "click", "categorical": [...],
 "numeric": {"price": "log2", "age": {"edges": [18, 25]}}, "hash_buckets": {...}}``.
 
 Field order: ``categorical`` then ``numeric`` (CTR), or ``user, item`` (top-K). An empty
-cell is the column's missing value, a value of its own. Numeric cells must be numbers.
+cell is the column's missing value, a value of its own. Numeric cells must be finite numbers
+(``inf``/``1e999`` are refused with their line; ``int``/``log2`` values must fit int64).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import pyarrow as pa
 
 from ondevice.data.formats.base import (
     DEFAULT_BLOCK_BYTES,
+    Block,
     Chunk,
     DelimitedSource,
     FieldSpec,
@@ -158,7 +160,7 @@ class CsvFormat(RawFormat):
             for c in self.feature_cols:
                 col = block.column(c)
                 if c in self.numeric:
-                    col = _bucket(to_float(col, block, c), self.numeric[c])
+                    col = _bucket(to_float(col, block, c), self.numeric[c], block, c)
                 cols.append(col)
             yield Chunk(cols, labels, block.locate)
 
@@ -174,11 +176,11 @@ def _rule_name(rule: Any) -> str:
     return "edges:" + ",".join(str(e) for e in rule["edges"])
 
 
-def _bucket(x: pa.Array, rule: Any) -> pa.Array:
+def _bucket(x: pa.Array, rule: Any, block: Block, what: str) -> pa.Array:
     if rule == "log2":
-        return criteo_log2(x)
+        return criteo_log2(x, block, what)
     if rule == "int":
-        return int_tokens(x)
+        return int_tokens(x, block, what)
     edges = np.asarray(sorted(rule["edges"]), dtype=np.float64)
     v = x.to_numpy(zero_copy_only=False)
     missing = np.isnan(v)
