@@ -97,6 +97,10 @@ PREPARE = {
     "gz-truncated": PF(lambda t: _gz(t, "truncated")),
     "gz-corrupt": PF(lambda t: _gz(t, "corrupt")),
     "gz-not-gzip": PF(lambda t: _gz(t, "not-gzip")),
+    "gz-over-long-line": PF(lambda t: (t / "l.tsv.gz").write_bytes(gzip.compress(b"1\t" + b"9" * (1 << 20) + b"\n"))
+                            and t / "l.tsv.gz", "--option", "block_bytes=65536"),
+    "csv-unclosed-quote": PF(lambda t: _csv(t, GOOD_SPEC, 'click,a,b\n1,"x\n' + "0,z,w\n" * 20_000),
+                             "--option", "block_bytes=65536"),
     "input-is-folder": PF(lambda t: t),
     "input-missing": PF(lambda t: t / "missing.tsv"),
     "hash-not-int": P("--hash", "C1=abc"),

@@ -107,7 +107,8 @@ def load_spec(path: str | Path) -> dict[str, Any]:
 class CsvFormat(RawFormat):
     name = "csv"
     task = "ctr"
-    options = {"spec": "path of the JSON/TOML spec file describing the columns (required)"}
+    options = {"spec": "path of the JSON/TOML spec file describing the columns (required)",
+               "block_bytes": "bytes of text parsed at a time (default: the spec's block_bytes, else 8 MiB)"}
 
     def inspect(self, inputs: Sequence[Path]) -> list[FieldSpec]:
         if "spec" not in self.opts:
@@ -147,7 +148,7 @@ class CsvFormat(RawFormat):
             delimiter=spec.get("delimiter", ","),
             header=self.header,
             quoting=bool(spec.get("quoting", True)),
-            block_bytes=spec.get("block_bytes", DEFAULT_BLOCK_BYTES),
+            block_bytes=self.opts.get("block_bytes", spec.get("block_bytes", DEFAULT_BLOCK_BYTES)),
         )
 
     def iter_chunks(self, path: Path, chunk_rows: int) -> Iterator[Chunk]:
