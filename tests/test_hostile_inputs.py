@@ -90,9 +90,17 @@ PREPARE = {
     "too-many-fields": PF(lambda t: _criteo(t, GOOD + "\tx")),
     "label-text": PF(lambda t: _criteo(t, "abc" + GOOD[1:])),
     "int-field-text": PF(lambda t: _criteo(t, GOOD.replace("\t0\t", "\tzz\t", 1))),
+    **{f"int-field-{k}": PF(lambda t, v=v: _criteo(t, *_good_rows(), GOOD.replace("\t0\t", f"\t{v}\t", 1)))
+       for k, v in (("inf", "inf"), ("1e999", "1e999"), ("minus-inf", "-inf"), ("beyond-int64", "-9.3e18"))},
+    "min-count-every-field-oov": P("--min-count", "100000"),
+    "labels-one-class": PF(lambda t: _criteo(t, *(("0" + r[1:]) for r in _good_rows(40)))),
     "gz-truncated": PF(lambda t: _gz(t, "truncated")),
     "gz-corrupt": PF(lambda t: _gz(t, "corrupt")),
     "gz-not-gzip": PF(lambda t: _gz(t, "not-gzip")),
+    "gz-over-long-line": PF(lambda t: (t / "l.tsv.gz").write_bytes(gzip.compress(b"1\t" + b"9" * (1 << 20) + b"\n"))
+                            and t / "l.tsv.gz", "--option", "block_bytes=65536"),
+    "csv-unclosed-quote": PF(lambda t: _csv(t, GOOD_SPEC, 'click,a,b\n1,"x\n' + "0,z,w\n" * 20_000),
+                             "--option", "block_bytes=65536"),
     "input-is-folder": PF(lambda t: t),
     "input-missing": PF(lambda t: t / "missing.tsv"),
     "hash-not-int": P("--hash", "C1=abc"),
@@ -114,6 +122,10 @@ PREPARE = {
     "test-fraction-negative": P("--test-fraction", "-0.1"),
     "fractions-sum": P("--val-fraction", "0.6", "--test-fraction", "0.5"),
     "given-one-file": P("--split", "given"),
+    "leave-last-out-ctr": P("--split", "leave-last-out"),
+    "drop-duplicates-ctr": P("--drop-duplicates"),
+    "leave-last-out-hashed-user": PF(lambda t: _criteo(t, "0 1 2", "1 3 4"), "--split", "leave-last-out", "--hash",
+                                     "user=5", fmt="implicit"),
     "format-unknown": lambda t, e: ["prepare", str(e["raw"]), "--format", "nope"],
     "min-count-zero": P("--min-count", "0"),
     "chunk-rows-zero": P("--chunk-rows", "0"),
@@ -185,6 +197,12 @@ def _broken_data(how: str) -> Callable[[Path, dict], list[str]]:
             ids = np.load(d / "train" / "ids.npy")
             ids[0, 0] = 10**6
             np.save(d / "train" / "ids.npy", ids)
+        elif how == "val-empty":
+            np.save(d / "val" / "ids.npy", np.zeros((0, np.load(d / "val" / "ids.npy").shape[1]), dtype=np.int32))
+            np.save(d / "val" / "labels.npy", np.zeros(0, dtype=np.float32))
+        elif how in ("train-one-class", "val-one-class"):
+            split = how.split("-")[0]
+            np.save(d / split / "labels.npy", np.zeros_like(np.load(d / split / "labels.npy")))
         elif how == "prepare-json-garbage":
             (d / "prepare.json").write_text("[")
         return ["train", str(d), "--model", "fm", "--epochs", "1", "--quiet"]
@@ -228,7 +246,8 @@ TRAIN = {
     "data-is-file": lambda t, e: ["train", str(e["raw"]), "--quiet"],
     **{f"data-{h}": _broken_data(h) for h in ("no-schema", "schema-garbage", "schema-fields-str", "schema-version-str",
                                                "schema-vocab-str", "schema-vocab-huge", "ids-garbage", "ids-truncated",
-                                               "labels-missing", "prepare-json-garbage")},
+                                               "labels-missing", "prepare-json-garbage", "val-empty",
+                                               "train-one-class", "val-one-class")},
     "resume-nothing": lambda t, e: ["train", str(e["data"]), "--quiet", "--resume"],
     **{f"resume-{h}": _broken_resume(h) for h in ("garbage", "not-checkpoint", "config-str", "wrong-types")},
 }

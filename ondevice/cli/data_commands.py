@@ -56,8 +56,11 @@ class _Progress:
 @click.option("--min-count", default=1, show_default=True, type=click.IntRange(min=1),
               help="Values rarer than this in the training split map to the OOV id 0.")
 @click.option("--hash", "hashes", multiple=True, metavar="FIELD=N", help="Hash FIELD into N buckets (repeatable).")
-@click.option("--split", type=click.Choice(["random", "given"]), default="random", show_default=True,
-              help="random: seeded 80/10/10; given: INPUTS are train [val] test.")
+@click.option("--split", type=click.Choice(["random", "given", "leave-last-out"]), default="random", show_default=True,
+              help="random: seeded 80/10/10; given: INPUTS are train [val] test; leave-last-out (top-K, rows in "
+                   "time order): each user's last interaction -> test, second-last -> val (users with < 3 stay in train).")
+@click.option("--drop-duplicates", is_flag=True,
+              help="Top-K: drop rows repeating an earlier (user, item) pair (they are always counted in prepare.json).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--val-fraction", default=0.1, show_default=True, type=float)
 @click.option("--test-fraction", default=0.1, show_default=True, type=float)
@@ -69,7 +72,8 @@ class _Progress:
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def prepare_command(inputs: tuple[Path, ...], fmt: str, out: Path, min_count: int, hashes: tuple[str, ...],
                     split: str, seed: int, val_fraction: float, test_fraction: float, chunk_rows: int | None,
-                    spec: Path | None, options: tuple[str, ...], force: bool, quiet: bool) -> None:
+                    spec: Path | None, options: tuple[str, ...], force: bool, quiet: bool,
+                    drop_duplicates: bool) -> None:
     """Encode raw INPUTS into an encoded dataset folder (schema.json, prepare.json, splits)."""
     from ondevice.data.preparation import DEFAULT_CHUNK_ROWS, prepare
 
@@ -86,15 +90,24 @@ def prepare_command(inputs: tuple[Path, ...], fmt: str, out: Path, min_count: in
         info = prepare(list(inputs), out, format=fmt, min_count=min_count, hash_buckets=hash_buckets, split=split,
                        seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
                        chunk_rows=chunk_rows or DEFAULT_CHUNK_ROWS, force=force, progress=progress,
-                       format_options=format_options)
+                       format_options=format_options, drop_duplicates=drop_duplicates)
     finally:
         progress.done()
     rows = info["rows"]
+    for warning in info["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(
         f"prepared {info['total_rows']:,} rows ({info['task']}, {len(info['fields'])} fields) -> {out}\n"
         f"  train {rows['train']:,} / val {rows['val']:,} / test {rows['test']:,}; "
         f"{info['rows_per_s'] / 1e3:.0f}K rows/s, {info['elapsed_s']:.1f} s, peak RSS {info['peak_rss_mb']:.0f} MB"
     )
+    dup, llo = info.get("duplicates"), info.get("leave_last_out")
+    if dup is not None:
+        click.echo(f"  duplicate (user, item) rows: {dup['rows']:,}" + (" (dropped)" if dup["dropped"] and dup["rows"] else ""))
+    if llo is not None:
+        click.echo(f"  leave-last-out: {llo['held_out_users']:,} of {llo['users']:,} users give their last interaction "
+                   f"to test and the second-last to val; {llo['train_only_users']:,} with < {llo['min_interactions']} "
+                   "interactions stay in train")
 
 
 @cli.command("generate")

@@ -92,6 +92,30 @@ class EncodedDataset:
         self._splits[name] = split
         return split
 
+    def check_trainable(self) -> None:
+        """Refuse, in one line naming the problem, a dataset that training cannot use.
+
+        Training early-stops and picks its checkpoint on validation, so it needs training and
+        validation rows, and (CTR) both classes in each: with one class AUC is undefined and no
+        epoch is ever "best" (which used to end in "checkpoint not found").
+        """
+        for name in ("train", "val"):
+            if not self.has_split(name):
+                continue  # a missing split file is reported by split() with its own message
+            split = self.split(name)
+            fix = ("give more rows or smaller --val-fraction/--test-fraction" if name == "train" else
+                   "re-run `ondevice prepare` with --val-fraction > 0 (early stopping and the checkpoint choice "
+                   "need validation rows)")
+            if len(split) == 0:
+                raise BadInputError(f"{self.root}: the {name} split is empty (0 rows); {fix}")
+            if split.labels is not None:
+                lo, hi = _label_range(split.labels)
+                if lo == hi:
+                    raise BadInputError(
+                        f"{self.root}: every {name} label is {lo:g} ({len(split):,} rows): AUC is undefined and no "
+                        f"epoch can be chosen; a CTR {name} split needs clicks and non-clicks (check the label column "
+                        "or use a larger/other split)")
+
     def identity(self) -> dict[str, Any]:
         """What makes this dataset *this* dataset: schema fingerprint, rows per split, content hash.
 
@@ -120,6 +144,17 @@ class EncodedDataset:
     def __repr__(self) -> str:
         sizes = {s: len(self.split(s)) for s in SPLITS if self.has_split(s)}
         return f"EncodedDataset({str(self.root)!r}, task={self.task!r}, fields={self.schema.num_fields}, rows={sizes})"
+
+
+def _label_range(labels: np.ndarray, *, chunk: int = 1 << 22) -> tuple[float, float]:
+    """``(min, max)`` of a (memory-mapped) label array, read in bounded chunks."""
+    lo, hi = np.inf, -np.inf
+    for start in range(0, len(labels), chunk):
+        part = np.asarray(labels[start:start + chunk])
+        lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+        if lo != hi:
+            break
+    return lo, hi
 
 
 def _hash_sampled(h: Any, path: Path, *, blocks: int = 64, block: int = 1 << 16) -> None:

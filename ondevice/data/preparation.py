@@ -35,6 +35,17 @@ Splits:
 * Top-K data with an identity user field: every user keeps at least one training
   interaction — the user's row with the largest hash ``u`` always stays in train — so
   val is "a seeded random ``val_fraction`` of each user's train interactions, keeping ≥ 1".
+* ``leave-last-out`` (top-K, sequential data): the inputs, read in order, are each user's
+  interactions in time order; a user's last interaction goes to test, the second-last to
+  val, the rest to train. Users with fewer than 3 interactions stay entirely in train. This
+  is SASRec's ``data_partition`` (Kang & McAuley, ICDM 2018, ``kang205/SASRec`` ``util.py``),
+  also used by S3-Rec (Zhou et al., CIKM 2020). Decided between the passes from the spilled
+  rows (per-user last/second-last row index), so memory grows with users, not rows.
+
+Duplicates (top-K): rows that repeat an earlier ``(user, item)`` pair are counted over all
+inputs (``prepare.json`` ``duplicates``; a warning line) and, with ``drop_duplicates``,
+dropped before the split is decided (the first occurrence stays). Counting partitions the
+pairs into buckets of at most :data:`DUP_BUCKET_ROWS` rows on disk, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -61,7 +72,11 @@ from ondevice.io import atomic_output_dir, atomic_write_json
 from ondevice.schema import Field, Schema, stable_hash
 
 DEFAULT_CHUNK_ROWS = 1 << 18
-SPLIT_MODES = ("random", "given")
+SPLIT_MODES = ("random", "given", "leave-last-out")
+#: leave-last-out: a user needs this many interactions to give one to val and one to test (SASRec).
+LLO_MIN_INTERACTIONS = 3
+#: duplicate detection holds at most this many (key, row) pairs in memory at once.
+DUP_BUCKET_ROWS = 1 << 21
 ProgressFn = Callable[[str, int], None]
 
 _TRAIN, _VAL, _TEST = 0, 1, 2
@@ -90,6 +105,8 @@ class _Splitter:
 
     def assign(self, file_index: int, row0: int, n: int) -> tuple[np.ndarray, np.ndarray, bool]:
         u = split_uniform(self.seed, np.arange(row0, row0 + n, dtype=np.uint64))
+        if self.mode == "leave-last-out":  # decided between the passes (see _leave_last_out)
+            return np.full(n, _TRAIN, dtype=np.int8), u, False
         if self.mode == "random":
             return self.code_of_u(u, file_index), u, True
         if self.n_files == 3:
@@ -97,6 +114,12 @@ class _Splitter:
         if file_index == 1:
             return np.full(n, _TEST, dtype=np.int8), u, False
         return self.code_of_u(u, file_index), u, True
+
+    def eligible(self, split_code: int) -> bool:
+        """Whether rows spilled to this split were placed by the hash ``u`` (and may move to train)."""
+        if self.mode == "random":
+            return True
+        return self.mode == "given" and self.n_files == 2 and split_code != _TEST
 
 
 # --------------------------------------------------------------------------- encoding
@@ -130,6 +153,7 @@ class _FieldPlan:
         self.vocab: pa.Array | None = None
         self.remap: np.ndarray | None = None
         self.distinct = 0
+        self.train_rows = self.train_oov = self.max_count = 0  # vocab: set by finalize (min_count check)
         self.max_id = -1
         self.hash_cache: dict[str, int] = {}
 
@@ -213,6 +237,9 @@ class _FieldPlan:
         counts = self.counts
         self.distinct = int(np.count_nonzero(counts))
         kept = np.flatnonzero(counts >= min_count)
+        self.train_rows = int(counts.sum())
+        self.train_oov = self.train_rows - int(counts[kept].sum())
+        self.max_count = int(counts.max()) if counts.size else 0
         table = pa.table({"v": self.seen.take(pa.array(kept)), "c": pa.array(counts[kept])})
         order = np.asarray(pc.sort_indices(table, sort_keys=[("c", "descending"), ("v", "ascending")]))
         self.vocab = table.column("v").take(pa.array(order)).combine_chunks()
@@ -341,13 +368,16 @@ def prepare(
     progress: ProgressFn | None = None,
     format_options: Mapping[str, Any] | None = None,
     threads: int | None = None,
+    drop_duplicates: bool = False,
 ) -> dict[str, Any]:
     """Encode raw files into ``out_dir`` (``schema.json``, ``prepare.json``, split arrays).
 
     Parameters
     ----------
-    inputs : one file, or several. ``split="random"``: all files are read in order as one
-        table. ``split="given"``: ``[train, test]`` or ``[train, val, test]``.
+    inputs : one file, or several. ``split="random"``/``"leave-last-out"``: all files are read
+        in order as one table. ``split="given"``: ``[train, test]`` or ``[train, val, test]``.
+    split : ``random``, ``given`` or ``leave-last-out`` (top-K: each user's last interaction
+        in file order to test, the second-last to val; users with < 3 stay in train).
     format : a name from ``ondevice.data.formats.FORMATS`` (criteo, avazu, libfm,
         movielens, implicit, csv).
     min_count : a value must occur this often in the training split to get its own id.
@@ -359,14 +389,18 @@ def prepare(
     progress : ``progress(stage, rows_done)`` after every chunk; stage is ``read`` (pass 1)
         or ``write`` (pass 2).
     format_options : format-specific options (``ondevice.data.formats`` lists them).
+    drop_duplicates : top-K: drop rows repeating an earlier ``(user, item)`` pair.
 
     Returns the ``prepare.json`` content: ``ondevice_version, format, task, inputs, split
     {mode, seed, val_fraction, test_fraction, files}, options {min_count, hash_buckets,
     chunk_rows, format_options}, rows {train, val, test}, total_rows, fields, encoding,
     vocab_size, distinct_train_values, oov_rate {split: {field: rate}}, positive_rate
-    {split: rate} (None for top-K), schema_fingerprint, elapsed_s, rows_per_s`` (input rows
+    {split: rate} (None for top-K), duplicates {rows, dropped} (top-K; None for CTR),
+    leave_last_out {users, held_out_users, train_only_users} (None for other splits),
+    schema_fingerprint, elapsed_s, rows_per_s`` (input rows
     / wall seconds of the whole call) and ``peak_rss_mb`` (the process's peak RSS so far,
-    ``ru_maxrss``; run in a fresh process to measure ``prepare`` alone).
+    ``ru_maxrss``; run in a fresh process to measure ``prepare`` alone) and ``warnings`` (one
+    line each: empty or single-class val/test splits, fields ``min_count`` turns into OOV).
 
     Raises ``BadInputError``/``DataFormatError`` (one line naming the file and line) and
     leaves no output folder (and no temp folder) behind on failure.
@@ -397,8 +431,20 @@ def prepare(
         if not 1 <= int(n) < 2**31 - 1:
             raise BadInputError(f"--hash {field_name}={n}: the number of buckets must be in [1, 2^31 - 2] (ids are int32)")
     plans = [_FieldPlan(s, "hash" if s.name in hash_buckets else s.encoding, hash_buckets.get(s.name)) for s in specs]
-    user_idx = next((j for j, s in enumerate(specs) if s.role == "user" and plans[j].encoding == "identity"), None)
-    keep_user = fmt.task == "topk" and user_idx is not None
+    topk = fmt.task == "topk"
+    user_idx = next((j for j, s in enumerate(specs) if s.role == "user"), None) if topk else None
+    item_idx = next((j for j, s in enumerate(specs) if s.role == "item"), None) if topk else None
+    if split == "leave-last-out":
+        if not topk or user_idx is None:
+            raise BadInputError(f"--split leave-last-out needs top-K data (a user and an item field); format "
+                                f"{fmt.name!r} gives {fmt.task} data: use --split random or given")
+        if plans[user_idx].encoding == "hash":
+            raise BadInputError(f"--split leave-last-out needs each user's own rows; the user field "
+                                f"{plans[user_idx].name!r} is hashed (--hash): hashed users share buckets")
+    if drop_duplicates and not topk:
+        raise BadInputError("--drop-duplicates applies to top-K (user, item) data; CTR rows repeat by design "
+                            "(impressions of the same features)")
+    keep_user = topk and split != "leave-last-out" and plans[user_idx].encoding == "identity"  # type: ignore[index]
     splitter = _Splitter(split, len(paths), seed, val_fraction, test_fraction)
     n_threads = max(1, threads or min(4, os.cpu_count() or 1))
 
@@ -406,12 +452,12 @@ def prepare(
     ctr = fmt.task == "ctr"
     with atomic_output_dir(out_dir, kind="prepare", inputs=paths, force=force) as tmp, ThreadPoolExecutor(n_threads) as pool:
         # ------------------------------------------------------------ pass 1: read once
-        spills = [_RawSpill(tmp, name, n_fields, labels=ctr, rowidx=keep_user and s != _TRAIN)
-                  for s, name in enumerate(SPLITS)]
+        spills = [_RawSpill(tmp, name, n_fields, labels=ctr, rowidx=topk) for name in SPLITS]
         try:
             rows = np.zeros(3, dtype=np.int64)
             positives = np.zeros(3, dtype=np.float64)
             maxu = np.full(0, -1.0)
+            id_max = np.full(n_fields, -1, dtype=np.int64)
             row0 = 0
             for fi, path in enumerate(paths):
                 file_rows = 0
@@ -430,16 +476,11 @@ def prepare(
                         ids[:, j] = plans[j].provisional(chunk.columns[j], train, chunk)
 
                     list(pool.map(encode, range(n_fields)))
-                    rowidx = None
-                    if keep_user:
-                        rowidx = np.arange(row0, row0 + n, dtype=np.int64) if eligible else np.full(n, -1, dtype=np.int64)
-                        if eligible:
-                            users = ids[:, user_idx].astype(np.int64) - 1
-                            if users.size and users.max() >= maxu.size:
-                                grown = np.full(max(int(users.max()) + 1, 2 * maxu.size), -1.0)
-                                grown[: maxu.size] = maxu
-                                maxu = grown
-                            np.maximum.at(maxu, users, u)
+                    rowidx = np.arange(row0, row0 + n, dtype=np.int64) if topk else None
+                    if topk and n:
+                        np.maximum(id_max, ids.max(axis=0), out=id_max)
+                    if keep_user and eligible:
+                        maxu = _track_max_u(maxu, ids[:, user_idx].astype(np.int64) - 1, u)
                     for s in range(3):
                         if not split_rows[s]:
                             continue
@@ -455,6 +496,29 @@ def prepare(
         finally:
             for sp in spills:
                 sp.close()
+
+        # ------------------------------------------------------------ between the passes
+        duplicates: dict[str, Any] | None = None
+        dropped = np.zeros(0, dtype=np.int64)  # sorted global row indices left out of every split
+        held = {_VAL: np.zeros(0, dtype=np.int64), _TEST: np.zeros(0, dtype=np.int64)}  # leave-last-out
+        llo_info: dict[str, int] | None = None
+        if topk:
+            n_dup, dropped_all, dropped_per_split = _duplicates(spills, tmp, user_idx, item_idx,  # type: ignore[arg-type]
+                                                                int(id_max[item_idx]), chunk_rows)  # type: ignore[index]
+            duplicates = {"rows": n_dup, "dropped": bool(drop_duplicates)}
+            if drop_duplicates and n_dup:
+                dropped = dropped_all
+                rows -= dropped_per_split
+            if split == "leave-last-out":
+                held, llo_info = _leave_last_out(spills[_TRAIN], user_idx, int(id_max[user_idx]),  # type: ignore[index]
+                                                 dropped, chunk_rows)
+                rows[_VAL], rows[_TEST] = len(held[_VAL]), len(held[_TEST])
+                rows[_TRAIN] -= rows[_VAL] + rows[_TEST]
+            elif keep_user and len(dropped):  # the max-u row of a user must be one that stays
+                maxu = _max_u_without(spills, splitter, seed, user_idx, dropped, chunk_rows)  # type: ignore[arg-type]
+            left_out = np.union1d(np.union1d(held[_VAL], held[_TEST]), dropped)
+            if len(left_out) and any(p.encoding == "vocab" for p in plans):
+                _uncount(plans, spills[_TRAIN], left_out, chunk_rows)  # vocabularies count train rows only
         if keep_user:  # each user's max-u row moves to train; fix the planned counts
             seen_u = maxu[maxu >= 0]
             moved = np.bincount(splitter.code_of_u(seen_u, 0), minlength=3)
@@ -464,6 +528,12 @@ def prepare(
         for plan in plans:
             plan.finalize(int(min_count))
         distinct = {p.name: (p.distinct if p.encoding == "vocab" else None) for p in plans}
+        warnings = _check_splits(rows, positives if ctr else None, paths)
+        warnings += _check_min_count(plans, int(min_count))
+        if duplicates and duplicates["rows"] and not drop_duplicates:
+            warnings.append(f"{duplicates['rows']:,} rows ({duplicates['rows'] / max(int(row0), 1):.1%}) repeat an "
+                            "earlier (user, item) pair; a test pair also seen in training can never be recommended "
+                            "(seen items are excluded): --drop-duplicates keeps only the first")
 
         # ------------------------------------------------------------ pass 2: final ids
         oov = np.zeros((3, n_fields), dtype=np.int64)
@@ -478,18 +548,22 @@ def prepare(
             done = 0
             for s in range(3):
                 for ids, labels, rowidx in spills[s].read(chunk_rows):
+                    dest = np.full(len(ids), s, dtype=np.int8)
+                    if rowidx is not None:
+                        if split == "leave-last-out":
+                            dest[_in_sorted(rowidx, held[_VAL])] = _VAL
+                            dest[_in_sorted(rowidx, held[_TEST])] = _TEST
+                        elif keep_user and splitter.eligible(s) and s != _TRAIN:
+                            u = split_uniform(seed, rowidx.astype(np.uint64))
+                            dest[u == maxu[ids[:, user_idx].astype(np.int64) - 1]] = _TRAIN
+                        if len(dropped):
+                            dest[_in_sorted(rowidx, dropped)] = -1
+
                     def remap(j: int, ids: np.ndarray = ids) -> None:
                         ids[:, j] = plans[j].final(ids[:, j])
 
                     list(pool.map(remap, range(n_fields)))
-                    dest = np.full(len(ids), s, dtype=np.int8)
-                    if rowidx is not None:
-                        ok = rowidx >= 0
-                        u = split_uniform(seed, rowidx[ok].astype(np.uint64))
-                        users = ids[ok, user_idx].astype(np.int64) - 1
-                        moved_rows = np.flatnonzero(ok)[u == maxu[users]]
-                        dest[moved_rows] = _TRAIN
-                    for d in ((s,) if rowidx is None else (s, _TRAIN)):
+                    for d in range(3):
                         mask = dest == d
                         if not mask.any():
                             continue
@@ -519,17 +593,19 @@ def prepare(
         schema_dict = _schema_dict(schema)
         atomic_write_json(tmp / "schema.json", schema_dict)
         elapsed = time.perf_counter() - t0
-        total = int(rows.sum())
+        total = int(rows.sum())  # rows kept (dropped duplicates are not in any split)
         info: dict[str, Any] = {
             "ondevice_version": __version__,
             "format": fmt.name,
             "task": fmt.task,
             "inputs": [str(p) for p in paths],
-            "split": {"mode": split, "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
+            "split": {"mode": split, "seed": seed,
+                      "val_fraction": val_fraction if split != "leave-last-out" else None,
+                      "test_fraction": test_fraction if split != "leave-last-out" else None,
                       "files": ({s: str(p) for s, p in zip(("train", "test") if len(paths) == 2 else SPLITS, paths, strict=True)}
                                 if split == "given" else None)},
             "options": {"min_count": int(min_count), "hash_buckets": hash_buckets, "chunk_rows": int(chunk_rows),
-                        "format_options": dict(format_options or {})},
+                        "format_options": dict(format_options or {}), "drop_duplicates": bool(drop_duplicates)},
             "rows": {name: int(rows[s]) for s, name in enumerate(SPLITS)},
             "total_rows": total,
             "fields": names,
@@ -543,10 +619,13 @@ def prepare(
             "positive_rate": (
                 {name: (float(positives[s] / rows[s]) if rows[s] else None) for s, name in enumerate(SPLITS)} if ctr else None
             ),
+            "duplicates": duplicates,
+            "leave_last_out": llo_info,
             "schema_fingerprint": schema_dict["fingerprint"],
             "elapsed_s": round(elapsed, 3),
             "rows_per_s": round(total / elapsed, 1) if elapsed > 0 else None,
             "peak_rss_mb": round(_peak_rss_bytes() / 2**20, 1),
+            "warnings": warnings,
         }
         atomic_write_json(tmp / "prepare.json", info)
     return info
@@ -569,6 +648,179 @@ def _schema_dict(schema: Schema) -> dict[str, Any]:
         if v is not None:
             fd["values"] = v
     return d
+
+
+# --------------------------------------------------------------------------- top-K helpers
+def _in_sorted(x: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """``np.isin(x, sorted_values)`` for a sorted array (binary search, no temporary set)."""
+    if not len(sorted_values):
+        return np.zeros(len(x), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_values, x), len(sorted_values) - 1)
+    return sorted_values[pos] == x
+
+
+def _track_max_u(maxu: np.ndarray, users: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """``maxu[user] = max(maxu[user], u)`` over a chunk, growing ``maxu`` as new users appear."""
+    if users.size and users.max() >= maxu.size:
+        grown = np.full(max(int(users.max()) + 1, 2 * maxu.size), -1.0)
+        grown[: maxu.size] = maxu
+        maxu = grown
+    np.maximum.at(maxu, users, u)
+    return maxu
+
+
+def _max_u_without(spills: Sequence[_RawSpill], splitter: _Splitter, seed: int, user_idx: int,
+                   dropped: np.ndarray, chunk_rows: int) -> np.ndarray:
+    """Each user's largest ``u`` over the rows that stay (after dropping duplicates)."""
+    maxu = np.full(0, -1.0)
+    for s, spill in enumerate(spills):
+        if not splitter.eligible(s):
+            continue
+        for ids, _, rowidx in spill.read(chunk_rows):
+            keep = ~_in_sorted(rowidx, dropped)  # type: ignore[arg-type]
+            u = split_uniform(seed, rowidx[keep].astype(np.uint64))  # type: ignore[index]
+            maxu = _track_max_u(maxu, ids[keep, user_idx].astype(np.int64) - 1, u)
+    return maxu
+
+
+def _duplicates(spills: Sequence[_RawSpill], tmp: Path, user_idx: int, item_idx: int, item_max: int,
+                chunk_rows: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """Rows repeating an earlier ``(user, item)`` pair (provisional ids) over all spills.
+
+    Returns ``(count, their global row indices sorted, count per split)``; the first occurrence
+    (smallest row index) of a pair is never counted. Pairs are partitioned by key into buckets of
+    at most :data:`DUP_BUCKET_ROWS` rows on disk, each deduplicated in memory.
+    """
+    total = sum(sp.rows for sp in spills)
+    n_buckets = max(1, -(-total // DUP_BUCKET_ROWS))
+    paths = [tmp / f".dup{b}.tmp" for b in range(n_buckets)]
+    files = [open(p, "wb") for p in paths]  # noqa: SIM115 - closed below
+    rec = np.dtype([("key", np.int64), ("row", np.int64), ("split", np.int8)])
+    try:
+        for s, spill in enumerate(spills):
+            for ids, _, rowidx in spill.read(chunk_rows):
+                out = np.empty(len(ids), dtype=rec)
+                out["key"] = ids[:, user_idx].astype(np.int64) * (item_max + 1) + ids[:, item_idx]
+                out["row"], out["split"] = rowidx, s
+                which = out["key"] % n_buckets
+                for b in range(n_buckets):
+                    files[b].write(out[which == b].tobytes() if n_buckets > 1 else out.tobytes())
+    finally:
+        for fh in files:
+            fh.close()
+    found: list[np.ndarray] = []
+    per_split = np.zeros(3, dtype=np.int64)
+    for path in paths:
+        part = np.fromfile(path, dtype=rec)
+        path.unlink()
+        order = np.lexsort((part["row"], part["key"]))
+        part = part[order]
+        repeat = np.flatnonzero(part["key"][1:] == part["key"][:-1]) + 1
+        found.append(part["row"][repeat])
+        per_split += np.bincount(part["split"][repeat], minlength=3)
+    rows = np.sort(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+    return len(rows), rows, per_split
+
+
+def _leave_last_out(spill: _RawSpill, user_idx: int, user_max: int, dropped: np.ndarray,
+                    chunk_rows: int) -> tuple[dict[int, np.ndarray], dict[str, int]]:
+    """Each user's last row (file order) -> test, second-last -> val, for users with at least
+    :data:`LLO_MIN_INTERACTIONS` rows (SASRec ``data_partition``). Returns the sorted global row
+    indices per held-out split and counts of users."""
+    size = max(user_max + 1, 1)
+    count = np.zeros(size, dtype=np.int64)
+    last = np.full(size, -1, dtype=np.int64)
+    second = np.full(size, -1, dtype=np.int64)
+    for ids, _, rowidx in spill.read(chunk_rows):
+        keep = ~_in_sorted(rowidx, dropped)  # type: ignore[arg-type]
+        users, rows = ids[keep, user_idx].astype(np.int64), rowidx[keep]  # type: ignore[index]
+        if not users.size:
+            continue
+        count += np.bincount(users, minlength=size)
+        seen, rev = np.unique(users[::-1], return_index=True)
+        last_pos = users.size - 1 - rev  # each user's last row in this chunk
+        rest = np.ones(users.size, dtype=bool)
+        rest[last_pos] = False
+        users2, rows2 = users[rest], rows[rest]
+        seen2, rev2 = np.unique(users2[::-1], return_index=True)  # users with >= 2 rows in this chunk
+        once = seen[~np.isin(seen, seen2)]
+        second[once] = last[once]
+        second[seen2] = rows2[users2.size - 1 - rev2]
+        last[seen] = rows[last_pos]
+    enough = count >= LLO_MIN_INTERACTIONS
+    held = {_VAL: np.sort(second[enough]), _TEST: np.sort(last[enough])}
+    info = {"users": int(np.count_nonzero(count)), "held_out_users": int(np.count_nonzero(enough)),
+            "train_only_users": int(np.count_nonzero((count > 0) & ~enough)),
+            "min_interactions": LLO_MIN_INTERACTIONS}
+    return held, info
+
+
+def _uncount(plans: Sequence[_FieldPlan], spill: _RawSpill, rows_out: np.ndarray, chunk_rows: int) -> None:
+    """Remove the given training-spill rows from the vocabulary counts (held out or dropped)."""
+    for ids, _, rowidx in spill.read(chunk_rows):
+        out = _in_sorted(rowidx, rows_out)  # type: ignore[arg-type]
+        if not out.any():
+            continue
+        for j, plan in enumerate(plans):
+            if plan.encoding == "vocab":
+                plan.counts -= np.bincount(ids[out, j], minlength=plan.counts.size)[: plan.counts.size]
+
+
+#: A vocabulary field whose training rows fall to OOV at least this often gets a warning line.
+OOV_WARN_RATE = 0.95
+
+
+def _check_min_count(plans: Sequence[_FieldPlan], min_count: int) -> list[str]:
+    """Warnings for vocabulary fields that ``min_count`` turns (almost) entirely into OOV id 0.
+
+    Such a field carries no signal (every row looks up the same OOV row); when it is
+    *every* field, the model can only learn the base rate (AUC 0.5), so that is an error.
+    """
+    warnings: list[str] = []
+    vocab = [p for p in plans if p.encoding == "vocab" and p.train_rows]
+    for p in vocab:
+        rate = p.train_oov / p.train_rows
+        if rate >= OOV_WARN_RATE:
+            kept = p.vocab_size - 1
+            warnings.append(f"field {p.name!r}: --min-count {min_count} maps {rate:.1%} of its training rows to the "
+                            f"OOV id (keeps {kept:,} of {p.distinct:,} distinct values; the most frequent occurs "
+                            f"{p.max_count:,} times); this field will carry almost no signal")
+    if vocab and len(vocab) == len(plans) and all(p.train_oov == p.train_rows for p in vocab):
+        top = max(p.max_count for p in vocab)
+        raise BadInputError(f"--min-count {min_count} maps every value of every field to the OOV id (no value occurs "
+                            f"{min_count} times in the training split; the most frequent occurs {top:,} times): "
+                            f"a model could only learn the base rate; use --min-count {top} or less")
+    return warnings
+
+
+def _check_splits(rows: np.ndarray, positives: np.ndarray | None, paths: Sequence[Path]) -> list[str]:
+    """Refuse data nothing can be learned from; warn about splits train or evaluation cannot use.
+
+    An empty training split, or (CTR) training labels of one class only, is an error: AUC is
+    undefined and every model predicts the base rate. An empty val split (``train`` refuses it:
+    early stopping and the checkpoint choice need it), an empty test split, and a single-class
+    val/test split (AUC undefined there) are warnings.
+    """
+    inputs = ", ".join(str(p) for p in paths)
+    if rows[_TRAIN] == 0:
+        raise BadInputError(f"the training split of {inputs} is empty (val {int(rows[_VAL]):,}, test "
+                            f"{int(rows[_TEST]):,} rows); give more rows or smaller --val-fraction/--test-fraction")
+    if positives is not None:
+        pos = int(positives[_TRAIN])
+        if pos in (0, int(rows[_TRAIN])):
+            raise BadInputError(f"every training label of {inputs} is {1 if pos else 0} ({int(rows[_TRAIN]):,} rows): "
+                                "a CTR model needs clicks and non-clicks (AUC is undefined); check the label column "
+                                "and the label rule (e.g. --option threshold for movielens)")
+    warnings: list[str] = []
+    for s, name in ((_VAL, "val"), (_TEST, "test")):
+        if rows[s] == 0:
+            use = ("`ondevice train` refuses it (early stopping and the checkpoint choice need validation rows); "
+                   "use --val-fraction > 0" if s == _VAL else "there will be no test metrics; use --test-fraction > 0")
+            warnings.append(f"the {name} split is empty: {use}")
+        elif positives is not None and int(positives[s]) in (0, int(rows[s])):
+            warnings.append(f"every {name} label is {1 if positives[s] else 0} ({int(rows[s]):,} rows): AUC is undefined "
+                            f"on {name}" + ("; `ondevice train` refuses it" if s == _VAL else ""))
+    return warnings
 
 
 def _check_chunk(chunk: Chunk, specs: list[FieldSpec]) -> None:

@@ -645,6 +645,7 @@ class Trainer:
         out_dir = Path(os.path.abspath(out_dir))  # '.' and '..' have no name to add '.partial' to
         partial = out_dir.with_name(out_dir.name + ".partial")
         data = EncodedDataset(data_dir)
+        data.check_trainable()
         dist_info = _init_distributed(c.device)
         device = torch.device(c.device if not c.device.startswith("cuda") or not dist_info.enabled else f"cuda:{dist_info.local_rank}")
         if c.threads:

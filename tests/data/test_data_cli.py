@@ -90,3 +90,38 @@ def test_generate_bad_input_exits_2(runner: CliRunner, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "exactly 26 categorical" in res.output
     res = runner.invoke(cli, ["generate", "--out", str(tmp_path / "x.tsv"), "--rows", "0"])
     assert res.exit_code == 2
+
+
+@pytest.mark.parametrize(("how", "message"), [
+    ("val-empty", "the val split is empty (0 rows); re-run `ondevice prepare` with --val-fraction > 0"),
+    ("val-one-class", "every val label is 0 (600 rows): AUC is undefined"),
+    ("train-one-class", "every train label is 1 (4,800 rows)"),
+])
+def test_train_names_an_unusable_split_instead_of_checkpoint_not_found(runner: CliRunner, tmp_path: Path, how: str,
+                                                                       message: str) -> None:
+    import numpy as np
+
+    from tests.conftest import make_ctr
+
+    data = make_ctr(tmp_path / "d")
+    split, _ = how.split("-", 1)
+    labels = np.load(data / split / "labels.npy")
+    if how == "val-empty":
+        np.save(data / "val" / "ids.npy", np.zeros((0, 5), dtype=np.int32))
+        np.save(data / "val" / "labels.npy", np.zeros(0, dtype=np.float32))
+    else:
+        np.save(data / split / "labels.npy", np.full_like(labels, 0.0 if split == "val" else 1.0))
+    res = runner.invoke(cli, ["train", str(data), "--model", "fm", "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "checkpoint not found" not in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_prepare_prints_warning_lines(runner: CliRunner, tmp_path: Path) -> None:
+    raw = write_criteo(tmp_path / "c.tsv", 200)
+    res = runner.invoke(cli, ["prepare", str(raw), "--format", "criteo", "--out", str(tmp_path / "o"), "--quiet",
+                              "--val-fraction", "0", "--min-count", "30"])
+    assert res.exit_code == 0, res.output
+    warnings = [line for line in res.output.splitlines() if line.startswith("warning: ")]
+    assert "warning: the val split is empty: `ondevice train` refuses it" in res.output
+    assert any(line.startswith("warning: field 'C") and "--min-count 30 maps" in line for line in warnings), warnings

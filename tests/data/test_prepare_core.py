@@ -18,7 +18,7 @@ from tests.data.conftest import criteo_line
 PREPARE_KEYS = {
     "ondevice_version", "format", "task", "inputs", "split", "options", "rows", "total_rows", "fields", "encoding",
     "vocab_size", "distinct_train_values", "oov_rate", "positive_rate", "schema_fingerprint", "elapsed_s",
-    "rows_per_s", "peak_rss_mb",
+    "rows_per_s", "peak_rss_mb", "warnings", "duplicates", "leave_last_out",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,76 @@ def test_comma_separated_criteo_gets_a_delimiter_hint(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match="line 1: 1 fields, expected 40; it looks ','-separated"):
         prepare(src, tmp_path / "out", format="criteo")
     _no_output(tmp_path, tmp_path / "out")
+
+
+# ---------------------------------------------------------------------- quietly wrong inputs (issue 15 point 10)
+@pytest.mark.parametrize(("value", "message"), [
+    ("inf", "I2 is inf"), ("1e999", "I2 is inf"), ("-inf", "I2 is -inf"),
+    ("-9.3e18", "I2 -9.3e\\+18 has no integer token"),
+])
+def test_integer_field_without_a_token_is_refused_with_its_line(tmp_path: Path, value: str, message: str) -> None:
+    # they all used to become one token (the int64 cast of inf), merging unrelated damaged values
+    bad = criteo_line(1, [1, value] + [1] * 11, ["ab"] * 26)
+    path = _bad(tmp_path, [GOOD] * 4 + [bad] + [GOOD] * 3)
+    with pytest.raises(DataFormatError, match=rf"bad\.tsv line 5: {message}"):
+        prepare(path, tmp_path / "out", format="criteo")
+    _no_output(tmp_path, tmp_path / "out")
+
+
+def test_huge_finite_counts_keep_distinct_tokens_and_null_spellings_are_missing(tmp_path: Path) -> None:
+    lines = [criteo_line(i % 2, [1, v] + [1] * 11, ["ab"] * 26)
+             for i, v in enumerate(["1e300", "-1e18", "-2e18", "NA", "nan", "", "5"])]
+    prepare(_bad(tmp_path, lines), tmp_path / "out", format="criteo", val_fraction=0.0, test_fraction=0.0)
+    from ondevice.schema import Schema
+
+    values = Schema.load(tmp_path / "out" / "schema.json").fields[1].values
+    assert sorted(values) == sorted(["", "-1000000000000000000", "-2000000000000000000", str(int(math.log(1e300) ** 2)), "2"])
+
+
+def test_csv_numeric_rule_out_of_int64_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("click,a,n\n1,x,3\n0,y,1e20\n")
+    (tmp_path / "s.json").write_text('{"label": "click", "categorical": ["a"], "numeric": {"n": "int"}}')
+    with pytest.raises(DataFormatError, match=r"d\.csv line 3: n 1e\+20 has no integer token"):
+        prepare(tmp_path / "d.csv", tmp_path / "out", format="csv", format_options={"spec": str(tmp_path / "s.json")})
+
+
+def _varied(tmp_path: Path, rows: int = 200) -> Path:
+    """C1 takes 50 values (4 rows each), C2 one value, the rest 2 values: --min-count 10 empties C1 only."""
+    lines = [criteo_line(r % 2, [r % 2] * 13, [f"v{r % 50}", "same"] + [f"w{r % 2}"] * 24) for r in range(rows)]
+    return _bad(tmp_path, lines)
+
+
+def test_min_count_that_empties_a_field_warns_naming_it(tmp_path: Path) -> None:
+    info = prepare(_varied(tmp_path), tmp_path / "out", format="criteo", min_count=10)
+    lines = [w for w in info["warnings"] if "--min-count 10" in w]
+    assert len(lines) == 1 and lines[0].startswith("field 'C1': --min-count 10 maps 100.0% of its training rows")
+    assert "keeps 0 of 50 distinct values" in lines[0]
+    assert info["oov_rate"]["train"]["C1"] == 1.0
+    quiet = prepare(_varied(tmp_path), tmp_path / "out2", format="criteo", min_count=2)
+    assert quiet["warnings"] == []
+
+
+def test_min_count_that_empties_every_field_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match=r"--min-count 500 maps every value of every field to the OOV id .*"
+                                            r"the most frequent occurs \d+ times.*use --min-count \d+ or less"):
+        prepare(_varied(tmp_path), tmp_path / "out", format="criteo", min_count=500)
+    _no_output(tmp_path, tmp_path / "out")
+
+
+def test_single_class_training_labels_are_refused(tmp_path: Path) -> None:
+    path = _bad(tmp_path, [criteo_line(0, [r] * 13, ["ab"] * 26) for r in range(50)])
+    with pytest.raises(BadInputError, match=r"every training label of .*bad\.tsv is 0 \(\d+ rows\)"):
+        prepare(path, tmp_path / "out", format="criteo")
+    _no_output(tmp_path, tmp_path / "out")
+
+
+def test_empty_or_single_class_val_and_test_splits_warn(tmp_path: Path) -> None:
+    good = write_criteo(tmp_path / "g.tsv", 200)
+    info = prepare(good, tmp_path / "out", format="criteo", val_fraction=0.0, test_fraction=0.0)
+    assert [w.split(":")[0] for w in info["warnings"]] == ["the val split is empty", "the test split is empty"]
+    assert "train` refuses it" in info["warnings"][0]
+    train = tmp_path / "train.tsv"
+    train.write_text(good.read_text())
+    test = _bad(tmp_path, [criteo_line(1, [1] * 13, ["ab"] * 26)] * 5)
+    info = prepare([train, test], tmp_path / "out2", format="criteo", split="given")
+    assert info["warnings"] == ["every test label is 1 (5 rows): AUC is undefined on test"]

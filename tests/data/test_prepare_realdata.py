@@ -59,3 +59,23 @@ def test_ml1m_lcfn_implicit_split(tmp_path: Path) -> None:
     users_train = np.unique(ds.split("train").ids[:, 0])
     assert users_train.size == np.unique(np.concatenate([ds.split("train").ids[:, 0], ds.split("val").ids[:, 0]])).size
     assert abs(info["rows"]["val"] / 796_244 - 0.1) < 0.01
+
+
+def test_sasrec_video_leave_last_out_matches_sasrec_partition(tmp_path: Path) -> None:
+    import gzip
+
+    path = shared_or_skip("amazon-yelp", "sasrec", "Video.txt.gz")
+    info = prepare(path, tmp_path / "out", format="implicit", split="leave-last-out")
+    seqs: dict[int, list[int]] = {}
+    with gzip.open(path, "rt") as fh:
+        for line in fh:
+            u, i = line.split()
+            seqs.setdefault(int(u), []).append(int(i))
+    # kang205/SASRec util.py data_partition: users with < 3 interactions keep all in train
+    for split, pos in (("test", -1), ("val", -2)):
+        want = sorted((u, s[pos]) for u, s in seqs.items() if len(s) >= 3)
+        got = sorted(map(tuple, (np.load(tmp_path / "out" / split / "ids.npy") - 1).tolist()))
+        assert got == want, split
+    assert info["leave_last_out"]["users"] == len(seqs) == 31_013  # SASRec paper, Table 2
+    assert info["rows"]["train"] == 287_107 - 2 * info["leave_last_out"]["held_out_users"]
+    assert info["duplicates"] == {"rows": 0, "dropped": False}

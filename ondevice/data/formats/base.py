@@ -11,6 +11,11 @@ Delimited text (Criteo, Avazu, libFM, MovieLens, generic CSV) is read by
 cut into blocks of whole lines, each block is parsed by pyarrow's multithreaded CSV parser
 into string columns, and blocks are read ahead on a background thread while the previous
 one is being counted or encoded. Memory is bounded by the block size, never by the file.
+
+A block ends at a *record* end: with CSV quoting, a newline inside a ``"quoted"`` field is part
+of the value, not a record end (:func:`record_ends`), so quoted newlines work at any file size.
+A record longer than the block size (a 1 GiB line, or a quote that is never closed) is refused
+with its line number after reading at most two blocks (:class:`DelimitedSource`).
 """
 
 from __future__ import annotations
@@ -169,14 +174,102 @@ class _CheckedGzip(gzip.GzipFile):
         return line
 
 
-def read_first_line(path: Path, *, encoding: str = "utf-8") -> str | None:
-    """The first non-empty line without its newline, or None for an empty file."""
+def read_first_line(path: Path, *, encoding: str = "utf-8", max_bytes: int = DEFAULT_BLOCK_BYTES) -> str | None:
+    """The first non-empty line without its newline, or None for an empty file.
+
+    A line longer than ``max_bytes`` is a ``DataFormatError`` (memory stays bounded)."""
+    line_no = 0
     with open_binary(path) as fh:
-        for raw in fh:
+        while True:
+            raw = fh.readline(max_bytes + 1)
+            line_no += 1
+            if not raw:
+                return None
+            if len(raw) > max_bytes and not raw.endswith(b"\n"):
+                raise line_too_long(path, line_no, max_bytes)
             line = raw.decode(encoding, errors="replace").rstrip("\r\n")
             if line.strip():
                 return line
-    return None
+
+
+def line_too_long(path: Path, line_no: int, limit: int, *, quoted: bool = False) -> DataFormatError:
+    """The one-line error for a record with no end within ``limit`` bytes."""
+    why = " (or a quoted field that starts there is never closed)" if quoted else ""
+    return DataFormatError(f"{path} line {line_no}: the line is longer than {limit:,} bytes{why}; a record must fit "
+                           f"in one block of text: if the file really has such lines, raise --option block_bytes")
+
+
+def record_ends(buf: bytes, delimiter: str, quoting: bool, *, slice_bytes: int = 1 << 20) -> np.ndarray:
+    """Offsets of the ``\\n`` bytes that end a record in ``buf`` (which starts at a record start).
+
+    Without quoting (or without a ``"`` in ``buf``) that is every newline. With quoting it follows
+    the pyarrow CSV lexer: a quote opens a quoted field only at the start of a field (after the
+    delimiter, a line end or ``buf``'s start), ``""`` inside it is an escaped quote, the next single
+    quote closes it, and a quote anywhere else is a literal character. Fast path: when every quote
+    is *structural* (an opening quote at a field start, a closing one before a delimiter/line end,
+    or half of a ``""`` pair), a newline is inside a quoted field exactly when an odd number of
+    quotes precede it (vectorised, ``slice_bytes`` at a time so the temporaries stay small).
+    Otherwise the quotes are walked one by one (:func:`_quoted_spans`).
+    """
+    b = np.frombuffer(buf, dtype=np.uint8)
+    if not quoting or buf.find(b'"') < 0:
+        return np.flatnonzero(b == 10)
+    special = np.zeros(256, dtype=bool)  # bytes that may border a structural quote
+    special[[ord(delimiter), 10, 13, 34]] = True
+    out: list[np.ndarray] = []
+    seen = 0  # quotes before the current slice
+    for lo in range(0, b.size, slice_bytes):
+        part = b[lo:lo + slice_bytes]
+        quotes = np.flatnonzero(part == 34) + lo
+        opening, closing = quotes[seen % 2::2], quotes[1 - seen % 2::2]
+        before = np.where(opening > 0, b[np.maximum(opening - 1, 0)], 10)  # buf's ends act as line ends
+        after = np.where(closing + 1 < b.size, b[np.minimum(closing + 1, b.size - 1)], 10)
+        if not (special[before].all() and special[after].all()):
+            return _record_ends_walked(buf, ord(delimiter))
+        newlines = np.flatnonzero(part == 10) + lo
+        out.append(newlines[(np.searchsorted(quotes, newlines) + seen) % 2 == 0])
+        seen += quotes.size
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _record_ends_walked(buf: bytes, delimiter: int) -> np.ndarray:
+    """:func:`record_ends` for buffers with literal quotes: walk the quoted fields one by one."""
+    newlines = np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 10)
+    starts, ends = _quoted_spans(buf, delimiter)
+    if not starts.size:
+        return newlines
+    k = np.searchsorted(starts, newlines) - 1
+    inside = (k >= 0) & (newlines < ends[np.maximum(k, 0)])
+    return newlines[~inside]
+
+
+def _quoted_spans(buf: bytes, delimiter: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(start, end)`` offsets of the quoted fields in ``buf`` (pyarrow's lexer rules; see
+    :func:`record_ends`); a field still open at the end of ``buf`` ends at ``len(buf)``."""
+    starts: list[int] = []
+    ends: list[int] = []
+    pos, n = 0, len(buf)
+    while True:
+        q = buf.find(b'"', pos)
+        if q < 0:
+            break
+        if q and buf[q - 1] not in (delimiter, 10, 13):
+            pos = q + 1  # a literal quote inside an unquoted field
+            continue
+        j = q + 1
+        while True:
+            c = buf.find(b'"', j)
+            if c < 0 or c + 1 >= n:
+                c = n  # open to the end of what we have
+                break
+            if buf[c + 1] == 34:
+                j = c + 2  # "" inside a quoted field
+                continue
+            break
+        starts.append(q)
+        ends.append(c)
+        pos = c + 1
+    return np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
 
 
 def prefetch(it: Iterator[Any], depth: int = 1) -> Iterator[Any]:
@@ -233,13 +326,13 @@ class Block:
     source: DelimitedSource
 
     def line_of(self, row: int) -> int:
-        """Physical line number of table row ``row`` (empty lines are skipped by the parser)."""
+        """Physical line number where table row ``row`` starts (empty lines are skipped by the parser)."""
         seen = -1
-        for k, line in enumerate(self.raw.split(b"\n")):
-            if line.strip(b"\r"):
+        for line, record in self.source.records(self.raw, self.first_line):
+            if record.strip(b"\r"):
                 seen += 1
                 if seen == row:
-                    return self.first_line + k
+                    return line
         return self.first_line
 
     def locate(self, row: int) -> str:
@@ -325,15 +418,31 @@ class DelimitedSource:
 
     # ------------------------------------------------------------------ field counting
     def count_fields(self, line: str) -> int:
+        """Fields of one record (with quoting, a record may hold quoted newlines)."""
         if self.quoting:
             import csv
 
-            return len(next(csv.reader([line], delimiter=self.delimiter), []))
+            try:
+                return len(next(csv.reader(io.StringIO(line, newline=""), delimiter=self.delimiter), []))
+            except csv.Error:
+                return -1
         return len(line.split(self.logical))
 
+    def records(self, raw: bytes, first_line: int) -> Iterator[tuple[int, bytes]]:
+        """``(physical line number, bytes)`` of each record of ``raw`` (whole records, no newline)."""
+        ends = record_ends(raw, self.delimiter, self.quoting)
+        start, line = 0, first_line
+        for end in [*ends.tolist(), len(raw)]:
+            if end < start:
+                continue
+            record = raw[start:end]
+            yield line, record
+            line += record.count(b"\n") + 1
+            start = end + 1
+
     def _bad_line(self, raw: bytes, first_line: int) -> DataFormatError:
-        for k, line in enumerate(raw.split(b"\n")):
-            text = line.rstrip(b"\r").decode(self.encoding, errors="replace")
+        for line_no, record in self.records(raw, first_line):
+            text = record.rstrip(b"\r").decode(self.encoding, errors="replace")
             if not text.strip():
                 continue
             n = self.count_fields(text)
@@ -345,20 +454,23 @@ class DelimitedSource:
                                 f"{'tab' if self.delimiter == chr(9) else repr(self.delimiter)}-separated: "
                                 "use --format csv with a --spec file")
                         break
-                return DataFormatError(f"{self.path} line {first_line + k}: {n} fields, expected {self.expected}{hint}")
+                return DataFormatError(f"{self.path} line {line_no}: {n} fields, expected {self.expected}{hint}")
         return DataFormatError(f"{self.path} near line {first_line}: a row has the wrong number of fields (expected {self.expected})")
 
     # ------------------------------------------------------------------ reading
     def _raw_blocks(self) -> Iterator[tuple[bytes, int]]:
         """Whole-line byte blocks with the physical line number of their first line."""
         line_no = 1
+        limit = self.block_bytes
         with open_binary(self.path) as fh:
             if self.header:
-                head = fh.readline()
-                line_no += 1
-                while head and not head.strip():  # leading empty lines before the header
-                    head = fh.readline()
+                while True:  # the header, after any leading empty lines
+                    head = fh.readline(limit + 1)
+                    if len(head) > limit and not head.endswith(b"\n"):
+                        raise line_too_long(self.path, line_no, limit)
                     line_no += 1
+                    if not head or head.strip():
+                        break
             rest = b""
             while True:
                 data = fh.read(self.block_bytes)
@@ -367,7 +479,14 @@ class DelimitedSource:
                         yield rest, line_no
                     return
                 buf = rest + data
-                cut = buf.rfind(b"\n")
+                if self.quoting and buf.find(b'"') >= 0:
+                    ends = record_ends(buf, self.delimiter, True)
+                    first, cut = (int(ends[0]), int(ends[-1])) if ends.size else (len(buf), -1)
+                else:
+                    cut = buf.rfind(b"\n")
+                    first = buf.find(b"\n") if cut >= 0 else len(buf)
+                if first > limit:  # the record starting at line_no (the only one that can span reads) is too long
+                    raise line_too_long(self.path, line_no, limit, quoted=self.quoting and buf.find(b'"') >= 0)
                 if cut < 0:
                     rest = buf
                     continue
@@ -392,6 +511,7 @@ class DelimitedSource:
             quote_char='"' if self.quoting else False,
             double_quote=self.quoting,
             ignore_empty_lines=True,
+            newlines_in_values=self.quoting and raw.find(b'"') >= 0,  # else pyarrow's own 1 MiB chunks go out of sync
             invalid_row_handler=on_invalid,
         )
         convert_opts = pacsv.ConvertOptions(
@@ -463,17 +583,30 @@ def _is_float(v: Any) -> bool:
 
 
 def to_float(col: pa.Array | pa.ChunkedArray, block: Block, what: str) -> pa.Array | pa.ChunkedArray:
-    """String column -> float64 (empty strings -> null); a non-number names its line."""
+    """String column -> float64 (empty strings -> null); a non-number names its line.
+
+    A number must be **finite**: ``inf``, ``-inf`` and values beyond float64 (``1e999``) are a
+    ``DataFormatError`` naming the file and line, like any other text that is not a number
+    (issue 15: they all used to become the same token). The usual spellings of a missing
+    value (``""``, ``NA``, ``NULL``, ``nan``, ``N/A``: pyarrow's CSV null values) are missing.
+    """
     if pa.types.is_floating(col.type):
-        return col
-    empty = pc.equal(col, "")
-    masked = pc.if_else(empty, pa.scalar(None, pa.string()), col)
-    try:
-        return pc.cast(masked, pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        values = masked.to_pylist()
-        i = _first_bad(values, lambda v: v is None or _is_float(v))
-        raise DataFormatError(f"{block.locate(i)}: {what} {values[i]!r} is not a number") from None
+        x = col
+    else:
+        empty = pc.equal(col, "")
+        masked = pc.if_else(empty, pa.scalar(None, pa.string()), col)
+        try:
+            x = pc.cast(masked, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values = masked.to_pylist()
+            i = _first_bad(values, lambda v: v is None or _is_float(v))
+            raise DataFormatError(f"{block.locate(i)}: {what} {values[i]!r} is not a number") from None
+    infinite = pc.is_inf(x)
+    if pc.any(infinite).as_py():
+        i = int(np.flatnonzero(to_numpy(pc.fill_null(infinite, False)))[0])
+        raise DataFormatError(f"{block.locate(i)}: {what} is {to_numpy(x)[i]} (written as inf or a number beyond "
+                              "±1.8e308 such as 1e999), not a finite number; fix or remove the line")
+    return x
 
 
 def labels_from(col: pa.Array, block: Block, what: str = "label", threshold: float = 0.0) -> np.ndarray:
@@ -488,18 +621,33 @@ def labels_from(col: pa.Array, block: Block, what: str = "label", threshold: flo
     return (to_numpy(x) > threshold).astype(np.float32)
 
 
-def map_distinct(x: pa.Array | pa.ChunkedArray, fn: Callable[[np.ndarray], np.ndarray]) -> pa.Array:
+#: The integer tokens a numeric rule may produce: int64, so ``x`` outside [-2^63, 2^63) has none.
+INT64_LIMIT = float(2**63)
+
+
+def map_distinct(x: pa.Array | pa.ChunkedArray, fn: Callable[[np.ndarray], np.ndarray],
+                 block: Block | None = None, what: str = "value") -> pa.Array:
     """Apply a numeric ``fn`` to the *distinct* values of ``x`` only, then gather.
 
     Integer-like columns have few distinct values (a Criteo I-column has at most a few
     thousand per chunk), so hashing once and transforming the dictionary is several times
-    cheaper than transforming every row. ``fn`` maps float64 (NaN = missing) to int64;
-    missing stays null.
+    cheaper than transforming every row. ``fn`` maps float64 (NaN = missing) to whole
+    numbers; missing stays null. A result that is not finite or does not fit int64
+    (``-9.3e18`` kept as itself) is a ``DataFormatError`` naming ``block``'s line: casting it
+    would give every such value the same token.
     """
     values, indices = dictionary_encode(x)
     v = to_numpy(values).astype(np.float64)
     missing = np.isnan(v)
-    out = fn(np.where(missing, 0.0, v)).astype(np.int64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        f = np.asarray(fn(np.where(missing, 0.0, v)), dtype=np.float64)
+    bad = ~missing & ~(np.isfinite(f) & (f >= -INT64_LIMIT) & (f < INT64_LIMIT))
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        where = block.locate(int(np.flatnonzero(indices == k)[0])) if block is not None else "input"
+        raise DataFormatError(f"{where}: {what} {v[k]:.6g} has no integer token (outside the 64-bit integer range "
+                              f"±9.2e18, or not finite); an integer field holds counts: fix or remove the line")
+    out = np.where(missing, 0.0, f).astype(np.int64)
     return pa.array(out, mask=missing).take(pa.array(indices))
 
 
@@ -508,17 +656,18 @@ def _log2_rule(v: np.ndarray) -> np.ndarray:
         return np.where(v > 2, np.floor(np.log(np.maximum(v, 1.0)) ** 2), np.floor(v))
 
 
-def criteo_log2(x: pa.Array | pa.ChunkedArray) -> pa.Array:
+def criteo_log2(x: pa.Array | pa.ChunkedArray, block: Block | None = None, what: str = "value") -> pa.Array:
     """Criteo integer bucketing: ``x > 2 -> floor(ln(x)^2)``, else ``x`` itself; missing stays null.
 
     This is the discretisation of the Kaggle Criteo winners' solution as used in the PEP
     (Liu et al., ICLR 2021, ``ssui-liu/learnable-embed-sizes-for-RecSys`` ``criteo.py``:
     ``if val > 2: val = int(math.log(float(val)) ** 2)``) and DeepLight (Deng et al.,
-    WSDM 2021) preprocessing code. Takes float64 with nulls, returns int64 with nulls.
+    WSDM 2021) preprocessing code. Takes float64 with nulls, returns int64 with nulls; a value
+    without an int64 token (``x < -2^63``, not finite) names ``block``'s line (:func:`map_distinct`).
     """
-    return map_distinct(x, _log2_rule)
+    return map_distinct(x, _log2_rule, block, what)
 
 
-def int_tokens(x: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """float64 with nulls -> int64 with nulls (``floor``)."""
-    return map_distinct(x, np.floor)
+def int_tokens(x: pa.Array | pa.ChunkedArray, block: Block | None = None, what: str = "value") -> pa.Array:
+    """float64 with nulls -> int64 with nulls (``floor``); out-of-range values as in :func:`map_distinct`."""
+    return map_distinct(x, np.floor, block, what)

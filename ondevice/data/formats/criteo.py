@@ -9,7 +9,11 @@ All 39 columns become categorical fields (vocabulary encoding):
 * ``I1..I13``: ``x > 2 -> floor(ln(x)^2)``, otherwise ``x`` itself (``-1``, ``0``, ``1``,
   ``2`` keep their value) — the convention of the Kaggle winners' solution used by the PEP
   (Liu et al., ICLR 2021) and DeepLight (Deng et al., WSDM 2021) preprocessing code. A
-  missing value is a value of its own (stored as ``""`` in the vocabulary).
+  missing value (an empty cell, or ``NA``/``NULL``/``nan``) is a value of its own (stored as
+  ``""`` in the vocabulary). A value that is not a finite number (``inf``, ``1e999``) or has no
+  64-bit integer token (``-9.3e18``, which the rule keeps as itself) is refused with its file
+  and line, like any other non-number: these are counts, and such a value means a damaged
+  file (they used to share one token silently).
 * ``C1..C26``: the hex string; a missing value (``""``) is a value of its own.
 
 The label must be a number; ``> 0`` is a click.
@@ -53,6 +57,6 @@ class CriteoFormat(RawFormat):
                               block_bytes=self.opts.get("block_bytes", DEFAULT_BLOCK_BYTES))
         for block in src.blocks(chunk_rows):
             labels = labels_from(block.column("label"), block)
-            cols = [criteo_log2(to_float(block.column(c), block, c)) for c in INT_COLUMNS]
+            cols = [criteo_log2(to_float(block.column(c), block, c), block, c) for c in INT_COLUMNS]
             cols += [block.column(c) for c in CAT_COLUMNS]
             yield Chunk(cols, labels, block.locate)

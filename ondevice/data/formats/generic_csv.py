@@ -26,7 +26,8 @@ The same in JSON: ``{"delimiter": ",", "label": "click", "categorical": [...],
 "numeric": {"price": "log2", "age": {"edges": [18, 25]}}, "hash_buckets": {...}}``.
 
 Field order: ``categorical`` then ``numeric`` (CTR), or ``user, item`` (top-K). An empty
-cell is the column's missing value, a value of its own. Numeric cells must be numbers.
+cell is the column's missing value, a value of its own. Numeric cells must be finite numbers
+(``inf``/``1e999`` are refused with their line; ``int``/``log2`` values must fit int64).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import pyarrow as pa
 
 from ondevice.data.formats.base import (
     DEFAULT_BLOCK_BYTES,
+    Block,
     Chunk,
     DelimitedSource,
     FieldSpec,
@@ -105,7 +107,8 @@ def load_spec(path: str | Path) -> dict[str, Any]:
 class CsvFormat(RawFormat):
     name = "csv"
     task = "ctr"
-    options = {"spec": "path of the JSON/TOML spec file describing the columns (required)"}
+    options = {"spec": "path of the JSON/TOML spec file describing the columns (required)",
+               "block_bytes": "bytes of text parsed at a time (default: the spec's block_bytes, else 8 MiB)"}
 
     def inspect(self, inputs: Sequence[Path]) -> list[FieldSpec]:
         if "spec" not in self.opts:
@@ -145,7 +148,7 @@ class CsvFormat(RawFormat):
             delimiter=spec.get("delimiter", ","),
             header=self.header,
             quoting=bool(spec.get("quoting", True)),
-            block_bytes=spec.get("block_bytes", DEFAULT_BLOCK_BYTES),
+            block_bytes=self.opts.get("block_bytes", spec.get("block_bytes", DEFAULT_BLOCK_BYTES)),
         )
 
     def iter_chunks(self, path: Path, chunk_rows: int) -> Iterator[Chunk]:
@@ -158,7 +161,7 @@ class CsvFormat(RawFormat):
             for c in self.feature_cols:
                 col = block.column(c)
                 if c in self.numeric:
-                    col = _bucket(to_float(col, block, c), self.numeric[c])
+                    col = _bucket(to_float(col, block, c), self.numeric[c], block, c)
                 cols.append(col)
             yield Chunk(cols, labels, block.locate)
 
@@ -174,11 +177,11 @@ def _rule_name(rule: Any) -> str:
     return "edges:" + ",".join(str(e) for e in rule["edges"])
 
 
-def _bucket(x: pa.Array, rule: Any) -> pa.Array:
+def _bucket(x: pa.Array, rule: Any, block: Block, what: str) -> pa.Array:
     if rule == "log2":
-        return criteo_log2(x)
+        return criteo_log2(x, block, what)
     if rule == "int":
-        return int_tokens(x)
+        return int_tokens(x, block, what)
     edges = np.asarray(sorted(rule["edges"]), dtype=np.float64)
     v = x.to_numpy(zero_copy_only=False)
     missing = np.isnan(v)

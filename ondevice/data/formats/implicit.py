@@ -23,21 +23,28 @@ from pathlib import Path
 
 import numpy as np
 
-from ondevice.data.formats.base import Chunk, FieldSpec, RawFormat, open_binary
+from ondevice.data.formats.base import (
+    DEFAULT_BLOCK_BYTES,
+    Chunk,
+    FieldSpec,
+    RawFormat,
+    line_too_long,
+    open_binary,
+)
 from ondevice.errors import DataFormatError
 
 
 class ImplicitFormat(RawFormat):
     name = "implicit"
     task = "topk"
-    options = {}
+    options = {"block_bytes": "bytes of text parsed at a time (default 8 MiB); a longer line is refused"}
     label_rule = "implicit: every listed (user, item) pair is a positive"
 
     def inspect(self, inputs: Sequence[Path]) -> list[FieldSpec]:
         return [FieldSpec("user", encoding="identity", role="user"), FieldSpec("item", encoding="identity", role="item")]
 
     def iter_chunks(self, path: Path, chunk_rows: int) -> Iterator[Chunk]:
-        block_bytes = 8 << 20
+        block_bytes = max(int(self.opts.get("block_bytes", DEFAULT_BLOCK_BYTES)), 1 << 16)
         line_no = 1
         with open_binary(path) as fh:
             rest = b""
@@ -48,6 +55,8 @@ class ImplicitFormat(RawFormat):
                     block, rest = buf, b""
                 else:
                     cut = buf.rfind(b"\n")
+                    if (buf.find(b"\n") if cut >= 0 else len(buf)) > block_bytes:  # memory stays bounded by the block size
+                        raise line_too_long(path, line_no, block_bytes)
                     if cut < 0:
                         rest = buf
                         continue
