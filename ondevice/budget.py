@@ -23,7 +23,7 @@ which the p99 latency target applies, and the runtime format the device loads. S
 Every key but ``emulated_cpu`` is required and unknown keys are an error. ``emulated_cpu``
 names the ``qemu-aarch64 -cpu`` model whose kernel family matches the device's cores
 (``compress --fleet`` checks arm64 parity on it; default ``neoverse-n1``). Profiles ship inside the package
-(``ondevice/_resources/budgets``; ``budgets/`` at the repository root is the same set) and
+(``ondevice/_resources/budgets``; ``budgets/*.toml`` at the repository root are links to them) and
 are found by name (``load_profile("rpi4")``) or by path (``load_profile("my/dev.toml")``).
 """
 

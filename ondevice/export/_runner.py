@@ -1,7 +1,7 @@
 """Access to the torch-free device runner that ships with the package.
 
-The runner (``ondevice/_resources/device_runner/runner.py``, committed again as
-``export/runner.py`` at the repository root) imports only onnxruntime and numpy. The host
+The runner (``ondevice/_resources/device_runner/runner.py``; ``export/runner.py`` at the repository
+root is a link to it, so there is one source) imports only onnxruntime and numpy. The host
 side imports the same file so host and device measure and compare in exactly one way.
 """
 
