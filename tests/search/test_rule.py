@@ -197,6 +197,7 @@ def test_weak_estimator_is_not_deployed(setting) -> None:
     picked = r.trace[2]["picked"]
     assert "evolution" not in picked["scored"] and picked["evolution_dropped"] and picked["source"].startswith("nested")
     assert r.trace[2]["estimator_signal"]["passed"] is False
+    assert r.warnings and "evolutionary pick was dropped" in r.warnings[0]  # the fallback is said aloud
 
 
 def test_rule_never_deploys_more_than_the_full_model_unless_better(setting) -> None:

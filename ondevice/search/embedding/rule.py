@@ -684,9 +684,15 @@ class RULESearcher(Searcher):
                           "seconds": tuned.seconds})
         elif self.finetune_epochs > 0:
             trace.append({"finetune": "shared: this configuration was fine-tuned for an earlier budget or profile"})
+        warnings = []
+        if not trusted:  # the fallback: popularity-graded nested configurations only
+            rho = "none" if signal["spearman"] is None else f"{signal['spearman']:.2f}"
+            warnings.append(f"rule: the performance estimator's held-out Spearman {rho} is below "
+                            f"{self.min_estimator_rho}; the evolutionary pick was dropped and only the nested "
+                            "(popularity-graded) configurations were compared on validation")
         return SearchResult(model=model, config=config, val=val, metric=metric, trace=trace,
                             timings={"supernet_s": supernet_s, "search_s": search_s,
-                                     "retrain_s": tuned.seconds if tuned is not None else 0.0})
+                                     "retrain_s": tuned.seconds if tuned is not None else 0.0}, warnings=warnings)
 
     def _settings(self) -> dict[str, Any]:
         return {"finetune_epochs": self.finetune_epochs, "finetune_lr": self.finetune_lr, "dtype": self.dtype,
