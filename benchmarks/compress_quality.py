@@ -246,7 +246,7 @@ def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log,
             if key not in cache:
                 t0 = time.perf_counter()
                 try:
-                    searcher = make_searcher(spec, **params)
+                    searcher = make_searcher(spec, shared=params)  # shared: a method ignores what it does not take
                     result, fb, attempts = _search_fitting(searcher, ckpt, data, nbytes, overhead, mlp=mlp,
                                                            work_dir=CACHE / f"work-{name}-{_key(st)}")
                 except BudgetTooSmallError as err:

@@ -138,7 +138,7 @@ def main() -> None:
                 searcher = make_searcher(method, epochs=args.uniform_epochs, lr=5e-3, batch_size=2048,
                                          search_epochs=args.pep_search_epochs, threshold_lr=args.pep_threshold_lr)
             else:
-                searcher = make_searcher(method, epochs=args.uniform_epochs, lr=5e-3, batch_size=2048)
+                searcher = make_searcher(method, shared={"epochs": args.uniform_epochs, "lr": 5e-3, "batch_size": 2048})
             t1 = time.perf_counter()
             try:
                 r = searcher.search(ckpt, data, nbytes, accountant=acc)

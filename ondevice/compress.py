@@ -289,6 +289,16 @@ def _mlp_for(mlp: str, dev: DeviceProfile | None) -> str:
     return "fp32"
 
 
+def _params_of(method: str, options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A method's settings from per-method options; ``auto`` also hands the other methods'
+    options to its candidates (``candidate_params``), unless it was given its own."""
+    params = method_params(options, method)
+    others = {k: v for k, v in options.items() if k != "auto"}
+    if method == "auto" and others and "candidate_params" not in params:
+        params["candidate_params"] = others
+    return params
+
+
 def compress(
     run_dir: str | Path,
     *,
@@ -353,9 +363,7 @@ def compress(
     shared = {"epochs": epochs, "seed": seed, "time_limit_s": time_limit_s, "max_loss": floor,
               "allow_input_change": allow_input_change, "progress": not quiet}
     check_method_options(extra)
-    searchers = {m: make_searcher(m, **{**shared, **method_params(extra, m),
-                                        **({"candidate_params": extra} if m == "auto" and extra else {})})
-                 for m in methods}
+    searchers = {m: make_searcher(m, shared=shared, **_params_of(m, extra)) for m in methods}
     if profile_runs < 1:
         raise BadInputError(f"profile runs must be >= 1, got {profile_runs}")
     out_dir = Path(out_dir)

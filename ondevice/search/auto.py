@@ -213,8 +213,8 @@ class AutoSearcher(Searcher):
         searchers: dict[str, Searcher] = {}
         candidates: list[dict[str, Any]] = []
         for method in names:
-            params = {"epochs": self.epochs, "seed": self.seed, **method_params(self.candidate_params or {}, method)}
-            searchers[method] = make_searcher(method, **params)
+            searchers[method] = make_searcher(method, shared={"epochs": self.epochs, "seed": self.seed},
+                                              **method_params(self.candidate_params or {}, method))
         export_s = 0.05 + probe["val_s"]  # refined by the first measured candidate
         expected = {m: probe["val_s"] + (0.0 if m in _NO_RETRAIN else _epochs_of(s) * (probe["epoch_s"] + probe["val_s"]))
                     for m, s in searchers.items()}

@@ -531,18 +531,24 @@ def method_names() -> list[str]:
     return names + [f"{n}+{s}" for n in names if SEARCHERS[n].supports_dtype for s in ("int8", "fp16")]
 
 
-def make_searcher(method: str, **params: Any) -> Searcher:
+def make_searcher(method: str, *, shared: dict[str, Any] | None = None, **params: Any) -> Searcher:
     """Build the searcher a ``--method`` value names; ``params`` override its defaults.
 
-    Unknown parameters of the chosen searcher are dropped only when ``params`` came from a
-    shared option (``epochs``, ``seed``...) the searcher does not take.
+    A setting in ``params`` that the searcher does not have is a one-line error naming the
+    ones it has (a typo such as ``treshold_init`` is never dropped silently). ``shared``
+    holds options given to every method at once (``epochs``, ``seed``...): a method that does
+    not take one ignores it. ``None`` values mean "the method's default".
     """
     base, _, suffix = method.partition("+")
     cls = SEARCHERS.get(base)
     if cls is None or (suffix and (suffix not in _SUFFIX_DTYPE or not cls.supports_dtype)):
         raise BadInputError(f"unknown --method {method!r}; choose one of: {', '.join(method_names())}")
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    kwargs = {k: v for k, v in params.items() if k in accepted and v is not None}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise BadInputError(f"{base} has no setting {unknown[0]!r}; its settings: {', '.join(sorted(accepted))}")
+    kwargs = {k: v for k, v in (shared or {}).items() if k in accepted and v is not None}
+    kwargs.update({k: v for k, v in params.items() if v is not None})
     if suffix:
         kwargs["dtype"] = _SUFFIX_DTYPE[suffix]
     return cls(**kwargs)

@@ -26,7 +26,7 @@ def _data(run: Path) -> EncodedDataset:
 
 @pytest.mark.parametrize("method", method_names())
 def test_get_params_round_trips(method: str) -> None:
-    s = make_searcher(method, epochs=1, seed=3)
+    s = make_searcher(method, shared={"epochs": 1, "seed": 3})
     params = s.get_params()
     json.dumps(params)  # goes into the manifest
     clone = s.clone()
@@ -109,7 +109,7 @@ def test_mde_dims_follow_the_power_law() -> None:
 @pytest.mark.parametrize("method", ["sseds", "int8", "pep", "mde", "uniform", "hash"])
 def test_too_small_budget_names_the_minimum(trained_run: Path, method: str) -> None:
     with pytest.raises(BudgetTooSmallError, match="smallest model") as err:
-        make_searcher(method, epochs=1).search(trained_run, _data(trained_run), 5_000)
+        make_searcher(method, shared={"epochs": 1}).search(trained_run, _data(trained_run), 5_000)
     assert err.value.minimum_bytes > 5_000
     assert f"{err.value.minimum_bytes:,} B" in str(err.value) and "takes" in str(err.value)
     assert "\n" not in str(err.value)
@@ -133,3 +133,9 @@ def test_accountant_splits_budget(trained_run: Path) -> None:
     assert acc.fixed_bytes(model) == sum(parts.values())
     assert acc.embedding_target(model, 50_000) == 50_000 - acc.fixed_bytes(model)
     assert acc.parameter_bytes(model) >= acc.fixed_bytes(model) - 1000 + model.embedding.storage_bytes() - 16 * 5 * 2
+
+
+def test_make_searcher_rejects_a_typo_but_ignores_shared_options() -> None:
+    with pytest.raises(BadInputError, match="pep has no setting 'treshold_init'; its settings: .*threshold_init"):
+        make_searcher("pep", treshold_init=-4)
+    assert "epochs" not in make_searcher("int8", shared={"epochs": 3}).get_params()  # int8 does not train

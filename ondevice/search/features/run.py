@@ -52,8 +52,8 @@ def search_features(run_dir: str | Path, out_dir: str | Path, *, budget: str | i
     full_file, full_params = measure_file_bytes(ckpt.model)
     acc = ByteAccountant(graph_overhead_bytes=full_file - full_params)
     limit = parse_budget(budget) if budget is not None else acc.file_bytes_estimate(ckpt.model)
-    searcher = make_searcher(method, epochs=epochs, seed=seed, num_fields=keep, search_epochs=search_epochs,
-                             signal_level=signal_level)
+    searcher = make_searcher(method, shared={"epochs": epochs, "seed": seed}, num_fields=keep,
+                             search_epochs=search_epochs, signal_level=signal_level)
     result = searcher.search(ckpt, data, limit, accountant=acc)
     file_bytes, _ = measure_file_bytes(result.model)
     if budget is not None and file_bytes > limit:
