@@ -405,6 +405,56 @@ class SearchResult:
                 "model": self.model.describe(),
                 **({"candidates": self.candidates} if self.candidates is not None else {})}
 
+    def save(self, path: str | Path) -> None:
+        """Write the result, weights included, atomically (data only: :meth:`load` reads it with
+        ``weights_only=True``). A loaded result exports to the same bytes (``compress --resume``)."""
+        import io
+        import json
+
+        from ondevice.io import _json_default, atomic_write_bytes
+
+        meta = {"config": self.config, "val": self.val, "metric": self.metric, "trace": self.trace,
+                "bytes_estimate": self.bytes_estimate, "timings": self.timings, "params": self.params,
+                "candidates": self.candidates, "warnings": list(self.warnings),
+                "schema": self.schema.to_dict() if self.schema is not None else None,
+                "training": [n for n, m in self.model.named_modules() if m.training],
+                "frozen": [n for n, p in self.model.named_parameters() if not p.requires_grad]}
+        payload = {"format": "ondevice-search-result", "model": json.dumps(self.model.describe(), default=_json_default),
+                   "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                   "meta": json.dumps(meta, default=_json_default)}
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> SearchResult:
+        """A result written by :meth:`save`; ``CheckpointError`` (one line) when it is unreadable."""
+        import json
+
+        from ondevice.errors import CheckpointError
+        from ondevice.models import model_from_description
+
+        try:
+            payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+            if not isinstance(payload, dict) or payload.get("format") != "ondevice-search-result":
+                raise ValueError("not a saved search result")
+            meta = json.loads(payload["meta"])
+            model = model_from_description(json.loads(payload["model"]))
+            model.load_state_dict(payload["state_dict"])
+        except Exception as err:  # noqa: BLE001 - any failure: the file is not a result we can reuse
+            raise CheckpointError(f"{path} is not a readable search result ({type(err).__name__}); "
+                                  "start over with --force") from None
+        training = set(meta["training"])
+        for name, module in model.named_modules():
+            module.training = name in training
+        frozen = set(meta["frozen"])
+        for name, p in model.named_parameters():
+            p.requires_grad_(name not in frozen)
+        schema = Schema.from_dict(meta["schema"], source=str(path)) if meta["schema"] is not None else None
+        return cls(model=model, config=meta["config"], val=meta["val"], metric=meta["metric"], trace=meta["trace"],
+                   bytes_estimate=meta["bytes_estimate"], timings=meta["timings"], params=meta["params"],
+                   candidates=meta["candidates"], schema=schema, warnings=meta["warnings"])
+
 
 def make_config(type_name: str, data: dict[str, Any], version: int = 1) -> dict[str, Any]:
     return {"_type": type_name, "_version": version, "_data": data}
@@ -446,12 +496,14 @@ class Searcher:
 
     def search(self, checkpoint: str | Path | Checkpoint, data: str | Path | EncodedDataset, budget_bytes: int, *,
                accountant: ByteAccountant | None = None, work_dir: str | Path | None = None,
-               mlp: str = "fp32") -> SearchResult:
+               mlp: str = "fp32", state_dir: str | Path | None = None) -> SearchResult:
         """Compress ``checkpoint``'s model so its exported file fits ``budget_bytes``.
 
         ``work_dir``: a folder where a once-for-all method may cache what it trained for
         all budgets (RULE's elastic model); ``None`` keeps such caches in memory only.
         ``mlp``: how the dense layers are stored, ``fp32`` | ``int8`` | ``auto`` (module docstring).
+        ``state_dir``: a folder of this one search where a searcher that runs others (``auto``)
+        keeps each finished candidate, so a killed ``compress`` resumes from them (``--resume``).
         """
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         ds = data if isinstance(data, EncodedDataset) else EncodedDataset(data)
@@ -470,7 +522,8 @@ class Searcher:
         if int(budget_bytes) < 1:
             raise BadInputError(f"budget must be >= 1 byte, got {budget_bytes}")
         ctx = SearchContext(ckpt=ckpt, data=ds, budget_bytes=int(budget_bytes), accountant=accountant or ByteAccountant(),
-                            work_dir=Path(work_dir) if work_dir is not None else None, mlp=mlp)
+                            work_dir=Path(work_dir) if work_dir is not None else None, mlp=mlp,
+                            state_dir=Path(state_dir) if state_dir is not None else None)
         started = time.perf_counter()
         # Reproducibility: whatever ran before in this process (another searcher, a model built
         # and discarded) must not change what this one draws. Without this, ``uniform`` built its
@@ -504,6 +557,7 @@ class SearchContext:
     accountant: ByteAccountant
     work_dir: Path | None = None
     mlp: str = "fp32"  # the --mlp option (``auto`` passes it to its candidates)
+    state_dir: Path | None = None  # where ``auto`` keeps finished candidates (``compress --resume``)
 
     @property
     def model(self) -> CTRModel:
