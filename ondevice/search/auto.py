@@ -67,6 +67,7 @@ from ondevice.search.base import (
     SearchContext,
     Searcher,
     SearchResult,
+    itemise_bytes,
     make_config,
     make_searcher,
     method_params,
@@ -315,7 +316,7 @@ class AutoSearcher(Searcher):
                                                                    mlp=ctx.mlp)
             except BudgetTooSmallError as err:
                 candidates.append({**base, "outcome": "does not fit", "minimum_bytes": err.minimum_bytes,
-                                   "message": str(err), "seconds": time.perf_counter() - t0})
+                                   "minimum_parts": err.parts, "message": str(err), "seconds": time.perf_counter() - t0})
                 self._say(f"{method}: does not fit ({time.perf_counter() - started:.1f}s)")
                 self._keep(store, position, candidates[-1], None, started)
                 continue
@@ -397,12 +398,15 @@ class AutoSearcher(Searcher):
                     f"{self.max_loss:.1%} of the full model's {full:.4f}: the best, {best['method']}, reaches "
                     f"{best['val_metric']:.4f} ({best['loss']:.1%} loss)",
                     best_method=best["method"], best_loss=best["loss"], budget_bytes=ctx.budget_bytes)
-            minimums = [(c["minimum_bytes"], c["method"]) for c in candidates if c.get("minimum_bytes") is not None]
+            minimums = [c for c in candidates if c.get("minimum_bytes") is not None]
             if minimums and not measured:
-                need, what = min(minimums)
+                need = min(minimums, key=lambda c: c["minimum_bytes"])
+                parts = need.get("minimum_parts")
                 raise BudgetTooSmallError(
                     f"no method auto tried fits the budget of {ctx.budget_bytes:,} B; the smallest model any of them "
-                    f"can build is {need:,} B ({what}); raise the budget", minimum_bytes=need)
+                    f"can build is {need['minimum_bytes']:,} B ({need['method']}"
+                    + (f": {itemise_bytes(parts)}" if parts else "") + "); raise the budget",
+                    minimum_bytes=need["minimum_bytes"], parts=parts)
             reasons = "; ".join(f"{c['method']}: {c.get('message', c['outcome'])}" for c in candidates)
             raise BadInputError(f"auto found no candidate to choose at {ctx.budget_bytes:,} B ({reasons[:400]})")
         best = max(ok, key=lambda c: c["val_metric"])  # the first of equals: the run order

@@ -81,7 +81,7 @@ from ondevice.embedding import EmbeddingLayer, QuantizedEmbedding
 from ondevice.embedding.base import stored_bytes
 from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.models import BPRMF, CTRModel, RecModel
-from ondevice.models.int8_linear import quantizable_linears, quantize_dense_layers_
+from ondevice.models.int8_linear import Int8Linear, quantizable_linears, quantize_dense_layers_
 from ondevice.models.narrow_mlp import can_narrow, narrow_mlp_
 from ondevice.schema import Schema
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint
@@ -98,6 +98,7 @@ __all__ = [
     "SearchContext",
     "Searcher",
     "first_order_layer",
+    "itemise_bytes",
     "make_searcher",
     "method_names",
     "register_searcher",
@@ -223,23 +224,88 @@ class ByteAccountant:
         """Bytes ``model.<compressible>`` may take in its deployable form."""
         return budget_bytes - self.fixed_bytes(model, compressible)
 
+    def minimum_parts(self, model: RecModel, smallest_embedding: int | None = None,
+                      embedding_label: str | None = None) -> dict[str, int]:
+        """Every part of the bytes of ``model``'s smallest form, each named with the form it is counted in.
+
+        ``smallest_embedding``: the bytes of the smallest compressible table the method can
+        build (default: ``model``'s own, in its deployable form). The parts are the embedding,
+        the first-order table (fp32 / fp16 / dropped), the MLP (fp32 / int8, with its widths),
+        any other layer, the biases, the ONNX graph's own bytes (measured on the full model) and
+        the format margin; they add up to :meth:`fixed_bytes` + the embedding. This one function
+        is what every "too small" message itemises (``search`` commands, ``compress --method``,
+        ``auto``, the architecture search).
+        """
+        topk = isinstance(model, BPRMF)
+        compressible = "item_embedding" if topk else "embedding"
+        table = getattr(model, compressible, None)
+        own = stored_bytes(table.storage_tensors()) if isinstance(table, EmbeddingLayer) else 0
+        if smallest_embedding is None:
+            smallest_embedding = own
+        parts = {embedding_label or ("item table" if topk else "embedding"): int(smallest_embedding)}
+        if not topk:
+            for name, child in model.named_children():
+                if name == compressible:
+                    continue
+                n = stored_bytes(self._fixed_tensors(name, child))
+                if name == "linear" and isinstance(child, EmbeddingLayer):
+                    form = {"keep": "fp32", "fp16": "fp16", "drop": "dropped"}.get(self.first_order, self.first_order)
+                    if isinstance(child, QuantizedEmbedding) and self.first_order == "keep":
+                        form = child.dtype_name.replace("float", "fp")
+                    parts[f"first-order table ({form})"] = n
+                elif name == "mlp" or quantizable_linears(child):
+                    dims = getattr(model, "mlp_dims", None) if name == "mlp" else None
+                    int8 = self.mlp == "int8" or any(isinstance(m, Int8Linear) for m in child.modules())
+                    widths = f", hidden {'-'.join(map(str, dims))}" if dims else ""
+                    parts[f"{'MLP' if name == 'mlp' else name} ({'int8' if int8 else 'fp32'}{widths})"] = n
+                elif n:
+                    parts[name] = n
+            if getattr(model, "linear", "absent") is None:  # dropped before the search (first_order=drop)
+                parts["first-order table (dropped)"] = 0
+            first = [k for k in parts if k.startswith("first-order")]  # order: embedding, first-order, the rest
+            parts = {**{k: parts[k] for k in list(parts)[:1] + first}, **parts}
+            biases = [t for k, t in model.state_dict().items() if "." not in k]
+            if biases:
+                parts["biases"] = stored_bytes(biases)
+            # the file stores a tensor once however many layers hold it (e.g. the field offsets of
+            # int8 tables): the parts above count it in each
+            if smallest_embedding == own:
+                stored = self.planned_file_bytes(model) - self.graph_overhead_bytes - self.margin_bytes
+            else:
+                stored = smallest_embedding + self.fixed_bytes(model) - self.graph_overhead_bytes - self.margin_bytes
+            if stored != sum(parts.values()):
+                parts[SHARED_PART] = stored - sum(parts.values())
+        parts["ONNX graph"] = self.graph_overhead_bytes
+        parts["format margin"] = self.margin_bytes
+        return parts
+
     def too_small(self, method: str, budget_bytes: int, minimum_bytes: int, model: RecModel,
                   smallest_embedding: int | None = None, what: str | None = None) -> BudgetTooSmallError:
-        """The one-line error: the minimum and what takes it."""
-        if what is None:
-            parts = self.fixed_parts(model)
-            if smallest_embedding is not None:
-                parts["the smallest embedding"] = smallest_embedding
-            top = sorted(parts.items(), key=lambda kv: -kv[1])[:3]
-            what = ", ".join(f"{_label(k)} {format_bytes(v)}" for k, v in top)
-            if self.first_order != "keep":
-                what += {"fp16": "; first-order table in fp16", "drop": "; first-order table dropped"}.get(self.first_order, "")
-            if self.mlp == "int8":
-                what += "; MLP in int8"
+        """The one-line error: the minimum, itemised by :meth:`minimum_parts` (``what`` names
+        the embedding part when it is not the method's smallest table, e.g. one field alone)."""
+        label = "smallest embedding" if smallest_embedding is not None else None
+        if what:
+            label = what if what.startswith(("embedding", "item table")) else f"embedding of {what}"
+        parts = self.minimum_parts(model, smallest_embedding, embedding_label=label)
+        rest = minimum_bytes - sum(parts.values())
+        if rest:  # structures of the method that are not a layer of the model (should not happen)
+            parts["other"] = rest
         return BudgetTooSmallError(
             f"budget {format_bytes(budget_bytes)} is below the smallest model {method} can build, "
-            f"{format_bytes(minimum_bytes)} ({what}); raise the budget or pick another --method",
-            minimum_bytes=minimum_bytes)
+            f"{format_bytes(minimum_bytes)} = {itemise_bytes(parts)}; raise the budget or pick another --method",
+            minimum_bytes=minimum_bytes, parts=parts)
+
+
+#: The (negative) part of :meth:`ByteAccountant.minimum_parts` for tensors two layers share.
+SHARED_PART = "tensors two parts share (stored once)"
+
+
+def itemise_bytes(parts: dict[str, int]) -> str:
+    """``embedding 840 B + MLP (int8, hidden 16) 97 B + ... − shared 80 B``: a byte count's parts, one line."""
+    text = ""
+    for name, n in parts.items():
+        text += (f" − {name} {-n:,} B" if n < 0 else f" + {name} {n:,} B") if text else f"{name} {n:,} B"
+    return text
 
 
 def first_order_layer(layer: EmbeddingLayer, form: str) -> EmbeddingLayer | None:
@@ -362,12 +428,6 @@ def search_with_fixed_parts(run: Callable[[SearchContext], SearchResult], ctx: S
         if divisor > 1:
             result.config["_data"]["mlp_dims"] = list(out.mlp_dims)
     return result
-
-
-def _label(name: str) -> str:
-    return {"mlp": "the MLP takes", "linear": "the first-order table takes", "onnx graph": "the graph takes",
-            "format margin": "the margin for a compressed format's extra graph nodes takes",
-            "the smallest embedding": "the smallest embedding takes"}.get(name, f"{name} takes")
 
 
 # ---------------------------------------------------------------------- result
