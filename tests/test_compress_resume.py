@@ -106,6 +106,7 @@ def test_resume_after_sigkill_at_six_points_equals_the_straight_run(trained_run:
     assert not (tmp_path / "out.partial").exists() and is_finished(out, "compress")
     assert not (out / "_resume").exists()
     assert_same_outputs(straight, out)
+    assert json.loads((out / "summary.json").read_text())["methods"]["auto"]["max_loss"] is None  # --max-loss off reached auto
     for name in ("17KB-auto", "12KB-auto", "17KB-uniform", "12KB-uniform"):
         assert (out / name / "model.onnx").read_bytes() == (straight / name / "model.onnx").read_bytes()
 

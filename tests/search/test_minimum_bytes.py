@@ -76,9 +76,9 @@ def test_search_commands_and_compress_agree_on_the_minimum(trained_run: Path, tm
     from ondevice.search.features.run import search_features
     from ondevice.search.interaction import AutoFISSearcher, OptInterSearcher, search_interactions
 
-    def minimum(call) -> BudgetTooSmallError:
+    def minimum(call, *args, **kwargs) -> BudgetTooSmallError:
         with pytest.raises(BudgetTooSmallError) as err:
-            call()
+            call(*args, **kwargs)
         _assert_itemised(err.value)
         return err.value
 
@@ -86,15 +86,15 @@ def test_search_commands_and_compress_agree_on_the_minimum(trained_run: Path, tm
                                        ("autofis", AutoFISSearcher(epochs=1, search_epochs=1), False),
                                        ("autofield", None, True), ("adafs", None, True)):
         for mlp in ("auto", "fp32"):
-            via_compress = minimum(lambda: compress(trained_run, budgets=["1KB"], methods=[method], mlp=mlp, epochs=1,
-                                                    out_dir=tmp_path / "c", force=True, profile=False, plot=False,
-                                                    quiet=True, evaluate_test=False))
+            via_compress = minimum(compress, trained_run, budgets=["1KB"], methods=[method], mlp=mlp, epochs=1,
+                                   out_dir=tmp_path / "c", force=True, profile=False, plot=False, quiet=True,
+                                   evaluate_test=False)
             if features:
-                via_search = minimum(lambda: search_features(trained_run, tmp_path / "s", budget="1KB", method=method,
-                                                             epochs=1, search_epochs=1, mlp=mlp))
+                via_search = minimum(search_features, trained_run, tmp_path / "s", budget="1KB", method=method,
+                                     epochs=1, search_epochs=1, mlp=mlp)
             else:
-                via_search = minimum(lambda: search_interactions(trained_run, tmp_path / "s", searcher,
-                                                                 budget_bytes=1000, mlp=mlp))
+                via_search = minimum(search_interactions, trained_run, tmp_path / "s", searcher, budget_bytes=1000,
+                                     mlp=mlp)
             assert via_search.minimum_bytes == via_compress.minimum_bytes, (method, mlp)
             assert via_search.parts == via_compress.parts and str(via_search) == str(via_compress)
             assert not (tmp_path / "s").exists()  # (compress writes its summary of the failure)
