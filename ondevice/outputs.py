@@ -295,6 +295,8 @@ def partial_record(partial: Path, kind: str) -> dict[str, Any] | None:
             record = json.load(fh)
     except (OSError, ValueError):
         record = None
+    if record is None and (marker_of(partial) or {}).get("kind") == kind:
+        return {}  # finished, stopped between its last steps (marker written, record removed): nothing to resume
     if not isinstance(record, dict) or record.get("format") != PARTIAL_FORMAT or record.get("kind") != kind \
             or not isinstance(record.get("settings"), dict):
         raise BadInputError(f"{partial} is not an interrupted `ondevice {kind}` run (no readable record); it is not "
@@ -395,8 +397,8 @@ def resumable_output_dir(out: str | os.PathLike, *, kind: str, settings: dict[st
             if not partial_has_work(partial):
                 shutil.rmtree(partial, ignore_errors=True)
             raise
-        shutil.rmtree(partial / RESUME_DIR)
         write_marker(partial, kind)
+        shutil.rmtree(partial / RESUME_DIR)
         publish(partial, out, kind=kind, force=allowed, existed=existed)
 
 
