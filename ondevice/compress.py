@@ -42,6 +42,19 @@ smallest budget of this call at which the floor was met. A named ``--method`` is
 floor only when ``--max-loss`` is given. Inputs: ``summary.md``, the CLI and the manifest's
 ``input_contract`` say in words when an artefact takes other inputs than the full model.
 
+Resume (``resume=True``, ``--resume``): the work goes to ``OUT.partial`` under the lock on
+``OUT``; each finished (target, method) records its summary rows in ``OUT.partial/_resume/``
+(its artefact folder is already in place), and ``auto`` records each finished candidate there
+(its result with weights, and the probe that fixed the run order). A run that stops (SIGKILL,
+Ctrl-C, an error) leaves ``OUT.partial``; ``--resume`` checks that the targets, methods, every
+option that shapes the result, the run's ``model.pt`` (sha256) and the data (schema, rows,
+content hash) are the ones recorded, refusing with one line naming the first difference, then
+skips what was finished, redoes a half-written folder and continues. The searchers are seeded,
+so the result equals an uninterrupted run's: the same ``model.onnx``, ``reference_model.pt``
+and metrics (timings and the manifest's timestamps aside; ``tests/test_compress_resume.py``).
+With ``--time-limit``, the time the interrupted run spent on an ``auto`` search counts against
+the limit. A run without ``--resume`` refuses to discard ``OUT.partial`` unless ``--force``.
+
 Every failure is listed in the summary; the output folder is kept for the runs that
 succeeded and the call then raises the failure (one-line message, exit 2 for a budget
 below what the method can build, 3 for a broken promise such as an artefact over budget).
@@ -50,7 +63,10 @@ below what the method can build, 3 for a broken promise such as an artefact over
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -72,13 +88,12 @@ from ondevice.errors import (
     RuntimeMemoryError,
 )
 from ondevice.io import (
-    atomic_output_dir,
     atomic_write_json,
     atomic_write_text,
     safe_child,
 )
 from ondevice.models import BPRMF, RecModel
-from ondevice.outputs import check_output
+from ondevice.outputs import RESUME_DIR, check_output, crash_point, resumable_output_dir
 from ondevice.search import ByteAccountant, make_searcher
 from ondevice.search.auto import DEFAULT_MAX_LOSS, relative_loss
 from ondevice.search.base import (
@@ -91,7 +106,8 @@ from ondevice.search.base import (
 from ondevice.search.retrain import topk_metric_name, val_metrics
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, run_data
 
-__all__ = ["compress", "fleet_profiles_in", "parse_duration", "fleet_report", "measure_file_bytes", "render_fleet_markdown"]
+__all__ = ["compress", "fleet_profiles_in", "parse_duration", "fleet_report", "measure_file_bytes", "render_fleet_markdown",
+           "resume_options"]
 
 MAX_FIT_RETRIES = 2
 
@@ -144,6 +160,15 @@ def candidate_latency(model: RecModel, *, batch: int = 1, threads: int = 1, runs
         samples = runner.time_calls(lambda: session.run(None, feeds), runs, min(10, runs))
     stats = runner.latency_stats(samples, batch)
     return {"p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"], "batch": batch, "threads": threads, "runs": runs}
+
+
+def resume_options(out_dir: str | Path, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``compress`` arguments the interrupted run into ``out_dir`` was started with, ``given``
+    on top (``compress(resume=True)`` then refuses any that changes the result)."""
+    from ondevice.outputs import partial_options
+
+    options = partial_options(out_dir, "compress")
+    return {**options, **(given or {})}
 
 
 def parse_max_loss(text: str | float | None) -> float | None:
@@ -204,12 +229,17 @@ def _targets(budgets: Sequence[str | int], device_profiles: Sequence[str | Path 
 
 def _search_fitting(searcher, ckpt: Checkpoint, data: EncodedDataset, budget: int,
                     overhead: int, work_dir: Path | None = None,
-                    mlp: str = "fp32") -> tuple[SearchResult, int, list[dict[str, Any]]]:
-    """Search, then measure the exported bytes; tighten the margin and retry if over."""
+                    mlp: str = "fp32", state_dir: Path | None = None) -> tuple[SearchResult, int, list[dict[str, Any]]]:
+    """Search, then measure the exported bytes; tighten the margin and retry if over.
+
+    ``state_dir``: where a delegating searcher (``auto``) keeps finished candidates, one
+    sub-folder per margin tried (``compress --resume``).
+    """
     margin, attempts = FORMAT_MARGIN_BYTES, []
     for attempt in range(MAX_FIT_RETRIES + 1):
         acc = ByteAccountant(graph_overhead_bytes=overhead, margin_bytes=margin)
-        result = searcher.search(ckpt, data, budget, accountant=acc, work_dir=work_dir, mlp=mlp)
+        state = state_dir / f"margin-{margin}" if state_dir is not None and searcher.delegates else None
+        result = searcher.search(ckpt, data, budget, accountant=acc, work_dir=work_dir, mlp=mlp, state_dir=state)
         file_bytes, _ = measure_file_bytes(result.model)
         attempts.append({"attempt": attempt, "margin_bytes": margin, "file_bytes": file_bytes})
         if file_bytes <= budget:
@@ -322,6 +352,7 @@ def compress(
     allow_input_change: bool = False,
     latency_p99_ms: float | None = None,
     evaluate_test: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Compress the run at ``run_dir`` for every budget/device × method; returns the summary.
 
@@ -341,6 +372,7 @@ def compress(
     thread) for plain budgets; device profiles bring their own (judged on their architecture).
     ``evaluate_test``: after every choice, evaluate each artefact's ``model.onnx`` once on the
     test split with onnxruntime (``ondevice.evaluate``).
+    ``resume``: continue the interrupted run in ``OUT.partial`` (module docstring, "Resume").
     """
     run_dir = Path(run_dir)
     fleet_profiles: list[DeviceProfile] = []
@@ -364,14 +396,32 @@ def compress(
               "allow_input_change": allow_input_change, "progress": not quiet}
     check_method_options(extra)
     searchers = {m: make_searcher(m, shared=shared, **_params_of(m, extra)) for m in methods}
+    if "auto" in searchers and floor is None:  # make_searcher drops None settings: --max-loss off must reach auto
+        searchers["auto"] = searchers["auto"].clone(max_loss=None)
     if profile_runs < 1:
         raise BadInputError(f"profile runs must be >= 1, got {profile_runs}")
     out_dir = Path(out_dir)
-    check_output(out_dir, kind="compress", inputs=[run_dir, data_dir], force=force)
+    check_output(out_dir, kind="compress", inputs=[run_dir, data_dir], force=force or resume)
     ckpt = load_checkpoint(run_dir)
     data = run_data(run_dir, data_dir)
     if data.schema.fingerprint() != ckpt.schema.fingerprint():
         raise BadInputError(f"the data in {data.root} is not the data {run_dir} was trained on (schema fingerprint differs)")
+    identity = data.identity()
+    settings = {  # what shapes the result: --resume continues only with the same (module docstring)
+        "targets": [[t[0], t[1], t[2].to_dict() if t[2] is not None else None] for t in targets],
+        "methods": list(methods), "epochs": epochs, "seed": seed, "method_options": extra, "mlp": mlp,
+        "max_loss": [floor, floor_given], "allow_input_change": allow_input_change, "time_limit_s": time_limit_s,
+        "latency_p99_ms": latency_p99_ms, "profile_runs": profile_runs if profile else None, "plot": plot,
+        "evaluate_test": evaluate_test, "fleet": fleet is not None, "model_sha256": _file_sha256(ckpt.path),
+        "data_schema": identity["schema_fingerprint"], "data_rows": identity["rows"],
+        "data_content_sha256": identity["content_sha256"],
+    }
+    options = {"budgets": [str(b) for b in budgets], "device_profiles": [p.name if isinstance(p, DeviceProfile) else str(p)
+                                                                        for p in device_profiles],
+               "fleet": str(fleet) if fleet is not None else None, "methods": list(methods), "epochs": epochs,
+               "seed": seed, "data_dir": str(data_dir) if data_dir is not None else None, "searcher_params": extra,
+               "profile_runs": profile_runs, "time_limit_s": time_limit_s, "mlp": mlp, "max_loss": max_loss,
+               "allow_input_change": allow_input_change, "latency_p99_ms": latency_p99_ms}
 
     from ondevice.evaluate import evaluate_artefact
     from ondevice.export import export_artefact, profile_artefact, verify_artefact
@@ -389,17 +439,31 @@ def compress(
     runs: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     errors: list[OndeviceError] = []
-    with atomic_output_dir(out_dir, kind="compress", inputs=[run_dir, data.root], force=force) as tmp:
+    with resumable_output_dir(out_dir, kind="compress", settings=settings, inputs=[run_dir, data.root], force=force,
+                              resume=resume, labels=_RESUME_LABELS, options=options) as tmp:
+        kept = tmp / RESUME_DIR
         for label, nbytes, dev, budget_arg in targets:
             for method, searcher in searchers.items():
                 name = label if len(searchers) == 1 else f"{label}-{method}"
                 folder = safe_child(tmp, name.replace("+", "_"))
+                record = kept / f"{folder.name}.json"
+                if record.is_file():  # finished by the interrupted run (--resume)
+                    done = json.loads(record.read_text())
+                    runs.extend(done["runs"])
+                    failures.extend(done["failures"])
+                    errors.extend(_error_from_json(e) for e in done["errors"])
+                    _log(quiet, f"[{name}] kept from the interrupted run")
+                    continue
+                if os.path.lexists(folder):  # half-written when the interrupted run stopped
+                    shutil.rmtree(folder)
+                before = (len(runs), len(failures), len(errors))
+                crash_point("compress.entry.start")
                 _log(quiet, f"[{name}] {method} at {format_bytes(nbytes)}: searching...")
                 t0 = time.perf_counter()
                 try:
                     result, file_bytes, attempts = _search_fitting(
                         _for_target(searcher, dev, latency_p99_ms, time_limit_s, reserve_s), ckpt, data, nbytes, overhead,
-                        work_dir=tmp / "_cache", mlp=_mlp_for(mlp, dev))
+                        work_dir=tmp / "_cache", mlp=_mlp_for(mlp, dev), state_dir=kept / f"{folder.name}.auto")
                     search_s = time.perf_counter() - t0
                     metrics = {"val": result.val, "selected_on": f"val {result.metric}", "method": method,
                                "search": {"config": result.config, "params": result.params}}
@@ -408,6 +472,7 @@ def compress(
                     t1 = time.perf_counter()
                     manifest = export_artefact(out_ckpt, folder, budget=budget_arg, profile=dev)
                     export_s = time.perf_counter() - t1
+                    crash_point("compress.entry.exported")
                     verify = verify_artefact(folder, seed=seed)
                     prof = None
                     if profile:
@@ -420,6 +485,7 @@ def compress(
                     failures.append({"target": label, "method": method, "budget_bytes": nbytes,
                                      "error": type(err).__name__, "message": str(err), "exit_code": err.exit_code})
                     errors.append(err)
+                    _keep_entry(record, runs, failures, errors, before)
                     continue
                 b1 = next((r["onnxruntime"] for r in (prof or {}).get("results", []) if r["batch"] == 1), None)
                 entry = {
@@ -477,6 +543,7 @@ def compress(
                                              "error": type(err).__name__, "message": str(err), "exit_code": err.exit_code})
                             errors.append(err)
                 runs.append(entry)
+                _keep_entry(record, runs, failures, errors, before)
                 _log(quiet, f"[{name}] {format_bytes(entry['file_bytes'])} <= {format_bytes(nbytes)}, "
                             f"val {_label(result.metric)} {result.val_metric:.4f} ({search_s:.1f}s)"
                             + (f"; {entry['inputs']['text']}" if (entry["inputs"] or {}).get("changed") else ""))
@@ -484,7 +551,8 @@ def compress(
         if evaluate_test and data.has_split("test"):  # read once, after every choice was made on validation
             full_test = _full_test(ckpt.model, data, k)
             for entry in runs:
-                entry["test"] = evaluate_artefact(tmp / entry["folder"], data, split="test")
+                entry["test"] = {**evaluate_artefact(tmp / entry["folder"], data, split="test"),
+                                 "artefact": entry["folder"]}  # not the temporary path it was read from
                 entry["test_metric"] = entry["test"].get(entry["metric"])
                 _log(quiet, f"[{entry['folder']}] test {_label(entry['metric'])} {entry['test_metric']:.4f} "
                             "(onnxruntime, model.onnx)")
@@ -507,6 +575,7 @@ def compress(
             summary["fleet"] = report
             atomic_write_json(tmp / "fleet.json", report)
             atomic_write_text(tmp / "fleet.md", render_fleet_markdown(report))
+        crash_point("compress.summary")
     if errors:
         if len(errors) == 1:
             raise errors[0]
@@ -516,6 +585,53 @@ def compress(
             raise BrokenPromiseError(msg)
         raise BadInputError(msg)
     return summary
+
+
+#: How a ``--resume`` refusal names each recorded setting.
+_RESUME_LABELS = {
+    "targets": "the targets (--budget/--device-profile/--fleet: label, bytes, profile)", "methods": "--method",
+    "epochs": "--epochs", "seed": "--seed", "method_options": "--method-option", "mlp": "--mlp",
+    "max_loss": "--max-loss (floor, given)", "allow_input_change": "--allow-input-change",
+    "time_limit_s": "--time-limit (s)", "latency_p99_ms": "--latency-p99", "profile_runs": "--profile-runs",
+    "plot": "plot", "evaluate_test": "evaluate_test", "fleet": "--fleet", "model_sha256": "the run's model.pt (sha256)",
+    "data_schema": "the data's schema fingerprint", "data_rows": "the data's rows per split",
+    "data_content_sha256": "the data's content hash",
+}
+
+
+def _file_sha256(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _keep_entry(record: Path, runs: list[dict[str, Any]], failures: list[dict[str, Any]], errors: list[OndeviceError],
+                before: tuple[int, int, int]) -> None:
+    """Record what one (target, method) added, so ``--resume`` skips it (written last, atomically)."""
+    atomic_write_json(record, {"runs": runs[before[0]:], "failures": failures[before[1]:],
+                               "errors": [_error_to_json(e) for e in errors[before[2]:]]})
+    crash_point("compress.entry.done")
+
+
+def _error_to_json(err: OndeviceError) -> dict[str, Any]:
+    attrs = {k: v for k, v in vars(err).items() if v is None or isinstance(v, str | int | float)}
+    return {"class": type(err).__name__, "message": str(err), "exit_code": err.exit_code, "attrs": attrs}
+
+
+def _error_from_json(d: dict[str, Any]) -> OndeviceError:
+    """The error a finished entry of an interrupted run raised (same class, message and details)."""
+    from ondevice import errors as errors_mod
+
+    cls = getattr(errors_mod, d["class"], None)
+    if not (isinstance(cls, type) and issubclass(cls, OndeviceError)):
+        cls = BrokenPromiseError if d.get("exit_code") == BrokenPromiseError.exit_code else BadInputError
+    err = cls(d["message"])
+    err.__dict__.update(d.get("attrs") or {})
+    return err
 
 
 def _label(metric: str) -> str:

@@ -81,9 +81,10 @@ class BudgetExceededError(BrokenPromiseError):
 class BudgetTooSmallError(BadInputError):
     """The budget is below the smallest model a method can build."""
 
-    def __init__(self, message: str, *, minimum_bytes: int | None = None):
+    def __init__(self, message: str, *, minimum_bytes: int | None = None, parts: dict[str, int] | None = None):
         super().__init__(message)
         self.minimum_bytes = minimum_bytes
+        self.parts = parts  # the minimum, itemised (``ByteAccountant.minimum_parts``)
 
 
 class ParityError(BrokenPromiseError):

@@ -262,3 +262,172 @@ def publish(tmp: Path, out: Path, *, kind: str, force: bool, existed: bool) -> N
         shutil.rmtree(backup, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+# ---------------------------------------------------------------------- resumable output (OUT.partial)
+PARTIAL_FORMAT = "ondevice-partial"
+#: Inside ``OUT.partial``: what a resumed run needs (removed before the folder is published).
+RESUME_DIR = "_resume"
+_PARTIAL_RECORD = "run.json"
+
+
+def partial_path(out: str | os.PathLike) -> Path:
+    """``OUT.partial``: where a resumable command keeps its work until it finishes."""
+    out = Path(os.path.abspath(out))
+    return out.with_name(out.name + ".partial")
+
+
+def partial_record(partial: Path, kind: str) -> dict[str, Any] | None:
+    """The record of an interrupted ``kind`` run in ``partial``; ``None`` when there is no such folder.
+
+    An empty folder gives ``{}`` (nothing in it to lose). Anything else at that path (a file,
+    a symlink, another command's or a foreign folder) is refused: it is not ours to reuse or remove.
+    """
+    if not os.path.lexists(partial):
+        return None
+    if partial.is_symlink() or not partial.is_dir():
+        raise BadInputError(f"{partial} is {'a symlink' if partial.is_symlink() else 'a file'}, not an interrupted "
+                            f"`ondevice {kind}` run; remove it yourself or choose another --out")
+    if not any(partial.iterdir()):
+        return {}
+    try:
+        with open(partial / RESUME_DIR / _PARTIAL_RECORD, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (OSError, ValueError):
+        record = None
+    if record is None and (marker_of(partial) or {}).get("kind") == kind:
+        return {}  # finished, stopped between its last steps (marker written, record removed): nothing to resume
+    if not isinstance(record, dict) or record.get("format") != PARTIAL_FORMAT or record.get("kind") != kind \
+            or not isinstance(record.get("settings"), dict):
+        raise BadInputError(f"{partial} is not an interrupted `ondevice {kind}` run (no readable record); it is not "
+                            "ours to reuse or remove: remove it yourself or choose another --out")
+    return record
+
+
+def partial_has_work(partial: Path) -> bool:
+    """Whether ``partial`` holds finished work a resumed run would reuse (any file besides the record)."""
+    resume = partial / RESUME_DIR
+    return resume.is_dir() and any(p.is_file() and p.name != _PARTIAL_RECORD for p in resume.rglob("*"))
+
+
+def _first_difference(saved: dict[str, Any], given: dict[str, Any]) -> str | None:
+    for key in sorted(set(saved) | set(given)):
+        if saved.get(key) != given.get(key):
+            return key
+    return None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 90 else text[:87] + "..."
+
+
+@contextlib.contextmanager
+def resumable_output_dir(out: str | os.PathLike, *, kind: str, settings: dict[str, Any],
+                         inputs: Iterable[str | os.PathLike | None] = (), force: bool = False, resume: bool = False,
+                         labels: dict[str, str] | None = None,
+                         options: dict[str, Any] | None = None) -> Iterator[Path]:
+    """Yield ``OUT.partial``; on success mark it finished and rename it to ``out``.
+
+    The rules of :func:`output_dir` hold (inputs safe, one writer: the lock on ``out`` is held
+    throughout, ``--force`` removes only our own output), and work survives an interruption:
+
+    * a run records ``settings`` (JSON-able: every option that shapes the result, the input's
+      identity) in ``OUT.partial/_resume/run.json`` before any work; the command keeps what it
+      finished under ``OUT.partial/_resume/`` as it goes;
+    * a run that stops (exception, Ctrl-C, SIGKILL) leaves ``OUT.partial`` when it holds finished
+      work; the next run into ``out`` refuses to start over unless ``force`` (or ``resume``);
+    * ``resume=True`` continues it after checking that ``settings`` equal the recorded ones
+      (a one-line error names the first that differs, with ``labels[key]`` as its name);
+      ``options`` (the caller's arguments, JSON-able) are recorded for :func:`partial_options`;
+    * on success ``_resume/`` is removed, the marker written and the folder renamed to ``out``
+      (replacing ``out`` only as the *first* run was allowed to: with ``--force``, or when
+      ``out`` existed when it started).
+    """
+    from ondevice.io import atomic_write_json, check_writable_parent
+
+    out = Path(os.path.abspath(out))
+    partial = partial_path(out)
+    inputs = [i for i in inputs if i is not None]
+    check_out_vs_inputs(out, inputs)
+    check_out_vs_inputs(partial, inputs)
+    check_writable_parent(out)
+    settings = json.loads(json.dumps(settings))  # the form it is recorded in (tuples -> lists)
+    with OutputLock(out):
+        remove_leftovers(out)
+        record = partial_record(partial, kind)
+        if resume:
+            if not record:
+                finished = " (it is a finished run: nothing to resume)" if is_finished(out, kind) else ""
+                raise BadInputError(f"nothing to resume: {partial} holds no interrupted run{finished}; "
+                                    "start without --resume")
+            key = _first_difference(record["settings"], settings)
+            if key is not None:
+                name = (labels or {}).get(key, key)
+                raise BadInputError(f"--resume: the interrupted run in {partial} has {name} = "
+                                    f"{_short(record['settings'].get(key))}, this run has {_short(settings.get(key))}; "
+                                    "resume with the same inputs and options, or start over with --force")
+            existed, allowed = bool(record.get("out_existed")), force or bool(record.get("force"))
+            if os.path.lexists(out):
+                if not existed and not allowed:
+                    raise OutputExistsError(f"{out} appeared after the interrupted run started; pass --force to replace it")
+                check_replaceable(out, kind, True)
+        else:
+            existed = check_replaceable(out, kind, force)
+            allowed = force
+            if record is not None:
+                if record and partial_has_work(partial) and not force:
+                    raise OutputExistsError(f"{partial} holds an interrupted run; pass --resume to continue it "
+                                            "or --force to start over")
+                shutil.rmtree(partial)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{_TMP_TAG}", suffix=".tmp", dir=out.parent))
+            try:
+                os.chmod(tmp, 0o777 & ~_umask())
+                (tmp / RESUME_DIR).mkdir()
+                atomic_write_json(tmp / RESUME_DIR / _PARTIAL_RECORD, {
+                    "format": PARTIAL_FORMAT, "kind": kind, "settings": settings, "options": options or {},
+                    "out_existed": existed, "force": force})
+                os.replace(tmp, partial)  # appears with its record, or not at all
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        try:
+            yield partial
+        except BaseException:
+            if not partial_has_work(partial):
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
+        write_marker(partial, kind)
+        shutil.rmtree(partial / RESUME_DIR)
+        publish(partial, out, kind=kind, force=allowed, existed=existed)
+
+
+def partial_options(out: str | os.PathLike, kind: str) -> dict[str, Any]:
+    """The arguments the interrupted ``kind`` run into ``out`` was started with (for ``--resume``)."""
+    record = partial_record(partial_path(out), kind)
+    if not record:
+        raise BadInputError(f"nothing to resume: {partial_path(out)} holds no interrupted run; start without --resume")
+    return dict(record.get("options") or {})
+
+
+_crash_counts: dict[str, int] = {}
+
+
+def crash_point(tag: str) -> None:
+    """Test hook for resume: ``ONDEVICE_CRASH_AT=TAG:N`` SIGKILLs this process at the N-th ``crash_point(TAG)``.
+
+    Lets a test kill a run at an exact step (``tests/test_compress_resume.py``); without the
+    variable it does nothing.
+    """
+    spec = os.environ.get("ONDEVICE_CRASH_AT")
+    if not spec:
+        return
+    want, _, nth = spec.rpartition(":")
+    _crash_counts[tag] = _crash_counts.get(tag, 0) + 1
+    if want == tag and nth.isdigit() and _crash_counts[tag] == int(nth):
+        import signal
+        import sys
+
+        sys.stderr.write(f"crash point {tag}:{nth}: SIGKILL\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -14,7 +14,7 @@ from ondevice.errors import BudgetTooSmallError
 
 BUDGET = "17KB"
 METHODS = ["uniform", "hash", "int8", "pep", "pep+fp16", "sseds", "mde", "sseds+int8"]
-FAST = {m: {"batch_size": 256} for m in METHODS if m != "int8"}  # int8 does not train
+FAST = {m: {"batch_size": 256} for m in METHODS if m != "int8"}  # int8 does not retrain: no batch size
 FAST["pep"] = FAST["pep+fp16"] = {"batch_size": 256, "threshold_init": -1.0, "search_epochs": 3}
 
 

@@ -8,6 +8,12 @@ import click
 
 from ondevice.cli import cli
 
+#: ``compress`` options -> the library argument each one sets.
+_LIBRARY_KEYS = {"budgets": "budgets", "profiles": "device_profiles", "fleet": "fleet", "methods": "methods",
+                 "epochs": "epochs", "seed": "seed", "data_dir": "data_dir", "profile_runs": "profile_runs",
+                 "time_limit": "time_limit_s", "max_loss": "max_loss", "allow_input_change": "allow_input_change",
+                 "latency_p99": "latency_p99_ms", "mlp": "mlp", "method_options": "searcher_params"}
+
 
 @cli.command("compress")
 @click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
@@ -47,10 +53,14 @@ from ondevice.cli import cli
                    "deeplight.dnn_sparsity=0.95 (values are JSON; `ondevice methods` lists every setting); "
                    "pep.* also applies to pep+fp16, and auto passes them to its candidates")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
+@click.option("--resume", is_flag=True,
+              help="continue the interrupted run in OUT.partial (finished budgets/methods and auto's finished candidates "
+                   "are kept); options not given come from that run, given ones must match it")
 def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, ...], fleet: Path | None,
                  methods: tuple[str, ...], out: Path, epochs: int | None, seed: int, data_dir: Path | None,
                  profile_runs: int, time_limit: str | None, max_loss: str | None, allow_input_change: bool,
-                 latency_p99: float | None, mlp: str, method_options: tuple[str, ...], force: bool) -> None:
+                 latency_p99: float | None, mlp: str, method_options: tuple[str, ...], force: bool,
+                 resume: bool) -> None:
     """Search, retrain, export, verify and profile RUN_DIR's model for each budget × method.
 
     \b
@@ -58,10 +68,10 @@ def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, .
     (incl. a budget below the smallest model a method can build: the message states that
     minimum); 3 a broken promise (an artefact over budget, failed parity, missed latency
     target, no candidate within --max-loss). Failures are listed in OUT/summary.md;
-    successful runs are kept.
+    successful runs are kept. A killed run leaves OUT.partial: `--resume` continues it.
     """
     from ondevice.cli.data_commands import _key_values
-    from ondevice.compress import compress, parse_duration
+    from ondevice.compress import compress, parse_duration, resume_options
     from ondevice.errors import BadInputError
 
     searcher_params: dict[str, dict] = {}
@@ -71,11 +81,18 @@ def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, .
             raise BadInputError(f"--method-option {key}={value}: expected METHOD.KEY=VALUE, e.g. pep.threshold_lr=0.01")
         searcher_params.setdefault(method, {})[setting] = value
 
-    s = compress(run_dir, budgets=budgets, device_profiles=profiles, methods=methods or ("auto",),
-                 out_dir=out, force=force, epochs=epochs, seed=seed, data_dir=data_dir, profile_runs=profile_runs,
-                 fleet=fleet, time_limit_s=parse_duration(time_limit) if time_limit is not None else None, mlp=mlp,
-                 max_loss=max_loss if max_loss is not None else "default", allow_input_change=allow_input_change,
-                 latency_p99_ms=latency_p99, searcher_params=searcher_params)
+    kwargs = dict(budgets=budgets, device_profiles=profiles, methods=methods or ("auto",), epochs=epochs, seed=seed,
+                  data_dir=data_dir, profile_runs=profile_runs, fleet=fleet,
+                  time_limit_s=parse_duration(time_limit) if time_limit is not None else None, mlp=mlp,
+                  max_loss=max_loss if max_loss is not None else "default", allow_input_change=allow_input_change,
+                  latency_p99_ms=latency_p99, searcher_params=searcher_params)
+    if resume:  # options not given on the command line come from the interrupted run
+        ctx = click.get_current_context()
+        given = {key: kwargs[key] for name, key in _LIBRARY_KEYS.items()
+                 if ctx.get_parameter_source(name) in (click.core.ParameterSource.COMMANDLINE,
+                                                       click.core.ParameterSource.ENVIRONMENT)}
+        kwargs = resume_options(out, given)
+    s = compress(run_dir, out_dir=out, force=force, resume=resume, **kwargs)
     full = s["full_model"]
     label = "AUC" if full["metric"] == "auc" else full["metric"]
     click.echo(f"full model: {full['file_bytes']:,} B, val {label} {full['val'][full['metric']]:.4f}")

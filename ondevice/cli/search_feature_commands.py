@@ -22,10 +22,13 @@ from ondevice.cli.search_commands import search_group
               help="level of the ranking's signal check (default 0.1; 0 = deploy without it)")
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="encoded dataset (default: the one recorded in RUN_DIR/train.json)")
+@click.option("--mlp", "mlp", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
+              help="dense (MLP) layers: int8 or fp32; auto keeps fp32 when the smallest model fits with it (as "
+                   "`compress`: both reach the same smallest model)")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 def features_cmd(run_dir: Path, out: Path, budget: str | None, keep: int | None, method: str, epochs: int | None,
                  search_epochs: int | None, seed: int, signal_level: float | None, data_dir: Path | None,
-                 force: bool) -> None:
+                 mlp: str, force: bool) -> None:
     """Learn which fields RUN_DIR's CTR model needs; keep the best that fit --budget (or --keep N).
 
     \b
@@ -38,7 +41,7 @@ def features_cmd(run_dir: Path, out: Path, budget: str | None, keep: int | None,
 
     s = search_features(run_dir, out, budget=budget, keep=keep, method=method, epochs=epochs,
                         search_epochs=search_epochs, seed=seed, data_dir=data_dir, force=force,
-                        signal_level=signal_level)
+                        signal_level=signal_level, mlp=mlp)
     click.echo(f"{s['method']}: kept {len(s['fields_kept'])} of {len(s['fields_kept']) + len(s['fields_dropped'])} fields "
                f"({', '.join(s['fields_kept'])}), {s['file_bytes']:,} B (full {s['full_file_bytes']:,} B), "
                f"val AUC {s['val']['auc']:.4f} -> {out}")

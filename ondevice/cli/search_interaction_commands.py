@@ -47,11 +47,14 @@ def _c_value(_ctx: click.Context, _param: click.Parameter, value: str) -> float 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="encoded dataset (default: the one recorded in RUN_DIR/train.json)")
+@click.option("--mlp", "mlp", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
+              help="dense (MLP) layers: int8 or fp32; auto keeps fp32 when the smallest model fits with it (as "
+                   "`compress`: both reach the same smallest model)")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 def interactions_cmd(run_dir: Path, out: Path, search_epochs: int, epochs: int, c: float | str, mu: float | None,
                      grda_lr: float, zero_at: float, max_pairs: int | None, warm_start: bool, centred: bool | None,
                      test_level: float | None, budget: str | None,
-                     lr: float, batch_size: int, seed: int, data_dir: Path | None, force: bool) -> None:
+                     lr: float, batch_size: int, seed: int, data_dir: Path | None, mlp: str, force: bool) -> None:
     """Select the field pairs of RUN_DIR's FM/DeepFM/DeepFwFM with AutoFIS (KDD'20), retrain.
 
     \b
@@ -68,7 +71,7 @@ def interactions_cmd(run_dir: Path, out: Path, search_epochs: int, epochs: int, 
     searcher = AutoFISSearcher(search_epochs=search_epochs, c=c, mu=mu, grda_lr=grda_lr, zero_at=zero_at,
                                max_pairs=max_pairs, warm_start=warm_start, epochs=epochs, lr=lr,
                                batch_size=batch_size, seed=seed, centred=centred, test_level=test_level)
-    s = search_interactions(run_dir, out, searcher, data_dir=data_dir, force=force,
+    s = search_interactions(run_dir, out, searcher, data_dir=data_dir, force=force, mlp=mlp,
                             budget_bytes=None if budget is None else parse_budget(budget))
     click.echo(f"autofis: kept {s['kept_pairs']} of {s['candidate_pairs']} pairs, val AUC {s['val_auc_before']:.4f} -> "
                f"{s['val_auc_after']:.4f}, {s['seconds']:.1f} s -> {out}")

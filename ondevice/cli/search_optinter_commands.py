@@ -22,9 +22,12 @@ from ondevice.cli.search_commands import search_group
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="the prepared data (default: the one RUN_DIR/train.json names)")
+@click.option("--mlp", "mlp", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
+              help="dense (MLP) layers: int8 or fp32; auto keeps fp32 when the smallest model fits with it (as "
+                   "`compress`: both reach the same smallest model)")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 def optinter_cmd(run_dir: Path, out: Path, budget: str | None, search_epochs: int, epochs: int, alpha_lr: float,
-                 lr: float, batch_size: int, seed: int, data_dir: Path | None, force: bool) -> None:
+                 lr: float, batch_size: int, seed: int, data_dir: Path | None, mlp: str, force: bool) -> None:
     """Choose memorized / factorized / no interaction per field pair of RUN_DIR's model (OptInter, ICDE'22).
 
     \b
@@ -40,7 +43,7 @@ def optinter_cmd(run_dir: Path, out: Path, budget: str | None, search_epochs: in
 
     searcher = OptInterSearcher(search_epochs=search_epochs, alpha_lr=alpha_lr, epochs=epochs,
                                 lr=lr, batch_size=batch_size, seed=seed)
-    s = search_interactions(run_dir, out, searcher, data_dir=data_dir, force=force,
+    s = search_interactions(run_dir, out, searcher, data_dir=data_dir, force=force, mlp=mlp,
                             budget_bytes=None if budget is None else parse_budget(budget))
     choice = next(t for t in read_json(out / "search.json", what="search.json")["trace"] if "counts" in t)
     counts = choice["counts"]

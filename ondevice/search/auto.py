@@ -53,16 +53,21 @@ result's ``candidates`` (``compress`` writes them to ``summary.json``/``summary.
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ondevice.errors import BadInputError, BudgetTooSmallError, OndeviceError, QualityFloorError
+from ondevice.io import atomic_write_json
+from ondevice.outputs import crash_point
 from ondevice.search.base import (
     SEARCHERS,
     SearchContext,
     Searcher,
     SearchResult,
+    itemise_bytes,
     make_config,
     make_searcher,
     method_params,
@@ -148,6 +153,52 @@ def _probe(ctx: SearchContext, seed: int) -> dict[str, float]:
     return {"val_s": val_s, "epoch_s": step_s * -(-rows // batch), "step_s": step_s, "full_val": full_val}
 
 
+class _CandidateStore:
+    """Finished candidates of one ``auto`` search in ``SearchContext.state_dir`` (``compress --resume``).
+
+    ``probe.json`` holds the probe (its timings fix the run order, so a resumed search runs the
+    candidates in the same order); ``NN-METHOD.json`` each finished candidate's entry (outcome,
+    metric, bytes, p99, seconds, the correction ratio it added and the search's elapsed time);
+    ``NN-METHOD.pt`` the result of a candidate that fits (:meth:`SearchResult.save`), the only
+    ones the choice can take. Every file is written atomically, the ``.json`` last.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _stem(self, position: int, method: str) -> Path:
+        return self.folder / f"{position:02d}-{method.replace('+', '_')}"
+
+    def probe(self) -> dict[str, Any] | None:
+        path = self.folder / "probe.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save_probe(self, probe: dict[str, Any]) -> None:
+        atomic_write_json(self.folder / "probe.json", probe)
+
+    def candidate(self, position: int, method: str) -> tuple[dict[str, Any], float | None, float] | None:
+        """(entry with its ``_result``, correction ratio, elapsed seconds) of a finished candidate, or ``None``."""
+        stem = self._stem(position, method)
+        path = stem.with_suffix(".json")
+        if not path.is_file():
+            return None
+        kept = json.loads(path.read_text())
+        entry = kept["entry"]
+        if kept["has_result"]:
+            entry["_result"] = SearchResult.load(stem.with_suffix(".pt")) if entry["outcome"] == "fits" else None
+        return entry, kept["ratio"], float(kept["elapsed_s"])
+
+    def save_candidate(self, position: int, entry: dict[str, Any], ratio: float | None, elapsed_s: float) -> None:
+        stem = self._stem(position, entry["method"])
+        result = entry.get("_result")
+        if result is not None and entry["outcome"] == "fits":
+            result.save(stem.with_suffix(".pt"))
+        atomic_write_json(stem.with_suffix(".json"), {
+            "entry": {k: v for k, v in entry.items() if k != "_result"}, "has_result": "_result" in entry,
+            "ratio": ratio, "elapsed_s": elapsed_s})
+
+
 @register_searcher
 class AutoSearcher(Searcher):
     """Best validation metric over the applicable methods that fit (module docstring).
@@ -209,7 +260,12 @@ class AutoSearcher(Searcher):
             raise BadInputError(f"no candidate method applies to {ctx.task} models")
         started = time.perf_counter()
         limit_at = None if self.time_limit_s is None else time.monotonic() + self.time_limit_s
-        probe = _probe(ctx, self.seed)
+        store = _CandidateStore(ctx.state_dir) if ctx.state_dir is not None else None
+        probe = store.probe() if store is not None else None
+        if probe is None:
+            probe = _probe(ctx, self.seed)
+            if store is not None:
+                store.save_probe(probe)
         searchers: dict[str, Searcher] = {}
         candidates: list[dict[str, Any]] = []
         for method in names:
@@ -221,13 +277,26 @@ class AutoSearcher(Searcher):
         order = sorted(names, key=lambda m: (expected[m], names.index(m)))  # stable: ties keep the listed order
         metric_name = None
         correction: list[float] = []
-        for method in order:
+        for position, method in enumerate(order):
+            if store is not None and (kept := store.candidate(position, method)) is not None:
+                entry, kept_ratio, elapsed_s = kept  # finished by an interrupted run (compress --resume)
+                candidates.append(entry)
+                if kept_ratio is not None:
+                    correction.append(kept_ratio)
+                if entry.get("metric"):
+                    metric_name = metric_name or entry["metric"]
+                started = time.perf_counter() - elapsed_s  # its time counts against the limit
+                if self.time_limit_s is not None:
+                    limit_at = time.monotonic() + self.time_limit_s - elapsed_s
+                self._say(f"{method}: {entry['outcome']} (kept from the interrupted run)")
+                continue
             elapsed = time.perf_counter() - started
             ratio = sorted(correction)[len(correction) // 2] if correction else 1.0
             exp_s = (expected[method] + export_s) * ratio
             base = {"method": method, "expected_s": round(exp_s, 3), "started_s": round(elapsed, 3)}
             if method.partition("+")[0] in INPUT_CHANGING and not self.allow_input_change:
                 candidates.append({**base, "outcome": "skipped: changes the inputs (--allow-input-change tries it)"})
+                self._keep(store, position, candidates[-1], None, started)
                 continue
             if limit_at is not None:
                 left = limit_at - time.monotonic()
@@ -235,8 +304,10 @@ class AutoSearcher(Searcher):
                 if answered and (left <= 0 or exp_s > left):
                     candidates.append({**base, "outcome": "skipped: time limit", "time_left_s": round(max(left, 0.0), 3)})
                     self._say(f"{method}: skipped, expected {exp_s:.1f}s > {max(left, 0.0):.1f}s left")
+                    self._keep(store, position, candidates[-1], None, started)
                     continue
             self._say(f"{method}: start at {elapsed:.1f}s (expected {exp_s:.1f}s)")
+            crash_point("auto.candidate.start")
             t0 = time.perf_counter()
             try:
                 with deadline(limit_at):
@@ -245,18 +316,22 @@ class AutoSearcher(Searcher):
                                                                    mlp=ctx.mlp)
             except BudgetTooSmallError as err:
                 candidates.append({**base, "outcome": "does not fit", "minimum_bytes": err.minimum_bytes,
-                                   "message": str(err), "seconds": time.perf_counter() - t0})
+                                   "minimum_parts": err.parts, "message": str(err), "seconds": time.perf_counter() - t0})
                 self._say(f"{method}: does not fit ({time.perf_counter() - started:.1f}s)")
+                self._keep(store, position, candidates[-1], None, started)
                 continue
             except OndeviceError as err:
                 candidates.append({**base, "outcome": f"failed: {type(err).__name__}", "message": str(err),
                                    "seconds": time.perf_counter() - t0})
                 self._say(f"{method}: failed, {err}")
+                self._keep(store, position, candidates[-1], None, started)
                 continue
             seconds = time.perf_counter() - t0
             stopped = limit_at is not None and time.monotonic() > limit_at
+            ratio_now = None
             if not stopped and expected[method] > 0:
-                correction.append(seconds / (expected[method] + export_s))
+                ratio_now = seconds / (expected[method] + export_s)
+                correction.append(ratio_now)
             metric_name = metric_name or result.metric
             full = float(probe["full_val"][result.metric])
             loss = relative_loss(full, result.val_metric)
@@ -287,7 +362,16 @@ class AutoSearcher(Searcher):
             self._say(f"{method}: {entry['outcome']} at {time.perf_counter() - started:.1f}s ({seconds:.1f}s), "
                       f"val {result.metric} {result.val_metric:.4f} ({-loss:+.2%}), {file_bytes:,} B{p99}"
                       + (", stopped at the time limit" if stopped else ""))
+            self._keep(store, position, entry, ratio_now, started)
         return self._choose(ctx, candidates, probe, started)
+
+    @staticmethod
+    def _keep(store: _CandidateStore | None, position: int, entry: dict[str, Any], ratio: float | None,
+              started: float) -> None:
+        """Record a finished candidate (``compress --resume`` continues after it)."""
+        if store is not None:
+            store.save_candidate(position, entry, ratio, time.perf_counter() - started)
+            crash_point("auto.candidate.done")
 
     def _choose(self, ctx: SearchContext, candidates: list[dict[str, Any]], probe: dict[str, Any],
                 started: float) -> SearchResult:
@@ -314,12 +398,15 @@ class AutoSearcher(Searcher):
                     f"{self.max_loss:.1%} of the full model's {full:.4f}: the best, {best['method']}, reaches "
                     f"{best['val_metric']:.4f} ({best['loss']:.1%} loss)",
                     best_method=best["method"], best_loss=best["loss"], budget_bytes=ctx.budget_bytes)
-            minimums = [(c["minimum_bytes"], c["method"]) for c in candidates if c.get("minimum_bytes") is not None]
+            minimums = [c for c in candidates if c.get("minimum_bytes") is not None]
             if minimums and not measured:
-                need, what = min(minimums)
+                need = min(minimums, key=lambda c: c["minimum_bytes"])
+                parts = need.get("minimum_parts")
                 raise BudgetTooSmallError(
                     f"no method auto tried fits the budget of {ctx.budget_bytes:,} B; the smallest model any of them "
-                    f"can build is {need:,} B ({what}); raise the budget", minimum_bytes=need)
+                    f"can build is {need['minimum_bytes']:,} B ({need['method']}"
+                    + (f": {itemise_bytes(parts)}" if parts else "") + "); raise the budget",
+                    minimum_bytes=need["minimum_bytes"], parts=parts)
             reasons = "; ".join(f"{c['method']}: {c.get('message', c['outcome'])}" for c in candidates)
             raise BadInputError(f"auto found no candidate to choose at {ctx.budget_bytes:,} B ({reasons[:400]})")
         best = max(ok, key=lambda c: c["val_metric"])  # the first of equals: the run order

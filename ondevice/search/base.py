@@ -81,7 +81,7 @@ from ondevice.embedding import EmbeddingLayer, QuantizedEmbedding
 from ondevice.embedding.base import stored_bytes
 from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.models import BPRMF, CTRModel, RecModel
-from ondevice.models.int8_linear import quantizable_linears, quantize_dense_layers_
+from ondevice.models.int8_linear import Int8Linear, quantizable_linears, quantize_dense_layers_
 from ondevice.models.narrow_mlp import can_narrow, narrow_mlp_
 from ondevice.schema import Schema
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint
@@ -98,6 +98,7 @@ __all__ = [
     "SearchContext",
     "Searcher",
     "first_order_layer",
+    "itemise_bytes",
     "make_searcher",
     "method_names",
     "register_searcher",
@@ -223,23 +224,88 @@ class ByteAccountant:
         """Bytes ``model.<compressible>`` may take in its deployable form."""
         return budget_bytes - self.fixed_bytes(model, compressible)
 
+    def minimum_parts(self, model: RecModel, smallest_embedding: int | None = None,
+                      embedding_label: str | None = None) -> dict[str, int]:
+        """Every part of the bytes of ``model``'s smallest form, each named with the form it is counted in.
+
+        ``smallest_embedding``: the bytes of the smallest compressible table the method can
+        build (default: ``model``'s own, in its deployable form). The parts are the embedding,
+        the first-order table (fp32 / fp16 / dropped), the MLP (fp32 / int8, with its widths),
+        any other layer, the biases, the ONNX graph's own bytes (measured on the full model) and
+        the format margin; they add up to :meth:`fixed_bytes` + the embedding. This one function
+        is what every "too small" message itemises (``search`` commands, ``compress --method``,
+        ``auto``, the architecture search).
+        """
+        topk = isinstance(model, BPRMF)
+        compressible = "item_embedding" if topk else "embedding"
+        table = getattr(model, compressible, None)
+        own = stored_bytes(table.storage_tensors()) if isinstance(table, EmbeddingLayer) else 0
+        if smallest_embedding is None:
+            smallest_embedding = own
+        parts = {embedding_label or ("item table" if topk else "embedding"): int(smallest_embedding)}
+        if not topk:
+            for name, child in model.named_children():
+                if name == compressible:
+                    continue
+                n = stored_bytes(self._fixed_tensors(name, child))
+                if name == "linear" and isinstance(child, EmbeddingLayer):
+                    form = {"keep": "fp32", "fp16": "fp16", "drop": "dropped"}.get(self.first_order, self.first_order)
+                    if isinstance(child, QuantizedEmbedding) and self.first_order == "keep":
+                        form = child.dtype_name.replace("float", "fp")
+                    parts[f"first-order table ({form})"] = n
+                elif name == "mlp" or quantizable_linears(child):
+                    dims = getattr(model, "mlp_dims", None) if name == "mlp" else None
+                    int8 = self.mlp == "int8" or any(isinstance(m, Int8Linear) for m in child.modules())
+                    widths = f", hidden {'-'.join(map(str, dims))}" if dims else ""
+                    parts[f"{'MLP' if name == 'mlp' else name} ({'int8' if int8 else 'fp32'}{widths})"] = n
+                elif n:
+                    parts[name] = n
+            if getattr(model, "linear", "absent") is None:  # dropped before the search (first_order=drop)
+                parts["first-order table (dropped)"] = 0
+            first = [k for k in parts if k.startswith("first-order")]  # order: embedding, first-order, the rest
+            parts = {**{k: parts[k] for k in list(parts)[:1] + first}, **parts}
+            biases = [t for k, t in model.state_dict().items() if "." not in k]
+            if biases:
+                parts["biases"] = stored_bytes(biases)
+            # the file stores a tensor once however many layers hold it (e.g. the field offsets of
+            # int8 tables): the parts above count it in each
+            if smallest_embedding == own:
+                stored = self.planned_file_bytes(model) - self.graph_overhead_bytes - self.margin_bytes
+            else:
+                stored = smallest_embedding + self.fixed_bytes(model) - self.graph_overhead_bytes - self.margin_bytes
+            if stored != sum(parts.values()):
+                parts[SHARED_PART] = stored - sum(parts.values())
+        parts["ONNX graph"] = self.graph_overhead_bytes
+        parts["format margin"] = self.margin_bytes
+        return parts
+
     def too_small(self, method: str, budget_bytes: int, minimum_bytes: int, model: RecModel,
                   smallest_embedding: int | None = None, what: str | None = None) -> BudgetTooSmallError:
-        """The one-line error: the minimum and what takes it."""
-        if what is None:
-            parts = self.fixed_parts(model)
-            if smallest_embedding is not None:
-                parts["the smallest embedding"] = smallest_embedding
-            top = sorted(parts.items(), key=lambda kv: -kv[1])[:3]
-            what = ", ".join(f"{_label(k)} {format_bytes(v)}" for k, v in top)
-            if self.first_order != "keep":
-                what += {"fp16": "; first-order table in fp16", "drop": "; first-order table dropped"}.get(self.first_order, "")
-            if self.mlp == "int8":
-                what += "; MLP in int8"
+        """The one-line error: the minimum, itemised by :meth:`minimum_parts` (``what`` names
+        the embedding part when it is not the method's smallest table, e.g. one field alone)."""
+        label = "smallest embedding" if smallest_embedding is not None else None
+        if what:
+            label = what if what.startswith(("embedding", "item table")) else f"embedding of {what}"
+        parts = self.minimum_parts(model, smallest_embedding, embedding_label=label)
+        rest = minimum_bytes - sum(parts.values())
+        if rest:  # structures of the method that are not a layer of the model (should not happen)
+            parts["other"] = rest
         return BudgetTooSmallError(
             f"budget {format_bytes(budget_bytes)} is below the smallest model {method} can build, "
-            f"{format_bytes(minimum_bytes)} ({what}); raise the budget or pick another --method",
-            minimum_bytes=minimum_bytes)
+            f"{format_bytes(minimum_bytes)} = {itemise_bytes(parts)}; raise the budget or pick another --method",
+            minimum_bytes=minimum_bytes, parts=parts)
+
+
+#: The (negative) part of :meth:`ByteAccountant.minimum_parts` for tensors two layers share.
+SHARED_PART = "tensors two parts share (stored once)"
+
+
+def itemise_bytes(parts: dict[str, int]) -> str:
+    """``embedding 840 B + MLP (int8, hidden 16) 97 B + ... − shared 80 B``: a byte count's parts, one line."""
+    text = ""
+    for name, n in parts.items():
+        text += (f" − {name} {-n:,} B" if n < 0 else f" + {name} {n:,} B") if text else f"{name} {n:,} B"
+    return text
 
 
 def first_order_layer(layer: EmbeddingLayer, form: str) -> EmbeddingLayer | None:
@@ -364,12 +430,6 @@ def search_with_fixed_parts(run: Callable[[SearchContext], SearchResult], ctx: S
     return result
 
 
-def _label(name: str) -> str:
-    return {"mlp": "the MLP takes", "linear": "the first-order table takes", "onnx graph": "the graph takes",
-            "format margin": "the margin for a compressed format's extra graph nodes takes",
-            "the smallest embedding": "the smallest embedding takes"}.get(name, f"{name} takes")
-
-
 # ---------------------------------------------------------------------- result
 @dataclass
 class SearchResult:
@@ -404,6 +464,56 @@ class SearchResult:
                 "bytes_estimate": self.bytes_estimate, "timings": self.timings, "params": self.params,
                 "model": self.model.describe(),
                 **({"candidates": self.candidates} if self.candidates is not None else {})}
+
+    def save(self, path: str | Path) -> None:
+        """Write the result, weights included, atomically (data only: :meth:`load` reads it with
+        ``weights_only=True``). A loaded result exports to the same bytes (``compress --resume``)."""
+        import io
+        import json
+
+        from ondevice.io import _json_default, atomic_write_bytes
+
+        meta = {"config": self.config, "val": self.val, "metric": self.metric, "trace": self.trace,
+                "bytes_estimate": self.bytes_estimate, "timings": self.timings, "params": self.params,
+                "candidates": self.candidates, "warnings": list(self.warnings),
+                "schema": self.schema.to_dict() if self.schema is not None else None,
+                "training": [n for n, m in self.model.named_modules() if m.training],
+                "frozen": [n for n, p in self.model.named_parameters() if not p.requires_grad]}
+        payload = {"format": "ondevice-search-result", "model": json.dumps(self.model.describe(), default=_json_default),
+                   "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                   "meta": json.dumps(meta, default=_json_default)}
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> SearchResult:
+        """A result written by :meth:`save`; ``CheckpointError`` (one line) when it is unreadable."""
+        import json
+
+        from ondevice.errors import CheckpointError
+        from ondevice.models import model_from_description
+
+        try:
+            payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+            if not isinstance(payload, dict) or payload.get("format") != "ondevice-search-result":
+                raise ValueError("not a saved search result")
+            meta = json.loads(payload["meta"])
+            model = model_from_description(json.loads(payload["model"]))
+            model.load_state_dict(payload["state_dict"])
+        except Exception as err:  # noqa: BLE001 - any failure: the file is not a result we can reuse
+            raise CheckpointError(f"{path} is not a readable search result ({type(err).__name__}); "
+                                  "start over with --force") from None
+        training = set(meta["training"])
+        for name, module in model.named_modules():
+            module.training = name in training
+        frozen = set(meta["frozen"])
+        for name, p in model.named_parameters():
+            p.requires_grad_(name not in frozen)
+        schema = Schema.from_dict(meta["schema"], source=str(path)) if meta["schema"] is not None else None
+        return cls(model=model, config=meta["config"], val=meta["val"], metric=meta["metric"], trace=meta["trace"],
+                   bytes_estimate=meta["bytes_estimate"], timings=meta["timings"], params=meta["params"],
+                   candidates=meta["candidates"], schema=schema, warnings=meta["warnings"])
 
 
 def make_config(type_name: str, data: dict[str, Any], version: int = 1) -> dict[str, Any]:
@@ -446,12 +556,14 @@ class Searcher:
 
     def search(self, checkpoint: str | Path | Checkpoint, data: str | Path | EncodedDataset, budget_bytes: int, *,
                accountant: ByteAccountant | None = None, work_dir: str | Path | None = None,
-               mlp: str = "fp32") -> SearchResult:
+               mlp: str = "fp32", state_dir: str | Path | None = None) -> SearchResult:
         """Compress ``checkpoint``'s model so its exported file fits ``budget_bytes``.
 
         ``work_dir``: a folder where a once-for-all method may cache what it trained for
         all budgets (RULE's elastic model); ``None`` keeps such caches in memory only.
         ``mlp``: how the dense layers are stored, ``fp32`` | ``int8`` | ``auto`` (module docstring).
+        ``state_dir``: a folder of this one search where a searcher that runs others (``auto``)
+        keeps each finished candidate, so a killed ``compress`` resumes from them (``--resume``).
         """
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         ds = data if isinstance(data, EncodedDataset) else EncodedDataset(data)
@@ -470,7 +582,8 @@ class Searcher:
         if int(budget_bytes) < 1:
             raise BadInputError(f"budget must be >= 1 byte, got {budget_bytes}")
         ctx = SearchContext(ckpt=ckpt, data=ds, budget_bytes=int(budget_bytes), accountant=accountant or ByteAccountant(),
-                            work_dir=Path(work_dir) if work_dir is not None else None, mlp=mlp)
+                            work_dir=Path(work_dir) if work_dir is not None else None, mlp=mlp,
+                            state_dir=Path(state_dir) if state_dir is not None else None)
         started = time.perf_counter()
         # Reproducibility: whatever ran before in this process (another searcher, a model built
         # and discarded) must not change what this one draws. Without this, ``uniform`` built its
@@ -504,6 +617,7 @@ class SearchContext:
     accountant: ByteAccountant
     work_dir: Path | None = None
     mlp: str = "fp32"  # the --mlp option (``auto`` passes it to its candidates)
+    state_dir: Path | None = None  # where ``auto`` keeps finished candidates (``compress --resume``)
 
     @property
     def model(self) -> CTRModel:

@@ -102,7 +102,7 @@ def test_export_stores_int8_and_onnxruntime_matches(wide_mlp_run: Path, tmp_path
 
 
 def test_compress_mlp_auto_reaches_budgets_fp32_cannot(wide_mlp_run: Path, tmp_path: Path) -> None:
-    with pytest.raises(BudgetTooSmallError, match="the MLP takes"):
+    with pytest.raises(BudgetTooSmallError, match=r"MLP \(fp32, hidden"):
         compress(wide_mlp_run, budgets=["60KB"], methods=["uniform"], out_dir=tmp_path / "fp32", epochs=1,
                  profile=False, plot=False, quiet=True, mlp="fp32")
     s = compress(wide_mlp_run, budgets=["60KB"], methods=["uniform"], out_dir=tmp_path / "auto", epochs=1,
@@ -172,7 +172,7 @@ def test_compress_mlp_auto_narrows_only_when_int8_is_not_enough(wide_mlp_run: Pa
     # post-training int8 tables are not retrained, so they are never given a narrowed MLP
     ckpt = load_checkpoint(wide_mlp_run)
     data_dir = json.loads((wide_mlp_run / "train.json").read_text())["data_dir"]
-    with pytest.raises(BudgetTooSmallError, match="MLP in int8") as err:
+    with pytest.raises(BudgetTooSmallError, match=r"MLP \(int8") as err:
         make_searcher("int8").search(ckpt, data_dir, 20_000, mlp="auto")
     assert err.value.minimum_bytes > 20_000  # int8 tables + int8 MLP, never a narrowed one
 

@@ -1,5 +1,8 @@
 """Same data, settings and seed -> byte-identical ONNX file and identical metrics, for every method.
 
+Each result also survives ``SearchResult.save``/``load`` (what ``auto`` keeps for ``compress
+--resume``) with the same exported bytes and the same JSON record.
+
 Each registered method runs twice in this process with the global torch RNG disturbed in
 between (as another searcher or a discarded model would leave it), and the exported bytes
 and validation metrics are compared exactly. One thread (tests/conftest.py): multi-thread
@@ -19,6 +22,7 @@ import torch
 from ondevice.data import EncodedDataset
 from ondevice.models import BPRMF
 from ondevice.search import SEARCHERS, make_searcher
+from ondevice.search.base import SearchResult
 from ondevice.train import TrainConfig, load_checkpoint, train
 from tests.conftest import make_ctr
 from tests.topk_runs import pretrained_topk_run
@@ -67,6 +71,11 @@ def _twice(run: Path, method: str, budget_ratio: float) -> list[tuple[str, dict]
         torch.rand(disturb)  # a different global RNG state before the second run
         result = make_searcher(method, **FAST.get(method, {})).search(ckpt, data, budget, mlp="auto")
         out.append((_onnx_sha(result.model), result.val))
+    with tempfile.TemporaryDirectory() as tmp:  # what auto keeps for compress --resume exports the same bytes
+        result.save(Path(tmp) / "result.pt")
+        loaded = SearchResult.load(Path(tmp) / "result.pt")
+    assert (_onnx_sha(loaded.model), loaded.val) == out[-1]
+    assert json.dumps(loaded.to_dict(), sort_keys=True) == json.dumps(result.to_dict(), sort_keys=True, default=float)
     return out
 
 

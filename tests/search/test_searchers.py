@@ -111,7 +111,8 @@ def test_too_small_budget_names_the_minimum(trained_run: Path, method: str) -> N
     with pytest.raises(BudgetTooSmallError, match="smallest model") as err:
         make_searcher(method, shared={"epochs": 1}).search(trained_run, _data(trained_run), 5_000)
     assert err.value.minimum_bytes > 5_000
-    assert f"{err.value.minimum_bytes:,} B" in str(err.value) and "takes" in str(err.value)
+    assert f"{err.value.minimum_bytes:,} B" in str(err.value) and sum(err.value.parts.values()) == err.value.minimum_bytes
+    assert "ONNX graph" in str(err.value) and "format margin" in str(err.value)
     assert "\n" not in str(err.value)
 
 

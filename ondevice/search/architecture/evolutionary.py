@@ -62,6 +62,7 @@ from ondevice.models.blocknet import (
     SPARSE_TYPES,
     check_blocks,
 )
+from ondevice.search.base import ByteAccountant, itemise_bytes
 from ondevice.search.evolution import regularized_evolution
 from ondevice.search.retrain import fit_ctr
 
@@ -138,6 +139,15 @@ def build_candidate(genotype: dict[str, Any], vocab_sizes: Sequence[int], seed: 
     torch.manual_seed(seed)
     return build_model("blocknet", vocab_sizes, embed_dim=genotype["embed_dim"],  # type: ignore[return-value]
                        blocks=genotype["blocks"])
+
+
+def _measured_parts(model: CTRModel, cost: dict[str, Any]) -> dict[str, int]:
+    """The exported file's bytes of ``model``, itemised as every "too small" message is
+    (``ByteAccountant.minimum_parts``): measured, so the graph is the file minus the parameters
+    and there is no margin."""
+    parts = ByteAccountant(graph_overhead_bytes=0, margin_bytes=0).minimum_parts(model)
+    parts["ONNX graph"] = int(cost["file_bytes"]) - sum(parts.values())  # the parts add up to the file
+    return parts
 
 
 def measure_cost(model: CTRModel, constraints: Constraints, *, runs: int = 200, warmup: int = 20,
@@ -423,7 +433,7 @@ class EvolutionaryArchitectureSearch:
             c.age = len(log) - 1 - c.born
         feasible = [c for c in log if c.feasible]
         if not feasible:
-            raise self._none_feasible(log, constraints)
+            raise self._none_feasible(log, constraints, vocab)
         best = max(feasible, key=lambda c: (c.fitness, -c.id))
         return ArchitectureSearchResult(best=best, candidates=log, evaluations=evo.evaluations, seconds=evo.seconds,
                                         mutation_stats=stats, history=evo.history)
@@ -454,15 +464,16 @@ class EvolutionaryArchitectureSearch:
         if constraints.budget_bytes is None:
             return
         g = reference_genotypes(len(vocab), min(self.embed_dims))[0]
-        cost = measure_cost(build_candidate(g, vocab, self.seed), constraints, runs=1, warmup=0, repeats=1)
+        model = build_candidate(g, vocab, self.seed)
+        cost = measure_cost(model, constraints, runs=1, warmup=0, repeats=1)
         if cost["file_bytes"] > constraints.budget_bytes:
+            parts = _measured_parts(model, cost)
             raise BudgetTooSmallError(
                 f"budget {format_bytes(constraints.budget_bytes)} is below the smallest architecture the search can "
-                f"build, {format_bytes(int(cost['file_bytes']))} (FM at embedding dim {min(self.embed_dims)}); "
-                f"raise --budget", minimum_bytes=int(cost["file_bytes"]))
+                f"build, FM at embedding dim {min(self.embed_dims)}: {format_bytes(int(cost['file_bytes']))} = "
+                f"{itemise_bytes(parts)}; raise --budget", minimum_bytes=int(cost["file_bytes"]), parts=parts)
 
-    @staticmethod
-    def _none_feasible(log: list[Candidate], constraints: Constraints) -> BudgetTooSmallError:
+    def _none_feasible(self, log: list[Candidate], constraints: Constraints, vocab: list[int]) -> BudgetTooSmallError:
         smallest = min(log, key=lambda c: c.file_bytes)
         fastest = min(log, key=lambda c: c.p99_ms)
         want = []
@@ -470,8 +481,10 @@ class EvolutionaryArchitectureSearch:
             want.append(f"≤ {format_bytes(constraints.budget_bytes)}")
         if constraints.p99_ms is not None:
             want.append(f"p99 ≤ {constraints.p99_ms:g} ms")
+        model = build_candidate(smallest.genotype, vocab, self.seed)
+        parts = _measured_parts(model, {"file_bytes": smallest.file_bytes, "param_bytes": smallest.param_bytes})
         return BudgetTooSmallError(
             f"no architecture met {' and '.join(want)} in {len(log)} candidates (smallest "
-            f"{format_bytes(smallest.file_bytes)}, fastest p99 {fastest.p99_ms:.4f} ms at batch "
-            f"{constraints.batch_size}, {constraints.threads} thread(s)); raise --budget/--latency-p99 or search longer",
-            minimum_bytes=smallest.file_bytes)
+            f"{format_bytes(smallest.file_bytes)} = {itemise_bytes(parts)}; fastest p99 {fastest.p99_ms:.4f} ms at "
+            f"batch {constraints.batch_size}, {constraints.threads} thread(s)); raise --budget/--latency-p99 or search "
+            "longer", minimum_bytes=smallest.file_bytes, parts=parts)

@@ -575,8 +575,7 @@ class RULESearcher(Searcher):
         smallest[:, 0] = True
         if cost(smallest) > target:
             raise acc.too_small(self.method_name(), budget, cost(smallest) + budget - target, net.model,
-                                what=f"one block per item takes {cost(smallest):,} B, the graph "
-                                     f"{acc.graph_overhead_bytes + acc.margin_bytes:,} B")
+                                smallest_embedding=cost(smallest), what="item table at one block per item (with its graph nodes)")
         row_cost = np.asarray(sizes)[:, None] * np.ones((1, n_b))  # value bytes grow with the group's items
 
         def repair(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -20,7 +20,7 @@ from ondevice.errors import BadInputError, BudgetExceededError
 from ondevice.io import atomic_output_dir, atomic_write_json
 from ondevice.models import CTRModel
 from ondevice.outputs import check_output
-from ondevice.search.base import ByteAccountant, make_searcher
+from ondevice.search.base import MLP_OPTIONS, ByteAccountant, make_searcher
 from ondevice.train.checkpoint import load_checkpoint, run_data, save_checkpoint
 
 __all__ = ["search_features"]
@@ -29,15 +29,23 @@ __all__ = ["search_features"]
 def search_features(run_dir: str | Path, out_dir: str | Path, *, budget: str | int | None = None,
                     keep: int | None = None, method: str = "autofield", epochs: int | None = None,
                     search_epochs: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
-                    force: bool = False, signal_level: float | None = None) -> dict[str, Any]:
+                    force: bool = False, signal_level: float | None = None, mlp: str = "auto") -> dict[str, Any]:
     """Select fields of ``run_dir``'s model within ``budget`` bytes (or keep the ``keep`` best).
 
     Returns the summary written to ``train.json``. ``budget`` is the exported file's limit
     (graph included, measured on the full model as ``compress`` does); with ``keep`` alone
     there is no byte limit. ``signal_level``: the ranking's signal check (``subset.ranking_signal``;
     ``None``: the searcher's default, 0: off).
+    The search goes through ``compress --method``'s fit loop (same accountant, ``mlp`` forms,
+    margin retry): both reach the same smallest model.
     """
-    from ondevice.compress import measure_file_bytes  # compress sits above search (lazy: no cycle)
+    from ondevice.compress import (  # compress sits above search (lazy: no cycle)
+        _search_fitting,
+        measure_file_bytes,
+    )
+
+    if mlp not in MLP_OPTIONS:
+        raise BadInputError(f"--mlp must be one of {', '.join(MLP_OPTIONS)}; got {mlp!r}")
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if (budget is None) == (keep is None):
@@ -54,8 +62,7 @@ def search_features(run_dir: str | Path, out_dir: str | Path, *, budget: str | i
     limit = parse_budget(budget) if budget is not None else acc.file_bytes_estimate(ckpt.model)
     searcher = make_searcher(method, shared={"epochs": epochs, "seed": seed}, num_fields=keep,
                              search_epochs=search_epochs, signal_level=signal_level)
-    result = searcher.search(ckpt, data, limit, accountant=acc)
-    file_bytes, _ = measure_file_bytes(result.model)
+    result, file_bytes, _ = _search_fitting(searcher, ckpt, data, limit, acc.graph_overhead_bytes, mlp=mlp)
     if budget is not None and file_bytes > limit:
         raise BudgetExceededError(f"the selected model exports to {format_bytes(file_bytes)}, over the budget of "
                                   f"{format_bytes(limit)}; lower the budget or pass --keep", file_bytes=file_bytes,

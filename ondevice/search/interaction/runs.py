@@ -25,7 +25,7 @@ from ondevice.data.dataset import FieldSelectedDataset
 from ondevice.errors import BadInputError, BudgetExceededError
 from ondevice.io import atomic_output_dir, atomic_write_json
 from ondevice.outputs import check_output
-from ondevice.search.base import ByteAccountant, Searcher
+from ondevice.search.base import MLP_OPTIONS, Searcher
 from ondevice.search.retrain import val_metrics
 from ondevice.train import evaluate_ctr
 from ondevice.train.checkpoint import load_checkpoint, run_data, save_checkpoint
@@ -38,9 +38,12 @@ NO_BUDGET = 2**62
 
 def search_interactions(run_dir: str | Path, out_dir: str | Path, searcher: Searcher, *,
                         data_dir: str | Path | None = None, budget_bytes: int | None = None,
-                        force: bool = False) -> dict[str, Any]:
+                        force: bool = False, mlp: str = "auto") -> dict[str, Any]:
     """Search ``run_dir``'s model with ``searcher`` and write the run folder ``out_dir``.
 
+    The search goes through the fit loop ``compress --method`` runs (same byte accountant,
+    graph measured on the full model, ``mlp`` forms, margin retry), so both reach the same
+    smallest model and a too-small budget gets the same itemised minimum.
     Returns the summary: kept pairs, validation AUC before (the full model) and after,
     test AUC of the result, seconds.
     """
@@ -52,15 +55,18 @@ def search_interactions(run_dir: str | Path, out_dir: str | Path, searcher: Sear
         raise BadInputError(f"the data in {data.root} is not the data {run_dir} was trained on (schema fingerprint differs)")
     if data.task != "ctr":
         raise BadInputError(f"interaction search needs a CTR run; {run_dir} is a {data.task} run")
-    from ondevice.compress import measure_file_bytes  # compress sits above search (lazy: no cycle)
+    from ondevice.compress import (  # compress sits above search (lazy: no cycle)
+        _search_fitting,
+        measure_file_bytes,
+    )
 
+    if mlp not in MLP_OPTIONS:
+        raise BadInputError(f"--mlp must be one of {', '.join(MLP_OPTIONS)}; got {mlp!r}")
     val_before = val_metrics(copy.deepcopy(ckpt.model), data)
     full_file, full_params = measure_file_bytes(ckpt.model)  # the graph's real bytes, as compress measures them
-    acc = ByteAccountant(graph_overhead_bytes=full_file - full_params)
     limit = NO_BUDGET if budget_bytes is None else int(budget_bytes)
-    result = searcher.search(ckpt, data, limit, accountant=acc)
+    result, file_bytes, _ = _search_fitting(searcher, ckpt, data, limit, full_file - full_params, mlp=mlp)
     model = result.model.eval()
-    file_bytes, _ = measure_file_bytes(model)
     if file_bytes > limit:
         raise BudgetExceededError(f"the searched model exports to {format_bytes(file_bytes)}, over the budget of "
                                   f"{format_bytes(limit)}; lower the budget", file_bytes=file_bytes, budget=limit)
