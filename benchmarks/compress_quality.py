@@ -360,6 +360,15 @@ def _fmt_s(r: dict[str, Any]) -> str:
     return f"{r['search_s']:.1f} + {r['retrain_s']:.1f} ({r['wall_s']:.0f})"
 
 
+def _resolved(train: dict[str, Any]) -> dict[str, Any]:
+    """A dataset's full-model training settings with ``ondevice train``'s defaults filled in."""
+    from dataclasses import asdict
+
+    from ondevice.train import TrainConfig
+
+    return asdict(TrainConfig(**train))
+
+
 def render(res: dict[str, Any]) -> dict[str, str]:
     out = {}
     for ds in res["datasets"]:
@@ -375,8 +384,10 @@ def render(res: dict[str, Any]) -> dict[str, str]:
         tr = st["train"]
         lines = [f"# Quality at budget — {name}", "", head, ""]
         if ds["task"] == "ctr":
+            tr = _resolved(tr)
             lines += [f"DeepFM dim {tr['embed_dim']}, MLP {'-'.join(map(str, tr['mlp_dims']))}, trained ≤ {tr['epochs']} "
-                      f"epochs (patience {tr['patience']}, batch {tr['batch_size']}). {ds['rows']['train']:,} train / "
+                      f"epochs (patience {tr['patience']}, batch {tr['batch_size']}, BatchNorm {tr['batch_norm']}, dropout "
+                      f"{tr['dropout']}, weight decay {tr['weight_decay']}). {ds['rows']['train']:,} train / "
                       f"{ds['rows']['val']:,} val / {ds['rows']['test']:,} test rows, {ds['fields']} fields, {ds['ids']:,} ids. "
                       f"Retraining: ≤ {st['search']['epochs']} epochs (best validation epoch kept); PEP threshold search "
                       f"≤ {st['search']['pep']['search_epochs']} epochs. Full model bytes by part: "
@@ -386,6 +397,7 @@ def render(res: dict[str, Any]) -> dict[str, str]:
                       f"| full | deepfm fp32 | — | {full['file_bytes']:,} | 1.0 | {full['val']['auc']:.4f} | "
                       f"{full['test']['auc']:.4f} | — | {full['train_s']:.0f} (training) | | — |"]
         else:
+            tr = _resolved(tr)
             lines += [f"BPR-MF D = {tr['embed_dim']}, trained ≤ {tr['epochs']} epochs. {ds['ids']:,} ids (users + items); split "
                       f"{ds['rows']}. Budgets bound `model.onnx` (item table + graph; the user table stays on the server). "
                       f"RULE: {st['search']['rule']}; uniform retrained {st['search']['uniform']['epochs']} epochs; PEP: {st['search'].get('pep')}.", "",
@@ -495,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mlp", choices=["auto", "fp32", "int8"], default="auto",
                     help="how CTR methods store the MLP (compress's --mlp; default auto, as compress)")
     ap.add_argument("--fresh", action="store_true", help="ignore cached entries (data and trained runs are kept)")
+    ap.add_argument("--render", action="store_true", help="only rewrite the Markdown tables from the results JSON")
     ap.add_argument("--cache", type=Path, default=CACHE / "entries.json",
                     help="entries file (a second invocation running at the same time needs its own)")
     args = ap.parse_args(argv)
@@ -505,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"{time.perf_counter() - started:7.1f}s {msg}", file=sys.stderr, flush=True)
 
+    if args.render:
+        res = json.loads((args.out / "compress_quality.json").read_text())
+        for name, text in render(res).items():
+            (args.out / f"compress_quality_{name}.md").write_text(text)
+        return 0
     CACHE.mkdir(parents=True, exist_ok=True)
     cache_file = args.cache
     cache: dict[str, Any] = {} if args.fresh or not cache_file.is_file() else json.loads(cache_file.read_text())
