@@ -224,4 +224,31 @@ def test_forms_that_cannot_close_the_gap_are_skipped(wide_mlp_run: Path) -> None
     # the forms between save less than the first gap (int8 at full width, no table, misses by 1 B): never run
     assert [(t["first_order"], t["mlp"]) for t in skipped] == [("fp16", "fp32"), ("keep", "int8"), ("fp16", "int8"),
                                                                 ("drop", "fp32"), ("drop", "int8")]
-    assert [m for m, _ in calls] == ["fp32", "int8"]  # the second: int8 at half width, which fits
+    # the second: int8 at half width, which fits; the third: one step narrower (1/4), retrained
+    # and compared on validation (a tie keeps the wider form)
+    assert [m for m, _ in calls] == ["fp32", "int8", "int8"]
+    alternative = [t for t in trace["tried"] if "against" in t]
+    assert [(t["mlp"], t["against"]["mlp"]) for t in alternative] == [("int8/4", "int8/2")]
+
+
+def test_a_narrower_int8_mlp_is_kept_when_it_validates_better(wide_mlp_run: Path) -> None:
+    """--mlp auto: the widest int8 MLP that fits may starve the table; one step narrower is tried too."""
+    from ondevice.data import EncodedDataset
+    from ondevice.search.base import SearchContext, SearchResult, search_with_fixed_parts
+
+    ckpt = load_checkpoint(wide_mlp_run)
+    data = EncodedDataset(json.loads((wide_mlp_run / "train.json").read_text())["data_dir"])
+
+    def run(ctx: SearchContext) -> SearchResult:  # pretend: the fewer MLP bytes, the more table, the better
+        fixed = ctx.accountant.fixed_bytes(ctx.model)
+        if fixed > ctx.budget_bytes:
+            raise BudgetTooSmallError("too small", minimum_bytes=fixed)
+        return SearchResult(model=ctx.model, config={"_data": {}}, val={"auc": 1.0 - fixed / 1e7}, metric="auc")
+
+    acc = ByteAccountant()
+    int8_bytes = ByteAccountant(mlp="int8").fixed_bytes(ckpt.model)
+    ctx = SearchContext(ckpt=ckpt, data=data, budget_bytes=int8_bytes + 1_000, accountant=acc)
+    result = search_with_fixed_parts(run, ctx, "keep", "auto", narrow=True)
+    assert result.trace[-1]["mlp"] == "int8/2" and result.config["_data"]["mlp"] == "int8/2"
+    # not for searchers that do not retrain (narrow=False): the widest form that fits stays
+    assert search_with_fixed_parts(run, ctx, "keep", "auto", narrow=False).trace[-1]["mlp"] == "int8"
