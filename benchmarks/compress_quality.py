@@ -481,7 +481,9 @@ def render(res: dict[str, Any]) -> dict[str, str]:
                    "int8": "the MLP is stored in int8 (`--mlp int8`)",
                    "auto": "`--mlp auto`, forms tried in order until the method fits: fp32 MLP, int8 MLP (1 B per "
                            "weight), each with the first-order table kept or in fp16; then the table dropped; then — for "
-                           "retraining methods — an int8 MLP narrowed to 1/2 ... 1/16 of its neurons"}[ds.get("mlp", "fp32")]
+                           "retraining methods — an int8 MLP narrowed to 1/2 ... 1/16 of its neurons; when the form that fits "
+                           "has an int8 MLP, retraining methods also try one step narrower and keep the better "
+                           "validation metric"}[ds.get("mlp", "fp32")]
             lines += ["", f"Fixed parts: MLP + biases {mlp:,} B, first-order (`linear`) table {lin:,} B (4 B per id) — "
                       f"together {100 * (lin + mlp) / full['file_bytes']:.1f} % of the full file; {how}. "
                       "PEP, SSEDS and MDE keep the MLP's input width (projections back to the base dim) and at least "
