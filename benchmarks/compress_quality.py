@@ -286,6 +286,7 @@ def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log,
                     f"val {e['val'][metric]:.4f} test {e['test'][metric]:.4f} "
                     f"(search {e['search_s']:.1f}s + retrain {e['retrain_s']:.1f}s)")
     return {"dataset": name, "task": st["task"], "metric": metric, "data_dir": str(data_dir), "mlp": mlp,
+            "mlp_narrower_alternative": True,  # search_with_fixed_parts' one-step-narrower rule (issue 12)
             "rows": {s: len(data.split(s)) for s in ("train", "val", "test")},
             "fields": data.schema.num_fields, "ids": int(sum(data.schema.vocab_sizes)),
             "settings": st, "full": full, "budgets": budgets, "runs": rows, "targets": targets(st["task"], full, rows)}
@@ -481,9 +482,10 @@ def render(res: dict[str, Any]) -> dict[str, str]:
                    "int8": "the MLP is stored in int8 (`--mlp int8`)",
                    "auto": "`--mlp auto`, forms tried in order until the method fits: fp32 MLP, int8 MLP (1 B per "
                            "weight), each with the first-order table kept or in fp16; then the table dropped; then — for "
-                           "retraining methods — an int8 MLP narrowed to 1/2 ... 1/16 of its neurons; when the form that fits "
-                           "has an int8 MLP, retraining methods also try one step narrower and keep the better "
-                           "validation metric"}[ds.get("mlp", "fp32")]
+                           "retraining methods — an int8 MLP narrowed to 1/2 ... 1/16 of its neurons"}[ds.get("mlp", "fp32")]
+            if ds.get("mlp", "fp32") == "auto" and ds.get("mlp_narrower_alternative"):
+                how += ("; when the form that fits has an int8 MLP, retraining methods also try one step narrower "
+                        "and keep the better validation metric")
             lines += ["", f"Fixed parts: MLP + biases {mlp:,} B, first-order (`linear`) table {lin:,} B (4 B per id) — "
                       f"together {100 * (lin + mlp) / full['file_bytes']:.1f} % of the full file; {how}. "
                       "PEP, SSEDS and MDE keep the MLP's input width (projections back to the base dim) and at least "

@@ -84,8 +84,9 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     # FM has no MLP: at lr 1e-3 it is still improving after 50 epochs on Frappe (val AUC 0.9449);
     # lr 1e-2 reaches 0.9534 in 10 (benchmarks/original_protocol.py, tune rows)
     "fm": {"lr": 1e-2},
-    # BPR-MF: L2 1e-2 on the batch's rows (1e-4 and 1e-3 end below popularity on Amazon Sports,
-    # where users have ~7 interactions); sparse data converges slowly, hence 100 epochs
+    # BPR-MF: L2 1e-2 on the batch's rows (on Amazon Sports, ~7 interactions per user, 1e-4 and
+    # 1e-3 end below popularity: val Recall@20 0.0266 / 0.0264 vs 0.0656,
+    # benchmarks/results/topk_defaults_sports_l2/); sparse data converges slowly, hence 100 epochs
     "bprmf": {"embed_dim": 64, "dropout": 0.0, "batch_norm": False, "lr": 3e-3, "weight_decay": 0.0,
               "l2": 1e-2, "batch_size": 2048, "patience": 3, "epochs": 100},
 }
