@@ -172,7 +172,9 @@ def tune(
     out_dir = Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".tune")
     fixed = dict(fixed or {})
-    unknown = sorted(set(fixed) - {f for f in TrainConfig.__dataclass_fields__} - {"model"})
+    if "model" in fixed:
+        raise BadInputError("--fix model=...: the model is --model; --fix holds training knobs")
+    unknown = sorted(set(fixed) - set(TrainConfig.__dataclass_fields__))
     if unknown:
         raise BadInputError(f"unknown --fix key(s) {', '.join(unknown)}; tunable: {', '.join(TUNABLE)} "
                             "(any train option such as epochs or threads may be fixed too)")
@@ -220,7 +222,7 @@ def tune(
         trial = study.ask()
         params = _suggest(trial, space)
         run = work / "trials" / f"trial-{trial.number:03d}"
-        config = TrainConfig(model=model, seed=seed, **{**fixed, **params})
+        config = TrainConfig(**{"model": model, "seed": seed, **fixed, **params})
         shutil.rmtree(run, ignore_errors=True)
         shutil.rmtree(run.with_name(run.name + ".partial"), ignore_errors=True)
 

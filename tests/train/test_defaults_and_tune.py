@@ -118,10 +118,18 @@ def test_tune_runs_trials_writes_a_run_folder_and_resumes(ctr_data: Path, tmp_pa
     assert [t["trial"] for t in json.loads((out / "tune.json").read_text())["trials"]] == [0, 1, 2, 3]
 
 
-def test_tune_rejects_unknown_fixed_knob(ctr_data: Path, tmp_path: Path) -> None:
-    res = CliRunner().invoke(cli, ["tune", str(ctr_data), "--out", str(tmp_path / "t"), "--fix", "learning_rate=1"])
-    assert res.exit_code == 2 and "unknown --fix key" in res.output
+@pytest.mark.parametrize(("fix", "message"), [("learning_rate=1", "unknown --fix key"), ("model=fm", "the model is --model")])
+def test_tune_rejects_bad_fixed_knobs(ctr_data: Path, tmp_path: Path, fix: str, message: str) -> None:
+    res = CliRunner().invoke(cli, ["tune", str(ctr_data), "--out", str(tmp_path / "t"), "--fix", fix])
+    assert res.exit_code == 2 and message in res.output
     assert not (tmp_path / "t").exists()
+
+
+def test_tune_may_fix_the_seed(ctr_data: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["tune", str(ctr_data), "--out", str(tmp_path / "t"), "--trials", "1", "--fix", "seed=3",
+                                   "--fix", "epochs=1", "--fix", "mlp_dims=[8]", "--fix", "max_steps_per_epoch=2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "t" / "train.json").read_text())["config"]["seed"] == 3
 
 
 def test_on_epoch_hook_stops_training(ctr_data: Path, tmp_path: Path) -> None:
