@@ -130,12 +130,17 @@ def measure_file_bytes(model: RecModel) -> tuple[int, int]:
         return path.stat().st_size, int(storage_report(module)["parameter_bytes"])
 
 
+ROUNDS = 3  # candidate_latency: rounds of timed calls; p99 is the median of the rounds' p99s
+
+
 def candidate_latency(model: RecModel, *, batch: int = 1, threads: int = 1, runs: int = 50,
                       seed: int = 0) -> dict[str, float]:
     """onnxruntime p50/p99 (ms) of ``model`` exported as ``export_artefact`` does, on this machine.
 
-    Inputs as the profiler draws them (valid ids / unit-scale user vectors), ``runs`` timed
-    calls after ``min(10, runs)`` warm-up calls, in this process (``auto`` compares candidates).
+    Inputs as the profiler draws them (valid ids / unit-scale user vectors); ``min(10, runs)``
+    warm-up calls, then ``ROUNDS`` rounds of ``runs`` timed calls, in this process (``auto``
+    compares candidates). p99 is the median of the rounds' p99s: one scheduler stall on a busy
+    machine (seen: 4-12 ms next to a 0.02 ms p50) must not reject a candidate against a target.
     """
     import numpy as np
 
@@ -157,9 +162,12 @@ def candidate_latency(model: RecModel, *, batch: int = 1, threads: int = 1, runs
         export_onnx(module, io, torch.from_numpy(x[:2] if len(x) >= 2 else x), path)
         session = runner.make_session(path, threads)
         feeds = {io["inputs"][0]["name"]: x}
-        samples = runner.time_calls(lambda: session.run(None, feeds), runs, min(10, runs))
-    stats = runner.latency_stats(samples, batch)
-    return {"p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"], "batch": batch, "threads": threads, "runs": runs}
+        rounds = [runner.time_calls(lambda: session.run(None, feeds), runs, min(10, runs) if r == 0 else 0)
+                  for r in range(ROUNDS)]
+    p99s = sorted(runner.latency_stats(samples, batch)["p99_ms"] for samples in rounds)
+    stats = runner.latency_stats([t for samples in rounds for t in samples], batch)
+    return {"p50_ms": stats["p50_ms"], "p99_ms": p99s[len(p99s) // 2], "batch": batch, "threads": threads,
+            "runs": runs * ROUNDS}
 
 
 def resume_options(out_dir: str | Path, given: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -226,3 +226,26 @@ def test_near_tie_goes_to_the_clearly_faster_candidate() -> None:
     cs = [cand("a", 0.8000, 1.0), cand("b", 0.7999, 0.9)]  # 10 % faster is timing noise: the best metric stays
     auto._choose(_Ctx(), cs, probe, time.perf_counter())  # type: ignore[arg-type]
     assert [c["method"] for c in cs if c["chosen"]] == ["a"]
+
+
+def test_candidate_p99_ignores_one_stalled_round(monkeypatch) -> None:
+    """One scheduler stall in one round of timings must not become the candidate's p99."""
+    from ondevice import compress as compress_mod
+    from ondevice.export._runner import runner_module
+    from ondevice.models import build_model
+
+    runner = runner_module()
+    calls = {"n": 0}
+
+    def fake_time_calls(fn, runs, warmup):  # 20 µs calls; the second round stalls twice for 10 ms
+        calls["n"] += 1
+        samples = [20_000] * runs
+        if calls["n"] == 2:  # 2 of all 150 calls (> 1 %): a pooled p99 would be 10 ms
+            samples[-2:] = [10_000_000, 10_000_000]
+        return samples
+
+    monkeypatch.setattr(runner, "time_calls", fake_time_calls)
+    monkeypatch.setattr("ondevice.export._runner.runner_module", lambda: runner)
+    lat = compress_mod.candidate_latency(build_model("deepfm", [20, 30], embed_dim=4, mlp_dims=[8]).eval(), runs=50)
+    assert calls["n"] == compress_mod.ROUNDS and lat["runs"] == 50 * compress_mod.ROUNDS
+    assert lat["p99_ms"] < 0.1 and lat["p50_ms"] == 0.02
