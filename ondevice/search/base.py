@@ -337,26 +337,32 @@ def _mlp_form(form: str) -> tuple[str, int]:
     return dtype, int(div or 1)
 
 
+def _form_context(ctx: SearchContext, form: str | None, mlp_form: str) -> SearchContext:
+    """``ctx`` with the full model's first-order table and MLP in one (first-order, MLP) form:
+    the table dropped and/or the MLP narrowed on a copy, the accountant counting that form."""
+    model = ctx.ckpt.model
+    mlp_dtype, divisor = _mlp_form(mlp_form)
+    if form == "drop" or divisor > 1:
+        model = copy.deepcopy(model)
+        if form == "drop":
+            model.linear = None
+        if divisor > 1:
+            narrow_mlp_(model, 1 / divisor)
+    acc = dataclasses.replace(ctx.accountant, first_order=form or "keep", mlp=mlp_dtype)
+    return dataclasses.replace(ctx, ckpt=dataclasses.replace(ctx.ckpt, model=model), accountant=acc)
+
+
 def _narrower_form(ctx: SearchContext, run: Callable[[SearchContext], SearchResult],
                    later: list[tuple[str | None, str]], divisor: int) -> tuple[str | None, str, SearchResult] | None:
     """The first later form whose MLP is narrower than ``divisor`` and fits: (first-order form,
     MLP form, its result), or ``None`` when there is none (or it does not fit)."""
-    full = ctx.ckpt.model
-    for form, mlp_form in later:
-        mlp_dtype, div = _mlp_form(mlp_form)
-        if div <= divisor:
-            continue
-        model = copy.deepcopy(full)
-        if form == "drop":
-            model.linear = None
-        narrow_mlp_(model, 1 / div)
-        acc = dataclasses.replace(ctx.accountant, first_order=form or "keep", mlp=mlp_dtype)
-        sub = dataclasses.replace(ctx, ckpt=dataclasses.replace(ctx.ckpt, model=model), accountant=acc)
-        try:
-            return form, mlp_form, run(sub)
-        except BudgetTooSmallError:
-            return None
-    return None
+    form, mlp_form = next(((f, m) for f, m in later if _mlp_form(m)[1] > divisor), (None, ""))
+    if not mlp_form:
+        return None
+    try:
+        return form, mlp_form, run(_form_context(ctx, form, mlp_form))
+    except BudgetTooSmallError:
+        return None
 
 
 def search_with_fixed_parts(run: Callable[[SearchContext], SearchResult], ctx: SearchContext,
@@ -391,16 +397,9 @@ def search_with_fixed_parts(run: Callable[[SearchContext], SearchResult], ctx: S
     failed: tuple[int, int] | None = None  # (fixed bytes, minimum bytes) of the last form that did not fit
     last_error: BudgetTooSmallError | None = None
     for i, (form, mlp_form) in enumerate(forms):
-        model = full
         mlp_dtype, divisor = _mlp_form(mlp_form)
-        if form == "drop" or divisor > 1:
-            model = copy.deepcopy(full)
-            if form == "drop":
-                model.linear = None
-            if divisor > 1:
-                narrow_mlp_(model, 1 / divisor)
-        acc = dataclasses.replace(ctx.accountant, first_order=form or "keep", mlp=mlp_dtype)
-        fixed = acc.fixed_bytes(model)
+        sub = _form_context(ctx, form, mlp_form)
+        fixed = sub.accountant.fixed_bytes(sub.ckpt.model)
         if failed is not None and failed[0] - fixed < failed[1] - ctx.budget_bytes and i < len(forms) - 1:
             # This form only changes fixed parts; it saves too little to close the last gap, so
             # running the method again (some search before they can tell) is skipped. The last
@@ -408,7 +407,6 @@ def search_with_fixed_parts(run: Callable[[SearchContext], SearchResult], ctx: S
             tried.append({"first_order": form, "mlp": mlp_form, "skipped": f"saves {failed[0] - fixed:,} B, "
                           f"needs {failed[1] - ctx.budget_bytes:,} B"})
             continue
-        sub = dataclasses.replace(ctx, ckpt=dataclasses.replace(ctx.ckpt, model=model), accountant=acc)
         try:
             result = run(sub)
         except BudgetTooSmallError as err:
