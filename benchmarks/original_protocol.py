@@ -32,7 +32,6 @@ thread (``torch.set_num_threads(1)``), on a shared 2-core machine: seconds are i
 from __future__ import annotations
 
 import argparse
-import copy
 import gzip
 import json
 import platform
@@ -44,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import log, test_auc, write_results  # noqa: E402
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,13 +91,6 @@ def write_split(work: Path) -> Path:
         (raw / f"{part}.libfm").write_text("".join(lines[i] for i in idx))
     prepare([raw / "train.libfm", raw / "val.libfm", raw / "test.libfm"], data_dir, format="libfm", split="given")
     return data_dir
-
-
-def test_auc(model: nn.Module, data: Any) -> float:
-    from ondevice.train import evaluate_ctr
-
-    s = data.split("test")
-    return float(evaluate_ctr(copy.deepcopy(model).eval(), s.ids, s.labels)["auc"])
 
 
 def embedding_nonzeros(layer: Any) -> int:
@@ -289,9 +282,6 @@ def main(argv: list[str] | None = None) -> int:
     from ondevice.data import EncodedDataset
     from ondevice.train import TrainConfig
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
     work = args.work or Path(tempfile.mkdtemp(prefix="ondevice-original-"))
     work.mkdir(parents=True, exist_ok=True)
     data_dir = write_split(work)
@@ -306,9 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         kept["deeplight"] = run_deeplight(data, work / "run-deepfwfm-dim10", log)
         kept["command_deeplight"] = res["command"]
         kept["targets"] = targets(kept)
-        (args.out / "original_protocol.json").write_text(json.dumps(kept, indent=2, default=str) + "\n")
-        (args.out / "original_protocol.md").write_text(render(kept))
-        print(render(kept))
+        write_results(args.out, "original_protocol", kept, render)
         return 0
     for model in args.models.split(","):
         res["full"].append(train_full(data_dir, work, model, TrainConfig(model=model, threads=1), log))
@@ -322,10 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tune_trials:
         res["tune"] = [tune_model(data_dir, work, m, args.tune_trials, log) for m in args.models.split(",")]
     res["targets"] = targets(res)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "original_protocol.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    (args.out / "original_protocol.md").write_text(render(res))
-    print(render(res))
+    write_results(args.out, "original_protocol", res, render)
     return 0
 
 

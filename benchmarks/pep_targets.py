@@ -20,8 +20,6 @@ test read once) against the full model, seconds. One torch thread; shared 2-core
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import platform
 import sys
 import tempfile
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import log, test_auc, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -41,13 +40,6 @@ DATASETS: dict[str, dict[str, Any]] = {
     "movielens-head10k": {"files": [SHARED / "movielens-1m/ratings_head10k.dat.gz"], "format": "movielens",
                           "min_count": 1},
 }
-
-
-def test_auc(model: torch.nn.Module, data: Any) -> float:
-    from ondevice.train import evaluate_ctr
-
-    s = data.split("test")
-    return float(evaluate_ctr(copy.deepcopy(model).eval(), s.ids, s.labels)["auc"])
 
 
 def run_dataset(name: str, work: Path, log) -> dict[str, Any] | None:
@@ -110,9 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
     work = args.work or Path(tempfile.mkdtemp(prefix="ondevice-pep-"))
     work.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"command": "python benchmarks/pep_targets.py " + " ".join(argv or sys.argv[1:]),
@@ -121,10 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         row = run_dataset(name, work, log)
         if row is not None:
             res["datasets"].append(row)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pep_targets.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    (args.out / "pep_targets.md").write_text(render(res))
-    print(render(res))
+    write_results(args.out, "pep_targets", res, render)
     return 0
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import log, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -118,9 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
     work = args.work or Path(tempfile.mkdtemp(prefix="ondevice-topk-"))
     work.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"command": "python benchmarks/topk_defaults.py " + " ".join(argv or sys.argv[1:]),
@@ -129,10 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         row = run_dataset(name, work, args.previous, json.loads(args.variants), log)
         if row is not None:
             res["datasets"].append(row)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "topk_defaults.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    (args.out / "topk_defaults.md").write_text(render(res))
-    print(render(res))
+    write_results(args.out, "topk_defaults", res, render)
     return 0
 
 
