@@ -48,8 +48,8 @@ Deviations (documented choices)
   the ``|V₀|`` quantile at the target sparsity in half the search budget's steps (never
   below ``lr``); a number gives a fixed lr (the paper: ``lr``).
 * ``pressure="adaptive"`` (default): with the paper's fixed coupled decay the sparsity settles
-  where the decay on ``s`` balances the loss gradient (the original code levels off at 87 %
-  on Frappe, never reaching 90 %). ``_DecayPressure`` raises the thresholds' weight decay
+  where the decay on ``s`` balances the loss gradient (issue 12's run of the original code
+  levels off at 87 % on Frappe, never reaching 90 %). ``_DecayPressure`` raises the thresholds' weight decay
   (×2 or ×4) whenever the distance to the target is not closing fast enough to reach it by
   80 % of the search budget. The thresholds still rank the entries; only the global pressure
   grows. ``pressure="paper"`` keeps the decay fixed.
