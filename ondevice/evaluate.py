@@ -11,7 +11,7 @@ the artefact folder only (plus, for top-K, the server-side user table that
   node, added as an extra output of an in-memory copy: same tables, same arithmetic) for
   each evaluated user's vector; the items the user met in training (and in validation when
   the split is ``test``) and the OOV row are excluded, then Recall@K / NDCG@K with the
-  artefact's K over full ranking — the trainer's protocol (``train.trainer.evaluate_topk``).
+  artefact's K over full ranking — the trainer's protocol (``train.evaluate.evaluate_topk``).
 
 ``compress`` calls this once per chosen artefact after every choice was made on the
 validation split, so the test metric never influences a choice ("read once").

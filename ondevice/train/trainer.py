@@ -1,12 +1,16 @@
-"""One training loop for every model and task.
+"""``Trainer``: train one model on one encoded dataset into a run folder (``ondevice train``).
+
+The epochs, early stopping and hooks are the shared loop's (``train.loop.fit``); the trainer
+brings the batches, the loss, the checkpoints (``model.pt`` at each best epoch, ``last.pt``
+every epoch for ``--resume``) and the test evaluation of the chosen epoch.
 
 * CTR: binary cross-entropy on logits; validation AUC (higher is better) drives early
   stopping; logloss reported too.
 * Top-K: BPR loss with one uniformly sampled negative per observed interaction;
   validation Recall@K with full ranking that excludes each user's training items.
 
-Optimisation: Adam on dense parameters (torch's fused kernel where available); embedding
-tables with row-sparse gradients use ``LazyAdam``, ``torch.optim.SparseAdam``'s maths and
+Optimisation (``train.optim``): Adam on dense parameters (torch's fused kernel where available);
+embedding tables with row-sparse gradients use ``LazyAdam``, ``torch.optim.SparseAdam``'s maths and
 state with a faster step (a step touches only the rows in the batch, as in TF's LazyAdam).
 This is the main reason we train embedding-heavy models several times faster than
 libraries that update every row of every table on every step. An optional L2 penalty
@@ -52,7 +56,7 @@ from ondevice import __version__
 from ondevice.data import EncodedDataset
 from ondevice.errors import BadInputError, CheckpointError, OutputExistsError, SchemaMismatchError
 from ondevice.io import atomic_write_json, check_writable_parent
-from ondevice.models import BPRMF, CTRModel, RecModel, build_model, model_from_description
+from ondevice.models import RecModel, build_model, model_from_description
 from ondevice.outputs import (
     OutputLock,
     check_out_vs_inputs,
@@ -62,16 +66,14 @@ from ondevice.outputs import (
 )
 from ondevice.schema import Schema
 from ondevice.train.checkpoint import load_raw, save_checkpoint
-from ondevice.train.metrics import log_loss, recall_ndcg_at_k, roc_auc, sampled_hr_ndcg
+from ondevice.train.evaluate import evaluate_ctr, evaluate_topk, popularity_model
+from ondevice.train.loop import EpochStats, LoopState, StepInfo, fit
+from ondevice.train.optim import lazy_tables, make_optimizers
 
 CTR_MODELS = ("fm", "deepfm", "widedeep", "deepfwfm", "dcn")
 TOPK_MODELS = ("bprmf",)
 
 
-# Table entries (rows x dim, all tables) up to which ``sparse_embeddings="auto"`` trains the
-# tables with dense gradients + Adam (coupled L2 on every row, the original PEP code's setting);
-# above it lazy Adam keeps a step O(batch rows) instead of O(table).
-DENSE_TABLE_ENTRIES = 1 << 22
 
 
 # The defaults of every CTR model (the original PEP code's DeepFM setting): BatchNorm + dropout
@@ -294,126 +296,6 @@ def in_memory_ctr(split: Any) -> tuple[Any, Any]:
     return split.ids, split.labels
 
 
-# ---------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def predict_ctr(model: CTRModel, ids: np.ndarray, *, batch_size: int = 16384, device: str | torch.device = "cpu") -> np.ndarray:
-    """Probabilities for every row of ``ids`` (a numpy/memmap int array)."""
-    model.eval()
-    out = np.empty(len(ids), dtype=np.float32)
-    for start in range(0, len(ids), batch_size):
-        x = torch.from_numpy(np.asarray(ids[start : start + batch_size], dtype=np.int64)).to(device)
-        out[start : start + len(x)] = torch.sigmoid(model(x)).float().cpu().numpy()
-    return out
-
-
-def evaluate_ctr(model: CTRModel, ids: np.ndarray, labels: np.ndarray, *, batch_size: int = 16384, device: str | torch.device = "cpu") -> dict[str, float]:
-    probs = predict_ctr(model, ids, batch_size=batch_size, device=device)
-    labels = np.asarray(labels)
-    return {"auc": roc_auc(labels, probs), "logloss": log_loss(labels, probs), "rows": int(len(labels))}
-
-
-def _user_item_csr(pairs: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (indptr, items) of a [n, 2] (user, item) array, items sorted per user."""
-    users = np.asarray(pairs[:, 0], dtype=np.int64)
-    items = np.asarray(pairs[:, 1], dtype=np.int64)
-    order = np.lexsort((items, users))
-    counts = np.bincount(users, minlength=n_users)
-    indptr = np.concatenate(([0], np.cumsum(counts)))
-    return indptr, items[order]
-
-
-@torch.no_grad()
-def evaluate_topk(
-    model: BPRMF,
-    eval_pairs: np.ndarray,
-    exclude_pairs: list[np.ndarray],
-    *,
-    k: int = 20,
-    protocol: str = "full",
-    negatives: int = 99,
-    seed: int = 0,
-    user_batch: int = 1024,
-    device: str | torch.device = "cpu",
-) -> dict[str, float]:
-    """Recall@K / NDCG@K with full ranking, or HR@K / NDCG@K on the sampled protocol.
-
-    Full ranking scores every item for each evaluated user, removes the items in
-    ``exclude_pairs`` (training interactions, and validation ones when testing) and the OOV
-    row 0, and compares the top K with the user's held-out items. The sampled protocol
-    ranks each held-out (user, item) against ``negatives`` items the user never interacted
-    with, drawn with a fixed seed.
-    """
-    model.eval()
-    n_users, n_items = model.num_users, model.num_items
-    items_table = model.all_item_vectors().to(device)
-    ev_ptr, ev_items = _user_item_csr(np.asarray(eval_pairs), n_users)
-    ex_ptrs = [_user_item_csr(np.asarray(p), n_users) for p in exclude_pairs]
-    users = np.flatnonzero(np.diff(ev_ptr) > 0)
-    if len(users) == 0:
-        raise BadInputError("evaluation split has no interactions; check the prepared top-K data")
-    if protocol == "sampled":
-        return _evaluate_sampled(model, ev_ptr, ev_items, ex_ptrs, users, n_items, k, negatives, seed, device)
-    topk_all, relevant = [], []
-    for start in range(0, len(users), user_batch):
-        batch_users = users[start : start + user_batch]
-        u = model.user_vectors(torch.from_numpy(batch_users).to(device))
-        scores = u @ items_table.T
-        scores[:, 0] = -torch.inf  # the OOV row is never a recommendation
-        rows, cols = [], []
-        for r, user in enumerate(batch_users):
-            for ptr, items in ex_ptrs:
-                seen = items[ptr[user] : ptr[user + 1]]
-                rows.append(np.full(len(seen), r))
-                cols.append(seen)
-        if rows:
-            scores[torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(cols))] = -torch.inf
-        top = torch.topk(scores, min(k, n_items), dim=1).indices.cpu().numpy()
-        topk_all.extend(top)
-        relevant.extend(ev_items[ev_ptr[u_] : ev_ptr[u_ + 1]] for u_ in batch_users)
-    recall, ndcg = recall_ndcg_at_k(np.asarray(topk_all), relevant, k)
-    return {f"recall@{k}": recall, f"ndcg@{k}": ndcg, "users": int(len(users))}
-
-
-def popularity_model(train_pairs: np.ndarray, n_users: int, n_items: int) -> BPRMF:
-    """The most-popular baseline as a dim-1 BPR-MF: every user scores item ``i`` by its
-    number of training interactions, so ``evaluate_topk`` ranks it exactly like the model."""
-    from ondevice.embedding import DenseEmbedding
-
-    counts = np.bincount(np.asarray(train_pairs[:, 1], dtype=np.int64), minlength=n_items)[:n_items]
-    order = np.lexsort((np.arange(n_items), -counts))  # most popular first, ties by id
-    score = np.empty(n_items, dtype=np.float32)
-    score[order] = np.arange(n_items, 0, -1, dtype=np.float32)  # exact integers in float32
-    model = BPRMF(DenseEmbedding([n_users], 1), DenseEmbedding([n_items], 1))
-    with torch.no_grad():
-        model.user_embedding.weight.fill_(1.0)
-        model.item_embedding.weight.copy_(torch.from_numpy(score).view(-1, 1))
-    return model
-
-
-def _evaluate_sampled(model, ev_ptr, ev_items, ex_ptrs, users, n_items, k, negatives, seed, device) -> dict[str, float]:
-    rng = np.random.default_rng([seed, 7919])
-    pos_scores, neg_scores = [], []
-    for user in users:
-        pos = ev_items[ev_ptr[user] : ev_ptr[user + 1]]
-        seen = set(pos.tolist())
-        for ptr, items in ex_ptrs:
-            seen.update(items[ptr[user] : ptr[user + 1]].tolist())
-        if len(seen) + negatives >= n_items - 1:
-            raise BadInputError(f"user {user} has too few unseen items for {negatives} sampled negatives; lower --eval-negatives")
-        for p in pos:
-            negs: list[int] = []
-            while len(negs) < negatives:
-                cand = rng.integers(1, n_items, size=2 * negatives)
-                negs.extend(c for c in cand.tolist() if c not in seen)
-            u = torch.tensor([user] * (negatives + 1), device=device)
-            it = torch.tensor([int(p)] + negs[:negatives], device=device)
-            s = model(u, it).cpu().numpy()
-            pos_scores.append(s[0])
-            neg_scores.append(s[1:])
-    hr, ndcg = sampled_hr_ndcg(np.asarray(pos_scores), np.asarray(neg_scores), k)
-    return {f"hr@{k}": hr, f"ndcg@{k}": ndcg, "users": int(len(users)), "protocol": f"1+{negatives} sampled"}
-
-
 # ---------------------------------------------------------------------- CPU allocator
 _ALLOCATOR_TUNED = False
 
@@ -443,145 +325,6 @@ def _tune_cpu_allocator() -> None:
         pass
 
 
-# ---------------------------------------------------------------------- optimisers
-def _dense_adam(params: list[torch.nn.Parameter], *, lr: float, weight_decay: float) -> torch.optim.Adam:
-    """Adam for the dense parameters, with the fused kernel where torch has one.
-
-    ``fused=True`` runs the whole update of each tensor in one vectorised kernel (CPU since
-    torch 2.4, CUDA) instead of ~6 elementwise passes; the maths is Adam's. It falls back to
-    the default implementation for parameters the fused kernel does not take.
-    """
-    if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
-        try:
-            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
-        except (RuntimeError, ValueError):
-            pass
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-
-
-class LazyAdam(torch.optim.SparseAdam):
-    """``torch.optim.SparseAdam`` with a faster step; same maths, same state layout.
-
-    Every step touches only the rows in the batch: the gradient is coalesced (one sort of
-    the batch's row ids), those rows of the moments are gathered, updated and scattered
-    back, and the parameter rows get ``-lr_t * m / (sqrt(v) + eps)``. torch's reference
-    implementation does the same arithmetic through sparse-tensor ``sparse_mask``/``add_``
-    calls that cost several times more per step on CPU. The state dict is SparseAdam's
-    (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter), so checkpoints stay compatible.
-    """
-
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            eps, lr = group["eps"], float(group["lr"])
-            maximize = group.get("maximize", False)
-            rowwise: list[tuple[torch.Tensor, torch.Tensor]] = []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if not grad.is_sparse:
-                    raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
-                state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                if grad.sparse_dim() == 1 and p.dim() == 2 and grad.dense_dim() == 1:
-                    rowwise.append((p, grad))
-                else:
-                    torch.optim._functional.sparse_adam(
-                        [p], [grad], [state["exp_avg"]], [state["exp_avg_sq"]], [state["step"]],
-                        eps=eps, beta1=beta1, beta2=beta2, lr=lr, maximize=maximize)
-            for p, (rows, g) in zip([p for p, _ in rowwise], _coalesce_rowwise([g for _, g in rowwise]), strict=True):
-                if g.numel() == 0:
-                    continue
-                if maximize:
-                    g = -g
-                state = self.state[p]
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                # old <- old + (1 - b) * (new - old), exactly as SparseAdam writes it
-                m = exp_avg.index_select(0, rows)
-                m.add_(g.sub(m).mul_(1 - beta1))
-                v = exp_avg_sq.index_select(0, rows)
-                v.add_(g.pow(2).sub_(v).mul_(1 - beta2))
-                exp_avg.index_copy_(0, rows, m)
-                exp_avg_sq.index_copy_(0, rows, v)
-                step = state["step"]
-                step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-                # rows are unique after coalesce: gather-add-scatter (index_add_ would take
-                # the slower duplicate-safe scatter_add path on CPU)
-                update = m.div_(v.sqrt_().add_(eps)).mul_(-step_size)
-                p.index_copy_(0, rows, p.index_select(0, rows).add_(update))
-        return loss
-
-
-def _coalesce_rowwise(grads: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(unique rows, summed gradient rows) of each row-sparse gradient.
-
-    Gradients with the same row ids (a model's interaction table and its dim-1 linear
-    table are looked up with the same ids) are coalesced together, side by side: one sort
-    instead of one per table, with the same sums.
-    """
-    out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(grads)
-    groups: list[list[int]] = []
-    for i, g in enumerate(grads):
-        idx = g._indices()
-        for members in groups:
-            ref = grads[members[0]]
-            if ref.shape[0] == g.shape[0] and ref._indices().shape == idx.shape and torch.equal(ref._indices(), idx):
-                members.append(i)
-                break
-        else:
-            groups.append([i])
-    for members in groups:
-        if len(members) == 1:
-            c = grads[members[0]].coalesce()
-            out[members[0]] = (c._indices()[0], c._values())
-            continue
-        ref = grads[members[0]]
-        widths = [grads[i].shape[1] for i in members]
-        values = torch.cat([grads[i]._values() for i in members], dim=1)
-        c = torch.sparse_coo_tensor(ref._indices(), values, (ref.shape[0], sum(widths)), check_invariants=False).coalesce()
-        rows, parts = c._indices()[0], c._values().split(widths, dim=1)
-        for i, part in zip(members, parts, strict=True):
-            out[i] = (rows, part)
-    return out  # type: ignore[return-value]
-
-
-def make_optimizers(model: RecModel, *, lr: float, weight_decay: float = 0.0,
-                    embedding_lr: float | None = None) -> list[torch.optim.Optimizer]:
-    """Adam (fused where possible) on dense parameters + ``LazyAdam`` on row-sparse tables.
-
-    The one optimiser split of the project: the trainer and the searchers' retraining loops
-    (``ondevice.search.retrain``) both build their optimisers here. Frozen parameters
-    (``requires_grad=False``, e.g. int8/fp16 tables) are left out.
-    """
-    sparse_ids = {id(p) for p in model.sparse_parameters()}
-    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
-    sparse = [p for p in model.sparse_parameters() if p.requires_grad]
-    opts: list[torch.optim.Optimizer] = []
-    if dense:
-        opts.append(_dense_adam(dense, lr=lr, weight_decay=weight_decay))
-    if sparse:
-        opts.append(LazyAdam(sparse, lr=embedding_lr or lr))
-    return opts
-
-
-def _lazy_tables(setting: bool | str, model: RecModel) -> bool:
-    """Whether the tables train with lazy (row-sparse) Adam: ``sparse_embeddings`` resolved."""
-    if setting == "auto":
-        entries = sum(layer.weight.numel() for layer in model.embedding_layers().values() if hasattr(layer, "weight"))
-        return entries > DENSE_TABLE_ENTRIES
-    return bool(setting)
-
-
 # ---------------------------------------------------------------------- the trainer
 def _check_table_memory(vocab_sizes: list[int], dim: int) -> None:
     """Refuse before allocating embedding tables (+ two Adam moments) larger than this machine's memory."""
@@ -595,6 +338,40 @@ def _check_table_memory(vocab_sizes: list[int], dim: int) -> None:
         raise BadInputError(f"the embedding tables need about {need / 2**30:,.1f} GiB ({rows:,} rows x {dim} dims with "
                             f"Adam state), more than this machine's {avail / 2**30:,.1f} GiB; hash the large fields "
                             "(prepare --hash FIELD=N) or raise --min-count")
+
+
+@dataclass
+class _Run:
+    """Everything one ``Trainer._fit`` call works with, set up once and read by its steps."""
+
+    data: EncodedDataset
+    dir: Path  # the ``.partial`` run folder being written
+    device: torch.device
+    dist: DistInfo
+    model: RecModel
+    train_model: torch.nn.Module  # ``model``, or its DistributedDataParallel wrapper
+    optimizers: list[torch.optim.Optimizer]
+    progress: Progress
+    metric: str  # the validation metric early stopping selects on
+    data_identity: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    loop: LoopState = field(default_factory=LoopState)
+    train_seconds: float = 0.0
+    topk: dict[str, Any] | None = None  # top-K: train/val/test pairs and the item count
+    train_rows: int = 0
+    train_ids: Any = None  # CTR: the training split (int64 tensors when in memory)
+    train_labels: Any = None
+    steps_per_epoch: int = 0
+
+
+def _wrap_distributed(model: RecModel, device: torch.device, dist_info: DistInfo) -> torch.nn.Module:
+    """``model`` itself, or under ``torchrun`` its DistributedDataParallel wrapper (SyncBatchNorm on CUDA)."""
+    if not dist_info.enabled:
+        return model
+    train_model: torch.nn.Module = model
+    if device.type == "cuda":  # one set of BatchNorm statistics over the global batch
+        train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return torch.nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 class Trainer:
@@ -613,7 +390,6 @@ class Trainer:
         # on_epoch(epoch, validation metric) -> True stops training (``tune``'s pruning); the
         # best epoch so far is kept and tested as after early stopping
         self.on_epoch = on_epoch
-        self._train_cache: tuple[Any, Any, Any] | None = None  # (split, ids, labels) of the last CTR fit
 
     # ------------------------------------------------------------------ setup
     def _build_model(self, data: EncodedDataset) -> RecModel:
@@ -700,9 +476,7 @@ class Trainer:
 
         try:
             result = self._fit(data, partial, device, dist_info, state)
-            self._train_cache = None
         except BaseException:
-            self._train_cache = None
             # keep a partial folder only if it holds something to resume from
             if dist_info.is_main and not (partial / "last.pt").is_file():
                 shutil.rmtree(partial, ignore_errors=True)
@@ -715,134 +489,211 @@ class Trainer:
         result.run_dir = out_dir
         return result
 
-    def _fit(self, data: EncodedDataset, run: Path, device: torch.device, dist_info: DistInfo, state: dict[str, Any] | None) -> TrainResult:
-        c = self.config
-        progress = Progress(not self.quiet and dist_info.is_main)
+    def _fit(self, data: EncodedDataset, run: Path, device: torch.device, dist_info: DistInfo,
+             state: dict[str, Any] | None) -> TrainResult:
+        """Set up the run, train it on the shared loop (``train.loop.fit``), test the best epoch once."""
         if device.type == "cpu":
             _tune_cpu_allocator()
+        model = self._model_for_run(data, state, device, dist_info)
+        ctx = _Run(data=data, dir=run, device=device, dist=dist_info, model=model,
+                   train_model=_wrap_distributed(model, device, dist_info), optimizers=self._optimizers(model),
+                   progress=Progress(not self.quiet and dist_info.is_main), metric=self._metric_name(data.task),
+                   data_identity=data.identity())  # recorded in last.pt: --resume checks it is the same data
+        self._resume_from(ctx, state)
+        self._prepare_batches(ctx)
+        c = self.config
+        fit(model, ctx.optimizers, batches=lambda epoch: self._batches(ctx, epoch),
+            loss=lambda batch: self._loss(ctx, batch), epochs=c.epochs, seed=c.seed,
+            evaluate=lambda: self._evaluate(model, data, "val", device, ctx.topk), metric=ctx.metric,
+            patience=c.patience, state=ctx.loop, max_steps_per_epoch=c.max_steps_per_epoch,
+            on_step=self._progress_bar(ctx) if ctx.progress.live else None,
+            on_epoch=lambda stats, _: self._end_epoch(ctx, stats), device=device)
+        return self._test_best(ctx)
+
+    # ------------------------------------------------------------------ run setup
+    def _model_for_run(self, data: EncodedDataset, state: dict[str, Any] | None, device: torch.device,
+                       dist_info: DistInfo) -> RecModel:
+        """A new model, or the checkpoint's when resuming; tables set to lazy or dense Adam; on ``device``."""
         if state is not None:
             model = model_from_description(state["model"])
             model.load_state_dict(state["state_dict"])
         else:
             model = self._build_model(data)
-        if dist_info.enabled or not _lazy_tables(c.sparse_embeddings, model):
+        if dist_info.enabled or not lazy_tables(self.config.sparse_embeddings, model):
             # DDP cannot reduce row-sparse gradients (NCCL not at all, gloo not mixed with
             # dense buckets): distributed runs train the tables with dense gradients + Adam.
             for layer in model.embedding_layers().values():
                 if hasattr(layer, "sparse"):
                     layer.sparse = False
-        model.to(device)
-        optimizers = self._optimizers(model)
-        train_model: torch.nn.Module = model
-        if dist_info.enabled:
-            if device.type == "cuda":  # one set of BatchNorm statistics over the global batch
-                train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            train_model = torch.nn.parallel.DistributedDataParallel(
-                train_model, device_ids=[device.index] if device.type == "cuda" else None
-            )
+        return model.to(device)
 
-        history: list[dict[str, Any]] = []
-        best_metric, best_epoch, bad_epochs, start_epoch = -math.inf, 0, 0, 1
-        train_seconds = 0.0
-        if state is not None:
-            ts = state["extra"]["trainer_state"]
-            for opt, sd in zip(optimizers, ts["optimizers"], strict=True):
-                opt.load_state_dict(sd)
-            history = ts["history"]
-            best_metric, best_epoch, bad_epochs = ts["best_metric"], ts["best_epoch"], ts["bad_epochs"]
-            start_epoch = ts["epoch"] + 1
-            train_seconds = ts["train_seconds"]
+    def _metric_name(self, task: str) -> str:
+        """The validation metric early stopping selects on: AUC, Recall@K or (sampled) HR@K."""
+        c = self.config
+        if task == "ctr":
+            return "auc"
+        return f"hr@{c.k}" if c.eval_protocol == "sampled" else f"recall@{c.k}"
 
-        train = data.split("train")
-        data_identity = data.identity()  # recorded in last.pt: --resume checks it is the same data
-        metric_name = "auc" if data.task == "ctr" else f"recall@{c.k}"
-        if data.task == "topk" and c.eval_protocol == "sampled":
-            metric_name = f"hr@{c.k}"
-        topk_ctx = self._topk_context(data) if data.task == "topk" else None
+    def _resume_from(self, ctx: _Run, state: dict[str, Any] | None) -> None:
+        """Restore the optimisers, history, early-stopping state and seconds of ``last.pt``'s run."""
+        if state is None:
+            return
+        ts = state["extra"]["trainer_state"]
+        for opt, sd in zip(ctx.optimizers, ts["optimizers"], strict=True):
+            opt.load_state_dict(sd)
+        ctx.history = ts["history"]
+        ctx.loop = LoopState(epoch=ts["epoch"], best_metric=ts["best_metric"], best_epoch=ts["best_epoch"],
+                             bad_epochs=ts["bad_epochs"])
+        ctx.train_seconds = ts["train_seconds"]
 
-        for epoch in range(start_epoch, c.epochs + 1):
-            if bad_epochs >= c.patience:
-                break
-            torch.manual_seed(c.seed + epoch)
-            model.train()
-            t0 = time.perf_counter()
-            if data.task == "ctr":
-                loss, samples = self._train_epoch_ctr(train_model, model, optimizers, train, epoch, device, dist_info, progress)
-            else:
-                loss, samples = self._train_epoch_topk(model, optimizers, topk_ctx, epoch, device, dist_info, progress, train_model)
-            epoch_seconds = time.perf_counter() - t0
-            train_seconds += epoch_seconds
-            val = self._evaluate(model, data, "val", device, topk_ctx)
-            entry = {
-                "epoch": epoch,
-                "train_loss": loss,
-                "samples_per_s": samples * dist_info.world_size / max(epoch_seconds, 1e-9),
-                "epoch_seconds": epoch_seconds,
-                "val": val,
-            }
-            history.append(entry)
-            improved = val[metric_name] > best_metric
-            if improved:
-                best_metric, best_epoch, bad_epochs = val[metric_name], epoch, 0
-            else:
-                bad_epochs += 1
-            progress.line(
-                f"epoch {epoch}/{c.epochs}: loss {loss:.4f}, val {metric_name} {val[metric_name]:.4f}"
-                f"{' (best)' if improved else ''}, {entry['samples_per_s'] / 1000:.1f}K samples/s"
-            )
-            if dist_info.is_main:
-                meta = {"epoch": epoch, "val": val}
-                if improved:
-                    save_checkpoint(run / "model.pt", model, data.schema, train_config=asdict(c), metrics=meta)
-                trainer_state = {
-                    "epoch": epoch,
-                    "optimizers": [o.state_dict() for o in optimizers],
-                    "history": history,
-                    "best_metric": best_metric,
-                    "best_epoch": best_epoch,
-                    "bad_epochs": bad_epochs,
-                    "train_seconds": train_seconds,
-                }
-                save_checkpoint(run / "last.pt", model, data.schema, train_config=asdict(c), metrics=meta,
-                                extra={"trainer_state": trainer_state, "data_identity": data_identity})
+    def _prepare_batches(self, ctx: _Run) -> None:
+        """Load the training split once: CTR ids/labels (in memory when they fit), top-K pairs."""
+        c, data = self.config, ctx.data
+        if data.task == "ctr":
+            ctx.train_rows = len(data.split("train"))
+            ctx.train_ids, ctx.train_labels = in_memory_ctr(data.split("train"))
+        else:
+            ctx.topk = self._topk_context(data)
+            ctx.train_rows = len(ctx.topk["train"])
+        n_batches = ctx.train_rows // c.batch_size if ctx.dist.enabled else math.ceil(ctx.train_rows / c.batch_size)
+        m = c.max_steps_per_epoch
+        ctx.steps_per_epoch = min(n_batches, m) if m else n_batches
+
+    def _topk_context(self, data: EncodedDataset) -> dict[str, Any]:
+        train = np.asarray(data.split("train").ids, dtype=np.int64)
+        n_items = data.schema.vocab_sizes[1]
+        return {"train": train, "n_items": n_items,
+                "val": np.asarray(data.split("val").ids) if data.has_split("val") else None,
+                "test": np.asarray(data.split("test").ids) if data.has_split("test") else None}
+
+    # ------------------------------------------------------------------ one epoch
+    def _batches(self, ctx: _Run, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """This rank's share of epoch ``epoch``'s batches: CTR ``(ids, labels)``, top-K ``(users, pos, neg)``."""
+        c = self.config
+        order = epoch_order(ctx.train_rows, c.seed, epoch)
+        if ctx.data.task == "ctr":
+            return iter_ctr_batches(ctx.train_ids, ctx.train_labels, order, c.batch_size, ctx.dist, ctx.device)
+        return self._bpr_batches(ctx, epoch, order)
+
+    def _bpr_batches(self, ctx: _Run, epoch: int, order: np.ndarray) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(users, positives, negatives) batches; one uniform negative per interaction (BPR)."""
+        c, dist_info, pairs = self.config, ctx.dist, ctx.topk["train"]
+        negatives = np.random.default_rng([c.seed, epoch, 1]).integers(1, ctx.topk["n_items"], size=len(pairs))
+        n_batches = len(order) // c.batch_size if dist_info.enabled else math.ceil(len(order) / c.batch_size)
+        per_rank = c.batch_size // dist_info.world_size
+        for b in range(n_batches):
+            rows = order[b * c.batch_size : (b + 1) * c.batch_size]
             if dist_info.enabled:
-                dist.barrier()
-            if self.on_epoch is not None and self.on_epoch(epoch, val[metric_name]):
-                break
+                rows = rows[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank]
+            yield (torch.from_numpy(pairs[rows, 0]).to(ctx.device), torch.from_numpy(pairs[rows, 1]).to(ctx.device),
+                   torch.from_numpy(negatives[rows]).to(ctx.device))
 
-        # --- test once, with the model chosen on validation
+    def _loss(self, ctx: _Run, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, int]:
+        """A batch's mean loss and rows: BCE on logits (CTR) or BPR (top-K), plus the L2 on its rows."""
+        l2 = self.config.l2
+        if ctx.data.task == "ctr":
+            x, y = batch
+            loss = F.binary_cross_entropy_with_logits(ctx.train_model(x), y)
+            if l2:
+                loss = loss + l2 * ctx.model.embedding(x).pow(2).sum() / len(x)
+            return loss, len(x)
+        users, pos, neg = batch
+        n = len(users)
+        scores = ctx.train_model(torch.cat([users, users]), torch.cat([pos, neg]))
+        loss = -F.logsigmoid(scores[:n] - scores[n:]).mean()
+        if l2:
+            model = ctx.model
+            reg = model.user_vectors(users).pow(2).sum() + model.item_vectors(pos).pow(2).sum() + model.item_vectors(neg).pow(2).sum()
+            loss = loss + l2 * reg / (2 * n)
+        return loss, n
+
+    def _progress_bar(self, ctx: _Run) -> Callable[[StepInfo], None]:
+        """The loop's ``on_step``: the live bar (every 0.5 s and at the epoch's last step)."""
+        c, progress = self.config, ctx.progress
+
+        def show(info: StepInfo) -> None:
+            if progress.due() or info.step == ctx.steps_per_epoch:
+                progress.update(info.epoch, c.epochs, info.step, ctx.steps_per_epoch,
+                                info.samples / (time.perf_counter() - info.epoch_started),
+                                float(info.loss_sum) / info.samples)
+
+        return show
+
+    def _end_epoch(self, ctx: _Run, stats: EpochStats) -> bool:
+        """The loop's ``on_epoch``: history, progress line, checkpoints; ``self.on_epoch`` may stop the run."""
+        c, epoch, val = self.config, stats.epoch, stats.val
+        entry = {"epoch": epoch, "train_loss": stats.train_loss,
+                 "samples_per_s": stats.samples * ctx.dist.world_size / max(stats.seconds, 1e-9),
+                 "epoch_seconds": stats.seconds, "val": val}
+        ctx.history.append(entry)
+        ctx.train_seconds += stats.seconds
+        ctx.progress.line(
+            f"epoch {epoch}/{c.epochs}: loss {stats.train_loss:.4f}, val {ctx.metric} {val[ctx.metric]:.4f}"
+            f"{' (best)' if stats.improved else ''}, {entry['samples_per_s'] / 1000:.1f}K samples/s"
+        )
+        if ctx.dist.is_main:
+            self._save_epoch(ctx, epoch, val, improved=stats.improved)
+        if ctx.dist.enabled:
+            dist.barrier()
+        return self.on_epoch is not None and bool(self.on_epoch(epoch, val[ctx.metric]))
+
+    def _save_epoch(self, ctx: _Run, epoch: int, val: dict[str, Any], *, improved: bool) -> None:
+        """``model.pt`` when the epoch is the best so far; ``last.pt`` (what ``--resume`` reads) every epoch."""
+        c, schema, meta = self.config, ctx.data.schema, {"epoch": epoch, "val": val}
+        if improved:
+            save_checkpoint(ctx.dir / "model.pt", ctx.model, schema, train_config=asdict(c), metrics=meta)
+        trainer_state = {
+            "epoch": epoch,
+            "optimizers": [o.state_dict() for o in ctx.optimizers],
+            "history": ctx.history,
+            "best_metric": ctx.loop.best_metric,
+            "best_epoch": ctx.loop.best_epoch,
+            "bad_epochs": ctx.loop.bad_epochs,
+            "train_seconds": ctx.train_seconds,
+        }
+        save_checkpoint(ctx.dir / "last.pt", ctx.model, schema, train_config=asdict(c), metrics=meta,
+                        extra={"trainer_state": trainer_state, "data_identity": ctx.data_identity})
+
+    # ------------------------------------------------------------------ after training
+    def _test_best(self, ctx: _Run) -> TrainResult:
+        """Evaluate test once with the model chosen on validation (``model.pt``); write ``train.json``."""
         from ondevice.train.checkpoint import load_checkpoint
 
-        best = load_checkpoint(run / "model.pt").model.to(device)
-        val_best = history[best_epoch - 1]["val"] if best_epoch else {}
-        test = self._evaluate(best, data, "test", device, topk_ctx) if data.has_split("test") else {}
-        baselines, warnings = self._baselines(data, device, topk_ctx, metric_name, val_best)
-        result = TrainResult(run, best_epoch, val_best, test, history, train_seconds, baselines, warnings)
-        if dist_info.is_main:
-            metrics = {"epoch": best_epoch, "val": val_best, "test": test, "selected_on": f"val {metric_name}"}
-            ckpt = load_raw(run / "model.pt")
-            save_checkpoint(run / "model.pt", best, data.schema, train_config=ckpt["train_config"], metrics=metrics)
-            atomic_write_json(run / "train.json", {
-                "ondevice_version": __version__,
-                "torch_version": torch.__version__,
-                "data_dir": str(data.root.resolve()),
-                "schema_fingerprint": data.schema.fingerprint(),
-                "task": data.task,
-                "config": asdict(c),
-                "world_size": dist_info.world_size,
-                "best_epoch": best_epoch,
-                "selected_on": f"val {metric_name}",
-                "val": val_best,
-                "test": test,
-                "train_seconds": train_seconds,
-                "params": sum(p.numel() for p in best.parameters()),
-                "baselines": baselines,
-                "warnings": warnings,
-                "history": history,
-            })
-        progress.line(f"best epoch {best_epoch}: val {metric_name} {best_metric:.4f}; test {test}")
+        data, device, best_epoch = ctx.data, ctx.device, ctx.loop.best_epoch
+        best = load_checkpoint(ctx.dir / "model.pt").model.to(device)
+        val_best = ctx.history[best_epoch - 1]["val"] if best_epoch else {}
+        test = self._evaluate(best, data, "test", device, ctx.topk) if data.has_split("test") else {}
+        baselines, warnings = self._baselines(data, device, ctx.topk, ctx.metric, val_best)
+        result = TrainResult(ctx.dir, best_epoch, val_best, test, ctx.history, ctx.train_seconds, baselines, warnings)
+        if ctx.dist.is_main:
+            self._write_run(ctx, best, result)
+        ctx.progress.line(f"best epoch {best_epoch}: val {ctx.metric} {ctx.loop.best_metric:.4f}; test {test}")
         return result
 
+    def _write_run(self, ctx: _Run, best: RecModel, result: TrainResult) -> None:
+        """``model.pt`` with its val/test metrics and ``train.json`` (config, versions, history)."""
+        data, c = ctx.data, self.config
+        metrics = {"epoch": result.best_epoch, "val": result.val, "test": result.test, "selected_on": f"val {ctx.metric}"}
+        ckpt = load_raw(ctx.dir / "model.pt")
+        save_checkpoint(ctx.dir / "model.pt", best, data.schema, train_config=ckpt["train_config"], metrics=metrics)
+        atomic_write_json(ctx.dir / "train.json", {
+            "ondevice_version": __version__,
+            "torch_version": torch.__version__,
+            "data_dir": str(data.root.resolve()),
+            "schema_fingerprint": data.schema.fingerprint(),
+            "task": data.task,
+            "config": asdict(c),
+            "world_size": ctx.dist.world_size,
+            "best_epoch": result.best_epoch,
+            "selected_on": f"val {ctx.metric}",
+            "val": result.val,
+            "test": result.test,
+            "train_seconds": result.train_seconds,
+            "params": sum(p.numel() for p in best.parameters()),
+            "baselines": result.baselines,
+            "warnings": result.warnings,
+            "history": ctx.history,
+        })
     def _baselines(self, data: EncodedDataset, device, ctx, metric_name: str,
                    val_best: dict[str, float]) -> tuple[dict[str, dict[str, Any]], list[str]]:
         """Top-K: the most-popular baseline on val and test (a fixed model, nothing selected
@@ -861,82 +712,6 @@ class Trainer:
                             "train longer (--epochs), try another --lr, or run `ondevice tune`")
         return baselines, warnings
 
-    # ------------------------------------------------------------------ epochs
-    def _steps(self, n_batches: int) -> int:
-        m = self.config.max_steps_per_epoch
-        return min(n_batches, m) if m else n_batches
-
-    def _train_epoch_ctr(self, train_model, model, optimizers, train, epoch, device, dist_info, progress) -> tuple[float, int]:
-        c = self.config
-        order = epoch_order(len(train), c.seed, epoch)
-        n_batches = len(order) // c.batch_size if dist_info.enabled else math.ceil(len(order) / c.batch_size)
-        steps = self._steps(n_batches)
-        if self._train_cache is None or self._train_cache[0] is not train:
-            self._train_cache = (train, *in_memory_ctr(train))
-        ids, labels = self._train_cache[1], self._train_cache[2]
-        # the running loss stays a tensor on the device: no host sync per step
-        total_loss, samples, t0 = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter()
-        for step, (x, y) in enumerate(iter_ctr_batches(ids, labels, order, c.batch_size, dist_info, device), start=1):
-            logits = train_model(x)
-            loss = F.binary_cross_entropy_with_logits(logits, y)
-            if c.l2:
-                loss = loss + c.l2 * model.embedding(x).pow(2).sum() / len(x)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-            total_loss += loss.detach() * len(x)
-            samples += len(x)
-            if progress.due() or step == steps:
-                progress.update(epoch, c.epochs, step, steps, samples / (time.perf_counter() - t0), float(total_loss) / samples)
-            if step >= steps:
-                break
-        return float(total_loss) / max(samples, 1), samples
-
-    def _topk_context(self, data: EncodedDataset) -> dict[str, Any]:
-        train = np.asarray(data.split("train").ids, dtype=np.int64)
-        n_items = data.schema.vocab_sizes[1]
-        return {"train": train, "n_items": n_items,
-                "val": np.asarray(data.split("val").ids) if data.has_split("val") else None,
-                "test": np.asarray(data.split("test").ids) if data.has_split("test") else None}
-
-    def _train_epoch_topk(self, model: BPRMF, optimizers, ctx, epoch, device, dist_info, progress, train_model) -> tuple[float, int]:
-        """One pass over the training interactions; one uniform negative each (BPR)."""
-        c = self.config
-        pairs = ctx["train"]
-        order = epoch_order(len(pairs), c.seed, epoch)
-        rng = np.random.default_rng([c.seed, epoch, 1])
-        negatives = rng.integers(1, ctx["n_items"], size=len(pairs))
-        n_batches = len(order) // c.batch_size if dist_info.enabled else math.ceil(len(order) / c.batch_size)
-        steps = self._steps(n_batches)
-        per_rank = c.batch_size // dist_info.world_size
-        total_loss, samples, t0 = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter()
-        for step in range(1, steps + 1):
-            rows = order[(step - 1) * c.batch_size : step * c.batch_size]
-            if dist_info.enabled:
-                rows = rows[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank]
-            users = torch.from_numpy(pairs[rows, 0]).to(device)
-            pos = torch.from_numpy(pairs[rows, 1]).to(device)
-            neg = torch.from_numpy(negatives[rows]).to(device)
-            u = torch.cat([users, users])
-            it = torch.cat([pos, neg])
-            scores = train_model(u, it)
-            diff = scores[: len(rows)] - scores[len(rows) :]
-            loss = -F.logsigmoid(diff).mean()
-            if c.l2:
-                reg = model.user_vectors(users).pow(2).sum() + model.item_vectors(pos).pow(2).sum() + model.item_vectors(neg).pow(2).sum()
-                loss = loss + c.l2 * reg / (2 * len(rows))
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-            total_loss += loss.detach() * len(rows)
-            samples += len(rows)
-            if progress.due() or step == steps:
-                progress.update(epoch, c.epochs, step, steps, samples / (time.perf_counter() - t0), float(total_loss) / samples)
-        return float(total_loss) / max(samples, 1), samples
 
     def _evaluate(self, model: RecModel, data: EncodedDataset, split: str, device, ctx) -> dict[str, float]:
         c = self.config
