@@ -35,10 +35,11 @@ import torch.nn.functional as F
 
 from ondevice.data import EncodedDataset
 from ondevice.models import BPRMF, CTRModel
+from ondevice.train.batches import epoch_order, in_memory_ctr, iter_ctr_batches
+from ondevice.train.distributed import DistInfo
 from ondevice.train.evaluate import evaluate_ctr, evaluate_topk
 from ondevice.train.loop import LoopResult, StepInfo, deadline, fit, past_deadline
 from ondevice.train.optim import make_optimizers
-from ondevice.train.trainer import DistInfo, epoch_order, in_memory_ctr, iter_ctr_batches
 
 __all__ = ["FitResult", "deadline", "default_optimizers", "fit_ctr", "fit_topk", "iter_batches", "past_deadline",
            "topk_metric_name", "topk_pairs", "val_metrics"]

@@ -17,15 +17,19 @@ libraries that update every row of every table on every step. An optional L2 pen
 (``l2``) applies to the embedding rows of each batch.
 
 Hot path (see ``benchmarks/train_throughput.py``): a training split that fits in memory is
-copied once per run into an int64 tensor and batches are gathered with ``index_select``;
-the running loss stays on the device (no host sync per step); glibc is asked to keep freed
-tensor memory (``_tune_cpu_allocator``) so steps do not page-fault fresh activations.
+copied once per run into an int64 tensor and batches are gathered with ``index_select``
+(``train.batches``); the running loss stays on the device (no host sync per step); glibc is
+asked to keep freed tensor memory (``train.allocator``) so steps do not page-fault fresh
+activations.
+
+Around it: ``train.config`` (``TrainConfig`` and the defaults), ``train.progress`` (the bar),
+``train.resume`` (``--resume`` checks), ``train.evaluate`` (metrics on a split).
 
 Reproducibility: the shuffle of epoch e is drawn from ``numpy.random.default_rng([seed, e])``
 and torch's RNG is re-seeded with ``seed + e`` at the start of each epoch, so an interrupted
 run resumed from ``last.pt`` ends with the same weights as an uninterrupted one.
 
-Distributed: when started by ``torchrun`` (``WORLD_SIZE > 1``), the model is wrapped in
+Distributed (``train.distributed``): when started by ``torchrun`` (``WORLD_SIZE > 1``), the model is wrapped in
 ``DistributedDataParallel`` (gloo on CPU, nccl on CUDA). DDP cannot all-reduce row-sparse
 gradients, so distributed runs train embedding tables with dense gradients and Adam
 (``sparse_embeddings=False`` gives a single process the same optimiser, for comparison). Every rank sees a disjoint shard
@@ -40,10 +44,9 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +57,7 @@ import torch.nn.functional as F
 
 from ondevice import __version__
 from ondevice.data import EncodedDataset
-from ondevice.errors import BadInputError, CheckpointError, OutputExistsError, SchemaMismatchError
+from ondevice.errors import BadInputError, CheckpointError, OutputExistsError
 from ondevice.io import atomic_write_json, check_writable_parent
 from ondevice.models import RecModel, build_model, model_from_description
 from ondevice.outputs import (
@@ -64,112 +67,18 @@ from ondevice.outputs import (
     publish,
     write_marker,
 )
-from ondevice.schema import Schema
+from ondevice.train.allocator import tune_cpu_allocator
+from ondevice.train.batches import epoch_order, in_memory_ctr, iter_ctr_batches
 from ondevice.train.checkpoint import load_raw, save_checkpoint
+from ondevice.train.config import CTR_MODELS, TOPK_MODELS, TrainConfig
+from ondevice.train.distributed import DistInfo, init_distributed, wrap_distributed
 from ondevice.train.evaluate import evaluate_ctr, evaluate_topk, popularity_model
 from ondevice.train.loop import EpochStats, LoopState, StepInfo, fit
 from ondevice.train.optim import lazy_tables, make_optimizers
+from ondevice.train.progress import Progress
+from ondevice.train.resume import check_resume
 
-CTR_MODELS = ("fm", "deepfm", "widedeep", "deepfwfm", "dcn")
-TOPK_MODELS = ("bprmf",)
-
-
-
-
-# The defaults of every CTR model (the original PEP code's DeepFM setting): BatchNorm + dropout
-# 0.2 in the MLP, Adam lr 1e-3 with coupled L2 (weight_decay 1e-5) on every parameter, early
-# stopping, patience 5. On issue 12's Frappe rows DeepFM reaches test AUC 0.9531 with them, and
-# every CTR model is within 0.001 val AUC of the best of 5 `tune` trials
-# (benchmarks/results/original_protocol.md).
-CTR_DEFAULTS: dict[str, Any] = {"embed_dim": 16, "dropout": 0.2, "batch_norm": True, "lr": 1e-3,
-                                "weight_decay": 1e-5, "l2": 0.0, "batch_size": 1024, "patience": 5, "epochs": 50}
-# Per-model departures (BPR-MF: benchmarks/topk_defaults.py).
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    # FM has no MLP, only tables: lr 1e-2 (val AUC 0.9534 on Frappe, best of its 5 tune trials
-    # in benchmarks/results/original_protocol.md)
-    "fm": {"lr": 1e-2},
-    # BPR-MF: L2 1e-2 on the batch's rows (on Amazon Sports, ~7 interactions per user, 1e-4 and
-    # 1e-3 end below popularity: val Recall@20 0.0266 / 0.0264 vs 0.0656,
-    # benchmarks/results/topk_defaults_sports_l2/); sparse data converges slowly, hence 100 epochs
-    "bprmf": {"embed_dim": 64, "dropout": 0.0, "batch_norm": False, "lr": 3e-3, "weight_decay": 0.0,
-              "l2": 1e-2, "batch_size": 2048, "patience": 3, "epochs": 100},
-}
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of a training run (stored in ``train.json`` and the checkpoint).
-
-    Knobs left ``None`` take the model's default (``CTR_DEFAULTS``, ``MODEL_DEFAULTS``) when
-    the config is built, so ``TrainConfig(model="bprmf")`` is BPR-MF's default run.
-    """
-
-    model: str = "deepfm"
-    embed_dim: int = None  # type: ignore[assignment]  # resolved in __post_init__
-    mlp_dims: list[int] = field(default_factory=lambda: [400, 400, 400])
-    dropout: float = None  # type: ignore[assignment]
-    batch_norm: bool = None  # type: ignore[assignment]
-    cross_layers: int = 3
-    lr: float = None  # type: ignore[assignment]
-    embedding_lr: float | None = None
-    weight_decay: float = None  # type: ignore[assignment]
-    l2: float = None  # type: ignore[assignment]
-    batch_size: int = None  # type: ignore[assignment]
-    epochs: int = None  # type: ignore[assignment]
-    patience: int = None  # type: ignore[assignment]
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = None
-    k: int = 20
-    eval_protocol: str = "full"  # top-K: "full" ranking or "sampled" (1 positive + N negatives)
-    eval_negatives: int = 99
-    eval_batch_size: int = 16384
-    max_steps_per_epoch: int | None = None  # for smoke tests and quick benchmarks
-    # lazy (row-sparse) Adam on tables: True | False (dense Adam, coupled L2 on every row) |
-    # "auto" (dense up to DENSE_TABLE_ENTRIES table entries); forced off under DDP
-    sparse_embeddings: bool | str = "auto"
-
-    def __post_init__(self) -> None:
-        for name, value in {**CTR_DEFAULTS, **MODEL_DEFAULTS.get(self.model, {})}.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-
-    def validate(self) -> None:
-        if self.model not in CTR_MODELS + TOPK_MODELS:
-            raise BadInputError(f"unknown model {self.model!r}; choose one of: {', '.join(CTR_MODELS + TOPK_MODELS)}")
-        for name in ("embed_dim", "batch_size", "epochs", "k"):
-            if getattr(self, name) < 1:
-                raise BadInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not math.isfinite(self.lr) or self.lr <= 0:
-            raise BadInputError(f"--lr must be a finite number > 0, got {self.lr}")
-        for name in ("weight_decay", "l2"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise BadInputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:  # also refuses nan
-            raise BadInputError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.embedding_lr is not None and not (math.isfinite(self.embedding_lr) and self.embedding_lr > 0):
-            raise BadInputError(f"embedding_lr must be a finite number > 0, got {self.embedding_lr}")
-        if any(int(d) < 1 for d in self.mlp_dims) or (not self.mlp_dims and self.model in ("deepfm", "widedeep", "deepfwfm", "dcn")):
-            raise BadInputError(f"--mlp widths must be >= 1, got {self.mlp_dims}")
-        for name in ("patience", "threads", "max_steps_per_epoch", "cross_layers", "eval_negatives", "eval_batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise BadInputError(f"--{name.replace('_per_epoch', '').replace('_', '-')} must be >= 1, got {value}")
-        if self.sparse_embeddings not in (True, False, "auto"):
-            raise BadInputError(f"sparse_embeddings must be true, false or 'auto', got {self.sparse_embeddings!r}")
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise BadInputError(f"--device must be cpu or cuda, got {self.device!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise BadInputError("--device cuda requested but no CUDA GPU is available; use --device cpu")
-        if self.eval_protocol not in ("full", "sampled"):
-            raise BadInputError(f"--eval-protocol must be 'full' or 'sampled', got {self.eval_protocol!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
+__all__ = ["TrainResult", "Trainer", "train"]
 
 
 @dataclass
@@ -189,143 +98,6 @@ class TrainResult:
 POPULARITY_MARGIN = 1.5
 
 
-# ---------------------------------------------------------------------- distributed
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device: str) -> DistInfo:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-
-
-# ---------------------------------------------------------------------- progress
-class Progress:
-    """A one-line progress bar on stderr: epoch, batches, samples/s, running loss."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr is not None
-        # the moving bar only on a terminal; logs get one line per epoch
-        self.live = self.enabled and sys.stderr.isatty()
-        self._last = 0.0
-
-    def due(self) -> bool:
-        """Whether an ``update`` now would print (enabled and 0.5 s since the last one)."""
-        return self.enabled and time.monotonic() - self._last >= 0.5
-
-    def update(self, epoch: int, epochs: int, step: int, steps: int, samples_per_s: float, loss: float, *, force: bool = False) -> None:
-        if not self.live:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < 0.5:
-            return
-        self._last = now
-        width = 24
-        filled = int(width * step / max(steps, 1))
-        bar = "#" * filled + "." * (width - filled)
-        sys.stderr.write(
-            f"\repoch {epoch}/{epochs} [{bar}] {step}/{steps} batches  {samples_per_s / 1000:7.1f}K samples/s  loss {loss:.4f}"
-        )
-        sys.stderr.flush()
-
-    def line(self, text: str) -> None:
-        if self.enabled:
-            sys.stderr.write(("\r" + text.ljust(100) if self.live else text) + "\n")
-            sys.stderr.flush()
-
-
-# ---------------------------------------------------------------------- data iteration
-_IN_MEMORY_LIMIT = 1 << 30  # bytes of ids a split may take before we stream it in blocks
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """Row order for one epoch: a full permutation, deterministic in (seed, epoch)."""
-    rng = np.random.default_rng([seed, epoch])
-    return rng.permutation(n)
-
-
-def iter_ctr_batches(
-    ids: np.ndarray,
-    labels: np.ndarray,
-    order: np.ndarray,
-    batch_size: int,
-    dist_info: DistInfo,
-    device: torch.device,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield this rank's share of each global batch (``batch_size`` rows over all ranks)."""
-    world, rank = dist_info.world_size, dist_info.rank
-    n_batches = len(order) // batch_size if world > 1 else math.ceil(len(order) / batch_size)
-    per_rank = batch_size // world
-    in_memory = isinstance(ids, torch.Tensor)
-    for b in range(n_batches):
-        rows = order[b * batch_size : (b + 1) * batch_size]
-        if world > 1:
-            rows = rows[rank * per_rank : (rank + 1) * per_rank]
-        rows = np.sort(rows)  # sequential access into the memmap (and the same row order in memory)
-        if in_memory:  # one gather from the int64 copy: no per-batch dtype conversion
-            index = torch.from_numpy(rows)
-            x, y = ids.index_select(0, index), labels.index_select(0, index)
-        else:
-            x = torch.from_numpy(np.asarray(ids[rows], dtype=np.int64))
-            y = torch.from_numpy(np.asarray(labels[rows], dtype=np.float32))
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
-def in_memory_ctr(split: Any) -> tuple[Any, Any]:
-    """The split as (int64 ids, float32 labels) tensors when it fits, else the memmaps."""
-    if split.ids.nbytes * 2 < _IN_MEMORY_LIMIT:
-        ids = torch.from_numpy(np.ascontiguousarray(split.ids, dtype=np.int64))
-        labels = torch.from_numpy(np.array(split.labels, dtype=np.float32))
-        return ids, labels
-    return split.ids, split.labels
-
-
-# ---------------------------------------------------------------------- CPU allocator
-_ALLOCATOR_TUNED = False
-
-
-def _tune_cpu_allocator() -> None:
-    """Let glibc keep freed tensor memory in the heap instead of unmapping it.
-
-    A training step allocates and frees the same few MB of activations and gradients every
-    step; with glibc's defaults many of them are fresh ``mmap`` pages that are zero-filled
-    by page faults on every step (~500 faults per DeepFM step at batch 1024). Raising the
-    mmap and trim thresholds (once per process, Linux/glibc only) reuses that memory, the
-    effect of running under jemalloc/tcmalloc. The cost is that up to 512 MB of freed heap
-    stays with the process. ``ONDEVICE_MALLOC_TUNING=0`` turns it off.
-    """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED or os.environ.get("ONDEVICE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
-        return
-    _ALLOCATOR_TUNED = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum on 64-bit
-        libc.mallopt(m_trim_threshold, 512 << 20)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        pass
-
-
-# ---------------------------------------------------------------------- the trainer
 def _check_table_memory(vocab_sizes: list[int], dim: int) -> None:
     """Refuse before allocating embedding tables (+ two Adam moments) larger than this machine's memory."""
     rows = sum(int(v) for v in vocab_sizes)
@@ -362,16 +134,6 @@ class _Run:
     train_ids: Any = None  # CTR: the training split (int64 tensors when in memory)
     train_labels: Any = None
     steps_per_epoch: int = 0
-
-
-def _wrap_distributed(model: RecModel, device: torch.device, dist_info: DistInfo) -> torch.nn.Module:
-    """``model`` itself, or under ``torchrun`` its DistributedDataParallel wrapper (SyncBatchNorm on CUDA)."""
-    if not dist_info.enabled:
-        return model
-    train_model: torch.nn.Module = model
-    if device.type == "cuda":  # one set of BatchNorm statistics over the global batch
-        train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return torch.nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 class Trainer:
@@ -425,7 +187,7 @@ class Trainer:
         partial = out_dir.with_name(out_dir.name + ".partial")
         data = EncodedDataset(data_dir)
         data.check_trainable()
-        dist_info = _init_distributed(c.device)
+        dist_info = init_distributed(c.device)
         device = torch.device(c.device if not c.device.startswith("cuda") or not dist_info.enabled else f"cuda:{dist_info.local_rank}")
         if c.threads:
             torch.set_num_threads(c.threads)
@@ -493,10 +255,10 @@ class Trainer:
              state: dict[str, Any] | None) -> TrainResult:
         """Set up the run, train it on the shared loop (``train.loop.fit``), test the best epoch once."""
         if device.type == "cpu":
-            _tune_cpu_allocator()
+            tune_cpu_allocator()
         model = self._model_for_run(data, state, device, dist_info)
         ctx = _Run(data=data, dir=run, device=device, dist=dist_info, model=model,
-                   train_model=_wrap_distributed(model, device, dist_info), optimizers=self._optimizers(model),
+                   train_model=wrap_distributed(model, device, dist_info), optimizers=self._optimizers(model),
                    progress=Progress(not self.quiet and dist_info.is_main), metric=self._metric_name(data.task),
                    data_identity=data.identity())  # recorded in last.pt: --resume checks it is the same data
         self._resume_from(ctx, state)
@@ -729,67 +491,3 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, *, res
           force: bool = False, quiet: bool = False, on_epoch: Callable[[int, float], bool] | None = None) -> TrainResult:
     """Library entry point behind ``ondevice train``."""
     return Trainer(config, quiet=quiet, on_epoch=on_epoch).fit(data_dir, out_dir, resume=resume, force=force)
-
-
-#: Options a resumed run may change: they do not change what is computed.
-RESUME_FREE_OPTIONS = ("epochs", "device", "threads", "eval_batch_size")
-
-
-def check_resume(state: dict[str, Any], data: EncodedDataset, config: TrainConfig, path: Path) -> None:
-    """Refuse to resume ``state`` (a ``last.pt`` payload) on other data or with other run-shaping options.
-
-    Compares every ``TrainConfig`` field except ``RESUME_FREE_OPTIONS`` with the checkpoint's,
-    then the dataset's schema fingerprint, split row counts and content hash
-    (``EncodedDataset.identity``) with the ones recorded at the start of the run.
-    """
-    saved = state.get("train_config")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path} records no training config; start without --resume")
-    for key, value in asdict(config).items():
-        if key in RESUME_FREE_OPTIONS or key not in saved:
-            continue
-        if saved[key] != value and not (isinstance(value, list) and list(saved[key] or []) == value):
-            raise BadInputError(f"--resume: {path} was trained with {key}={saved[key]!r}, this run asks for {value!r}; "
-                                "drop the option to keep the checkpoint's value, or start a new run")
-    schema = state.get("schema")
-    recorded = None
-    if isinstance(schema, dict):
-        try:
-            recorded = Schema.from_dict(schema, source=str(path)).fingerprint()
-        except BadInputError:
-            recorded = None
-    ident = (state.get("extra") or {}).get("data_identity") if isinstance(state.get("extra"), dict) else None
-    current = data.identity()
-    if recorded is not None and recorded != current["schema_fingerprint"]:
-        raise SchemaMismatchError(f"--resume: {data.root} has schema {current['schema_fingerprint']}, the checkpoint "
-                                  f"{path} was trained on schema {recorded}; resume with the same data")
-    if isinstance(ident, dict):
-        for split, n in (ident.get("rows") or {}).items():
-            if current["rows"].get(split) != n:
-                raise SchemaMismatchError(f"--resume: {data.root} has {current['rows'].get(split)} {split} rows, the "
-                                          f"checkpoint {path} was trained on {n}; resume with the same data")
-        if ident.get("content_sha256") not in (None, current["content_sha256"]):
-            raise SchemaMismatchError(f"--resume: the content of {data.root} differs from the data the checkpoint {path} "
-                                      "was trained on (same schema and rows); resume with the same data")
-
-
-def resume_config(out_dir: str | Path, given: dict[str, Any] | None = None) -> TrainConfig:
-    """The config of the run being resumed, with the options ``given`` on the command line on top
-    (``check_resume`` then refuses any run-shaping one that differs)."""
-    config = config_for_run(out_dir)
-    for key, value in (given or {}).items():
-        setattr(config, key, value)
-    return config
-
-
-def config_for_run(out_dir: str | Path, *, epochs: int | None = None) -> TrainConfig:
-    """The config an interrupted run was started with (``--resume``), optionally with more epochs."""
-    out_dir = Path(out_dir)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    src = partial if (partial / "last.pt").is_file() else out_dir
-    if not (src / "last.pt").is_file():
-        raise CheckpointError(f"nothing to resume: neither {partial}/last.pt nor {out_dir}/last.pt exists; start without --resume")
-    config = TrainConfig.from_dict(load_raw(src / "last.pt")["train_config"])
-    if epochs is not None:
-        config.epochs = epochs
-    return config

@@ -44,8 +44,9 @@ from ondevice.search.base import (
 )
 from ondevice.search.features.subset import SIGNAL_LEVEL, gated_fields, search_ranked_fields
 from ondevice.search.retrain import default_optimizers
+from ondevice.train.batches import epoch_order, in_memory_ctr, iter_ctr_batches
+from ondevice.train.distributed import DistInfo
 from ondevice.train.loop import fit
-from ondevice.train.trainer import DistInfo, epoch_order, in_memory_ctr, iter_ctr_batches
 
 __all__ = ["AdaFSSearcher", "FieldController", "train_field_controller"]
 
