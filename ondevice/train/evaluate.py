@@ -17,9 +17,15 @@ import torch
 
 from ondevice.errors import BadInputError
 from ondevice.models import BPRMF, CTRModel
-from ondevice.train.metrics import log_loss, recall_ndcg_at_k, roc_auc, sampled_hr_ndcg
+from ondevice.train.metrics import (
+    log_loss,
+    recall_ndcg_at_k,
+    roc_auc,
+    sampled_hr_ndcg,
+    user_item_csr,
+)
 
-__all__ = ["evaluate_ctr", "evaluate_topk", "popularity_model", "predict_ctr", "user_item_csr"]
+__all__ = ["evaluate_ctr", "evaluate_topk", "popularity_model", "predict_ctr"]
 
 
 @torch.no_grad()
@@ -37,16 +43,6 @@ def evaluate_ctr(model: CTRModel, ids: np.ndarray, labels: np.ndarray, *, batch_
     probs = predict_ctr(model, ids, batch_size=batch_size, device=device)
     labels = np.asarray(labels)
     return {"auc": roc_auc(labels, probs), "logloss": log_loss(labels, probs), "rows": int(len(labels))}
-
-
-def user_item_csr(pairs: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (indptr, items) of a [n, 2] (user, item) array, items sorted per user."""
-    users = np.asarray(pairs[:, 0], dtype=np.int64)
-    items = np.asarray(pairs[:, 1], dtype=np.int64)
-    order = np.lexsort((items, users))
-    counts = np.bincount(users, minlength=n_users)
-    indptr = np.concatenate(([0], np.cumsum(counts)))
-    return indptr, items[order]
 
 
 @torch.no_grad()
