@@ -11,7 +11,7 @@ the artefact folder only (plus, for top-K, the server-side user table that
   node, added as an extra output of an in-memory copy: same tables, same arithmetic) for
   each evaluated user's vector; the items the user met in training (and in validation when
   the split is ``test``) and the OOV row are excluded, then Recall@K / NDCG@K with the
-  artefact's K over full ranking — the trainer's protocol (``train.trainer.evaluate_topk``).
+  artefact's K over full ranking — the trainer's protocol (``train.evaluate.evaluate_topk``).
 
 ``compress`` calls this once per chosen artefact after every choice was made on the
 validation split, so the test metric never influences a choice ("read once").
@@ -27,7 +27,7 @@ import numpy as np
 
 from ondevice.data import EncodedDataset
 from ondevice.errors import ArtefactError, BadInputError
-from ondevice.train.metrics import log_loss, recall_ndcg_at_k, roc_auc
+from ondevice.train.metrics import log_loss, recall_ndcg_at_k, roc_auc, user_item_csr
 
 __all__ = ["evaluate_artefact"]
 
@@ -106,14 +106,6 @@ def _scores_model(model_path: Path) -> bytes:
     return model.SerializeToString()
 
 
-def _csr(pairs: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    pairs = np.asarray(pairs, dtype=np.int64)
-    order = np.argsort(pairs[:, 0], kind="stable")
-    ptr = np.zeros(n_users + 1, dtype=np.int64)
-    np.add.at(ptr, pairs[:, 0] + 1, 1)
-    return np.cumsum(ptr), pairs[order, 1]
-
-
 def _evaluate_topk(folder: Path, model_path: Path, manifest: dict[str, Any], ds: EncodedDataset, split: str,
                    threads: int) -> dict[str, Any]:
     from ondevice.train.checkpoint import load_checkpoint
@@ -127,8 +119,8 @@ def _evaluate_topk(folder: Path, model_path: Path, manifest: dict[str, Any], ds:
     k = int(manifest["topk"]["k"])
     n_users = user_table.shape[0]
     excluded = ["train"] + (["val"] if split == "test" and ds.has_split("val") else [])
-    ev_ptr, ev_items = _csr(ds.split(split).ids, n_users)
-    ex = [_csr(ds.split(name).ids, n_users) for name in excluded]
+    ev_ptr, ev_items = user_item_csr(ds.split(split).ids, n_users)
+    ex = [user_item_csr(ds.split(name).ids, n_users) for name in excluded]
     users = np.flatnonzero(np.diff(ev_ptr) > 0)
     if len(users) == 0:
         raise BadInputError(f"the {split} split of {ds.root} has no interactions")

@@ -25,7 +25,7 @@ from ondevice.schema import Schema
 from ondevice.search import ByteAccountant, make_searcher
 from ondevice.search.features import fit_ranked_fields, select_model_fields
 from ondevice.train import Checkpoint, TrainConfig, load_checkpoint, train
-from ondevice.train.trainer import in_memory_ctr
+from ondevice.train.batches import in_memory_ctr
 from tests.conftest import CALIBRATED
 
 FAST = {"batch_size": 256, "search_epochs": 1, "epochs": 1}

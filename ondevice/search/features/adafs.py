@@ -44,7 +44,9 @@ from ondevice.search.base import (
 )
 from ondevice.search.features.subset import SIGNAL_LEVEL, gated_fields, search_ranked_fields
 from ondevice.search.retrain import default_optimizers
-from ondevice.train.trainer import DistInfo, epoch_order, in_memory_ctr, iter_ctr_batches
+from ondevice.train.batches import epoch_order, in_memory_ctr, iter_ctr_batches
+from ondevice.train.distributed import DistInfo
+from ondevice.train.loop import fit
 
 __all__ = ["AdaFSSearcher", "FieldController", "train_field_controller"]
 
@@ -77,24 +79,21 @@ def train_field_controller(model, data, *, epochs: int, batch_size: int, lr: flo
     controller = FieldController(model.num_fields, model.embed_dim, hidden)
     opts = [*default_optimizers(model, lr), torch.optim.Adam(controller.parameters(), lr=controller_lr)]
     cpu, dist = torch.device("cpu"), DistInfo()
-    trace: list[dict[str, Any]] = []
+
+    def batches(epoch: int):
+        controller.train()  # the loop puts the model in training mode
+        order = train_rows[epoch_order(len(train_rows), seed, epoch)]
+        for x, y in iter_ctr_batches(ids, labels, order, batch_size, dist, cpu):
+            if len(y) >= 2:  # batch statistics (Eq. 17) need two rows; a 1-row tail batch is skipped
+                yield x, y
+
+    def bce(batch):
+        x, y = batch
+        return F.binary_cross_entropy_with_logits(model(x), y), len(y)
+
     with gated_fields(model, lambda x: controller(model.embedding(x))):
-        for epoch in range(1, epochs + 1):
-            torch.manual_seed(seed + epoch)
-            model.train(), controller.train()
-            total, rows = torch.zeros((), dtype=torch.float64), 0
-            order = train_rows[epoch_order(len(train_rows), seed, epoch)]
-            for x, y in iter_ctr_batches(ids, labels, order, batch_size, dist, cpu):
-                if len(y) < 2:  # batch statistics (Eq. 17) need two rows; a 1-row tail batch is skipped
-                    continue
-                loss = F.binary_cross_entropy_with_logits(model(x), y)
-                for o in opts:
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
-                for o in opts:
-                    o.step()
-                total, rows = total + loss.detach() * len(y), rows + len(y)
-            trace.append({"epoch": epoch, "train_loss": float(total) / max(rows, 1)})
+        run = fit(model, opts, batches=batches, loss=bce, epochs=epochs, seed=seed)
+    trace: list[dict[str, Any]] = [{"epoch": e.epoch, "train_loss": e.train_loss} for e in run.epochs]
     model.zero_grad(set_to_none=True)
     model.eval(), controller.eval()
     weight_sum = torch.zeros(model.num_fields, dtype=torch.float64)

@@ -56,7 +56,9 @@ from ondevice.search.base import (
 )
 from ondevice.search.features.subset import SIGNAL_LEVEL, gated_fields, search_ranked_fields
 from ondevice.search.retrain import default_optimizers
-from ondevice.train.trainer import DistInfo, epoch_order, in_memory_ctr, iter_ctr_batches
+from ondevice.train.batches import epoch_order, in_memory_ctr, iter_ctr_batches
+from ondevice.train.distributed import DistInfo
+from ondevice.train.loop import fit
 
 __all__ = ["AutoFieldSearcher", "FieldControllers", "annealing_rate", "train_field_controllers"]
 
@@ -110,36 +112,41 @@ def train_field_controllers(model, data, *, epochs: int, batch_size: int, lr: fl
     tau, step, detach = 1.0, 0, True
     weights = (lambda x: controllers.keep_weights(x.shape[0], tau).detach() if detach  # noqa: E731
                else controllers.keep_weights(x.shape[0], tau))
+    arch_sum, arch_n = torch.zeros((), dtype=torch.float64), 0
     trace: list[dict[str, Any]] = []
-    model.train()
+
+    def weight_rows_epoch(epoch: int):
+        return iter_ctr_batches(ids, labels, weight_rows[epoch_order(len(weight_rows), seed, epoch)], batch_size, dist, cpu)
+
+    def model_step(batch):  # the loss of the model step: w fixed, training batch
+        nonlocal tau, detach
+        x, y = batch
+        tau = max(PAPER_TAU_MIN, 1.0 - rate * step)
+        detach = True
+        return F.binary_cross_entropy_with_logits(model(x), y), len(y)
+
+    def controller_step(_info) -> bool:  # after each model step: model fixed, architecture batch
+        nonlocal detach, step, arch_sum, arch_n
+        detach = False
+        xa, ya = next(arch_iter)
+        arch_loss = F.binary_cross_entropy_with_logits(model(xa), ya)
+        arch_opt.zero_grad(set_to_none=True)
+        arch_loss.backward()
+        arch_opt.step()
+        arch_sum, arch_n, step = arch_sum + arch_loss.detach() * len(ya), arch_n + len(ya), step + 1
+        return False
+
+    def record_epoch(stats, _state) -> bool:
+        nonlocal arch_sum, arch_n
+        trace.append({"epoch": stats.epoch, "steps": step, "tau": tau, "train_loss": stats.train_loss,
+                      "arch_loss": float(arch_sum) / max(arch_n, 1),
+                      "keep_probability": [round(float(p), 4) for p in controllers.keep_probability()]})
+        arch_sum, arch_n = torch.zeros((), dtype=torch.float64), 0
+        return False
+
     with gated_fields(model, weights):
-        for epoch in range(1, epochs + 1):
-            torch.manual_seed(seed + epoch)
-            w_loss = a_loss = torch.zeros((), dtype=torch.float64)
-            a_rows = 0
-            order = weight_rows[epoch_order(len(weight_rows), seed, epoch)]
-            for x, y in iter_ctr_batches(ids, labels, order, batch_size, dist, cpu):
-                tau = max(PAPER_TAU_MIN, 1.0 - rate * step)
-                detach = True  # model step: w fixed, training batch
-                loss = F.binary_cross_entropy_with_logits(model(x), y)
-                for o in model_opts:
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
-                for o in model_opts:
-                    o.step()
-                w_loss = w_loss + loss.detach() * len(y)
-                detach = False  # controller step: model fixed, architecture batch
-                xa, ya = next(arch_iter)
-                arch_loss = F.binary_cross_entropy_with_logits(model(xa), ya)
-                arch_opt.zero_grad(set_to_none=True)
-                arch_loss.backward()
-                arch_opt.step()
-                a_loss = a_loss + arch_loss.detach() * len(ya)
-                a_rows += len(ya)
-                step += 1
-            trace.append({"epoch": epoch, "steps": step, "tau": tau, "train_loss": float(w_loss) / len(weight_rows),
-                          "arch_loss": float(a_loss) / max(a_rows, 1),
-                          "keep_probability": [round(float(p), 4) for p in controllers.keep_probability()]})
+        fit(model, model_opts, batches=weight_rows_epoch, loss=model_step, epochs=epochs, seed=seed,
+            on_step=controller_step, on_epoch=record_epoch)
     model.zero_grad(set_to_none=True)
     trace.append({"arch_rows": int(n_arch), "weight_rows": int(len(weight_rows)), "tau_decay_per_step": rate,
                   "arch_split": f"held-out {arch_fraction:.0%} of train (seeded), val untouched"})
