@@ -195,7 +195,8 @@ def export_artefact(
     run_dir_or_checkpoint: str | Path | Checkpoint,
     out_dir: str | Path,
     *,
-    budget: str | int | None = None,
+    budget_bytes: int | None = None,
+    budget_source: str | None = None,
     profile: str | Path | DeviceProfile | None = None,
     format: str | None = None,  # noqa: A002 - mirrors the CLI option
     force: bool = False,
@@ -209,7 +210,9 @@ def export_artefact(
 
     Parameters
     ----------
-    budget : byte budget (``"2MB"``, ``"2MiB"``, int bytes); overrides the profile's.
+    budget_bytes : byte budget, parsed once by the caller (``parse_budget("2MB")``); overrides
+        the profile's. The one budget check of a ``compress`` run is this export's.
+    budget_source : how the user gave it, for the manifest and the error (``"--budget 2MB"``).
     profile : device profile name, ``.toml`` path or ``DeviceProfile``; recorded in the
         manifest (its p99 target is checked by ``profile`` and the device runner).
     format : ``"onnx"`` or ``"ort"`` (also write ``model.ort``); default the profile's
@@ -227,7 +230,7 @@ def export_artefact(
     """
     started = time.time()
     dev = profile if isinstance(profile, DeviceProfile) or profile is None else load_profile(profile)
-    limit, limit_source = resolve_budget(budget, dev)
+    limit, limit_source = resolve_budget(budget_bytes, dev, budget_source)
     fmt = format or (dev.runtime_format if dev else "onnx")
     if fmt not in ("onnx", "ort"):
         raise BadInputError(f"format {fmt!r} must be 'onnx' or 'ort'")

@@ -111,13 +111,16 @@ from ondevice.train.checkpoint import Checkpoint, load_checkpoint, run_data
 __all__ = ["compress"]
 
 
-def _targets(budgets: Sequence[str | int], device_profiles: Sequence[str | Path | DeviceProfile]):
-    out: list[tuple[str, int, DeviceProfile | None, str | int | None]] = []
+def _targets(budgets: Sequence[str | int],
+             device_profiles: Sequence[str | Path | DeviceProfile]) -> list[tuple[str, int, DeviceProfile | None, str]]:
+    """(label, bytes, profile, source) of every target: each budget is parsed here, once, and
+    travels as an int to the one check after the final export (``source`` names it there)."""
+    out: list[tuple[str, int, DeviceProfile | None, str]] = []
     for b in budgets:
-        out.append((str(b), parse_budget(b), None, b))
+        out.append((str(b), parse_budget(b), None, f"--budget {b}"))
     for p in device_profiles:
         dev = p if isinstance(p, DeviceProfile) else load_profile(p)
-        out.append((dev.name, dev.memory_budget, dev, None))
+        out.append((dev.name, dev.memory_budget, dev, f"device profile {dev.name}"))
     labels = [t[0] for t in out]
     if len(set(labels)) != len(labels):
         raise BadInputError(f"budgets/profiles repeat a name ({', '.join(labels)}); give each once")
@@ -315,7 +318,7 @@ def compress(
     with resumable_output_dir(out_dir, kind="compress", settings=settings, inputs=[run_dir, data.root], force=force,
                               resume=resume, labels=RESUME_LABELS, options=options) as tmp:
         kept = tmp / RESUME_DIR
-        for label, nbytes, dev, budget_arg in targets:
+        for label, nbytes, dev, source in targets:
             for method, searcher in searchers.items():
                 name = label if len(searchers) == 1 else f"{label}-{method}"
                 folder = safe_child(tmp, name.replace("+", "_"))
@@ -343,7 +346,7 @@ def compress(
                     out_ckpt = Checkpoint(model=result.model, schema=result.schema or ckpt.schema, train_config=ckpt.train_config,
                                           metrics=metrics, path=ckpt.path)
                     t1 = time.perf_counter()
-                    manifest = export_artefact(out_ckpt, folder, budget=budget_arg, profile=dev)
+                    manifest = export_artefact(out_ckpt, folder, budget_bytes=nbytes, budget_source=source, profile=dev)
                     export_s = time.perf_counter() - t1
                     crash_point("compress.entry.exported")
                     verify = verify_artefact(folder, seed=seed)
