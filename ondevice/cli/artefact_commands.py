@@ -34,9 +34,11 @@ def export_cmd(run_dir: Path, out: Path, budget: str | None, profile: str | None
     Exit 3 when a model file is over budget or onnxruntime disagrees with PyTorch on the
     golden inputs; nothing is written then.
     """
+    from ondevice.budget import parse_budget
     from ondevice.export import export_artefact
 
-    m = export_artefact(run_dir, out, budget=budget, profile=profile, format=fmt, force=force, top_k=top_k, inputs=inputs)
+    budget_bytes = parse_budget(budget) if budget is not None else None  # parsed once, here
+    m = export_artefact(run_dir, out, budget_bytes=budget_bytes, budget_source=f"--budget {budget}", profile=profile, format=fmt, force=force, top_k=top_k, inputs=inputs)
     b, s = m["budget"], m["storage"]
     sizes = ", ".join(f"{n} {i['bytes']:,} B" for n, i in m["files"].items())
     fits = "" if b["bytes"] is None else f"; budget {b['bytes']:,} B ({b['source']}): fits, headroom {b['headroom_bytes']:,} B"

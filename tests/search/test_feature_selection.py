@@ -177,7 +177,7 @@ def test_budget_keeps_the_largest_selection_that_fits_and_exports(trained_run: P
     assert result.val["rows"] == len(data.split("val")) and 0.5 < result.val["auc"] <= 1.0
 
     out_ckpt = Checkpoint(model=result.model, schema=result.schema, train_config=ckpt.train_config)
-    manifest = export_artefact(out_ckpt, tmp_path / "art", budget=budget)
+    manifest = export_artefact(out_ckpt, tmp_path / "art", budget_bytes=budget)
     verify_artefact(tmp_path / "art", seed=0)
     assert [f["name"] for f in json.loads((tmp_path / "art" / "schema.json").read_text())["fields"]] == names
     assert [f["name"] for f in manifest["schema"]["fields"]] == names

@@ -92,7 +92,7 @@ def test_search_commands_and_compress_agree_on_the_minimum(trained_run: Path, tm
                                    out_dir=tmp_path / "c", force=True, profile=False, plot=False, quiet=True,
                                    evaluate_test=False)
             if features:
-                via_search = minimum(search_features, trained_run, tmp_path / "s", budget="1KB", method=method,
+                via_search = minimum(search_features, trained_run, tmp_path / "s", budget_bytes=1000, method=method,
                                      epochs=1, search_epochs=1, mlp=mlp)
             else:
                 via_search = minimum(search_interactions, trained_run, tmp_path / "s", searcher, budget_bytes=1000,
@@ -106,7 +106,7 @@ def test_architecture_and_auto_itemise_theirs(trained_run: Path, tmp_path: Path)
     from ondevice.pipeline.search_runs import search_architecture
 
     with pytest.raises(BudgetTooSmallError, match="smallest architecture") as err:
-        search_architecture(_data(trained_run).root, tmp_path / "a", budget="1KB", epochs=1)
+        search_architecture(_data(trained_run).root, tmp_path / "a", budget_bytes=1000, epochs=1)
     parts = err.value.parts
     assert sum(parts.values()) == err.value.minimum_bytes and parts["format margin"] == 0  # measured, not estimated
     assert itemise_bytes(parts) in str(err.value) and "embedding" in parts
