@@ -47,7 +47,7 @@ from ondevice.errors import BadInputError
 from ondevice.schema import Field, Schema, stable_hash
 
 STRING_INPUT, NUMBER_INPUT, HASHED_INPUT = "categorical", "numeric", "hashed_ids"
-ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 3
+ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 4
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 #: key of a missing numeric value inside the graph (no finite value casts to it, see module doc)
 MISSING_KEY = INT64_MAX
@@ -148,15 +148,22 @@ class _Builder:
     def split(self, x: str, n: int) -> list[str]:
         return [x] if n == 1 else self.op("Split", [x], n, axis=1)
 
-    def lookup_int(self, key: str, keys: list[int], values: list[int]) -> str:
-        if not keys:
-            keys, values = [MISSING_KEY - 1], [0]  # never matches (LabelEncoder needs one key)
-        return self.op("LabelEncoder", [key], domain=ML_DOMAIN, keys_int64s=keys, values_int64s=values, default_int64=0)
+    def lookup(self, x: str, keys: list[Any], values: list[int], default: int, kind: str) -> str:
+        """``ai.onnx.ml`` ``LabelEncoder`` (opset 4): string, int64 or float64 keys -> int64.
 
-    def to_key(self, t: str) -> str:
-        """float64 -> int64 as numpy's cast on x86: outside [-2^63, 2^63) (and inf) -> -2^63."""
-        ok = self.op("Less", [self.op("Abs", [t]), self.const(2.0**63, np.float64)])  # NaN, inf, |t| >= 2^63: False
-        return self.op("Cast", [self.op("Where", [ok, t, self.const(-(2.0**63), np.float64)])], to=TensorProto.INT64)
+        float64 keys (``keys_tensor``) match bit for bit, ``NaN`` matches any NaN and ``-0.0``
+        matches ``0.0`` (LabelEncoder-4); a key list is never empty (the op needs one).
+        """
+        if not keys:
+            keys, values = [{"string": "\x00", "int": MISSING_KEY - 1, "float": -1.5}[kind]], [default]
+        attrs: dict[str, Any] = {"values_int64s": [int(v) for v in values], "default_int64": int(default)}
+        if kind == "string":
+            attrs["keys_strings"] = list(keys)
+        elif kind == "int":
+            attrs["keys_int64s"] = [int(k) for k in keys]
+        else:
+            attrs["keys_tensor"] = onh.from_array(np.asarray(keys, dtype=np.float64), "keys")
+        return self.op("LabelEncoder", [x], domain=ML_DOMAIN, **attrs)
 
 
 def _vocab_ids(f: Field) -> dict[str, int]:
@@ -178,19 +185,25 @@ def _int_keys(f: Field) -> tuple[list[int], list[int], int]:
     return keys, values, missing
 
 
-def _transform_key(b: _Builder, x: str, transform: str) -> str:
-    """The int64 key of a numeric column (before the NaN override), as ``prepare``'s transform."""
+def _transform_value(b: _Builder, x: str, transform: str) -> str:
+    """float64 whole numbers of a numeric column as ``prepare``'s rule, NaN kept NaN (missing),
+    ``±inf`` kept infinite (``prepare`` refuses them: no key matches, so they are OOV)."""
     if transform == "criteo_log2":  # x > 2 -> floor(ln(x)^2) else floor(x) (formats.base._log2_rule)
         lg = b.op("Log", [b.op("Max", [x, b.const(1.0, np.float64)])])
-        t = b.op("Floor", [b.op("Where", [b.op("Greater", [x, b.const(2.0, np.float64)]), b.op("Mul", [lg, lg]), x])])
-        return b.to_key(t)
+        return b.op("Floor", [b.op("Where", [b.op("Greater", [x, b.const(2.0, np.float64)]), b.op("Mul", [lg, lg]), x])])
     if transform == "floor":
-        return b.to_key(b.op("Floor", [x]))
-    if transform.startswith("edges:"):  # bucket = number of edges <= x (searchsorted side=right)
-        edges = sorted(float(e) for e in transform.split(":", 1)[1].split(","))
-        ge = b.op("Cast", [b.op("GreaterOrEqual", [x, b.const(np.asarray([edges]), np.float64)])], to=TensorProto.INT64)
-        return b.op("ReduceSum", [ge, b.const([1], np.int64)], keepdims=1)
+        return b.op("Floor", [x])
     raise BadInputError(f"unknown numeric transform {transform!r}")
+
+
+def _edges_key(b: _Builder, x: str, transform: str) -> str:
+    """Bucket of an ``edges:`` column: number of edges <= x (searchsorted side=right); ``±inf``
+    (refused by ``prepare``) -> -1 (no key, OOV); NaN -> ``MISSING_KEY``."""
+    edges = sorted(float(e) for e in transform.split(":", 1)[1].split(","))
+    ge = b.op("Cast", [b.op("GreaterOrEqual", [x, b.const(np.asarray([edges]), np.float64)])], to=TensorProto.INT64)
+    key = b.op("ReduceSum", [ge, b.const([1], np.int64)], keepdims=1)
+    key = b.op("Where", [b.op("IsInf", [x]), b.const(-1, np.int64), key])
+    return b.op("Where", [b.op("IsNaN", [x]), b.const(MISSING_KEY, np.int64), key])
 
 
 def _avazu_parts(b: _Builder, x: str) -> tuple[str, str, str]:
@@ -237,39 +250,109 @@ def _avazu_parts(b: _Builder, x: str) -> tuple[str, str, str]:
     return valid, hh, weekday
 
 
-def _two_level(b: _Builder, x: str, width: int, per_column: dict[int, list[tuple[Any, int]]], kind: str) -> str:
-    """ids ``[B, width]`` of a whole block in four nodes (instead of one lookup per field).
+class _Lookup:
+    """The shared two-level lookup of every vocabulary column (strings, and numbers whose rule
+    is elementwise: ``criteo_log2``, ``floor``), in ``2 + inputs`` nodes for the whole row.
 
-    ``per_column[k]`` lists (key, id) of column ``k``. Level 1 maps every distinct key of the
-    block to its index ``u`` in the union (default -1); level 2 maps ``u * width + k`` to the
-    id (default 0, the OOV row). The union stores a key shared by several fields once.
+    Level 1, one ``LabelEncoder`` per raw input: each distinct key of the input (the union over
+    its columns, a key shared by several columns stored once) -> ``u * W`` (default ``-W``:
+    unknown); the inputs' unions are numbered one after the other. Level 2, one ``LabelEncoder``
+    over the concatenated ``[B, W]`` block: ``u * W + c`` (``c`` the block column) -> the field's
+    id (default 0, the OOV row). ``W`` is the block's width.
     """
-    union: dict[Any, int] = {}
-    for pairs in per_column.values():
-        for key, _ in pairs:
-            union.setdefault(key, len(union))
-    if not union:
-        union = {("\x00" if kind == "string" else MISSING_KEY - 1): 0}
-    attrs = {"keys_strings": list(union)} if kind == "string" else {"keys_int64s": [int(k) for k in union]}
-    u = b.op("LabelEncoder", [x], domain=ML_DOMAIN, values_int64s=list(union.values()), default_int64=-1, **attrs)
-    comb = b.op("Add", [b.op("Mul", [u, b.const(width, np.int64)]), b.const(np.arange(width)[None, :], np.int64)])
-    keys = [union[key] * width + k for k, pairs in per_column.items() for key, _ in pairs]
-    values = [i for pairs in per_column.values() for _, i in pairs]
-    return b.lookup_int(comb, keys, values)
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple[str, str, int, dict[int, list[tuple[Any, int]]]]] = []  # input, kind, width, pairs
+        self.width = 0
+
+    def add(self, x: str, kind: str, width: int, per_column: dict[int, list[tuple[Any, int]]]) -> int:
+        """Register input ``x`` (``width`` columns; ``per_column[k]`` = (key, id) of column k);
+        returns the block column of its column 0."""
+        self.blocks.append((x, kind, width, per_column))
+        self.width += width
+        return self.width - width
+
+    def build(self, b: _Builder) -> str:
+        w = self.width
+        firsts, keys2, values2, level1 = [], [], [], []
+        u0 = start = 0
+        for x, kind, width, per_column in self.blocks:
+            union: dict[Any, int] = {}
+            for pairs in per_column.values():
+                for key, _ in pairs:
+                    union.setdefault(_float_key(key) if kind == "float" else key, u0 + len(union))
+            for k, pairs in per_column.items():
+                for key, i in pairs:
+                    keys2.append(union[_float_key(key) if kind == "float" else key] * w + start + k)
+                    values2.append(i)
+            keys1 = [float(k) for k in union] if kind == "float" else list(union)  # "nan" -> NaN
+            level1.append(b.lookup(x, keys1, [u * w for u in union.values()], -w, kind))
+            firsts.append(start)
+            u0 += len(union)
+            start += width
+        cat = level1[0] if len(level1) == 1 else b.op("Concat", level1, axis=1)
+        comb = b.op("Add", [cat, b.const(np.arange(w)[None, :], np.int64)])
+        return b.lookup(comb, keys2, values2, 0, "int")
+
+
+def _float_key(key: Any) -> Any:
+    """A float64 key as a hashable dict key (all NaNs are one key)."""
+    k = float(key)
+    return "nan" if math.isnan(k) else k + 0.0
 
 
 def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto],
                                                                                    list[onnx.ValueInfoProto]]:
     """Nodes, initializers and graph inputs computing ``out_name`` = ids int64 ``[batch, F]``.
 
-    Vocabulary fields are looked up a whole input at a time (:func:`_two_level`); identity,
-    Avazu date and ``edges:`` fields column by column; hashed ids pass through. The blocks are
-    concatenated and one ``Gather`` puts the fields in schema order.
+    Vocabulary fields (strings; numbers with ``criteo_log2``/``floor``) share one two-level
+    lookup (:class:`_Lookup`); identity, Avazu date and ``edges:`` fields are computed column by
+    column; hashed ids pass through. The blocks are concatenated and one ``Gather`` puts the
+    fields in schema order (none when the order already matches).
     """
     b = _Builder()
     cols = {name: [c for c in plan["columns"] if c["input"] == name] for name in (STRING_INPUT, NUMBER_INPUT, HASHED_INPUT)}
     field_col = {f: c for c in plan["columns"] for f in c["fields"]}
     aliases = plan.get("libfm_aliases") or []
+    n_num = len(cols[NUMBER_INPUT])
+    lookup = _Lookup()
+    in_lookup: dict[int, int] = {}  # field index -> column of the lookup block
+    # numbers with an elementwise transform (criteo_log2, floor): transformed values of the whole input
+    simple = {j: f for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "number"
+              and f.encoding == "vocab" and (f.transform or "floor") in ("criteo_log2", "floor")}
+    if simple:
+        value = None
+        for t in sorted({f.transform or "floor" for f in simple.values()}):
+            tv = _transform_value(b, NUMBER_INPUT, t)
+            if value is None:
+                value = tv
+            else:
+                mask = np.zeros((1, n_num), dtype=bool)
+                for f in simple.values():
+                    mask[0, field_col[f.name]["index"]] = (f.transform or "floor") == t
+                value = b.op("Where", [b.const(mask, bool), tv, value])
+        per_column: dict[int, list[tuple[Any, int]]] = {}
+        for f in simple.values():
+            keys, values, missing_id = _int_keys(f)
+            pairs = [(float(k), i) for k, i in zip(keys, values, strict=True)]
+            per_column[field_col[f.name]["index"]] = pairs + ([(float("nan"), missing_id)] if missing_id else [])
+        first = lookup.add(value, "float", n_num, per_column)
+        in_lookup.update({j: first + field_col[f.name]["index"] for j, f in simple.items()})
+    if cols[STRING_INPUT]:
+        per_column = {}
+        strings = {}
+        for j, f in enumerate(schema.fields):
+            c = field_col[f.name]
+            if c["kind"] != "string":
+                continue
+            ids = _vocab_ids(f)
+            pairs = list(ids.items())
+            for alias in aliases:
+                pairs += [(k + alias, v) for k, v in ids.items() if ":" not in k and k + alias not in ids]
+            per_column[c["index"]] = pairs
+            strings[j] = c["index"]
+        first = lookup.add(STRING_INPUT, "string", len(cols[STRING_INPUT]), per_column)
+        in_lookup.update({j: first + k for j, k in strings.items()})
     blocks: list[str] = []
     position: dict[int, int] = {}  # field index -> column of the concatenated blocks
     width = 0
@@ -281,45 +364,8 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str) -> tuple[
             position[j] = width + k
         width += n
 
-    # strings: one two-level lookup over the whole categorical input
-    if cols[STRING_INPUT]:
-        per_column: dict[int, list[tuple[Any, int]]] = {}
-        fields: dict[int, int] = {}
-        for j, f in enumerate(schema.fields):
-            c = field_col[f.name]
-            if c["kind"] != "string":
-                continue
-            ids = _vocab_ids(f)
-            pairs = list(ids.items())
-            for alias in aliases:
-                pairs += [(k + alias, v) for k, v in ids.items() if ":" not in k and k + alias not in ids]
-            per_column[c["index"]] = pairs
-            fields[j] = c["index"]
-        add_block(_two_level(b, STRING_INPUT, len(cols[STRING_INPUT]), per_column, "string"), len(cols[STRING_INPUT]), fields)
-    # numbers with an elementwise transform (criteo_log2, floor): keys of the whole input, then two levels
-    simple = {j: f for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "number"
-              and f.encoding == "vocab" and (f.transform or "floor") in ("criteo_log2", "floor")}
-    n_num = len(cols[NUMBER_INPUT])
-    if simple:
-        key = None
-        for t in sorted({f.transform or "floor" for f in simple.values()}):
-            tk = _transform_key(b, NUMBER_INPUT, t)
-            if key is None:
-                key = tk
-            else:
-                mask = np.zeros((1, n_num), dtype=bool)
-                for f in simple.values():
-                    mask[0, field_col[f.name]["index"]] = (f.transform or "floor") == t
-                key = b.op("Where", [b.const(mask, bool), tk, key])
-        key = b.op("Where", [b.op("IsNaN", [NUMBER_INPUT]), b.const(MISSING_KEY, np.int64), key])
-        per_column = {}
-        fields = {}
-        for j, f in simple.items():
-            keys, values, missing_id = _int_keys(f)
-            pairs = list(zip(keys, values, strict=True)) + ([(MISSING_KEY, missing_id)] if missing_id else [])
-            per_column[field_col[f.name]["index"]] = pairs
-            fields[j] = field_col[f.name]["index"]
-        add_block(_two_level(b, key, n_num, per_column, "int"), n_num, fields)
+    if lookup.blocks:
+        add_block(lookup.build(b), lookup.width, in_lookup)
     # column by column: hashed ids, identity ids, Avazu dates, edges buckets
     rest = [j for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "number" and j not in simple]
     number_cols = b.split(NUMBER_INPUT, n_num) if rest else []
@@ -346,13 +392,12 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str) -> tuple[
             valid, hh, wd = avazu[c["name"]]
             part = hh if f.transform == "avazu_hour_of_day" else wd
             key = b.op("Where", [valid, part, b.const(MISSING_KEY - 1, np.int64)])  # invalid -> no key -> OOV
-            add_block(b.lookup_int(key, keys, values), 1, {j: 0})
+            add_block(b.lookup(key, keys, values, 0, "int"), 1, {j: 0})
             continue
-        key = _transform_key(b, x, f.transform or "floor")  # edges:
-        key = b.op("Where", [b.op("IsNaN", [x]), b.const(MISSING_KEY, np.int64), key])
+        key = _edges_key(b, x, f.transform or "")
         if missing_id:
             keys, values = [*keys, MISSING_KEY], [*values, missing_id]
-        add_block(b.lookup_int(key, keys, values), 1, {j: 0})
+        add_block(b.lookup(key, keys, values, 0, "int"), 1, {j: 0})
     order = [position[j] for j in range(schema.num_fields)]
     cat = blocks[0] if len(blocks) == 1 else b.op("Concat", blocks, axis=1)
     if order == list(range(width)):
@@ -376,9 +421,83 @@ def attach_encoder(model: onnx.ModelProto, schema: Schema, plan: dict[str, Any],
     g.initializer.extend(inits)
     del g.input[:]
     g.input.extend(inputs)
+    if not cols_hashed(plan):
+        _drop_oov_guards(model, ids_input, np.asarray(schema.vocab_sizes, dtype=np.int64))
+    for o in model.opset_import:
+        if o.domain == ML_DOMAIN:
+            o.version = max(o.version, ML_OPSET)
     if not any(o.domain == ML_DOMAIN for o in model.opset_import):
         model.opset_import.append(oh.make_opsetid(ML_DOMAIN, ML_OPSET))
     return model
+
+
+def cols_hashed(plan: dict[str, Any]) -> bool:
+    """Whether some field comes in as a hashed id (from the app, so not known to be in range)."""
+    return any(c["kind"] == "hashed" for c in plan["columns"])
+
+
+def _constant_values(g: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Values of the initializers, ``Constant`` nodes and ``Identity`` copies of them."""
+    out = {t.name: onh.to_array(t) for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            out[n.output[0]] = onh.to_array(n.attribute[0].t)
+        elif n.op_type == "Identity" and n.input[0] in out:
+            out[n.output[0]] = out[n.input[0]]
+    return out
+
+
+def _drop_oov_guards(model: onnx.ModelProto, ids: str, vocab: np.ndarray) -> int:
+    """Remove the id model's OOV guards ``Where(ids >= 0 and ids < vocab, ids, 0)`` (``map_oov``).
+
+    Every id the encoder emits is a vocabulary id of its field (lookup values, default 0;
+    identity ids checked against the vocabulary), so the guard is the identity on them; it
+    costs ~10 nodes per lookup at batch 1 (issue 16: raw overhead). Applied only when no
+    field comes in as a hashed id. Returns the number of guards removed.
+    """
+    g = model.graph
+    const = _constant_values(g)
+    producer = {o: n for n in g.node for o in n.output}
+
+    def is_const(name: str, want: np.ndarray) -> bool:
+        v = const.get(name)
+        return v is not None and v.shape in ((), want.shape, (1, *want.shape)) and bool(np.all(v == want))
+
+    guards = {}
+    for n in g.node:
+        if n.op_type != "Where" or len(n.input) != 3 or n.input[1] != ids:
+            continue
+        cond = producer.get(n.input[0])
+        if cond is None or cond.op_type != "And":
+            continue
+        parts = {producer[i].op_type: producer[i] for i in cond.input if i in producer}
+        ge, lt = parts.get("GreaterOrEqual"), parts.get("Less")
+        if (ge is not None and lt is not None and list(ge.input[:1]) == [ids] and list(lt.input[:1]) == [ids]
+                and is_const(ge.input[1], np.zeros((), np.int64)) and is_const(lt.input[1], vocab)):
+            guards[n.output[0]] = ids
+    if not guards:
+        return 0
+    for n in g.node:
+        for k, name in enumerate(n.input):
+            if name in guards:
+                n.input[k] = guards[name]
+    _prune_dead(g)
+    return len(guards)
+
+
+def _prune_dead(g: onnx.GraphProto) -> None:
+    """Drop nodes whose outputs nobody reads, then initializers nobody reads."""
+    while True:
+        used = {o.name for o in g.output} | {i for n in g.node for i in n.input}
+        keep = [n for n in g.node if any(o in used for o in n.output)]
+        if len(keep) == len(g.node):
+            break
+        del g.node[:]
+        g.node.extend(keep)
+    used = {i for n in g.node for i in n.input}
+    inits = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(inits)
 
 
 def vocabulary_bytes(model: onnx.ModelProto) -> int:
@@ -448,6 +567,8 @@ def encode_reference(schema: Schema, plan: dict[str, Any], feeds: dict[str, np.n
                 continue
             keys = _numeric_key(np.where(np.isnan(v), 0.0, v), f.transform or "floor")
             for r in range(batch):
+                if np.isinf(v[r]):  # prepare refuses infinite numbers: OOV
+                    continue
                 token = "" if np.isnan(v[r]) else str(int(keys[r]))
                 out[r, j] = ids.get(token, 0)
     return out
