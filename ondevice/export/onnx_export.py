@@ -33,7 +33,7 @@ import torch
 
 from ondevice import __version__
 from ondevice.budget import DeviceProfile, format_bytes, load_profile, resolve_budget
-from ondevice.embedding import swap_embedding_
+from ondevice.embedding import EmbeddingLayer, swap_embedding_
 from ondevice.errors import ArtefactError, BadInputError, BudgetExceededError, ParityError
 from ondevice.export import golden as golden_mod
 from ondevice.export import raw as raw_mod
@@ -57,6 +57,7 @@ from ondevice.models import BPRMF, RecModel
 from ondevice.outputs import check_output
 from ondevice.schema import input_contract
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ondevice.vocabulary import dropped_ids
 
 __all__ = ["INPUT_MODES", "app_payload", "bytes_by_part", "deployable_model", "export_artefact", "export_onnx", "versions"]
 
@@ -267,7 +268,7 @@ def export_artefact(
         export_onnx(module, io, torch.from_numpy(next(iter(goldens.values()))), scratch / MODEL_ONNX)
         vocab_bytes = 0
         if plan is not None:
-            vocab_bytes = _attach_raw_encoder(scratch / MODEL_ONNX, ckpt.schema, plan)
+            vocab_bytes = _attach_raw_encoder(scratch / MODEL_ONNX, ckpt.schema, plan, model)
         shutil.move(str(scratch / MODEL_ONNX), tmp / MODEL_ONNX)
         scratch.rmdir()
         files = {MODEL_ONNX: file_entry(tmp / MODEL_ONNX)}
@@ -372,10 +373,16 @@ def export_artefact(
     return manifest
 
 
-def _attach_raw_encoder(path: Path, schema: Any, plan: dict[str, Any]) -> int:
-    """Put the raw-feature encoder in front of the id model at ``path``; returns the vocabulary bytes."""
+def _attach_raw_encoder(path: Path, schema: Any, plan: dict[str, Any], source: RecModel) -> int:
+    """Put the raw-feature encoder in front of the id model at ``path``; returns the vocabulary bytes.
+
+    Ids that every embedding table of ``source`` reads as the OOV row (rows pruned to OOV) keep
+    no key: row pruning saves the key as well as the row (:func:`ondevice.vocabulary.dropped_ids`).
+    """
+    layers = [m for m in source.modules() if isinstance(m, EmbeddingLayer)]
+    dropped = dropped_ids(layers, list(schema.vocab_sizes))
     model = onnx.load(str(path), load_external_data=False)
-    raw_mod.attach_encoder(model, schema, plan)
+    raw_mod.attach_encoder(model, schema, plan, dropped=dropped)
     onnx.checker.check_model(model, full_check=True)
     onnx.save_model(model, str(path), save_as_external_data=False)
     return raw_mod.vocabulary_bytes(model)

@@ -51,12 +51,18 @@ from onnx import numpy_helper as onh
 
 from ondevice.errors import BadInputError
 from ondevice.schema import Field, Schema, stable_hash
+from ondevice.vocabulary import (
+    ELEMENTWISE,
+    MISSING_KEY,
+    label_encoder,
+    table_bytes,
+    tables,
+    vocab_ids,
+)
 
 STRING_INPUT, NUMBER_INPUT, HASHED_INPUT = "categorical", "numeric", "hashed_ids"
 ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 4
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-#: key of a missing numeric value inside the graph (no finite value casts to it, see module doc)
-MISSING_KEY = INT64_MAX
+INT64_MIN = -(2**63)
 AVAZU_TRANSFORMS = ("avazu_hour_of_day", "avazu_weekday")
 HASH_SCHEME = "1 + blake2b(utf8(token), digest_size=8) read little-endian, mod buckets (ondevice.schema.stable_hash)"
 HASH_FILES = ("hash_reference.py", "hash_reference.js")
@@ -155,40 +161,10 @@ class _Builder:
         return [x] if n == 1 else self.op("Split", [x], n, axis=1)
 
     def lookup(self, x: str, keys: list[Any], values: list[int], default: int, kind: str) -> str:
-        """``ai.onnx.ml`` ``LabelEncoder`` (opset 4): string, int64 or float64 keys -> int64.
-
-        float64 keys (``keys_tensor``) match bit for bit, ``NaN`` matches any NaN and ``-0.0``
-        matches ``0.0`` (LabelEncoder-4); a key list is never empty (the op needs one).
-        """
-        if not keys:
-            keys, values = [{"string": "\x00", "int": MISSING_KEY - 1, "float": -1.5}[kind]], [default]
-        attrs: dict[str, Any] = {"values_int64s": [int(v) for v in values], "default_int64": int(default)}
-        if kind == "string":
-            attrs["keys_strings"] = list(keys)
-        elif kind == "int":
-            attrs["keys_int64s"] = [int(k) for k in keys]
-        else:
-            attrs["keys_tensor"] = onh.from_array(np.asarray(keys, dtype=np.float64), "keys")
-        return self.op("LabelEncoder", [x], domain=ML_DOMAIN, **attrs)
-
-
-def _vocab_ids(f: Field) -> dict[str, int]:
-    return {v: i + 1 for i, v in enumerate(f.values or [])}
-
-
-def _int_keys(f: Field) -> tuple[list[int], list[int], int]:
-    """Integer tokens of a numeric vocab field -> ids, plus the id of the missing value ``""``."""
-    keys, values, missing = [], [], 0
-    for v, i in _vocab_ids(f).items():
-        if v == "":
-            missing = i
-            continue
-        try:
-            keys.append(int(v))
-        except ValueError:
-            continue  # a non-integer token can never come out of a numeric transform
-        values.append(i)
-    return keys, values, missing
+        """A ``LabelEncoder`` table (:func:`ondevice.vocabulary.label_encoder`)."""
+        out = self.name()
+        self.nodes.append(label_encoder(x, out, keys, values, default, kind))
+        return out
 
 
 def _transform_value(b: _Builder, x: str, transform: str) -> str:
@@ -256,109 +232,37 @@ def _avazu_parts(b: _Builder, x: str) -> tuple[str, str, str]:
     return valid, hh, weekday
 
 
-class _Lookup:
-    """The shared two-level lookup of every vocabulary column (strings, and numbers whose rule
-    is elementwise: ``criteo_log2``, ``floor``), in ``2 + inputs`` nodes for the whole row.
-
-    Level 1, one ``LabelEncoder`` per raw input: each distinct key of the input (the union over
-    its columns, a key shared by several columns stored once) -> ``u * W`` (default ``-W``:
-    unknown); the inputs' unions are numbered one after the other. Level 2, one ``LabelEncoder``
-    over the concatenated ``[B, W]`` block: ``u * W + c`` (``c`` the block column) -> the field's
-    id (default 0, the OOV row). ``W`` is the block's width.
-    """
-
-    def __init__(self) -> None:
-        self.blocks: list[tuple[str, str, int, dict[int, list[tuple[Any, int]]]]] = []  # input, kind, width, pairs
-        self.width = 0
-
-    def add(self, x: str, kind: str, width: int, per_column: dict[int, list[tuple[Any, int]]]) -> int:
-        """Register input ``x`` (``width`` columns; ``per_column[k]`` = (key, id) of column k);
-        returns the block column of its column 0."""
-        self.blocks.append((x, kind, width, per_column))
-        self.width += width
-        return self.width - width
-
-    def build(self, b: _Builder) -> str:
-        w = self.width
-        firsts, keys2, values2, level1 = [], [], [], []
-        u0 = start = 0
-        for x, kind, width, per_column in self.blocks:
-            union: dict[Any, int] = {}
-            for pairs in per_column.values():
-                for key, _ in pairs:
-                    union.setdefault(_float_key(key) if kind == "float" else key, u0 + len(union))
-            for k, pairs in per_column.items():
-                for key, i in pairs:
-                    keys2.append(union[_float_key(key) if kind == "float" else key] * w + start + k)
-                    values2.append(i)
-            keys1 = [float(k) for k in union] if kind == "float" else list(union)  # "nan" -> NaN
-            level1.append(b.lookup(x, keys1, [u * w for u in union.values()], -w, kind))
-            firsts.append(start)
-            u0 += len(union)
-            start += width
-        cat = level1[0] if len(level1) == 1 else b.op("Concat", level1, axis=1)
-        comb = b.op("Add", [cat, b.const(np.arange(w)[None, :], np.int64)])
-        return b.lookup(comb, keys2, values2, 0, "int")
-
-
-def _float_key(key: Any) -> Any:
-    """A float64 key as a hashable dict key (all NaNs are one key)."""
-    k = float(key)
-    return "nan" if math.isnan(k) else k + 0.0
-
-
-def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto],
-                                                                                   list[onnx.ValueInfoProto]]:
+def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str,
+                  dropped: dict[int, set[int]] | None = None) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto],
+                                                                       list[onnx.ValueInfoProto]]:
     """Nodes, initializers and graph inputs computing ``out_name`` = ids int64 ``[batch, F]``.
 
     Vocabulary fields (strings; numbers with ``criteo_log2``/``floor``) share one two-level
-    lookup (:class:`_Lookup`); identity, Avazu date and ``edges:`` fields are computed column by
-    column; hashed ids pass through. The blocks are concatenated and one ``Gather`` puts the
-    fields in schema order (none when the order already matches).
+    lookup (:class:`ondevice.vocabulary.Tables`, ``2 + inputs`` nodes); identity, Avazu date and
+    ``edges:`` fields are computed column by column; hashed ids pass through. The blocks are
+    concatenated and one ``Gather`` puts the fields in schema order (none when the order already
+    matches). ``dropped``: per field, ids that keep no key (they read the OOV row anyway).
     """
     b = _Builder()
     cols = {name: [c for c in plan["columns"] if c["input"] == name] for name in (STRING_INPUT, NUMBER_INPUT, HASHED_INPUT)}
     field_col = {f: c for c in plan["columns"] for f in c["fields"]}
-    aliases = plan.get("libfm_aliases") or []
     n_num = len(cols[NUMBER_INPUT])
-    lookup = _Lookup()
-    in_lookup: dict[int, int] = {}  # field index -> column of the lookup block
-    # numbers with an elementwise transform (criteo_log2, floor): transformed values of the whole input
+    t = tables(schema, plan, dropped)
     simple = {j: f for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "number"
-              and f.encoding == "vocab" and (f.transform or "floor") in ("criteo_log2", "floor")}
-    if simple:
+              and f.encoding == "vocab" and (f.transform or "floor") in ELEMENTWISE}
+    feeds = {STRING_INPUT: STRING_INPUT}
+    if simple:  # numbers with an elementwise rule: transformed values of the whole input
         value = None
-        for t in sorted({f.transform or "floor" for f in simple.values()}):
-            tv = _transform_value(b, NUMBER_INPUT, t)
+        for rule in sorted({f.transform or "floor" for f in simple.values()}):
+            tv = _transform_value(b, NUMBER_INPUT, rule)
             if value is None:
                 value = tv
             else:
                 mask = np.zeros((1, n_num), dtype=bool)
                 for f in simple.values():
-                    mask[0, field_col[f.name]["index"]] = (f.transform or "floor") == t
+                    mask[0, field_col[f.name]["index"]] = (f.transform or "floor") == rule
                 value = b.op("Where", [b.const(mask, bool), tv, value])
-        per_column: dict[int, list[tuple[Any, int]]] = {}
-        for f in simple.values():
-            keys, values, missing_id = _int_keys(f)
-            pairs = [(float(k), i) for k, i in zip(keys, values, strict=True)]
-            per_column[field_col[f.name]["index"]] = pairs + ([(float("nan"), missing_id)] if missing_id else [])
-        first = lookup.add(value, "float", n_num, per_column)
-        in_lookup.update({j: first + field_col[f.name]["index"] for j, f in simple.items()})
-    if cols[STRING_INPUT]:
-        per_column = {}
-        strings = {}
-        for j, f in enumerate(schema.fields):
-            c = field_col[f.name]
-            if c["kind"] != "string":
-                continue
-            ids = _vocab_ids(f)
-            pairs = list(ids.items())
-            for alias in aliases:
-                pairs += [(k + alias, v) for k, v in ids.items() if ":" not in k and k + alias not in ids]
-            per_column[c["index"]] = pairs
-            strings[j] = c["index"]
-        first = lookup.add(STRING_INPUT, "string", len(cols[STRING_INPUT]), per_column)
-        in_lookup.update({j: first + k for j, k in strings.items()})
+        feeds[NUMBER_INPUT] = value
     blocks: list[str] = []
     position: dict[int, int] = {}  # field index -> column of the concatenated blocks
     width = 0
@@ -370,8 +274,12 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str) -> tuple[
             position[j] = width + k
         width += n
 
-    if lookup.blocks:
-        add_block(lookup.build(b), lookup.width, in_lookup)
+    if t.blocks:
+        level1, keys2, values2 = t.two_level()
+        us = [b.lookup(feeds[x], keys, values, -t.width, kind) for x, kind, keys, values in level1]
+        cat = us[0] if len(us) == 1 else b.op("Concat", us, axis=1)
+        comb = b.op("Add", [cat, b.const(np.arange(t.width)[None, :], np.int64)])
+        add_block(b.lookup(comb, keys2, values2, 0, "int"), t.width, t.in_lookup)
     # column by column: hashed ids, identity ids, Avazu dates, edges buckets
     rest = [j for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "number" and j not in simple]
     number_cols = b.split(NUMBER_INPUT, n_num) if rest else []
@@ -391,7 +299,7 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str) -> tuple[
                                            b.op("Less", [rel, b.const(float(f.vocab_size), np.float64)])])])
             add_block(b.op("Cast", [b.op("Where", [ok, rel, b.const(0.0, np.float64)])], to=TensorProto.INT64), 1, {j: 0})
             continue
-        keys, values, missing_id = _int_keys(f)
+        keys, values = t.single[j]
         if f.transform in AVAZU_TRANSFORMS:
             if c["name"] not in avazu:
                 avazu[c["name"]] = _avazu_parts(b, x)
@@ -401,8 +309,6 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str) -> tuple[
             add_block(b.lookup(key, keys, values, 0, "int"), 1, {j: 0})
             continue
         key = _edges_key(b, x, f.transform or "")
-        if missing_id:
-            keys, values = [*keys, MISSING_KEY], [*values, missing_id]
         add_block(b.lookup(key, keys, values, 0, "int"), 1, {j: 0})
     order = [position[j] for j in range(schema.num_fields)]
     cat = blocks[0] if len(blocks) == 1 else b.op("Concat", blocks, axis=1)
@@ -415,9 +321,14 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str) -> tuple[
     return b.nodes, b.inits, inputs
 
 
-def attach_encoder(model: onnx.ModelProto, schema: Schema, plan: dict[str, Any], ids_input: str = "ids") -> onnx.ModelProto:
-    """``model`` (ids in) with the raw encoder in front: raw inputs in, same outputs."""
-    nodes, inits, inputs = encoder_graph(schema, plan, ids_input)
+def attach_encoder(model: onnx.ModelProto, schema: Schema, plan: dict[str, Any], ids_input: str = "ids",
+                   dropped: dict[int, set[int]] | None = None) -> onnx.ModelProto:
+    """``model`` (ids in) with the raw encoder in front: raw inputs in, same outputs.
+
+    ``dropped``: per field, ids every embedding table reads as the OOV row
+    (:func:`ondevice.vocabulary.dropped_ids`); their keys are left out.
+    """
+    nodes, inits, inputs = encoder_graph(schema, plan, ids_input, dropped)
     g = model.graph
     if [i.name for i in g.input] != [ids_input]:
         raise BadInputError(f"the id model's inputs are {[i.name for i in g.input]}, expected [{ids_input!r}]")
@@ -507,8 +418,8 @@ def _prune_dead(g: onnx.GraphProto) -> None:
 
 
 def vocabulary_bytes(model: onnx.ModelProto) -> int:
-    """Serialized bytes of the ``LabelEncoder`` nodes (their keys and values are the vocabulary)."""
-    return sum(n.ByteSize() for n in model.graph.node if n.op_type == "LabelEncoder")
+    """Serialized bytes of the ``LabelEncoder`` tables (:func:`ondevice.vocabulary.table_bytes`)."""
+    return sum(table_bytes(n) for n in model.graph.node if n.op_type == "LabelEncoder")
 
 
 # --------------------------------------------------------------------------- the reference (prepare's rules)
@@ -551,7 +462,7 @@ def encode_reference(schema: Schema, plan: dict[str, Any], feeds: dict[str, np.n
         if c["kind"] == "hashed":
             out[:, j] = x
         elif c["kind"] == "string":
-            ids = _vocab_ids(f)
+            ids = vocab_ids(f)
             aliases = plan.get("libfm_aliases") or []
             for r, v in enumerate(x):
                 s = str(v)
@@ -564,7 +475,7 @@ def encode_reference(schema: Schema, plan: dict[str, Any], feeds: dict[str, np.n
                 ok = math.isfinite(v) and v == math.floor(v) and 1 <= v - (f.offset or 0) + 1 < f.vocab_size
                 out[r, j] = int(v - (f.offset or 0) + 1) if ok else 0
         else:
-            ids = _vocab_ids(f)
+            ids = vocab_ids(f)
             v = x.astype(np.float64)
             if f.transform in AVAZU_TRANSFORMS:
                 for r, val in enumerate(v):

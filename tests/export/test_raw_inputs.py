@@ -25,6 +25,7 @@ from ondevice.export.raw import encode_reference
 from ondevice.models import build_model
 from ondevice.schema import Schema, stable_hash
 from ondevice.train.checkpoint import save_checkpoint
+from ondevice.vocabulary import vocabulary_bytes
 
 SHARED = Path("/work/shared/data")
 # odd integers prepare accepts (criteo_log2 takes 1e300 and 9.3e18 to floor(ln(x)^2): 477214, 1881)
@@ -61,6 +62,8 @@ def _check(tmp: Path, data: Path, records: list[dict], *, fields_checked: bool =
     want = _session(tmp / "ids" / "model.onnx").run(None, {"ids": prepared})[0]
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     assert raw_art["storage"]["by_part"]["vocabulary"] > 0 and ids_art["storage"]["by_part"]["vocabulary"] == 0
+    # the byte model's count (ondevice.vocabulary, no exporter) is the file's, byte for byte
+    assert vocabulary_bytes(schema, raw_art["raw_inputs"]) == raw_art["storage"]["by_part"]["vocabulary"]
     assert raw_art["app_payload"]["files"].keys() == {"model.onnx"} | ({"hash_reference.js"} if raw_art["raw_inputs"]["hashing"] else set())
     return raw_art
 
@@ -375,3 +378,38 @@ def test_oov_guards_dropped_only_without_hashed_ids(tmp_path: Path) -> None:
     art = _check(tmp_path / "h", hdata, [dict(zip(["click", "site", "dev"], r.split(","), strict=True)) for r in rows[1:]])
     assert art["raw_inputs"]["hashing"]
     assert "GreaterOrEqual" in [n.op_type for n in onnx.load(str(tmp_path / "h" / "raw" / "model.onnx")).graph.node]
+
+
+def test_row_pruning_drops_keys(tmp_path: Path) -> None:
+    """Rows pruned to OOV in every table: their keys leave the vocabulary (fewer bytes, counted
+    exactly by ondevice.vocabulary), and outputs still equal prepare + the id artefact."""
+    from ondevice.embedding.row_pruned import RowPrunedEmbedding
+    from ondevice.vocabulary import dropped_ids
+
+    lines = _odd_criteo_lines(np.random.default_rng(6), 120)
+    (tmp_path / "c.tsv").write_text("".join(lines))
+    data = _prepare(tmp_path / "c.tsv", tmp_path / "data", "criteo")
+    ds = EncodedDataset(data)
+    schema = ds.schema
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema.vocab_sizes, embed_dim=4, mlp_dims=[8])
+    keep = torch.rand(sum(schema.vocab_sizes)) < 0.5
+    model.embedding = RowPrunedEmbedding.from_dense(model.embedding, keep)
+    model.linear = RowPrunedEmbedding.from_dense(model.linear, keep)
+    with torch.no_grad():
+        model.linear.table.weight.normal_(std=0.5)
+    dropped = dropped_ids([model.embedding, model.linear], list(schema.vocab_sizes))
+    assert sum(len(s) for s in dropped.values()) > 0
+    (tmp_path / "run").mkdir()
+    save_checkpoint(tmp_path / "run" / "model.pt", model, schema, metrics={})
+    export_artefact(tmp_path / "run" / "model.pt", tmp_path / "ids", check_mobile=False)
+    raw = export_artefact(tmp_path / "run" / "model.pt", tmp_path / "raw", inputs="raw", check_mobile=False)
+    vocab = raw["storage"]["by_part"]["vocabulary"]
+    assert vocab == vocabulary_bytes(schema, raw["raw_inputs"], dropped) < vocabulary_bytes(schema, raw["raw_inputs"])
+    feeds = runner_module().records_to_feeds(raw, _criteo_rows(lines))
+    got = _session(tmp_path / "raw" / "model.onnx").run(None, feeds)[0]
+    want = _session(tmp_path / "ids" / "model.onnx").run(None, {"ids": np.asarray(ds.split("train").ids, dtype=np.int64)})[0]
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    # one table that did not prune the row keeps every key
+    assert dropped_ids([model.embedding, build_model("deepfm", schema.vocab_sizes, embed_dim=4).linear],
+                       list(schema.vocab_sizes)) == {}
