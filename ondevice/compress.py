@@ -81,6 +81,7 @@ from ondevice.data import EncodedDataset
 from ondevice.errors import (
     BadInputError,
     BrokenPromiseError,
+    BudgetTooSmallError,
     LatencyTargetError,
     OndeviceError,
     ParityError,
@@ -361,6 +362,7 @@ def compress(
     latency_p99_ms: float | None = None,
     evaluate_test: bool = True,
     resume: bool = False,
+    inputs: str | None = None,
 ) -> dict[str, Any]:
     """Compress the run at ``run_dir`` for every budget/device × method; returns the summary.
 
@@ -381,6 +383,8 @@ def compress(
     ``evaluate_test``: after every choice, evaluate each artefact's ``model.onnx`` once on the
     test split with onnxruntime (``ondevice.evaluate``).
     ``resume``: continue the interrupted run in ``OUT.partial`` (module docstring, "Resume").
+    ``inputs``: the artefacts' inputs (``export_artefact``; default raw for CTR): a raw artefact
+    carries its vocabulary, whose bytes are reserved from each budget before the search.
     """
     run_dir = Path(run_dir)
     fleet_profiles: list[DeviceProfile] = []
@@ -422,23 +426,26 @@ def compress(
         "latency_p99_ms": latency_p99_ms, "profile_runs": profile_runs if profile else None, "plot": plot,
         "evaluate_test": evaluate_test, "fleet": fleet is not None, "model_sha256": _file_sha256(ckpt.path),
         "data_schema": identity["schema_fingerprint"], "data_rows": identity["rows"],
-        "data_content_sha256": identity["content_sha256"],
+        "data_content_sha256": identity["content_sha256"], "inputs": inputs,
     }
     options = {"budgets": [str(b) for b in budgets], "device_profiles": [p.name if isinstance(p, DeviceProfile) else str(p)
                                                                         for p in device_profiles],
                "fleet": str(fleet) if fleet is not None else None, "methods": list(methods), "epochs": epochs,
                "seed": seed, "data_dir": str(data_dir) if data_dir is not None else None, "searcher_params": extra,
                "profile_runs": profile_runs, "time_limit_s": time_limit_s, "mlp": mlp, "max_loss": max_loss,
-               "allow_input_change": allow_input_change, "latency_p99_ms": latency_p99_ms}
+               "allow_input_change": allow_input_change, "latency_p99_ms": latency_p99_ms, "inputs": inputs}
 
     from ondevice.evaluate import evaluate_artefact
     from ondevice.export import export_artefact, profile_artefact, verify_artefact
+    from ondevice.export.onnx_export import resolve_inputs
+    from ondevice.export.raw import raw_encoder_bytes
 
     started = time.time()
     t_export = time.perf_counter()
     full_file, full_params = measure_file_bytes(ckpt.model)
     export_cost_s = time.perf_counter() - t_export
     overhead = full_file - full_params
+    reserve = raw_encoder_bytes(ckpt.schema) if resolve_inputs(inputs, ckpt.model) == "raw" else 0  # vocabulary in the file
     k = int(ckpt.train_config.get("k", 20) or 20)
     full_metric = topk_metric_name(k) if isinstance(ckpt.model, BPRMF) else "auc"
     full_val = val_metrics(copy.deepcopy(ckpt.model), data, k=k)
@@ -469,8 +476,12 @@ def compress(
                 _log(quiet, f"[{name}] {method} at {format_bytes(nbytes)}: searching...")
                 t0 = time.perf_counter()
                 try:
+                    if nbytes <= reserve:
+                        raise BudgetTooSmallError(f"{format_bytes(nbytes)} is below the raw-feature artefact's vocabulary "
+                                                  f"and encoder alone ({format_bytes(reserve)}); raise the budget or use "
+                                                  "--inputs ids", minimum_bytes=reserve, parts={"vocabulary": reserve})
                     result, file_bytes, attempts = _search_fitting(
-                        _for_target(searcher, dev, latency_p99_ms, time_limit_s, reserve_s), ckpt, data, nbytes, overhead,
+                        _for_target(searcher, dev, latency_p99_ms, time_limit_s, reserve_s), ckpt, data, nbytes - reserve, overhead,
                         work_dir=tmp / "_cache", mlp=_mlp_for(mlp, dev), state_dir=kept / f"{folder.name}.auto")
                     search_s = time.perf_counter() - t0
                     metrics = {"val": result.val, "selected_on": f"val {result.metric}", "method": method,
@@ -478,7 +489,7 @@ def compress(
                     out_ckpt = Checkpoint(model=result.model, schema=result.schema or ckpt.schema, train_config=ckpt.train_config,
                                           metrics=metrics, path=ckpt.path)
                     t1 = time.perf_counter()
-                    manifest = export_artefact(out_ckpt, folder, budget=budget_arg, profile=dev)
+                    manifest = export_artefact(out_ckpt, folder, budget=budget_arg, profile=dev, inputs=inputs)
                     export_s = time.perf_counter() - t1
                     crash_point("compress.entry.exported")
                     verify = verify_artefact(folder, seed=seed)

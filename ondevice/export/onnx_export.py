@@ -59,11 +59,23 @@ from ondevice.schema import input_contract
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ondevice.vocabulary import dropped_ids
 
-__all__ = ["INPUT_MODES", "app_payload", "bytes_by_part", "deployable_model", "export_artefact", "export_onnx", "versions"]
+__all__ = ["INPUT_MODES", "app_payload", "bytes_by_part", "deployable_model", "export_artefact", "export_onnx",
+           "resolve_inputs", "versions"]
 
 REQUIRED_OPS = "required_operators.config"
 #: ``export --inputs``: ``ids`` (the default, int64 ids encoded by the app) or ``raw`` (encoding in the graph).
 INPUT_MODES = ("ids", "raw")
+
+
+def resolve_inputs(inputs: str | None, model: RecModel) -> str:
+    """The artefact's input mode: ``inputs`` when given, else the default for ``model``:
+    ``raw`` for a CTR model (the app sends raw values, the graph encodes them), ``ids`` for a
+    top-K model (it takes the user's vector; nothing to encode)."""
+    if inputs is not None:
+        if inputs not in INPUT_MODES:
+            raise BadInputError(f"--inputs {inputs!r} must be one of {', '.join(INPUT_MODES)}")
+        return inputs
+    return "ids" if isinstance(model, BPRMF) else "raw"
 
 
 def versions() -> dict[str, str]:
@@ -204,7 +216,7 @@ def export_artefact(
     golden_seed: int = 0,
     golden_batch: int = 64,
     check_mobile: bool = True,
-    inputs: str = "ids",
+    inputs: str | None = None,
 ) -> dict[str, Any]:
     """Export a checkpoint (run folder, ``model.pt`` or ``Checkpoint``) to an artefact folder.
 
@@ -219,7 +231,8 @@ def export_artefact(
     top_k : k of top-K artefacts (clipped to the number of items).
     golden_seed, golden_batch : seed and size of the large golden batch.
     inputs : ``"ids"`` (int64 ids, encode with ``schema.json``) or ``"raw"`` (CTR: the raw field
-        values, encoded inside the graph exactly as ``prepare`` does; see ``ondevice.export.raw``).
+        values, encoded inside the graph exactly as ``prepare`` does; see ``ondevice.export.raw``);
+        default (None): ``raw`` for CTR models, ``ids`` for top-K (:func:`resolve_inputs`).
 
     Returns the manifest (also written to ``out_dir/manifest.json``). Raises
     ``BudgetExceededError`` (exit 3) when a model file is over budget, ``ParityError``
@@ -234,13 +247,14 @@ def export_artefact(
         raise BadInputError(f"format {fmt!r} must be 'onnx' or 'ort'")
     if top_k < 1:
         raise BadInputError(f"top-k must be >= 1, got {top_k}")
-    if inputs not in INPUT_MODES:
+    if inputs is not None and inputs not in INPUT_MODES:
         raise BadInputError(f"--inputs {inputs!r} must be one of {', '.join(INPUT_MODES)}")
     out_dir = Path(out_dir)
     src = run_dir_or_checkpoint.path if isinstance(run_dir_or_checkpoint, Checkpoint) else run_dir_or_checkpoint
     check_output(out_dir, kind="export", inputs=[src], force=force)
     ckpt = _resolve_checkpoint(run_dir_or_checkpoint)
     model = deployable_model(ckpt.model)
+    inputs = resolve_inputs(inputs, model)
     module, io = export_module(model, k=top_k)
     out_names = [o["name"] for o in io["outputs"]]
     goldens = golden_mod.golden_inputs(model, seed=golden_seed, large_batch=golden_batch)

@@ -71,7 +71,8 @@ HASH_REFERENCE_DIR = Path(__file__).resolve().parent.parent / "_resources" / "ha
 #: The graph knows these spellings; rarer ones (``idx:1.00``) are OOV in the graph.
 LIBFM_ALIASES = (":1", ":1.0")
 
-__all__ = ["HASH_FILES", "attach_encoder", "encode_reference", "raw_golden", "raw_plan", "raw_random", "vocabulary_bytes",
+__all__ = ["HASH_FILES", "attach_encoder", "encode_reference", "id_model", "raw_encoder_bytes", "raw_golden", "raw_plan", "raw_random",
+           "vocabulary_bytes",
            "write_hash_reference"]
 
 
@@ -346,6 +347,45 @@ def attach_encoder(model: onnx.ModelProto, schema: Schema, plan: dict[str, Any],
     if not any(o.domain == ML_DOMAIN for o in model.opset_import):
         model.opset_import.append(oh.make_opsetid(ML_DOMAIN, ML_OPSET))
     return model
+
+
+def raw_encoder_bytes(schema: Schema) -> int:
+    """Bytes the raw encoder adds at most to ``schema``'s CTR id model file: its vocabulary
+    tables, nodes, constants and inputs (every key kept; the OOV guards it removes not
+    subtracted), so an id model of ``B - raw_encoder_bytes`` bytes gives a raw artefact within
+    ``B`` (``compress`` reserves it from the budget before the search)."""
+    nodes, inits, inputs = encoder_graph(schema, raw_plan(schema), "ids")
+    g = onnx.GraphProto()
+    g.node.extend(nodes)
+    g.initializer.extend(inits)
+    g.input.extend(inputs)
+    return int(g.ByteSize()) + 64  # + the ai.onnx.ml opset import and the graph's longer length prefix
+
+
+def id_model(model: onnx.ModelProto, ids: str = "ids") -> onnx.ModelProto:
+    """The id model inside a raw artefact: the graph from the encoder's output ``ids`` (int64
+    ``[batch, F]``) to the outputs, for ids that are vocabulary ids of their fields (e.g. an
+    encoded test split: the raw graph has no OOV guard when no id comes from the app)."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    need, seen, keep = [o.name for o in g.output], set(), set()
+    while need:
+        name = need.pop()
+        if name in seen or name == ids:
+            continue
+        seen.add(name)
+        node = producer.get(name)
+        if node is not None and id(node) not in keep:
+            keep.add(id(node))
+            need.extend(node.input)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(n for n in g.node if id(n) in keep)
+    del out.graph.input[:]
+    out.graph.input.append(oh.make_tensor_value_info(ids, TensorProto.INT64, ["batch", None]))
+    _prune_dead(out.graph)
+    return out
 
 
 def cols_hashed(plan: dict[str, Any]) -> bool:

@@ -50,7 +50,7 @@ def _check(tmp: Path, data: Path, records: list[dict], *, fields_checked: bool =
         model.linear.weight.normal_(std=0.5)
     (tmp / "run").mkdir()
     save_checkpoint(tmp / "run" / "model.pt", model, schema, metrics={})
-    ids_art = export_artefact(tmp / "run" / "model.pt", tmp / "ids", check_mobile=False)
+    ids_art = export_artefact(tmp / "run" / "model.pt", tmp / "ids", inputs="ids", check_mobile=False)
     raw_art = export_artefact(tmp / "run" / "model.pt", tmp / "raw", inputs="raw", check_mobile=False)
     runner = runner_module()
     feeds = runner.records_to_feeds(raw_art, records)
@@ -402,7 +402,7 @@ def test_row_pruning_drops_keys(tmp_path: Path) -> None:
     assert sum(len(s) for s in dropped.values()) > 0
     (tmp_path / "run").mkdir()
     save_checkpoint(tmp_path / "run" / "model.pt", model, schema, metrics={})
-    export_artefact(tmp_path / "run" / "model.pt", tmp_path / "ids", check_mobile=False)
+    export_artefact(tmp_path / "run" / "model.pt", tmp_path / "ids", inputs="ids", check_mobile=False)
     raw = export_artefact(tmp_path / "run" / "model.pt", tmp_path / "raw", inputs="raw", check_mobile=False)
     vocab = raw["storage"]["by_part"]["vocabulary"]
     assert vocab == vocabulary_bytes(schema, raw["raw_inputs"], dropped) < vocabulary_bytes(schema, raw["raw_inputs"])
@@ -413,3 +413,16 @@ def test_row_pruning_drops_keys(tmp_path: Path) -> None:
     # one table that did not prune the row keeps every key
     assert dropped_ids([model.embedding, build_model("deepfm", schema.vocab_sizes, embed_dim=4).linear],
                        list(schema.vocab_sizes)) == {}
+
+
+def test_default_inputs_raw_for_ctr_ids_for_topk(tmp_path: Path, cli_runner) -> None:
+    """New artefacts take raw values by default (CTR); top-K ones take the user's vector; --inputs ids still works."""
+    from tests.export.conftest import make_run
+
+    run = make_run(tmp_path / "run", "fm")
+    assert cli_runner("export", run, "--out", tmp_path / "raw").exit_code == 0
+    assert json.loads((tmp_path / "raw" / "manifest.json").read_text())["input_encoding"] == "raw"
+    assert cli_runner("export", run, "--out", tmp_path / "ids", "--inputs", "ids").exit_code == 0
+    assert json.loads((tmp_path / "ids" / "manifest.json").read_text())["input_encoding"] == "ids"
+    top = export_artefact(make_run(tmp_path / "trun", "bprmf"), tmp_path / "top", check_mobile=False)
+    assert top["input_encoding"] == "ids" and top["inputs"][0]["name"] == "user_vector"
