@@ -32,7 +32,7 @@ The float64/int64 choice keeps every transform bit-exact with ``prepare`` (float
 Cost at batch 1 (issue 16): every vocabulary column of a row goes through one shared
 two-level lookup (:class:`_Lookup`, ``2 + inputs`` nodes), and the id model's OOV guards are
 dropped when no id comes from the app (:func:`_drop_oov_guards`): the Criteo raw graph has
-44 nodes against the id graph's 43.
+43 nodes, as many as the id graph (benchmarks/results/app_payload.md has the timings).
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def _transform_value(b: _Builder, x: str, transform: str) -> str:
     """float64 whole numbers of a numeric column as ``prepare``'s rule, NaN kept NaN (missing),
     ``±inf`` kept infinite (``prepare`` refuses them: no key matches, so they are OOV)."""
     if transform == "criteo_log2":  # x > 2 -> floor(ln(x)^2) else floor(x) (formats.base._log2_rule)
-        lg = b.op("Log", [b.op("Max", [x, b.const(1.0, np.float64)])])
+        lg = b.op("Log", [x])  # NaN / -inf where x <= 0: that branch is never selected
         return b.op("Floor", [b.op("Where", [b.op("Greater", [x, b.const(2.0, np.float64)]), b.op("Mul", [lg, lg]), x])])
     if transform == "floor":
         return b.op("Floor", [x])
