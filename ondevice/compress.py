@@ -438,7 +438,7 @@ def compress(
     from ondevice.evaluate import evaluate_artefact
     from ondevice.export import export_artefact, profile_artefact, verify_artefact
     from ondevice.export.onnx_export import resolve_inputs
-    from ondevice.export.raw import raw_encoder_bytes
+    from ondevice.export.raw import raw_encoder_bytes, with_vocabulary
 
     started = time.time()
     t_export = time.perf_counter()
@@ -476,13 +476,13 @@ def compress(
                 _log(quiet, f"[{name}] {method} at {format_bytes(nbytes)}: searching...")
                 t0 = time.perf_counter()
                 try:
-                    if nbytes <= reserve:
-                        raise BudgetTooSmallError(f"{format_bytes(nbytes)} is below the raw-feature artefact's vocabulary "
-                                                  f"and encoder alone ({format_bytes(reserve)}); raise the budget or use "
-                                                  "--inputs ids", minimum_bytes=reserve, parts={"vocabulary": reserve})
-                    result, file_bytes, attempts = _search_fitting(
-                        _for_target(searcher, dev, latency_p99_ms, time_limit_s, reserve_s), ckpt, data, nbytes - reserve, overhead,
-                        work_dir=tmp / "_cache", mlp=_mlp_for(mlp, dev), state_dir=kept / f"{folder.name}.auto")
+                    try:
+                        result, file_bytes, attempts = _search_fitting(
+                            _for_target(searcher, dev, latency_p99_ms, time_limit_s, reserve_s), ckpt, data,
+                            max(nbytes - reserve, 1), overhead, work_dir=tmp / "_cache", mlp=_mlp_for(mlp, dev),
+                            state_dir=kept / f"{folder.name}.auto")
+                    except BudgetTooSmallError as err:  # the minimum then includes the vocabulary the artefact ships
+                        raise with_vocabulary(err, nbytes, reserve) if reserve else err from None
                     search_s = time.perf_counter() - t0
                     metrics = {"val": result.val, "selected_on": f"val {result.metric}", "method": method,
                                "search": {"config": result.config, "params": result.params}}

@@ -49,7 +49,7 @@ from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper as onh
 
-from ondevice.errors import BadInputError
+from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.schema import Field, Schema, stable_hash
 from ondevice.vocabulary import (
     ELEMENTWISE,
@@ -72,7 +72,7 @@ HASH_REFERENCE_DIR = Path(__file__).resolve().parent.parent / "_resources" / "ha
 LIBFM_ALIASES = (":1", ":1.0")
 
 __all__ = ["HASH_FILES", "attach_encoder", "encode_reference", "id_model", "raw_encoder_bytes", "raw_golden", "raw_plan", "raw_random",
-           "vocabulary_bytes",
+           "vocabulary_bytes", "with_vocabulary",
            "write_hash_reference"]
 
 
@@ -360,6 +360,16 @@ def raw_encoder_bytes(schema: Schema) -> int:
     g.initializer.extend(inits)
     g.input.extend(inputs)
     return int(g.ByteSize()) + 64  # + the ai.onnx.ml opset import and the graph's longer length prefix
+
+
+def with_vocabulary(err: BudgetTooSmallError, budget: int, reserve: int) -> BudgetTooSmallError:
+    """``err`` (a search at ``budget - reserve``) restated for the whole budget: the minimum and its
+    parts include the ``reserve`` bytes of the raw artefact's vocabulary and encoder."""
+    minimum = (err.minimum_bytes or 0) + reserve
+    return BudgetTooSmallError(f"{budget:,} B is below the smallest raw-feature artefact, {minimum:,} B = the "
+                               f"vocabulary and encoder ({reserve:,} B) + the model: {err}; raise the budget, or use "
+                               "--inputs ids (the app then ships schema.json)",
+                               minimum_bytes=minimum, parts={"vocabulary and encoder": reserve, **(err.parts or {})})
 
 
 def id_model(model: onnx.ModelProto, ids: str = "ids") -> onnx.ModelProto:
