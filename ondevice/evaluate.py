@@ -6,7 +6,8 @@ the artefact folder only (plus, for top-K, the server-side user table that
 
 * CTR: the test ids (the artefact's own fields: a feature-selected artefact takes only its
   kept columns, by name) through the graph in batches -> AUC and logloss of the
-  ``probability`` output (``train.metrics``: global, float64).
+  ``probability`` output (``train.metrics``: global, float64); a raw-feature artefact through
+  its id model (the graph after its encoder, ``export.raw.id_model``).
 * Top-K (BPR-MF): the graph's item scores ``[B, N-1]`` (the input of its final ``TopK``
   node, added as an extra output of an in-memory copy: same tables, same arithmetic) for
   each evaluated user's vector; the items the user met in training (and in validation when
@@ -83,8 +84,14 @@ def _evaluate_ctr(model_path: Path, manifest: dict[str, Any], ds: EncodedDataset
         raise BadInputError(f"{ds.root} encodes the artefact's fields with other vocabularies; "
                             "pass the data the artefact's model was trained on")
     s = ds.split(split)
-    sess = _session(str(model_path), threads)
-    in_name = manifest["inputs"][0]["name"]
+    if manifest.get("raw_inputs"):  # raw artefact: its id model (the graph after the encoder) takes the encoded split
+        import onnx
+
+        from ondevice.export.raw import id_model
+
+        sess, in_name = _session(id_model(onnx.load(str(model_path))).SerializeToString(), threads), "ids"
+    else:
+        sess, in_name = _session(str(model_path), threads), manifest["inputs"][0]["name"]
     probs = np.empty(len(s), dtype=np.float32)
     for start in range(0, len(s), BATCH):
         ids = np.asarray(s.ids[start:start + BATCH], dtype=np.int64)[:, cols]

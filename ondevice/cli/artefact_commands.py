@@ -23,12 +23,13 @@ from ondevice.cli import cli
 @click.option("--format", "fmt", type=click.Choice(["onnx", "ort"]), default=None,
               help="ort also writes model.ort (default: the profile's runtime_format, else onnx)")
 @click.option("--top-k", default=20, show_default=True, type=click.IntRange(min=1), help="k of top-K (BPR-MF) artefacts")
-@click.option("--inputs", "inputs", type=click.Choice(["ids", "raw"]), default="ids", show_default=True,
-              help="raw: the model takes raw field values (strings, numbers) and encodes them in the graph "
-                   "(vocabulary, transforms, OOV) exactly as prepare does; ids: int64 ids encoded with schema.json")
+@click.option("--inputs", "inputs", type=click.Choice(["ids", "raw"]), default=None,
+              help="raw (default for CTR models): the model takes raw field values (strings, numbers) and encodes "
+                   "them in the graph (vocabulary, transforms, OOV) exactly as prepare does; ids (default for top-K): "
+                   "int64 ids encoded with schema.json")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 def export_cmd(run_dir: Path, out: Path, budget: str | None, profile: str | None, fmt: str | None, top_k: int,
-               inputs: str, force: bool) -> None:
+               inputs: str | None, force: bool) -> None:
     """Export RUN_DIR (a run folder or model.pt) to a verified single-file ONNX artefact.
 
     Exit 3 when a model file is over budget or onnxruntime disagrees with PyTorch on the

@@ -33,7 +33,7 @@ import torch
 
 from ondevice import __version__
 from ondevice.budget import DeviceProfile, format_bytes, load_profile, resolve_budget
-from ondevice.embedding import swap_embedding_
+from ondevice.embedding import EmbeddingLayer, swap_embedding_
 from ondevice.errors import ArtefactError, BadInputError, BudgetExceededError, ParityError
 from ondevice.export import golden as golden_mod
 from ondevice.export import raw as raw_mod
@@ -57,12 +57,25 @@ from ondevice.models import BPRMF, RecModel
 from ondevice.outputs import check_output
 from ondevice.schema import input_contract
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ondevice.vocabulary import dropped_ids
 
-__all__ = ["INPUT_MODES", "app_payload", "bytes_by_part", "deployable_model", "export_artefact", "export_onnx", "versions"]
+__all__ = ["INPUT_MODES", "app_payload", "bytes_by_part", "deployable_model", "export_artefact", "export_onnx",
+           "resolve_inputs", "versions"]
 
 REQUIRED_OPS = "required_operators.config"
-#: ``export --inputs``: ``ids`` (the default, int64 ids encoded by the app) or ``raw`` (encoding in the graph).
+#: ``export --inputs``: ``ids`` (int64 ids encoded by the app) or ``raw`` (encoding in the graph).
 INPUT_MODES = ("ids", "raw")
+
+
+def resolve_inputs(inputs: str | None, model: RecModel) -> str:
+    """The artefact's input mode: ``inputs`` when given, else the default for ``model``:
+    ``raw`` for a CTR model (the app sends raw values, the graph encodes them), ``ids`` for a
+    top-K model (it takes the user's vector; nothing to encode)."""
+    if inputs is not None:
+        if inputs not in INPUT_MODES:
+            raise BadInputError(f"--inputs {inputs!r} must be one of {', '.join(INPUT_MODES)}")
+        return inputs
+    return "ids" if isinstance(model, BPRMF) else "raw"
 
 
 def versions() -> dict[str, str]:
@@ -204,7 +217,7 @@ def export_artefact(
     golden_seed: int = 0,
     golden_batch: int = 64,
     check_mobile: bool = True,
-    inputs: str = "ids",
+    inputs: str | None = None,
 ) -> dict[str, Any]:
     """Export a checkpoint (run folder, ``model.pt`` or ``Checkpoint``) to an artefact folder.
 
@@ -221,7 +234,8 @@ def export_artefact(
     top_k : k of top-K artefacts (clipped to the number of items).
     golden_seed, golden_batch : seed and size of the large golden batch.
     inputs : ``"ids"`` (int64 ids, encode with ``schema.json``) or ``"raw"`` (CTR: the raw field
-        values, encoded inside the graph exactly as ``prepare`` does; see ``ondevice.export.raw``).
+        values, encoded inside the graph exactly as ``prepare`` does; see ``ondevice.export.raw``);
+        default (None): ``raw`` for CTR models, ``ids`` for top-K (:func:`resolve_inputs`).
 
     Returns the manifest (also written to ``out_dir/manifest.json``). Raises
     ``BudgetExceededError`` (exit 3) when a model file is over budget, ``ParityError``
@@ -237,11 +251,12 @@ def export_artefact(
     check_output(out_dir, kind="export", inputs=[src], force=force)
     ckpt = _resolve_checkpoint(run_dir_or_checkpoint)
     model = deployable_model(ckpt.model)
+    inputs = resolve_inputs(inputs, model)
     module, io = export_module(model, k=top_k)
     gold = _golden_cases(model, module, io, ckpt.schema, inputs, golden_seed, golden_batch)
     runner = runner_module()
     with atomic_output_dir(out_dir, kind="export", inputs=[src], force=force) as tmp:
-        files, extra_files, vocab_bytes = _write_model_files(tmp, module, io, gold, ckpt.schema, fmt)
+        files, extra_files, vocab_bytes = _write_model_files(tmp, module, io, gold, ckpt.schema, fmt, model)
         manifest = _manifest(started, model, io, ckpt, gold, files, extra_files, dev, fmt, inputs, runner,
                              top_k=top_k, golden_seed=golden_seed, golden_batch=golden_batch)
         manifest["export_validation"] = _prove_parity(tmp, manifest, runner, fmt)
@@ -255,13 +270,13 @@ def export_artefact(
     return manifest
 
 
-def _check_export_options(fmt: str, top_k: int, inputs: str) -> str:
+def _check_export_options(fmt: str, top_k: int, inputs: str | None) -> str:
     """One-line errors for a bad ``--format``, ``--top-k`` or ``--inputs``; returns the format."""
     if fmt not in ("onnx", "ort"):
         raise BadInputError(f"format {fmt!r} must be 'onnx' or 'ort'")
     if top_k < 1:
         raise BadInputError(f"top-k must be >= 1, got {top_k}")
-    if inputs not in INPUT_MODES:
+    if inputs is not None and inputs not in INPUT_MODES:
         raise BadInputError(f"--inputs {inputs!r} must be one of {', '.join(INPUT_MODES)}")
     return fmt
 
@@ -294,7 +309,7 @@ def _golden_cases(model: RecModel, module: torch.nn.Module, io: dict[str, Any], 
 
 
 def _write_model_files(tmp: Path, module: torch.nn.Module, io: dict[str, Any], gold: dict[str, Any], schema: Any,
-                       fmt: str) -> tuple[dict[str, Any], list[str], int]:
+                       fmt: str, model: RecModel) -> tuple[dict[str, Any], list[str], int]:
     """``model.onnx`` (with the raw-input encoder in front when planned) and, for ``ort``,
     ``model.ort``: (files entries, extra files, the raw vocabulary's bytes)."""
     scratch = tmp / ".export"
@@ -302,7 +317,7 @@ def _write_model_files(tmp: Path, module: torch.nn.Module, io: dict[str, Any], g
     export_onnx(module, io, torch.from_numpy(next(iter(gold["goldens"].values()))), scratch / MODEL_ONNX)
     vocab_bytes = 0
     if gold["plan"] is not None:
-        vocab_bytes = _attach_raw_encoder(scratch / MODEL_ONNX, schema, gold["plan"])
+        vocab_bytes = _attach_raw_encoder(scratch / MODEL_ONNX, schema, gold["plan"], model)
     shutil.move(str(scratch / MODEL_ONNX), tmp / MODEL_ONNX)
     scratch.rmdir()
     files = {MODEL_ONNX: file_entry(tmp / MODEL_ONNX)}
@@ -423,10 +438,16 @@ def _write_rest_of_folder(tmp: Path, manifest: dict[str, Any], model: RecModel, 
     shutil.copyfile(RUNNER_PATH, tmp / RUNNER_FILE)
 
 
-def _attach_raw_encoder(path: Path, schema: Any, plan: dict[str, Any]) -> int:
-    """Put the raw-feature encoder in front of the id model at ``path``; returns the vocabulary bytes."""
+def _attach_raw_encoder(path: Path, schema: Any, plan: dict[str, Any], source: RecModel) -> int:
+    """Put the raw-feature encoder in front of the id model at ``path``; returns the vocabulary bytes.
+
+    Ids that every embedding table of ``source`` reads as the OOV row (rows pruned to OOV) keep
+    no key: row pruning saves the key as well as the row (:func:`ondevice.vocabulary.dropped_ids`).
+    """
+    layers = [m for m in source.modules() if isinstance(m, EmbeddingLayer)]
+    dropped = dropped_ids(layers, list(schema.vocab_sizes))
     model = onnx.load(str(path), load_external_data=False)
-    raw_mod.attach_encoder(model, schema, plan)
+    raw_mod.attach_encoder(model, schema, plan, dropped=dropped)
     onnx.checker.check_model(model, full_check=True)
     onnx.save_model(model, str(path), save_as_external_data=False)
     return raw_mod.vocabulary_bytes(model)

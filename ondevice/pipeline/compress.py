@@ -79,6 +79,7 @@ from ondevice.data import EncodedDataset
 from ondevice.errors import (
     BadInputError,
     BrokenPromiseError,
+    BudgetTooSmallError,
     LatencyTargetError,
     OndeviceError,
     ParityError,
@@ -233,6 +234,7 @@ def compress(
     latency_p99_ms: float | None = None,
     evaluate_test: bool = True,
     resume: bool = False,
+    inputs: str | None = None,
 ) -> dict[str, Any]:
     """Compress the run at ``run_dir`` for every budget/device × method; returns the summary.
 
@@ -253,6 +255,8 @@ def compress(
     ``evaluate_test``: after every choice, evaluate each artefact's ``model.onnx`` once on the
     test split with onnxruntime (``ondevice.evaluate``).
     ``resume``: continue the interrupted run in ``OUT.partial`` (module docstring, "Resume").
+    ``inputs``: the artefacts' inputs (``export_artefact``; default raw for CTR): a raw artefact
+    carries its vocabulary, whose bytes are reserved from each budget before the search.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     fleet_profiles = fleet_profiles_in(fleet) if fleet is not None else []
@@ -269,13 +273,14 @@ def compress(
     settings = _resume_settings(ckpt, data, targets, methods, extra, floor, floor_given, epochs=epochs, seed=seed,
                                 mlp=mlp, allow_input_change=allow_input_change, time_limit_s=time_limit_s,
                                 latency_p99_ms=latency_p99_ms, profile_runs=profile_runs if profile else None,
-                                plot=plot, evaluate_test=evaluate_test, fleet=fleet is not None)
+                                plot=plot, evaluate_test=evaluate_test, fleet=fleet is not None,
+                                inputs=inputs)
     options = {"budgets": [str(b) for b in budgets], "device_profiles": [p.name if isinstance(p, DeviceProfile) else str(p)
                                                                         for p in device_profiles],
                "fleet": str(fleet) if fleet is not None else None, "methods": list(methods), "epochs": epochs,
                "seed": seed, "data_dir": str(data_dir) if data_dir is not None else None, "searcher_params": extra,
                "profile_runs": profile_runs, "time_limit_s": time_limit_s, "mlp": mlp, "max_loss": max_loss,
-               "allow_input_change": allow_input_change, "latency_p99_ms": latency_p99_ms}
+               "allow_input_change": allow_input_change, "latency_p99_ms": latency_p99_ms, "inputs": inputs}
     started = time.time()
     full = _full_model_reference(ckpt, data, quiet)
     reserve_s = 0.0 if time_limit_s is None else min(0.25 * time_limit_s, 3 * full.export_cost_s + 4.0)
@@ -284,7 +289,8 @@ def compress(
                               resume=resume, labels=RESUME_LABELS, options=options) as tmp:
         job = _Job(ckpt=ckpt, data=data, tmp=tmp, full=full, seed=seed, mlp=mlp, floor=floor, floor_given=floor_given,
                    profile=profile, profile_runs=profile_runs, fleet_profiles=fleet_profiles, quiet=quiet,
-                   latency_p99_ms=latency_p99_ms, time_limit_s=time_limit_s, reserve_s=reserve_s)
+                   latency_p99_ms=latency_p99_ms, time_limit_s=time_limit_s, reserve_s=reserve_s, inputs=inputs,
+                   vocabulary_reserve=_vocabulary_reserve(ckpt, inputs))
         for target in targets:
             for method, searcher in searchers.items():
                 _compress_one(job, tally, target, method, searcher, several=len(searchers) > 1)
@@ -330,6 +336,8 @@ class _Job:
     latency_p99_ms: float | None
     time_limit_s: float | None
     reserve_s: float
+    inputs: str | None  # the artefacts' inputs (None: the exporter's default for the model)
+    vocabulary_reserve: int  # bytes a raw artefact's encoder takes from every budget (0 for ids)
 
 
 @dataclass
@@ -395,7 +403,7 @@ def _resume_settings(ckpt: Checkpoint, data: EncodedDataset, targets: list[Any],
         "profile_runs": given["profile_runs"], "plot": given["plot"], "evaluate_test": given["evaluate_test"],
         "fleet": given["fleet"], "model_sha256": file_sha256(ckpt.path),
         "data_schema": identity["schema_fingerprint"], "data_rows": identity["rows"],
-        "data_content_sha256": identity["content_sha256"],
+        "data_content_sha256": identity["content_sha256"], "inputs": given["inputs"],
     }
 
 
@@ -411,6 +419,16 @@ def _full_model_reference(ckpt: Checkpoint, data: EncodedDataset, quiet: bool) -
     log(quiet, f"full model: {format_bytes(file_bytes)}, val {metric_label(metric)} {val[metric]:.4f}")
     return _FullModel(file_bytes=file_bytes, parameter_bytes=parameter_bytes, export_cost_s=export_cost_s, k=k,
                       metric=metric, val=val)
+
+
+def _vocabulary_reserve(ckpt: Checkpoint, inputs: str | None) -> int:
+    """Bytes a raw artefact's encoder adds to the model file (vocabulary tables, nodes, constants;
+    an upper bound, ``export.raw.raw_encoder_bytes``): reserved from every budget before the search,
+    so the searchers fit the id model into the rest. 0 for id artefacts."""
+    from ondevice.export.onnx_export import resolve_inputs
+    from ondevice.export.raw import raw_encoder_bytes
+
+    return raw_encoder_bytes(ckpt.schema) if resolve_inputs(inputs, ckpt.model) == "raw" else 0
 
 
 def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
@@ -464,11 +482,16 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
 def _fit_budget(job: _Job, searcher: Any, target: Target,
                 folder: Path) -> tuple[SearchResult, list[dict[str, Any]]]:
     """Search within the target's bytes through the fit-and-retry loop (``pipeline.fitting``)."""
+    from ondevice.export.raw import with_vocabulary
+
     _, nbytes, dev, _ = target
-    result, _, attempts = search_fitting(
-        _for_target(searcher, dev, job.latency_p99_ms, job.time_limit_s, job.reserve_s), job.ckpt, job.data, nbytes,
-        job.full.overhead, work_dir=job.tmp / "_cache", mlp=_mlp_for(job.mlp, dev),
-        state_dir=job.tmp / RESUME_DIR / f"{folder.name}.auto")
+    try:
+        result, _, attempts = search_fitting(
+            _for_target(searcher, dev, job.latency_p99_ms, job.time_limit_s, job.reserve_s), job.ckpt, job.data,
+            max(nbytes - job.vocabulary_reserve, 1), job.full.overhead, work_dir=job.tmp / "_cache",
+            mlp=_mlp_for(job.mlp, dev), state_dir=job.tmp / RESUME_DIR / f"{folder.name}.auto")
+    except BudgetTooSmallError as err:  # the minimum then includes the vocabulary the artefact ships
+        raise (with_vocabulary(err, nbytes, job.vocabulary_reserve) if job.vocabulary_reserve else err) from None
     return result, attempts
 
 
@@ -484,7 +507,8 @@ def _export_and_check(job: _Job, result: SearchResult, method: str, target: Targ
     out_ckpt = Checkpoint(model=result.model, schema=result.schema or job.ckpt.schema,
                           train_config=job.ckpt.train_config, metrics=metrics, path=job.ckpt.path)
     t1 = time.perf_counter()
-    manifest = export_artefact(out_ckpt, folder, budget_bytes=nbytes, budget_source=source, profile=dev)
+    manifest = export_artefact(out_ckpt, folder, budget_bytes=nbytes, budget_source=source, profile=dev,
+                               inputs=job.inputs)
     export_s = time.perf_counter() - t1
     crash_point("compress.entry.exported")
     verify = verify_artefact(folder, seed=job.seed)
