@@ -136,5 +136,30 @@ def test_raw_artefact_budget_counts_its_vocabulary(trained_run: Path, tmp_path: 
     assert manifest["app_payload"]["bytes"] == parts["total"]  # the model file is all the app ships
     with pytest.raises(BudgetTooSmallError, match="vocabulary and encoder") as err:
         compress(trained_run, budgets=[reserve + 500], methods=["int8"], out_dir=tmp_path / "b", quiet=True,
-                 profile=False, evaluate_test=False)
+                 profile=False, evaluate_test=False, inputs="raw")
     assert err.value.parts["vocabulary and encoder"] == reserve and err.value.minimum_bytes > reserve + 500
+    with pytest.raises(BudgetTooSmallError, match=r"vocabulary and encoder alone .*--inputs ids"):
+        compress(trained_run, budgets=[reserve - 1], methods=["int8"], out_dir=tmp_path / "c", quiet=True,
+                 profile=False, evaluate_test=False, inputs="raw")
+
+
+def test_default_inputs_fall_back_to_ids_when_the_vocabulary_takes_most_of_the_budget(
+        trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --inputs, a budget the raw encoder would take more than RAW_VOCABULARY_SHARE of gets
+    an id artefact and a warning naming the vocabulary's bytes (instead of failing a budget ids fit).
+    The fixture's vocabulary is small, so the share is lowered to make 17 kB such a budget."""
+    import importlib
+
+    from ondevice.export.raw import raw_encoder_bytes
+    from ondevice.train import load_checkpoint
+
+    monkeypatch.setattr(importlib.import_module("ondevice.pipeline.compress"), "RAW_VOCABULARY_SHARE", 0.05)
+    reserve = raw_encoder_bytes(load_checkpoint(trained_run).schema)
+    budget = 17_000
+    assert reserve > 0.05 * budget
+    s = compress(trained_run, budgets=[budget], methods=["int8"], out_dir=tmp_path / "a", quiet=True,
+                 profile=False, evaluate_test=False)
+    run = s["runs"][0]
+    manifest = json.loads((tmp_path / "a" / run["folder"] / "manifest.json").read_text())
+    assert manifest["input_encoding"] == "ids" and manifest["files"]["model.onnx"]["bytes"] <= budget
+    assert any(f"{reserve:,} B of vocabulary" in w and "--inputs raw" in w for w in run["warnings"])

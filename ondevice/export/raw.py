@@ -366,8 +366,9 @@ def with_vocabulary(err: BudgetTooSmallError, budget: int, reserve: int) -> Budg
     """``err`` (a search at ``budget - reserve``) restated for the whole budget: the minimum and its
     parts include the ``reserve`` bytes of the raw artefact's vocabulary and encoder."""
     minimum = (err.minimum_bytes or 0) + reserve
+    detail = str(err).removesuffix("; raise the budget")
     return BudgetTooSmallError(f"{budget:,} B is below the smallest raw-feature artefact, {minimum:,} B = the "
-                               f"vocabulary and encoder ({reserve:,} B) + the model: {err}; raise the budget, or use "
+                               f"vocabulary and encoder ({reserve:,} B) + the model: {detail}; raise the budget, or use "
                                "--inputs ids (the app then ships schema.json)",
                                minimum_bytes=minimum, parts={"vocabulary and encoder": reserve, **(err.parts or {})})
 

@@ -337,7 +337,7 @@ class _Job:
     time_limit_s: float | None
     reserve_s: float
     inputs: str | None  # the artefacts' inputs (None: the exporter's default for the model)
-    vocabulary_reserve: int  # bytes a raw artefact's encoder takes from every budget (0 for ids)
+    vocabulary_reserve: int  # bytes a raw artefact's encoder adds to the file (0 when the artefacts take ids)
 
 
 @dataclass
@@ -431,6 +431,26 @@ def _vocabulary_reserve(ckpt: Checkpoint, inputs: str | None) -> int:
     return raw_encoder_bytes(ckpt.schema) if resolve_inputs(inputs, ckpt.model) == "raw" else 0
 
 
+#: With the default ``inputs``, a target takes raw inputs only when the raw encoder (vocabulary
+#: tables) needs at most this share of its budget; above it the artefact takes ids and says so.
+RAW_VOCABULARY_SHARE = 0.5
+
+
+def _inputs_for(job: _Job, nbytes: int) -> tuple[str | None, int, str | None]:
+    """(inputs, bytes reserved for the raw encoder, warning) for a target of ``nbytes``.
+
+    ``--inputs raw`` always reserves the encoder's bytes (a budget below them fails, naming them);
+    the default takes raw inputs while the encoder needs at most :data:`RAW_VOCABULARY_SHARE` of
+    the budget, and ids (the app encodes with ``schema.json``) above that, with a warning line.
+    """
+    reserve = job.vocabulary_reserve
+    if reserve == 0 or job.inputs == "raw" or reserve <= RAW_VOCABULARY_SHARE * nbytes:
+        return job.inputs, reserve, None
+    return "ids", 0, (f"raw-feature inputs need {reserve:,} B of vocabulary and encoder, over "
+                      f"{RAW_VOCABULARY_SHARE:.0%} of the {nbytes:,} B budget: this artefact takes encoded ids "
+                      "(the app encodes with schema.json); pass --inputs raw to insist")
+
+
 def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
                   searcher: Any, *, several: bool) -> None:
     """One (target, method): fit the budget, export and check the artefact, add its row (or its failure)."""
@@ -452,9 +472,12 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
     log(job.quiet, f"[{name}] {method} at {format_bytes(nbytes)}: searching...")
     t0 = time.perf_counter()
     try:
-        result, attempts = _fit_budget(job, searcher, target, folder)
+        inputs, reserve, inputs_note = _inputs_for(job, nbytes)
+        result, attempts = _fit_budget(job, searcher, target, folder, reserve)
+        if inputs_note:
+            result.warnings.append(inputs_note)
         search_s = time.perf_counter() - t0
-        manifest, verify, prof, export_s = _export_and_check(job, result, method, target, folder)
+        manifest, verify, prof, export_s = _export_and_check(job, result, method, target, folder, inputs)
         atomic_write_json(folder / "search.json", {**result.to_dict(), "fit_attempts": attempts})
     except OndeviceError as err:
         log(job.quiet, f"[{name}] failed: {err}")
@@ -479,24 +502,28 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
                    + (f"; {entry['inputs']['text']}" if (entry["inputs"] or {}).get("changed") else ""))
 
 
-def _fit_budget(job: _Job, searcher: Any, target: Target,
-                folder: Path) -> tuple[SearchResult, list[dict[str, Any]]]:
+def _fit_budget(job: _Job, searcher: Any, target: Target, folder: Path,
+                reserve: int) -> tuple[SearchResult, list[dict[str, Any]]]:
     """Search within the target's bytes through the fit-and-retry loop (``pipeline.fitting``)."""
     from ondevice.export.raw import with_vocabulary
 
     _, nbytes, dev, _ = target
+    if reserve >= nbytes:
+        raise BudgetTooSmallError(f"{nbytes:,} B is below the raw-feature artefact's vocabulary and encoder alone "
+                                  f"({reserve:,} B); raise the budget, or use --inputs ids (the app then ships "
+                                  "schema.json)", minimum_bytes=reserve, parts={"vocabulary and encoder": reserve})
     try:
         result, _, attempts = search_fitting(
             _for_target(searcher, dev, job.latency_p99_ms, job.time_limit_s, job.reserve_s), job.ckpt, job.data,
-            max(nbytes - job.vocabulary_reserve, 1), job.full.overhead, work_dir=job.tmp / "_cache",
+            nbytes - reserve, job.full.overhead, work_dir=job.tmp / "_cache",
             mlp=_mlp_for(job.mlp, dev), state_dir=job.tmp / RESUME_DIR / f"{folder.name}.auto")
     except BudgetTooSmallError as err:  # the minimum then includes the vocabulary the artefact ships
-        raise (with_vocabulary(err, nbytes, job.vocabulary_reserve) if job.vocabulary_reserve else err) from None
+        raise (with_vocabulary(err, nbytes, reserve) if reserve else err) from None
     return result, attempts
 
 
 def _export_and_check(job: _Job, result: SearchResult, method: str, target: Target,
-                      folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, float]:
+                      folder: Path, inputs: str | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, float]:
     """Export the result (the one budget check), re-verify it on fresh inputs, profile it:
     (manifest, verify report, profile report or None, export seconds)."""
     from ondevice.export import export_artefact, profile_artefact, verify_artefact
@@ -508,7 +535,7 @@ def _export_and_check(job: _Job, result: SearchResult, method: str, target: Targ
                           train_config=job.ckpt.train_config, metrics=metrics, path=job.ckpt.path)
     t1 = time.perf_counter()
     manifest = export_artefact(out_ckpt, folder, budget_bytes=nbytes, budget_source=source, profile=dev,
-                               inputs=job.inputs)
+                               inputs=inputs)
     export_s = time.perf_counter() - t1
     crash_point("compress.entry.exported")
     verify = verify_artefact(folder, seed=job.seed)
