@@ -121,7 +121,8 @@ from ondevice.search.retrain import fit_ctr
 from ondevice.train.grda import GRDA
 from ondevice.train.trainer import make_optimizers
 
-__all__ = ["AutoFISSearcher", "PAPER_GRDA", "auto_c", "search_model", "zeroing_steps"]
+__all__ = ["AutoFISSearcher", "PAPER_GRDA", "auto_c", "gated_search", "heldout_signal", "pair_ablation_test",
+           "search_model", "zeroing_steps"]
 
 #: gRDA (c, μ) per base model from the AutoFIS code (γ = 1.0); DeepFwFM takes DeepFM's.
 PAPER_GRDA: dict[str, tuple[float, float]] = {"deepfm": (5e-4, 0.8), "deepfwfm": (5e-4, 0.8), "fm": (5e-3, 0.6)}
@@ -234,6 +235,35 @@ def heldout_signal(z: np.ndarray, survivors: list[int], level: float) -> dict[st
     return {"test": "held-out ablation z, one-sided, Bonferroni over survivors", "level": level,
             "survivors": len(survivors), "threshold_z": threshold, "passed": passed, "passed_count": len(passed),
             "best_z": best, "max_failed_z": max(failed, default=None), "separation": sep}
+
+
+def gated_search(model: CTRModel, data: Any, *, grda: dict[str, Any], epochs: int, batch_size: int, lr: float,
+                 seed: int, level: float, on_step: Any = None) -> dict[str, Any]:
+    """The search stage on a :func:`search_model` and the two-stage test (module docstring).
+
+    Adam steps every parameter but the gates, gRDA (``grda``: c, μ, γ) the gates, on the same
+    batches (Eq. 28-29); then the gRDA survivors (``α ≠ 0``) go through the held-out test on the
+    validation split at family-wise ``level`` (0: no test, every survivor passes). Returns the
+    fit, the gates ``alpha``, the ``survivors``, the per-pair ``test``, the ``signal`` check
+    and the ``passed`` pair indices (``test``/``signal`` ``None`` without a test).
+    """
+    gate = model.pair_weight
+    gate.requires_grad_(False)  # make_optimizers leaves frozen parameters out: Adam gets the rest
+    adam = make_optimizers(model, lr=lr)
+    gate.requires_grad_(True)
+    opts = [*adam, GRDA([gate], lr=grda["lr"], c=grda["c"], mu=grda["mu"])]
+    fit = fit_ctr(model, data, epochs=epochs, batch_size=batch_size, seed=seed, optimizers=opts,
+                  on_step=on_step, select_best=False, evaluate=True)
+    alpha = gate.detach().clone()
+    survivors = [k for k in range(alpha.numel()) if alpha[k] != 0]
+    test = signal = None
+    passed = survivors
+    if level > 0 and survivors:
+        held = data.split("val")
+        test = pair_ablation_test(model, held.ids, held.labels)
+        signal = heldout_signal(test["z"], survivors, level)
+        passed = signal["passed"]
+    return {"fit": fit, "alpha": alpha, "survivors": survivors, "test": test, "signal": signal, "passed": passed}
 
 
 def _retrain_model(full: CTRModel, pairs: list[list[int]], seed: int) -> CTRModel:
@@ -351,10 +381,6 @@ class AutoFISSearcher(RetrainingSearcher):
         steps = self.search_epochs * max(1, math.ceil(len(ctx.data.split("train")) / self.batch_size))
         grda = self.grda_settings(full.name, steps)
         gate = model.pair_weight
-        gate.requires_grad_(False)  # make_optimizers leaves frozen parameters out: Adam gets the rest
-        adam = make_optimizers(model, lr=self.lr)
-        gate.requires_grad_(True)
-        opts = [*adam, GRDA([gate], lr=grda["lr"], c=grda["c"], mu=grda["mu"])]
         every = max(1, steps // 50)
         sparsity: list[dict[str, Any]] = []
 
@@ -364,18 +390,10 @@ class AutoFISSearcher(RetrainingSearcher):
                 sparsity.append({"step": step, "nonzero": nz, "sparsity": 1.0 - nz / max(1, gate.numel())})
             return False
 
-        search_fit = fit_ctr(model, ctx.data, epochs=self.search_epochs, batch_size=self.batch_size, seed=self.seed,
-                             optimizers=opts, on_step=record, select_best=False, evaluate=True)
-        alpha = gate.detach().clone()
-        survivors = [k for k in range(len(candidates)) if alpha[k] != 0]
-        signal = None
-        if variant["test_level"] > 0 and survivors:  # two-stage test on the validation split
-            held = ctx.data.split("val")
-            test = pair_ablation_test(model, held.ids, held.labels)
-            signal = heldout_signal(test["z"], survivors, variant["test_level"])
-            passed = signal["passed"]
-        else:
-            test, passed = None, survivors
+        gated = gated_search(model, ctx.data, grda=grda, epochs=self.search_epochs, batch_size=self.batch_size,
+                             lr=self.lr, seed=self.seed, level=variant["test_level"], on_step=record)
+        search_fit, alpha, survivors = gated["fit"], gated["alpha"], gated["survivors"]
+        test, signal, passed = gated["test"], gated["signal"], gated["passed"]
         search_s = time.perf_counter() - t0
         if signal is not None and not passed:
             best = signal["best_z"]
