@@ -97,6 +97,7 @@ Choices and deviations (documented)
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any
@@ -166,6 +167,58 @@ class FieldCentre(nn.Module):
         return emb - self.running_mean
 
 
+class _GatedGramNorm(torch.autograd.Function):
+    """The search stage's gated pair term in training, ``Σ_p α_p · BN(<c_i, c_j>)`` per row (Eq. 28), as one op.
+
+    The pair values stay in the per-row Gram's ``[B, F·F]`` layout (no gather of the ``P`` upper-triangle
+    entries, no scatter of their gradient): ``G = C Cᵀ`` (one ``bmm``), BatchNorm's own kernel normalises
+    every column (``x̂``, ``1/σ``; the unused diagonal and lower-triangle columns cost one more pass), and
+    the gates sit in a symmetric ``W`` (``α_p`` at ``(i, j)`` and ``(j, i)``, 0 on the diagonal), so
+    ``out = ½ x̂ W``. Backward, BatchNorm's in closed form for the rank-one output gradient ``g_b·W``:
+    ``Q_b,ij = W_ij/σ_ij · (g_b − ḡ − x̂_b,ij · (Σ_b g_b x̂_b,ij)/B)``, symmetric, so ``dC = Q C`` (one
+    ``bmm``; autograd's path takes two, a gather, its scatter and BatchNorm's own backward).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, c: torch.Tensor, w: torch.Tensor, flat: torch.Tensor, flat_t: torch.Tensor,
+                xhat: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+        sym = w.new_zeros(inv.numel()).index_copy_(0, flat, w).index_copy_(0, flat_t, w)
+        ctx.save_for_backward(c, sym, flat, xhat, inv)
+        return torch.mv(xhat, sym).mul_(0.5)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        c, sym, flat, xhat, inv = ctx.saved_tensors
+        gw = torch.mv(xhat.t(), grad)  # Σ_b g_b x̂_b,ij; d out / d α_p = gw at (i, j)
+        q = (grad - grad.mean()).unsqueeze(1) - xhat * (gw / grad.shape[0])
+        q.mul_(sym * inv)
+        f = c.shape[1]
+        return torch.bmm(q.view(-1, f, f), c), gw.index_select(0, flat), None, None, None, None
+
+
+def fused_pair_sum(model: Any, emb: torch.Tensor) -> torch.Tensor:
+    """The search stage's gated pair term in training (Eq. 28, centred factors ``c``) as :class:`_GatedGramNorm`,
+    BatchNorm's running statistics of the pairs updated as ``nn.BatchNorm1d`` does (by its own kernel);
+    the same values and gradients as the module path (up to float rounding, tested) for less work.
+    Evaluation, single rows and fewer pairs than fields take the module path."""
+    norm = model.pair_norm
+    if not model.training or emb.shape[0] < 2 or len(model.pairs) <= emb.shape[1] or not isinstance(
+            norm, nn.BatchNorm1d) or norm.affine or norm.momentum is None:
+        return type(model).pair_sum(model, emb)
+    c = model.pair_centre(emb) if model.pair_centre is not None else emb
+    f = c.shape[1]
+    flat, flat_t = model.pair_left * f + model.pair_right, model.pair_right * f + model.pair_left
+    with torch.no_grad():  # BatchNorm1d's kernel on every Gram column; the pairs' running statistics kept
+        gram = torch.bmm(c, c.transpose(1, 2).contiguous()).view(c.shape[0], f * f)
+        running_mean = norm.running_mean.new_zeros(f * f).index_copy_(0, flat, norm.running_mean)
+        running_var = norm.running_var.new_ones(f * f).index_copy_(0, flat, norm.running_var)
+        xhat, _, inv = torch.native_batch_norm(gram, None, None, running_mean, running_var, True, norm.momentum,
+                                               norm.eps)
+        norm.running_mean.copy_(running_mean.index_select(0, flat))
+        norm.running_var.copy_(running_var.index_select(0, flat))
+        norm.num_batches_tracked += 1
+    return _GatedGramNorm.apply(c, model.pair_weight, flat, flat_t, xhat, inv)
+
 def search_model(full: CTRModel, pairs: list[list[int]], *, seed: int, warm_start: bool,
                  centred: bool = False) -> CTRModel:
     """The search-stage model (Eq. 28): ``full``'s architecture with explicit ``pairs``, a
@@ -185,6 +238,7 @@ def search_model(full: CTRModel, pairs: list[list[int]], *, seed: int, warm_star
     model.pair_norm = nn.BatchNorm1d(len(pairs), affine=False)
     if centred:
         model.pair_centre = FieldCentre(model.num_fields, model.embed_dim)
+    model.pair_sum = functools.partial(fused_pair_sum, model)  # the search step's fused pair term (training only)
     return model
 
 
