@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import platform
 import sys
 import tempfile
@@ -310,6 +311,8 @@ def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 5, warmup: int
             model = search_model(full, all_pairs(full.num_fields), seed=0, warm_start=False, centred=True)
             if label != "fused":  # the module path: centre, pair values, BatchNorm, gates (before the fused op)
                 model.pair_sum = functools.partial(PairInteraction.pair_sum, model)
+            elif base != "fm":  # the fused op is FM's; DeepFM's search keeps the module path (module docstring)
+                continue
             gate = model.pair_weight
             gate.requires_grad_(False)
             adam = make_optimizers(model, lr=1e-3)
@@ -324,11 +327,13 @@ def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 5, warmup: int
         train_s = float(np.median(samples["train"]))
         out: dict[str, Any] = {"base": base, "train_step_s": train_s, "timed_steps": steps * rounds}
         for label in ("fused", "batched", "gathered"):
+            if label not in samples:
+                continue
             out[f"search_step_s_{label}"] = float(np.median(samples[label]))
             out[f"ratio_{label}"] = out[f"search_step_s_{label}"] / train_s
         rows.append(out)
-        log(f"[step cost {base}] train {train_s * 1e3:.1f} ms, search {out['search_step_s_fused'] * 1e3:.1f} ms "
-            f"(x{out['ratio_fused']:.2f}), batched {out['search_step_s_batched'] * 1e3:.1f} ms "
+        log(f"[step cost {base}] train {train_s * 1e3:.1f} ms, fused {out.get('search_step_s_fused', 0) * 1e3:.1f} ms "
+            f"(x{out.get('ratio_fused', 0):.2f}), batched {out['search_step_s_batched'] * 1e3:.1f} ms "
             f"(x{out['ratio_batched']:.2f}), gathered {out['search_step_s_gathered'] * 1e3:.1f} ms "
             f"(x{out['ratio_gathered']:.2f})")
     return rows
@@ -337,6 +342,7 @@ def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 5, warmup: int
 def render(res: dict[str, Any]) -> str:
     lines = ["# AutoFIS (issue 6)", "", f"Command: `{res['command']}`  ", f"Machine: {res['machine']}; "
              f"torch {res['torch']}; 1 thread; shared 2-core host, times indicative.", "",
+             *[f"Section {k} from an earlier run: `{c}`  " for k, c in res.get("carried", {}).items()], "",
              "## (a) Planted pairs (8 fields, 28 candidate pairs, 3 planted)", "",
              "| data | base | c | c value | kept | precision | recall | val AUC full | val AUC AutoFIS |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -381,12 +387,15 @@ def render(res: dict[str, Any]) -> str:
                   "| base | training step (ms) | search step, fused (ms) | ratio | search step, batched (ms) | ratio | "
                   "search step, gathered (ms) | ratio |", "|---|---|---|---|---|---|---|---|"]
         for r in res["step_cost"]:
-            lines.append(f"| {r['base']} | {r['train_step_s'] * 1e3:.1f} | {r['search_step_s_fused'] * 1e3:.1f} | "
-                         f"{r['ratio_fused']:.2f} | {r['search_step_s_batched'] * 1e3:.1f} | {r['ratio_batched']:.2f} | "
+            fused = (f"{r['search_step_s_fused'] * 1e3:.1f} | {r['ratio_fused']:.2f}" if "ratio_fused" in r
+                     else "– (module path) | –")
+            lines.append(f"| {r['base']} | {r['train_step_s'] * 1e3:.1f} | {fused} | "
+                         f"{r['search_step_s_batched'] * 1e3:.1f} | {r['ratio_batched']:.2f} | "
                          f"{r['search_step_s_gathered'] * 1e3:.1f} | {r['ratio_gathered']:.2f} |")
-        lines += ["", "fused (now): the gated pair term as one Gram op and one closed-form BatchNorm-gate-sum op "
-                  "(`autofis.fused_pair_sum`); batched: the module path with the batched Gram product (session 4); "
-                  "gathered: both factors of every pair gathered (before issue 17)."]
+        lines += ["", "fused (FM's search step now): the gated pair term as one op (`autofis.fused_pair_sum`: Gram in "
+                  "[B, F·F], BatchNorm's kernel, closed-form backward); batched: the module path with one batched Gram "
+                  "product (session 4; DeepFM's search step now); gathered: both factors of every pair gathered "
+                  "(before issue 17)."]
     for s in res["skipped"]:
         lines += ["", f"{s}: data absent, skipped."]
     return "\n".join(lines) + "\n"
@@ -423,6 +432,14 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     res["real"].append(d)
     res["seconds"] = time.perf_counter() - started
+    previous = args.out / "autofis.json"
+    if previous.is_file():  # sections this run did not redo keep their figures (and say from which command)
+        old = json.loads(previous.read_text())
+        for key, parts in (("planted", {"planted"}), ("real", {"frappe", "criteo10k"}),
+                           ("main_effects", {"main-effects"}), ("step_cost", {"step-cost"})):
+            if not parts & set(names) and old.get(key):
+                res[key] = old[key]
+                res.setdefault("carried", {})[key] = old.get("carried", {}).get(key, old["command"])
     args.out.mkdir(parents=True, exist_ok=True)
     from ondevice.io import atomic_write_json, atomic_write_text
 

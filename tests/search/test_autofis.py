@@ -252,10 +252,10 @@ def test_batched_pair_values_match_the_gathered_ones() -> None:
 
 
 
-@pytest.mark.parametrize("name", ["fm", "deepfm"])
-def test_fused_search_pair_term_matches_the_module_path(name: str) -> None:
-    """The search step's fused op (Gram, BatchNorm, gates, sum) against centre → pair values → BatchNorm1d → gates:
-    same outputs, gradients (gates and embeddings) and BatchNorm running statistics over two steps."""
+def test_fused_search_pair_term_matches_the_module_path() -> None:
+    """FM's search step's fused op (Gram, BatchNorm, gates, sum) against centre → pair values → BatchNorm1d → gates:
+    same outputs, gradients (gates and embeddings) and BatchNorm running statistics over two steps; DeepFM's
+    search keeps the module path."""
     import copy
     import functools
 
@@ -263,8 +263,11 @@ def test_fused_search_pair_term_matches_the_module_path(name: str) -> None:
     from ondevice.search.interaction.autofis import search_model
 
     torch.manual_seed(0)
-    full = build_model(name, [7] * 12, embed_dim=4, **({"mlp_dims": [8]} if name == "deepfm" else {}))
+    deepfm = build_model("deepfm", [7] * 12, embed_dim=4, mlp_dims=[8])
+    assert "pair_sum" not in vars(search_model(deepfm, all_pairs(12), seed=0, warm_start=False, centred=True))
+    full = build_model("fm", [7] * 12, embed_dim=4)
     fused = search_model(full, all_pairs(12), seed=0, warm_start=False, centred=True)
+    assert "pair_sum" in vars(fused)
     module = copy.deepcopy(fused)
     module.pair_sum = functools.partial(PairInteraction.pair_sum, module)
     fused.train()

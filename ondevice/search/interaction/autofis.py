@@ -190,7 +190,7 @@ class _GatedGramNorm(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         c, sym, flat, xhat, inv = ctx.saved_tensors
         gw = torch.mv(xhat.t(), grad)  # Σ_b g_b x̂_b,ij; d out / d α_p = gw at (i, j)
-        q = (grad - grad.mean()).unsqueeze(1) - xhat * (gw / grad.shape[0])
+        q = torch.addcmul((grad - grad.mean()).unsqueeze(1), xhat, gw.unsqueeze(0), value=-1.0 / grad.shape[0])
         q.mul_(sym * inv)
         f = c.shape[1]
         return torch.bmm(q.view(-1, f, f), c), gw.index_select(0, flat), None, None, None, None
@@ -238,7 +238,8 @@ def search_model(full: CTRModel, pairs: list[list[int]], *, seed: int, warm_star
     model.pair_norm = nn.BatchNorm1d(len(pairs), affine=False)
     if centred:
         model.pair_centre = FieldCentre(model.num_fields, model.embed_dim)
-    model.pair_sum = functools.partial(fused_pair_sum, model)  # the search step's fused pair term (training only)
+    if isinstance(model, FM):  # FM's search step: the fused pair term (training only; module docstring, step cost)
+        model.pair_sum = functools.partial(fused_pair_sum, model)
     return model
 
 
