@@ -178,7 +178,7 @@ def render_main_effects(out: dict) -> str:
             continue
         c = r["counts"]
         lines.append(f"| {r['seed']} | {r['selection']} | {f(r['screen_survivors'], 'd')} | {r['searched_pairs']} | "
-                     f"{len(r['kept'])} | {c['memorized']}/{c['factorized']}/{c['none']} | {f(r['precision'])} | "
+                     f"{len(r['kept'])} | {c['memorized']}/{c['factorized']}/{c['none']} | {f(r['precision'], '.3f')} | "
                      f"{r['recall']:.2f} | {f(r['best_z'])} | {f(r['max_failed_z'])} | {f(r['threshold_z'])} | "
                      f"{r['search_s']:.0f} |")
     for selection in dict.fromkeys(r["selection"] for r in out["rows"]):

@@ -73,11 +73,18 @@ Measured (``benchmarks/autofis.py``, 200K rows, 3 seeds, FM and DeepFM, 3 search
 precision and recall 1.0 on all six runs; the paper's form on the same data is in the table.
 
 Search-step cost: the pair values of all ``P`` pairs are one batched Gram product in training
-(:meth:`ondevice.models.fm.PairInteraction.pair_values`), not ``P`` gathered vector pairs.
-Measured on the 741-pair data, 1 thread: a DeepFM (400³) search step is 1.18× its training step
-(4.2× before); an FM search step 2.4× (27× before) — FM's sum-square training step does no
-per-pair work, and computing, centring, normalising and gating 741 pair values per row costs
-about as much as that whole step (≈ 7 ms forward + backward at batch 1024).
+(:meth:`ondevice.models.fm.PairInteraction.pair_values`), not ``P`` gathered vector pairs. FM's
+search step goes further: its gated pair term is one autograd op (:func:`fused_pair_sum`: the
+Gram kept in its ``[B, F·F]`` layout, BatchNorm's own kernel, a closed-form backward with one
+``bmm``, no gather or scatter), the same values, gradients and running statistics as the
+module path up to float rounding. DeepFM keeps the module path: its step is already ≈ 1.15×,
+and on seed 7 the fused op's rounding moved a planted pair's held-out z (1.84 against a
+threshold of 1.64) below the line. Measured (``benchmarks/autofis.py`` (d), 741 pairs, batch
+1024, 1 thread, a loaded shared host): DeepFM (400³) 1.14× its training step (4.2× gathered);
+FM 2.17× (2.47× the module path, 27.9× gathered) — FM's sum-square training step does no
+per-pair work, and the per-row Gram (two ``bmm`` of ``B·F²·D``) plus BatchNorm over ``B × P``
+values cost more than that whole step; ≤ 1.5× would need a cheaper pair form (changed results).
+The kept pairs of (c) are unchanged on all 12 runs.
 
 Choices and deviations (documented)
 -----------------------------------
