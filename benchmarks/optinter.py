@@ -71,7 +71,7 @@ def ort_p50_ms(model, fields: int, runs: int = 300) -> float:
 def run_dataset(name: str, search_epochs: int, epochs: int) -> dict:
     from ondevice.compress import measure_file_bytes
     from ondevice.data import EncodedDataset, prepare
-    from ondevice.errors import BudgetTooSmallError
+    from ondevice.errors import BudgetTooSmallError, WeakSignalError
     from ondevice.search import ByteAccountant, OptInterSearcher
     from ondevice.train import TrainConfig, evaluate_ctr, train
     from ondevice.train.checkpoint import load_checkpoint
@@ -101,6 +101,9 @@ def run_dataset(name: str, search_epochs: int, epochs: int) -> dict:
             r = searcher.search(ckpt, data, budget, accountant=acc)
         except BudgetTooSmallError as err:
             rows.append({"model": "optinter", "budget": budget, "outcome": f"too small (minimum {err.minimum_bytes} B)"})
+            continue
+        except WeakSignalError as err:  # the screen's gates kept pairs, none held up on validation
+            rows.append({"model": "optinter", "budget": budget, "outcome": f"refused: {err}"})
             continue
         file_bytes, _ = measure_file_bytes(r.model)
         rows.append({"model": "optinter", "budget": budget, "bytes": file_bytes, "fits": file_bytes <= budget,
