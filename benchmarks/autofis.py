@@ -20,9 +20,10 @@
     the kept pairs against the truth file, for the default (centred factors + held-out test) and
     the paper's pair form with the same auto c (``centred=False, test_level=0``, the earlier default).
 (d) Step cost: seconds per step (median of 50: 5 rounds of 10 steps of each kind, interleaved,
-    after 3 warm-up steps each; 1 thread, batch 1024, the same batches) of a training step of the base model (sum-square FM, Adam) against a search step
-    (741 gated pairs, centring, BatchNorm, Adam + gRDA), with the pair values as one batched
-    Gram product (now) and as two gathers of ``[B, P, D]`` (before), on seed 7's data.
+    after 3 warm-up steps each; 1 thread, batch 1024, the same batches) of a training step of the base model
+    (sum-square FM, Adam) against a search step (741 gated pairs, centring, BatchNorm, Adam + gRDA): the
+    fused pair term (now), the module path with one batched Gram product (session 4) and with two
+    gathers of ``[B, P, D]`` (before issue 17), on seed 7's data.
 
 Models: DeepFM dim 10, MLP 64-64 (small on purpose: 2 shared CPU cores; with the usual
 400-400-400 the MLP dominates latency and pair removal is invisible), Adam lr 1e-3, batch
@@ -37,6 +38,8 @@ for the full model and AutoFIS alike.
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import platform
 import sys
 import tempfile
@@ -303,8 +306,13 @@ def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 5, warmup: int
         full = _issue_model(data, base)
         arms: dict[str, tuple[Any, list[Any], Any]] = {"train": (full, make_optimizers(full, lr=1e-3),
                                                                   PairInteraction.pair_values)}
-        for label, values in (("batched", PairInteraction.pair_values), ("gathered", _old_pair_values)):
+        for label, values in (("fused", PairInteraction.pair_values), ("batched", PairInteraction.pair_values),
+                              ("gathered", _old_pair_values)):
             model = search_model(full, all_pairs(full.num_fields), seed=0, warm_start=False, centred=True)
+            if label != "fused":  # the module path: centre, pair values, BatchNorm, gates (before the fused op)
+                model.pair_sum = functools.partial(PairInteraction.pair_sum, model)
+            elif base != "fm":  # the fused op is FM's; DeepFM's search keeps the module path (module docstring)
+                continue
             gate = model.pair_weight
             gate.requires_grad_(False)
             adam = make_optimizers(model, lr=1e-3)
@@ -318,11 +326,14 @@ def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 5, warmup: int
                 samples[k] += run(model, opts, values, steps)
         train_s = float(np.median(samples["train"]))
         out: dict[str, Any] = {"base": base, "train_step_s": train_s, "timed_steps": steps * rounds}
-        for label in ("batched", "gathered"):
+        for label in ("fused", "batched", "gathered"):
+            if label not in samples:
+                continue
             out[f"search_step_s_{label}"] = float(np.median(samples[label]))
             out[f"ratio_{label}"] = out[f"search_step_s_{label}"] / train_s
         rows.append(out)
-        log(f"[step cost {base}] train {train_s * 1e3:.1f} ms, search {out['search_step_s_batched'] * 1e3:.1f} ms "
+        log(f"[step cost {base}] train {train_s * 1e3:.1f} ms, fused {out.get('search_step_s_fused', 0) * 1e3:.1f} ms "
+            f"(x{out.get('ratio_fused', 0):.2f}), batched {out['search_step_s_batched'] * 1e3:.1f} ms "
             f"(x{out['ratio_batched']:.2f}), gathered {out['search_step_s_gathered'] * 1e3:.1f} ms "
             f"(x{out['ratio_gathered']:.2f})")
     return rows
@@ -331,6 +342,7 @@ def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 5, warmup: int
 def render(res: dict[str, Any]) -> str:
     lines = ["# AutoFIS (issue 6)", "", f"Command: `{res['command']}`  ", f"Machine: {res['machine']}; "
              f"torch {res['torch']}; 1 thread; shared 2-core host, times indicative.", "",
+             *[f"Section {k} from an earlier run: `{c}`  " for k, c in res.get("carried", {}).items()], "",
              "## (a) Planted pairs (8 fields, 28 candidate pairs, 3 planted)", "",
              "| data | base | c | c value | kept | precision | recall | val AUC full | val AUC AutoFIS |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -372,11 +384,18 @@ def render(res: dict[str, Any]) -> str:
                                  f"{np.mean([r['recall'] for r in sel]):.2f} over seeds {', '.join(str(r['seed']) for r in sel)}")
     if res.get("step_cost"):
         lines += ["", "## (d) Step cost (seed 7's data, batch 1024, 1 thread, median of 50 interleaved steps)", "",
-                  "| base | training step (ms) | search step, batched (ms) | ratio | search step, gathered (ms) | ratio |",
-                  "|---|---|---|---|---|---|"]
+                  "| base | training step (ms) | search step, fused (ms) | ratio | search step, batched (ms) | ratio | "
+                  "search step, gathered (ms) | ratio |", "|---|---|---|---|---|---|---|---|"]
         for r in res["step_cost"]:
-            lines.append(f"| {r['base']} | {r['train_step_s'] * 1e3:.1f} | {r['search_step_s_batched'] * 1e3:.1f} | "
-                         f"{r['ratio_batched']:.2f} | {r['search_step_s_gathered'] * 1e3:.1f} | {r['ratio_gathered']:.2f} |")
+            fused = (f"{r['search_step_s_fused'] * 1e3:.1f} | {r['ratio_fused']:.2f}" if "ratio_fused" in r
+                     else "– (module path) | –")
+            lines.append(f"| {r['base']} | {r['train_step_s'] * 1e3:.1f} | {fused} | "
+                         f"{r['search_step_s_batched'] * 1e3:.1f} | {r['ratio_batched']:.2f} | "
+                         f"{r['search_step_s_gathered'] * 1e3:.1f} | {r['ratio_gathered']:.2f} |")
+        lines += ["", "fused (FM's search step now): the gated pair term as one op (`autofis.fused_pair_sum`: Gram in "
+                  "[B, F·F], BatchNorm's kernel, closed-form backward); batched: the module path with one batched Gram "
+                  "product (session 4; DeepFM's search step now); gathered: both factors of every pair gathered "
+                  "(before issue 17)."]
     for s in res["skipped"]:
         lines += ["", f"{s}: data absent, skipped."]
     return "\n".join(lines) + "\n"
@@ -413,6 +432,14 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     res["real"].append(d)
     res["seconds"] = time.perf_counter() - started
+    previous = args.out / "autofis.json"
+    if previous.is_file():  # sections this run did not redo keep their figures (and say from which command)
+        old = json.loads(previous.read_text())
+        for key, parts in (("planted", {"planted"}), ("real", {"frappe", "criteo10k"}),
+                           ("main_effects", {"main-effects"}), ("step_cost", {"step-cost"})):
+            if not parts & set(names) and old.get(key):
+                res[key] = old[key]
+                res.setdefault("carried", {})[key] = old.get("carried", {}).get(key, old["command"])
     args.out.mkdir(parents=True, exist_ok=True)
     from ondevice.io import atomic_write_json, atomic_write_text
 

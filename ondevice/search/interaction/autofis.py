@@ -73,11 +73,18 @@ Measured (``benchmarks/autofis.py``, 200K rows, 3 seeds, FM and DeepFM, 3 search
 precision and recall 1.0 on all six runs; the paper's form on the same data is in the table.
 
 Search-step cost: the pair values of all ``P`` pairs are one batched Gram product in training
-(:meth:`ondevice.models.fm.PairInteraction.pair_values`), not ``P`` gathered vector pairs.
-Measured on the 741-pair data, 1 thread: a DeepFM (400³) search step is 1.18× its training step
-(4.2× before); an FM search step 2.4× (27× before) — FM's sum-square training step does no
-per-pair work, and computing, centring, normalising and gating 741 pair values per row costs
-about as much as that whole step (≈ 7 ms forward + backward at batch 1024).
+(:meth:`ondevice.models.fm.PairInteraction.pair_values`), not ``P`` gathered vector pairs. FM's
+search step goes further: its gated pair term is one autograd op (:func:`fused_pair_sum`: the
+Gram kept in its ``[B, F·F]`` layout, BatchNorm's own kernel, a closed-form backward with one
+``bmm``, no gather or scatter), the same values, gradients and running statistics as the
+module path up to float rounding. DeepFM keeps the module path: its step is already ≈ 1.15×,
+and on seed 7 the fused op's rounding moved a planted pair's held-out z (1.84 against a
+threshold of 1.64) below the line. Measured (``benchmarks/autofis.py`` (d), 741 pairs, batch
+1024, 1 thread, a loaded shared host): DeepFM (400³) 1.14× its training step (4.2× gathered);
+FM 2.17× (2.47× the module path, 27.9× gathered) — FM's sum-square training step does no
+per-pair work, and the per-row Gram (two ``bmm`` of ``B·F²·D``) plus BatchNorm over ``B × P``
+values cost more than that whole step; ≤ 1.5× would need a cheaper pair form (changed results).
+The kept pairs of (c) are unchanged on all 12 runs.
 
 Choices and deviations (documented)
 -----------------------------------
@@ -97,6 +104,7 @@ Choices and deviations (documented)
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any
@@ -121,7 +129,8 @@ from ondevice.search.retrain import fit_ctr
 from ondevice.train.grda import GRDA
 from ondevice.train.optim import make_optimizers
 
-__all__ = ["AutoFISSearcher", "PAPER_GRDA", "auto_c", "search_model", "zeroing_steps"]
+__all__ = ["AutoFISSearcher", "PAPER_GRDA", "auto_c", "gated_search", "heldout_signal", "pair_ablation_test",
+           "search_model", "zeroing_steps"]
 
 #: gRDA (c, μ) per base model from the AutoFIS code (γ = 1.0); DeepFwFM takes DeepFM's.
 PAPER_GRDA: dict[str, tuple[float, float]] = {"deepfm": (5e-4, 0.8), "deepfwfm": (5e-4, 0.8), "fm": (5e-3, 0.6)}
@@ -165,6 +174,58 @@ class FieldCentre(nn.Module):
         return emb - self.running_mean
 
 
+class _GatedGramNorm(torch.autograd.Function):
+    """The search stage's gated pair term in training, ``Σ_p α_p · BN(<c_i, c_j>)`` per row (Eq. 28), as one op.
+
+    The pair values stay in the per-row Gram's ``[B, F·F]`` layout (no gather of the ``P`` upper-triangle
+    entries, no scatter of their gradient): ``G = C Cᵀ`` (one ``bmm``), BatchNorm's own kernel normalises
+    every column (``x̂``, ``1/σ``; the unused diagonal and lower-triangle columns cost one more pass), and
+    the gates sit in a symmetric ``W`` (``α_p`` at ``(i, j)`` and ``(j, i)``, 0 on the diagonal), so
+    ``out = ½ x̂ W``. Backward, BatchNorm's in closed form for the rank-one output gradient ``g_b·W``:
+    ``Q_b,ij = W_ij/σ_ij · (g_b − ḡ − x̂_b,ij · (Σ_b g_b x̂_b,ij)/B)``, symmetric, so ``dC = Q C`` (one
+    ``bmm``; autograd's path takes two, a gather, its scatter and BatchNorm's own backward).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, c: torch.Tensor, w: torch.Tensor, flat: torch.Tensor, flat_t: torch.Tensor,
+                xhat: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+        sym = w.new_zeros(inv.numel()).index_copy_(0, flat, w).index_copy_(0, flat_t, w)
+        ctx.save_for_backward(c, sym, flat, xhat, inv)
+        return torch.mv(xhat, sym).mul_(0.5)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        c, sym, flat, xhat, inv = ctx.saved_tensors
+        gw = torch.mv(xhat.t(), grad)  # Σ_b g_b x̂_b,ij; d out / d α_p = gw at (i, j)
+        q = torch.addcmul((grad - grad.mean()).unsqueeze(1), xhat, gw.unsqueeze(0), value=-1.0 / grad.shape[0])
+        q.mul_(sym * inv)
+        f = c.shape[1]
+        return torch.bmm(q.view(-1, f, f), c), gw.index_select(0, flat), None, None, None, None
+
+
+def fused_pair_sum(model: Any, emb: torch.Tensor) -> torch.Tensor:
+    """The search stage's gated pair term in training (Eq. 28, centred factors ``c``) as :class:`_GatedGramNorm`,
+    BatchNorm's running statistics of the pairs updated as ``nn.BatchNorm1d`` does (by its own kernel);
+    the same values and gradients as the module path (up to float rounding, tested) for less work.
+    Evaluation, single rows and fewer pairs than fields take the module path."""
+    norm = model.pair_norm
+    if not model.training or emb.shape[0] < 2 or len(model.pairs) <= emb.shape[1] or not isinstance(
+            norm, nn.BatchNorm1d) or norm.affine or norm.momentum is None:
+        return type(model).pair_sum(model, emb)
+    c = model.pair_centre(emb) if model.pair_centre is not None else emb
+    f = c.shape[1]
+    flat, flat_t = model.pair_left * f + model.pair_right, model.pair_right * f + model.pair_left
+    with torch.no_grad():  # BatchNorm1d's kernel on every Gram column; the pairs' running statistics kept
+        gram = torch.bmm(c, c.transpose(1, 2).contiguous()).view(c.shape[0], f * f)
+        running_mean = norm.running_mean.new_zeros(f * f).index_copy_(0, flat, norm.running_mean)
+        running_var = norm.running_var.new_ones(f * f).index_copy_(0, flat, norm.running_var)
+        xhat, _, inv = torch.native_batch_norm(gram, None, None, running_mean, running_var, True, norm.momentum,
+                                               norm.eps)
+        norm.running_mean.copy_(running_mean.index_select(0, flat))
+        norm.running_var.copy_(running_var.index_select(0, flat))
+        norm.num_batches_tracked += 1
+    return _GatedGramNorm.apply(c, model.pair_weight, flat, flat_t, xhat, inv)
+
 def search_model(full: CTRModel, pairs: list[list[int]], *, seed: int, warm_start: bool,
                  centred: bool = False) -> CTRModel:
     """The search-stage model (Eq. 28): ``full``'s architecture with explicit ``pairs``, a
@@ -184,6 +245,8 @@ def search_model(full: CTRModel, pairs: list[list[int]], *, seed: int, warm_star
     model.pair_norm = nn.BatchNorm1d(len(pairs), affine=False)
     if centred:
         model.pair_centre = FieldCentre(model.num_fields, model.embed_dim)
+    if isinstance(model, FM):  # FM's search step: the fused pair term (training only; module docstring, step cost)
+        model.pair_sum = functools.partial(fused_pair_sum, model)
     return model
 
 
@@ -234,6 +297,35 @@ def heldout_signal(z: np.ndarray, survivors: list[int], level: float) -> dict[st
     return {"test": "held-out ablation z, one-sided, Bonferroni over survivors", "level": level,
             "survivors": len(survivors), "threshold_z": threshold, "passed": passed, "passed_count": len(passed),
             "best_z": best, "max_failed_z": max(failed, default=None), "separation": sep}
+
+
+def gated_search(model: CTRModel, data: Any, *, grda: dict[str, Any], epochs: int, batch_size: int, lr: float,
+                 seed: int, level: float, on_step: Any = None) -> dict[str, Any]:
+    """The search stage on a :func:`search_model` and the two-stage test (module docstring).
+
+    Adam steps every parameter but the gates, gRDA (``grda``: c, μ, γ) the gates, on the same
+    batches (Eq. 28-29); then the gRDA survivors (``α ≠ 0``) go through the held-out test on the
+    validation split at family-wise ``level`` (0: no test, every survivor passes). Returns the
+    fit, the gates ``alpha``, the ``survivors``, the per-pair ``test``, the ``signal`` check
+    and the ``passed`` pair indices (``test``/``signal`` ``None`` without a test).
+    """
+    gate = model.pair_weight
+    gate.requires_grad_(False)  # make_optimizers leaves frozen parameters out: Adam gets the rest
+    adam = make_optimizers(model, lr=lr)
+    gate.requires_grad_(True)
+    opts = [*adam, GRDA([gate], lr=grda["lr"], c=grda["c"], mu=grda["mu"])]
+    fit = fit_ctr(model, data, epochs=epochs, batch_size=batch_size, seed=seed, optimizers=opts,
+                  on_step=on_step, select_best=False, evaluate=True)
+    alpha = gate.detach().clone()
+    survivors = [k for k in range(alpha.numel()) if alpha[k] != 0]
+    test = signal = None
+    passed = survivors
+    if level > 0 and survivors:
+        held = data.split("val")
+        test = pair_ablation_test(model, held.ids, held.labels)
+        signal = heldout_signal(test["z"], survivors, level)
+        passed = signal["passed"]
+    return {"fit": fit, "alpha": alpha, "survivors": survivors, "test": test, "signal": signal, "passed": passed}
 
 
 def _retrain_model(full: CTRModel, pairs: list[list[int]], seed: int) -> CTRModel:
@@ -351,10 +443,6 @@ class AutoFISSearcher(RetrainingSearcher):
         steps = self.search_epochs * max(1, math.ceil(len(ctx.data.split("train")) / self.batch_size))
         grda = self.grda_settings(full.name, steps)
         gate = model.pair_weight
-        gate.requires_grad_(False)  # make_optimizers leaves frozen parameters out: Adam gets the rest
-        adam = make_optimizers(model, lr=self.lr)
-        gate.requires_grad_(True)
-        opts = [*adam, GRDA([gate], lr=grda["lr"], c=grda["c"], mu=grda["mu"])]
         every = max(1, steps // 50)
         sparsity: list[dict[str, Any]] = []
 
@@ -364,18 +452,10 @@ class AutoFISSearcher(RetrainingSearcher):
                 sparsity.append({"step": step, "nonzero": nz, "sparsity": 1.0 - nz / max(1, gate.numel())})
             return False
 
-        search_fit = fit_ctr(model, ctx.data, epochs=self.search_epochs, batch_size=self.batch_size, seed=self.seed,
-                             optimizers=opts, on_step=record, select_best=False, evaluate=True)
-        alpha = gate.detach().clone()
-        survivors = [k for k in range(len(candidates)) if alpha[k] != 0]
-        signal = None
-        if variant["test_level"] > 0 and survivors:  # two-stage test on the validation split
-            held = ctx.data.split("val")
-            test = pair_ablation_test(model, held.ids, held.labels)
-            signal = heldout_signal(test["z"], survivors, variant["test_level"])
-            passed = signal["passed"]
-        else:
-            test, passed = None, survivors
+        gated = gated_search(model, ctx.data, grda=grda, epochs=self.search_epochs, batch_size=self.batch_size,
+                             lr=self.lr, seed=self.seed, level=variant["test_level"], on_step=record)
+        search_fit, alpha, survivors = gated["fit"], gated["alpha"], gated["survivors"]
+        test, signal, passed = gated["test"], gated["signal"], gated["passed"]
         search_s = time.perf_counter() - t0
         if signal is not None and not passed:
             best = signal["best_z"]

@@ -9,7 +9,7 @@ Search. A supernet holds, for every field pair ``p = (i, j)``, the three candida
 the factorized vector ``e_i ⊙ e_j`` and the naive zero vector, mixed by the annealed softmax
 (the paper's code; no Gumbel noise)::
 
-    o_p = w_p,mem · c_p + w_p,fact · (e_i ⊙ e_j) + w_p,none · 0,   w_p = softmax(α_p / t)
+    o_p = w_p,mem · c_p + w_p,fact · (e_i ⊙ e_j) + w_p,none · 0,   w_p = softmax(α_p / t)      (1)
     logit = w0 + Σ_f w_f + MLP([e_1..e_F, o_1..o_P]),   α ∈ R^{P×3}
 
 α starts at 0 (uniform weights; the paper draws it Xavier-normal, std ≈ 0.3 here: on small
@@ -25,7 +25,38 @@ the slope to the run: ``t = max(0.01, 1 − 0.99·step / T)`` with ``T`` the sea
 floor is reached at the last step; for ``T = 19 800`` this is the paper's 5e-5).
 ``temperature_decay`` may also be a number (the paper: ``5e-5``).
 
-Choice under the byte budget. Each pair takes ``argmax α_p``; if the exact deployable bytes
+Which pairs: a held-out interaction screen (deviation, issue 17; ``selection="paper"`` turns it off)
+---------------------------------------------------------------------------------------------------
+The paper searches α over every pair (the mixture (1) above, survey Eq. 44 for the factorized
+candidate) and keeps ``argmax α_p`` (2). α is stepped on the training loss, and a memorized
+table (up to ``train_rows / 20`` rows) or an ``e_i ⊙ e_j`` channel always lowers the training
+loss a little, so ``none`` almost never wins; and a pair channel next to a field with a main
+effect is a second route for that main effect. On ``ondevice generate --task ctr`` (39 fields,
+741 pairs, 4 main-effect fields, a numeric effect, 2 planted sign × sign pairs) the paper's
+selection kept 630 of 741 pairs at 30K rows (precision 0.003; ``benchmarks/optinter.py`` (c) at
+200K rows). ``selection="screened"`` (default) decides *which* pairs are searched before (1):
+
+1. **Screen** (:meth:`OptInterSearcher._screen`): a fresh FM of the checkpoint's vocabularies and
+   dim with a gate per pair, AutoFIS's search stage with its two issue-17 deviations
+   (:mod:`ondevice.search.interaction.autofis`: centred factors ``α_ij·BN(<e_i − μ_i, e_j − μ_j>)``,
+   whose conditional mean given either field alone is 0, so main effects stay with the
+   ungated first-order table; gRDA with FM's μ = 0.6 and the auto c, ``screen_epochs``), then
+   the held-out ablation test of the gRDA survivors on the validation split (one-sided,
+   Bonferroni, family-wise ``test_level`` = 0.1). If gRDA kept pairs and none passes, the search
+   refuses (``WeakSignalError``, exit 2, one line); no survivor gives the all-``none`` model.
+2. **OptInter** (1)-(2) as above, on the passed pairs only: α chooses memorize / factorize /
+   none for each of them, the others are ``none``. The supernet is correspondingly smaller (its
+   MLP input is ``(F + passed)·D``, its cross tables those of the passed pairs).
+
+So the screen answers "does the combination of i and j explain held-out labels beyond the
+main effects", and α the paper's question "how is that interaction best computed". Measured
+(``benchmarks/results/optinter_main_effects.md``, 200K rows, 1-epoch DeepFM 400³ checkpoint):
+screened, seeds 7, 1, 2: the screen passes exactly the 2 planted pairs (best z 11-16, largest
+failed z ≤ 2.2 against thresholds ≈ 3.0), both memorized: precision = recall = 1.00 on each;
+the paper's selection on seed 7 memorizes 351 and factorizes 222 of 741 pairs (precision
+0.003, recall 1.00) and its supernet search takes ≈ 10× the screened one.
+
+Choice under the byte budget. Each pair takes ``argmax α_p`` (2); if the exact deployable bytes
 (:meth:`ByteAccountant.file_bytes_estimate` of the built model, the first-order table in its
 planned form) exceed the budget, pairs are downgraded one step at a time, smallest α margin
 first: memorized → the better (by α) of factorized / none, factorized → none; the margin is
@@ -67,8 +98,8 @@ from torch import nn
 
 from ondevice.embedding import DenseEmbedding, EmbeddingLayer
 from ondevice.embedding.base import map_oov
-from ondevice.errors import BadInputError
-from ondevice.models import MLP, CTRModel, OptInter
+from ondevice.errors import BadInputError, WeakSignalError
+from ondevice.models import MLP, CTRModel, OptInter, build_model
 from ondevice.models.fm import all_pairs
 from ondevice.models.optinter import FUNCTIONS, cross_ids
 from ondevice.search.base import (
@@ -78,17 +109,22 @@ from ondevice.search.base import (
     make_config,
     register_searcher,
 )
+from ondevice.search.interaction.autofis import PAPER_GRDA, auto_c, gated_search, search_model
 from ondevice.search.retrain import fit_ctr
 from ondevice.train.optim import make_optimizers
 
-__all__ = ["MIN_CROSS_COUNT", "OptInterSearcher", "OptInterSupernet", "budget_choices", "downgrade_order",
-           "pair_buckets", "temperature"]
+__all__ = ["MIN_CROSS_COUNT", "SELECTIONS", "OptInterSearcher", "OptInterSupernet", "budget_choices",
+           "downgrade_order", "pair_buckets", "temperature"]
 
 #: The paper's minimum count for a cross value (its ``Y`` dictionaries); sets the bucket cap.
 MIN_CROSS_COUNT = 20
 #: The temperature floor of the annealed softmax (paper).
 T_MIN = 0.01
 _MEM, _FACT, _NONE = range(3)
+#: ``screened`` (default): held-out interaction screen, then α on the screened pairs; ``paper``: α on all pairs.
+SELECTIONS = ("screened", "paper")
+#: The screen: search epochs, gRDA's zeroing share (AutoFIS ``zero_at``) and the held-out test's level.
+SCREEN_ZERO_AT, DEFAULT_TEST_LEVEL = 0.3, 0.1
 
 
 def temperature(step: int, decay: float) -> float:
@@ -244,6 +280,10 @@ class OptInterSearcher(RetrainingSearcher):
     alpha_lr : Adam learning rate of α (paper 1e-3).
     temperature_decay : ``"auto"`` (floor at the last search step) or the per-step slope (paper 5e-5).
     max_buckets : cap on a memorized pair's rows: ``"auto"`` (``train_rows // 20``, min 16) or an int.
+    selection : ``"screened"`` (default: the held-out interaction screen decides which pairs are
+        searched, module docstring) or ``"paper"`` (α over every pair, the paper's method).
+    screen_epochs : epochs of the screen's gated-FM search.
+    test_level : family-wise level of the screen's held-out test.
     epochs, lr, batch_size, seed, patience : Adam (search and retrain), batches, early stopping.
     first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.base``).
     """
@@ -254,7 +294,8 @@ class OptInterSearcher(RetrainingSearcher):
     def __init__(self, *, search_epochs: int = 2, alpha_lr: float = 1e-3,
                  temperature_decay: float | str = "auto",
                  max_buckets: int | str = "auto", epochs: int = 5, lr: float = 1e-3, batch_size: int = 1024,
-                 seed: int = 0, patience: int = 2, first_order: str = "auto") -> None:
+                 seed: int = 0, patience: int = 2, first_order: str = "auto", selection: str = "screened",
+                 screen_epochs: int = 3, test_level: float = DEFAULT_TEST_LEVEL) -> None:
         self.search_epochs = search_epochs
         self.alpha_lr = alpha_lr
         self.temperature_decay = temperature_decay
@@ -265,6 +306,9 @@ class OptInterSearcher(RetrainingSearcher):
         self.seed = seed
         self.patience = patience
         self.first_order = first_order
+        self.selection = selection
+        self.screen_epochs = screen_epochs
+        self.test_level = test_level
 
     # ------------------------------------------------------------------ settings
     def _check(self, full: CTRModel) -> None:
@@ -278,6 +322,11 @@ class OptInterSearcher(RetrainingSearcher):
             raise BadInputError(f"optinter temperature_decay must be 'auto' or a number >= 0; got {self.temperature_decay!r}")
         if not (self.max_buckets == "auto" or (isinstance(self.max_buckets, int) and self.max_buckets >= 1)):
             raise BadInputError(f"optinter max_buckets must be 'auto' or an int >= 1; got {self.max_buckets!r}")
+        if self.selection not in SELECTIONS:
+            raise BadInputError(f"optinter selection must be one of {', '.join(SELECTIONS)}; got {self.selection!r}")
+        if self.screen_epochs < 1 or not 0 < self.test_level < 1:
+            raise BadInputError(f"optinter needs screen_epochs >= 1 and test_level in (0, 1); got "
+                                f"{self.screen_epochs}, {self.test_level}")
 
     def bucket_cap(self, train_rows: int) -> int:
         return max(16, train_rows // MIN_CROSS_COUNT) if self.max_buckets == "auto" else int(self.max_buckets)
@@ -304,6 +353,21 @@ class OptInterSearcher(RetrainingSearcher):
             net.bias.copy_(full.bias)
         return net
 
+    def _screen(self, full: CTRModel, data: Any, pairs: list[list[int]], train_rows: int) -> dict[str, Any]:
+        """The held-out interaction screen (module docstring, "which pairs"): a fresh gated FM of the
+        checkpoint's vocabularies and dim, centred factors, gRDA with FM's μ and the auto c, then the
+        held-out ablation test; returns the :func:`~ondevice.search.interaction.autofis.gated_search` result."""
+        torch.manual_seed(self.seed)
+        fm = build_model("fm", list(full.embedding.vocab_sizes), embed_dim=full.embed_dim)
+        model = search_model(fm, pairs, seed=self.seed, warm_start=False, centred=True)  # type: ignore[arg-type]
+        steps = self.screen_epochs * max(1, math.ceil(train_rows / self.batch_size))
+        mu = PAPER_GRDA["fm"][1]
+        grda = {"c": auto_c(mu, 1.0, steps, SCREEN_ZERO_AT), "mu": mu, "lr": 1.0}
+        out = gated_search(model, data, grda=grda, epochs=self.screen_epochs, batch_size=self.batch_size, lr=self.lr,
+                           seed=self.seed, level=self.test_level)
+        out["grda"] = grda
+        return out
+
     # ------------------------------------------------------------------ search
     def _search(self, ctx: SearchContext) -> SearchResult:
         full, acc, budget = ctx.model, ctx.accountant, ctx.budget_bytes
@@ -314,35 +378,62 @@ class OptInterSearcher(RetrainingSearcher):
         train_rows = len(ctx.data.split("train"))
         cap = self.bucket_cap(train_rows)
         buckets = pair_buckets(list(full.embedding.vocab_sizes), pairs, cap)
-        check_supernet_memory(buckets, full.embed_dim)
         naive = self._build(full, pairs, [_NONE] * len(pairs), buckets, mlp)
         minimum = acc.planned_file_bytes(naive)
         if minimum > budget:  # before any training
             raise acc.too_small(self.method_name(), budget, minimum, naive)
-
-        # --- search: one-level joint update of weights and α, annealed temperature
         t0 = time.perf_counter()
-        net = self._supernet(full, pairs, buckets, mlp)
-        steps = self.search_epochs * max(1, math.ceil(train_rows / self.batch_size))
-        decay = 0.99 / steps if self.temperature_decay == "auto" else float(self.temperature_decay)
-        net.alpha.requires_grad_(False)  # make_optimizers leaves frozen parameters out: Adam gets the rest
-        opts = make_optimizers(net, lr=self.lr)
-        net.alpha.requires_grad_(True)
-        alpha_opt = torch.optim.Adam([net.alpha], lr=self.alpha_lr)
-        opts.append(alpha_opt)  # one-level: α steps on the training batch's loss (paper)
 
-        def anneal(step: int) -> bool:
-            net.temperature = temperature(step, decay)
-            return False
+        # --- which pairs are searched: all (paper) or those the held-out screen passes
+        screen = None
+        searched = list(range(len(pairs)))
+        if self.selection == "screened":
+            screen = self._screen(full, ctx.data, pairs, train_rows)
+            signal = screen["signal"]
+            if signal is not None and not screen["passed"]:
+                raise WeakSignalError(
+                    f"optinter: none of the {len(screen['survivors'])} pairs the screen's gates kept holds up on "
+                    f"validation (best held-out z {signal['best_z']:.2f} < {signal['threshold_z']:.2f}, family-wise "
+                    f"level {self.test_level:g}); no pair carries interaction signal on this data: deploy the full "
+                    "model or search longer", statistic=signal["best_z"], threshold=signal["threshold_z"])
+            searched = sorted(screen["passed"])
+        sub_pairs = [pairs[k] for k in searched]
+        sub_buckets = [buckets[k] for k in searched]
+        check_supernet_memory(sub_buckets, full.embed_dim)
 
-        search_fit = fit_ctr(net, ctx.data, epochs=self.search_epochs, batch_size=self.batch_size, seed=self.seed,
-                             optimizers=opts, on_step=anneal, select_best=False, evaluate=True)
-        alpha = net.alpha.detach().clone()
-        probs = net.weights().detach()
+        # --- search: one-level joint update of weights and α, annealed temperature (on the searched pairs)
+        net, search_fit, decay = None, None, None
+        alpha = torch.zeros(0, len(FUNCTIONS))
+        probs = alpha
+        if sub_pairs:
+            net = self._supernet(full, sub_pairs, sub_buckets, mlp)
+            steps = self.search_epochs * max(1, math.ceil(train_rows / self.batch_size))
+            decay = 0.99 / steps if self.temperature_decay == "auto" else float(self.temperature_decay)
+            net.alpha.requires_grad_(False)  # make_optimizers leaves frozen parameters out: Adam gets the rest
+            opts = make_optimizers(net, lr=self.lr)
+            net.alpha.requires_grad_(True)
+            alpha_opt = torch.optim.Adam([net.alpha], lr=self.alpha_lr)
+            opts.append(alpha_opt)  # one-level: α steps on the training batch's loss (paper)
+            supernet = net
+
+            def anneal(step: int) -> bool:
+                supernet.temperature = temperature(step, decay)
+                return False
+
+            search_fit = fit_ctr(net, ctx.data, epochs=self.search_epochs, batch_size=self.batch_size, seed=self.seed,
+                                 optimizers=opts, on_step=anneal, select_best=False, evaluate=True)
+            alpha = net.alpha.detach().clone()
+            probs = net.weights().detach()
         search_s = time.perf_counter() - t0
 
-        # --- choice: argmax α, downgraded (smallest margin first) until the exact bytes fit
+        # --- choice: argmax α, downgraded (smallest margin first) until the exact bytes fit; unsearched pairs none
         sizes: dict[tuple[int, ...], int] = {}
+
+        def expand(sub: list[int]) -> list[int]:
+            choice = [_NONE] * len(pairs)
+            for k, c in zip(searched, sub, strict=True):
+                choice[k] = c
+            return choice
 
         def nbytes(choice: list[int]) -> int:
             key = tuple(choice)
@@ -350,25 +441,42 @@ class OptInterSearcher(RetrainingSearcher):
                 sizes[key] = acc.planned_file_bytes(self._build(full, pairs, choice, buckets, mlp))
             return sizes[key]
 
-        choice, downgrades = budget_choices(alpha, lambda c: nbytes(c) <= budget)
+        sub_choice, downgrades = budget_choices(alpha, lambda c: nbytes(expand(c)) <= budget)
+        choice = expand(sub_choice)
         model = self._build(full, pairs, choice, buckets, mlp)
         fit = self._retrain(ctx, model)
         model.eval()
 
         label = [f"{names[i]}×{names[j]}" for i, j in pairs]
-        argmax = alpha.argmax(dim=1).tolist()
+        argmax = expand(alpha.argmax(dim=1).tolist())
+        at = {k: n for n, k in enumerate(searched)}
         kept = [{"pair": p, "fields": [names[p[0]], names[p[1]]], "function": FUNCTIONS[c]}
                 for p, c in zip(pairs, choice, strict=True) if c != _NONE]
+
+        def pair_row(k: int, p: list[int]) -> dict[str, Any]:
+            row: dict[str, Any] = {"pair": p, "fields": label[k], "searched": k in at, "alpha": None, "softmax": None,
+                                   "argmax": FUNCTIONS[argmax[k]], "choice": FUNCTIONS[choice[k]], "buckets": buckets[k]}
+            if k in at:
+                row["alpha"] = alpha[at[k]].tolist()
+                row["softmax"] = dict(zip(FUNCTIONS, probs[at[k]].tolist(), strict=True))
+            if screen is not None:
+                row["screen_gate"] = float(screen["alpha"][k])
+                if screen["test"] is not None:
+                    row["heldout_z"] = float(screen["test"]["z"][k])
+            return row
+
+        screen_trace = None if screen is None else {
+            "grda": screen["grda"], "search_steps": screen["fit"].steps, "survivors": len(screen["survivors"]),
+            "signal_check": screen["signal"], "passed": [pairs[k] for k in searched], "search_history": screen["fit"].history}
         trace: list[dict[str, Any]] = [
-            {"search_steps": search_fit.steps, "temperature_decay": decay, "final_temperature": net.temperature,
-             "bucket_cap": cap, "alpha_lr": self.alpha_lr, "search_history": search_fit.history,
-             "pairs": [{"pair": p, "fields": label[k], "alpha": alpha[k].tolist(),
-                        "softmax": dict(zip(FUNCTIONS, probs[k].tolist(), strict=True)),
-                        "argmax": FUNCTIONS[argmax[k]], "choice": FUNCTIONS[choice[k]], "buckets": buckets[k]}
-                       for k, p in enumerate(pairs)]},
+            {"selection": self.selection, "screen": screen_trace, "searched_pairs": len(sub_pairs),
+             "search_steps": search_fit.steps if search_fit else 0, "temperature_decay": decay,
+             "final_temperature": net.temperature if net is not None else None,
+             "bucket_cap": cap, "alpha_lr": self.alpha_lr, "search_history": search_fit.history if search_fit else [],
+             "pairs": [pair_row(k, p) for k, p in enumerate(pairs)]},
             {"kept": kept, "kept_count": len(kept), "candidates": len(pairs), "counts": model.counts(),
              "argmax_counts": {fn: argmax.count(i) for i, fn in enumerate(FUNCTIONS)},
-             "downgrades": [{"pair": label[p], "from": FUNCTIONS[a], "to": FUNCTIONS[b], "margin": m}
+             "downgrades": [{"pair": label[searched[p]], "from": FUNCTIONS[a], "to": FUNCTIONS[b], "margin": m}
                             for p, a, b, m in downgrades],
              "bytes": nbytes(choice), "budget_bytes": budget, "minimum_bytes": minimum},
             {"retrain": fit.history},
