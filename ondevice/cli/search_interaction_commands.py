@@ -76,3 +76,5 @@ def interactions_cmd(run_dir: Path, out: Path, search_epochs: int, epochs: int, 
                             budget_bytes=None if budget is None else parse_budget(budget))
     click.echo(f"autofis: kept {s['kept_pairs']} of {s['candidate_pairs']} pairs, val AUC {s['val_auc_before']:.4f} -> "
                f"{s['val_auc_after']:.4f}, {s['seconds']:.1f} s -> {out}")
+    for warning in s.get("warnings") or []:
+        click.echo(f"warning: {warning}", err=True)

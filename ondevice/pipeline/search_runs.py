@@ -96,7 +96,7 @@ def search_interactions(run_dir: str | Path, out_dir: str | Path, searcher: Sear
     summary = {"method": result.params.get("method"), "kept_pairs": kept.get("kept_count"),
                "candidate_pairs": kept.get("candidates"), "val_auc_before": val_before["auc"],
                "val_auc_after": result.val["auc"], "test_auc": test.get("auc"),
-               "seconds": result.timings.get("total_s")}
+               "seconds": result.timings.get("total_s"), "warnings": list(result.warnings)}
     train_config = {**ckpt.train_config, "searched_from": str(run_dir.resolve()), "search": result.params}
     metrics = {"val": result.val, "test": test, "selected_on": "val auc"}
     with atomic_output_dir(out_dir, kind="search-interactions", inputs=[run_dir, data.root], force=force) as tmp:

@@ -374,3 +374,17 @@ def test_mu_zero_is_refused_everywhere(trained_run: Path, tmp_path: Path) -> Non
     _register_commands()
     res = CliRunner().invoke(cli, ["search", "interactions", str(trained_run), "--out", str(tmp_path / "o"), "--mu", "0"])
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_no_surviving_gate_warns_when_the_pair_free_model_is_worse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gRDA zeroing every gate leaves "no interaction needed" untested: the result says so, with
+    both AUCs, when the pair-free model scores below the full model (and stays silent otherwise)."""
+    from types import SimpleNamespace
+
+    import ondevice.search.interaction.autofis as autofis_mod
+
+    monkeypatch.setattr(autofis_mod, "val_metrics", lambda model, data: {"auc": 0.9589})
+    ctx = SimpleNamespace(data=None)
+    warn = AutoFISSearcher._kept_none_warning(None, ctx, 0.9558, {"c": 0.022}, 45)
+    assert len(warn) == 1 and "all 45 pair gates" in warn[0] and "0.9558" in warn[0] and "0.9589" in warn[0]
+    assert AutoFISSearcher._kept_none_warning(None, ctx, 0.9600, {"c": 0.022}, 45) == []

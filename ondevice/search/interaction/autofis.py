@@ -125,7 +125,7 @@ from ondevice.search.base import (
     make_config,
     register_searcher,
 )
-from ondevice.search.retrain import fit_ctr
+from ondevice.search.retrain import fit_ctr, val_metrics
 from ondevice.train.grda import GRDA
 from ondevice.train.optim import make_optimizers
 
@@ -494,8 +494,21 @@ class AutoFISSearcher(RetrainingSearcher):
              "dropped_for_budget": dropped_for_budget, "bytes": self._bytes(ctx, retrain)},
             {"retrain": fit.history},
         ]
+        warnings = self._kept_none_warning(full, ctx, fit.val["auc"], grda, len(candidates)) if not survivors else []
         config = make_config("AutoFISConfig", {"base": full.name, "pairs": kept,
                                                 "alpha": {f"{i},{j}": float(alpha[k]) for k, (i, j) in enumerate(candidates)}})
         return SearchResult(model=retrain, config=config, val=fit.val, metric="auc", trace=trace,
-                            timings={"search_s": search_s, "retrain_s": fit.seconds})
+                            timings={"search_s": search_s, "retrain_s": fit.seconds}, warnings=warnings)
+
+    @staticmethod
+    def _kept_none_warning(full: Any, ctx: SearchContext, val_auc: float, grda: dict[str, Any],
+                           candidates: int) -> list[str]:
+        """When gRDA zeroed every gate, no pair reached the held-out test: "no interaction needed"
+        is then an untested claim. Say so when the pair-free model scores below the full one."""
+        full_auc = val_metrics(full, ctx.data)["auc"]
+        if val_auc >= full_auc:
+            return []
+        return [f"gRDA (c={grda['c']:.3g}) zeroed all {candidates} pair gates, so no pair was tested on held-out "
+                f"data, and the pair-free model's val AUC {val_auc:.4f} is below the full model's {full_auc:.4f}: "
+                "keep the full model, or lower --c to let pairs reach the test"]
 
