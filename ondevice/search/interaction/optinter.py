@@ -140,7 +140,7 @@ class OptInterSupernet(CTRModel):
         self.register_buffer("pair_stride", torch.tensor([vocab[j] - 1 for _, j in pairs], dtype=torch.int64))
         self.register_buffer("pair_buckets", torch.tensor(buckets, dtype=torch.int64))
         self.mlp = mlp
-        self.alpha = nn.Parameter(torch.zeros(len(pairs), len(FUNCTIONS)))  # uniform start (module docstring)
+        self.alpha = nn.Parameter(torch.zeros(len(pairs), len(FUNCTIONS)))  # uniform start (class docstring says why)
         self.temperature = 1.0
 
     def weights(self) -> torch.Tensor:
