@@ -25,8 +25,6 @@ PENDING = {
     "ondevice/search/embedding/sseds.py",
     "ondevice/search/embedding/mde.py",
     "ondevice/search/embedding/baselines.py",
-    "ondevice/search/interaction/autofis.py",
-    "ondevice/search/interaction/optinter.py",
     "ondevice/embedding/sparse.py",
 }
 

@@ -1,87 +1,42 @@
-"""OptInter — per field pair, memorize, factorize or be naive (Lyu et al., "Memorize, Factorize,
-or be Naive: Learning Optimal Feature Interaction Methods for CTR Prediction", ICDE'22; survey §8;
-methods.md §6; reference code ``fuyuanlyu/OptInter``, ``learn/model/model_search.py::DNN_cart_search``).
+"""OptInter: per field pair, memorize, factorize or be naive, chosen by an annealed softmax.
 
-Method
-------
-Search. A supernet holds, for every field pair ``p = (i, j)``, the three candidates of
-:mod:`ondevice.models.optinter`: the memorized vector ``c_p`` (a row of the pair's cross table),
-the factorized vector ``e_i ⊙ e_j`` and the naive zero vector, mixed by the annealed softmax
-(the paper's code; no Gumbel noise)::
+Lyu et al., "Memorize, Factorize, or be Naive: Learning Optimal Feature Interaction Methods for
+CTR Prediction", ICDE 2022 (survey §8, Eq. 44 for the factorized candidate; methods.md §6);
+reference code ``fuyuanlyu/OptInter`` (``learn/model/model_search.py::DNN_cart_search``). The
+survey numbers no other OptInter equation: (1) and (2) below are this package's labels.
+
+Search (:class:`OptInterSupernet`): every pair ``p = (i, j)`` mixes the three candidates of
+:mod:`ondevice.models.optinter`, the memorized vector ``c_p`` (a row of the pair's cross table),
+the factorized ``e_i ⊙ e_j`` (Eq. 44) and the naive zero, by the annealed softmax of the code
+(no Gumbel noise, though the survey says Gumbel-softmax; :func:`temperature`)::
 
     o_p = w_p,mem · c_p + w_p,fact · (e_i ⊙ e_j) + w_p,none · 0,   w_p = softmax(α_p / t)      (1)
-    logit = w0 + Σ_f w_f + MLP([e_1..e_F, o_1..o_P]),   α ∈ R^{P×3}
+    logit = w0 + Σ_f w_f + MLP([e_1..e_F, o_1..o_P]),   α ∈ R^{P×3},   t = max(0.01, 1 − decay·step)
 
-α starts at 0 (uniform weights; the paper draws it Xavier-normal, std ≈ 0.3 here: on small
-data α moves less than that in a few hundred steps, so the argmax was the initial noise —
-measured on planted data, where zero init puts the planted pairs on top).
+One-level: every training batch steps all weights (Adam; lazy Adam on the tables) and α (its own
+Adam, ``alpha_lr``) on the same loss. Each pair then takes ``argmax α_p`` (2), ``none`` pairs are
+neither computed nor exported, and the chosen model is retrained.
 
-One-level joint update: every training batch steps all weights (Adam; lazy Adam on the tables)
-and α (its own Adam, lr ``alpha_lr``; paper 1e-3) on the same loss.
+Deviations from the paper:
 
-Temperature: the paper anneals ``t = max(0.01, 1 − 5e-5·step)``, reaching the floor after
-19 800 steps. A small dataset has a few hundred steps, so ``temperature_decay="auto"`` rescales
-the slope to the run: ``t = max(0.01, 1 − 0.99·step / T)`` with ``T`` the search steps (the
-floor is reached at the last step; for ``T = 19 800`` this is the paper's 5e-5).
-``temperature_decay`` may also be a number (the paper: ``5e-5``).
+* Screened pairs (``selection="screened"``, default; ``"paper"``: α over every pair): a held-out
+  interaction screen (:meth:`OptInterSearcher._screen`) decides which pairs α searches, since on
+  the training loss a cross table or an ``e_i ⊙ e_j`` channel always helps a little.
+* α starts at 0, not Xavier-normal (:class:`OptInterSupernet`): on small data α moves less than
+  that initial noise in a few hundred steps, and the argmax was the noise.
+* ``temperature_decay="auto"`` reaches the floor at the last search step (:func:`temperature`):
+  the paper's slope needs 19 800 steps, a small dataset has a few hundred.
+* A byte budget (the paper has none) downgrades the argmax, smallest α margin first (:func:`budget_choices`).
+* A cross table is the exact cross or hashed to ``max(16, train_rows // 20)`` rows (:func:`pair_buckets`),
+  not the code's dictionary of crosses seen 20 times: one size for the search and the export.
+* ``e_i ⊙ e_j`` of the field embeddings, cross dim = field dim (the code: a second "addition" table
+  of its own dim): no extra bytes. The checkpoint's first-order table is kept (``DNN_cart_search`` has none).
+* Supernet and retrain start from the checkpoint's field/first-order tables and bias (paper: from
+  scratch), MLP and cross tables fresh; any CTR model with an ``mlp`` (:class:`OptInterSearcher`).
 
-Which pairs: a held-out interaction screen (deviation, issue 17; ``selection="paper"`` turns it off)
----------------------------------------------------------------------------------------------------
-The paper searches α over every pair (the mixture (1) above, survey Eq. 44 for the factorized
-candidate) and keeps ``argmax α_p`` (2). α is stepped on the training loss, and a memorized
-table (up to ``train_rows / 20`` rows) or an ``e_i ⊙ e_j`` channel always lowers the training
-loss a little, so ``none`` almost never wins; and a pair channel next to a field with a main
-effect is a second route for that main effect. On ``ondevice generate --task ctr`` (39 fields,
-741 pairs, 4 main-effect fields, a numeric effect, 2 planted sign × sign pairs) the paper's
-selection kept 630 of 741 pairs at 30K rows (precision 0.003; ``benchmarks/optinter.py`` (c) at
-200K rows). ``selection="screened"`` (default) decides *which* pairs are searched before (1):
-
-1. **Screen** (:meth:`OptInterSearcher._screen`): a fresh FM of the checkpoint's vocabularies and
-   dim with a gate per pair, AutoFIS's search stage with its two issue-17 deviations
-   (:mod:`ondevice.search.interaction.autofis`: centred factors ``α_ij·BN(<e_i − μ_i, e_j − μ_j>)``,
-   whose conditional mean given either field alone is 0, so main effects stay with the
-   ungated first-order table; gRDA with FM's μ = 0.6 and the auto c, ``screen_epochs``), then
-   the held-out ablation test of the gRDA survivors on the validation split (one-sided,
-   Bonferroni, family-wise ``test_level`` = 0.1). If gRDA kept pairs and none passes, the search
-   refuses (``WeakSignalError``, exit 2, one line); no survivor gives the all-``none`` model.
-2. **OptInter** (1)-(2) as above, on the passed pairs only: α chooses memorize / factorize /
-   none for each of them, the others are ``none``. The supernet is correspondingly smaller (its
-   MLP input is ``(F + passed)·D``, its cross tables those of the passed pairs).
-
-So the screen answers "does the combination of i and j explain held-out labels beyond the
-main effects", and α the paper's question "how is that interaction best computed". Measured
-(``benchmarks/results/optinter_main_effects.md``, 200K rows, 1-epoch DeepFM 400³ checkpoint):
-screened, seeds 7, 1, 2: the screen passes exactly the 2 planted pairs (best z 11-16, largest
-failed z ≤ 2.2 against thresholds ≈ 3.0), both memorized: precision = recall = 1.00 on each;
-the paper's selection on seed 7 memorizes 351 and factorizes 222 of 741 pairs (precision
-0.003, recall 1.00) and its supernet search takes ≈ 10× the screened one.
-
-Choice under the byte budget. Each pair takes ``argmax α_p`` (2); if the exact deployable bytes
-(:meth:`ByteAccountant.file_bytes_estimate` of the built model, the first-order table in its
-planned form) exceed the budget, pairs are downgraded one step at a time, smallest α margin
-first: memorized → the better (by α) of factorized / none, factorized → none; the margin is
-``α_current − α_target``. Bytes fall at every step (a memorized pair costs
-``(buckets + 1) × dim × 4`` B of cross table, every non-none pair ``dim × hidden × 4`` B of
-first MLP layer), so the shortest prefix of this fixed order that fits is found by bisection
-with exact builds. If even all-none does not fit, ``BudgetTooSmallError`` is raised before any
-training.
-
-Buckets per memorized pair: ``min((v_i − 1)(v_j − 1), cap)`` — the exact cross when it is small
-(every value pair its own row), else hashed (:func:`~ondevice.models.optinter.cross_ids`). The
-cap (``max_buckets="auto"``) follows the paper's minimum count of 20 for a cross value:
-``cap = max(16, train_rows // 20)``, the most crosses that can be seen 20 times. The search's
-cross tables use the same buckets, so the searched candidate is the deployed one; the budget
-decides how many memorized pairs fit, not their size.
-
-Retrain (``argmax`` architecture, paper: from scratch). Here the field embeddings, the
-first-order table and the bias start from the pretrained checkpoint; the MLP and the cross
-tables start fresh (seeded); all trained with the shared loop (best validation epoch kept).
-
-Base models: any CTR model with an ``embedding`` and an ``mlp`` (:class:`~ondevice.models.MLP`):
-DeepFM, DeepFwFM, Wide&Deep, DCN and OptInter itself; the MLP's hidden sizes, dropout and
-BatchNorm are kept. The supernet starts from the pretrained field/first-order tables and bias
-with a fresh MLP (a pretrained MLP already models the interactions from the field inputs, which
-hid the pair signal from α on planted data).
+Measured: ``benchmarks/results/optinter.md`` (against the full DeepFM on Criteo 10K and Frappe at
+1.1×, 1.5×, 2× its bytes) and ``benchmarks/results/optinter_main_effects.md`` (screened vs the
+paper's selection beside main effects: precision, recall, search time).
 """
 
 from __future__ import annotations
@@ -128,7 +83,13 @@ SCREEN_ZERO_AT, DEFAULT_TEST_LEVEL = 0.3, 0.1
 
 
 def temperature(step: int, decay: float) -> float:
-    """``t = max(0.01, 1 − decay·step)`` (paper code, ``DNN_cart_search.forward``)."""
+    """``t = max(0.01, 1 − decay·step)`` (paper code, ``DNN_cart_search.forward``).
+
+    The paper anneals with ``decay = 5e-5``, reaching the floor after 19 800 steps. A small dataset
+    has a few hundred steps, so ``temperature_decay="auto"`` (the searcher's default) rescales the
+    slope to the run, ``decay = 0.99 / T`` with ``T`` the search steps: the floor is reached at the
+    last step (for ``T = 19 800`` this is the paper's 5e-5). A number gives the slope itself.
+    """
     return max(T_MIN, 1.0 - decay * step)
 
 
@@ -136,7 +97,15 @@ def pair_buckets(vocab_sizes: list[int], pairs: list[list[int]], cap: int) -> li
     """Rows per pair's cross table (without the OOV row), ≥ 1: ``(v_i − 1)(v_j − 1)`` (exact, a
     bijection) when that is ≤ ``cap``; else the largest ``b ≤ cap`` coprime with the stride
     ``v_j − 1``. Without coprimality ``((a−1)(v_j−1) + (b−1)) mod b`` can ignore field ``i``
-    entirely (e.g. ``v_j − 1 = 100,000`` and ``b = 50,000``: every ``a`` lands on one row)."""
+    entirely (e.g. ``v_j − 1 = 100,000`` and ``b = 50,000``: every ``a`` lands on one row).
+
+    So a memorized pair has ``min((v_i − 1)(v_j − 1), cap)`` buckets: the exact cross when it is
+    small (every value pair its own row), else hashed (:func:`~ondevice.models.optinter.cross_ids`).
+    The cap (``max_buckets="auto"``, :meth:`OptInterSearcher.bucket_cap`) follows the paper's
+    minimum count of 20 for a cross value (:data:`MIN_CROSS_COUNT`): ``cap = max(16, train_rows // 20)``,
+    the most crosses that can be seen 20 times. The search's cross tables use the same buckets, so
+    the searched candidate is the deployed one; the budget decides how many memorized pairs fit,
+    not their size."""
     out = []
     for i, j in pairs:
         exact, stride = (vocab_sizes[i] - 1) * (vocab_sizes[j] - 1), max(1, vocab_sizes[j] - 1)
@@ -149,7 +118,13 @@ def pair_buckets(vocab_sizes: list[int], pairs: list[list[int]], cap: int) -> li
 
 
 class OptInterSupernet(CTRModel):
-    """All three candidates per pair mixed by ``softmax(α / t)`` (module docstring). ``[B, F] -> [B]``."""
+    """All three candidates per pair mixed by ``softmax(α / t)`` (module docstring, (1)). ``[B, F] -> [B]``.
+
+    α starts at 0 (uniform weights). The paper's code draws it Xavier-normal, std ``√(2/(P + 3))``
+    for ``P`` pairs (≈ 0.3 for the tests' 15 pairs): on small data α moves less than that in a few
+    hundred steps, so the argmax was the initial noise; measured on planted data, where zero init
+    puts the planted pairs on top.
+    """
 
     name = "optinter-supernet"
 
@@ -165,7 +140,7 @@ class OptInterSupernet(CTRModel):
         self.register_buffer("pair_stride", torch.tensor([vocab[j] - 1 for _, j in pairs], dtype=torch.int64))
         self.register_buffer("pair_buckets", torch.tensor(buckets, dtype=torch.int64))
         self.mlp = mlp
-        self.alpha = nn.Parameter(torch.zeros(len(pairs), len(FUNCTIONS)))  # uniform start (module docstring)
+        self.alpha = nn.Parameter(torch.zeros(len(pairs), len(FUNCTIONS)))  # uniform start (class docstring says why)
         self.temperature = 1.0
 
     def weights(self) -> torch.Tensor:
@@ -220,6 +195,16 @@ def budget_choices(alpha: torch.Tensor, fits: Any) -> tuple[list[int], list[tupl
     Bisection over the prefix length (bytes fall along the order); the returned choice always
     passed ``fits``. Returns the choice and the applied downgrades; raises
     ``ValueError`` when even the end of the order (all ``none``) does not fit.
+
+    The choice under the byte budget (not in the paper): each pair takes ``argmax α_p`` (2); if the
+    exact deployable bytes (:meth:`ByteAccountant.file_bytes_estimate` of the built model, the
+    first-order table in its planned form) exceed the budget, pairs are downgraded one step at a
+    time, smallest α margin first: memorized → the better (by α) of factorized / none, factorized
+    → none; the margin is ``α_current − α_target``. Bytes fall at every step (a memorized pair
+    costs ``(buckets + 1) × dim × 4`` B of cross table, every non-none pair ``dim × hidden × 4`` B
+    of first MLP layer), so the shortest prefix of this fixed order that fits is found by bisection
+    with exact builds. If even all-none does not fit, the searcher raises ``BudgetTooSmallError``
+    before any training.
     """
     start = alpha.argmax(dim=1).tolist()
     order = downgrade_order(alpha, start)
@@ -281,11 +266,15 @@ class OptInterSearcher(RetrainingSearcher):
     temperature_decay : ``"auto"`` (floor at the last search step) or the per-step slope (paper 5e-5).
     max_buckets : cap on a memorized pair's rows: ``"auto"`` (``train_rows // 20``, min 16) or an int.
     selection : ``"screened"`` (default: the held-out interaction screen decides which pairs are
-        searched, module docstring) or ``"paper"`` (α over every pair, the paper's method).
+        searched, :meth:`_screen`) or ``"paper"`` (α over every pair, the paper's method).
     screen_epochs : epochs of the screen's gated-FM search.
     test_level : family-wise level of the screen's held-out test.
     epochs, lr, batch_size, seed, patience : Adam (search and retrain), batches, early stopping.
-    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.base``).
+    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``ondevice.search.fixed_parts``).
+
+    Base models: any CTR model with an ``embedding`` and an ``mlp`` (:class:`~ondevice.models.MLP`):
+    DeepFM, DeepFwFM, Wide&Deep, DCN and OptInter itself; the MLP's hidden sizes, dropout and
+    BatchNorm are kept (the paper's code: 5×700 with LayerNorm).
     """
 
     name = "optinter"
@@ -329,11 +318,16 @@ class OptInterSearcher(RetrainingSearcher):
                                 f"{self.screen_epochs}, {self.test_level}")
 
     def bucket_cap(self, train_rows: int) -> int:
+        """Rows a memorized pair's cross table may have: ``max(16, train_rows // 20)`` (``"auto"``, :func:`pair_buckets`)."""
         return max(16, train_rows // MIN_CROSS_COUNT) if self.max_buckets == "auto" else int(self.max_buckets)
 
     def _build(self, full: CTRModel, pairs: list[list[int]], choice: list[int], buckets: list[int],
                mlp: dict[str, Any]) -> OptInter:
-        """The retrain model for ``choice``: pretrained field/first-order tables and bias, fresh MLP and cross."""
+        """The retrain model for ``choice``: pretrained field/first-order tables and bias, fresh MLP and cross.
+
+        The paper retrains the ``argmax`` architecture from scratch; here the field embeddings, the
+        first-order table and the bias start from the checkpoint, the MLP and the cross tables fresh
+        (seeded); all trained with the shared loop (best validation epoch kept)."""
         torch.manual_seed(self.seed)
         fns = [FUNCTIONS[c] for c in choice]
         model = OptInter(copy.deepcopy(full.embedding), copy.deepcopy(full.linear), pairs=pairs, functions=fns,
@@ -343,7 +337,10 @@ class OptInterSearcher(RetrainingSearcher):
         return model
 
     def _supernet(self, full: CTRModel, pairs: list[list[int]], buckets: list[int], mlp: dict[str, Any]) -> OptInterSupernet:
-        """Supernet on the pretrained field/first-order tables and bias; fresh MLP and cross tables."""
+        """Supernet on the pretrained field/first-order tables and bias; fresh MLP and cross tables.
+
+        A fresh MLP because a pretrained one already models the interactions from the field inputs,
+        which hid the pair signal from α on planted data."""
         torch.manual_seed(self.seed)
         in_dim = (full.num_fields + len(pairs)) * full.embed_dim
         head = MLP(in_dim, mlp["mlp_dims"], dropout=mlp["dropout"], batch_norm=mlp["batch_norm"])
@@ -354,9 +351,35 @@ class OptInterSearcher(RetrainingSearcher):
         return net
 
     def _screen(self, full: CTRModel, data: Any, pairs: list[list[int]], train_rows: int) -> dict[str, Any]:
-        """The held-out interaction screen (module docstring, "which pairs"): a fresh gated FM of the
+        """The held-out interaction screen (a deviation, issue 17): a fresh gated FM of the
         checkpoint's vocabularies and dim, centred factors, gRDA with FM's μ and the auto c, then the
-        held-out ablation test; returns the :func:`~ondevice.search.interaction.autofis.gated_search` result."""
+        held-out ablation test; returns the :func:`~ondevice.search.interaction.autofis.gated_search` result.
+
+        Why: the paper searches α over every pair and keeps ``argmax α_p`` (2). α is stepped on the
+        training loss, and a memorized table (up to ``train_rows / 20`` rows) or an ``e_i ⊙ e_j``
+        channel always lowers the training loss a little, so ``none`` almost never wins; and a pair
+        channel next to a field with a main effect is a second route for that main effect. On
+        ``ondevice generate --task ctr`` (39 fields, 741 pairs, 4 main-effect fields, a numeric
+        effect, 2 planted sign × sign pairs) the paper's selection kept most of the 741 pairs, at
+        30K rows as at 200K (``benchmarks/results/optinter_main_effects.md``, the ``paper`` row).
+
+        1. Screen: AutoFIS's search stage with its two issue-17 deviations
+           (:mod:`ondevice.search.interaction.autofis`: centred factors
+           ``α_ij·BN(<e_i − μ_i, e_j − μ_j>)``, whose conditional mean given either field alone is
+           0, so main effects stay with the ungated first-order table; gRDA with FM's μ = 0.6 and
+           the auto c, ``screen_epochs``), then the held-out ablation test of the gRDA survivors on
+           the validation split (one-sided, Bonferroni, family-wise ``test_level``, default 0.1).
+           If gRDA kept pairs and none passes, the search refuses (``WeakSignalError``, exit 2, one
+           line); no survivor gives the all-``none`` model.
+        2. OptInter (1)-(2) on the passed pairs only: α chooses memorize / factorize / none for
+           each of them, the others are ``none``. The supernet is correspondingly smaller (its
+           MLP input is ``(F + passed)·D``, its cross tables those of the passed pairs).
+
+        So the screen answers "does the combination of i and j explain held-out labels beyond the
+        main effects", and α the paper's question "how is that interaction best computed"
+        (measured: ``benchmarks/results/optinter_main_effects.md``: the screen passes exactly the
+        planted pairs on every seed, and the paper's selection searches far longer).
+        """
         torch.manual_seed(self.seed)
         fm = build_model("fm", list(full.embedding.vocab_sizes), embed_dim=full.embed_dim)
         model = search_model(fm, pairs, seed=self.seed, warm_start=False, centred=True)  # type: ignore[arg-type]
