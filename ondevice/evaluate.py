@@ -7,11 +7,11 @@ the artefact folder only (plus, for top-K, the server-side user table that
 * CTR: the test ids (the artefact's own fields: a feature-selected artefact takes only its
   kept columns, by name) through the graph in batches -> AUC and logloss of the
   ``probability`` output (``train.metrics``: global, float64).
-* Top-K (BPR-MF): the graph's item scores ``[B, N-1]`` (the input of its final ``TopK``
-  node, added as an extra output of an in-memory copy: same tables, same arithmetic) for
-  each evaluated user's vector; the items the user met in training (and in validation when
-  the split is ``test``) and the OOV row are excluded, then Recall@K / NDCG@K with the
-  artefact's K over full ranking — the trainer's protocol (``train.trainer.evaluate_topk``).
+* Top-K (BPR-MF): each evaluated user's vector (row of the server-side user table) and the
+  items the user met in training (and in validation when the split is ``test``), ``-1``-padded,
+  go through the artefact's own ``exclude_items`` input, so the shipped graph does the
+  exclusion and the ranking over all items; its ``item_ids`` output gives Recall@K / NDCG@K
+  with the artefact's K — the trainer's protocol (``train.trainer.evaluate_topk``).
 
 ``compress`` calls this once per chosen artefact after every choice was made on the
 validation split, so the test metric never influences a choice ("read once").
@@ -32,6 +32,7 @@ from ondevice.train.metrics import log_loss, recall_ndcg_at_k, roc_auc
 __all__ = ["evaluate_artefact"]
 
 BATCH = 4096
+TOPK_BATCH = 256  # users per top-K call: [256, N] scores stay a few MB even at 10^5 items
 
 
 def _session(model: bytes | str, threads: int = 1):
@@ -93,19 +94,6 @@ def _evaluate_ctr(model_path: Path, manifest: dict[str, Any], ds: EncodedDataset
     return {"metric": "auc", "auc": roc_auc(labels, probs), "logloss": log_loss(labels, probs), "rows": int(len(s))}
 
 
-def _scores_model(model_path: Path) -> bytes:
-    """The artefact's graph with the input of its last ``TopK`` node (all item scores) as an extra output."""
-    import onnx
-
-    model = onnx.load(str(model_path))
-    topk = [n for n in model.graph.node if n.op_type == "TopK"]
-    if not topk:
-        raise ArtefactError(f"{model_path} has no TopK node; it is not a top-K artefact")
-    scores = topk[-1].input[0]
-    model.graph.output.append(onnx.helper.make_tensor_value_info(scores, onnx.TensorProto.FLOAT, None))
-    return model.SerializeToString()
-
-
 def _csr(pairs: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
     pairs = np.asarray(pairs, dtype=np.int64)
     order = np.argsort(pairs[:, 0], kind="stable")
@@ -132,19 +120,22 @@ def _evaluate_topk(folder: Path, model_path: Path, manifest: dict[str, Any], ds:
     users = np.flatnonzero(np.diff(ev_ptr) > 0)
     if len(users) == 0:
         raise BadInputError(f"the {split} split of {ds.root} has no interactions")
-    sess = _session(_scores_model(model_path), threads)
+    exclude = (manifest.get("topk") or {}).get("exclude_input")
+    if not exclude:
+        raise ArtefactError(f"{folder} is a top-K artefact without an exclude_items input (exported before it existed); "
+                            "re-export it")
+    sess = _session(str(model_path), threads)
     in_name = manifest["inputs"][0]["name"]
+    ids_name = manifest["topk"]["ids_output"]
     top_all, relevant = [], []
-    for start in range(0, len(users), 1024):
-        batch = users[start:start + 1024]
-        scores = sess.run(None, {in_name: user_table[batch].astype(np.float32)})[-1]  # [B, N-1]: items 1..N-1
-        scores = np.asarray(scores, dtype=np.float64)
-        for r, user in enumerate(batch):
-            for ptr, items in ex:
-                seen = items[ptr[user]:ptr[user + 1]]
-                scores[r, seen[seen >= 1] - 1] = -np.inf
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k] + 1
-        top_all.extend(top)
+    for start in range(0, len(users), TOPK_BATCH):
+        batch = users[start:start + TOPK_BATCH]
+        seen = [np.concatenate([items[ptr[u]:ptr[u + 1]] for ptr, items in ex]) for u in batch]
+        padded = np.full((len(batch), max(len(v) for v in seen)), -1, dtype=np.int64)
+        for r, v in enumerate(seen):
+            padded[r, :len(v)] = v
+        feeds = {in_name: user_table[batch].astype(np.float32), exclude: padded}
+        top_all.extend(sess.run([ids_name], feeds)[0])
         relevant.extend(ev_items[ev_ptr[u]:ev_ptr[u + 1]] for u in batch)
     recall, ndcg = recall_ndcg_at_k(np.asarray(top_all), relevant, k)
     return {"metric": f"recall@{k}", f"recall@{k}": recall, f"ndcg@{k}": ndcg, "users": int(len(users)),
