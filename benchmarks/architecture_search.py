@@ -34,12 +34,9 @@ from ondevice.budget import load_profile
 from ondevice.data import prepare
 from ondevice.errors import OndeviceError
 from ondevice.io import atomic_write_json, atomic_write_text
-from ondevice.search.architecture import (
-    Constraints,
-    EvolutionaryArchitectureSearch,
-    measure_cost,
-    search_architecture,
-)
+from ondevice.pipeline.measure import measure_cost
+from ondevice.pipeline.search_runs import search_architecture
+from ondevice.search.architecture import Constraints, EvolutionaryArchitectureSearch
 from ondevice.train import TrainConfig, load_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,10 +33,11 @@ import numpy as np
 import torch
 
 from ondevice.arm64 import DEFAULT_CORES, arm64_parity, find_env
-from ondevice.compress import compress, measure_file_bytes
 from ondevice.errors import OndeviceError
 from ondevice.export import export_artefact
 from ondevice.io import atomic_write_json, atomic_write_text
+from ondevice.pipeline.compress import compress
+from ondevice.pipeline.measure import measure_file_bytes
 from ondevice.schema import Field, Schema
 from ondevice.train import TrainConfig, train
 from ondevice.train.checkpoint import load_checkpoint

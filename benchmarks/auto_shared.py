@@ -90,8 +90,9 @@ def full_model(name: str, spec: dict[str, Any], epochs: int) -> tuple[Path, dict
 
 
 def one_budget(name: str, run: Path, fraction: str, budget: int, limit_s: float) -> dict[str, Any]:
-    from ondevice.compress import compress, load_summary
     from ondevice.errors import OndeviceError
+    from ondevice.pipeline.compress import compress
+    from ondevice.pipeline.summary import load_summary
 
     out = CACHE / f"compress-{name}-{fraction.replace('/', 'of')}"
     t0 = time.perf_counter()
@@ -201,7 +202,7 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     CACHE.mkdir(parents=True, exist_ok=True)
-    from ondevice.compress import measure_file_bytes
+    from ondevice.pipeline.measure import measure_file_bytes
     from ondevice.train.checkpoint import load_checkpoint
 
     result: dict[str, Any] = {

@@ -191,9 +191,10 @@ def test_metrics(model, data, schema=None) -> dict[str, float]:
 # ---------------------------------------------------------------------- one dataset
 def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log, mlp: str = "fp32",
                 only: list[str] | None = None) -> dict[str, Any]:
-    from ondevice.compress import _search_fitting, candidate_latency, measure_file_bytes
     from ondevice.data import EncodedDataset
     from ondevice.errors import BudgetTooSmallError
+    from ondevice.pipeline.fitting import search_fitting
+    from ondevice.pipeline.measure import candidate_latency, measure_file_bytes
     from ondevice.search import make_searcher
     from ondevice.search.retrain import val_metrics
     from ondevice.train.checkpoint import load_checkpoint
@@ -247,7 +248,7 @@ def run_dataset(name: str, st: dict[str, Any], cache: dict[str, Any], save, log,
                 t0 = time.perf_counter()
                 try:
                     searcher = make_searcher(spec, shared=params)  # shared: a method ignores what it does not take
-                    result, fb, attempts = _search_fitting(searcher, ckpt, data, nbytes, overhead, mlp=mlp,
+                    result, fb, attempts = search_fitting(searcher, ckpt, data, nbytes, overhead, mlp=mlp,
                                                            work_dir=CACHE / f"work-{name}-{_key(st)}")
                 except BudgetTooSmallError as err:
                     cache[key] = {"fits": False, "min_bytes": err.minimum_bytes, "error": str(err).split(";")[0]}

@@ -166,8 +166,8 @@ def latency(files: dict[str, Path], fields: int, vocab: list[int], rounds: int =
 
 # ---------------------------------------------------------------------- one dataset
 def run_dataset(name: str, data_dir: Path, work: Path, log) -> dict[str, Any]:
-    from ondevice.compress import measure_file_bytes
     from ondevice.data import EncodedDataset
+    from ondevice.pipeline.measure import measure_file_bytes
     from ondevice.search import ByteAccountant, make_searcher
     from ondevice.search.pruning.deeplight import compact_deepfwfm
     from ondevice.search.retrain import val_metrics

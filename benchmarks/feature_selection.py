@@ -173,9 +173,10 @@ def _test_auc(model, data) -> dict[str, float]:
 
 
 def real(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    from ondevice.compress import _search_fitting, measure_file_bytes
     from ondevice.data import EncodedDataset, prepare
     from ondevice.errors import BudgetTooSmallError, WeakSignalError
+    from ondevice.pipeline.fitting import search_fitting
+    from ondevice.pipeline.measure import measure_file_bytes
     from ondevice.search import make_searcher
     from ondevice.search.retrain import val_metrics
     from ondevice.train import TrainConfig, load_checkpoint, train
@@ -203,7 +204,7 @@ def real(name: str, spec: dict[str, Any]) -> dict[str, Any]:
             params = {**SEARCH, **(AUTOFIELD if method != "uniform" else {})}
             t0 = time.perf_counter()
             try:
-                result, file_bytes, attempts = _search_fitting(make_searcher(method, **params), ckpt, data, budget,
+                result, file_bytes, attempts = search_fitting(make_searcher(method, **params), ckpt, data, budget,
                                                                full_file - full_params)
             except BudgetTooSmallError as err:
                 runs.append({"method": method, "budget": label, "budget_bytes": budget, "fits": False,

@@ -59,9 +59,9 @@ def ort_p50_ms(model, fields: int, runs: int = 300) -> float:
 
 
 def run_dataset(name: str, search_epochs: int, epochs: int) -> dict:
-    from ondevice.compress import measure_file_bytes
     from ondevice.data import EncodedDataset, prepare
     from ondevice.errors import BudgetTooSmallError
+    from ondevice.pipeline.measure import measure_file_bytes
     from ondevice.search import ByteAccountant, OptInterSearcher
     from ondevice.train import TrainConfig, evaluate_ctr, train
     from ondevice.train.checkpoint import load_checkpoint

@@ -32,7 +32,7 @@ validation items excluded) are read once per artefact, after selection.
 
     python benchmarks/rule.py [--dataset ml1m|cds] [--out benchmarks/results]
 
-``--case budgets`` (issue 17) answers a different question, through ``ondevice.compress`` as a
+``--case budgets`` (issue 17) answers a different question, through ``ondevice.pipeline.compress`` as a
 user runs it: ``compress RUN --method rule --budget 256KB --budget 512KB --budget 1MB --budget
 2MB`` (RULE's defaults: 5 elastic epochs, 600 samples, 3 fine-tune epochs), twice on the same run
 folder into two ``--out`` folders. Reported per budget: artefact bytes against the full model's,
@@ -58,9 +58,9 @@ import numpy as np
 import torch
 
 from ondevice.budget import parse_budget
-from ondevice.compress import measure_file_bytes
 from ondevice.data import EncodedDataset, prepare
 from ondevice.errors import BudgetTooSmallError
+from ondevice.pipeline.measure import measure_file_bytes
 from ondevice.search import ByteAccountant, make_searcher
 from ondevice.search.retrain import topk_pairs
 from ondevice.train import TrainConfig, evaluate_topk, train
@@ -182,7 +182,7 @@ def budgets_case(args, run_dir: Path, data_dir: Path, budgets: list[str]) -> Non
     """Issue 17: monotone metric in the budget, no artefact over the full model's, supernet reuse."""
     import shutil
 
-    from ondevice.compress import compress
+    from ondevice.pipeline.compress import compress
     from ondevice.search.embedding import rule as rule_module
 
     shutil.rmtree(run_dir / "_cache", ignore_errors=True)  # the first call trains the supernet

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ondevice.compress import compress
 from ondevice.data import generate_ctr, prepare
+from ondevice.pipeline.compress import compress
 from ondevice.train import TrainConfig, load_checkpoint, train
 
 

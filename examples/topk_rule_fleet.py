@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ondevice.compress import compress, measure_file_bytes
 from ondevice.data import generate_topk, prepare
+from ondevice.pipeline.compress import compress
+from ondevice.pipeline.measure import measure_file_bytes
 from ondevice.train import TrainConfig, load_checkpoint, train
 
 DEVICES = (("phone-low", 0.3, "arm64", 1, 1, 10.0), ("phone-mid", 0.5, "arm64", 2, 16, 10.0),

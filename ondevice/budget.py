@@ -39,6 +39,7 @@ from typing import Any, Literal
 from ondevice.errors import BadInputError
 
 __all__ = [
+    "CORE_FAMILIES",
     "PROFILE_DIR",
     "DeviceProfile",
     "format_bytes",
@@ -48,6 +49,20 @@ __all__ = [
     "resolve_budget",
 ]
 
+#: qemu ``-cpu`` names a profile's ``emulated_cpu`` may take, and the kernel family their HWCAPs select in
+#: onnxruntime/numpy (data only: the arm64 parity check, ``ondevice.arm64.parity``, runs them).
+CORE_FAMILIES: dict[str, str] = {
+    "cortex-a53": "armv8.0 NEON, no dotprod",
+    "cortex-a72": "armv8.0 NEON, no dotprod",
+    "cortex-a55": "armv8.2 dotprod + fp16",
+    "cortex-a76": "armv8.2 dotprod + fp16",
+    "neoverse-n1": "armv8.2 dotprod + fp16",
+    "a64fx": "armv8.2 SVE-512",
+    "neoverse-v1": "armv8.4 SVE + i8mm + bf16",
+    "cortex-a710": "armv9.0 SVE2 + i8mm + bf16",
+    "neoverse-n2": "armv9.0 SVE2 + i8mm + bf16",
+    "max": "every feature qemu emulates incl. SME (KleidiAI int8 path)",
+}
 #: Folder of the device profiles that ship with the package.
 PROFILE_DIR = Path(__file__).resolve().parent / "_resources" / "budgets"
 
@@ -162,12 +177,9 @@ class DeviceProfile:
         if cpu is not None and (not isinstance(cpu, str) or not _CPU_RE.match(cpu) or data["arch"] != "arm64"):
             raise BadInputError(f"{source}: emulated_cpu {cpu!r} must be a qemu-aarch64 -cpu name such as 'cortex-a53', "
                                 "and only on arm64 profiles")
-        if cpu is not None:
-            from ondevice.arm64.parity import CORE_FAMILIES
-
-            if cpu.split(",", 1)[0] not in CORE_FAMILIES:
-                raise BadInputError(f"{source}: emulated_cpu {cpu!r} is not a core ondevice knows; choose from "
-                                    f"{', '.join(CORE_FAMILIES)}")
+        if cpu is not None and cpu.split(",", 1)[0] not in CORE_FAMILIES:
+            raise BadInputError(f"{source}: emulated_cpu {cpu!r} is not a core ondevice knows; choose from "
+                                f"{', '.join(CORE_FAMILIES)}")
         runtime = data.get("memory_budget_runtime")
         if runtime is not None:
             try:

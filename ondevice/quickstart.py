@@ -61,9 +61,9 @@ def run_quickstart(
 def _run(out: Path, *, rows: int, epochs: int, seed: int, quiet: bool, echo: Callable[[str], None]) -> dict[str, Any]:
     import torch
 
-    from ondevice.compress import compress
     from ondevice.data.generate import generate_ctr
     from ondevice.data.preparation import prepare
+    from ondevice.pipeline.compress import compress
     from ondevice.train import TrainConfig, train
 
     torch.set_num_threads(1)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ondevice.device_runner import runner_module
 from ondevice.errors import BadInputError
-from ondevice.export._runner import runner_module
 
 _INT = {"type": "integer"}
 _STR = {"type": "string"}

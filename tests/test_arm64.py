@@ -19,9 +19,9 @@ from ondevice.arm64 import parity as parity_mod
 from ondevice.arm64 import setup as setup_mod
 from ondevice.budget import DeviceProfile, load_profile
 from ondevice.cli import _register_commands, cli
-from ondevice.compress import _fleet_arm64_parity, fleet_report, render_fleet_markdown
 from ondevice.errors import BadInputError
 from ondevice.export._runner import RUNNER_PATH, runner_module
+from ondevice.pipeline.fleet import fleet_arm64_parity, fleet_report, render_fleet_markdown
 from tests.export.conftest import make_run
 
 ENV, WHY = setup_mod.find_env()
@@ -191,7 +191,7 @@ def test_fleet_rows_say_arm64_parity(artefacts: dict[str, Path], monkeypatch: py
     phone = DeviceProfile(name="phone", description="t", memory_budget=10**6, arch="arm64", threads=1, batch_size=1,
                           p99_latency_ms=10.0, runtime_format="onnx", emulated_cpu="cortex-a53")
     monkeypatch.setenv(setup_mod.ENV_CACHE, str(tmp_path / "no-emulation"))
-    unchecked = _fleet_arm64_parity(artefacts["fp32"], phone, 0, True, "phone")
+    unchecked = fleet_arm64_parity(artefacts["fp32"], phone, 0, True, "phone")
     assert unchecked["checked"] is False and unchecked["passed"] is None
     report = fleet_report(_summary(unchecked), [phone], "profiles")
     assert report["passed"] and report["arm64_parity_not_checked"] == ["phone"]  # said, not failed
@@ -232,7 +232,7 @@ def test_arm64_parity_int8_and_fleet_row(artefacts: dict[str, Path]) -> None:
     assert r["kleidiai_eligible_ops"] == []  # int8 tables are dequantized before the fp32 MLP
     phone = DeviceProfile(name="phone", description="t", memory_budget=10**6, arch="arm64", threads=1, batch_size=1,
                           p99_latency_ms=10.0, runtime_format="onnx", emulated_cpu="cortex-a53")
-    row = _fleet_arm64_parity(art, phone, 0, True, "phone")
+    row = fleet_arm64_parity(art, phone, 0, True, "phone")
     assert row["checked"] and row["passed"] and row["cpu"] == "cortex-a53" and row["max_abs_diff"] <= 5e-5
 
 

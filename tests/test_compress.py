@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from ondevice.cli import _register_commands, cli
-from ondevice.compress import compress
 from ondevice.errors import BudgetTooSmallError
+from ondevice.pipeline.compress import compress
 
 BUDGET = "17KB"
 METHODS = ["uniform", "hash", "int8", "pep", "pep+fp16", "sseds", "mde", "sseds+int8"]
@@ -79,10 +79,10 @@ def test_cli_exit_codes(trained_run: Path, tmp_path: Path, monkeypatch: pytest.M
     bad = _cli("compress", trained_run, "--budget", "17KB", "--method", "magic", "--out", tmp_path / "c")
     assert bad.exit_code == 2 and "unknown --method" in bad.output
     # A byte accountant that underestimates (negative margin, no retries) -> over budget -> exit 3.
-    import ondevice.compress as comp
+    import ondevice.pipeline.fitting as fitting
 
-    monkeypatch.setattr(comp, "FORMAT_MARGIN_BYTES", -30_000)
-    monkeypatch.setattr(comp, "MAX_FIT_RETRIES", 0)
+    monkeypatch.setattr(fitting, "FORMAT_MARGIN_BYTES", -30_000)
+    monkeypatch.setattr(fitting, "MAX_FIT_RETRIES", 0)
     over = _cli("compress", trained_run, "--budget", "17KB", "--method", "uniform", "--epochs", "1",
                 "--out", tmp_path / "d")
     assert over.exit_code == 3, over.output

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import ondevice.compress as compress_mod
+import ondevice.pipeline.resume as resume_mod
 from ondevice.cli import _register_commands, cli
-from ondevice.compress import compress
 from ondevice.errors import BadInputError, OutputExistsError
 from ondevice.outputs import MARKER, is_finished
+from ondevice.pipeline.compress import compress
 
 _register_commands()
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ SCRIPT = """
 import json, sys
 import torch
 torch.set_num_threads(1)
-from ondevice.compress import compress
+from ondevice.pipeline.compress import compress
 kwargs = json.loads(sys.argv[3])
 compress(sys.argv[1], out_dir=sys.argv[2], resume=sys.argv[4] == "resume", **kwargs)
 """
@@ -113,13 +113,13 @@ def test_resume_after_sigkill_at_six_points_equals_the_straight_run(trained_run:
 
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, tag: str) -> None:
     """``crash_point(tag)`` raises KeyboardInterrupt (Ctrl-C) in this process, once."""
-    real = compress_mod.crash_point
+    real = resume_mod.crash_point
 
     def crash(name: str) -> None:
         if name == tag:
-            monkeypatch.setattr(compress_mod, "crash_point", real)
+            monkeypatch.setattr(resume_mod, "crash_point", real)
             raise KeyboardInterrupt
-    monkeypatch.setattr(compress_mod, "crash_point", crash)
+    monkeypatch.setattr(resume_mod, "crash_point", crash)
 
 
 def test_resume_refuses_other_options_or_data_and_a_fresh_run_keeps_the_partial(

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from ondevice.cli import _register_commands, cli
-from ondevice.compress import compress
 from ondevice.errors import BadInputError
+from ondevice.pipeline.compress import compress
 from tests.topk_runs import pretrained_topk_run
 
 RULE_FAST = {"n_blocks": 4, "n_groups": 4, "epochs": 2, "lr": 5e-3, "batch_size": 512, "n_samples": 80,

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from ondevice.arm64.setup import Arm64Env, find_env, stamp_is_current, wanted_versions
+from ondevice.budget import CORE_FAMILIES
 from ondevice.errors import ArtefactError, BadInputError
 from ondevice.export._runner import RUNNER_PATH, runner_module
 from ondevice.io import atomic_write_json
@@ -44,19 +45,6 @@ from ondevice.io import atomic_write_json
 __all__ = ["CORE_FAMILIES", "DEFAULT_CORES", "KLEIDIAI_OFF", "arm64_parity", "compare_core", "parity_inputs",
            "parity_tolerance"]
 
-#: qemu ``-cpu`` names and the kernel family their HWCAPs select in onnxruntime/numpy.
-CORE_FAMILIES: dict[str, str] = {
-    "cortex-a53": "armv8.0 NEON, no dotprod",
-    "cortex-a72": "armv8.0 NEON, no dotprod",
-    "cortex-a55": "armv8.2 dotprod + fp16",
-    "cortex-a76": "armv8.2 dotprod + fp16",
-    "neoverse-n1": "armv8.2 dotprod + fp16",
-    "a64fx": "armv8.2 SVE-512",
-    "neoverse-v1": "armv8.4 SVE + i8mm + bf16",
-    "cortex-a710": "armv9.0 SVE2 + i8mm + bf16",
-    "neoverse-n2": "armv9.0 SVE2 + i8mm + bf16",
-    "max": "every feature qemu emulates incl. SME (KleidiAI int8 path)",
-}
 DEFAULT_CORES = ("cortex-a53", "neoverse-n1", "neoverse-n2", "max")
 #: Session config entry that keeps onnxruntime's int8 MatMuls off the KleidiAI (SME) kernels.
 KLEIDIAI_OFF = {"mlas.disable_kleidiai": "1"}

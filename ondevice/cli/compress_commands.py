@@ -71,8 +71,10 @@ def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, .
     successful runs are kept. A killed run leaves OUT.partial: `--resume` continues it.
     """
     from ondevice.cli.data_commands import _key_values
-    from ondevice.compress import compress, parse_duration, resume_options
     from ondevice.errors import BadInputError
+    from ondevice.pipeline.compress import compress
+    from ondevice.pipeline.options import parse_duration
+    from ondevice.pipeline.resume import resume_options
 
     searcher_params: dict[str, dict] = {}
     for key, value in _key_values(method_options, "--method-option").items():
@@ -116,6 +118,7 @@ def methods_cmd(names: tuple[str, ...]) -> None:
 
     NAMES restricts the list (e.g. `ondevice methods pep deeplight`).
     """
+    import ondevice.pipeline  # noqa: F401 - registers ``auto``
     from ondevice.search import SEARCHERS, make_searcher
 
     for name in names or sorted(SEARCHERS):

@@ -37,8 +37,9 @@ def architecture_cmd(data_dir: Path, out: Path, budget: str | None, latency_p99:
     (model.pt, train.json, search.json) for `ondevice compress` / `ondevice export`.
     Exit 2 when no candidate meets both constraints.
     """
-    from ondevice.compress import parse_duration
-    from ondevice.search.architecture import EvolutionaryArchitectureSearch, search_architecture
+    from ondevice.pipeline.options import parse_duration
+    from ondevice.pipeline.search_runs import search_architecture
+    from ondevice.search.architecture import EvolutionaryArchitectureSearch
 
     if budget is None and latency_p99 is None and profile is None:
         raise click.UsageError("give --budget, --latency-p99 or --device-profile (the constraints to meet)")

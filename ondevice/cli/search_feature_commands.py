@@ -37,7 +37,7 @@ def features_cmd(run_dir: Path, out: Path, budget: str | None, keep: int | None,
     Exit codes: 0 ok; 2 bad input (incl. a budget below one field's model, or a ranking whose kept
     fields do not matter more on validation than the dropped ones); 3 over budget.
     """
-    from ondevice.search.features.run import search_features
+    from ondevice.pipeline.search_runs import search_features
 
     s = search_features(run_dir, out, budget=budget, keep=keep, method=method, epochs=epochs,
                         search_epochs=search_epochs, seed=seed, data_dir=data_dir, force=force,

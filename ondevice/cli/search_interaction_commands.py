@@ -66,7 +66,8 @@ def interactions_cmd(run_dir: Path, out: Path, search_epochs: int, epochs: int, 
     none of which holds up on validation).
     """
     from ondevice.budget import parse_budget
-    from ondevice.search.interaction import AutoFISSearcher, search_interactions
+    from ondevice.pipeline.search_runs import search_interactions
+    from ondevice.search.interaction import AutoFISSearcher
 
     searcher = AutoFISSearcher(search_epochs=search_epochs, c=c, mu=mu, grda_lr=grda_lr, zero_at=zero_at,
                                max_pairs=max_pairs, warm_start=warm_start, epochs=epochs, lr=lr,

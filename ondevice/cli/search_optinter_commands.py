@@ -39,7 +39,8 @@ def optinter_cmd(run_dir: Path, out: Path, budget: str | None, search_epochs: in
     """
     from ondevice.budget import parse_budget
     from ondevice.io import read_json
-    from ondevice.search.interaction import OptInterSearcher, search_interactions
+    from ondevice.pipeline.search_runs import search_interactions
+    from ondevice.search.interaction import OptInterSearcher
 
     searcher = OptInterSearcher(search_epochs=search_epochs, alpha_lr=alpha_lr, epochs=epochs,
                                 lr=lr, batch_size=batch_size, seed=seed)

@@ -155,7 +155,7 @@ def tune(data_dir: Path, out_dir: Path, model: str, time_limit: str, max_trials:
     to OUT (an ordinary run folder for compress/export).
     """
     from ondevice.cli.data_commands import _key_values
-    from ondevice.compress import parse_duration
+    from ondevice.pipeline.options import parse_duration
     from ondevice.train.tune import tune as tune_fn
 
     result = tune_fn(data_dir, out_dir, model=model, time_limit_s=parse_duration(time_limit), max_trials=max_trials,

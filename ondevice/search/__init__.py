@@ -1,14 +1,15 @@
 """Searchers: budgeted compression methods behind ``ondevice compress --method`` (DESIGN §7).
 
+``auto`` (try the methods, keep the best) runs the others and measures exported files, so it
+lives in :mod:`ondevice.pipeline.auto`; importing ``ondevice.pipeline`` registers it here.
+
 >>> from ondevice.search import make_searcher
 >>> make_searcher("sseds+int8", epochs=3).get_params()["dtype"]
 'int8'
 """
 
-from ondevice.search.auto import AutoSearcher
 from ondevice.search.base import (
     SEARCHERS,
-    ByteAccountant,
     RetrainingSearcher,
     SearchContext,
     Searcher,
@@ -17,6 +18,7 @@ from ondevice.search.base import (
     method_names,
     register_searcher,
 )
+from ondevice.search.byte_accountant import ByteAccountant
 from ondevice.search.embedding import (
     FP16Searcher,
     HashSearcher,
@@ -37,7 +39,6 @@ __all__ = [
     "AdaFSSearcher",
     "AutoFieldSearcher",
     "AutoFISSearcher",
-    "AutoSearcher",
     "ByteAccountant",
     "DeepLightSearcher",
     "FP16Searcher",

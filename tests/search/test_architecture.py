@@ -12,7 +12,6 @@ import torch
 from click.testing import CliRunner
 
 from ondevice.cli import _register_commands, cli
-from ondevice.compress import measure_file_bytes
 from ondevice.data import EncodedDataset
 from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.export._runner import runner_module
@@ -20,12 +19,12 @@ from ondevice.export.lowering import export_module
 from ondevice.export.onnx_export import export_onnx
 from ondevice.models import BlockNet, model_from_description
 from ondevice.models.blocknet import check_blocks
+from ondevice.pipeline.measure import measure_cost, measure_file_bytes
 from ondevice.search.architecture import (
     MUTATIONS,
     Constraints,
     EvolutionaryArchitectureSearch,
     build_candidate,
-    measure_cost,
     mutate_genotype,
     parse_latency,
     random_genotype,
@@ -157,7 +156,7 @@ def test_search_meets_tight_latency_and_byte_budget(ctr: Path) -> None:
     constraints = Constraints(budget_bytes=budget, p99_ms=target, threads=1, batch_size=64)
     searcher = tiny_searcher(population=4, cycles=4, embed_dims=(16,), mlp_widths=(512,), max_blocks=2,
                              latency_runs=200, latency_repeats=5)
-    result = searcher.search(data, constraints)
+    result = searcher.search(data, constraints, measure=measure_cost)
     best = result.best
     assert best.feasible and best.p99_ms <= target and best.file_bytes <= budget and best.val_auc > 0.5
     # The target binds by construction (the wide MLP's median is above it); whether this short
@@ -169,7 +168,7 @@ def test_search_meets_tight_latency_and_byte_budget(ctr: Path) -> None:
 
 def test_search_is_deterministic_by_seed_without_latency_target(ctr: Path) -> None:
     data = EncodedDataset(ctr)
-    runs = [tiny_searcher(seed=5, latency_runs=5, latency_repeats=1).search(data, Constraints(budget_bytes=40_000))
+    runs = [tiny_searcher(seed=5, latency_runs=5, latency_repeats=1).search(data, Constraints(budget_bytes=40_000), measure=measure_cost)
             for _ in range(2)]
     key = [[(c.genotype, c.val_auc, c.file_bytes) for c in r.candidates] for r in runs]
     assert key[0] == key[1] and runs[0].best.genotype == runs[1].best.genotype
@@ -178,10 +177,10 @@ def test_search_is_deterministic_by_seed_without_latency_target(ctr: Path) -> No
 def test_infeasible_constraints_are_one_line_errors(ctr: Path) -> None:
     data = EncodedDataset(ctr)
     with pytest.raises(BudgetTooSmallError, match="below the smallest architecture") as err:
-        tiny_searcher().search(data, Constraints(budget_bytes=2_000))
+        tiny_searcher().search(data, Constraints(budget_bytes=2_000), measure=measure_cost)
     assert "\n" not in str(err.value)
     with pytest.raises(BudgetTooSmallError, match=r"no architecture met .*p99 ≤ 1e-06 ms.*fastest p99") as err:
-        tiny_searcher(population=2, cycles=1, tournament=1).search(data, Constraints(p99_ms=1e-6))
+        tiny_searcher(population=2, cycles=1, tournament=1).search(data, Constraints(p99_ms=1e-6), measure=measure_cost)
     assert "\n" not in str(err.value)
 
 

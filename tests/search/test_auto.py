@@ -9,11 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from ondevice.cli import _register_commands, cli
-from ondevice.compress import compress, measure_file_bytes
 from ondevice.data import EncodedDataset
 from ondevice.errors import BadInputError, BudgetTooSmallError
+from ondevice.pipeline.auto import candidate_methods
+from ondevice.pipeline.compress import compress
+from ondevice.pipeline.measure import measure_file_bytes
 from ondevice.search import make_searcher
-from ondevice.search.auto import candidate_methods
 from ondevice.train import load_checkpoint
 
 FAST = {m: {"batch_size": 256} for m in ("uniform", "sseds", "mde", "hash")}

@@ -14,12 +14,13 @@ import pytest
 from click.testing import CliRunner
 
 from ondevice.cli import _register_commands, cli
-from ondevice.compress import compress, parse_max_loss
 from ondevice.data import EncodedDataset
 from ondevice.errors import BadInputError, LatencyTargetError, QualityFloorError
 from ondevice.evaluate import evaluate_artefact
+from ondevice.pipeline.auto import AutoSearcher
+from ondevice.pipeline.compress import compress
+from ondevice.pipeline.options import parse_max_loss
 from ondevice.search import make_searcher
-from ondevice.search.auto import AutoSearcher
 from ondevice.train import evaluate_ctr, load_checkpoint
 
 FAST = {m: {"batch_size": 256} for m in ("uniform", "sseds", "mde", "hash", "uniform+int8")}
@@ -230,9 +231,9 @@ def test_near_tie_goes_to_the_clearly_faster_candidate() -> None:
 
 def test_candidate_p99_ignores_one_stalled_round(monkeypatch) -> None:
     """One scheduler stall in one round of timings must not become the candidate's p99."""
-    from ondevice import compress as compress_mod
     from ondevice.export._runner import runner_module
     from ondevice.models import build_model
+    from ondevice.pipeline import measure as compress_mod
 
     runner = runner_module()
     calls = {"n": 0}

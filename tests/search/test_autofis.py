@@ -288,7 +288,7 @@ def test_retrained_model_exports_with_only_kept_pairs(planted, searched, tmp_pat
 
 # ---------------------------------------------------------------------- compress and CLI
 def test_compress_method_autofis_end_to_end(trained_run: Path, tmp_path: Path) -> None:
-    from ondevice.compress import compress
+    from ondevice.pipeline.compress import compress
 
     assert make_searcher("autofis").name == "autofis"
     out = tmp_path / "out"

@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch import nn
 
-from ondevice.compress import measure_file_bytes
 from ondevice.data import EncodedDataset
 from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.export import export_artefact, verify_artefact
@@ -23,6 +22,7 @@ from ondevice.models.sparse_linear import (
     remove_dead_neurons,
     sparse_linear_bytes,
 )
+from ondevice.pipeline.measure import measure_file_bytes
 from ondevice.search import make_searcher
 from ondevice.search.pruning.deeplight import magnitude_keep, period_for, target_sparsity
 from ondevice.train import TrainConfig, load_checkpoint, train

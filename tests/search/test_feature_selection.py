@@ -12,7 +12,6 @@ import torch
 from click.testing import CliRunner
 
 from ondevice.cli import _register_commands, cli
-from ondevice.compress import compress, measure_file_bytes
 from ondevice.data import EncodedDataset
 from ondevice.data.generate import generate_ctr
 from ondevice.data.preparation import prepare
@@ -20,6 +19,8 @@ from ondevice.embedding import QuantizedEmbedding
 from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.export import export_artefact, verify_artefact
 from ondevice.models import DeepFM, DeepFwFM
+from ondevice.pipeline.compress import compress
+from ondevice.pipeline.measure import measure_file_bytes
 from ondevice.schema import Schema
 from ondevice.search import ByteAccountant, make_searcher
 from ondevice.search.features import fit_ranked_fields, select_model_fields
@@ -260,8 +261,8 @@ def test_models_that_name_fields_themselves_are_refused_in_one_line() -> None:
 
 def test_a_selected_run_stays_selected_through_an_interaction_search(trained_run: Path, tmp_path: Path) -> None:
     """features -> interactions -> compress: the interaction run keeps the kept-field columns."""
-    from ondevice.search.features.run import search_features
-    from ondevice.search.interaction import AutoFISSearcher, search_interactions
+    from ondevice.pipeline.search_runs import search_features, search_interactions
+    from ondevice.search.interaction import AutoFISSearcher
 
     # the plumbing, not the rankings: both signal checks are off (their tiny 1-epoch searches fail them)
     selected = search_features(trained_run, tmp_path / "sel", keep=3, epochs=1, search_epochs=1, signal_level=0)

@@ -17,7 +17,6 @@ import pytest
 import torch
 from torch import nn
 
-from ondevice.compress import compress
 from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.export import export_artefact, verify_artefact
 from ondevice.models import build_model, model_from_description
@@ -28,6 +27,7 @@ from ondevice.models.int8_linear import (
     quantize_dense_layers_,
 )
 from ondevice.models.narrow_mlp import can_narrow, narrow_mlp_, neuron_scores
+from ondevice.pipeline.compress import compress
 from ondevice.search import ByteAccountant, make_searcher
 from ondevice.train import TrainConfig, load_checkpoint, train
 from tests.conftest import make_ctr
@@ -179,7 +179,7 @@ def test_compress_mlp_auto_narrows_only_when_int8_is_not_enough(wide_mlp_run: Pa
 
 def test_post_training_int8_counts_the_planned_mlp(wide_mlp_run: Path) -> None:
     """The PTQ baselines size the model with the MLP in its planned form (regression: fp32 was counted)."""
-    from ondevice.compress import measure_file_bytes
+    from ondevice.pipeline.measure import measure_file_bytes
 
     ckpt = load_checkpoint(wide_mlp_run)
     data_dir = json.loads((wide_mlp_run / "train.json").read_text())["data_dir"]
@@ -193,7 +193,8 @@ def test_post_training_int8_counts_the_planned_mlp(wide_mlp_run: Path) -> None:
 
 def test_forms_that_cannot_close_the_gap_are_skipped(wide_mlp_run: Path) -> None:
     """A method that only fails after work is not rerun for forms saving too few bytes."""
-    from ondevice.search.base import SearchContext, SearchResult, search_with_fixed_parts
+    from ondevice.search.base import SearchContext, SearchResult
+    from ondevice.search.fixed_parts import search_with_fixed_parts
 
     ckpt = load_checkpoint(wide_mlp_run)
     data = json.loads((wide_mlp_run / "train.json").read_text())["data_dir"]
@@ -234,7 +235,8 @@ def test_forms_that_cannot_close_the_gap_are_skipped(wide_mlp_run: Path) -> None
 def test_a_narrower_int8_mlp_is_kept_when_it_validates_better(wide_mlp_run: Path) -> None:
     """--mlp auto: the widest int8 MLP that fits may starve the table; one step narrower is tried too."""
     from ondevice.data import EncodedDataset
-    from ondevice.search.base import SearchContext, SearchResult, search_with_fixed_parts
+    from ondevice.search.base import SearchContext, SearchResult
+    from ondevice.search.fixed_parts import search_with_fixed_parts
 
     ckpt = load_checkpoint(wide_mlp_run)
     data = EncodedDataset(json.loads((wide_mlp_run / "train.json").read_text())["data_dir"])

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from ondevice.compress import _search_fitting, compress, measure_file_bytes
 from ondevice.data import EncodedDataset
 from ondevice.errors import BudgetTooSmallError
+from ondevice.pipeline.compress import compress
+from ondevice.pipeline.fitting import search_fitting
+from ondevice.pipeline.measure import measure_file_bytes
 from ondevice.search import SEARCHERS, make_searcher
-from ondevice.search.base import SHARED_PART, itemise_bytes
+from ondevice.search.byte_accountant import SHARED_PART, itemise_bytes
 from ondevice.train import load_checkpoint
 from tests.search.test_reproducible import FAST
 from tests.topk_runs import pretrained_topk_run
@@ -45,7 +47,7 @@ def _minimum(run: Path, method: str, mlp: str) -> BudgetTooSmallError:
     ckpt = load_checkpoint(run)
     file_bytes, param_bytes = measure_file_bytes(ckpt.model)
     with pytest.raises(BudgetTooSmallError) as err:  # compress's fit loop, at 1 byte
-        _search_fitting(make_searcher(method, **FAST.get(method, {})), ckpt, _data(run), 1, file_bytes - param_bytes,
+        search_fitting(make_searcher(method, **FAST.get(method, {})), ckpt, _data(run), 1, file_bytes - param_bytes,
                         mlp=mlp)
     return err.value
 
@@ -73,8 +75,8 @@ def test_every_topk_too_small_message_itemises_its_minimum(topk_run: Path, metho
 
 
 def test_search_commands_and_compress_agree_on_the_minimum(trained_run: Path, tmp_path: Path) -> None:
-    from ondevice.search.features.run import search_features
-    from ondevice.search.interaction import AutoFISSearcher, OptInterSearcher, search_interactions
+    from ondevice.pipeline.search_runs import search_features, search_interactions
+    from ondevice.search.interaction import AutoFISSearcher, OptInterSearcher
 
     def minimum(call, *args, **kwargs) -> BudgetTooSmallError:
         with pytest.raises(BudgetTooSmallError) as err:
@@ -101,7 +103,7 @@ def test_search_commands_and_compress_agree_on_the_minimum(trained_run: Path, tm
 
 
 def test_architecture_and_auto_itemise_theirs(trained_run: Path, tmp_path: Path) -> None:
-    from ondevice.search.architecture.run import search_architecture
+    from ondevice.pipeline.search_runs import search_architecture
 
     with pytest.raises(BudgetTooSmallError, match="smallest architecture") as err:
         search_architecture(_data(trained_run).root, tmp_path / "a", budget="1KB", epochs=1)

@@ -174,7 +174,7 @@ def test_planted_pairs_are_kept_more_often(tmp_path: Path) -> None:
 
 
 def test_compress_method_optinter_end_to_end(trained_run: Path, tmp_path: Path) -> None:
-    from ondevice.compress import compress
+    from ondevice.pipeline.compress import compress
 
     assert make_searcher("optinter").name == "optinter"
     out = tmp_path / "out"

@@ -61,7 +61,7 @@ def _onnx_sha(model) -> str:
 
 
 def _twice(run: Path, method: str, budget_ratio: float) -> list[tuple[str, dict]]:
-    from ondevice.compress import measure_file_bytes
+    from ondevice.pipeline.measure import measure_file_bytes
 
     ckpt = load_checkpoint(run)
     data = EncodedDataset(json.loads((run / "train.json").read_text())["data_dir"])

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from ondevice.compress import measure_file_bytes
 from ondevice.data import EncodedDataset
 from ondevice.embedding import DenseEmbedding, ElasticBlockEmbedding, ElasticSubsetEmbedding
 from ondevice.embedding.elastic import config_bytes, popularity_groups
 from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.export import export_artefact, verify_artefact
 from ondevice.models import BPRMF
+from ondevice.pipeline.measure import measure_file_bytes
 from ondevice.search import ByteAccountant, make_searcher
 from ondevice.search.evolution import regularized_evolution
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint
@@ -223,7 +223,7 @@ def test_fleet_profiles_with_one_configuration_share_one_finetune(setting) -> No
 
 
 def test_supernet_is_cached_beside_the_run_and_reused_by_a_later_compress(tmp_path: Path) -> None:
-    from ondevice.compress import compress
+    from ondevice.pipeline.compress import compress
     from ondevice.search.embedding import rule
 
     run = pretrained_topk_run(tmp_path / "r")

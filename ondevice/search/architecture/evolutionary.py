@@ -9,7 +9,10 @@ what we changed:
 * **Cost is measured, not estimated**: each candidate is exported through the normal
   lowering to a temporary ONNX file (its exact bytes) and timed with the device runner's
   ``make_session`` at the profile's threads and batch (``latency_warmup`` untimed calls,
-  ``latency_runs`` timed ones, p99; best of ``latency_repeats`` rounds, see :func:`measure_cost`). Timing happens on *this* host: for an arm64 profile it
+  ``latency_runs`` timed ones, p99; best of ``latency_repeats`` rounds). The measurement is
+  the ``measure`` callable the pipeline passes to :meth:`EvolutionaryArchitectureSearch.search`
+  (``ondevice.pipeline.measure.measure_cost``): this module never imports the exporter.
+  Timing happens on *this* host: for an arm64 profile it
   is a proxy (the result says so). A candidate over the byte budget or the p99 target is
   **rejected before training**: fitness −1 − violation, so infeasible ones lose to every
   feasible one, and among infeasible ones the closer is preferred.
@@ -41,12 +44,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import platform
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,13 +62,16 @@ from ondevice.models.blocknet import (
     SPARSE_TYPES,
     check_blocks,
 )
-from ondevice.search.base import ByteAccountant, itemise_bytes
+from ondevice.search.byte_accountant import ByteAccountant, itemise_bytes
 from ondevice.search.evolution import regularized_evolution
 from ondevice.search.retrain import fit_ctr
 
 __all__ = ["MUTATIONS", "ArchitectureSearchResult", "Candidate", "Constraints", "EvolutionaryArchitectureSearch",
-           "build_candidate", "measure_cost", "mutate_genotype", "random_genotype"]
+           "MeasureCost", "build_candidate", "mutate_genotype", "random_genotype", "violation"]
 
+#: ``measure(model, constraints, *, runs, warmup, repeats, seed) -> {"file_bytes", "param_bytes",
+#: "p50_ms", "p99_ms"}``: a candidate's exported bytes and latency (``ondevice.pipeline.measure.measure_cost``).
+MeasureCost = Callable[..., dict[str, float]]
 MUTATIONS = ("type", "width", "edge", "field", "add_block", "drop_block", "embed_dim")
 GRAPH_BYTES_ESTIMATE = 6000  # ONNX graph bytes of a small BlockNet, for the cheap pre-repair only
 
@@ -84,8 +87,8 @@ class Constraints:
     profile: str | None = None
     arch: str | None = None  # the profile's CPU architecture; None: this host's
 
-    def latency_note(self) -> str:
-        host = _host_arch()
+    def latency_note(self, host: str) -> str:
+        """How the p99 was measured, on this ``host`` architecture (``x86_64``, ``arm64``)."""
         if self.arch and self.arch != host:
             return (f"p99 measured on this {host} host with the profile's {self.threads} thread(s) and batch "
                     f"{self.batch_size}: a proxy for the {self.arch} target, not a measurement on it")
@@ -123,12 +126,6 @@ class ArchitectureSearchResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _host_arch() -> str:
-    from ondevice.export._runner import runner_module
-
-    return runner_module().normalise_arch(platform.machine())
-
-
 def genotype_key(genotype: dict[str, Any]) -> str:
     return json.dumps(genotype, sort_keys=True)
 
@@ -148,40 +145,6 @@ def _measured_parts(model: CTRModel, cost: dict[str, Any]) -> dict[str, int]:
     parts = ByteAccountant(graph_overhead_bytes=0, margin_bytes=0).minimum_parts(model)
     parts["ONNX graph"] = int(cost["file_bytes"]) - sum(parts.values())  # the parts add up to the file
     return parts
-
-
-def measure_cost(model: CTRModel, constraints: Constraints, *, runs: int = 200, warmup: int = 20,
-                 repeats: int = 3, seed: int = 0) -> dict[str, float]:
-    """Exact ONNX file bytes (``export_onnx`` as ``export_artefact`` writes it) and ORT latency.
-
-    The session is the device runner's (``make_session``) at ``constraints.threads``; inputs
-    are its ``make_inputs`` (OOV ids included) at ``constraints.batch_size``. Latency is
-    ``repeats`` rounds of ``warmup`` + ``runs`` calls, reporting the round with the lowest
-    p99 (timeit's best-of-R): on a shared host, other processes' time slices put ~4 ms
-    spikes into a round's tail; ``repeats=1`` on a dedicated device.
-    """
-    from ondevice.export._runner import runner_module
-    from ondevice.export.lowering import export_module
-    from ondevice.export.manifest import storage_report
-    from ondevice.export.onnx_export import deployable_model, export_onnx
-
-    runner = runner_module()
-    deployed = deployable_model(model)
-    module, io = export_module(deployed)
-    vocab = list(deployed.embedding.vocab_sizes)  # type: ignore[union-attr]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(module, io, torch.zeros(2, len(vocab), dtype=torch.int64), path)
-        file_bytes = path.stat().st_size
-        session = runner.make_session(path, constraints.threads)
-        manifest = {"task": "ctr", "vocab_sizes": vocab, "inputs": io["inputs"]}
-        feeds = runner.make_inputs(manifest, constraints.batch_size, seed)
-        names = [o["name"] for o in io["outputs"]]
-        rounds = [runner.latency_stats(runner.time_calls(lambda: session.run(names, feeds), runs, warmup),
-                                       constraints.batch_size) for _ in range(max(repeats, 1))]
-        stats = min(rounds, key=lambda r: r["p99_ms"])
-    return {"file_bytes": file_bytes, "param_bytes": int(storage_report(module)["parameter_bytes"]),
-            "p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"]}
 
 
 def violation(cost: dict[str, float], constraints: Constraints) -> float:
@@ -371,13 +334,17 @@ class EvolutionaryArchitectureSearch:
             raise BadInputError(f"search epochs must be >= 1, got {self.search_epochs}")
 
     # ------------------------------------------------------------------ search
-    def search(self, data: Any, constraints: Constraints) -> ArchitectureSearchResult:
-        """Evolve genotypes on ``data``'s train/val splits; the best feasible one (never reads test)."""
+    def search(self, data: Any, constraints: Constraints, *, measure: MeasureCost) -> ArchitectureSearchResult:
+        """Evolve genotypes on ``data``'s train/val splits; the best feasible one (never reads test).
+
+        ``measure``: exact file bytes and latency of a candidate (:data:`MeasureCost`), supplied
+        by the pipeline (``ondevice.pipeline.measure.measure_cost``): this package never exports.
+        """
         vocab = list(data.schema.vocab_sizes)
         f = len(vocab)
         self._check(f)
         sub = _Subsample(data, self.search_rows, self.search_val_rows, self.seed)
-        self._check_smallest(vocab, constraints)
+        self._check_smallest(vocab, constraints, measure)
         space = {"max_blocks": self.max_blocks, "embed_dims": self.embed_dims, "mlp_widths": self.mlp_widths}
         memo: dict[str, Candidate] = {}
         log: list[Candidate] = []
@@ -418,7 +385,7 @@ class EvolutionaryArchitectureSearch:
                 cand = dataclasses.replace(memo[key], id=len(log), born=len(log), mutation=op, reused=True,
                                            parent=parent.id if parent else None, seconds=0.0)
             else:
-                cand = memo[key] = self._evaluate(g, len(log), parent, op, vocab, sub, constraints)
+                cand = memo[key] = self._evaluate(g, len(log), parent, op, vocab, sub, constraints, measure)
             log.append(cand)
             if parent is not None and op is not None:
                 stats[op]["tries"] += 1
@@ -439,10 +406,10 @@ class EvolutionaryArchitectureSearch:
                                         mutation_stats=stats, history=evo.history)
 
     def _evaluate(self, g: dict[str, Any], index: int, parent: Candidate | None, op: str | None,
-                  vocab: list[int], sub: _Subsample, constraints: Constraints) -> Candidate:
+                  vocab: list[int], sub: _Subsample, constraints: Constraints, measure: MeasureCost) -> Candidate:
         started = time.perf_counter()
         model = build_candidate(g, vocab, self.seed)
-        cost = measure_cost(model, constraints, runs=self.latency_runs, warmup=self.latency_warmup,
+        cost = measure(model, constraints, runs=self.latency_runs, warmup=self.latency_warmup,
                             repeats=self.latency_repeats, seed=self.seed)
         over = violation(cost, constraints)
         cand = Candidate(id=index, genotype=g, born=index, parent=parent.id if parent else None, mutation=op,
@@ -459,13 +426,13 @@ class EvolutionaryArchitectureSearch:
         cand.seconds = time.perf_counter() - started
         return cand
 
-    def _check_smallest(self, vocab: list[int], constraints: Constraints) -> None:
+    def _check_smallest(self, vocab: list[int], constraints: Constraints, measure: MeasureCost) -> None:
         """Fail fast when even an FM on the smallest embedding dim is over the byte budget."""
         if constraints.budget_bytes is None:
             return
         g = reference_genotypes(len(vocab), min(self.embed_dims))[0]
         model = build_candidate(g, vocab, self.seed)
-        cost = measure_cost(model, constraints, runs=1, warmup=0, repeats=1)
+        cost = measure(model, constraints, runs=1, warmup=0, repeats=1)
         if cost["file_bytes"] > constraints.budget_bytes:
             parts = _measured_parts(model, cost)
             raise BudgetTooSmallError(

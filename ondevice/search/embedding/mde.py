@@ -85,7 +85,7 @@ class MDESearcher(RetrainingSearcher):
     alpha : temperature α (0 = uniform dims; dlrm default 0.3).
     dtype : table storage after retraining (``mde+int8``...).
     epochs, lr, batch_size, seed, patience : retraining.
-    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.base``).
+    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.fixed_parts``).
     """
 
     name = "mde"

@@ -118,7 +118,7 @@ class AdaFSSearcher(RetrainingSearcher):
     holdout_fraction : share of train whose mean controller weights rank the fields.
     num_fields : keep at most this many fields (``None``: as many as the budget allows).
     epochs, lr, batch_size, seed, patience : model weights and retraining.
-    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.base``).
+    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.fixed_parts``).
     signal_level : level of the ranking's signal check (``subset.ranking_signal``; 0 = off): the
         kept fields must matter more on validation than the dropped ones, else ``WeakSignalError``.
     """

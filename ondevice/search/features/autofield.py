@@ -157,7 +157,7 @@ class AutoFieldSearcher(RetrainingSearcher):
     arch_fraction : share of the train split held out for the architecture (controller) steps.
     num_fields : keep at most this many fields (``None``: as many as the budget allows).
     epochs, lr, batch_size, seed, patience : model weights (search) and retraining.
-    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.base``).
+    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.fixed_parts``).
     signal_level : level of the ranking's signal check (``subset.ranking_signal``; 0 = off): the
         kept fields must matter more on validation than the dropped ones, else ``WeakSignalError``.
     """

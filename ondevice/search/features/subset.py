@@ -39,12 +39,12 @@ from ondevice.embedding.base import field_offsets
 from ondevice.errors import BadInputError, WeakSignalError
 from ondevice.models import CTRModel
 from ondevice.search.base import (
-    ByteAccountant,
     RetrainingSearcher,
     SearchContext,
     SearchResult,
     make_config,
 )
+from ondevice.search.byte_accountant import ByteAccountant
 
 #: Models whose structure is a function of the field count alone (``select_model_fields``).
 SELECTABLE_MODELS = ("fm", "deepfm", "deepfwfm", "widedeep", "dcn")

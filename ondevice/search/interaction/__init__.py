@@ -7,6 +7,5 @@
 
 from ondevice.search.interaction.autofis import AutoFISSearcher
 from ondevice.search.interaction.optinter import OptInterSearcher
-from ondevice.search.interaction.runs import search_interactions
 
-__all__ = ["AutoFISSearcher", "OptInterSearcher", "search_interactions"]
+__all__ = ["AutoFISSearcher", "OptInterSearcher"]

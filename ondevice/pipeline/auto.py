@@ -44,8 +44,11 @@ before any training) is recorded as ``"does not fit"`` with its minimum; any oth
 produced a fitting model, the smallest minimum any candidate reported is raised.
 
 Bytes of each candidate are the exported ONNX file's bytes, not an estimate: each candidate
-goes through ``compress``'s fit loop (search, export, measure; tighten the byte margin and
-retry when over), exactly as it would as a single ``--method``. The choice and every
+goes through the pipeline's fit loop (:func:`~ondevice.pipeline.fitting.search_fitting`: search,
+export, measure; tighten the byte margin and retry when over), exactly as it would as a single
+``--method``. ``auto`` stays a ``--method`` name in the searcher registry, but it lives in the
+pipeline (it exports and times candidates and runs the other searchers): importing
+``ondevice.pipeline`` registers it. The choice and every
 candidate (method, val metric, loss vs full, file bytes, p99, seconds, outcome) are in the
 result's ``candidates`` (``compress`` writes them to ``summary.json``/``summary.md``).
 """
@@ -62,17 +65,20 @@ from typing import Any
 from ondevice.errors import BadInputError, BudgetTooSmallError, OndeviceError, QualityFloorError
 from ondevice.io import atomic_write_json
 from ondevice.outputs import crash_point
+from ondevice.pipeline.fitting import search_fitting
+from ondevice.pipeline.measure import candidate_latency
 from ondevice.search.base import (
     SEARCHERS,
     SearchContext,
     Searcher,
     SearchResult,
-    itemise_bytes,
     make_config,
     make_searcher,
     method_params,
     register_searcher,
 )
+from ondevice.search.byte_accountant import itemise_bytes
+from ondevice.search.retrain import deadline
 
 __all__ = ["AutoSearcher", "CTR_CANDIDATES", "DEFAULT_MAX_LOSS", "INPUT_CHANGING", "TOPK_CANDIDATES",
            "candidate_methods", "relative_loss"]
@@ -248,9 +254,6 @@ class AutoSearcher(Searcher):
             sys.stderr.flush()
 
     def _search(self, ctx: SearchContext) -> SearchResult:
-        from ondevice.compress import _search_fitting, candidate_latency
-        from ondevice.search.retrain import deadline
-
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             raise BadInputError(f"--time-limit must be > 0 seconds, got {self.time_limit_s}")
         if self.max_loss is not None and not 0 <= self.max_loss < 1:
@@ -311,7 +314,7 @@ class AutoSearcher(Searcher):
             t0 = time.perf_counter()
             try:
                 with deadline(limit_at):
-                    result, file_bytes, attempts = _search_fitting(searchers[method], ctx.ckpt, ctx.data, ctx.budget_bytes,
+                    result, file_bytes, attempts = search_fitting(searchers[method], ctx.ckpt, ctx.data, ctx.budget_bytes,
                                                                    ctx.accountant.graph_overhead_bytes, ctx.work_dir,
                                                                    mlp=ctx.mlp)
             except BudgetTooSmallError as err:

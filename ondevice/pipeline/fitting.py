@@ -1,0 +1,42 @@
+"""The fit-and-retry loop: search, measure the exported bytes, tighten the margin and retry if over.
+
+Every path that turns a budget into a model goes through :func:`search_fitting` (``compress``
+for each (target, method), each of ``auto``'s candidates, ``search interactions|features``),
+so all reach the same smallest model and a too-small budget gets the same itemised minimum.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ondevice.data import EncodedDataset
+from ondevice.pipeline.measure import measure_file_bytes
+from ondevice.search.base import SearchResult
+from ondevice.search.byte_accountant import FORMAT_MARGIN_BYTES, ByteAccountant
+from ondevice.train.checkpoint import Checkpoint
+
+__all__ = ["MAX_FIT_RETRIES", "search_fitting"]
+
+MAX_FIT_RETRIES = 2
+
+
+def search_fitting(searcher, ckpt: Checkpoint, data: EncodedDataset, budget: int,
+                   overhead: int, work_dir: Path | None = None,
+                   mlp: str = "fp32", state_dir: Path | None = None) -> tuple[SearchResult, int, list[dict[str, Any]]]:
+    """Search, then measure the exported bytes; tighten the margin and retry if over.
+
+    ``state_dir``: where a delegating searcher (``auto``) keeps finished candidates, one
+    sub-folder per margin tried (``compress --resume``).
+    """
+    margin, attempts = FORMAT_MARGIN_BYTES, []
+    for attempt in range(MAX_FIT_RETRIES + 1):
+        acc = ByteAccountant(graph_overhead_bytes=overhead, margin_bytes=margin)
+        state = state_dir / f"margin-{margin}" if state_dir is not None and searcher.delegates else None
+        result = searcher.search(ckpt, data, budget, accountant=acc, work_dir=work_dir, mlp=mlp, state_dir=state)
+        file_bytes, _ = measure_file_bytes(result.model)
+        attempts.append({"attempt": attempt, "margin_bytes": margin, "file_bytes": file_bytes})
+        if file_bytes <= budget:
+            return result, file_bytes, attempts
+        margin += file_bytes - budget + 1024
+    return result, file_bytes, attempts  # export_artefact will refuse it (exit 3)

@@ -1,0 +1,127 @@
+"""Measurements of a model exported exactly as ``export_artefact`` writes it (bytes, latency).
+
+The pipeline's truth for the byte budget and latency targets: a searcher estimates with the
+:class:`~ondevice.search.byte_accountant.ByteAccountant`, these export to a temporary file and
+measure it. Searchers never import this module (``tests/test_layering.py``): the pipeline
+hands them these functions (``measure``/``measure_cost`` callables).
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ondevice.models import BPRMF, CTRModel, RecModel
+
+__all__ = ["ROUNDS", "candidate_latency", "host_arch", "measure_cost", "measure_file_bytes", "onnx_file_bytes"]
+
+
+def measure_file_bytes(model: RecModel) -> tuple[int, int]:
+    """(ONNX file bytes, parameter bytes) of ``model`` exported as ``export_artefact`` does."""
+    from ondevice.export.lowering import export_module
+    from ondevice.export.manifest import storage_report
+    from ondevice.export.onnx_export import deployable_model, export_onnx
+
+    deployed = deployable_model(model)
+    module, io = export_module(deployed)
+    if isinstance(deployed, BPRMF):  # top-K: the input is the user's vector
+        example = torch.zeros(2, deployed.embed_dim)
+    else:
+        example = torch.zeros(2, deployed.embedding.num_fields, dtype=torch.int64)  # type: ignore[union-attr]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(module, io, example, path)
+        return path.stat().st_size, int(storage_report(module)["parameter_bytes"])
+
+
+ROUNDS = 3  # candidate_latency: rounds of timed calls; p99 is the median of the rounds' p99s
+
+
+def candidate_latency(model: RecModel, *, batch: int = 1, threads: int = 1, runs: int = 50,
+                      seed: int = 0) -> dict[str, float]:
+    """onnxruntime p50/p99 (ms) of ``model`` exported as ``export_artefact`` does, on this machine.
+
+    Inputs as the profiler draws them (valid ids / unit-scale user vectors); ``min(10, runs)``
+    warm-up calls, then ``ROUNDS`` rounds of ``runs`` timed calls, in this process (``auto``
+    compares candidates). p99 is the median of the rounds' p99s: one scheduler stall on a busy
+    machine (seen: 4-12 ms next to a 0.02 ms p50) must not reject a candidate against a target.
+    """
+    import numpy as np
+
+    from ondevice.export._runner import runner_module
+    from ondevice.export.lowering import export_module
+    from ondevice.export.onnx_export import deployable_model, export_onnx
+
+    runner = runner_module()
+    deployed = deployable_model(model)
+    module, io = export_module(deployed)
+    rng = np.random.default_rng([seed, batch])
+    if isinstance(deployed, BPRMF):
+        x = rng.normal(size=(batch, deployed.embed_dim)).astype(np.float32)
+    else:
+        vocab = np.asarray(deployed.embedding.vocab_sizes)  # type: ignore[union-attr]
+        x = (rng.random((batch, len(vocab))) * vocab).astype(np.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(module, io, torch.from_numpy(x[:2] if len(x) >= 2 else x), path)
+        session = runner.make_session(path, threads)
+        feeds = {io["inputs"][0]["name"]: x}
+        rounds = [runner.time_calls(lambda: session.run(None, feeds), runs, min(10, runs) if r == 0 else 0)
+                  for r in range(ROUNDS)]
+    p99s = sorted(runner.latency_stats(samples, batch)["p99_ms"] for samples in rounds)
+    stats = runner.latency_stats([t for samples in rounds for t in samples], batch)
+    return {"p50_ms": stats["p50_ms"], "p99_ms": p99s[len(p99s) // 2], "batch": batch, "threads": threads,
+            "runs": runs * ROUNDS}
+
+
+def onnx_file_bytes(model: RecModel) -> int:
+    """Exact ONNX file bytes of ``model`` (``measure_file_bytes``'s first half): the
+    ``measure(model) -> int`` the pipeline gives searchers through the byte accountant."""
+    return measure_file_bytes(model)[0]
+
+
+def host_arch() -> str:
+    """This machine's CPU architecture as device profiles name it (``x86_64``, ``arm64``)."""
+    from ondevice.export._runner import runner_module
+
+    return runner_module().normalise_arch(platform.machine())
+
+
+def measure_cost(model: CTRModel, constraints: Any, *, runs: int = 200, warmup: int = 20,
+                 repeats: int = 3, seed: int = 0) -> dict[str, float]:
+    """Exact ONNX file bytes (``export_onnx`` as ``export_artefact`` writes it) and ORT latency.
+
+    ``constraints``: the architecture search's
+    :class:`~ondevice.search.architecture.evolutionary.Constraints` (its ``threads`` and
+    ``batch_size`` are used). The session is the device runner's (``make_session``) at
+    ``constraints.threads``; inputs are its ``make_inputs`` (OOV ids included) at
+    ``constraints.batch_size``. Latency is ``repeats`` rounds of ``warmup`` + ``runs`` calls,
+    reporting the round with the lowest p99 (timeit's best-of-R): on a shared host, other
+    processes' time slices put ~4 ms spikes into a round's tail; ``repeats=1`` on a dedicated device.
+    """
+    from ondevice.export._runner import runner_module
+    from ondevice.export.lowering import export_module
+    from ondevice.export.manifest import storage_report
+    from ondevice.export.onnx_export import deployable_model, export_onnx
+
+    runner = runner_module()
+    deployed = deployable_model(model)
+    module, io = export_module(deployed)
+    vocab = list(deployed.embedding.vocab_sizes)  # type: ignore[union-attr]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(module, io, torch.zeros(2, len(vocab), dtype=torch.int64), path)
+        file_bytes = path.stat().st_size
+        session = runner.make_session(path, constraints.threads)
+        manifest = {"task": "ctr", "vocab_sizes": vocab, "inputs": io["inputs"]}
+        feeds = runner.make_inputs(manifest, constraints.batch_size, seed)
+        names = [o["name"] for o in io["outputs"]]
+        rounds = [runner.latency_stats(runner.time_calls(lambda: session.run(names, feeds), runs, warmup),
+                                       constraints.batch_size) for _ in range(max(repeats, 1))]
+        stats = min(rounds, key=lambda r: r["p99_ms"])
+    return {"file_bytes": file_bytes, "param_bytes": int(storage_report(module)["parameter_bytes"]),
+            "p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"]}
