@@ -55,9 +55,29 @@ def _manifest(folder: Path) -> dict[str, Any]:
         raise ArtefactError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); re-export the artefact") from None
 
 
+def sample_users(pairs: np.ndarray, max_users: int | None, seed: int = 0) -> tuple[np.ndarray, int]:
+    """The ``(user, item)`` rows of ``pairs`` whose user is in a seeded sample of ``max_users`` of its
+    users (every row when there are not more), and how many users ``pairs`` has.
+
+    A fixed size and seed, not a time-dependent one, so the same command reports the same metric.
+    """
+    pairs = np.asarray(pairs, dtype=np.int64)
+    users = np.unique(pairs[:, 0])
+    if max_users is None or len(users) <= max_users:
+        return pairs, int(len(users))
+    if max_users < 1:
+        raise BadInputError(f"max_users must be >= 1, got {max_users}")
+    keep = np.random.default_rng(seed).choice(users, size=int(max_users), replace=False)
+    return pairs[np.isin(pairs[:, 0], keep)], int(len(users))
+
+
 def evaluate_artefact(artefact: str | Path, data: str | Path | EncodedDataset, *, split: str = "test",
-                      threads: int = 1) -> dict[str, Any]:
-    """Metrics of ``artefact/model.onnx`` on ``split`` of ``data`` (module docstring)."""
+                      threads: int = 1, max_users: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Metrics of ``artefact/model.onnx`` on ``split`` of ``data`` (module docstring).
+
+    ``max_users`` (top-K): evaluate a seeded sample of that many of the split's users
+    (:func:`sample_users`; ``users`` and ``users_in_split`` in the result say so).
+    """
     folder = Path(artefact)
     manifest = _manifest(folder)
     model_path = folder / "model.onnx"
@@ -71,7 +91,7 @@ def evaluate_artefact(artefact: str | Path, data: str | Path | EncodedDataset, *
     if manifest["task"] == "ctr":
         out.update(_evaluate_ctr(model_path, manifest, ds, split, threads))
     else:
-        out.update(_evaluate_topk(folder, model_path, manifest, ds, split, threads))
+        out.update(_evaluate_topk(folder, model_path, manifest, ds, split, threads, max_users, seed))
     return out
 
 
@@ -103,7 +123,7 @@ def _csr(pairs: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _evaluate_topk(folder: Path, model_path: Path, manifest: dict[str, Any], ds: EncodedDataset, split: str,
-                   threads: int) -> dict[str, Any]:
+                   threads: int, max_users: int | None = None, seed: int = 0) -> dict[str, Any]:
     from ondevice.train.checkpoint import load_checkpoint
 
     ref = folder / "reference_model.pt"
@@ -115,7 +135,8 @@ def _evaluate_topk(folder: Path, model_path: Path, manifest: dict[str, Any], ds:
     k = int(manifest["topk"]["k"])
     n_users = user_table.shape[0]
     excluded = ["train"] + (["val"] if split == "test" and ds.has_split("val") else [])
-    ev_ptr, ev_items = _csr(ds.split(split).ids, n_users)
+    pairs, in_split = sample_users(ds.split(split).ids, max_users, seed)
+    ev_ptr, ev_items = _csr(pairs, n_users)
     ex = [_csr(ds.split(name).ids, n_users) for name in excluded]
     users = np.flatnonzero(np.diff(ev_ptr) > 0)
     if len(users) == 0:
@@ -139,4 +160,5 @@ def _evaluate_topk(folder: Path, model_path: Path, manifest: dict[str, Any], ds:
         relevant.extend(ev_items[ev_ptr[u]:ev_ptr[u + 1]] for u in batch)
     recall, ndcg = recall_ndcg_at_k(np.asarray(top_all), relevant, k)
     return {"metric": f"recall@{k}", f"recall@{k}": recall, f"ndcg@{k}": ndcg, "users": int(len(users)),
+            "users_in_split": in_split, "user_sample_seed": seed if len(users) < in_split else None,
             "excluded_splits": excluded}

@@ -102,6 +102,7 @@ from ondevice.pipeline.options import parse_max_loss
 from ondevice.pipeline.progress import log
 from ondevice.pipeline.resume import RESUME_LABELS, error_from_json, file_sha256, keep_entry
 from ondevice.pipeline.summary import metric_label, plot_summary, render_summary_markdown
+from ondevice.pipeline.wall_plan import TEST_MAX_USERS, WallPlan, split_size
 from ondevice.search import make_searcher
 from ondevice.search.base import check_method_options, method_params
 from ondevice.search.fixed_parts import MLP_OPTIONS
@@ -125,20 +126,20 @@ def _targets(budgets: Sequence[str | int], device_profiles: Sequence[str | Path 
 
 
 
-def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | None, time_limit_s: float | None,
-                reserve_s: float):
+def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | None, time_limit_s: float | None):
     """A fresh searcher for one target; ``auto`` gets the target's latency goal and its search time.
 
     A device profile's p99 target is given to ``auto`` only on a machine of the profile's
     architecture (elsewhere it cannot be judged, as in ``profile``); ``latency_p99_ms`` is the
-    target of plain budgets at batch 1, one thread. The search time is the limit minus
-    ``reserve_s`` for the export, verify, profile and test evaluation that follow.
+    target of plain budgets at batch 1, one thread. ``time_limit_s``: the search's own limit
+    (``WallPlan.search_limit``: the target's window minus the export, verify, profile and test
+    evaluation that follow).
     """
     if searcher.name != "auto":
         return searcher.clone()
     over: dict[str, Any] = {}
     if time_limit_s is not None:
-        over["time_limit_s"] = max(time_limit_s - reserve_s, 0.5 * time_limit_s)
+        over["time_limit_s"] = time_limit_s
     if dev is not None:
         over.update(latency_batch=dev.batch_size, latency_threads=dev.threads)
         if host_arch() == dev.arch:
@@ -148,15 +149,20 @@ def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | Non
     return searcher.clone(**over)
 
 
-def _full_test(model: RecModel, data: EncodedDataset, k: int) -> dict[str, float]:
-    """The full model's test metrics (PyTorch; the reference row of the summary)."""
+def _full_test(model: RecModel, data: EncodedDataset, k: int, max_users: int | None = None,
+               seed: int = 0) -> dict[str, Any]:
+    """The full model's test metrics (PyTorch; the reference row of the summary); ``max_users``: top-K
+    on the same seeded user sample as the artefacts (``evaluate.sample_users``)."""
+    from ondevice.evaluate import sample_users
     from ondevice.search.retrain import topk_pairs
     from ondevice.train import evaluate_ctr, evaluate_topk
 
     model = copy.deepcopy(model).eval()
     if isinstance(model, BPRMF):
         excluded = [topk_pairs(data, "train")] + ([topk_pairs(data, "val")] if data.has_split("val") else [])
-        return evaluate_topk(model, topk_pairs(data, "test"), excluded, k=k)
+        pairs, in_split = sample_users(topk_pairs(data, "test"), max_users, seed)
+        out: dict[str, Any] = evaluate_topk(model, pairs, excluded, k=k)
+        return {**out, "users_in_split": in_split}
     s = data.split("test")
     return evaluate_ctr(model, s.ids, s.labels)
 
@@ -247,6 +253,7 @@ def compress(
     test split with onnxruntime (``ondevice.evaluate``).
     ``resume``: continue the interrupted run in ``OUT.partial`` (module docstring, "Resume").
     """
+    call_started = time.monotonic()  # --time-limit counts from here (pipeline.wall_plan)
     run_dir = Path(run_dir)
     fleet_profiles: list[DeviceProfile] = []
     if fleet is not None:
@@ -306,16 +313,25 @@ def compress(
     overhead = full_file - full_params
     k = int(ckpt.train_config.get("k", 20) or 20)
     full_metric = topk_metric_name(k) if isinstance(ckpt.model, BPRMF) else "auc"
+    t_val = time.perf_counter()
     full_val = val_metrics(copy.deepcopy(ckpt.model), data, k=k)
+    val_s = time.perf_counter() - t_val
     log(quiet, f"full model: {format_bytes(full_file)}, val {metric_label(full_metric)} {full_val[full_metric]:.4f}")
-    reserve_s = 0.0 if time_limit_s is None else min(0.25 * time_limit_s, 3 * export_cost_s + 4.0)
+    test_users = None  # top-K under a limit: a seeded sample of the test users (pipeline.wall_plan)
+    plan = WallPlan(None, call_started)
+    if time_limit_s is not None:
+        test_size = split_size(data, "test") if evaluate_test and data.has_split("test") else 0
+        if isinstance(ckpt.model, BPRMF) and test_size > TEST_MAX_USERS:
+            test_users, test_size = TEST_MAX_USERS, TEST_MAX_USERS
+        plan = WallPlan.estimate(time_limit_s, started=call_started, export_s=export_cost_s, val_s=val_s,
+                                 val_size=split_size(data, "val"), test_size=test_size)
     runs: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     errors: list[OndeviceError] = []
     with resumable_output_dir(out_dir, kind="compress", settings=settings, inputs=[run_dir, data.root], force=force,
                               resume=resume, labels=RESUME_LABELS, options=options) as tmp:
         kept = tmp / RESUME_DIR
-        for label, nbytes, dev, budget_arg in targets:
+        for target_index, (label, nbytes, dev, budget_arg) in enumerate(targets):
             for method, searcher in searchers.items():
                 name = label if len(searchers) == 1 else f"{label}-{method}"
                 folder = safe_child(tmp, name.replace("+", "_"))
@@ -335,7 +351,8 @@ def compress(
                 t0 = time.perf_counter()
                 try:
                     result, file_bytes, attempts = search_fitting(
-                        _for_target(searcher, dev, latency_p99_ms, time_limit_s, reserve_s), ckpt, data, nbytes, overhead,
+                        _for_target(searcher, dev, latency_p99_ms, plan.search_limit(target_index)), ckpt, data, nbytes,
+                        overhead,
                         work_dir=tmp / "_cache", mlp=_mlp_for(mlp, dev), state_dir=kept / f"{folder.name}.auto")
                     search_s = time.perf_counter() - t0
                     metrics = {"val": result.val, "selected_on": f"val {result.metric}", "method": method,
@@ -422,9 +439,10 @@ def compress(
                             + (f"; {entry['inputs']['text']}" if (entry["inputs"] or {}).get("changed") else ""))
         full_test = None
         if evaluate_test and data.has_split("test"):  # read once, after every choice was made on validation
-            full_test = _full_test(ckpt.model, data, k)
+            full_test = _full_test(ckpt.model, data, k, test_users, seed)
             for entry in runs:
-                entry["test"] = {**evaluate_artefact(tmp / entry["folder"], data, split="test"),
+                entry["test"] = {**evaluate_artefact(tmp / entry["folder"], data, split="test", max_users=test_users,
+                                                     seed=seed),
                                  "artefact": entry["folder"]}  # not the temporary path it was read from
                 entry["test_metric"] = entry["test"].get(entry["metric"])
                 log(quiet, f"[{entry['folder']}] test {metric_label(entry['metric'])} {entry['test_metric']:.4f} "
@@ -437,7 +455,9 @@ def compress(
                            "val": full_val, "metric": full_metric, "test": full_test},
             "methods": {m: s.get_params() for m, s in searchers.items()}, "mlp": mlp,
             "max_loss": floor, "max_loss_applies_to": "every run" if floor_given else "auto",
-            "time_limit_s": time_limit_s, "torch_threads": torch.get_num_threads(), "seed": seed,
+            "time_limit_s": time_limit_s, "wall_plan": plan.to_dict() if time_limit_s is not None else None,
+            "test_users": {"sampled": test_users, "seed": seed} if test_users else None,
+            "torch_threads": torch.get_num_threads(), "seed": seed,
             "runs": runs, "failures": failures, "seconds": time.time() - started,
         }
         summary["plot"] = plot_summary(summary, tmp / "summary.png") if plot and runs else None
