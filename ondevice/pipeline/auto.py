@@ -79,6 +79,7 @@ from ondevice.search.base import (
 )
 from ondevice.search.byte_accountant import itemise_bytes
 from ondevice.search.retrain import deadline
+from ondevice.train.progress import progress_bar
 
 __all__ = ["AutoSearcher", "CTR_CANDIDATES", "DEFAULT_MAX_LOSS", "INPUT_CHANGING", "TOPK_CANDIDATES",
            "candidate_methods", "relative_loss"]
@@ -222,7 +223,8 @@ class AutoSearcher(Searcher):
     latency_p99_ms, latency_batch, latency_threads : reject candidates whose onnxruntime p99 at
         that batch and thread count misses the target (``None``: measured at batch 1, not judged).
     tie_tolerance : relative metric difference treated as a tie, broken towards lower p99.
-    progress : one line per candidate start/finish on stderr.
+    progress : one line per candidate start/finish on stderr, and on a terminal an updating bar
+        (epoch, step, time left) while a candidate trains (``train.progress``).
     """
 
     name = "auto"
@@ -313,7 +315,9 @@ class AutoSearcher(Searcher):
             crash_point("auto.candidate.start")
             t0 = time.perf_counter()
             try:
-                with deadline(limit_at):
+                left = None if limit_at is None else (lambda at=limit_at: at - time.monotonic())
+                with deadline(limit_at), progress_bar(f"  auto {method}", enabled=None if self.progress else False,
+                                                      time_left=left):
                     result, file_bytes, attempts = search_fitting(searchers[method], ctx.ckpt, ctx.data, ctx.budget_bytes,
                                                                    ctx.accountant.graph_overhead_bytes, ctx.work_dir,
                                                                    mlp=ctx.mlp)

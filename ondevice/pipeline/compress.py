@@ -108,6 +108,7 @@ from ondevice.search.base import check_method_options, method_params
 from ondevice.search.fixed_parts import MLP_OPTIONS
 from ondevice.search.retrain import topk_metric_name, val_metrics
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, run_data
+from ondevice.train.progress import progress_bar
 
 __all__ = ["compress"]
 
@@ -350,10 +351,12 @@ def compress(
                 log(quiet, f"[{name}] {method} at {format_bytes(nbytes)}: searching...")
                 t0 = time.perf_counter()
                 try:
-                    result, file_bytes, attempts = search_fitting(
-                        _for_target(searcher, dev, latency_p99_ms, plan.search_limit(target_index)), ckpt, data, nbytes,
-                        overhead,
-                        work_dir=tmp / "_cache", mlp=_mlp_for(mlp, dev), state_dir=kept / f"{folder.name}.auto")
+                    # A named method's training draws a bar on a terminal (auto draws one per candidate itself).
+                    with progress_bar(f"[{name}] {method}", enabled=False if quiet else None):
+                        result, file_bytes, attempts = search_fitting(
+                            _for_target(searcher, dev, latency_p99_ms, plan.search_limit(target_index)), ckpt, data,
+                            nbytes, overhead, work_dir=tmp / "_cache", mlp=_mlp_for(mlp, dev),
+                            state_dir=kept / f"{folder.name}.auto")
                     search_s = time.perf_counter() - t0
                     metrics = {"val": result.val, "selected_on": f"val {result.metric}", "method": method,
                                "search": {"config": result.config, "params": result.params}}

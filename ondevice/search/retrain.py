@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from ondevice.data import EncodedDataset
 from ondevice.models import BPRMF, CTRModel
 from ondevice.train import evaluate_ctr, evaluate_topk
+from ondevice.train.progress import tick
 from ondevice.train.trainer import (
     DistInfo,
     epoch_order,
@@ -164,6 +165,7 @@ def fit_ctr(
             for o in opts:
                 o.step()
             steps += 1
+            tick(epoch, epochs, steps)  # the TTY progress bar, when one is open (train.progress)
             total += loss.detach() * len(y)
             n += len(y)
             if on_step is not None and on_step(steps):
@@ -267,6 +269,7 @@ def fit_topk(
             for o in opts:
                 o.step()
             steps += 1
+            tick(epoch, epochs, steps)  # the TTY progress bar, when one is open (train.progress)
             total += float(loss.detach()) * len(rows)
             n += len(rows)
             if on_step is not None and on_step(steps):
