@@ -63,6 +63,8 @@ __all__ = ["INPUT_MODES", "app_payload", "bytes_by_part", "deployable_model", "e
 REQUIRED_OPS = "required_operators.config"
 #: ``export --inputs``: ``ids`` (the default, int64 ids encoded by the app) or ``raw`` (encoding in the graph).
 INPUT_MODES = ("ids", "raw")
+#: ``export --topk-table``: when a top-K graph computes its item table (``lowering`` module docstring).
+TOPK_TABLE_FORMS = ("load", "call")
 
 
 def versions() -> dict[str, str]:
@@ -243,6 +245,7 @@ def export_artefact(
     golden_batch: int = 64,
     check_mobile: bool = True,
     inputs: str = "ids",
+    topk_table: str | None = None,
 ) -> dict[str, Any]:
     """Export a checkpoint (run folder, ``model.pt`` or ``Checkpoint``) to an artefact folder.
 
@@ -258,6 +261,9 @@ def export_artefact(
     golden_seed, golden_batch : seed and size of the large golden batch.
     inputs : ``"ids"`` (int64 ids, encode with ``schema.json``) or ``"raw"`` (CTR: the raw field
         values, encoded inside the graph exactly as ``prepare`` does; see ``ondevice.export.raw``).
+    topk_table : top-K item table: ``"load"`` (decoded once at session creation; the default for
+        ``onnx``) or ``"call"`` (decoded per call: least resident memory; the only form for ``ort``).
+        ``benchmarks/topk_sparse_latency.py`` measures both (``lowering`` module docstring).
 
     Returns the manifest (also written to ``out_dir/manifest.json``). Raises
     ``BudgetExceededError`` (exit 3) when a model file is over budget, ``ParityError``
@@ -272,6 +278,12 @@ def export_artefact(
         raise BadInputError(f"format {fmt!r} must be 'onnx' or 'ort'")
     if top_k < 1:
         raise BadInputError(f"top-k must be >= 1, got {top_k}")
+    topk_table = topk_table or ("load" if fmt == "onnx" else "call")
+    if topk_table not in TOPK_TABLE_FORMS:
+        raise BadInputError(f"--topk-table {topk_table!r} must be one of {', '.join(TOPK_TABLE_FORMS)}")
+    if topk_table == "load" and fmt == "ort":
+        raise BadInputError("--topk-table load needs --format onnx: the .ort converter would store the decoded table "
+                            "dense; use --topk-table call")
     if inputs not in INPUT_MODES:
         raise BadInputError(f"--inputs {inputs!r} must be one of {', '.join(INPUT_MODES)}")
     out_dir = Path(out_dir)
@@ -305,14 +317,14 @@ def export_artefact(
         tolerance["scale"] = scale
         assert isinstance(model, BPRMF)
         io["topk"]["user_vector_std"] = golden_mod.user_vector_std(model)
-        io["topk"]["item_table"] = "decoded once at session creation" if fmt == "onnx" else "decoded per call"
+        io["topk"]["item_table"] = "decoded once at session creation" if topk_table == "load" else "decoded per call"
         io["topk"]["resident_item_table_bytes"] = (model.num_items - 1) * model.embed_dim * 4
     runner = runner_module()
     with atomic_output_dir(out_dir, kind="export", inputs=[src], force=force) as tmp:
         scratch = tmp / ".export"
         scratch.mkdir()
         export_onnx(module, io, tuple(torch.from_numpy(a) for a in list(args.values())[-1]), scratch / MODEL_ONNX,
-                    table_at_load=fmt == "onnx")
+                    table_at_load=topk_table == "load")
         vocab_bytes = 0
         if plan is not None:
             vocab_bytes = _attach_raw_encoder(scratch / MODEL_ONNX, ckpt.schema, plan)
@@ -359,6 +371,7 @@ def export_artefact(
             "versions": versions(),
             "export_options": {"exporter": "torch.onnx.export(dynamo=False)", "opset": OPSET, "dynamic_axes": "batch",
                                "do_constant_folding": True, "top_k": io.get("topk", {}).get("k"),
+                               "topk_table": topk_table if io["task"] == "topk" else None,
                                "golden_seed": golden_seed, "golden_batch": golden_batch, "format": fmt,
                                "source_checkpoint": str(ckpt.path) if ckpt.path else None},
             "verify": None,

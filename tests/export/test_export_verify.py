@@ -91,6 +91,16 @@ def test_topk_excluded_items_never_come_back(exported) -> None:
     assert np.all(ids[0, 3:] == -1) and np.all(np.isneginf(scores[0, 3:]))
 
 
+def test_topk_table_per_call_on_request_and_refused_for_ort_at_load(tmp_path: Path, cli_runner) -> None:
+    run = make_run(tmp_path / "run", "bprmf")
+    m = export_artefact(run, tmp_path / "call", top_k=5, topk_table="call")
+    assert m["topk"]["item_table"] == "decoded per call" and m["export_options"]["topk_table"] == "call"
+    assert verify_artefact(tmp_path / "call")["passed"]
+    result = cli_runner("export", run, "--out", tmp_path / "x", "--format", "ort", "--topk-table", "load")
+    assert result.exit_code == 2 and "--topk-table load needs --format onnx" in result.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_topk_ort_format_decodes_per_call_and_verifies(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", "bprmf")
     m = export_artefact(run, tmp_path / "art", top_k=5, format="ort")
