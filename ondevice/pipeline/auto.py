@@ -24,8 +24,9 @@ candidates run cheapest first. One that is not expected to finish in the time le
 skipped once some candidate has produced a model (until then candidates keep starting, so a
 short limit still yields an answer); the one running when the limit passes is stopped at its
 next training step (``search.retrain.deadline``) and its best evaluated weights are still a
-valid candidate (``"stopped_at_limit": true``). The limit covers the search of one budget
-(the export, verify and profile of the chosen model come after it). Without a limit the
+valid candidate (``"stopped_at_limit": true``). ``time_limit_s`` covers this search only;
+``compress`` sets it from the budget's window of the whole call, minus what follows the
+search (``pipeline.wall_plan``). Without a limit the
 candidates and the choice do not depend on timing, so the same command, data and seed give
 the same artefact.
 
