@@ -131,17 +131,24 @@ def _epochs_of(searcher: Searcher) -> int:
     return sum(int(v) for k, v in searcher.get_params().items() if k.endswith("epochs") and isinstance(v, int))
 
 
-def _probe(ctx: SearchContext, seed: int) -> dict[str, float]:
-    """Seconds of one training epoch and one validation pass of the full model (a few timed steps)."""
+def _probe(ctx: SearchContext, seed: int, full_val: dict[str, Any] | None = None) -> dict[str, float]:
+    """Seconds of one training epoch and one validation pass of the full model (a few timed steps).
+
+    ``full_val`` (``{"metrics": ..., "seconds": ...}``): the full model's validation pass when the
+    caller already ran it (``compress`` does), so it is not run twice.
+    """
     import torch
 
     from ondevice.models import BPRMF
     from ondevice.search.retrain import fit_ctr, fit_topk, topk_pairs, val_metrics
 
     model = copy.deepcopy(ctx.ckpt.model)
-    t0 = time.perf_counter()
-    full_val = val_metrics(model, ctx.data)
-    val_s = time.perf_counter() - t0
+    if full_val is not None:
+        full_val, val_s = dict(full_val["metrics"]), float(full_val["seconds"])
+    else:
+        t0 = time.perf_counter()
+        full_val = val_metrics(model, ctx.data)
+        val_s = time.perf_counter() - t0
     batch = 1024
     rows = len(topk_pairs(ctx.data, "train")) if isinstance(model, BPRMF) else len(ctx.data.split("train"))
     steps = max(1, min(PROBE_STEPS, -(-rows // batch)))
@@ -226,6 +233,8 @@ class AutoSearcher(Searcher):
     tie_tolerance : relative metric difference treated as a tie, broken towards lower p99.
     progress : one line per candidate start/finish on stderr, and on a terminal an updating bar
         (epoch, step, time left) while a candidate trains (``train.progress``).
+    full_val : ``{"metrics": {...}, "seconds": s}``, the full model's validation pass when the
+        caller has run it (``compress``): the probe reuses it instead of running it again.
     """
 
     name = "auto"
@@ -236,7 +245,8 @@ class AutoSearcher(Searcher):
                  epochs: int | None = None, seed: int = 0, candidate_params: dict[str, dict[str, Any]] | None = None,
                  max_loss: float | None = DEFAULT_MAX_LOSS, allow_input_change: bool = False,
                  latency_p99_ms: float | None = None, latency_batch: int = 1, latency_threads: int = 1,
-                 tie_tolerance: float = DEFAULT_TIE_TOLERANCE, latency_runs: int = 50, progress: bool = False) -> None:
+                 tie_tolerance: float = DEFAULT_TIE_TOLERANCE, latency_runs: int = 50, progress: bool = False,
+                 full_val: dict[str, Any] | None = None) -> None:
         self.methods = methods
         self.time_limit_s = time_limit_s
         self.epochs = epochs
@@ -250,6 +260,7 @@ class AutoSearcher(Searcher):
         self.tie_tolerance = tie_tolerance
         self.latency_runs = latency_runs
         self.progress = progress
+        self.full_val = full_val
 
     def _say(self, text: str) -> None:
         if self.progress:
@@ -269,7 +280,7 @@ class AutoSearcher(Searcher):
         store = _CandidateStore(ctx.state_dir) if ctx.state_dir is not None else None
         probe = store.probe() if store is not None else None
         if probe is None:
-            probe = _probe(ctx, self.seed)
+            probe = _probe(ctx, self.seed, self.full_val)
             if store is not None:
                 store.save_probe(probe)
         searchers: dict[str, Searcher] = {}
@@ -316,8 +327,11 @@ class AutoSearcher(Searcher):
             crash_point("auto.candidate.start")
             t0 = time.perf_counter()
             try:
-                left = None if limit_at is None else (lambda at=limit_at: at - time.monotonic())
-                with deadline(limit_at), progress_bar(f"  auto {method}", enabled=None if self.progress else False,
+                # Training stops early enough for the stopped candidate's wrap-up (its validation pass,
+                # the fit loop's export, the latency timing) to end by the limit.
+                train_at = None if limit_at is None else limit_at - (1.5 * probe["val_s"] + 1.0)
+                left = None if train_at is None else (lambda at=train_at: at - time.monotonic())
+                with deadline(train_at), progress_bar(f"  auto {method}", enabled=None if self.progress else False,
                                                       time_left=left):
                     result, file_bytes, attempts = search_fitting(searchers[method], ctx.ckpt, ctx.data, ctx.budget_bytes,
                                                                    ctx.accountant.graph_overhead_bytes, ctx.work_dir,
@@ -335,7 +349,7 @@ class AutoSearcher(Searcher):
                 self._keep(store, position, candidates[-1], None, started)
                 continue
             seconds = time.perf_counter() - t0
-            stopped = limit_at is not None and time.monotonic() > limit_at
+            stopped = train_at is not None and time.monotonic() > train_at
             ratio_now = None
             if not stopped and expected[method] > 0:
                 ratio_now = seconds / (expected[method] + export_s)

@@ -127,7 +127,8 @@ def _targets(budgets: Sequence[str | int], device_profiles: Sequence[str | Path 
 
 
 
-def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | None, time_limit_s: float | None):
+def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | None, time_limit_s: float | None,
+                full_val: dict[str, Any] | None = None):
     """A fresh searcher for one target; ``auto`` gets the target's latency goal and its search time.
 
     A device profile's p99 target is given to ``auto`` only on a machine of the profile's
@@ -141,6 +142,8 @@ def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | Non
     over: dict[str, Any] = {}
     if time_limit_s is not None:
         over["time_limit_s"] = time_limit_s
+    if full_val is not None:  # auto's probe reuses the full model's validation pass instead of repeating it
+        over["full_val"] = full_val
     if dev is not None:
         over.update(latency_batch=dev.batch_size, latency_threads=dev.threads)
         if host_arch() == dev.arch:
@@ -318,6 +321,8 @@ def compress(
     full_val = val_metrics(copy.deepcopy(ckpt.model), data, k=k)
     val_s = time.perf_counter() - t_val
     log(quiet, f"full model: {format_bytes(full_file)}, val {metric_label(full_metric)} {full_val[full_metric]:.4f}")
+    # auto's candidates validate at k = 20 (search.retrain.val_metrics): share the pass only when it is the same.
+    probe_val = {"metrics": full_val, "seconds": val_s} if k == 20 else None
     test_users = None  # top-K under a limit: a seeded sample of the test users (pipeline.wall_plan)
     plan = WallPlan(None, call_started)
     if time_limit_s is not None:
@@ -354,7 +359,8 @@ def compress(
                     # A named method's training draws a bar on a terminal (auto draws one per candidate itself).
                     with progress_bar(f"[{name}] {method}", enabled=False if quiet else None):
                         result, file_bytes, attempts = search_fitting(
-                            _for_target(searcher, dev, latency_p99_ms, plan.search_limit(target_index)), ckpt, data,
+                            _for_target(searcher, dev, latency_p99_ms, plan.search_limit(target_index), probe_val),
+                            ckpt, data,
                             nbytes, overhead, work_dir=tmp / "_cache", mlp=_mlp_for(mlp, dev),
                             state_dir=kept / f"{folder.name}.auto")
                     search_s = time.perf_counter() - t0
@@ -441,6 +447,7 @@ def compress(
                             f"val {metric_label(result.metric)} {result.val_metric:.4f} ({search_s:.1f}s)"
                             + (f"; {entry['inputs']['text']}" if (entry["inputs"] or {}).get("changed") else ""))
         full_test = None
+        t_test = time.perf_counter()
         if evaluate_test and data.has_split("test"):  # read once, after every choice was made on validation
             full_test = _full_test(ckpt.model, data, k, test_users, seed)
             for entry in runs:
@@ -459,6 +466,7 @@ def compress(
             "methods": {m: s.get_params() for m, s in searchers.items()}, "mlp": mlp,
             "max_loss": floor, "max_loss_applies_to": "every run" if floor_given else "auto",
             "time_limit_s": time_limit_s, "wall_plan": plan.to_dict() if time_limit_s is not None else None,
+            "timings": {"full_validation_s": val_s, "test_evaluation_s": time.perf_counter() - t_test},
             "test_users": {"sampled": test_users, "seed": seed} if test_users else None,
             "torch_threads": torch.get_num_threads(), "seed": seed,
             "runs": runs, "failures": failures, "seconds": time.time() - started,
