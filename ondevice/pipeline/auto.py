@@ -329,7 +329,7 @@ class AutoSearcher(Searcher):
             try:
                 # Training stops early enough for the stopped candidate's wrap-up (its validation pass,
                 # the fit loop's export, the latency timing) to end by the limit.
-                train_at = None if limit_at is None else limit_at - (1.5 * probe["val_s"] + 1.0)
+                train_at = None if limit_at is None else limit_at - (probe["val_s"] + 2.0)
                 left = None if train_at is None else (lambda at=train_at: at - time.monotonic())
                 with deadline(train_at), progress_bar(f"  auto {method}", enabled=None if self.progress else False,
                                                       time_left=left):
