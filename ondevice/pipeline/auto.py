@@ -419,7 +419,8 @@ class AutoSearcher(Searcher):
                     f"no candidate auto tried at {ctx.budget_bytes:,} B keeps val {best['metric']} within --max-loss "
                     f"{self.max_loss:.1%} of the full model's {full:.4f}: the best, {best['method']}, reaches "
                     f"{best['val_metric']:.4f} ({best['loss']:.1%} loss)",
-                    best_method=best["method"], best_loss=best["loss"], budget_bytes=ctx.budget_bytes)
+                    best_method=best["method"], best_loss=best["loss"], budget_bytes=ctx.budget_bytes,
+                    candidates=[{k: v for k, v in c.items() if k not in ("_result", "config")} for c in candidates])
             minimums = [c for c in candidates if c.get("minimum_bytes") is not None]
             if minimums and not measured:
                 need = min(minimums, key=lambda c: c["minimum_bytes"])

@@ -382,7 +382,8 @@ def compress(
                 except OndeviceError as err:
                     log(quiet, f"[{name}] failed: {err}")
                     failures.append({"target": label, "method": method, "budget_bytes": nbytes,
-                                     "error": type(err).__name__, "message": str(err), "exit_code": err.exit_code})
+                                     "error": type(err).__name__, "message": str(err), "exit_code": err.exit_code,
+                                     **({"candidates": err.candidates} if getattr(err, "candidates", None) else {})})
                     errors.append(err)
                     keep_entry(record, runs, failures, errors, before)
                     continue
