@@ -262,6 +262,13 @@ class AutoSearcher(Searcher):
         self.progress = progress
         self.full_val = full_val
 
+    def get_params(self) -> dict[str, Any]:
+        """The settings, without ``full_val`` (a measurement handed over by the caller, not a setting:
+        its seconds would make the artefact's recorded search parameters differ run to run)."""
+        params = super().get_params()
+        params.pop("full_val", None)
+        return params
+
     def _say(self, text: str) -> None:
         if self.progress:
             sys.stderr.write(f"  auto {text}\n")
