@@ -267,7 +267,7 @@ def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 5, warmup: int
     from ondevice.search.interaction.autofis import search_model
     from ondevice.search.retrain import iter_batches
     from ondevice.train.grda import GRDA
-    from ondevice.train.trainer import make_optimizers
+    from ondevice.train.optim import make_optimizers
 
     data_dir = work / f"generated-{MAIN_SEEDS[0]}"
     if not data_dir.is_dir():

@@ -52,7 +52,7 @@ MARGIN = 1.5
 def run_dataset(name: str, work: Path, previous: bool, variants: dict[str, dict[str, Any]], log) -> dict[str, Any] | None:
     from ondevice.data import EncodedDataset, prepare
     from ondevice.train import TrainConfig, evaluate_topk, train
-    from ondevice.train.trainer import popularity_model
+    from ondevice.train.evaluate import popularity_model
 
     files, split = DATASETS[name]
     if not all(f.is_file() for f in files):

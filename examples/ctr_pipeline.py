@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from ondevice.data import generate_ctr, prepare
+from ondevice.export.raw import raw_encoder_bytes
 from ondevice.pipeline.compress import compress
 from ondevice.train import TrainConfig, load_checkpoint, train
 
@@ -41,9 +42,10 @@ def main() -> None:
     print(f"full DeepFM: val AUC {result.val['auc']:.4f}, test AUC {result.test['auc']:.4f}")
 
     budget = args.budget
-    if budget is None:  # half the full model's parameter bytes
-        model = load_checkpoint(args.out / "run").model
-        budget = int(0.5 * sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+    if budget is None:  # half the full model's parameter bytes, plus the vocabulary the raw-feature artefact ships
+        ckpt = load_checkpoint(args.out / "run")
+        budget = int(0.5 * sum(t.numel() * t.element_size() for t in ckpt.model.state_dict().values()))
+        budget += raw_encoder_bytes(ckpt.schema)
     summary = compress(args.out / "run", budgets=[budget], methods=["int8", "uniform"],
                        out_dir=args.out / "compressed", force=True, epochs=1)
     full = summary["full_model"]

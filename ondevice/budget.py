@@ -224,14 +224,21 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     return profile
 
 
-def resolve_budget(budget: str | int | None, profile: DeviceProfile | None) -> tuple[int | None, str | None]:
+def resolve_budget(budget_bytes: int | None, profile: DeviceProfile | None,
+                   source: str | None = None) -> tuple[int | None, str | None]:
     """The byte budget that applies and where it came from.
 
-    An explicit ``--budget`` wins over the profile's ``memory_budget``. Returns
-    ``(bytes or None, "budget 2MB" / "profile rpi4" / None)``.
+    ``budget_bytes``: an explicit budget, already parsed (:func:`parse_budget`, once, where the
+    user's text came in); it wins over the profile's ``memory_budget``. ``source``: how the user
+    gave it (``"--budget 2MB"``; default ``"--budget <bytes>"``). Returns
+    ``(bytes or None, "--budget 2MB" / "device profile rpi4" / None)``.
     """
-    if budget is not None:
-        return parse_budget(budget), f"--budget {budget}"
+    if budget_bytes is not None:
+        if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int):
+            raise BadInputError(f"budget_bytes must be an int number of bytes (parse_budget reads '2MB'), got {budget_bytes!r}")
+        if budget_bytes <= 0:
+            raise BadInputError(f"budget must be positive, got {budget_bytes}; use e.g. {_EXAMPLES}")
+        return budget_bytes, source or f"--budget {budget_bytes}"
     if profile is not None:
         return profile.memory_budget, f"device profile {profile.name}"
     return None, None

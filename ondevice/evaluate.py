@@ -6,12 +6,13 @@ the artefact folder only (plus, for top-K, the server-side user table that
 
 * CTR: the test ids (the artefact's own fields: a feature-selected artefact takes only its
   kept columns, by name) through the graph in batches -> AUC and logloss of the
-  ``probability`` output (``train.metrics``: global, float64).
+  ``probability`` output (``train.metrics``: global, float64); a raw-feature artefact through
+  its id model (the graph after its encoder, ``export.raw.id_model``).
 * Top-K (BPR-MF): each evaluated user's vector (row of the server-side user table) and the
   items the user met in training (and in validation when the split is ``test``), ``-1``-padded,
   go through the artefact's own ``exclude_items`` input, so the shipped graph does the
   exclusion and the ranking over all items; its ``item_ids`` output gives Recall@K / NDCG@K
-  with the artefact's K — the trainer's protocol (``train.trainer.evaluate_topk``).
+  with the artefact's K — the trainer's protocol (``train.evaluate.evaluate_topk``).
 
 ``compress`` calls this once per chosen artefact after every choice was made on the
 validation split, so the test metric never influences a choice ("read once").
@@ -27,7 +28,7 @@ import numpy as np
 
 from ondevice.data import EncodedDataset
 from ondevice.errors import ArtefactError, BadInputError
-from ondevice.train.metrics import log_loss, recall_ndcg_at_k, roc_auc
+from ondevice.train.metrics import log_loss, recall_ndcg_at_k, roc_auc, user_item_csr
 
 __all__ = ["evaluate_artefact"]
 
@@ -104,22 +105,20 @@ def _evaluate_ctr(model_path: Path, manifest: dict[str, Any], ds: EncodedDataset
         raise BadInputError(f"{ds.root} encodes the artefact's fields with other vocabularies; "
                             "pass the data the artefact's model was trained on")
     s = ds.split(split)
-    sess = _session(str(model_path), threads)
-    in_name = manifest["inputs"][0]["name"]
+    if manifest.get("raw_inputs"):  # raw artefact: its id model (the graph after the encoder) takes the encoded split
+        import onnx
+
+        from ondevice.export.raw import id_model
+
+        sess, in_name = _session(id_model(onnx.load(str(model_path))).SerializeToString(), threads), "ids"
+    else:
+        sess, in_name = _session(str(model_path), threads), manifest["inputs"][0]["name"]
     probs = np.empty(len(s), dtype=np.float32)
     for start in range(0, len(s), BATCH):
         ids = np.asarray(s.ids[start:start + BATCH], dtype=np.int64)[:, cols]
         probs[start:start + len(ids)] = sess.run(None, {in_name: ids})[0].reshape(-1)
     labels = np.asarray(s.labels)
     return {"metric": "auc", "auc": roc_auc(labels, probs), "logloss": log_loss(labels, probs), "rows": int(len(s))}
-
-
-def _csr(pairs: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    pairs = np.asarray(pairs, dtype=np.int64)
-    order = np.argsort(pairs[:, 0], kind="stable")
-    ptr = np.zeros(n_users + 1, dtype=np.int64)
-    np.add.at(ptr, pairs[:, 0] + 1, 1)
-    return np.cumsum(ptr), pairs[order, 1]
 
 
 def _evaluate_topk(folder: Path, model_path: Path, manifest: dict[str, Any], ds: EncodedDataset, split: str,
@@ -136,8 +135,8 @@ def _evaluate_topk(folder: Path, model_path: Path, manifest: dict[str, Any], ds:
     n_users = user_table.shape[0]
     excluded = ["train"] + (["val"] if split == "test" and ds.has_split("val") else [])
     pairs, in_split = sample_users(ds.split(split).ids, max_users, seed)
-    ev_ptr, ev_items = _csr(pairs, n_users)
-    ex = [_csr(ds.split(name).ids, n_users) for name in excluded]
+    ev_ptr, ev_items = user_item_csr(pairs, n_users)
+    ex = [user_item_csr(ds.split(name).ids, n_users) for name in excluded]
     users = np.flatnonzero(np.diff(ev_ptr) > 0)
     if len(users) == 0:
         raise BadInputError(f"the {split} split of {ds.root} has no interactions")

@@ -38,7 +38,7 @@ def artefacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("arm64")
     run = make_run(root / "run", "deepfm")
-    export_artefact(run, root / "fp32")
+    export_artefact(run, root / "fp32", inputs="ids")
     ckpt = load_checkpoint(run)
     model = ckpt.model
     model.embedding = QuantizedEmbedding.from_dense(model.embedding, dtype="int8")
@@ -46,7 +46,7 @@ def artefacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "run8").mkdir()
     save_checkpoint(root / "run8" / "model.pt", model, ckpt.schema, metrics={"val": {"auc": 0.5}})
     ckpt.schema.save(root / "run8" / "schema.json")
-    export_artefact(root / "run8", root / "int8")
+    export_artefact(root / "run8", root / "int8", inputs="ids")
     return {"fp32": root / "fp32", "int8": root / "int8"}
 
 

@@ -22,8 +22,12 @@ def test_quickstart_end_to_end(tmp_path):
     result = run("quickstart", "--out", str(out), "--rows", "20000", "--epochs", "1", "--quiet")
     assert result.exit_code == 0, result.output
     assert "validation AUC" in result.output
-    manifest = json.loads((out / "compressed" / "2MB" / "manifest.json").read_text())
-    assert manifest["budget"]["fits"] is True and manifest["budget"]["bytes"] == 2_000_000
+    manifest = json.loads((out / "compressed" / "4MB" / "manifest.json").read_text())
+    assert manifest["budget"]["fits"] is True and manifest["budget"]["bytes"] == 4_000_000
+    # a raw-feature artefact: the vocabulary is inside the file and the budget; the payload and memory are printed
+    assert manifest["input_encoding"] == "raw" and manifest["storage"]["by_part"]["vocabulary"] > 0
+    assert manifest["app_payload"]["files"].keys() == {"model.onnx"} and manifest["app_payload"]["bytes"] <= 4_000_000
+    assert "the app ships model.onnx" in result.output and "of resident memory" in result.output
     summary = json.loads((out / "compressed" / "summary.json").read_text())
     assert summary["runs"][0]["method"] == "sseds" and not summary["failures"]
     # a second run refuses to clobber the folder

@@ -118,3 +118,23 @@ def test_methods_lists_every_setting() -> None:
     assert res.exit_code == 0
     assert "pep.target_sparsity = None" in res.output and "pep.threshold_lr = 'auto'" in res.output
     assert "deeplight.dnn_sparsity = 0.9" in res.output
+
+
+def test_raw_artefact_budget_counts_its_vocabulary(trained_run: Path, tmp_path: Path) -> None:
+    """compress's default raw artefact fits the budget with its vocabulary inside (the search gets
+    the budget minus the encoder's bytes); a budget the vocabulary leaves too little of names it."""
+    from ondevice.export.raw import raw_encoder_bytes
+    from ondevice.train import load_checkpoint
+
+    reserve = raw_encoder_bytes(load_checkpoint(trained_run).schema)
+    s = compress(trained_run, budgets=["17KB"], methods=["int8"], out_dir=tmp_path / "a", quiet=True, profile=False,
+                 evaluate_test=False)
+    manifest = json.loads((tmp_path / "a" / s["runs"][0]["folder"] / "manifest.json").read_text())
+    parts = manifest["storage"]["by_part"]
+    assert manifest["input_encoding"] == "raw" and parts["vocabulary"] < reserve
+    assert parts["total"] == manifest["files"]["model.onnx"]["bytes"] <= 17_000
+    assert manifest["app_payload"]["bytes"] == parts["total"]  # the model file is all the app ships
+    with pytest.raises(BudgetTooSmallError, match="vocabulary and encoder") as err:
+        compress(trained_run, budgets=[reserve + 500], methods=["int8"], out_dir=tmp_path / "b", quiet=True,
+                 profile=False, evaluate_test=False)
+    assert err.value.parts["vocabulary and encoder"] == reserve and err.value.minimum_bytes > reserve + 500

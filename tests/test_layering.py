@@ -3,14 +3,15 @@
 Layer order, lowest first; a unit may import only units of a lower layer (inside the core,
 its modules import each other):
 
-    0 core        errors, io, outputs, schema, validation, budget, device_runner (+ the package root)
+    0 core        errors, io, outputs, schema, validation, budget, device_runner, vocabulary
+                  (+ the package root)
     1 data        datasets, formats, preparation
     2 embedding   compressed embedding layers
     3 models      CTR / top-K models
     4 train       trainer, checkpoint, tuning
-    5 evaluate    model.onnx on a split (onnxruntime)
     5 search      searchers, the byte accountant, the fixed-parts planner (never export)
     5 export      lowering, ONNX export, verify, profile, report
+    6 evaluate    model.onnx on a split (onnxruntime; a raw artefact through its id model)
     6 arm64       emulated-ARM parity of artefacts
     7 pipeline    compress, fit-and-retry, auto, fleet, summary, search run folders
     8 quickstart  the demo flow
@@ -30,9 +31,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "ondevice"
-CORE = ("errors", "io", "outputs", "schema", "validation", "budget", "device_runner")
+CORE = ("errors", "io", "outputs", "schema", "validation", "budget", "device_runner", "vocabulary")
 LAYERS = {
-    "core": 0, "data": 1, "embedding": 2, "models": 3, "train": 4, "evaluate": 5, "search": 5, "export": 5,
+    "core": 0, "data": 1, "embedding": 2, "models": 3, "train": 4, "search": 5, "export": 5, "evaluate": 6,
     "arm64": 6, "pipeline": 7, "quickstart": 8, "cli": 9, "__main__": 10,
 }
 

@@ -230,7 +230,7 @@ def test_resume_after_a_crash_at_any_point_equals_the_straight_run(tmp_path: Pat
     data = make_ctr(tmp_path / "data", rows=1500)
     cfg = TrainConfig(**{**SMALL, "model": "deepfm", "mlp_dims": [8], "epochs": 4})
     train(data, tmp_path / "straight", cfg, quiet=True)
-    real_save, real_epoch = trainer_mod.save_checkpoint, trainer_mod.Trainer._train_epoch_ctr
+    real_save, real_batches = trainer_mod.save_checkpoint, trainer_mod.Trainer._batches
     saves: list[str] = []
 
     def crashing_save(path, *args, **kwargs):
@@ -242,17 +242,18 @@ def test_resume_after_a_crash_at_any_point_equals_the_straight_run(tmp_path: Pat
         if kill_at == "model-save2" and saves.count("model.pt") == 2:
             raise KeyboardInterrupt  # between the second best model.pt and that epoch's last.pt
 
-    def crashing_epoch(self, *args, **kwargs):
-        if kill_at == "mid-epoch2" and args[4] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, *args, **kwargs)
+    def crashing_batches(self, ctx, epoch):
+        for i, batch in enumerate(real_batches(self, ctx, epoch)):
+            if kill_at == "mid-epoch2" and epoch == 2 and i == 2:
+                raise KeyboardInterrupt  # after two steps of epoch 2
+            yield batch
 
     monkeypatch.setattr(trainer_mod, "save_checkpoint", crashing_save)
-    monkeypatch.setattr(trainer_mod.Trainer, "_train_epoch_ctr", crashing_epoch)
+    monkeypatch.setattr(trainer_mod.Trainer, "_batches", crashing_batches)
     with pytest.raises(KeyboardInterrupt):
         train(data, tmp_path / "run", cfg, quiet=True)
     monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
-    monkeypatch.setattr(trainer_mod.Trainer, "_train_epoch_ctr", real_epoch)
+    monkeypatch.setattr(trainer_mod.Trainer, "_batches", real_batches)
     assert not (tmp_path / "run").exists()
     train(data, tmp_path / "run", cfg, resume=True, quiet=True)
     assert (tmp_path / "run" / "model.pt").read_bytes() == (tmp_path / "straight" / "model.pt").read_bytes()

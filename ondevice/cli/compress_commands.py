@@ -12,7 +12,8 @@ from ondevice.cli import cli
 _LIBRARY_KEYS = {"budgets": "budgets", "profiles": "device_profiles", "fleet": "fleet", "methods": "methods",
                  "epochs": "epochs", "seed": "seed", "data_dir": "data_dir", "profile_runs": "profile_runs",
                  "time_limit": "time_limit_s", "max_loss": "max_loss", "allow_input_change": "allow_input_change",
-                 "latency_p99": "latency_p99_ms", "mlp": "mlp", "method_options": "searcher_params"}
+                 "latency_p99": "latency_p99_ms", "mlp": "mlp", "method_options": "searcher_params",
+                 "inputs": "inputs"}
 
 
 @cli.command("compress")
@@ -52,6 +53,9 @@ _LIBRARY_KEYS = {"budgets": "budgets", "profiles": "device_profiles", "fleet": "
               help="a searcher setting, repeatable, e.g. pep.target_sparsity=0.9, pep.search_epochs=40, "
                    "deeplight.dnn_sparsity=0.95 (values are JSON; `ondevice methods` lists every setting); "
                    "pep.* also applies to pep+fp16, and auto passes them to its candidates")
+@click.option("--inputs", "inputs", type=click.Choice(["ids", "raw"]), default=None,
+              help="raw (default for CTR): artefacts take raw field values, the vocabulary inside the model file and "
+                   "inside the budget; ids: int64 ids encoded with schema.json (top-K: always the user's vector)")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 @click.option("--resume", is_flag=True,
               help="continue the interrupted run in OUT.partial (finished budgets/methods and auto's finished candidates "
@@ -59,7 +63,7 @@ _LIBRARY_KEYS = {"budgets": "budgets", "profiles": "device_profiles", "fleet": "
 def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, ...], fleet: Path | None,
                  methods: tuple[str, ...], out: Path, epochs: int | None, seed: int, data_dir: Path | None,
                  profile_runs: int, time_limit: str | None, max_loss: str | None, allow_input_change: bool,
-                 latency_p99: float | None, mlp: str, method_options: tuple[str, ...], force: bool,
+                 latency_p99: float | None, mlp: str, method_options: tuple[str, ...], inputs: str | None, force: bool,
                  resume: bool) -> None:
     """Search, retrain, export, verify and profile RUN_DIR's model for each budget × method.
 
@@ -87,7 +91,7 @@ def compress_cmd(run_dir: Path, budgets: tuple[str, ...], profiles: tuple[str, .
                   data_dir=data_dir, profile_runs=profile_runs, fleet=fleet,
                   time_limit_s=parse_duration(time_limit) if time_limit is not None else None, mlp=mlp,
                   max_loss=max_loss if max_loss is not None else "default", allow_input_change=allow_input_change,
-                  latency_p99_ms=latency_p99, searcher_params=searcher_params)
+                  latency_p99_ms=latency_p99, searcher_params=searcher_params, inputs=inputs)
     if resume:  # options not given on the command line come from the interrupted run
         ctx = click.get_current_context()
         given = {key: kwargs[key] for name, key in _LIBRARY_KEYS.items()

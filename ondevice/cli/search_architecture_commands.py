@@ -37,6 +37,7 @@ def architecture_cmd(data_dir: Path, out: Path, budget: str | None, latency_p99:
     (model.pt, train.json, search.json) for `ondevice compress` / `ondevice export`.
     Exit 2 when no candidate meets both constraints.
     """
+    from ondevice.budget import parse_budget
     from ondevice.pipeline.options import parse_duration
     from ondevice.pipeline.search_runs import search_architecture
     from ondevice.search.architecture import EvolutionaryArchitectureSearch
@@ -46,8 +47,9 @@ def architecture_cmd(data_dir: Path, out: Path, budget: str | None, latency_p99:
     searcher = EvolutionaryArchitectureSearch(
         population=population, cycles=cycles, tournament=min(3, population), search_rows=search_rows, seed=seed,
         time_limit=parse_duration(time_limit) if time_limit is not None else None)
-    r = search_architecture(data_dir, out, budget=budget, latency_p99=latency_p99, profile=profile, epochs=epochs,
-                            force=force, searcher=searcher)
+    budget_bytes = parse_budget(budget) if budget is not None else None  # parsed once, here
+    r = search_architecture(data_dir, out, budget_bytes=budget_bytes, latency_p99=latency_p99, profile=profile,
+                            epochs=epochs, force=force, searcher=searcher)
     blocks = " + ".join(b["type"] + (f"({b['width']})" if "width" in b else "") for b in r["genotype"]["blocks"])
     click.echo(f"architecture: embed dim {r['genotype']['embed_dim']}, {blocks} "
                f"({r['candidates_evaluated']} candidates in {r['search_seconds']:.1f} s)")

@@ -37,9 +37,10 @@ def features_cmd(run_dir: Path, out: Path, budget: str | None, keep: int | None,
     Exit codes: 0 ok; 2 bad input (incl. a budget below one field's model, or a ranking whose kept
     fields do not matter more on validation than the dropped ones); 3 over budget.
     """
+    from ondevice.budget import parse_budget
     from ondevice.pipeline.search_runs import search_features
 
-    s = search_features(run_dir, out, budget=budget, keep=keep, method=method, epochs=epochs,
+    s = search_features(run_dir, out, budget_bytes=parse_budget(budget) if budget is not None else None, keep=keep, method=method, epochs=epochs,
                         search_epochs=search_epochs, seed=seed, data_dir=data_dir, force=force,
                         signal_level=signal_level, mlp=mlp)
     click.echo(f"{s['method']}: kept {len(s['fields_kept'])} of {len(s['fields_kept']) + len(s['fields_dropped'])} fields "

@@ -82,7 +82,7 @@ def train(data_dir: Path, out_dir: Path, model: str, embed_dim: int | None, mlp_
     """
     from ondevice.train import TrainConfig
     from ondevice.train import train as train_fn
-    from ondevice.train.trainer import resume_config
+    from ondevice.train.resume import resume_config
 
     config = TrainConfig(
         model=model,

@@ -296,22 +296,7 @@ def generate_ctr(
         ≈ 1.5), so the embedding dimension matters (with 0, a dim-1 model can fit the
         planted logit). 0 keeps the data of earlier versions bit for bit.
     """
-    if format not in CTR_FORMATS:
-        raise BadInputError(f"unknown synthetic CTR format {format!r}; expected one of {', '.join(CTR_FORMATS)}")
-    if rows < 1:
-        raise BadInputError(f"rows must be >= 1, got {rows}")
-    if not 0.0 < base_rate < 1.0:
-        raise BadInputError(f"base_rate must be in (0, 1), got {base_rate}")
-    if format == "criteo":
-        if fields not in (None, CRITEO_CAT):
-            raise BadInputError(f"the criteo format has exactly {CRITEO_CAT} categorical fields, got fields={fields}")
-        n_cat = CRITEO_CAT
-        names = [f"C{i + 1}" for i in range(n_cat)]
-    else:
-        n_cat = 10 if fields is None else int(fields)
-        if n_cat < 1:
-            raise BadInputError(f"fields must be >= 1, got {n_cat}")
-        names = [f"f{i + 1}" for i in range(n_cat)]
+    n_cat, names = _check_ctr_options(format, rows, base_rate, fields)
     sizes = _resolve_vocab(vocab, n_cat)
     n_important = min(n_important, n_cat)
     n_pairs = min(n_pairs, (n_cat - n_important) // 2)
@@ -322,34 +307,10 @@ def generate_ctr(
                         latent_fields=min(latent_fields, n_cat - n_important - 2 * n_pairs))
     values = [_hex_values(f, v, seed) for f, v in enumerate(sizes)] if format == "criteo" else \
         [np.arange(v) + int(np.sum(sizes[:f])) for f, v in enumerate(sizes)]
-    offsets = np.cumsum([0] + sizes[:-1]).astype(np.int64)
-    import pyarrow as pa
-
-    value_arrays = [pa.array(v, type=pa.string()) for v in values] if format == "criteo" else []
-
     path = Path(path)
-    positives = 0
     with _atomic_binary(path) as fh:
-        for start in range(0, rows, chunk_rows):
-            n = min(chunk_rows, rows - start)
-            rng = np.random.default_rng([seed, 3, start])  # per-chunk stream: chunk order independent
-            ranks = model.sample_ranks(rng, n)
-            if format == "criteo":
-                ints, missing = _criteo_integers(rng, n)
-                numeric = np.log1p(np.maximum(ints[:, 0], 0))
-                numeric_z = np.where(missing[:, 0], 0.0, (numeric - 0.9) / 0.9)
-                labels = (rng.random(n) < _sigmoid(model.logit(ranks, numeric_z))).astype(np.int8)
-                cat_missing = rng.random((n, n_cat)) < missing_rate
-                cats = []
-                for f in range(n_cat):
-                    idx = pa.array(ranks[:, f], mask=cat_missing[:, f])
-                    cats.append(value_arrays[f].take(idx))
-                _write_criteo_chunk(fh, labels, ints, missing, cats)
-            else:
-                labels = (rng.random(n) < _sigmoid(model.logit(ranks, None))).astype(np.int8)
-                _write_libfm_chunk(fh, labels, ranks, offsets)
-            positives += int(labels.sum())
-
+        positives = _write_ctr_rows(fh, model, format, values, sizes, rows=rows, seed=seed, chunk_rows=chunk_rows,
+                                    missing_rate=missing_rate)
     truth: dict[str, Any] = {
         "kind": "ctr",
         "generator": "ondevice.data.generate.generate_ctr",
@@ -370,6 +331,61 @@ def generate_ctr(
         truth["categorical_missing_rate"] = missing_rate
     atomic_write_json(Path(truth_path) if truth_path else path.with_name(path.name + ".truth.json"), truth)
     return truth
+
+
+def _check_ctr_options(format: str, rows: int, base_rate: float, fields: int | None) -> tuple[int, list[str]]:
+    """Refuse impossible options; the number of categorical fields and their names (C1.. or f1..)."""
+    if format not in CTR_FORMATS:
+        raise BadInputError(f"unknown synthetic CTR format {format!r}; expected one of {', '.join(CTR_FORMATS)}")
+    if rows < 1:
+        raise BadInputError(f"rows must be >= 1, got {rows}")
+    if not 0.0 < base_rate < 1.0:
+        raise BadInputError(f"base_rate must be in (0, 1), got {base_rate}")
+    if format == "criteo":
+        if fields not in (None, CRITEO_CAT):
+            raise BadInputError(f"the criteo format has exactly {CRITEO_CAT} categorical fields, got fields={fields}")
+        return CRITEO_CAT, [f"C{i + 1}" for i in range(CRITEO_CAT)]
+    n_cat = 10 if fields is None else int(fields)
+    if n_cat < 1:
+        raise BadInputError(f"fields must be >= 1, got {n_cat}")
+    return n_cat, [f"f{i + 1}" for i in range(n_cat)]
+
+
+def _write_ctr_rows(fh: BinaryIO, model: _PlantedCTR, format: str, values: list[np.ndarray], sizes: list[int], *,
+                    rows: int, seed: int, chunk_rows: int, missing_rate: float) -> int:
+    """Sample and write ``rows`` rows, ``chunk_rows`` at a time; returns the number of positive labels."""
+    import pyarrow as pa
+
+    value_arrays = [pa.array(v, type=pa.string()) for v in values] if format == "criteo" else []
+    offsets = np.cumsum([0] + sizes[:-1]).astype(np.int64)
+    positives = 0
+    for start in range(0, rows, chunk_rows):
+        n = min(chunk_rows, rows - start)
+        rng = np.random.default_rng([seed, 3, start])  # per-chunk stream: chunk order independent
+        ranks = model.sample_ranks(rng, n)
+        if format == "criteo":
+            labels = _write_criteo_sample(fh, model, rng, ranks, value_arrays, missing_rate)
+        else:
+            labels = (rng.random(n) < _sigmoid(model.logit(ranks, None))).astype(np.int8)
+            _write_libfm_chunk(fh, labels, ranks, offsets)
+        positives += int(labels.sum())
+    return positives
+
+
+def _write_criteo_sample(fh: BinaryIO, model: _PlantedCTR, rng: np.random.Generator, ranks: np.ndarray,
+                         value_arrays: list[Any], missing_rate: float) -> np.ndarray:
+    """One criteo chunk: integer columns (I1 carries the numeric effect), labels, hex values with gaps."""
+    import pyarrow as pa
+
+    n, n_cat = ranks.shape
+    ints, missing = _criteo_integers(rng, n)
+    numeric = np.log1p(np.maximum(ints[:, 0], 0))
+    numeric_z = np.where(missing[:, 0], 0.0, (numeric - 0.9) / 0.9)
+    labels = (rng.random(n) < _sigmoid(model.logit(ranks, numeric_z))).astype(np.int8)
+    cat_missing = rng.random((n, n_cat)) < missing_rate
+    cats = [value_arrays[f].take(pa.array(ranks[:, f], mask=cat_missing[:, f])) for f in range(n_cat)]
+    _write_criteo_chunk(fh, labels, ints, missing, cats)
+    return labels
 
 
 # --------------------------------------------------------------------------- top-K

@@ -56,6 +56,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ import pyarrow.compute as pc
 from ondevice import __version__
 from ondevice.data.dataset import SPLITS
 from ondevice.data.formats import get_format
-from ondevice.data.formats.base import Chunk, FieldSpec, check_input, dictionary_encode
+from ondevice.data.formats.base import Chunk, FieldSpec, RawFormat, check_input, dictionary_encode
 from ondevice.errors import BadInputError, DataFormatError
 from ondevice.io import atomic_output_dir, atomic_write_json
 from ondevice.schema import Field, Schema, stable_hash
@@ -407,10 +408,53 @@ def prepare(
     """
     t0 = time.perf_counter()
     paths = _as_paths(inputs)
+    _check_options(split, len(paths), min_count, val_fraction, test_fraction, chunk_rows)
+    fmt = get_format(format, format_options)
+    paths = [check_input(p) for p in paths]
+    layout = _plan_layout(fmt, paths, hash_buckets, split, drop_duplicates)
+    splitter = _Splitter(split, len(paths), seed, val_fraction, test_fraction)
+    n_threads = max(1, threads or min(4, os.cpu_count() or 1))
+    with atomic_output_dir(out_dir, kind="prepare", inputs=paths, force=force) as tmp, ThreadPoolExecutor(n_threads) as pool:
+        read = _read_pass(layout, paths, splitter, tmp, pool, chunk_rows, progress)
+        left = _decide_left_out_rows(layout, read, splitter, tmp, split=split, seed=seed,
+                                     drop_duplicates=drop_duplicates, chunk_rows=chunk_rows)
+        for plan in layout.plans:
+            plan.finalize(int(min_count))
+        warnings = _warnings(layout, read, left, paths, int(min_count), drop_duplicates)
+        oov = _write_pass(layout, read, left, splitter, tmp, pool, split=split, seed=seed, chunk_rows=chunk_rows,
+                          progress=progress)
+        schema_dict = _write_schema(layout, tmp)
+        elapsed = time.perf_counter() - t0
+        total = int(read.rows.sum())  # rows kept (dropped duplicates are not in any split)
+        info: dict[str, Any] = {
+            "ondevice_version": __version__,
+            "format": fmt.name,
+            "task": fmt.task,
+            "inputs": [str(p) for p in paths],
+            "split": _split_info(split, seed, val_fraction, test_fraction, paths),
+            "options": {"min_count": int(min_count), "hash_buckets": layout.hash_buckets, "chunk_rows": int(chunk_rows),
+                        "format_options": dict(format_options or {}), "drop_duplicates": bool(drop_duplicates)},
+            **_counts_info(layout, read, oov),
+            "duplicates": left.duplicates,
+            "leave_last_out": left.llo_info,
+            "schema_fingerprint": schema_dict["fingerprint"],
+            "elapsed_s": round(elapsed, 3),
+            "rows_per_s": round(total / elapsed, 1) if elapsed > 0 else None,
+            "peak_rss_mb": round(_peak_rss_bytes() / 2**20, 1),
+            "warnings": warnings,
+        }
+        atomic_write_json(tmp / "prepare.json", info)
+    return info
+
+
+# --------------------------------------------------------------------------- prepare's steps
+def _check_options(split: str, n_paths: int, min_count: int, val_fraction: float, test_fraction: float,
+                   chunk_rows: int) -> None:
+    """Refuse option values ``prepare`` cannot honour, before reading anything."""
     if split not in SPLIT_MODES:
         raise BadInputError(f"unknown split {split!r}; expected one of {', '.join(SPLIT_MODES)}")
-    if split == "given" and len(paths) not in (2, 3):
-        raise BadInputError(f"split='given' takes 2 files (train, test) or 3 (train, val, test), got {len(paths)}")
+    if split == "given" and n_paths not in (2, 3):
+        raise BadInputError(f"split='given' takes 2 files (train, test) or 3 (train, val, test), got {n_paths}")
     if int(min_count) < 1:
         raise BadInputError(f"min_count must be >= 1, got {min_count}")
     for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -420,17 +464,41 @@ def prepare(
         raise BadInputError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
     if int(chunk_rows) < 1:
         raise BadInputError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    fmt = get_format(format, format_options)
-    paths = [check_input(p) for p in paths]
+
+
+@dataclass
+class _Layout:
+    """The fields to encode and how: the format's fields, each one's plan, the user/item columns."""
+
+    fmt: RawFormat
+    specs: list[FieldSpec]
+    plans: list[_FieldPlan]
+    hash_buckets: dict[str, int]
+    user_idx: int | None  # top-K: the user and item columns
+    item_idx: int | None
+    keep_user: bool  # top-K with identity users (not leave-last-out): every user keeps a training row
+
+    @property
+    def ctr(self) -> bool:
+        return self.fmt.task == "ctr"
+
+    @property
+    def topk(self) -> bool:
+        return self.fmt.task == "topk"
+
+
+def _plan_layout(fmt: RawFormat, paths: list[Path], hash_buckets: Mapping[str, int] | None, split: str,
+                 drop_duplicates: bool) -> _Layout:
+    """Inspect the inputs' fields, pick each field's encoding (``--hash`` overrides), check the split fits."""
     specs = fmt.inspect(paths)
     names = [s.name for s in specs]
-    hash_buckets = {**fmt.default_hash_buckets(), **dict(hash_buckets or {})}
-    for field_name, n in hash_buckets.items():
+    buckets = {**fmt.default_hash_buckets(), **dict(hash_buckets or {})}
+    for field_name, n in buckets.items():
         if field_name not in names:
             raise BadInputError(f"--hash names unknown field {field_name!r}; fields: {', '.join(names)}")
         if not 1 <= int(n) < 2**31 - 1:
             raise BadInputError(f"--hash {field_name}={n}: the number of buckets must be in [1, 2^31 - 2] (ids are int32)")
-    plans = [_FieldPlan(s, "hash" if s.name in hash_buckets else s.encoding, hash_buckets.get(s.name)) for s in specs]
+    plans = [_FieldPlan(s, "hash" if s.name in buckets else s.encoding, buckets.get(s.name)) for s in specs]
     topk = fmt.task == "topk"
     user_idx = next((j for j, s in enumerate(specs) if s.role == "user"), None) if topk else None
     item_idx = next((j for j, s in enumerate(specs) if s.role == "item"), None) if topk else None
@@ -445,190 +513,233 @@ def prepare(
         raise BadInputError("--drop-duplicates applies to top-K (user, item) data; CTR rows repeat by design "
                             "(impressions of the same features)")
     keep_user = topk and split != "leave-last-out" and plans[user_idx].encoding == "identity"  # type: ignore[index]
-    splitter = _Splitter(split, len(paths), seed, val_fraction, test_fraction)
-    n_threads = max(1, threads or min(4, os.cpu_count() or 1))
+    return _Layout(fmt, specs, plans, buckets, user_idx, item_idx, keep_user)
 
-    n_fields = len(plans)
-    ctr = fmt.task == "ctr"
-    with atomic_output_dir(out_dir, kind="prepare", inputs=paths, force=force) as tmp, ThreadPoolExecutor(n_threads) as pool:
-        # ------------------------------------------------------------ pass 1: read once
-        spills = [_RawSpill(tmp, name, n_fields, labels=ctr, rowidx=topk) for name in SPLITS]
-        try:
-            rows = np.zeros(3, dtype=np.int64)
-            positives = np.zeros(3, dtype=np.float64)
-            maxu = np.full(0, -1.0)
-            id_max = np.full(n_fields, -1, dtype=np.int64)
-            row0 = 0
-            for fi, path in enumerate(paths):
-                file_rows = 0
-                for chunk in fmt.iter_chunks(path, chunk_rows):
-                    n = len(chunk)
-                    _check_chunk(chunk, specs)
-                    codes, u, eligible = splitter.assign(fi, row0, n)
-                    split_rows = np.bincount(codes, minlength=3)
-                    rows += split_rows
-                    if chunk.labels is not None:
-                        positives += np.bincount(codes, weights=chunk.labels, minlength=3)
-                    train = codes == _TRAIN
-                    ids = np.empty((n, n_fields), dtype=np.int32)
 
-                    def encode(j: int, chunk: Chunk = chunk, train: np.ndarray = train, ids: np.ndarray = ids) -> None:
-                        ids[:, j] = plans[j].provisional(chunk.columns[j], train, chunk)
+@dataclass
+class _Read:
+    """What pass 1 leaves: the rows spilled per split and the counts decided so far."""
 
-                    list(pool.map(encode, range(n_fields)))
-                    rowidx = np.arange(row0, row0 + n, dtype=np.int64) if topk else None
-                    if topk and n:
-                        np.maximum(id_max, ids.max(axis=0), out=id_max)
-                    if keep_user and eligible:
-                        maxu = _track_max_u(maxu, ids[:, user_idx].astype(np.int64) - 1, u)
-                    for s in range(3):
-                        if not split_rows[s]:
-                            continue
-                        mask = codes == s if split_rows[s] < n else slice(None)
-                        spills[s].write(ids[mask], chunk.labels[mask] if ctr else None,  # type: ignore[index]
-                                        rowidx[mask] if rowidx is not None else None)
-                    row0 += n
-                    file_rows += n
-                    if progress:
-                        progress("read", row0)
-                if file_rows == 0:
-                    raise DataFormatError(f"{path} is empty (no data rows)")
-        finally:
-            for sp in spills:
-                sp.close()
+    spills: list[_RawSpill]
+    rows: np.ndarray  # [3] rows per split (adjusted between the passes)
+    positives: np.ndarray  # [3] CTR: positive labels per split
+    maxu: np.ndarray  # keep_user: each user's largest split hash u (-1: none yet)
+    id_max: np.ndarray  # top-K: the largest provisional id per field
+    total: int  # input rows read
 
-        # ------------------------------------------------------------ between the passes
-        duplicates: dict[str, Any] | None = None
-        dropped = np.zeros(0, dtype=np.int64)  # sorted global row indices left out of every split
-        held = {_VAL: np.zeros(0, dtype=np.int64), _TEST: np.zeros(0, dtype=np.int64)}  # leave-last-out
-        llo_info: dict[str, int] | None = None
-        if topk:
-            n_dup, dropped_all, dropped_per_split = _duplicates(spills, tmp, user_idx, item_idx,  # type: ignore[arg-type]
-                                                                int(id_max[item_idx]), chunk_rows)  # type: ignore[index]
-            duplicates = {"rows": n_dup, "dropped": bool(drop_duplicates)}
-            if drop_duplicates and n_dup:
-                dropped = dropped_all
-                rows -= dropped_per_split
-            if split == "leave-last-out":
-                held, llo_info = _leave_last_out(spills[_TRAIN], user_idx, int(id_max[user_idx]),  # type: ignore[index]
-                                                 dropped, chunk_rows)
-                rows[_VAL], rows[_TEST] = len(held[_VAL]), len(held[_TEST])
-                rows[_TRAIN] -= rows[_VAL] + rows[_TEST]
-            elif keep_user and len(dropped):  # the max-u row of a user must be one that stays
-                maxu = _max_u_without(spills, splitter, seed, user_idx, dropped, chunk_rows)  # type: ignore[arg-type]
-            left_out = np.union1d(np.union1d(held[_VAL], held[_TEST]), dropped)
-            if len(left_out) and any(p.encoding == "vocab" for p in plans):
-                _uncount(plans, spills[_TRAIN], left_out, chunk_rows)  # vocabularies count train rows only
-        if keep_user:  # each user's max-u row moves to train; fix the planned counts
-            seen_u = maxu[maxu >= 0]
-            moved = np.bincount(splitter.code_of_u(seen_u, 0), minlength=3)
-            rows[_TRAIN] += moved[_VAL] + moved[_TEST]
-            rows[_VAL] -= moved[_VAL]
-            rows[_TEST] -= moved[_TEST]
-        for plan in plans:
-            plan.finalize(int(min_count))
-        distinct = {p.name: (p.distinct if p.encoding == "vocab" else None) for p in plans}
-        warnings = _check_splits(rows, positives if ctr else None, paths)
-        warnings += _check_min_count(plans, int(min_count))
-        if duplicates and duplicates["rows"] and not drop_duplicates:
-            warnings.append(f"{duplicates['rows']:,} rows ({duplicates['rows'] / max(int(row0), 1):.1%}) repeat an "
-                            "earlier (user, item) pair; a test pair also seen in training can never be recommended "
-                            "(seen items are excluded): --drop-duplicates keeps only the first")
 
-        # ------------------------------------------------------------ pass 2: final ids
-        oov = np.zeros((3, n_fields), dtype=np.int64)
-        writers: list[tuple[_NpyWriter, _NpyWriter | None]] = []
-        for s, name in enumerate(SPLITS):
-            (tmp / name).mkdir()
-            writers.append((
-                _NpyWriter(tmp / name / "ids.npy", (int(rows[s]), n_fields), np.int32),
-                _NpyWriter(tmp / name / "labels.npy", (int(rows[s]),), np.float32) if ctr else None,
-            ))
-        try:
-            done = 0
-            for s in range(3):
-                for ids, labels, rowidx in spills[s].read(chunk_rows):
-                    dest = np.full(len(ids), s, dtype=np.int8)
-                    if rowidx is not None:
-                        if split == "leave-last-out":
-                            dest[_in_sorted(rowidx, held[_VAL])] = _VAL
-                            dest[_in_sorted(rowidx, held[_TEST])] = _TEST
-                        elif keep_user and splitter.eligible(s) and s != _TRAIN:
-                            u = split_uniform(seed, rowidx.astype(np.uint64))
-                            dest[u == maxu[ids[:, user_idx].astype(np.int64) - 1]] = _TRAIN
-                        if len(dropped):
-                            dest[_in_sorted(rowidx, dropped)] = -1
+def _read_pass(layout: _Layout, paths: list[Path], splitter: _Splitter, tmp: Path, pool: ThreadPoolExecutor,
+               chunk_rows: int, progress: ProgressFn | None) -> _Read:
+    """Pass 1: read every chunk once, assign rows to splits, count the vocabularies, spill the rows."""
+    n_fields = len(layout.plans)
+    spills = [_RawSpill(tmp, name, n_fields, labels=layout.ctr, rowidx=layout.topk) for name in SPLITS]
+    read = _Read(spills, np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.float64), np.full(0, -1.0),
+                 np.full(n_fields, -1, dtype=np.int64), 0)
+    try:
+        for fi, path in enumerate(paths):
+            file_rows = 0
+            for chunk in layout.fmt.iter_chunks(path, chunk_rows):
+                _read_chunk(layout, chunk, fi, splitter, pool, read)
+                file_rows += len(chunk)
+                if progress:
+                    progress("read", read.total)
+            if file_rows == 0:
+                raise DataFormatError(f"{path} is empty (no data rows)")
+    finally:
+        for sp in spills:
+            sp.close()
+    return read
 
-                    def remap(j: int, ids: np.ndarray = ids) -> None:
-                        ids[:, j] = plans[j].final(ids[:, j])
 
-                    list(pool.map(remap, range(n_fields)))
-                    for d in range(3):
-                        mask = dest == d
-                        if not mask.any():
-                            continue
-                        part = ids[mask] if not mask.all() else ids
-                        oov[d] += (part == 0).sum(axis=0)
-                        writers[d][0].write(part)
-                        if ctr:
-                            writers[d][1].write(labels[mask])  # type: ignore[index, union-attr]
-                    done += len(ids)
-                    if progress:
-                        progress("write", done)
-                spills[s].remove()
-        finally:
-            for ids_w, lab_w in writers:
-                ids_w.fh.close()
-                if lab_w is not None:
-                    lab_w.fh.close()
+def _read_chunk(layout: _Layout, chunk: Chunk, file_index: int, splitter: _Splitter, pool: ThreadPoolExecutor,
+                read: _Read) -> None:
+    """One chunk of pass 1: split codes, provisional ids (fields in parallel), spill per split."""
+    n, n_fields, plans = len(chunk), len(layout.plans), layout.plans
+    _check_chunk(chunk, layout.specs)
+    codes, u, eligible = splitter.assign(file_index, read.total, n)
+    split_rows = np.bincount(codes, minlength=3)
+    read.rows += split_rows
+    if chunk.labels is not None:
+        read.positives += np.bincount(codes, weights=chunk.labels, minlength=3)
+    train = codes == _TRAIN
+    ids = np.empty((n, n_fields), dtype=np.int32)
+
+    def encode(j: int) -> None:
+        ids[:, j] = plans[j].provisional(chunk.columns[j], train, chunk)
+
+    list(pool.map(encode, range(n_fields)))
+    rowidx = np.arange(read.total, read.total + n, dtype=np.int64) if layout.topk else None
+    if layout.topk and n:
+        np.maximum(read.id_max, ids.max(axis=0), out=read.id_max)
+    if layout.keep_user and eligible:
+        read.maxu = _track_max_u(read.maxu, ids[:, layout.user_idx].astype(np.int64) - 1, u)
+    for s in range(3):
+        if not split_rows[s]:
+            continue
+        mask = codes == s if split_rows[s] < n else slice(None)
+        read.spills[s].write(ids[mask], chunk.labels[mask] if layout.ctr else None,  # type: ignore[index]
+                             rowidx[mask] if rowidx is not None else None)
+    read.total += n
+
+
+@dataclass
+class _LeftOut:
+    """Top-K rows that leave their pass-1 split: dropped duplicates, leave-last-out's val/test rows."""
+
+    duplicates: dict[str, Any] | None = None
+    dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted global row indices
+    held: dict[int, np.ndarray] = field(default_factory=lambda: {_VAL: np.zeros(0, dtype=np.int64),
+                                                                 _TEST: np.zeros(0, dtype=np.int64)})
+    llo_info: dict[str, int] | None = None
+
+
+def _decide_left_out_rows(layout: _Layout, read: _Read, splitter: _Splitter, tmp: Path, *, split: str, seed: int,
+                          drop_duplicates: bool, chunk_rows: int) -> _LeftOut:
+    """Between the passes (top-K): duplicates, leave-last-out, each user's kept training row; fix the counts."""
+    left = _LeftOut()
+    rows, plans, user_idx = read.rows, layout.plans, layout.user_idx
+    if layout.topk:
+        n_dup, dropped_all, dropped_per_split = _duplicates(read.spills, tmp, user_idx, layout.item_idx,  # type: ignore[arg-type]
+                                                            int(read.id_max[layout.item_idx]), chunk_rows)  # type: ignore[index]
+        left.duplicates = {"rows": n_dup, "dropped": bool(drop_duplicates)}
+        if drop_duplicates and n_dup:
+            left.dropped = dropped_all
+            rows -= dropped_per_split
+        if split == "leave-last-out":
+            left.held, left.llo_info = _leave_last_out(read.spills[_TRAIN], user_idx,  # type: ignore[arg-type]
+                                                       int(read.id_max[user_idx]), left.dropped, chunk_rows)  # type: ignore[index]
+            rows[_VAL], rows[_TEST] = len(left.held[_VAL]), len(left.held[_TEST])
+            rows[_TRAIN] -= rows[_VAL] + rows[_TEST]
+        elif layout.keep_user and len(left.dropped):  # the max-u row of a user must be one that stays
+            read.maxu = _max_u_without(read.spills, splitter, seed, user_idx, left.dropped, chunk_rows)  # type: ignore[arg-type]
+        left_out = np.union1d(np.union1d(left.held[_VAL], left.held[_TEST]), left.dropped)
+        if len(left_out) and any(p.encoding == "vocab" for p in plans):
+            _uncount(plans, read.spills[_TRAIN], left_out, chunk_rows)  # vocabularies count train rows only
+    if layout.keep_user:  # each user's max-u row moves to train; fix the planned counts
+        seen_u = read.maxu[read.maxu >= 0]
+        moved = np.bincount(splitter.code_of_u(seen_u, 0), minlength=3)
+        rows[_TRAIN] += moved[_VAL] + moved[_TEST]
+        rows[_VAL] -= moved[_VAL]
+        rows[_TEST] -= moved[_TEST]
+    return left
+
+
+def _warnings(layout: _Layout, read: _Read, left: _LeftOut, paths: list[Path], min_count: int,
+              drop_duplicates: bool) -> list[str]:
+    """One line per doubtful outcome: empty or single-class splits, fields ``min_count`` empties, duplicates."""
+    warnings = _check_splits(read.rows, read.positives if layout.ctr else None, paths)
+    warnings += _check_min_count(layout.plans, min_count)
+    duplicates = left.duplicates
+    if duplicates and duplicates["rows"] and not drop_duplicates:
+        warnings.append(f"{duplicates['rows']:,} rows ({duplicates['rows'] / max(int(read.total), 1):.1%}) repeat an "
+                        "earlier (user, item) pair; a test pair also seen in training can never be recommended "
+                        "(seen items are excluded): --drop-duplicates keeps only the first")
+    return warnings
+
+
+def _write_pass(layout: _Layout, read: _Read, left: _LeftOut, splitter: _Splitter, tmp: Path,
+                pool: ThreadPoolExecutor, *, split: str, seed: int, chunk_rows: int,
+                progress: ProgressFn | None) -> np.ndarray:
+    """Pass 2: map the spilled rows to final ids into each split's ``.npy`` files; OOV counts ``[3, F]``."""
+    n_fields = len(layout.plans)
+    oov = np.zeros((3, n_fields), dtype=np.int64)
+    writers: list[tuple[_NpyWriter, _NpyWriter | None]] = []
+    for s, name in enumerate(SPLITS):
+        (tmp / name).mkdir()
+        writers.append((
+            _NpyWriter(tmp / name / "ids.npy", (int(read.rows[s]), n_fields), np.int32),
+            _NpyWriter(tmp / name / "labels.npy", (int(read.rows[s]),), np.float32) if layout.ctr else None,
+        ))
+    try:
+        done = 0
+        for s in range(3):
+            for ids, labels, rowidx in read.spills[s].read(chunk_rows):
+                dest = _destinations(layout, read, left, splitter, s, ids, rowidx, split=split, seed=seed)
+
+                def remap(j: int, ids: np.ndarray = ids) -> None:
+                    ids[:, j] = layout.plans[j].final(ids[:, j])
+
+                list(pool.map(remap, range(n_fields)))
+                for d in range(3):
+                    mask = dest == d
+                    if not mask.any():
+                        continue
+                    part = ids[mask] if not mask.all() else ids
+                    oov[d] += (part == 0).sum(axis=0)
+                    writers[d][0].write(part)
+                    if layout.ctr:
+                        writers[d][1].write(labels[mask])  # type: ignore[index, union-attr]
+                done += len(ids)
+                if progress:
+                    progress("write", done)
+            read.spills[s].remove()
+    finally:
         for ids_w, lab_w in writers:
-            ids_w.close()
+            ids_w.fh.close()
             if lab_w is not None:
-                lab_w.close()
+                lab_w.fh.close()
+    for ids_w, lab_w in writers:
+        ids_w.close()
+        if lab_w is not None:
+            lab_w.close()
+    return oov
 
-        # ------------------------------------------------------------ metadata
-        fields = [p.to_field() for p in plans]
-        schema = Schema(task=fmt.task, fields=fields, label="label" if ctr else "", source_format=fmt.name,
-                        extra=fmt.schema_extra())
-        schema_dict = _schema_dict(schema)
-        atomic_write_json(tmp / "schema.json", schema_dict)
-        elapsed = time.perf_counter() - t0
-        total = int(rows.sum())  # rows kept (dropped duplicates are not in any split)
-        info: dict[str, Any] = {
-            "ondevice_version": __version__,
-            "format": fmt.name,
-            "task": fmt.task,
-            "inputs": [str(p) for p in paths],
-            "split": {"mode": split, "seed": seed,
-                      "val_fraction": val_fraction if split != "leave-last-out" else None,
-                      "test_fraction": test_fraction if split != "leave-last-out" else None,
-                      "files": ({s: str(p) for s, p in zip(("train", "test") if len(paths) == 2 else SPLITS, paths, strict=True)}
-                                if split == "given" else None)},
-            "options": {"min_count": int(min_count), "hash_buckets": hash_buckets, "chunk_rows": int(chunk_rows),
-                        "format_options": dict(format_options or {}), "drop_duplicates": bool(drop_duplicates)},
-            "rows": {name: int(rows[s]) for s, name in enumerate(SPLITS)},
-            "total_rows": total,
-            "fields": names,
-            "encoding": {p.name: p.encoding for p in plans},
-            "vocab_size": {p.name: p.vocab_size for p in plans},
-            "distinct_train_values": distinct,
-            "oov_rate": {
-                name: {p.name: (float(oov[s, j] / rows[s]) if rows[s] else 0.0) for j, p in enumerate(plans)}
-                for s, name in enumerate(SPLITS)
-            },
-            "positive_rate": (
-                {name: (float(positives[s] / rows[s]) if rows[s] else None) for s, name in enumerate(SPLITS)} if ctr else None
-            ),
-            "duplicates": duplicates,
-            "leave_last_out": llo_info,
-            "schema_fingerprint": schema_dict["fingerprint"],
-            "elapsed_s": round(elapsed, 3),
-            "rows_per_s": round(total / elapsed, 1) if elapsed > 0 else None,
-            "peak_rss_mb": round(_peak_rss_bytes() / 2**20, 1),
-            "warnings": warnings,
-        }
-        atomic_write_json(tmp / "prepare.json", info)
-    return info
+
+def _destinations(layout: _Layout, read: _Read, left: _LeftOut, splitter: _Splitter, s: int, ids: np.ndarray,
+                  rowidx: np.ndarray | None, *, split: str, seed: int) -> np.ndarray:
+    """The final split of each spilled row of split ``s`` (``-1``: a dropped duplicate)."""
+    dest = np.full(len(ids), s, dtype=np.int8)
+    if rowidx is None:
+        return dest
+    if split == "leave-last-out":
+        dest[_in_sorted(rowidx, left.held[_VAL])] = _VAL
+        dest[_in_sorted(rowidx, left.held[_TEST])] = _TEST
+    elif layout.keep_user and splitter.eligible(s) and s != _TRAIN:
+        u = split_uniform(seed, rowidx.astype(np.uint64))
+        dest[u == read.maxu[ids[:, layout.user_idx].astype(np.int64) - 1]] = _TRAIN
+    if len(left.dropped):
+        dest[_in_sorted(rowidx, left.dropped)] = -1
+    return dest
+
+
+def _write_schema(layout: _Layout, tmp: Path) -> dict[str, Any]:
+    """``schema.json`` from the finalised plans; returns its content (with the fingerprint)."""
+    fmt = layout.fmt
+    schema = Schema(task=fmt.task, fields=[p.to_field() for p in layout.plans], label="label" if layout.ctr else "",
+                    source_format=fmt.name, extra=fmt.schema_extra())
+    schema_dict = _schema_dict(schema)
+    atomic_write_json(tmp / "schema.json", schema_dict)
+    return schema_dict
+
+
+def _split_info(split: str, seed: int, val_fraction: float, test_fraction: float, paths: list[Path]) -> dict[str, Any]:
+    """``prepare.json``'s ``split``: the mode, seed, fractions and (given) the file of each split."""
+    return {"mode": split, "seed": seed,
+            "val_fraction": val_fraction if split != "leave-last-out" else None,
+            "test_fraction": test_fraction if split != "leave-last-out" else None,
+            "files": ({s: str(p) for s, p in zip(("train", "test") if len(paths) == 2 else SPLITS, paths, strict=True)}
+                      if split == "given" else None)}
+
+
+def _counts_info(layout: _Layout, read: _Read, oov: np.ndarray) -> dict[str, Any]:
+    """``prepare.json``'s rows, fields, encodings, vocabulary sizes, OOV and positive rates."""
+    rows, plans = read.rows, layout.plans
+    return {
+        "rows": {name: int(rows[s]) for s, name in enumerate(SPLITS)},
+        "total_rows": int(rows.sum()),
+        "fields": [s.name for s in layout.specs],
+        "encoding": {p.name: p.encoding for p in plans},
+        "vocab_size": {p.name: p.vocab_size for p in plans},
+        "distinct_train_values": {p.name: (p.distinct if p.encoding == "vocab" else None) for p in plans},
+        "oov_rate": {
+            name: {p.name: (float(oov[s, j] / rows[s]) if rows[s] else 0.0) for j, p in enumerate(plans)}
+            for s, name in enumerate(SPLITS)
+        },
+        "positive_rate": (
+            {name: (float(read.positives[s] / rows[s]) if rows[s] else None) for s, name in enumerate(SPLITS)}
+            if layout.ctr else None
+        ),
+    }
 
 
 def _schema_dict(schema: Schema) -> dict[str, Any]:

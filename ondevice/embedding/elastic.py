@@ -1,69 +1,29 @@
-"""Elastic item embeddings of blocks (RULE, Chen et al., KDD'21): train once, deploy any subset.
+"""Elastic item embeddings of blocks (RULE's storage): train once, deploy any block subset.
 
-Method
-------
-An item's vector ``e_i ∈ R^D`` is ``n_b`` blocks ``b_{i,1..n_b}`` of ``d_b = D / n_b`` dims
-(concatenated). Items are sorted by training popularity (interaction count, ties by id)
-and split into ``n_g`` groups of (almost) equal size, group 0 the most popular. A
-**configuration** gives every group ``g`` a non-empty subset ``S_g ⊆ {1..n_b}`` of blocks; the
-search space has ``(2^{n_b} − 1)^{n_g}`` points.
-
-Scoring rule (the one the model trains with and the artefact computes)::
+Chen et al., "Learning Elastic Embeddings for Customizing On-Device Recommenders", KDD 2021
+(survey §5.3); the search over configurations is :mod:`ondevice.search.embedding.rule`. An item
+vector ``e_i ∈ R^D`` is ``n_b`` blocks ``b_{i,1..n_b}`` of ``d_b = D / n_b`` dims. Items sorted
+by training popularity (ties by id) form ``n_g`` near-equal groups, group 0 the most popular.
+A **configuration** gives each group ``g`` a non-empty block subset ``S_g``, a point in a space of
+``(2^{n_b} − 1)^{n_g}`` (survey §5.3). The score, trained and exported alike (label (1) is ours,
+the survey numbers no RULE equation)::
 
     s(u, i | S) = Σ_{k ∈ S_g(i)} ⟨u_k, b_{i,k}⟩                                  (1)
 
-with ``u_k`` the k-th ``d_b``-dim slice of the user's ``D``-dim vector: the item vector is
-its blocks with the missing ones zero. With every block selected this is plain BPR-MF
-``⟨u, e_i⟩``.
+with ``u_k`` the k-th ``d_b``-dim slice of the user's vector; all blocks = plain BPR-MF.
+:class:`ElasticBlockEmbedding` is the training form (full table, ``set_config(mask)``);
+:class:`ElasticSubsetEmbedding` the deployable one, storing only the chosen (group, block)
+values; its exact bytes are :func:`config_bytes`.
 
-*Deviations from PEEL's code* (``RuiqiZheng08/PEEL``, the authors' group), both measured:
+Deviations from PEEL's code (``RuiqiZheng08/PEEL``, the authors' group; RULE's is not public):
 
-* PEEL scores ``Σ_{k∈S} ⟨u, tile(b_k)⟩ · n_b/|S|`` with each block tiled ``n_b`` times to
-  the user dim. Since ``⟨u, tile(b)⟩ = ⟨Σ_j u_j, b⟩``, that model is a ``d_b``-dim MF whose
-  item vector is the *sum* of the selected blocks: any configuration could be stored in one
-  block per item at no loss, so paying ``|S|`` blocks of memory buys nothing. Per-block
-  user slices make every block a distinct subspace: more blocks = a higher-rank item
-  vector, which is what the memory pays for.
-* No ``n_b/|S|`` rescaling. It makes the subset score an unbiased estimate of the full
-  score, but multiplies the noise of few-block items by ``n_b/|S|``, and they then flood
-  everyone's top-K: on MovieLens-1M (D = 64, 16 blocks, 20 groups) the configuration
-  "top 5 groups 12 blocks, the rest 2" scored val Recall@20 0.019 rescaled vs 0.158 plain
-  (uniform 4 blocks: 0.049). Without it an item with fewer blocks scores closer to 0, a
-  mild bias towards the items that kept more blocks, which is where the search puts the
-  popular ones.
+* Per-block user slices instead of tiling each block to the user dimension: tiled, the model is
+  a ``d_b``-dim MF whose item vector is the *sum* of its blocks, so extra blocks buy no rank.
+* No ``n_b/|S|`` rescale: it multiplies the noise of few-block items, which then flood the top-K;
+  measured on MovieLens-1M it scored far below the plain rule (an experiment no benchmark file
+  records). The cost is a mild bias towards items that kept more blocks, the popular ones.
 
-Two layers:
-
-* :class:`ElasticBlockEmbedding` — the training form: the full ``[N, D]`` table plus the
-  popularity group of every item; ``set_config(mask)`` makes ``forward`` apply rule (1) for
-  a boolean ``[n_g, n_b]`` mask (``None``: all blocks). Its deployable form is a dense
-  table of the active configuration's effective vectors (no saving); compression uses
-  :class:`ElasticSubsetEmbedding`.
-* :class:`ElasticSubsetEmbedding` — the deployable form for one configuration: only the
-  chosen (group, block) values are stored.
-
-Storage of :class:`ElasticSubsetEmbedding` (exact; ``c`` runs over the *distinct* subsets
-of the configuration, ``R_c`` = items in the groups using subset ``c``, ``s_c = |c|``)::
-
-    Σ_c table_bytes(R_c, s_c · d_b, dtype)              values (+ int8: one fp16 scale per row)
-    + N · (2 if N ≤ 65535 else 4)                       position of each item id (int16, wrapped above
-                                                        32767; int32 beyond 65535)
-    + Σ_{c : s_c < n_b} 8 · n_b                         int64 block index of partial subsets
-    + 8                                                 int64 vocabulary size (OOV mapping)
-
-(``table_bytes``: ``4·r·c`` fp32, ``2·r·c`` fp16, ``r·c + 2·r`` int8.) Without the index
-terms this is RULE's accounting, Σ_(g,k) (items in g) × d_b × bytes per value. Groups with
-equal subsets share one table, so the graph has a handful of nodes per distinct subset.
-
-ONNX lowering (no Cast on an initializer: the exporter would fold it back to fp32)::
-
-    per subset c:  Range(0, R_c)  [from the batch size, so nothing is constant-folded]
-                   -> Gather(values_c) [-> Cast, Gather(scale_c), Cast, Mul for int8]
-                   -> Reshape [R_c, s_c, d_b] -> Concat(zero block) -> Gather(block index)
-                   -> Reshape [R_c, D]
-    Concat over subsets -> Gather(position[id] -> Cast int64) -> [batch, 1, D]
-
-Every stored item vector is rebuilt once per call; a top-K artefact scores all items anyway.
+Measured: ``benchmarks/results/rule_ml1m.md``, ``benchmarks/results/rule_cds.md``.
 """
 
 from __future__ import annotations
@@ -146,7 +106,20 @@ def _classes(mask: np.ndarray) -> list[tuple[tuple[int, ...], list[int]]]:
 
 
 def config_bytes(group_sizes: Sequence[int], mask: np.ndarray, dim: int, dtype: str = "float32") -> int:
-    """Exact stored bytes of :class:`ElasticSubsetEmbedding` for ``mask`` (module docstring)."""
+    """Exact stored bytes of :class:`ElasticSubsetEmbedding` for ``mask``.
+
+    With ``c`` over the *distinct* subsets of the configuration, ``R_c`` the items in the groups
+    using subset ``c`` and ``s_c = |c|``::
+
+        Σ_c table_bytes(R_c, s_c · d_b, dtype)      values (+ int8: one fp16 scale per row)
+        + N · (2 if N ≤ 65535 else 4)               position of each item id (int16, wrapped
+                                                    above 32767; int32 beyond 65535)
+        + Σ_{c : s_c < n_b} 8 · n_b                 int64 block index of partial subsets
+        + 8                                         int64 vocabulary size (OOV mapping)
+
+    (``table_bytes``: ``4·r·c`` fp32, ``2·r·c`` fp16, ``r·c + 2·r`` int8.) Without the index
+    terms this is RULE's accounting, Σ_(g,k) (items in g) × d_b × bytes per value.
+    """
     n_b = mask.shape[1]
     d_b = dim // n_b
     n = int(sum(group_sizes))
@@ -178,6 +151,9 @@ def _check_groups(vocab_sizes: Sequence[int], group_sizes: Sequence[int]) -> lis
 @register_embedding
 class ElasticBlockEmbedding(EmbeddingLayer):
     """Training form: the full item table in ``n_b`` blocks, scored by rule (1) of the module docstring.
+
+    Its :meth:`to_deployable` is a dense table of the active configuration's effective vectors
+    (no saving); compression uses :class:`ElasticSubsetEmbedding`.
 
     ``item_group`` (int64 ``[N]``, a buffer) is the popularity group of every id; build it
     with :func:`popularity_groups` or :meth:`from_dense`. ``set_config(mask)`` selects the
@@ -281,7 +257,18 @@ class ElasticSubsetEmbedding(EmbeddingLayer):
 
     ``blocks[g]`` lists the blocks group ``g`` keeps; ``group_sizes[g]`` its item count. The
     ``position`` buffer maps an item id to its row in the concatenation of the per-subset
-    tables (rows in popularity-group order).
+    tables (rows in popularity-group order). Groups with equal subsets share one table, so the
+    graph has a handful of nodes per distinct subset. Bytes: :func:`config_bytes`.
+
+    ONNX lowering (no Cast on an initializer: the exporter would fold it back to fp32)::
+
+        per subset c:  Range(0, R_c)  [from the batch size, so nothing is constant-folded]
+                       -> Gather(values_c) [-> Cast, Gather(scale_c), Cast, Mul for int8]
+                       -> Reshape [R_c, s_c, d_b] -> Concat(zero block) -> Gather(block index)
+                       -> Reshape [R_c, D]
+        Concat over subsets -> Gather(position[id] -> Cast int64) -> [batch, 1, D]
+
+    Every stored item vector is rebuilt once per call; a top-K artefact scores all items anyway.
     """
 
     type_name = "elastic_subset"

@@ -1,33 +1,25 @@
 """The hashing trick: each field's ids share fewer rows (``id mod buckets_f``).
 
-Method
-------
-Weinberger et al., "Feature Hashing for Large Scale Multitask Learning", ICML'09; used as
-the "hashing to fewer rows" baseline of embedding compression (e.g. Shi et al.,
-"Compositional Embeddings Using Complementary Partitions", KDD'20, §3 "hashing trick").
-For field ``f`` with ``buckets_f <= vocab_f`` rows::
+Weinberger et al., "Feature Hashing for Large Scale Multitask Learning", ICML 2009; the
+"hashing to fewer rows" baseline of embedding compression (e.g. Shi et al., "Compositional
+Embeddings Using Complementary Partitions", KDD 2020). For field ``f`` with
+``buckets_f <= vocab_f`` rows::
 
     row_f(id) = id mod buckets_f
 
-Plain modulo, not a universal hash ``((a*id + b) mod p) mod m``: ids are already dense
-integers ``0 .. vocab_f - 1`` (the schema's encoding), so ``mod`` spreads them evenly
-(every bucket holds ``floor`` or ``ceil(vocab_f / buckets_f)`` ids), keeps the OOV id 0 on
-row 0 (out-of-range and negative ids are first mapped to 0, as in every layer), and lowers
-without ``Mod`` as ``id - (id / b) * b`` with integer Div (exact for the non-negative ids
-left after OOV mapping). A field with ``buckets_f == vocab_f`` is an ordinary table.
+A field with ``buckets_f == vocab_f`` is an ordinary table. Storage and ONNX ops:
+:class:`HashedEmbedding`.
 
-Storage, with ``B = sum(buckets_f)``, ``F = fields``, ``D = dim``::
+Deviations from the paper:
 
-    table_bytes(B, D, dtype) + 24*F      (int64 vocab sizes, buckets, offsets)
+* Plain modulo, not a (universal) hash ``((a·id + b) mod p) mod m`` and no sign hash: ids are
+  already dense integers ``0 .. vocab_f − 1`` (the schema's encoding), so ``mod`` spreads them
+  evenly (every bucket holds ``floor`` or ``ceil(vocab_f / buckets_f)`` ids) and keeps the OOV
+  id 0 on row 0 (out-of-range and negative ids are first mapped to 0, as in every layer).
+* Lowered without ``Mod``, as ``id − (id / b)·b`` with integer Div (exact for the non-negative
+  ids left after OOV mapping).
 
-(``16*F`` when no field is hashed: the exporter stores the equal buckets and vocabulary
-vectors once.)
-
-where ``table_bytes`` is ``4*B*D`` for fp32, ``2*B*D`` for fp16 and ``B*D + 2*B`` for int8
-(row-wise, see :mod:`ondevice.embedding.quantized`).
-
-ONNX ops: GreaterOrEqual/Less/And/Where (OOV), Div, Mul, Sub, Add, Gather (+ Cast/Mul for
-quantized tables). fp32 tables train (row-sparse gradients with ``sparse=True``).
+Measured: ``benchmarks/results/compress_quality_*.md`` (``hash`` rows).
 """
 
 from __future__ import annotations
@@ -48,6 +40,17 @@ class HashedEmbedding(EmbeddingLayer):
 
     ``buckets`` is one int for all fields or one per field; each is capped at the field's
     vocabulary size (more buckets than ids would only waste bytes).
+
+    Storage, with ``B = sum(buckets_f)``, ``F = fields``, ``D = dim``::
+
+        table_bytes(B, D, dtype) + 24*F      (int64 vocab sizes, buckets, offsets)
+
+    (``16*F`` when no field is hashed: the exporter stores the equal buckets and vocabulary
+    vectors once.) ``table_bytes`` is ``4*B*D`` for fp32, ``2*B*D`` for fp16 and ``B*D + 2*B``
+    for int8 (row-wise, see :mod:`ondevice.embedding.quantized`).
+
+    ONNX ops: GreaterOrEqual/Less/And/Where (OOV), Div, Mul, Sub, Add, Gather (+ Cast/Mul for
+    quantized tables). fp32 tables train (row-sparse gradients with ``sparse=True``).
     """
 
     type_name = "hashed"

@@ -1,51 +1,28 @@
 """Mixed-dimension embeddings: per-field tables ``[vocab_f, d_f]`` projected to the common dim.
 
-Method
-------
-One table per field with its own width ``d_f`` and a bias-free projection
-``W_f ∈ R^{d_f × D}`` back to the interaction dimension ``D``, so FM/inner-product models
-still see equal-width vectors::
+The mixed-dimension (MD) layer of Ginart et al., "Mixed Dimension Embeddings with Application to
+Memory-Efficient Recommendation Systems", ISIT 2021 (``PrEmbeddingBag`` in
+``facebookresearch/dlrm``; survey §5.1): field ``f`` has its own table
+``E_f ∈ R^{vocab_f × d_f}`` and a bias-free projection ``P_f ∈ R^{d_f × D}`` to the interaction dimension ``D``, so FM /
+inner-product models still see equal-width vectors::
 
-    e_f(id) = E_f[id] @ W_f                        (E_f ∈ R^{vocab_f × d_f})
+    e_f(id) = E_f[id] @ P_f
 
-This is the storage shape of mixed-dimension embeddings (Ginart et al., "Mixed Dimension
-Embeddings with Application to Memory-Efficient Recommendation Systems", ISIT'21, §3 —
-``PrEmbeddingBag`` in facebookresearch/dlrm), of SSEDS's retrained slim model (Qu et al.,
-SIGIR'22, "transform matrix" aligning field dims) and of AutoDim (Zhao et al., WWW'21).
+It is also the storage of SSEDS's retrained slim model (Qu et al., SIGIR 2022, "transform
+matrices") and of AutoDim (Zhao et al., WWW 2021). How the ``d_f`` are chosen (MDE's
+popularity rule, survey Eq. (19); SSEDS; a uniform dim) is the searchers' business. Exact bytes:
+:meth:`MixedDimEmbedding.expected_bytes`; lowering: :class:`MixedDimEmbedding`.
 
-Choices:
+Deviations from the paper:
 
-* ``d_f == D``: the projection is skipped (identity), since ``E_f W_f`` with a square
-  ``W_f`` is just another ``[vocab_f, D]`` table — no expressiveness is lost, ``D²·4``
-  bytes are saved.
-* ``d_f == 0``: the field is dropped and always yields the zero vector (SSEDS may remove a
-  whole field); one shared fp32 zero row ``[D]`` is stored when any field is dropped.
-* Fields of equal width share one concatenated table and one stacked projection
-  ``[G, d, D]``, so the graph has a handful of nodes per *distinct width*, not per field
-  (ONNX Runtime pays ~1 µs per node at batch 1; 39 per-field chains would also add ~40 KB
-  of node protos to the file).
-* Tables may be fp32 (trainable), fp16 or row-wise int8 (``dtype=``, frozen: see
-  :mod:`ondevice.embedding.quantized`); projections stay fp32 and trainable.
+* ``d_f == D``: no projection (``E_f P_f`` with a square ``P_f`` is just another table).
+* ``d_f == 0``: the field is dropped and yields the zero vector (SSEDS may remove a whole field).
+* Fields of equal width share one table and one stacked projection ``[G, d, D]``: a handful of
+  graph nodes per distinct width instead of per field (each node costs time at batch 1 and bytes).
+* Tables may be fp16 or row-wise int8 (:mod:`ondevice.embedding.quantized`, frozen); projections
+  stay fp32 and trainable.
 
-Storage, with groups ``g`` of fields of equal width ``d_g > 0`` (``G_g`` fields each),
-``P = {f : 0 < d_f < D}``, ``Z`` = number of dropped fields, ``F`` fields::
-
-    Σ_g table_bytes(Σ_{f∈g} vocab_f, d_g, dtype) + Σ_{f∈P} 4·d_f·D      (tables, projections)
-    + 8·F                          (int64 vocabulary sizes)
-    + Σ_g 8·G_g·(1 + [G_g > 1])    (int64 field index, and row offset in multi-field groups)
-    + [Z > 0]·(8·Z + 4·D)          (int64 index of the dropped fields, fp32 zero row)
-    + [fields not in group order]·8·F   (int64 permutation back to field order)
-
-(``table_bytes``: ``4·n·d`` fp32, ``2·n·d`` fp16, ``n·d + 2·n`` int8.) Tensors with equal
-dtype, shape and values are stored once by the exporter and counted once
-(``distinct_tensors``), e.g. two groups' ``[0, 600]`` offsets; ``expected_bytes`` does the
-same.
-
-ONNX ops per width group: Gather (id columns), [Add (offsets) when ``G_g > 1``], Gather
-(table) [+ Gather (scale), Cast, Unsqueeze, Mul when quantized], MatMul (projection, with
-Unsqueeze/Squeeze when ``G_g > 1``); dropped fields: Gather, Cast,
-Unsqueeze, Mul; then Concat over groups and one Gather to restore field order (skipped
-when already in order).
+Measured: ``benchmarks/results/compress_quality_*.md`` (``mde``, ``sseds`` rows).
 """
 
 from __future__ import annotations
@@ -97,7 +74,27 @@ def _index_buffers(vocab_sizes: Sequence[int], dim: int, dims: Sequence[int]) ->
 
 @register_embedding
 class MixedDimEmbedding(EmbeddingLayer):
-    """Per-field tables of width ``dims[f]`` plus projections to ``dim`` (module docstring)."""
+    """Per-field tables of width ``dims[f]`` plus projections to ``dim`` (module docstring).
+
+    Storage, with groups ``g`` of fields of equal width ``d_g > 0`` (``G_g`` fields each),
+    ``P = {f : 0 < d_f < D}``, ``Z`` = number of dropped fields, ``F`` fields::
+
+        Σ_g table_bytes(Σ_{f∈g} vocab_f, d_g, dtype) + Σ_{f∈P} 4·d_f·D      (tables, projections)
+        + 8·F                          (int64 vocabulary sizes)
+        + Σ_g 8·G_g·(1 + [G_g > 1])    (int64 field index, and row offset in multi-field groups)
+        + [Z > 0]·(8·Z + 4·D)          (int64 index of the dropped fields, fp32 zero row)
+        + [fields not in group order]·8·F   (int64 permutation back to field order)
+
+    (``table_bytes``: ``4·n·d`` fp32, ``2·n·d`` fp16, ``n·d + 2·n`` int8.) Tensors with equal
+    dtype, shape and values are stored once by the exporter and counted once
+    (``distinct_tensors``), e.g. two groups' ``[0, 600]`` offsets; ``expected_bytes`` does the
+    same.
+
+    ONNX ops per width group: Gather (id columns), [Add (offsets) when ``G_g > 1``], Gather
+    (table) [+ Gather (scale), Cast, Unsqueeze, Mul when quantized], MatMul (projection, with
+    Unsqueeze/Squeeze when ``G_g > 1``); dropped fields: Gather, Cast, Unsqueeze, Mul; then
+    Concat over groups and one Gather to restore field order (skipped when already in order).
+    """
 
     type_name = "mixed_dim"
 
@@ -174,7 +171,7 @@ class MixedDimEmbedding(EmbeddingLayer):
     @staticmethod
     def expected_bytes(vocab_sizes: Sequence[int], dim: int, dims: Sequence[int],
                        dtype: str = "float32") -> int:
-        """The docstring's byte formula."""
+        """The class docstring's byte formula."""
         groups, _, _ = _layout(vocab_sizes, dims)
         tables = sum(table_bytes(sum(vocab_sizes[f] for f in fs), d, dtype) for d, fs in groups)
         projections = sum(4 * d * dim for d in dims if 0 < d < dim)

@@ -1,41 +1,29 @@
 """Row-wise int8 and fp16 embedding tables (post-training quantization).
 
-Method
-------
-Symmetric per-row ("row-wise") linear quantization, the scheme FBGEMM/TorchRec use for
-embedding tables (Guan et al., "Post-Training 4-bit Quantization on Embedding Tables",
-arXiv:1911.02079; Jacob et al., CVPR'18, Eq. 1 with zero point 0). For row ``r``::
+Symmetric per-row linear quantization, the scheme FBGEMM/TorchRec use for embedding tables
+(Guan et al., "Post-Training 4-bit Quantization on Embedding Tables", arXiv:1911.02079, 2019),
+i.e. the affine map ``r = S·(q − Z)`` of Jacob et al. (CVPR 2018) with zero point ``Z = 0``::
 
     s_r   = fp16_round_up(max_j |V_rj| / 127)                      (per-row scale, fp16)
     Q_rj  = clamp(round(V_rj / s_r), -127, 127)                    (int8)
     V̂_rj  = float32(Q_rj) * float32(s_r)
 
-Symmetric (no zero point) keeps the metadata at one fp16 scale per row (2 bytes; FBGEMM
-stores fp16 scale + fp16 bias = 4 bytes) and keeps the lowering to three cheap ops. The
-scale is rounded *up* to the next fp16 value, so no element is clipped and the error bound
-holds exactly:
+fp16 tables are a plain cast. Bytes per ``rows × cols`` table: fp32 ``4·rows·cols``, fp16
+``2·rows·cols``, int8 ``rows·cols + 2·rows`` (:func:`table_bytes`). :class:`RowTable` is the
+storage brick the other formats reuse (``dtype=`` of hashed, mixed-dimension and row-pruned
+tables); its docstring gives the ONNX lowering, :meth:`QuantizedEmbedding.max_abs_error_bound`
+the error bound.
 
-    |V_rj - V̂_rj| <= s_r / 2 <= (1 + 2^-10) * max_j |V_rj| / 254 + 2^-25   (int8)
-    |V_rj - V̂_rj| <= 2^-11 * |V_rj|  (fp16 round-to-nearest; |V| <= 65504, subnormals aside)
+Deviations from the paper:
 
-(``2^-25``: half the spacing of fp16 subnormals, which matters only for rows with
-``max |V| < 127 * 2^-14 ≈ 0.0078``.) ``Q * s`` is computed in fp32 and is exact (7-bit times 11-bit significand), so the
-PyTorch forward and ONNX Runtime produce bit-identical outputs.
+* No zero point and an fp16 scale only: 2 bytes of metadata per row (FBGEMM stores an fp16
+  scale and bias, 4 bytes) and a three-op lowering.
+* The scale is rounded *up* to the next fp16 value, so no element is clipped and the bound holds
+  exactly; ``Q·s`` is exact in fp32, so PyTorch and ONNX Runtime agree bit for bit.
+* fp16 and int8 tables are frozen buffers (post-training: the rest of the model may still train).
 
-ONNX lowering (gather first, cast after: a Cast on an initializer would be constant-folded
-back into an fp32 table by the exporter and the bytes would be lost)::
-
-    int8 : Gather(Q:int8, idx) -> Cast(float) ; Gather(s:fp16 [R, 1], idx) -> Cast(float)
-           -> Mul
-    fp16 : Gather(V:fp16, idx) -> Cast(float)
-
-Bytes per table of ``rows x cols``: fp32 ``rows*cols*4``; fp16 ``rows*cols*2``;
-int8 ``rows*cols + rows*2``.
-
-:class:`RowTable` is the storage brick the other formats reuse (their ``dtype=`` option:
-hashed, mixed-dimension and row-pruned tables compose with int8/fp16 through it).
-fp32 tables are trainable parameters; fp16 and int8 tables are frozen buffers
-(post-training quantization: a quantized layer trains nothing, the rest of the model does).
+Measured: ``benchmarks/results/compress_quality_*.md`` (``int8``, ``fp16`` rows),
+``benchmarks/results/arm64_parity.md`` (device parity of quantized artefacts).
 """
 
 from __future__ import annotations
@@ -95,6 +83,13 @@ class RowTable(nn.Module):
     ``nn.Parameter`` (row-sparse gradients with ``sparse=True``); fp16/int8 are frozen
     buffers filled with :meth:`set_dense`. State-dict keys: ``weight`` (+ ``scale`` for int8).
     Bytes: :func:`table_bytes`.
+
+    ONNX lowering (gather first, cast after: a Cast on an initializer would be constant-folded
+    back into an fp32 table by the exporter and the bytes would be lost)::
+
+        int8 : Gather(Q:int8, idx) -> Cast(float) ; Gather(s:fp16 [R, 1], idx) -> Cast(float)
+               -> Mul
+        fp16 : Gather(V:fp16, idx) -> Cast(float)
     """
 
     def __init__(self, rows: int, cols: int, dtype: str = "float32", *, sparse: bool = False,
@@ -168,7 +163,7 @@ class QuantizedEmbedding(EmbeddingLayer):
 
     The concatenated-table layout of ``DenseEmbedding`` with quantized rows: see the module
     docstring for the method (row-wise symmetric int8, FBGEMM/TorchRec; Guan et al. 2019),
-    its error bound and the ONNX lowering (Gather(int8) -> Cast -> Mul by Gather(scale)).
+    :meth:`max_abs_error_bound` for its error bound and :class:`RowTable` for the ONNX lowering.
     Frozen: it holds no trainable parameters (post-training quantization).
 
     Storage, with ``R = sum(vocab_sizes)``, ``F = fields``, ``D = dim``:
@@ -196,12 +191,19 @@ class QuantizedEmbedding(EmbeddingLayer):
 
     @staticmethod
     def expected_bytes(vocab_sizes: Sequence[int], dim: int, dtype: str = "int8") -> int:
-        """The docstring's byte formula."""
+        """:func:`table_bytes` of the concatenated table + int64 vocabulary sizes and offsets."""
         return table_bytes(sum(vocab_sizes), dim, dtype) + 16 * len(vocab_sizes)
 
     @staticmethod
     def max_abs_error_bound(weight: torch.Tensor, dtype: str = "int8") -> torch.Tensor:
-        """Per-row bound on ``|V - V̂|`` for an fp32 table ``[R, C]`` (module docstring)."""
+        """Per-row bound on ``|V - V̂|`` for an fp32 table ``[R, C]``::
+
+            |V_rj - V̂_rj| <= s_r / 2 <= (1 + 2^-10) * max_j |V_rj| / 254 + 2^-25   (int8)
+            |V_rj - V̂_rj| <= 2^-11 * |V_rj|  (fp16 round-to-nearest; |V| <= 65504, subnormals aside)
+
+        (``2^-25``: half the spacing of fp16 subnormals, which matters only for rows with
+        ``max |V| < 127 * 2^-14``.) The int8 scale is rounded up, so nothing is clipped.
+        """
         amax = weight.detach().abs().amax(dim=1)
         if dtype == "int8":
             return _fp16_round_up(amax / INT8_MAX).to(torch.float32) / 2

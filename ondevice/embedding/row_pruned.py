@@ -1,38 +1,26 @@
 """Row pruning: rows removed entirely, the vocabulary re-indexed inside the graph.
 
-Method
-------
-Structured (row-level) embedding pruning stores only the kept rows of each field in a
-compact table and a remap vector ``old id -> new row``. Rows pruned to zero by PEP
-(Liu et al., ICLR'21: whole feature rows whose learned threshold removed every dimension),
-DeepLight's embedding pruning (Deng et al., WSDM'21) or frequency filtering all land here::
+Structured (row-level) embedding pruning: each field keeps only some rows in a compact table
+``T`` (``[Σ kept_f, D]``) and a remap vector over the *original* vocabulary::
 
-    row(f, id) = remap[offset_f + id]          (int32 vector over the *original* vocabulary)
-    e_f(id)    = T[row(f, id)]                 (T: kept rows, [Σ kept_f, D])
+    row(f, id) = remap[offset_f + id]          (int32)
+    e_f(id)    = T[row(f, id)]
 
-Each field's id 0 (its OOV row) is always kept and is the first compact row of the field.
-A pruned id reads, depending on ``pruned_to``:
+It is where whole rows removed by PEP (Liu et al., "Learnable Embedding Sizes for Recommender
+Systems", ICLR 2021, survey Eq. (23): a row whose every dimension fell below its threshold),
+DeepLight's embedding pruning (Deng et al., WSDM 2021) or frequency filtering are stored. Each
+field's OOV row (id 0) is always kept, as the field's first compact row. A pruned id reads
+(``pruned_to``) the field's OOV row (``"oov"``, the default: what the app gets by mapping the id
+to 0 itself, :meth:`RowPrunedEmbedding.remap_per_field`) or the zero vector (``"zero"``: remap
+entry -1, reproducing a table whose pruned rows are zero, as ``MaskedEmbedding`` needs).
 
-* ``"oov"`` (default; issue 4's contract): the field's OOV row — exactly what the app gets
-  by mapping the id to 0 itself, which is why the same mapping can be shipped in the
-  schema/manifest instead (:meth:`RowPrunedEmbedding.remap_per_field`).
-* ``"zero"``: the zero vector (remap entry -1, masked with Where/Mul). This reproduces a
-  table whose pruned rows are zero *exactly*, which is what ``MaskedEmbedding`` needs.
+Deviations: none from the papers, which do not say how pruned rows are stored. The remap costs
+4 bytes per original id, so with fp32 rows pruning pays only when more than ``1/D`` of the rows
+go (int8: ``4/(D+2)``); ``MaskedEmbedding.to_deployable`` compares exact bytes and picks the
+cheapest format. Storage and ONNX ops: :class:`RowPrunedEmbedding`.
 
-The remap vector is not free: it costs ``4`` bytes per original id. With fp32 rows, pruning
-pays off only when more than ``1/D`` of the rows are removed (int8 rows: more than
-``4/(D+2)``); ``MaskedEmbedding.to_deployable`` makes that comparison with exact bytes.
-
-Storage, with ``V = Σ vocab_f``, ``K = Σ kept_f``, ``F`` fields, ``D = dim``::
-
-    table_bytes(K, D, dtype) + 4·V + 16·F     (int32 remap; int64 vocab sizes, offsets)
-
-(``table_bytes``: ``4·K·D`` fp32, ``2·K·D`` fp16, ``K·D + 2·K`` row-wise int8 with fp16
-scales, see :mod:`ondevice.embedding.quantized`.)
-
-ONNX ops: OOV Where, Add (offsets), Gather (remap, int32), Cast (int64), Gather (table)
-[+ Cast/Mul when quantized] [+ GreaterOrEqual/Where/Cast/Unsqueeze/Mul for ``pruned_to="zero"``].
-fp32 tables train (row-sparse gradients); the remap is fixed.
+Measured: no benchmark of its own; its bytes are checked exactly in
+``tests/embedding/test_storage_contract.py``.
 """
 
 from __future__ import annotations
@@ -52,7 +40,19 @@ PRUNED_TO = ("oov", "zero")
 
 @register_embedding
 class RowPrunedEmbedding(EmbeddingLayer):
-    """Kept rows only, plus an int32 remap over the original ids (module docstring)."""
+    """Kept rows only, plus an int32 remap over the original ids (module docstring).
+
+    Storage, with ``V = Σ vocab_f``, ``K = Σ kept_f``, ``F`` fields, ``D = dim``::
+
+        table_bytes(K, D, dtype) + 4·V + 16·F     (int32 remap; int64 vocab sizes, offsets)
+
+    (``table_bytes``: ``4·K·D`` fp32, ``2·K·D`` fp16, ``K·D + 2·K`` row-wise int8 with fp16
+    scales, see :mod:`ondevice.embedding.quantized`.)
+
+    ONNX ops: OOV Where, Add (offsets), Gather (remap, int32), Cast (int64), Gather (table)
+    [+ Cast/Mul when quantized] [+ GreaterOrEqual/Where/Cast/Unsqueeze/Mul for ``pruned_to="zero"``].
+    fp32 tables train (row-sparse gradients); the remap is fixed.
+    """
 
     type_name = "row_pruned"
 

@@ -33,7 +33,7 @@ import torch
 
 from ondevice import __version__
 from ondevice.budget import DeviceProfile, format_bytes, load_profile, resolve_budget
-from ondevice.embedding import swap_embedding_
+from ondevice.embedding import EmbeddingLayer, swap_embedding_
 from ondevice.errors import ArtefactError, BadInputError, BudgetExceededError, ParityError
 from ondevice.export import golden as golden_mod
 from ondevice.export import raw as raw_mod
@@ -57,14 +57,27 @@ from ondevice.models import BPRMF, RecModel
 from ondevice.outputs import check_output
 from ondevice.schema import input_contract
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ondevice.vocabulary import dropped_ids
 
-__all__ = ["INPUT_MODES", "app_payload", "bytes_by_part", "deployable_model", "export_artefact", "export_onnx", "versions"]
+__all__ = ["INPUT_MODES", "app_payload", "bytes_by_part", "deployable_model", "export_artefact", "export_onnx",
+           "resolve_inputs", "versions"]
 
 REQUIRED_OPS = "required_operators.config"
-#: ``export --inputs``: ``ids`` (the default, int64 ids encoded by the app) or ``raw`` (encoding in the graph).
+#: ``export --inputs``: ``ids`` (int64 ids encoded by the app) or ``raw`` (encoding in the graph).
 INPUT_MODES = ("ids", "raw")
 #: ``export --topk-table``: when a top-K graph computes its item table (``lowering`` module docstring).
 TOPK_TABLE_FORMS = ("load", "call")
+
+
+def resolve_inputs(inputs: str | None, model: RecModel) -> str:
+    """The artefact's input mode: ``inputs`` when given, else the default for ``model``:
+    ``raw`` for a CTR model (the app sends raw values, the graph encodes them), ``ids`` for a
+    top-K model (it takes the user's vector; nothing to encode)."""
+    if inputs is not None:
+        if inputs not in INPUT_MODES:
+            raise BadInputError(f"--inputs {inputs!r} must be one of {', '.join(INPUT_MODES)}")
+        return inputs
+    return "ids" if isinstance(model, BPRMF) else "raw"
 
 
 def versions() -> dict[str, str]:
@@ -236,7 +249,8 @@ def export_artefact(
     run_dir_or_checkpoint: str | Path | Checkpoint,
     out_dir: str | Path,
     *,
-    budget: str | int | None = None,
+    budget_bytes: int | None = None,
+    budget_source: str | None = None,
     profile: str | Path | DeviceProfile | None = None,
     format: str | None = None,  # noqa: A002 - mirrors the CLI option
     force: bool = False,
@@ -244,14 +258,16 @@ def export_artefact(
     golden_seed: int = 0,
     golden_batch: int = 64,
     check_mobile: bool = True,
-    inputs: str = "ids",
+    inputs: str | None = None,
     topk_table: str | None = None,
 ) -> dict[str, Any]:
     """Export a checkpoint (run folder, ``model.pt`` or ``Checkpoint``) to an artefact folder.
 
     Parameters
     ----------
-    budget : byte budget (``"2MB"``, ``"2MiB"``, int bytes); overrides the profile's.
+    budget_bytes : byte budget, parsed once by the caller (``parse_budget("2MB")``); overrides
+        the profile's. The one budget check of a ``compress`` run is this export's.
+    budget_source : how the user gave it, for the manifest and the error (``"--budget 2MB"``).
     profile : device profile name, ``.toml`` path or ``DeviceProfile``; recorded in the
         manifest (its p99 target is checked by ``profile`` and the device runner).
     format : ``"onnx"`` or ``"ort"`` (also write ``model.ort``); default the profile's
@@ -260,7 +276,8 @@ def export_artefact(
     top_k : k of top-K artefacts (clipped to the number of items).
     golden_seed, golden_batch : seed and size of the large golden batch.
     inputs : ``"ids"`` (int64 ids, encode with ``schema.json``) or ``"raw"`` (CTR: the raw field
-        values, encoded inside the graph exactly as ``prepare`` does; see ``ondevice.export.raw``).
+        values, encoded inside the graph exactly as ``prepare`` does; see ``ondevice.export.raw``);
+        default (None): ``raw`` for CTR models, ``ids`` for top-K (:func:`resolve_inputs`).
     topk_table : top-K item table: ``"load"`` (decoded once at session creation; the default for
         ``onnx``) or ``"call"`` (decoded per call: least resident memory; the only form for ``ort``).
         ``benchmarks/topk_sparse_latency.py`` measures both (``lowering`` module docstring).
@@ -272,42 +289,83 @@ def export_artefact(
     """
     started = time.time()
     dev = profile if isinstance(profile, DeviceProfile) or profile is None else load_profile(profile)
-    limit, limit_source = resolve_budget(budget, dev)
-    fmt = format or (dev.runtime_format if dev else "onnx")
+    limit, limit_source = resolve_budget(budget_bytes, dev, budget_source)
+    fmt = _check_export_options(format or (dev.runtime_format if dev else "onnx"), top_k, inputs)
+    topk_table = _check_topk_table(topk_table, fmt)
+    out_dir = Path(out_dir)
+    src = run_dir_or_checkpoint.path if isinstance(run_dir_or_checkpoint, Checkpoint) else run_dir_or_checkpoint
+    check_output(out_dir, kind="export", inputs=[src], force=force)
+    ckpt = _resolve_checkpoint(run_dir_or_checkpoint)
+    model = deployable_model(ckpt.model)
+    inputs = resolve_inputs(inputs, model)
+    module, io = export_module(model, k=top_k)
+    if io["task"] == "topk":
+        assert isinstance(model, BPRMF)
+        io["topk"]["item_table"] = "decoded once at session creation" if topk_table == "load" else "decoded per call"
+        io["topk"]["resident_item_table_bytes"] = model.num_items * model.embed_dim * 4
+    gold = _golden_cases(model, module, io, ckpt.schema, inputs, golden_seed, golden_batch)
+    runner = runner_module()
+    with atomic_output_dir(out_dir, kind="export", inputs=[src], force=force) as tmp:
+        files, extra_files, vocab_bytes = _write_model_files(tmp, module, io, gold, ckpt.schema, fmt, model,
+                                                             table_at_load=topk_table == "load")
+        manifest = _manifest(started, model, io, ckpt, gold, files, extra_files, dev, fmt, inputs, runner,
+                             top_k=top_k, golden_seed=golden_seed, golden_batch=golden_batch)
+        if io["task"] == "topk":
+            manifest["export_options"]["topk_table"] = topk_table
+        manifest["export_validation"] = _prove_parity(tmp, manifest, runner, fmt)
+        # mobile usability: advisory, recorded
+        manifest["mobile_usability"] = check_mobile_usability(tmp / MODEL_ONNX) if check_mobile else {"ran": False}
+        manifest["storage"], manifest["budget"] = _check_budget(module, files, vocab_bytes, limit, limit_source)
+        _write_rest_of_folder(tmp, manifest, model, ckpt, gold["plan"], extra_files, limit)
+        manifest["export_seconds"] = time.time() - started
+        write_manifest(tmp, manifest)
+        _publishable_permissions(tmp)
+    return manifest
+
+
+def _check_export_options(fmt: str, top_k: int, inputs: str | None) -> str:
+    """One-line errors for a bad ``--format``, ``--top-k`` or ``--inputs``; returns the format."""
     if fmt not in ("onnx", "ort"):
         raise BadInputError(f"format {fmt!r} must be 'onnx' or 'ort'")
     if top_k < 1:
         raise BadInputError(f"top-k must be >= 1, got {top_k}")
+    if inputs is not None and inputs not in INPUT_MODES:
+        raise BadInputError(f"--inputs {inputs!r} must be one of {', '.join(INPUT_MODES)}")
+    return fmt
+
+
+def _check_topk_table(topk_table: str | None, fmt: str) -> str:
+    """``--topk-table``: ``load`` (default for onnx) or ``call`` (default, and the only form, for ort)."""
     topk_table = topk_table or ("load" if fmt == "onnx" else "call")
     if topk_table not in TOPK_TABLE_FORMS:
         raise BadInputError(f"--topk-table {topk_table!r} must be one of {', '.join(TOPK_TABLE_FORMS)}")
     if topk_table == "load" and fmt == "ort":
         raise BadInputError("--topk-table load needs --format onnx: the .ort converter would store the decoded table "
                             "dense; use --topk-table call")
-    if inputs not in INPUT_MODES:
-        raise BadInputError(f"--inputs {inputs!r} must be one of {', '.join(INPUT_MODES)}")
-    out_dir = Path(out_dir)
-    src = run_dir_or_checkpoint.path if isinstance(run_dir_or_checkpoint, Checkpoint) else run_dir_or_checkpoint
-    check_output(out_dir, kind="export", inputs=[src], force=force)
-    ckpt = _resolve_checkpoint(run_dir_or_checkpoint)
-    model = deployable_model(ckpt.model)
-    module, io = export_module(model, k=top_k)
-    out_names = [o["name"] for o in io["outputs"]]
-    goldens = golden_mod.golden_inputs(model, seed=golden_seed, large_batch=golden_batch)
+    return topk_table
+
+
+def _golden_cases(model: RecModel, module: torch.nn.Module, io: dict[str, Any], schema: Any, inputs: str,
+                  seed: int, batch: int) -> dict[str, Any]:
+    """The golden cases the artefact must reproduce: the inputs as the model takes them (``goldens``),
+    as the app feeds them (``feeds``: raw values for ``--inputs raw``), PyTorch's outputs
+    (``expected``), the raw-input ``plan`` and the comparison ``tolerance`` (scaled for top-K scores)."""
+    goldens = golden_mod.golden_inputs(model, seed=seed, large_batch=batch)
     plan = None
     if inputs == "raw":
         if io["task"] != "ctr":
             raise BadInputError("--inputs raw is for CTR artefacts; a top-K artefact takes the user's vector (use --inputs ids)")
-        plan = raw_mod.raw_plan(ckpt.schema)
-        golden_feeds = raw_mod.raw_golden(ckpt.schema, plan, seed=golden_seed, large_batch=golden_batch)
-        goldens = {name: raw_mod.encode_reference(ckpt.schema, plan, feeds) for name, feeds in golden_feeds.items()}
-    elif io["task"] == "topk":
-        golden_feeds = golden_mod.topk_golden_feeds(module, goldens, (TOPK_INPUT, TOPK_EXCLUDE), io["topk"]["num_items"],
-                                                    seed=golden_seed)
+        plan = raw_mod.raw_plan(schema)
+        feeds = raw_mod.raw_golden(schema, plan, seed=seed, large_batch=batch)
+        goldens = {name: raw_mod.encode_reference(schema, plan, f) for name, f in feeds.items()}
+    elif io["task"] == "topk":  # every case but batch1 excludes seen items (golden.topk_golden_feeds)
+        feeds = golden_mod.topk_golden_feeds(module, goldens, (TOPK_INPUT, TOPK_EXCLUDE), io["topk"]["num_items"],
+                                             seed=seed)
     else:
-        golden_feeds = {name: {io["inputs"][0]["name"]: x} for name, x in goldens.items()}
+        feeds = {name: {io["inputs"][0]["name"]: x} for name, x in goldens.items()}
+    out_names = [o["name"] for o in io["outputs"]]
     # What the PyTorch module is called with per case (raw CTR: prepare's encoding of the raw feeds).
-    args = ({name: tuple(feeds[i["name"]] for i in io["inputs"]) for name, feeds in golden_feeds.items()}
+    args = ({name: tuple(f[i["name"]] for i in io["inputs"]) for name, f in feeds.items()}
             if io["task"] == "topk" else {name: (x,) for name, x in goldens.items()})
     expected = {name: _torch_outputs(module, a, out_names) for name, a in args.items()}
     tolerance = tolerance_for(model)
@@ -317,131 +375,157 @@ def export_artefact(
         tolerance["scale"] = scale
         assert isinstance(model, BPRMF)
         io["topk"]["user_vector_std"] = golden_mod.user_vector_std(model)
-        io["topk"]["item_table"] = "decoded once at session creation" if topk_table == "load" else "decoded per call"
-        io["topk"]["resident_item_table_bytes"] = (model.num_items - 1) * model.embed_dim * 4
-    runner = runner_module()
-    with atomic_output_dir(out_dir, kind="export", inputs=[src], force=force) as tmp:
-        scratch = tmp / ".export"
-        scratch.mkdir()
-        export_onnx(module, io, tuple(torch.from_numpy(a) for a in list(args.values())[-1]), scratch / MODEL_ONNX,
-                    table_at_load=topk_table == "load")
-        vocab_bytes = 0
-        if plan is not None:
-            vocab_bytes = _attach_raw_encoder(scratch / MODEL_ONNX, ckpt.schema, plan)
-        shutil.move(str(scratch / MODEL_ONNX), tmp / MODEL_ONNX)
-        scratch.rmdir()
-        files = {MODEL_ONNX: file_entry(tmp / MODEL_ONNX)}
-        extra_files: list[str] = []
-        if fmt == "ort":
-            try:
-                _ort_path, config = convert_to_ort(tmp / MODEL_ONNX, tmp)
-            except Exception as err:  # noqa: BLE001 - converter failures are artefact failures
-                raise ArtefactError(f"onnxruntime could not convert the model to ORT format ({str(err).splitlines()[0][:200]})") from None
-            files["model.ort"] = file_entry(tmp / "model.ort")
-            if config is not None:
-                extra_files.append(config.name)
-        schema_dict = ckpt.schema.to_dict()
-        manifest: dict[str, Any] = {
-            "format": ARTEFACT_FORMAT,
-            "version": MANIFEST_VERSION,
-            "created_unix": started,
-            "task": io["task"],
-            "model": model.describe(),
-            "schema": {"fingerprint": ckpt.schema.fingerprint(), **schema_dict},
-            "vocab_sizes": list(ckpt.schema.vocab_sizes) if io["task"] == "ctr" else None,
-            "opset": OPSET,
-            "runtime_format": fmt,
-            "inputs": plan["inputs"] if plan else io["inputs"],
-            "input_encoding": inputs,
-            "raw_inputs": plan,
-            "input_contract": input_contract(ckpt.schema),
-            "outputs": io["outputs"],
-            "files": files,
-            "budget": None,
-            "device_profile": dev.to_dict() if dev else None,
-            "storage": {},
-            "tolerance": tolerance,
-            "golden": [
-                {"name": name, "inputs": {k: runner.encode_array(v) for k, v in golden_feeds[name].items()},
-                 "outputs": {k: runner.encode_array(v) for k, v in expected[name].items()}}
-                for name in golden_feeds
-            ],
-            "metrics": ckpt.metrics,
-            "mobile_usability": None,
-            "versions": versions(),
-            "export_options": {"exporter": "torch.onnx.export(dynamo=False)", "opset": OPSET, "dynamic_axes": "batch",
-                               "do_constant_folding": True, "top_k": io.get("topk", {}).get("k"),
-                               "topk_table": topk_table if io["task"] == "topk" else None,
-                               "golden_seed": golden_seed, "golden_batch": golden_batch, "format": fmt,
-                               "source_checkpoint": str(ckpt.path) if ckpt.path else None},
-            "verify": None,
-            "extra_files": extra_files,
-        }
-        if io["task"] == "ctr" and manifest["vocab_sizes"] != list(model.embedding.vocab_sizes):  # type: ignore[union-attr]
-            raise BadInputError("the checkpoint's schema and model disagree on vocabulary sizes; re-train")
-        if "topk" in io:
-            manifest["topk"] = io["topk"]
-        # 4. prove it: golden inputs through onnxruntime (same comparison as the device runner).
-        session = runner.make_session(tmp / MODEL_ONNX, 1)
-        check = runner.check_golden(session, manifest)
-        del session
-        if not check["passed"]:
-            worst = max(((c["name"], k, v) for c in check["cases"] for k, v in c["max_abs_diff"].items()), key=lambda t: t[2])
-            raise ParityError(f"onnxruntime differs from PyTorch on golden case {worst[0]!r} output {worst[1]!r}: "
-                              f"max abs diff {worst[2]:.3g} > atol {check['atol']:.3g}",
-                              max_abs_diff=worst[2], tolerance=check["atol"])
-        manifest["export_validation"] = check
-        if fmt == "ort":
-            session = runner.make_session(tmp / "model.ort", 1)
-            check_ort = runner.check_golden(session, manifest)
-            del session
-            if not check_ort["passed"]:
-                raise ParityError("the .ort model's golden outputs differ from PyTorch beyond the tolerance")
-        # 5. mobile usability (advisory, recorded).
-        manifest["mobile_usability"] = check_mobile_usability(tmp / MODEL_ONNX) if check_mobile else {"ran": False}
-        # 6. budget: every model file, every time.
-        storage = storage_report(module)
-        onnx_bytes = files[MODEL_ONNX]["bytes"]
-        storage["file_bytes"] = onnx_bytes
-        storage["graph_overhead_bytes"] = onnx_bytes - storage["parameter_bytes"]
-        storage["graph_overhead_ratio"] = storage["graph_overhead_bytes"] / onnx_bytes
-        storage["by_part"] = bytes_by_part(storage, onnx_bytes, vocab_bytes)
-        manifest["storage"] = storage
-        manifest["budget"] = _budget_entry(limit, limit_source, files)
-        if limit is not None and not manifest["budget"]["fits"]:
-            worst_name = max(files, key=lambda n: files[n]["bytes"])
-            size = files[worst_name]["bytes"]
-            raise BudgetExceededError(
-                f"{worst_name} is {format_bytes(size)}, over the budget of {format_bytes(limit)} ({limit_source}) "
-                f"by {size - limit:,} B; compress further (`ondevice compress`) or raise the budget",
-                file_bytes=size, budget=limit)
-        # 7. the rest of the folder.
-        ckpt.schema.save(tmp / "schema.json")
-        if plan is not None and plan["hashing"]:
-            extra_files += raw_mod.write_hash_reference(tmp)
-        if not (tmp / REQUIRED_OPS).is_file():  # ORT format: the converter wrote it (for model.ort)
-            (tmp / REQUIRED_OPS).write_text(required_operators_config(tmp / MODEL_ONNX), encoding="utf-8")
-            extra_files.append(REQUIRED_OPS)
-        manifest["required_operators"] = {"file": REQUIRED_OPS, "config": (tmp / REQUIRED_OPS).read_text(encoding="utf-8")}
-        if io["task"] == "topk":
-            assert isinstance(model, BPRMF)
-            manifest["topk"]["user_vector"] = _user_vector_entry(model, ckpt.schema, tmp, limit, manifest["files"])
-            if manifest["topk"]["user_vector"]["file"]:
-                extra_files.append(USER_TABLE)
-        manifest["app_payload"] = app_payload(manifest, tmp)
-        save_checkpoint(tmp / REFERENCE_MODEL, model, ckpt.schema, train_config=ckpt.train_config,
-                        metrics=ckpt.metrics, extra={"exported_from": manifest["export_options"]["source_checkpoint"]})
-        shutil.copyfile(RUNNER_PATH, tmp / RUNNER_FILE)
-        manifest["export_seconds"] = time.time() - started
-        write_manifest(tmp, manifest)
-        _publishable_permissions(tmp)
+    return {"goldens": goldens, "feeds": feeds, "args": args, "expected": expected, "plan": plan, "tolerance": tolerance}
+
+
+def _write_model_files(tmp: Path, module: torch.nn.Module, io: dict[str, Any], gold: dict[str, Any], schema: Any,
+                       fmt: str, model: RecModel, *, table_at_load: bool = True) -> tuple[dict[str, Any], list[str], int]:
+    """``model.onnx`` (with the raw-input encoder in front when planned) and, for ``ort``,
+    ``model.ort``: (files entries, extra files, the raw vocabulary's bytes). ``table_at_load``:
+    a top-K graph's item table is decoded at session creation (``bind_table_seed``)."""
+    scratch = tmp / ".export"
+    scratch.mkdir()
+    example = tuple(torch.from_numpy(a) for a in list(gold["args"].values())[-1])
+    export_onnx(module, io, example, scratch / MODEL_ONNX, table_at_load=table_at_load)
+    vocab_bytes = 0
+    if gold["plan"] is not None:
+        vocab_bytes = _attach_raw_encoder(scratch / MODEL_ONNX, schema, gold["plan"], model)
+    shutil.move(str(scratch / MODEL_ONNX), tmp / MODEL_ONNX)
+    scratch.rmdir()
+    files = {MODEL_ONNX: file_entry(tmp / MODEL_ONNX)}
+    extra_files: list[str] = []
+    if fmt == "ort":
+        try:
+            _ort_path, config = convert_to_ort(tmp / MODEL_ONNX, tmp)
+        except Exception as err:  # noqa: BLE001 - converter failures are artefact failures
+            raise ArtefactError(f"onnxruntime could not convert the model to ORT format ({str(err).splitlines()[0][:200]})") from None
+        files["model.ort"] = file_entry(tmp / "model.ort")
+        if config is not None:
+            extra_files.append(config.name)
+    return files, extra_files, vocab_bytes
+
+
+def _manifest(started: float, model: RecModel, io: dict[str, Any], ckpt: Checkpoint, gold: dict[str, Any],
+              files: dict[str, Any], extra_files: list[str], dev: DeviceProfile | None, fmt: str, inputs: str,
+              runner: Any, *, top_k: int, golden_seed: int, golden_batch: int) -> dict[str, Any]:
+    """The manifest before its checks fill ``export_validation``, ``mobile_usability``, ``storage`` and ``budget``."""
+    plan = gold["plan"]
+    manifest: dict[str, Any] = {
+        "format": ARTEFACT_FORMAT,
+        "version": MANIFEST_VERSION,
+        "created_unix": started,
+        "task": io["task"],
+        "model": model.describe(),
+        "schema": {"fingerprint": ckpt.schema.fingerprint(), **ckpt.schema.to_dict()},
+        "vocab_sizes": list(ckpt.schema.vocab_sizes) if io["task"] == "ctr" else None,
+        "opset": OPSET,
+        "runtime_format": fmt,
+        "inputs": plan["inputs"] if plan else io["inputs"],
+        "input_encoding": inputs,
+        "raw_inputs": plan,
+        "input_contract": input_contract(ckpt.schema),
+        "outputs": io["outputs"],
+        "files": files,
+        "budget": None,
+        "device_profile": dev.to_dict() if dev else None,
+        "storage": {},
+        "tolerance": gold["tolerance"],
+        "golden": [
+            {"name": name, "inputs": {k: runner.encode_array(v) for k, v in gold["feeds"][name].items()},
+             "outputs": {k: runner.encode_array(v) for k, v in gold["expected"][name].items()}}
+            for name in gold["feeds"]
+        ],
+        "metrics": ckpt.metrics,
+        "mobile_usability": None,
+        "versions": versions(),
+        "export_options": {"exporter": "torch.onnx.export(dynamo=False)", "opset": OPSET, "dynamic_axes": "batch",
+                           "do_constant_folding": True, "top_k": io.get("topk", {}).get("k"),
+                           "golden_seed": golden_seed, "golden_batch": golden_batch, "format": fmt,
+                           "source_checkpoint": str(ckpt.path) if ckpt.path else None},
+        "verify": None,
+        "extra_files": extra_files,
+    }
+    if io["task"] == "ctr" and manifest["vocab_sizes"] != list(model.embedding.vocab_sizes):  # type: ignore[union-attr]
+        raise BadInputError("the checkpoint's schema and model disagree on vocabulary sizes; re-train")
+    if "topk" in io:
+        manifest["topk"] = io["topk"]
     return manifest
 
 
-def _attach_raw_encoder(path: Path, schema: Any, plan: dict[str, Any]) -> int:
-    """Put the raw-feature encoder in front of the id model at ``path``; returns the vocabulary bytes."""
+def _prove_parity(tmp: Path, manifest: dict[str, Any], runner: Any, fmt: str) -> dict[str, Any]:
+    """The golden inputs through onnxruntime, compared as the device runner compares (``ParityError``
+    when PyTorch and ORT disagree beyond the tolerance); the ``.ort`` model too. Returns the check."""
+    session = runner.make_session(tmp / MODEL_ONNX, 1)
+    check = runner.check_golden(session, manifest)
+    del session
+    if not check["passed"]:
+        worst = max(((c["name"], k, v) for c in check["cases"] for k, v in c["max_abs_diff"].items()), key=lambda t: t[2])
+        raise ParityError(f"onnxruntime differs from PyTorch on golden case {worst[0]!r} output {worst[1]!r}: "
+                          f"max abs diff {worst[2]:.3g} > atol {check['atol']:.3g}",
+                          max_abs_diff=worst[2], tolerance=check["atol"])
+    if fmt == "ort":
+        session = runner.make_session(tmp / "model.ort", 1)
+        check_ort = runner.check_golden(session, {**manifest, "export_validation": check})
+        del session
+        if not check_ort["passed"]:
+            raise ParityError("the .ort model's golden outputs differ from PyTorch beyond the tolerance")
+    return check
+
+
+def _check_budget(module: torch.nn.Module, files: dict[str, Any], vocab_bytes: int, limit: int | None,
+                  limit_source: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The one budget check: every model file, every time (``BudgetExceededError``, exit 3, when one
+    is over). Returns the manifest's ``storage`` (bytes by part) and ``budget`` entries."""
+    storage = storage_report(module)
+    onnx_bytes = files[MODEL_ONNX]["bytes"]
+    storage["file_bytes"] = onnx_bytes
+    storage["graph_overhead_bytes"] = onnx_bytes - storage["parameter_bytes"]
+    storage["graph_overhead_ratio"] = storage["graph_overhead_bytes"] / onnx_bytes
+    storage["by_part"] = bytes_by_part(storage, onnx_bytes, vocab_bytes)
+    budget = _budget_entry(limit, limit_source, files)
+    if limit is not None and not budget["fits"]:
+        worst_name = max(files, key=lambda n: files[n]["bytes"])
+        size = files[worst_name]["bytes"]
+        raise BudgetExceededError(
+            f"{worst_name} is {format_bytes(size)}, over the budget of {format_bytes(limit)} ({limit_source}) "
+            f"by {size - limit:,} B; compress further (`ondevice compress`) or raise the budget",
+            file_bytes=size, budget=limit)
+    return storage, budget
+
+
+def _write_rest_of_folder(tmp: Path, manifest: dict[str, Any], model: RecModel, ckpt: Checkpoint,
+                          plan: dict[str, Any] | None, extra_files: list[str], limit: int | None = None) -> None:
+    """``schema.json``, the hash reference (raw inputs), ``required_operators.config``, how a top-K
+    app gets its user vector (``user_table.npy`` when it fits ``limit`` beside the model), the app
+    payload, ``reference_model.pt`` and the device runner."""
+    ckpt.schema.save(tmp / "schema.json")
+    if plan is not None and plan["hashing"]:
+        extra_files += raw_mod.write_hash_reference(tmp)
+    if not (tmp / REQUIRED_OPS).is_file():  # ORT format: the converter wrote it (for model.ort)
+        (tmp / REQUIRED_OPS).write_text(required_operators_config(tmp / MODEL_ONNX), encoding="utf-8")
+        extra_files.append(REQUIRED_OPS)
+    manifest["required_operators"] = {"file": REQUIRED_OPS, "config": (tmp / REQUIRED_OPS).read_text(encoding="utf-8")}
+    if manifest["task"] == "topk":
+        assert isinstance(model, BPRMF)
+        manifest["topk"]["user_vector"] = _user_vector_entry(model, ckpt.schema, tmp, limit, manifest["files"])
+        if manifest["topk"]["user_vector"]["file"]:
+            extra_files.append(USER_TABLE)
+    manifest["app_payload"] = app_payload(manifest, tmp)
+    save_checkpoint(tmp / REFERENCE_MODEL, model, ckpt.schema, train_config=ckpt.train_config,
+                    metrics=ckpt.metrics, extra={"exported_from": manifest["export_options"]["source_checkpoint"]})
+    shutil.copyfile(RUNNER_PATH, tmp / RUNNER_FILE)
+
+
+def _attach_raw_encoder(path: Path, schema: Any, plan: dict[str, Any], source: RecModel) -> int:
+    """Put the raw-feature encoder in front of the id model at ``path``; returns the vocabulary bytes.
+
+    Ids that every embedding table of ``source`` reads as the OOV row (rows pruned to OOV) keep
+    no key: row pruning saves the key as well as the row (:func:`ondevice.vocabulary.dropped_ids`).
+    """
+    layers = [m for m in source.modules() if isinstance(m, EmbeddingLayer)]
+    dropped = dropped_ids(layers, list(schema.vocab_sizes))
     model = onnx.load(str(path), load_external_data=False)
-    raw_mod.attach_encoder(model, schema, plan)
+    raw_mod.attach_encoder(model, schema, plan, dropped=dropped)
     onnx.checker.check_model(model, full_check=True)
     onnx.save_model(model, str(path), save_as_external_data=False)
     return raw_mod.vocabulary_bytes(model)

@@ -15,11 +15,12 @@ Inputs of a raw artefact (each only when some field needs it):
 * ``numeric`` float64 ``[batch, N]``: one column per raw numeric column (Criteo ``I1..I13``
   with ``criteo_log2``, CSV ``floor`` / ``edges:`` rules, Avazu ``hour`` as the number
   ``YYMMDDHH`` feeding both ``hour`` and ``weekday``, identity ids); NaN is missing.
-  The transform runs in the graph (``Log``, ``Floor``, comparisons, integer date arithmetic),
-  the result is cast to int64 (values outside int64 -> ``-2**63``, as numpy's cast on x86)
-  and looked up with ``LabelEncoder`` (int64 -> int64); NaN -> the id of the missing value
-  ``""`` (or 0 when training never saw it missing). An Avazu hour that is not a valid
-  ``YYMMDDHH`` (``prepare`` refuses the file) gives the OOV id.
+  The transform runs in the graph (``Log``, ``Floor``, comparisons, integer date arithmetic)
+  and its float64 result is looked up with ``LabelEncoder``-4 (float64 keys; the key NaN is
+  the field's missing value ``""``, OOV when training never saw it missing). Numbers
+  ``prepare`` refuses (``±inf``, ``1e999``, results without an int64 token such as
+  ``-9.3e18``) match no key: the OOV id. An Avazu hour that is not a valid ``YYMMDDHH``
+  (``prepare`` refuses the file) gives the OOV id.
 * ``hashed_ids`` int64 ``[batch, H]``: fields encoded by the hashing trick stay ids
   (``1 + blake2b-64(token) mod N``, :func:`ondevice.schema.stable_hash`): standard ONNX ops
   cannot hash strings, so the artefact ships ``hash_reference.py`` and ``hash_reference.js``
@@ -27,6 +28,11 @@ Inputs of a raw artefact (each only when some field needs it):
 
 The float64/int64 choice keeps every transform bit-exact with ``prepare`` (float32 would move
 ``floor(ln(x)^2)`` bucket edges for large counts).
+
+Cost at batch 1 (issue 16): every vocabulary column of a row goes through one shared
+two-level lookup (:class:`_Lookup`, ``2 + inputs`` nodes), and the id model's OOV guards are
+dropped when no id comes from the app (:func:`_drop_oov_guards`): the Criteo raw graph has
+43 nodes, as many as the id graph (benchmarks/results/app_payload.md has the timings).
 """
 
 from __future__ import annotations
@@ -43,14 +49,20 @@ from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper as onh
 
-from ondevice.errors import BadInputError
+from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.schema import Field, Schema, stable_hash
+from ondevice.vocabulary import (
+    ELEMENTWISE,
+    MISSING_KEY,
+    label_encoder,
+    table_bytes,
+    tables,
+    vocab_ids,
+)
 
 STRING_INPUT, NUMBER_INPUT, HASHED_INPUT = "categorical", "numeric", "hashed_ids"
-ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 3
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-#: key of a missing numeric value inside the graph (no finite value casts to it, see module doc)
-MISSING_KEY = INT64_MAX
+ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 4
+INT64_MIN = -(2**63)
 AVAZU_TRANSFORMS = ("avazu_hour_of_day", "avazu_weekday")
 HASH_SCHEME = "1 + blake2b(utf8(token), digest_size=8) read little-endian, mod buckets (ondevice.schema.stable_hash)"
 HASH_FILES = ("hash_reference.py", "hash_reference.js")
@@ -59,7 +71,8 @@ HASH_REFERENCE_DIR = Path(__file__).resolve().parent.parent / "_resources" / "ha
 #: The graph knows these spellings; rarer ones (``idx:1.00``) are OOV in the graph.
 LIBFM_ALIASES = (":1", ":1.0")
 
-__all__ = ["HASH_FILES", "attach_encoder", "encode_reference", "raw_golden", "raw_plan", "raw_random", "vocabulary_bytes",
+__all__ = ["HASH_FILES", "attach_encoder", "encode_reference", "id_model", "raw_encoder_bytes", "raw_golden", "raw_plan", "raw_random",
+           "vocabulary_bytes", "with_vocabulary",
            "write_hash_reference"]
 
 
@@ -148,49 +161,32 @@ class _Builder:
     def split(self, x: str, n: int) -> list[str]:
         return [x] if n == 1 else self.op("Split", [x], n, axis=1)
 
-    def lookup_int(self, key: str, keys: list[int], values: list[int]) -> str:
-        if not keys:
-            keys, values = [MISSING_KEY - 1], [0]  # never matches (LabelEncoder needs one key)
-        return self.op("LabelEncoder", [key], domain=ML_DOMAIN, keys_int64s=keys, values_int64s=values, default_int64=0)
-
-    def to_key(self, t: str) -> str:
-        """float64 -> int64 as numpy's cast on x86: outside [-2^63, 2^63) (and inf) -> -2^63."""
-        ok = self.op("Less", [self.op("Abs", [t]), self.const(2.0**63, np.float64)])  # NaN, inf, |t| >= 2^63: False
-        return self.op("Cast", [self.op("Where", [ok, t, self.const(-(2.0**63), np.float64)])], to=TensorProto.INT64)
+    def lookup(self, x: str, keys: list[Any], values: list[int], default: int, kind: str) -> str:
+        """A ``LabelEncoder`` table (:func:`ondevice.vocabulary.label_encoder`)."""
+        out = self.name()
+        self.nodes.append(label_encoder(x, out, keys, values, default, kind))
+        return out
 
 
-def _vocab_ids(f: Field) -> dict[str, int]:
-    return {v: i + 1 for i, v in enumerate(f.values or [])}
-
-
-def _int_keys(f: Field) -> tuple[list[int], list[int], int]:
-    """Integer tokens of a numeric vocab field -> ids, plus the id of the missing value ``""``."""
-    keys, values, missing = [], [], 0
-    for v, i in _vocab_ids(f).items():
-        if v == "":
-            missing = i
-            continue
-        try:
-            keys.append(int(v))
-        except ValueError:
-            continue  # a non-integer token can never come out of a numeric transform
-        values.append(i)
-    return keys, values, missing
-
-
-def _transform_key(b: _Builder, x: str, transform: str) -> str:
-    """The int64 key of a numeric column (before the NaN override), as ``prepare``'s transform."""
+def _transform_value(b: _Builder, x: str, transform: str) -> str:
+    """float64 whole numbers of a numeric column as ``prepare``'s rule, NaN kept NaN (missing),
+    ``±inf`` kept infinite (``prepare`` refuses them: no key matches, so they are OOV)."""
     if transform == "criteo_log2":  # x > 2 -> floor(ln(x)^2) else floor(x) (formats.base._log2_rule)
-        lg = b.op("Log", [b.op("Max", [x, b.const(1.0, np.float64)])])
-        t = b.op("Floor", [b.op("Where", [b.op("Greater", [x, b.const(2.0, np.float64)]), b.op("Mul", [lg, lg]), x])])
-        return b.to_key(t)
+        lg = b.op("Log", [x])  # NaN / -inf where x <= 0: that branch is never selected
+        return b.op("Floor", [b.op("Where", [b.op("Greater", [x, b.const(2.0, np.float64)]), b.op("Mul", [lg, lg]), x])])
     if transform == "floor":
-        return b.to_key(b.op("Floor", [x]))
-    if transform.startswith("edges:"):  # bucket = number of edges <= x (searchsorted side=right)
-        edges = sorted(float(e) for e in transform.split(":", 1)[1].split(","))
-        ge = b.op("Cast", [b.op("GreaterOrEqual", [x, b.const(np.asarray([edges]), np.float64)])], to=TensorProto.INT64)
-        return b.op("ReduceSum", [ge, b.const([1], np.int64)], keepdims=1)
+        return b.op("Floor", [x])
     raise BadInputError(f"unknown numeric transform {transform!r}")
+
+
+def _edges_key(b: _Builder, x: str, transform: str) -> str:
+    """Bucket of an ``edges:`` column: number of edges <= x (searchsorted side=right); ``±inf``
+    (refused by ``prepare``) -> -1 (no key, OOV); NaN -> ``MISSING_KEY``."""
+    edges = sorted(float(e) for e in transform.split(":", 1)[1].split(","))
+    ge = b.op("Cast", [b.op("GreaterOrEqual", [x, b.const(np.asarray([edges]), np.float64)])], to=TensorProto.INT64)
+    key = b.op("ReduceSum", [ge, b.const([1], np.int64)], keepdims=1)
+    key = b.op("Where", [b.op("IsInf", [x]), b.const(-1, np.int64), key])
+    return b.op("Where", [b.op("IsNaN", [x]), b.const(MISSING_KEY, np.int64), key])
 
 
 def _avazu_parts(b: _Builder, x: str) -> tuple[str, str, str]:
@@ -237,39 +233,37 @@ def _avazu_parts(b: _Builder, x: str) -> tuple[str, str, str]:
     return valid, hh, weekday
 
 
-def _two_level(b: _Builder, x: str, width: int, per_column: dict[int, list[tuple[Any, int]]], kind: str) -> str:
-    """ids ``[B, width]`` of a whole block in four nodes (instead of one lookup per field).
-
-    ``per_column[k]`` lists (key, id) of column ``k``. Level 1 maps every distinct key of the
-    block to its index ``u`` in the union (default -1); level 2 maps ``u * width + k`` to the
-    id (default 0, the OOV row). The union stores a key shared by several fields once.
-    """
-    union: dict[Any, int] = {}
-    for pairs in per_column.values():
-        for key, _ in pairs:
-            union.setdefault(key, len(union))
-    if not union:
-        union = {("\x00" if kind == "string" else MISSING_KEY - 1): 0}
-    attrs = {"keys_strings": list(union)} if kind == "string" else {"keys_int64s": [int(k) for k in union]}
-    u = b.op("LabelEncoder", [x], domain=ML_DOMAIN, values_int64s=list(union.values()), default_int64=-1, **attrs)
-    comb = b.op("Add", [b.op("Mul", [u, b.const(width, np.int64)]), b.const(np.arange(width)[None, :], np.int64)])
-    keys = [union[key] * width + k for k, pairs in per_column.items() for key, _ in pairs]
-    values = [i for pairs in per_column.values() for _, i in pairs]
-    return b.lookup_int(comb, keys, values)
-
-
-def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto],
-                                                                                   list[onnx.ValueInfoProto]]:
+def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str,
+                  dropped: dict[int, set[int]] | None = None) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto],
+                                                                       list[onnx.ValueInfoProto]]:
     """Nodes, initializers and graph inputs computing ``out_name`` = ids int64 ``[batch, F]``.
 
-    Vocabulary fields are looked up a whole input at a time (:func:`_two_level`); identity,
-    Avazu date and ``edges:`` fields column by column; hashed ids pass through. The blocks are
-    concatenated and one ``Gather`` puts the fields in schema order.
+    Vocabulary fields (strings; numbers with ``criteo_log2``/``floor``) share one two-level
+    lookup (:class:`ondevice.vocabulary.Tables`, ``2 + inputs`` nodes); identity, Avazu date and
+    ``edges:`` fields are computed column by column; hashed ids pass through. The blocks are
+    concatenated and one ``Gather`` puts the fields in schema order (none when the order already
+    matches). ``dropped``: per field, ids that keep no key (they read the OOV row anyway).
     """
     b = _Builder()
     cols = {name: [c for c in plan["columns"] if c["input"] == name] for name in (STRING_INPUT, NUMBER_INPUT, HASHED_INPUT)}
     field_col = {f: c for c in plan["columns"] for f in c["fields"]}
-    aliases = plan.get("libfm_aliases") or []
+    n_num = len(cols[NUMBER_INPUT])
+    t = tables(schema, plan, dropped)
+    simple = {j: f for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "number"
+              and f.encoding == "vocab" and (f.transform or "floor") in ELEMENTWISE}
+    feeds = {STRING_INPUT: STRING_INPUT}
+    if simple:  # numbers with an elementwise rule: transformed values of the whole input
+        value = None
+        for rule in sorted({f.transform or "floor" for f in simple.values()}):
+            tv = _transform_value(b, NUMBER_INPUT, rule)
+            if value is None:
+                value = tv
+            else:
+                mask = np.zeros((1, n_num), dtype=bool)
+                for f in simple.values():
+                    mask[0, field_col[f.name]["index"]] = (f.transform or "floor") == rule
+                value = b.op("Where", [b.const(mask, bool), tv, value])
+        feeds[NUMBER_INPUT] = value
     blocks: list[str] = []
     position: dict[int, int] = {}  # field index -> column of the concatenated blocks
     width = 0
@@ -281,45 +275,12 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str) -> tuple[
             position[j] = width + k
         width += n
 
-    # strings: one two-level lookup over the whole categorical input
-    if cols[STRING_INPUT]:
-        per_column: dict[int, list[tuple[Any, int]]] = {}
-        fields: dict[int, int] = {}
-        for j, f in enumerate(schema.fields):
-            c = field_col[f.name]
-            if c["kind"] != "string":
-                continue
-            ids = _vocab_ids(f)
-            pairs = list(ids.items())
-            for alias in aliases:
-                pairs += [(k + alias, v) for k, v in ids.items() if ":" not in k and k + alias not in ids]
-            per_column[c["index"]] = pairs
-            fields[j] = c["index"]
-        add_block(_two_level(b, STRING_INPUT, len(cols[STRING_INPUT]), per_column, "string"), len(cols[STRING_INPUT]), fields)
-    # numbers with an elementwise transform (criteo_log2, floor): keys of the whole input, then two levels
-    simple = {j: f for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "number"
-              and f.encoding == "vocab" and (f.transform or "floor") in ("criteo_log2", "floor")}
-    n_num = len(cols[NUMBER_INPUT])
-    if simple:
-        key = None
-        for t in sorted({f.transform or "floor" for f in simple.values()}):
-            tk = _transform_key(b, NUMBER_INPUT, t)
-            if key is None:
-                key = tk
-            else:
-                mask = np.zeros((1, n_num), dtype=bool)
-                for f in simple.values():
-                    mask[0, field_col[f.name]["index"]] = (f.transform or "floor") == t
-                key = b.op("Where", [b.const(mask, bool), tk, key])
-        key = b.op("Where", [b.op("IsNaN", [NUMBER_INPUT]), b.const(MISSING_KEY, np.int64), key])
-        per_column = {}
-        fields = {}
-        for j, f in simple.items():
-            keys, values, missing_id = _int_keys(f)
-            pairs = list(zip(keys, values, strict=True)) + ([(MISSING_KEY, missing_id)] if missing_id else [])
-            per_column[field_col[f.name]["index"]] = pairs
-            fields[j] = field_col[f.name]["index"]
-        add_block(_two_level(b, key, n_num, per_column, "int"), n_num, fields)
+    if t.blocks:
+        level1, keys2, values2 = t.two_level()
+        us = [b.lookup(feeds[x], keys, values, -t.width, kind) for x, kind, keys, values in level1]
+        cat = us[0] if len(us) == 1 else b.op("Concat", us, axis=1)
+        comb = b.op("Add", [cat, b.const(np.arange(t.width)[None, :], np.int64)])
+        add_block(b.lookup(comb, keys2, values2, 0, "int"), t.width, t.in_lookup)
     # column by column: hashed ids, identity ids, Avazu dates, edges buckets
     rest = [j for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "number" and j not in simple]
     number_cols = b.split(NUMBER_INPUT, n_num) if rest else []
@@ -339,20 +300,17 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str) -> tuple[
                                            b.op("Less", [rel, b.const(float(f.vocab_size), np.float64)])])])
             add_block(b.op("Cast", [b.op("Where", [ok, rel, b.const(0.0, np.float64)])], to=TensorProto.INT64), 1, {j: 0})
             continue
-        keys, values, missing_id = _int_keys(f)
+        keys, values = t.single[j]
         if f.transform in AVAZU_TRANSFORMS:
             if c["name"] not in avazu:
                 avazu[c["name"]] = _avazu_parts(b, x)
             valid, hh, wd = avazu[c["name"]]
             part = hh if f.transform == "avazu_hour_of_day" else wd
             key = b.op("Where", [valid, part, b.const(MISSING_KEY - 1, np.int64)])  # invalid -> no key -> OOV
-            add_block(b.lookup_int(key, keys, values), 1, {j: 0})
+            add_block(b.lookup(key, keys, values, 0, "int"), 1, {j: 0})
             continue
-        key = _transform_key(b, x, f.transform or "floor")  # edges:
-        key = b.op("Where", [b.op("IsNaN", [x]), b.const(MISSING_KEY, np.int64), key])
-        if missing_id:
-            keys, values = [*keys, MISSING_KEY], [*values, missing_id]
-        add_block(b.lookup_int(key, keys, values), 1, {j: 0})
+        key = _edges_key(b, x, f.transform or "")
+        add_block(b.lookup(key, keys, values, 0, "int"), 1, {j: 0})
     order = [position[j] for j in range(schema.num_fields)]
     cat = blocks[0] if len(blocks) == 1 else b.op("Concat", blocks, axis=1)
     if order == list(range(width)):
@@ -364,9 +322,14 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str) -> tuple[
     return b.nodes, b.inits, inputs
 
 
-def attach_encoder(model: onnx.ModelProto, schema: Schema, plan: dict[str, Any], ids_input: str = "ids") -> onnx.ModelProto:
-    """``model`` (ids in) with the raw encoder in front: raw inputs in, same outputs."""
-    nodes, inits, inputs = encoder_graph(schema, plan, ids_input)
+def attach_encoder(model: onnx.ModelProto, schema: Schema, plan: dict[str, Any], ids_input: str = "ids",
+                   dropped: dict[int, set[int]] | None = None) -> onnx.ModelProto:
+    """``model`` (ids in) with the raw encoder in front: raw inputs in, same outputs.
+
+    ``dropped``: per field, ids every embedding table reads as the OOV row
+    (:func:`ondevice.vocabulary.dropped_ids`); their keys are left out.
+    """
+    nodes, inits, inputs = encoder_graph(schema, plan, ids_input, dropped)
     g = model.graph
     if [i.name for i in g.input] != [ids_input]:
         raise BadInputError(f"the id model's inputs are {[i.name for i in g.input]}, expected [{ids_input!r}]")
@@ -376,14 +339,137 @@ def attach_encoder(model: onnx.ModelProto, schema: Schema, plan: dict[str, Any],
     g.initializer.extend(inits)
     del g.input[:]
     g.input.extend(inputs)
+    if not cols_hashed(plan):
+        _drop_oov_guards(model, ids_input, np.asarray(schema.vocab_sizes, dtype=np.int64))
+    for o in model.opset_import:
+        if o.domain == ML_DOMAIN:
+            o.version = max(o.version, ML_OPSET)
     if not any(o.domain == ML_DOMAIN for o in model.opset_import):
         model.opset_import.append(oh.make_opsetid(ML_DOMAIN, ML_OPSET))
     return model
 
 
+def raw_encoder_bytes(schema: Schema) -> int:
+    """Bytes the raw encoder adds at most to ``schema``'s CTR id model file: its vocabulary
+    tables, nodes, constants and inputs (every key kept; the OOV guards it removes not
+    subtracted), so an id model of ``B - raw_encoder_bytes`` bytes gives a raw artefact within
+    ``B`` (``compress`` reserves it from the budget before the search)."""
+    nodes, inits, inputs = encoder_graph(schema, raw_plan(schema), "ids")
+    g = onnx.GraphProto()
+    g.node.extend(nodes)
+    g.initializer.extend(inits)
+    g.input.extend(inputs)
+    return int(g.ByteSize()) + 64  # + the ai.onnx.ml opset import and the graph's longer length prefix
+
+
+def with_vocabulary(err: BudgetTooSmallError, budget: int, reserve: int) -> BudgetTooSmallError:
+    """``err`` (a search at ``budget - reserve``) restated for the whole budget: the minimum and its
+    parts include the ``reserve`` bytes of the raw artefact's vocabulary and encoder."""
+    minimum = (err.minimum_bytes or 0) + reserve
+    return BudgetTooSmallError(f"{budget:,} B is below the smallest raw-feature artefact, {minimum:,} B = the "
+                               f"vocabulary and encoder ({reserve:,} B) + the model: {err}; raise the budget, or use "
+                               "--inputs ids (the app then ships schema.json)",
+                               minimum_bytes=minimum, parts={"vocabulary and encoder": reserve, **(err.parts or {})})
+
+
+def id_model(model: onnx.ModelProto, ids: str = "ids") -> onnx.ModelProto:
+    """The id model inside a raw artefact: the graph from the encoder's output ``ids`` (int64
+    ``[batch, F]``) to the outputs, for ids that are vocabulary ids of their fields (e.g. an
+    encoded test split: the raw graph has no OOV guard when no id comes from the app)."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    need, seen, keep = [o.name for o in g.output], set(), set()
+    while need:
+        name = need.pop()
+        if name in seen or name == ids:
+            continue
+        seen.add(name)
+        node = producer.get(name)
+        if node is not None and id(node) not in keep:
+            keep.add(id(node))
+            need.extend(node.input)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(n for n in g.node if id(n) in keep)
+    del out.graph.input[:]
+    out.graph.input.append(oh.make_tensor_value_info(ids, TensorProto.INT64, ["batch", None]))
+    _prune_dead(out.graph)
+    return out
+
+
+def cols_hashed(plan: dict[str, Any]) -> bool:
+    """Whether some field comes in as a hashed id (from the app, so not known to be in range)."""
+    return any(c["kind"] == "hashed" for c in plan["columns"])
+
+
+def _constant_values(g: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Values of the initializers, ``Constant`` nodes and ``Identity`` copies of them."""
+    out = {t.name: onh.to_array(t) for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            out[n.output[0]] = onh.to_array(n.attribute[0].t)
+        elif n.op_type == "Identity" and n.input[0] in out:
+            out[n.output[0]] = out[n.input[0]]
+    return out
+
+
+def _drop_oov_guards(model: onnx.ModelProto, ids: str, vocab: np.ndarray) -> int:
+    """Remove the id model's OOV guards ``Where(ids >= 0 and ids < vocab, ids, 0)`` (``map_oov``).
+
+    Every id the encoder emits is a vocabulary id of its field (lookup values, default 0;
+    identity ids checked against the vocabulary), so the guard is the identity on them; it
+    costs ~10 nodes per lookup at batch 1 (issue 16: raw overhead). Applied only when no
+    field comes in as a hashed id. Returns the number of guards removed.
+    """
+    g = model.graph
+    const = _constant_values(g)
+    producer = {o: n for n in g.node for o in n.output}
+
+    def is_const(name: str, want: np.ndarray) -> bool:
+        v = const.get(name)
+        return v is not None and v.shape in ((), want.shape, (1, *want.shape)) and bool(np.all(v == want))
+
+    guards = {}
+    for n in g.node:
+        if n.op_type != "Where" or len(n.input) != 3 or n.input[1] != ids:
+            continue
+        cond = producer.get(n.input[0])
+        if cond is None or cond.op_type != "And":
+            continue
+        parts = {producer[i].op_type: producer[i] for i in cond.input if i in producer}
+        ge, lt = parts.get("GreaterOrEqual"), parts.get("Less")
+        if (ge is not None and lt is not None and list(ge.input[:1]) == [ids] and list(lt.input[:1]) == [ids]
+                and is_const(ge.input[1], np.zeros((), np.int64)) and is_const(lt.input[1], vocab)):
+            guards[n.output[0]] = ids
+    if not guards:
+        return 0
+    for n in g.node:
+        for k, name in enumerate(n.input):
+            if name in guards:
+                n.input[k] = guards[name]
+    _prune_dead(g)
+    return len(guards)
+
+
+def _prune_dead(g: onnx.GraphProto) -> None:
+    """Drop nodes whose outputs nobody reads, then initializers nobody reads."""
+    while True:
+        used = {o.name for o in g.output} | {i for n in g.node for i in n.input}
+        keep = [n for n in g.node if any(o in used for o in n.output)]
+        if len(keep) == len(g.node):
+            break
+        del g.node[:]
+        g.node.extend(keep)
+    used = {i for n in g.node for i in n.input}
+    inits = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+
+
 def vocabulary_bytes(model: onnx.ModelProto) -> int:
-    """Serialized bytes of the ``LabelEncoder`` nodes (their keys and values are the vocabulary)."""
-    return sum(n.ByteSize() for n in model.graph.node if n.op_type == "LabelEncoder")
+    """Serialized bytes of the ``LabelEncoder`` tables (:func:`ondevice.vocabulary.table_bytes`)."""
+    return sum(table_bytes(n) for n in model.graph.node if n.op_type == "LabelEncoder")
 
 
 # --------------------------------------------------------------------------- the reference (prepare's rules)
@@ -426,7 +512,7 @@ def encode_reference(schema: Schema, plan: dict[str, Any], feeds: dict[str, np.n
         if c["kind"] == "hashed":
             out[:, j] = x
         elif c["kind"] == "string":
-            ids = _vocab_ids(f)
+            ids = vocab_ids(f)
             aliases = plan.get("libfm_aliases") or []
             for r, v in enumerate(x):
                 s = str(v)
@@ -439,7 +525,7 @@ def encode_reference(schema: Schema, plan: dict[str, Any], feeds: dict[str, np.n
                 ok = math.isfinite(v) and v == math.floor(v) and 1 <= v - (f.offset or 0) + 1 < f.vocab_size
                 out[r, j] = int(v - (f.offset or 0) + 1) if ok else 0
         else:
-            ids = _vocab_ids(f)
+            ids = vocab_ids(f)
             v = x.astype(np.float64)
             if f.transform in AVAZU_TRANSFORMS:
                 for r, val in enumerate(v):
@@ -448,6 +534,8 @@ def encode_reference(schema: Schema, plan: dict[str, Any], feeds: dict[str, np.n
                 continue
             keys = _numeric_key(np.where(np.isnan(v), 0.0, v), f.transform or "floor")
             for r in range(batch):
+                if np.isinf(v[r]):  # prepare refuses infinite numbers: OOV
+                    continue
                 token = "" if np.isnan(v[r]) else str(int(keys[r]))
                 out[r, j] = ids.get(token, 0)
     return out

@@ -1,7 +1,7 @@
 """BlockNet: a CTR model whose interaction part is a small DAG of blocks (AutoCTR, KDD'20).
 
 AutoCTR (Song et al., "Towards Automated Neural Interaction Discovery for Click-Through
-Rate Prediction", KDD'20, §3.1; survey §7) abstracts FM, MLP and dot-product layers into
+Rate Prediction", KDD'20; survey §7) abstracts FM, MLP and dot-product layers into
 *virtual blocks* wired as a DAG. Every block reads
 
 * **sparse inputs**: field vectors ``e_f`` of the shared embedding (``fields``), ``[B, k, D]``;
@@ -10,11 +10,11 @@ Rate Prediction", KDD'20, §3.1; survey §7) abstracts FM, MLP and dot-product l
 Dense block outputs feed FM / dot-product blocks as extra ``D``-dim vectors through a linear
 projection (AutoCTR's dense-to-sparse conversion). Block types (``config["blocks"][i]["type"]``):
 
-* ``fm``: NFM bi-interaction ½[(Σ_i e_i)² − Σ_i e_i²] in O(k·D) (Rendle'10 Eq. 3 before
+* ``fm``: NFM bi-interaction ½[(Σ_i e_i)² − Σ_i e_i²] in O(k·D) (Rendle'10's linear-time form before
   the final sum), ``[B, k, D] -> [B, D]``; a unit head over it is the FM second-order term;
 * ``mlp``: ``Linear -> ReLU`` of ``width`` over the dense input, ``[B, n] -> [B, width]``;
 * ``dot``: pairwise inner products <e_i, e_j>, i < j, ``[B, k, D] -> [B, k(k−1)/2]``;
-* ``cross``: ``layers`` DCN cross layers (Wang et al. ADKDD'17, Eq. 1) on the dense input,
+* ``cross``: ``layers`` DCN cross layers (Wang et al. ADKDD'17) on the dense input,
   ``[B, n] -> [B, n]``.
 
 logit = w0 + Σ_f w_f (first order, when ``linear`` is kept) + Linear(concat of the *leaf*

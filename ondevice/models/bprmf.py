@@ -1,7 +1,7 @@
 """BPR-MF (Rendle et al., UAI'09): matrix factorisation trained with the BPR loss.
 
 score(u, i) = <p_u, q_i>. BPR maximises ln σ(score(u, i) − score(u, j)) over a user's
-observed item i and a sampled unobserved item j (BPR-Opt, Eq. 6 of the paper).
+observed item i and a sampled unobserved item j (the paper's BPR-Opt criterion).
 The item table is an ``EmbeddingLayer`` with one field, so RULE/PEP/int8 swap it like
 any CTR table; the user table stays on the server (the device gets the user's vector).
 """

@@ -1,6 +1,6 @@
 """Deep & Cross Network (Wang et al., ADKDD'17), the DCN-style cross model.
 
-Cross layer (DCN Eq. 1): x_{l+1} = x_0 · (x_lᵀ w_l) + b_l + x_l, on x_0 = concat(e_1..e_F);
+Cross layer (DCN's cross network): x_{l+1} = x_0 · (x_lᵀ w_l) + b_l + x_l, on x_0 = concat(e_1..e_F);
 a parallel MLP; the two outputs are concatenated and mapped to the logit.
 """
 

@@ -1,4 +1,4 @@
-"""Factorization Machine (Rendle, ICDM'10); survey §3.1, Eq. (3).
+"""Factorization Machine (Rendle, ICDM'10); survey §3.1, Eq. (5).
 
 Also home of the explicit field-pair interaction shared by FM, DeepFM and DeepFwFM
 (:class:`PairInteraction`): a list of kept pairs ``(i, j)`` with one weight each,
@@ -121,7 +121,7 @@ class FM(PairInteraction, CTRModel):
     """y = w0 + Σ_i w_i + Σ_{i<j} <v_i, v_j> over the active feature of every field.
 
     ``pairs``: ``None`` (all pairs, sum-square trick, no extra parameters) or an explicit
-    list of kept pairs, each with a trainable gate initialised at 0.6 (AutoFIS Eq. 30).
+    list of kept pairs, each with a trainable gate initialised at 0.6 (AutoFIS, survey Eq. 30).
     """
 
     name = "fm"

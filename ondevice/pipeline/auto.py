@@ -47,11 +47,13 @@ produced a fitting model, the smallest minimum any candidate reported is raised.
 Bytes of each candidate are the exported ONNX file's bytes, not an estimate: each candidate
 goes through the pipeline's fit loop (:func:`~ondevice.pipeline.fitting.search_fitting`: search,
 export, measure; tighten the byte margin and retry when over), exactly as it would as a single
-``--method``. ``auto`` stays a ``--method`` name in the searcher registry, but it lives in the
-pipeline (it exports and times candidates and runs the other searchers): importing
-``ondevice.pipeline`` registers it. The choice and every
-candidate (method, val metric, loss vs full, file bytes, p99, seconds, outcome) are in the
-result's ``candidates`` (``compress`` writes them to ``summary.json``/``summary.md``).
+``--method``. The choice and every candidate (method, val metric, loss vs full, file bytes, p99,
+seconds, outcome) are in the result's ``candidates`` (``compress`` writes them to
+``summary.json``/``summary.md``).
+
+``auto`` is a ``--method`` name in the searcher registry, but it lives in the pipeline (it
+exports and times candidates and runs the other searchers; ``ondevice.search`` never imports
+the pipeline or the exporter): importing ``ondevice.pipeline`` registers it.
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ from ondevice.data import EncodedDataset
 from ondevice.errors import (
     BadInputError,
     BrokenPromiseError,
+    BudgetTooSmallError,
     LatencyTargetError,
     OndeviceError,
     ParityError,
@@ -104,7 +106,7 @@ from ondevice.pipeline.resume import RESUME_LABELS, error_from_json, file_sha256
 from ondevice.pipeline.summary import metric_label, plot_summary, render_summary_markdown
 from ondevice.pipeline.wall_plan import TEST_MAX_USERS, WallPlan, split_size
 from ondevice.search import make_searcher
-from ondevice.search.base import check_method_options, method_params
+from ondevice.search.base import SearchResult, check_method_options, method_params
 from ondevice.search.fixed_parts import MLP_OPTIONS
 from ondevice.search.retrain import topk_metric_name, val_metrics
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, run_data
@@ -112,14 +114,20 @@ from ondevice.train.progress import progress_bar
 
 __all__ = ["compress"]
 
+#: One target: (label, budget bytes, device profile or None, how the user gave the budget).
+Target = tuple[str, int, DeviceProfile | None, str]
 
-def _targets(budgets: Sequence[str | int], device_profiles: Sequence[str | Path | DeviceProfile]):
-    out: list[tuple[str, int, DeviceProfile | None, str | int | None]] = []
+
+def _targets(budgets: Sequence[str | int],
+             device_profiles: Sequence[str | Path | DeviceProfile]) -> list[Target]:
+    """(label, bytes, profile, source) of every target: each budget is parsed here, once, and
+    travels as an int to the one check after the final export (``source`` names it there)."""
+    out: list[Target] = []
     for b in budgets:
-        out.append((str(b), parse_budget(b), None, b))
+        out.append((str(b), parse_budget(b), None, f"--budget {b}"))
     for p in device_profiles:
         dev = p if isinstance(p, DeviceProfile) else load_profile(p)
-        out.append((dev.name, dev.memory_budget, dev, None))
+        out.append((dev.name, dev.memory_budget, dev, f"device profile {dev.name}"))
     labels = [t[0] for t in out]
     if len(set(labels)) != len(labels):
         raise BadInputError(f"budgets/profiles repeat a name ({', '.join(labels)}); give each once")
@@ -135,7 +143,7 @@ def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | Non
     architecture (elsewhere it cannot be judged, as in ``profile``); ``latency_p99_ms`` is the
     target of plain budgets at batch 1, one thread. ``time_limit_s``: the search's own limit
     (``WallPlan.search_limit``: the target's window minus the export, verify, profile and test
-    evaluation that follow).
+    evaluation that follow). ``full_val``: the full model's validation pass, reused by auto's probe.
     """
     if searcher.name != "auto":
         return searcher.clone()
@@ -236,6 +244,7 @@ def compress(
     latency_p99_ms: float | None = None,
     evaluate_test: bool = True,
     resume: bool = False,
+    inputs: str | None = None,
 ) -> dict[str, Any]:
     """Compress the run at ``run_dir`` for every budget/device × method; returns the summary.
 
@@ -256,25 +265,135 @@ def compress(
     ``evaluate_test``: after every choice, evaluate each artefact's ``model.onnx`` once on the
     test split with onnxruntime (``ondevice.evaluate``).
     ``resume``: continue the interrupted run in ``OUT.partial`` (module docstring, "Resume").
+    ``inputs``: the artefacts' inputs (``export_artefact``; default raw for CTR): a raw artefact
+    carries its vocabulary, whose bytes are reserved from each budget before the search.
     """
     call_started = time.monotonic()  # --time-limit counts from here (pipeline.wall_plan)
-    run_dir = Path(run_dir)
-    fleet_profiles: list[DeviceProfile] = []
-    if fleet is not None:
-        fleet_profiles = fleet_profiles_in(fleet)
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    fleet_profiles = fleet_profiles_in(fleet) if fleet is not None else []
     targets = _targets(budgets, [*device_profiles, *fleet_profiles])
+    extra = searcher_params or {}
+    floor_given = max_loss != "default"
+    searchers, floor = _make_searchers(targets, methods, extra, mlp=mlp, time_limit_s=time_limit_s,
+                                       max_loss=max_loss, floor_given=floor_given, epochs=epochs, seed=seed,
+                                       allow_input_change=allow_input_change, quiet=quiet)
+    if profile_runs < 1:
+        raise BadInputError(f"profile runs must be >= 1, got {profile_runs}")
+    check_output(out_dir, kind="compress", inputs=[run_dir, data_dir], force=force or resume)
+    ckpt, data = _load_run(run_dir, data_dir)
+    settings = _resume_settings(ckpt, data, targets, methods, extra, floor, floor_given, epochs=epochs, seed=seed,
+                                mlp=mlp, allow_input_change=allow_input_change, time_limit_s=time_limit_s,
+                                latency_p99_ms=latency_p99_ms, profile_runs=profile_runs if profile else None,
+                                plot=plot, evaluate_test=evaluate_test, fleet=fleet is not None,
+                                inputs=inputs)
+    options = {"budgets": [str(b) for b in budgets], "device_profiles": [p.name if isinstance(p, DeviceProfile) else str(p)
+                                                                        for p in device_profiles],
+               "fleet": str(fleet) if fleet is not None else None, "methods": list(methods), "epochs": epochs,
+               "seed": seed, "data_dir": str(data_dir) if data_dir is not None else None, "searcher_params": extra,
+               "profile_runs": profile_runs, "time_limit_s": time_limit_s, "mlp": mlp, "max_loss": max_loss,
+               "allow_input_change": allow_input_change, "latency_p99_ms": latency_p99_ms, "inputs": inputs}
+    started = time.time()
+    full = _full_model_reference(ckpt, data, quiet)
+    plan, test_users = _wall_plan(full, data, time_limit_s, call_started, evaluate_test)
+    tally = _Tally()
+    with resumable_output_dir(out_dir, kind="compress", settings=settings, inputs=[run_dir, data.root], force=force,
+                              resume=resume, labels=RESUME_LABELS, options=options) as tmp:
+        job = _Job(ckpt=ckpt, data=data, tmp=tmp, full=full, seed=seed, mlp=mlp, floor=floor, floor_given=floor_given,
+                   profile=profile, profile_runs=profile_runs, fleet_profiles=fleet_profiles, quiet=quiet,
+                   latency_p99_ms=latency_p99_ms, time_limit_s=time_limit_s, plan=plan, test_users=test_users,
+                   inputs=inputs, vocabulary_reserve=_vocabulary_reserve(ckpt, inputs))
+        for index, target in enumerate(targets):
+            for method, searcher in searchers.items():
+                _compress_one(job, tally, target, method, searcher, several=len(searchers) > 1, index=index)
+        t_test = time.perf_counter()
+        full_test = _evaluate_on_test(job, tally.runs) if evaluate_test and data.has_split("test") else None
+        job.timings = {"full_validation_s": full.val_s, "test_evaluation_s": time.perf_counter() - t_test}
+        _explain_floor_failures(tally.failures, tally.errors, tally.runs, floor)
+        summary = _write_summary(job, tally, run_dir, searchers, full_test, started, plot=plot, fleet=fleet)
+    _raise_failures(tally.errors, len(targets) * len(searchers), out_dir)
+    return summary
+
+
+@dataclass
+class _FullModel:
+    """The full model's reference: exported bytes (the graph's own bytes for the accountant), val metric."""
+
+    file_bytes: int
+    parameter_bytes: int
+    export_cost_s: float
+    k: int
+    metric: str
+    val: dict[str, float]
+    val_s: float = 0.0  # seconds of the validation pass (pipeline.wall_plan's estimates)
+
+    @property
+    def probe_val(self) -> dict[str, Any] | None:
+        """The pass for auto's probe (``{"metrics", "seconds"}``): only at k = 20, the k auto's candidates
+        validate at (``search.retrain.val_metrics``)."""
+        return {"metrics": self.val, "seconds": self.val_s} if self.k == 20 else None
+
+    @property
+    def overhead(self) -> int:
+        return self.file_bytes - self.parameter_bytes
+
+
+@dataclass
+class _Job:
+    """What one ``compress`` call fixed before its first search; shared by every (target, method)."""
+
+    ckpt: Checkpoint
+    data: EncodedDataset
+    tmp: Path  # the output folder being written (``OUT.partial``)
+    full: _FullModel
+    seed: int
+    mlp: str
+    floor: float | None
+    floor_given: bool
+    profile: bool
+    profile_runs: int
+    fleet_profiles: list[DeviceProfile]
+    quiet: bool
+    latency_p99_ms: float | None
+    time_limit_s: float | None
+    plan: WallPlan  # each target's window under --time-limit (pipeline.wall_plan)
+    test_users: int | None  # top-K under a limit: the seeded test-user sample's size (None: every user)
+    inputs: str | None  # the artefacts' inputs (None: the exporter's default for the model)
+    vocabulary_reserve: int  # bytes a raw artefact's encoder takes from every budget (0 for ids)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Tally:
+    """What the (target, method) runs produced: summary rows, failure rows, and the errors to raise."""
+
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[OndeviceError] = field(default_factory=list)
+
+    def fail(self, label: str, method: str, nbytes: int, err: OndeviceError) -> None:
+        self.failures.append({"target": label, "method": method, "budget_bytes": nbytes, "error": type(err).__name__,
+                              "message": str(err), "exit_code": err.exit_code,
+                              **({"candidates": err.candidates} if getattr(err, "candidates", None) else {})})
+        self.errors.append(err)
+
+    def mark(self) -> tuple[int, int, int]:
+        return len(self.runs), len(self.failures), len(self.errors)
+
+
+def _make_searchers(targets: list[Any], methods: Sequence[str], extra: dict[str, dict[str, Any]], *, mlp: str,
+                    time_limit_s: float | None, max_loss: float | str | None, floor_given: bool, epochs: int | None,
+                    seed: int, allow_input_change: bool, quiet: bool) -> tuple[dict[str, Any], float | None]:
+    """Check the call's options (one-line errors) and build one configured searcher per method; and the floor."""
     if not targets:
         raise BadInputError("give at least one --budget (e.g. 2MB) or --device-profile")
     if not methods:
         raise BadInputError("give at least one --method")
     if len(set(methods)) != len(methods):
         raise BadInputError(f"--method repeats a name: {', '.join(methods)}")
-    extra = searcher_params or {}
     if mlp not in MLP_OPTIONS:
         raise BadInputError(f"--mlp must be one of {', '.join(MLP_OPTIONS)}; got {mlp!r}")
     if time_limit_s is not None and "auto" not in methods:
         raise BadInputError("--time-limit applies to --method auto only; drop it or add --method auto")
-    floor_given = max_loss != "default"
     floor = parse_max_loss(max_loss) if floor_given else DEFAULT_MAX_LOSS
     shared = {"epochs": epochs, "seed": seed, "time_limit_s": time_limit_s, "max_loss": floor,
               "allow_input_change": allow_input_change, "progress": not quiet}
@@ -282,211 +401,279 @@ def compress(
     searchers = {m: make_searcher(m, shared=shared, **_params_of(m, extra)) for m in methods}
     if "auto" in searchers and floor is None:  # make_searcher drops None settings: --max-loss off must reach auto
         searchers["auto"] = searchers["auto"].clone(max_loss=None)
-    if profile_runs < 1:
-        raise BadInputError(f"profile runs must be >= 1, got {profile_runs}")
-    out_dir = Path(out_dir)
-    check_output(out_dir, kind="compress", inputs=[run_dir, data_dir], force=force or resume)
+    return searchers, floor
+
+
+def _load_run(run_dir: Path, data_dir: str | Path | None) -> tuple[Checkpoint, EncodedDataset]:
+    """The run's checkpoint and the data it was trained on (same schema fingerprint, or a one-line error)."""
     ckpt = load_checkpoint(run_dir)
     data = run_data(run_dir, data_dir)
     if data.schema.fingerprint() != ckpt.schema.fingerprint():
         raise BadInputError(f"the data in {data.root} is not the data {run_dir} was trained on (schema fingerprint differs)")
-    identity = data.identity()
-    settings = {  # what shapes the result: --resume continues only with the same (module docstring)
-        "targets": [[t[0], t[1], t[2].to_dict() if t[2] is not None else None] for t in targets],
-        "methods": list(methods), "epochs": epochs, "seed": seed, "method_options": extra, "mlp": mlp,
-        "max_loss": [floor, floor_given], "allow_input_change": allow_input_change, "time_limit_s": time_limit_s,
-        "latency_p99_ms": latency_p99_ms, "profile_runs": profile_runs if profile else None, "plot": plot,
-        "evaluate_test": evaluate_test, "fleet": fleet is not None, "model_sha256": file_sha256(ckpt.path),
-        "data_schema": identity["schema_fingerprint"], "data_rows": identity["rows"],
-        "data_content_sha256": identity["content_sha256"],
-    }
-    options = {"budgets": [str(b) for b in budgets], "device_profiles": [p.name if isinstance(p, DeviceProfile) else str(p)
-                                                                        for p in device_profiles],
-               "fleet": str(fleet) if fleet is not None else None, "methods": list(methods), "epochs": epochs,
-               "seed": seed, "data_dir": str(data_dir) if data_dir is not None else None, "searcher_params": extra,
-               "profile_runs": profile_runs, "time_limit_s": time_limit_s, "mlp": mlp, "max_loss": max_loss,
-               "allow_input_change": allow_input_change, "latency_p99_ms": latency_p99_ms}
+    return ckpt, data
 
-    from ondevice.evaluate import evaluate_artefact
+
+def _resume_settings(ckpt: Checkpoint, data: EncodedDataset, targets: list[Any], methods: Sequence[str],
+                     extra: dict[str, dict[str, Any]], floor: float | None, floor_given: bool,
+                     **given: Any) -> dict[str, Any]:
+    """What shapes the result: ``--resume`` continues only with the same (module docstring, "Resume")."""
+    identity = data.identity()
+    return {
+        "targets": [[t[0], t[1], t[2].to_dict() if t[2] is not None else None] for t in targets],
+        "methods": list(methods), "epochs": given["epochs"], "seed": given["seed"], "method_options": extra,
+        "mlp": given["mlp"], "max_loss": [floor, floor_given], "allow_input_change": given["allow_input_change"],
+        "time_limit_s": given["time_limit_s"], "latency_p99_ms": given["latency_p99_ms"],
+        "profile_runs": given["profile_runs"], "plot": given["plot"], "evaluate_test": given["evaluate_test"],
+        "fleet": given["fleet"], "model_sha256": file_sha256(ckpt.path),
+        "data_schema": identity["schema_fingerprint"], "data_rows": identity["rows"],
+        "data_content_sha256": identity["content_sha256"], "inputs": given["inputs"],
+    }
+
+
+def _full_model_reference(ckpt: Checkpoint, data: EncodedDataset, quiet: bool) -> _FullModel:
+    """Export the full model once (its file bytes, the graph's own bytes, the cost of an export) and
+    read its validation metric: the reference every row's bytes and loss are compared with."""
+    t_export = time.perf_counter()
+    file_bytes, parameter_bytes = measure_file_bytes(ckpt.model)
+    export_cost_s = time.perf_counter() - t_export
+    k = int(ckpt.train_config.get("k", 20) or 20)
+    metric = topk_metric_name(k) if isinstance(ckpt.model, BPRMF) else "auc"
+    t_val = time.perf_counter()
+    val = val_metrics(copy.deepcopy(ckpt.model), data, k=k)
+    val_s = time.perf_counter() - t_val
+    log(quiet, f"full model: {format_bytes(file_bytes)}, val {metric_label(metric)} {val[metric]:.4f}")
+    return _FullModel(file_bytes=file_bytes, parameter_bytes=parameter_bytes, export_cost_s=export_cost_s, k=k,
+                      metric=metric, val=val, val_s=val_s)
+
+
+def _wall_plan(full: _FullModel, data: EncodedDataset, time_limit_s: float | None, call_started: float,
+               evaluate_test: bool) -> tuple[WallPlan, int | None]:
+    """The call's ``WallPlan`` and, for a top-K test split above ``TEST_MAX_USERS`` users under a
+    limit, the size of the seeded user sample its test evaluation reads (``pipeline.wall_plan``)."""
+    if time_limit_s is None:
+        return WallPlan(None, call_started), None
+    test_users = None
+    test_size = split_size(data, "test") if evaluate_test and data.has_split("test") else 0
+    if data.task == "topk" and test_size > TEST_MAX_USERS:
+        test_users = test_size = TEST_MAX_USERS
+    plan = WallPlan.estimate(time_limit_s, started=call_started, export_s=full.export_cost_s, val_s=full.val_s,
+                             val_size=split_size(data, "val"), test_size=test_size)
+    return plan, test_users
+
+
+def _vocabulary_reserve(ckpt: Checkpoint, inputs: str | None) -> int:
+    """Bytes a raw artefact's encoder adds to the model file (vocabulary tables, nodes, constants;
+    an upper bound, ``export.raw.raw_encoder_bytes``): reserved from every budget before the search,
+    so the searchers fit the id model into the rest. 0 for id artefacts."""
+    from ondevice.export.onnx_export import resolve_inputs
+    from ondevice.export.raw import raw_encoder_bytes
+
+    return raw_encoder_bytes(ckpt.schema) if resolve_inputs(inputs, ckpt.model) == "raw" else 0
+
+
+def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
+                  searcher: Any, *, several: bool, index: int = 0) -> None:
+    """One (target, method): fit the budget, export and check the artefact, add its row (or its failure)."""
+    label, nbytes, dev, _ = target
+    name = label if not several else f"{label}-{method}"
+    folder = safe_child(job.tmp, name.replace("+", "_"))
+    record = job.tmp / RESUME_DIR / f"{folder.name}.json"
+    if record.is_file():  # finished by the interrupted run (--resume)
+        done = json.loads(record.read_text())
+        tally.runs.extend(done["runs"])
+        tally.failures.extend(done["failures"])
+        tally.errors.extend(error_from_json(e) for e in done["errors"])
+        log(job.quiet, f"[{name}] kept from the interrupted run")
+        return
+    if os.path.lexists(folder):  # half-written when the interrupted run stopped
+        shutil.rmtree(folder)
+    before = tally.mark()
+    crash_point("compress.entry.start")
+    log(job.quiet, f"[{name}] {method} at {format_bytes(nbytes)}: searching...")
+    t0 = time.perf_counter()
+    try:
+        # A named method's training draws a bar on a terminal (auto draws one per candidate itself).
+        with progress_bar(f"[{name}] {method}", enabled=False if job.quiet else None):
+            result, attempts = _fit_budget(job, searcher, target, folder, index)
+        search_s = time.perf_counter() - t0
+        manifest, verify, prof, export_s = _export_and_check(job, result, method, target, folder)
+        atomic_write_json(folder / "search.json", {**result.to_dict(), "fit_attempts": attempts})
+    except OndeviceError as err:
+        log(job.quiet, f"[{name}] failed: {err}")
+        tally.fail(label, method, nbytes, err)
+        keep_entry(record, tally.runs, tally.failures, tally.errors, before)
+        return
+    entry = _row(job, result, method, target, folder, manifest, verify, prof,
+                 {**result.timings, "search_and_retrain_s": search_s, "export_s": export_s}, t0)
+    if result.warnings:
+        entry["warnings"] = list(result.warnings)
+        for warning in result.warnings:
+            log(False, f"[{name}] warning: {warning}")
+    _check_floor(job, tally, entry, result, method, target)
+    if result.candidates is not None:  # auto: every method it tried, the chosen one marked
+        entry["candidates"] = [{k: v for k, v in c.items() if k != "config"} for c in result.candidates]
+    if job.fleet_profiles:
+        _check_fleet_row(job, tally, entry, method, target, folder, verify, prof, name)
+    tally.runs.append(entry)
+    keep_entry(record, tally.runs, tally.failures, tally.errors, before)
+    log(job.quiet, f"[{name}] {format_bytes(entry['file_bytes'])} <= {format_bytes(nbytes)}, "
+                   f"val {metric_label(result.metric)} {result.val_metric:.4f} ({search_s:.1f}s)"
+                   + (f"; {entry['inputs']['text']}" if (entry["inputs"] or {}).get("changed") else ""))
+
+
+def _fit_budget(job: _Job, searcher: Any, target: Target,
+                folder: Path, index: int = 0) -> tuple[SearchResult, list[dict[str, Any]]]:
+    """Search within the target's bytes through the fit-and-retry loop (``pipeline.fitting``)."""
+    from ondevice.export.raw import with_vocabulary
+
+    _, nbytes, dev, _ = target
+    try:
+        result, _, attempts = search_fitting(
+            _for_target(searcher, dev, job.latency_p99_ms, job.plan.search_limit(index), job.full.probe_val),
+            job.ckpt, job.data,
+            max(nbytes - job.vocabulary_reserve, 1), job.full.overhead, work_dir=job.tmp / "_cache",
+            mlp=_mlp_for(job.mlp, dev), state_dir=job.tmp / RESUME_DIR / f"{folder.name}.auto")
+    except BudgetTooSmallError as err:  # the minimum then includes the vocabulary the artefact ships
+        raise (with_vocabulary(err, nbytes, job.vocabulary_reserve) if job.vocabulary_reserve else err) from None
+    return result, attempts
+
+
+def _export_and_check(job: _Job, result: SearchResult, method: str, target: Target,
+                      folder: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, float]:
+    """Export the result (the one budget check), re-verify it on fresh inputs, profile it:
+    (manifest, verify report, profile report or None, export seconds)."""
     from ondevice.export import export_artefact, profile_artefact, verify_artefact
 
-    started = time.time()
-    t_export = time.perf_counter()
-    full_file, full_params = measure_file_bytes(ckpt.model)
-    export_cost_s = time.perf_counter() - t_export
-    overhead = full_file - full_params
-    k = int(ckpt.train_config.get("k", 20) or 20)
-    full_metric = topk_metric_name(k) if isinstance(ckpt.model, BPRMF) else "auc"
-    t_val = time.perf_counter()
-    full_val = val_metrics(copy.deepcopy(ckpt.model), data, k=k)
-    val_s = time.perf_counter() - t_val
-    log(quiet, f"full model: {format_bytes(full_file)}, val {metric_label(full_metric)} {full_val[full_metric]:.4f}")
-    # auto's candidates validate at k = 20 (search.retrain.val_metrics): share the pass only when it is the same.
-    probe_val = {"metrics": full_val, "seconds": val_s} if k == 20 else None
-    test_users = None  # top-K under a limit: a seeded sample of the test users (pipeline.wall_plan)
-    plan = WallPlan(None, call_started)
-    if time_limit_s is not None:
-        test_size = split_size(data, "test") if evaluate_test and data.has_split("test") else 0
-        if isinstance(ckpt.model, BPRMF) and test_size > TEST_MAX_USERS:
-            test_users, test_size = TEST_MAX_USERS, TEST_MAX_USERS
-        plan = WallPlan.estimate(time_limit_s, started=call_started, export_s=export_cost_s, val_s=val_s,
-                                 val_size=split_size(data, "val"), test_size=test_size)
-    runs: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = []
-    errors: list[OndeviceError] = []
-    with resumable_output_dir(out_dir, kind="compress", settings=settings, inputs=[run_dir, data.root], force=force,
-                              resume=resume, labels=RESUME_LABELS, options=options) as tmp:
-        kept = tmp / RESUME_DIR
-        for target_index, (label, nbytes, dev, budget_arg) in enumerate(targets):
-            for method, searcher in searchers.items():
-                name = label if len(searchers) == 1 else f"{label}-{method}"
-                folder = safe_child(tmp, name.replace("+", "_"))
-                record = kept / f"{folder.name}.json"
-                if record.is_file():  # finished by the interrupted run (--resume)
-                    done = json.loads(record.read_text())
-                    runs.extend(done["runs"])
-                    failures.extend(done["failures"])
-                    errors.extend(error_from_json(e) for e in done["errors"])
-                    log(quiet, f"[{name}] kept from the interrupted run")
-                    continue
-                if os.path.lexists(folder):  # half-written when the interrupted run stopped
-                    shutil.rmtree(folder)
-                before = (len(runs), len(failures), len(errors))
-                crash_point("compress.entry.start")
-                log(quiet, f"[{name}] {method} at {format_bytes(nbytes)}: searching...")
-                t0 = time.perf_counter()
-                try:
-                    # A named method's training draws a bar on a terminal (auto draws one per candidate itself).
-                    with progress_bar(f"[{name}] {method}", enabled=False if quiet else None):
-                        result, file_bytes, attempts = search_fitting(
-                            _for_target(searcher, dev, latency_p99_ms, plan.search_limit(target_index), probe_val),
-                            ckpt, data,
-                            nbytes, overhead, work_dir=tmp / "_cache", mlp=_mlp_for(mlp, dev),
-                            state_dir=kept / f"{folder.name}.auto")
-                    search_s = time.perf_counter() - t0
-                    metrics = {"val": result.val, "selected_on": f"val {result.metric}", "method": method,
-                               "search": {"config": result.config, "params": result.params}}
-                    out_ckpt = Checkpoint(model=result.model, schema=result.schema or ckpt.schema, train_config=ckpt.train_config,
-                                          metrics=metrics, path=ckpt.path)
-                    t1 = time.perf_counter()
-                    manifest = export_artefact(out_ckpt, folder, budget=budget_arg, profile=dev)
-                    export_s = time.perf_counter() - t1
-                    crash_point("compress.entry.exported")
-                    verify = verify_artefact(folder, seed=seed)
-                    prof = None
-                    if profile:
-                        prof = profile_artefact(folder, batches=(1, 256), threads=(1,), runs=profile_runs,
-                                                warmup=min(10, profile_runs), seed=seed, torch_baseline=False, plot=False,
-                                                enforce_target=not fleet_profiles)
-                    atomic_write_json(folder / "search.json", {**result.to_dict(), "fit_attempts": attempts})
-                except OndeviceError as err:
-                    log(quiet, f"[{name}] failed: {err}")
-                    failures.append({"target": label, "method": method, "budget_bytes": nbytes,
-                                     "error": type(err).__name__, "message": str(err), "exit_code": err.exit_code,
-                                     **({"candidates": err.candidates} if getattr(err, "candidates", None) else {})})
-                    errors.append(err)
-                    keep_entry(record, runs, failures, errors, before)
-                    continue
-                b1 = next((r["onnxruntime"] for r in (prof or {}).get("results", []) if r["batch"] == 1), None)
-                entry = {
-                    "target": label, "device_profile": dev.name if dev else None, "budget_bytes": nbytes,
-                    "method": method, "folder": folder.name, "file_bytes": manifest["files"]["model.onnx"]["bytes"],
-                    "fits": manifest["budget"]["fits"], "val": result.val, "metric": result.metric,
-                    "val_metric": result.val_metric, "config": result.config,
-                    "timings": {**result.timings, "search_and_retrain_s": search_s, "export_s": export_s},
-                    "verify_max_abs_diff": verify["max_abs_diff"], "p50_ms_batch1": b1["p50_ms"] if b1 else None,
-                    "p99_ms_batch1": b1["p99_ms"] if b1 else None,
-                    "loss": relative_loss(float(full_val[result.metric]), result.val_metric)
-                    if result.metric in full_val else None,
-                    "inputs": manifest.get("input_contract"), "wall_s": time.perf_counter() - t0,
-                }
-                if result.warnings:
-                    entry["warnings"] = list(result.warnings)
-                    for warning in result.warnings:
-                        log(False, f"[{name}] warning: {warning}")
-                if floor is not None and (floor_given or method == "auto") and entry["loss"] is not None \
-                        and entry["loss"] > floor:  # auto never chooses such a candidate; a named method may land here
-                    entry["below_floor"] = True
-                    err = QualityFloorError(f"{method} at {label} loses {entry['loss']:.1%} of the full model's val "
-                                            f"{metric_label(result.metric)} ({result.val_metric:.4f} vs "
-                                            f"{full_val[result.metric]:.4f}), beyond --max-loss {floor:.1%}",
-                                            best_method=method, best_loss=entry["loss"], budget_bytes=nbytes)
-                    failures.append({"target": label, "method": method, "budget_bytes": nbytes, "error": type(err).__name__,
-                                     "message": str(err), "exit_code": err.exit_code})
-                    errors.append(err)
-                if result.candidates is not None:  # auto: every method it tried, the chosen one marked
-                    entry["candidates"] = [{k: v for k, v in c.items() if k != "config"} for c in result.candidates]
-                if fleet_profiles:
-                    entry["verified"] = bool(verify.get("passed", True))
-                    entry["latency"] = latency_at_profile(prof, dev)
-                    tgt = (prof or {}).get("target")
-                    if tgt and tgt.get("checked") and tgt.get("passed") is False:
-                        err = LatencyTargetError(f"p99 {tgt['p99_ms']:.3f} ms at batch {tgt['batch']} x {tgt['threads']} "
-                                                 f"threads is over the {tgt['profile']} target of {tgt['p99_target_ms']} ms")
-                        failures.append({"target": label, "method": method, "budget_bytes": nbytes,
-                                         "error": type(err).__name__, "message": str(err), "exit_code": err.exit_code})
-                        errors.append(err)
-                    entry["required_operators"] = required_operators_of(folder)
-                    entry["runtime_memory"] = mem = (prof or {}).get("memory_target")
-                    if mem and mem.get("passed") is False:
-                        err = RuntimeMemoryError(f"a session adds {mem['runtime_bytes']:,} B of resident memory, over the "
-                                                 f"{mem['profile']} memory_budget_runtime of {mem['budget_bytes']:,} B")
-                        failures.append({"target": label, "method": method, "budget_bytes": nbytes,
-                                         "error": type(err).__name__, "message": str(err), "exit_code": err.exit_code})
-                        errors.append(err)
-                    if dev is not None and dev.arch == "arm64":
-                        entry["arm64_parity"] = parity = fleet_arm64_parity(folder, dev, seed, quiet, name)
-                        if parity["passed"] is False:
-                            err = ParityError(f"arm64 parity on emulated {parity['cpu']}: {parity['reason']}",
-                                              max_abs_diff=parity["max_abs_diff"], tolerance=parity.get("atol"))
-                            failures.append({"target": label, "method": method, "budget_bytes": nbytes,
-                                             "error": type(err).__name__, "message": str(err), "exit_code": err.exit_code})
-                            errors.append(err)
-                runs.append(entry)
-                keep_entry(record, runs, failures, errors, before)
-                log(quiet, f"[{name}] {format_bytes(entry['file_bytes'])} <= {format_bytes(nbytes)}, "
-                            f"val {metric_label(result.metric)} {result.val_metric:.4f} ({search_s:.1f}s)"
-                            + (f"; {entry['inputs']['text']}" if (entry["inputs"] or {}).get("changed") else ""))
-        full_test = None
-        t_test = time.perf_counter()
-        if evaluate_test and data.has_split("test"):  # read once, after every choice was made on validation
-            full_test = _full_test(ckpt.model, data, k, test_users, seed)
-            for entry in runs:
-                entry["test"] = {**evaluate_artefact(tmp / entry["folder"], data, split="test", max_users=test_users,
-                                                     seed=seed),
-                                 "artefact": entry["folder"]}  # not the temporary path it was read from
-                entry["test_metric"] = entry["test"].get(entry["metric"])
-                log(quiet, f"[{entry['folder']}] test {metric_label(entry['metric'])} {entry['test_metric']:.4f} "
-                            "(onnxruntime, model.onnx)")
-        _explain_floor_failures(failures, errors, runs, floor)
-        summary = {
-            "format": "ondevice-compress-summary",
-            "run_dir": str(run_dir), "data_dir": str(data.root),
-            "full_model": {"file_bytes": full_file, "parameter_bytes": full_params, "graph_overhead_bytes": overhead,
-                           "val": full_val, "metric": full_metric, "test": full_test},
-            "methods": {m: s.get_params() for m, s in searchers.items()}, "mlp": mlp,
-            "max_loss": floor, "max_loss_applies_to": "every run" if floor_given else "auto",
-            "time_limit_s": time_limit_s, "wall_plan": plan.to_dict() if time_limit_s is not None else None,
-            "timings": {"full_validation_s": val_s, "test_evaluation_s": time.perf_counter() - t_test},
-            "test_users": {"sampled": test_users, "seed": seed} if test_users else None,
-            "torch_threads": torch.get_num_threads(), "seed": seed,
-            "runs": runs, "failures": failures, "seconds": time.time() - started,
-        }
-        summary["plot"] = plot_summary(summary, tmp / "summary.png") if plot and runs else None
-        atomic_write_json(tmp / "summary.json", summary)
-        atomic_write_text(tmp / "summary.md", render_summary_markdown(summary))
-        if fleet_profiles:
-            report = fleet_report(summary, fleet_profiles, fleet)
-            summary["fleet"] = report
-            atomic_write_json(tmp / "fleet.json", report)
-            atomic_write_text(tmp / "fleet.md", render_fleet_markdown(report))
-        crash_point("compress.summary")
-    if errors:
-        if len(errors) == 1:
-            raise errors[0]
-        msg = (f"{len(errors)} of {len(targets) * len(searchers)} runs failed (first: {errors[0]}); "
-               f"see {out_dir / 'summary.md'}")
-        if any(isinstance(e, BrokenPromiseError) for e in errors):
-            raise BrokenPromiseError(msg)
-        raise BadInputError(msg)
+    _, nbytes, dev, source = target
+    metrics = {"val": result.val, "selected_on": f"val {result.metric}", "method": method,
+               "search": {"config": result.config, "params": result.params}}
+    out_ckpt = Checkpoint(model=result.model, schema=result.schema or job.ckpt.schema,
+                          train_config=job.ckpt.train_config, metrics=metrics, path=job.ckpt.path)
+    t1 = time.perf_counter()
+    manifest = export_artefact(out_ckpt, folder, budget_bytes=nbytes, budget_source=source, profile=dev,
+                               inputs=job.inputs)
+    export_s = time.perf_counter() - t1
+    crash_point("compress.entry.exported")
+    verify = verify_artefact(folder, seed=job.seed)
+    prof = None
+    if job.profile:
+        prof = profile_artefact(folder, batches=(1, 256), threads=(1,), runs=job.profile_runs,
+                                warmup=min(10, job.profile_runs), seed=job.seed, torch_baseline=False, plot=False,
+                                enforce_target=not job.fleet_profiles)
+    return manifest, verify, prof, export_s
+
+
+def _row(job: _Job, result: SearchResult, method: str, target: Target,
+         folder: Path, manifest: dict[str, Any], verify: dict[str, Any], prof: dict[str, Any] | None,
+         timings: dict[str, float], t0: float) -> dict[str, Any]:
+    """The summary row of one artefact: bytes, fit, val metric and loss vs full, timings, p50/p99 at batch 1."""
+    label, nbytes, dev, _ = target
+    full_val = job.full.val
+    b1 = next((r["onnxruntime"] for r in (prof or {}).get("results", []) if r["batch"] == 1), None)
+    return {
+        "target": label, "device_profile": dev.name if dev else None, "budget_bytes": nbytes,
+        "method": method, "folder": folder.name, "file_bytes": manifest["files"]["model.onnx"]["bytes"],
+        "fits": manifest["budget"]["fits"], "val": result.val, "metric": result.metric,
+        "val_metric": result.val_metric, "config": result.config, "timings": timings,
+        "verify_max_abs_diff": verify["max_abs_diff"], "p50_ms_batch1": b1["p50_ms"] if b1 else None,
+        "p99_ms_batch1": b1["p99_ms"] if b1 else None,
+        "loss": relative_loss(float(full_val[result.metric]), result.val_metric) if result.metric in full_val else None,
+        "inputs": manifest.get("input_contract"), "wall_s": time.perf_counter() - t0,
+    }
+
+
+def _check_floor(job: _Job, tally: _Tally, entry: dict[str, Any], result: SearchResult, method: str,
+                 target: Target) -> None:
+    """Mark a row below the quality floor and record its failure (auto never chooses such a
+    candidate; a named method is held to the floor only when ``--max-loss`` was given)."""
+    label, nbytes, _, _ = target
+    floor = job.floor
+    if floor is None or not (job.floor_given or method == "auto") or entry["loss"] is None or entry["loss"] <= floor:
+        return
+    entry["below_floor"] = True
+    tally.fail(label, method, nbytes, QualityFloorError(
+        f"{method} at {label} loses {entry['loss']:.1%} of the full model's val {metric_label(result.metric)} "
+        f"({result.val_metric:.4f} vs {job.full.val[result.metric]:.4f}), beyond --max-loss {floor:.1%}",
+        best_method=method, best_loss=entry["loss"], budget_bytes=nbytes))
+
+
+def _check_fleet_row(job: _Job, tally: _Tally, entry: dict[str, Any], method: str,
+                     target: Target, folder: Path, verify: dict[str, Any],
+                     prof: dict[str, Any] | None, name: str) -> None:
+    """``--fleet``: the row's latency at the profile, operators, runtime memory and arm64 parity; each miss a failure."""
+    label, nbytes, dev, _ = target
+    entry["verified"] = bool(verify.get("passed", True))
+    entry["latency"] = latency_at_profile(prof, dev)
+    tgt = (prof or {}).get("target")
+    if tgt and tgt.get("checked") and tgt.get("passed") is False:
+        tally.fail(label, method, nbytes, LatencyTargetError(
+            f"p99 {tgt['p99_ms']:.3f} ms at batch {tgt['batch']} x {tgt['threads']} threads is over the "
+            f"{tgt['profile']} target of {tgt['p99_target_ms']} ms"))
+    entry["required_operators"] = required_operators_of(folder)
+    entry["runtime_memory"] = mem = (prof or {}).get("memory_target")
+    if mem and mem.get("passed") is False:
+        tally.fail(label, method, nbytes, RuntimeMemoryError(
+            f"a session adds {mem['runtime_bytes']:,} B of resident memory, over the {mem['profile']} "
+            f"memory_budget_runtime of {mem['budget_bytes']:,} B"))
+    if dev is not None and dev.arch == "arm64":
+        entry["arm64_parity"] = parity = fleet_arm64_parity(folder, dev, job.seed, job.quiet, name)
+        if parity["passed"] is False:
+            tally.fail(label, method, nbytes, ParityError(
+                f"arm64 parity on emulated {parity['cpu']}: {parity['reason']}",
+                max_abs_diff=parity["max_abs_diff"], tolerance=parity.get("atol")))
+
+
+def _evaluate_on_test(job: _Job, runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Read the test split once, after every choice was made on validation: the full model (PyTorch)
+    and each artefact's ``model.onnx`` (onnxruntime); returns the full model's test metrics."""
+    from ondevice.evaluate import evaluate_artefact
+
+    full_test = _full_test(job.ckpt.model, job.data, job.full.k, job.test_users, job.seed)
+    for entry in runs:
+        entry["test"] = {**evaluate_artefact(job.tmp / entry["folder"], job.data, split="test",
+                                             max_users=job.test_users, seed=job.seed),
+                         "artefact": entry["folder"]}  # not the temporary path it was read from
+        entry["test_metric"] = entry["test"].get(entry["metric"])
+        log(job.quiet, f"[{entry['folder']}] test {metric_label(entry['metric'])} {entry['test_metric']:.4f} "
+                       "(onnxruntime, model.onnx)")
+    return full_test
+
+
+def _write_summary(job: _Job, tally: _Tally, run_dir: Path, searchers: dict[str, Any], full_test: dict[str, float] | None,
+                   started: float, *, plot: bool, fleet: str | Path | None) -> dict[str, Any]:
+    """``summary.json`` / ``summary.md`` / ``summary.png`` (and ``fleet.json`` / ``fleet.md``); returns the summary."""
+    full = job.full
+    summary = {
+        "format": "ondevice-compress-summary",
+        "run_dir": str(run_dir), "data_dir": str(job.data.root),
+        "full_model": {"file_bytes": full.file_bytes, "parameter_bytes": full.parameter_bytes,
+                       "graph_overhead_bytes": full.overhead, "val": full.val, "metric": full.metric, "test": full_test},
+        "methods": {m: s.get_params() for m, s in searchers.items()}, "mlp": job.mlp,
+        "max_loss": job.floor, "max_loss_applies_to": "every run" if job.floor_given else "auto",
+        "time_limit_s": job.time_limit_s, "wall_plan": job.plan.to_dict() if job.time_limit_s is not None else None,
+        "test_users": {"sampled": job.test_users, "seed": job.seed} if job.test_users else None,
+        "timings": job.timings, "torch_threads": torch.get_num_threads(), "seed": job.seed,
+        "runs": tally.runs, "failures": tally.failures, "seconds": time.time() - started,
+    }
+    summary["plot"] = plot_summary(summary, job.tmp / "summary.png") if plot and tally.runs else None
+    atomic_write_json(job.tmp / "summary.json", summary)
+    atomic_write_text(job.tmp / "summary.md", render_summary_markdown(summary))
+    if job.fleet_profiles:
+        report = fleet_report(summary, job.fleet_profiles, fleet)
+        summary["fleet"] = report
+        atomic_write_json(job.tmp / "fleet.json", report)
+        atomic_write_text(job.tmp / "fleet.md", render_fleet_markdown(report))
+    crash_point("compress.summary")
     return summary
+
+
+def _raise_failures(errors: list[OndeviceError], total: int, out_dir: Path) -> None:
+    """Raise the run's failure: the one error, or one line counting them (exit 3 if any broke a promise)."""
+    if not errors:
+        return
+    if len(errors) == 1:
+        raise errors[0]
+    msg = f"{len(errors)} of {total} runs failed (first: {errors[0]}); see {out_dir / 'summary.md'}"
+    if any(isinstance(e, BrokenPromiseError) for e in errors):
+        raise BrokenPromiseError(msg)
+    raise BadInputError(msg)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ondevice.data import EncodedDataset
-from ondevice.pipeline.measure import measure_file_bytes
+from ondevice.pipeline.measure import onnx_file_bytes
 from ondevice.search.base import SearchResult
 from ondevice.search.byte_accountant import FORMAT_MARGIN_BYTES, ByteAccountant
 from ondevice.train.checkpoint import Checkpoint
@@ -31,10 +31,10 @@ def search_fitting(searcher, ckpt: Checkpoint, data: EncodedDataset, budget: int
     """
     margin, attempts = FORMAT_MARGIN_BYTES, []
     for attempt in range(MAX_FIT_RETRIES + 1):
-        acc = ByteAccountant(graph_overhead_bytes=overhead, margin_bytes=margin)
+        acc = ByteAccountant(graph_overhead_bytes=overhead, margin_bytes=margin, measure=onnx_file_bytes)
         state = state_dir / f"margin-{margin}" if state_dir is not None and searcher.delegates else None
         result = searcher.search(ckpt, data, budget, accountant=acc, work_dir=work_dir, mlp=mlp, state_dir=state)
-        file_bytes, _ = measure_file_bytes(result.model)
+        file_bytes = acc.file_bytes(result.model)  # exact: a temporary export
         attempts.append({"attempt": attempt, "margin_bytes": margin, "file_bytes": file_bytes})
         if file_bytes <= budget:
             return result, file_bytes, attempts

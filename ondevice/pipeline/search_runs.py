@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from ondevice import __version__
-from ondevice.budget import format_bytes, parse_budget
+from ondevice.budget import format_bytes
 from ondevice.data import EncodedDataset
 from ondevice.data.dataset import FieldSelectedDataset
 from ondevice.errors import BadInputError, BudgetExceededError
@@ -115,13 +115,14 @@ def search_interactions(run_dir: str | Path, out_dir: str | Path, searcher: Sear
     return summary
 
 
-def search_features(run_dir: str | Path, out_dir: str | Path, *, budget: str | int | None = None,
+def search_features(run_dir: str | Path, out_dir: str | Path, *, budget_bytes: int | None = None,
                     keep: int | None = None, method: str = "autofield", epochs: int | None = None,
                     search_epochs: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
                     force: bool = False, signal_level: float | None = None, mlp: str = "auto") -> dict[str, Any]:
-    """Select fields of ``run_dir``'s model within ``budget`` bytes (or keep the ``keep`` best).
+    """Select fields of ``run_dir``'s model within ``budget_bytes`` (or keep the ``keep`` best).
 
-    Returns the summary written to ``train.json``. ``budget`` is the exported file's limit
+    Returns the summary written to ``train.json``. ``budget_bytes`` (parsed by the caller,
+    ``parse_budget``) is the exported file's limit
     (graph included, measured on the full model as ``compress`` does); with ``keep`` alone
     there is no byte limit. ``signal_level``: the ranking's signal check (``subset.ranking_signal``;
     ``None``: the searcher's default, 0: off).
@@ -132,7 +133,7 @@ def search_features(run_dir: str | Path, out_dir: str | Path, *, budget: str | i
         raise BadInputError(f"--mlp must be one of {', '.join(MLP_OPTIONS)}; got {mlp!r}")
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if (budget is None) == (keep is None):
+    if (budget_bytes is None) == (keep is None):
         raise BadInputError("give exactly one of --budget (e.g. 50KB) or --keep N")
     check_output(out_dir, kind="search-features", inputs=[run_dir, data_dir], force=force)
     ckpt = load_checkpoint(run_dir)
@@ -143,11 +144,11 @@ def search_features(run_dir: str | Path, out_dir: str | Path, *, budget: str | i
         raise BadInputError(f"the data in {data.root} is not the data {run_dir} was trained on (schema fingerprint differs)")
     full_file, full_params = measure_file_bytes(ckpt.model)
     acc = ByteAccountant(graph_overhead_bytes=full_file - full_params)
-    limit = parse_budget(budget) if budget is not None else acc.file_bytes_estimate(ckpt.model)
+    limit = budget_bytes if budget_bytes is not None else acc.file_bytes_estimate(ckpt.model)
     searcher = make_searcher(method, shared={"epochs": epochs, "seed": seed}, num_fields=keep,
                              search_epochs=search_epochs, signal_level=signal_level)
     result, file_bytes, _ = search_fitting(searcher, ckpt, data, limit, acc.graph_overhead_bytes, mlp=mlp)
-    if budget is not None and file_bytes > limit:
+    if budget_bytes is not None and file_bytes > limit:
         raise BudgetExceededError(f"the selected model exports to {format_bytes(file_bytes)}, over the budget of "
                                   f"{format_bytes(limit)}; lower the budget or pass --keep", file_bytes=file_bytes,
                                   budget=limit)
@@ -155,7 +156,7 @@ def search_features(run_dir: str | Path, out_dir: str | Path, *, budget: str | i
     summary = {
         "method": searcher.method_name(), "source_run": str(run_dir.resolve()), "data_dir": str(Path(data.root).resolve()),
         "fields_kept": schema.field_names, "fields_dropped": [n for n in data.schema.field_names if n not in schema.field_names],
-        "schema_fingerprint": schema.fingerprint(), "task": "ctr", "budget_bytes": limit if budget is not None else None,
+        "schema_fingerprint": schema.fingerprint(), "task": "ctr", "budget_bytes": budget_bytes,
         "file_bytes": file_bytes, "full_file_bytes": full_file, "val": result.val, "selected_on": f"val {result.metric}",
         "config": ckpt.train_config, "search": {"config": result.config, "params": result.params, "timings": result.timings},
     }
@@ -170,7 +171,7 @@ def search_features(run_dir: str | Path, out_dir: str | Path, *, budget: str | i
     return summary
 
 
-def search_architecture(data_dir: str | Path, out_dir: str | Path, *, budget: str | int | None = None,
+def search_architecture(data_dir: str | Path, out_dir: str | Path, *, budget_bytes: int | None = None,
                         latency_p99: str | float | None = None, profile: str | Path | None = None,
                         epochs: int = 10, patience: int = 2, force: bool = False,
                         searcher: EvolutionaryArchitectureSearch | None = None) -> dict[str, Any]:
@@ -184,7 +185,7 @@ def search_architecture(data_dir: str | Path, out_dir: str | Path, *, budget: st
     check_writable_parent(out_dir)
     if epochs < 1:
         raise BadInputError(f"--epochs must be >= 1, got {epochs}")
-    constraints = resolve_constraints(budget, latency_p99, profile)
+    constraints = resolve_constraints(budget_bytes, latency_p99, profile)
     searcher = searcher or EvolutionaryArchitectureSearch()
     data = EncodedDataset(data_dir)
     if data.task != "ctr":

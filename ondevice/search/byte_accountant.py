@@ -19,7 +19,8 @@ The first-order table and the dense layers are counted in the forms
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -66,12 +67,16 @@ class ByteAccountant:
     measured by ``compress`` on the full model; ``margin_bytes``: room for the extra nodes of
     a compressed embedding format; ``first_order``: the form the first-order (``linear``)
     table will be stored in (``keep`` | ``fp16`` | ``drop``), counted by the fixed bytes.
+    ``measure``: exact bytes of a model's exported file, ``measure(model) -> int``, supplied by
+    the pipeline (``ondevice.pipeline.measure.onnx_file_bytes``: an export to a temporary file);
+    searchers read it through :meth:`file_bytes` and never import the exporter.
     """
 
     graph_overhead_bytes: int = DEFAULT_GRAPH_OVERHEAD_BYTES
     margin_bytes: int = FORMAT_MARGIN_BYTES
     first_order: str = "keep"
     mlp: str = "fp32"
+    measure: Callable[[nn.Module], int] | None = field(default=None, repr=False, compare=False)
 
     def _planned_child(self, name: str, child: nn.Module) -> nn.Module | None:
         """A non-compressed child in its planned stored form: ``linear`` per ``first_order``,
@@ -93,7 +98,13 @@ class ByteAccountant:
         return stored_bytes(_deployable_tensors(model))
 
     def file_bytes_estimate(self, model: nn.Module) -> int:
+        """Parameter bytes + the measured graph + the margin for a format's extra nodes."""
         return self.parameter_bytes(model) + self.graph_overhead_bytes + self.margin_bytes
+
+    def file_bytes(self, model: nn.Module) -> int:
+        """The exported file's bytes of ``model``: exact when the pipeline gave ``measure``,
+        else :meth:`file_bytes_estimate`."""
+        return int(self.measure(model)) if self.measure is not None else self.file_bytes_estimate(model)
 
     def planned_file_bytes(self, model: RecModel) -> int:
         """``file_bytes_estimate`` with the first-order table and the dense layers in their planned

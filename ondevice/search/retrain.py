@@ -1,31 +1,31 @@
-"""The one small CTR training loop every searcher shares (search phases and retraining).
+"""CTR and top-K training for the searchers (search phases and retraining), on the shared loop.
 
-Same conventions as ``ondevice.train.Trainer``: BCE on ``[B]`` logits, epoch order drawn
-from ``numpy.random.default_rng([seed, epoch])``, torch re-seeded per epoch, validation AUC
-computed once over the whole split with ``evaluate_ctr``, the best epoch's weights kept.
-Optimisers: by default Adam on dense parameters and lazy ``SparseAdam`` on row-sparse tables
-(the trainer's split); a searcher may pass its own (PEP: one Adam with coupled weight decay
-on everything). ``on_step(step)`` may stop training early by returning ``True``.
+``fit_ctr`` and ``fit_topk`` bring the batches and the loss to ``ondevice.train.loop.fit``,
+the loop ``ondevice.train.Trainer`` runs too (epochs, early stopping on validation,
+restore-best, ``on_step``, the deadline), with the trainer's conventions: BCE on ``[B]``
+logits, epoch order drawn from ``numpy.random.default_rng([seed, epoch])``, torch re-seeded
+per epoch, validation AUC computed once over the whole split with ``evaluate_ctr``, the best
+epoch's weights kept. Optimisers: by default Adam on dense parameters and lazy Adam on
+row-sparse tables (``ondevice.train.optim.make_optimizers``); a searcher may pass its own
+(PEP: one Adam with coupled weight decay on everything). ``on_step(step)`` may stop training
+early by returning ``True``.
 
-``fit_topk`` is the same loop for BPR-MF (top-K): the trainer's BPR objective (one uniform
+``fit_topk`` is the same for BPR-MF (top-K): the trainer's BPR objective (one uniform
 negative per training interaction, ``-ln σ(s(u,i) − s(u,j))``, L2 ``l2/2`` on the batch's
 rows), validation Recall@K with full ranking excluding training items (``evaluate_topk``).
 ``before_step(step, rng)`` and ``extra_loss(model, users, pos, neg)`` are the hooks RULE uses
 (sample a block configuration per batch, add the diversity regulariser).
 
-Time limit (``compress --time-limit``): inside ``with deadline(t):`` both loops stop at the
-first optimizer step after ``time.monotonic()`` passes ``t``, evaluate what they have, and
-keep the best evaluated epoch as usual, so a candidate stopped at the limit still returns
-a valid model (``FitResult.stopped_at_deadline``). Without a deadline nothing changes.
+Time limit (``compress --time-limit``): inside ``with deadline(t):`` (``ondevice.train.loop``)
+both stop at the first optimizer step after ``time.monotonic()`` passes ``t``, evaluate what
+they have, and keep the best evaluated epoch as usual, so a candidate stopped at the limit
+still returns a valid model (``FitResult.stopped_at_deadline``). Without a deadline nothing
+changes.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,38 +35,14 @@ import torch.nn.functional as F
 
 from ondevice.data import EncodedDataset
 from ondevice.models import BPRMF, CTRModel
-from ondevice.train import evaluate_ctr, evaluate_topk
-from ondevice.train.progress import tick
-from ondevice.train.trainer import (
-    DistInfo,
-    epoch_order,
-    in_memory_ctr,
-    iter_ctr_batches,
-    make_optimizers,
-)
+from ondevice.train.batches import epoch_order, in_memory_ctr, iter_ctr_batches
+from ondevice.train.distributed import DistInfo
+from ondevice.train.evaluate import evaluate_ctr, evaluate_topk
+from ondevice.train.loop import LoopResult, StepInfo, deadline, fit, past_deadline
+from ondevice.train.optim import make_optimizers
 
 __all__ = ["FitResult", "deadline", "default_optimizers", "fit_ctr", "fit_topk", "iter_batches", "past_deadline",
            "topk_metric_name", "topk_pairs", "val_metrics"]
-
-_DEADLINES: list[float] = []  # time.monotonic() values, innermost last
-
-
-@contextmanager
-def deadline(at: float | None) -> Iterator[None]:
-    """Training loops inside stop at the first step after ``time.monotonic() > at`` (``None``: no limit)."""
-    if at is None:
-        yield
-        return
-    _DEADLINES.append(float(at))
-    try:
-        yield
-    finally:
-        _DEADLINES.pop()
-
-
-def past_deadline() -> bool:
-    """Whether the innermost ``deadline`` has passed."""
-    return bool(_DEADLINES) and time.monotonic() > min(_DEADLINES)
 
 
 @dataclass
@@ -81,7 +57,7 @@ class FitResult:
 
 
 def default_optimizers(model: CTRModel | BPRMF, lr: float, weight_decay: float = 0.0) -> list[torch.optim.Optimizer]:
-    """The trainer's optimiser split (``ondevice.train.trainer.make_optimizers``)."""
+    """The trainer's optimiser split (``ondevice.train.optim.make_optimizers``)."""
     return make_optimizers(model, lr=lr, weight_decay=weight_decay)
 
 
@@ -141,60 +117,21 @@ def fit_ctr(
     (early stopping after ``patience`` epochs without improvement). ``epochs=0`` only
     evaluates.
     """
-    opts = optimizers if optimizers is not None else default_optimizers(model, lr)
-    started = time.perf_counter()
-    best_auc, best_epoch, best_state, bad = -math.inf, 0, None, 0
-    history: list[dict[str, Any]] = []
-    steps, stopped, at_deadline = 0, False, past_deadline()
-    val: dict[str, float] = {}
-    best_val: dict[str, float] = {}
     train_cache: dict[int, tuple[Any, Any]] = {}  # the split as int64 tensors, converted once
-    for epoch in range(1, 0 if at_deadline else epochs + 1):
-        torch.manual_seed(seed + epoch)
-        model.train()
-        total, n = torch.zeros((), dtype=torch.float64), 0  # no host sync per step
-        for x, y in iter_batches(data, "train", batch_size, seed, epoch, train_cache):
-            logits = model(x)  # [B]
-            assert logits.shape == y.shape, f"logits {tuple(logits.shape)} vs labels {tuple(y.shape)}"
-            loss = F.binary_cross_entropy_with_logits(logits, y)
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None and not p.grad.is_sparse], grad_clip)
-            for o in opts:
-                o.step()
-            steps += 1
-            tick(epoch, epochs, steps)  # the TTY progress bar, when one is open (train.progress)
-            total += loss.detach() * len(y)
-            n += len(y)
-            if on_step is not None and on_step(steps):
-                stopped = True
-                break
-            if past_deadline():
-                stopped = at_deadline = True
-                break
-        entry: dict[str, Any] = {"epoch": epoch, "train_loss": float(total) / max(n, 1), "steps": steps}
-        if evaluate:
-            val = val_metrics(model, data)
-            entry["val_auc"] = val["auc"]
-            if val["auc"] > best_auc:
-                best_auc, best_epoch, bad = val["auc"], epoch, 0
-                if select_best:
-                    best_state, best_val = copy.deepcopy(model.state_dict()), val
-            else:
-                bad += 1
-        history.append(entry)
-        if stopped or (evaluate and select_best and bad >= patience):
-            break
-    if select_best and best_state is not None:
-        model.load_state_dict(best_state)
-        val = best_val  # evaluation is deterministic: the restored weights score exactly this
-    elif evaluate and not history:
-        val = val_metrics(model, data)  # epochs=0: evaluate only
-    model.eval()
-    return FitResult(val=val, best_epoch=best_epoch, steps=steps, seconds=time.perf_counter() - started,
-                     history=history, stopped_early=stopped, stopped_at_deadline=at_deadline)
+
+    def bce(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        x, y = batch
+        logits = model(x)  # [B]
+        assert logits.shape == y.shape, f"logits {tuple(logits.shape)} vs labels {tuple(y.shape)}"
+        return F.binary_cross_entropy_with_logits(logits, y), len(y)
+
+    result = fit(model, optimizers if optimizers is not None else default_optimizers(model, lr),
+                 batches=lambda epoch: iter_batches(data, "train", batch_size, seed, epoch, train_cache),
+                 loss=bce, epochs=epochs, seed=seed,
+                 evaluate=(lambda: val_metrics(model, data)) if evaluate else None, metric="auc",
+                 patience=patience if evaluate and select_best else None, restore_best=select_best,
+                 grad_clip=grad_clip, on_step=_count_steps(on_step))
+    return _fit_result(result, "val_auc", "auc")
 
 
 def fit_topk(
@@ -227,75 +164,52 @@ def fit_topk(
     ``default_rng([seed, e, 2])``. With ``select_best`` the best validation epoch's weights
     are restored (early stopping after ``patience`` epochs without improvement).
     """
-    opts = optimizers if optimizers is not None else default_optimizers(model, lr)  # type: ignore[arg-type]
     pairs = topk_pairs(data, "train")
-    n_items = model.num_items
     metric = topk_metric_name(k)
-    started = time.perf_counter()
-    best, best_epoch, best_state, bad = -math.inf, 0, None, 0
-    history: list[dict[str, Any]] = []
-    steps = 0
-    stop = at_deadline = past_deadline()
-    val: dict[str, float] = {}
-    best_val: dict[str, float] = {}
-    for epoch in range(1, 0 if at_deadline else epochs + 1):
-        torch.manual_seed(seed + epoch)
-        model.train()
+    steps_done = 0  # what before_step is told: optimiser steps before this batch
+
+    def bpr_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        nonlocal steps_done
         order = epoch_order(len(pairs), seed, epoch)
-        negatives = np.random.default_rng([seed, epoch, 1]).integers(1, n_items, size=len(pairs))
+        negatives = np.random.default_rng([seed, epoch, 1]).integers(1, model.num_items, size=len(pairs))
         hook_rng = np.random.default_rng([seed, epoch, 2])
-        total, n = 0.0, 0
-        for b, start in enumerate(range(0, len(order), batch_size)):
-            if max_steps_per_epoch is not None and b >= max_steps_per_epoch:
-                break
+        for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            users = torch.from_numpy(pairs[rows, 0])
-            pos = torch.from_numpy(pairs[rows, 1])
-            neg = torch.from_numpy(negatives[rows])
+            users, pos, neg = (torch.from_numpy(pairs[rows, 0]), torch.from_numpy(pairs[rows, 1]),
+                               torch.from_numpy(negatives[rows]))
             if before_step is not None:
-                before_step(steps, hook_rng)
-            u = model.user_vectors(users)
-            i_pos, i_neg = model.item_vectors(pos), model.item_vectors(neg)
-            loss = -F.logsigmoid((u * i_pos).sum(1) - (u * i_neg).sum(1)).mean()
-            if l2:
-                loss = loss + l2 * (u.pow(2).sum() + i_pos.pow(2).sum() + i_neg.pow(2).sum()) / (2 * len(rows))
-            if extra_loss is not None:
-                loss = loss + extra_loss(model, users, pos, neg)
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            for o in opts:
-                o.step()
-            steps += 1
-            tick(epoch, epochs, steps)  # the TTY progress bar, when one is open (train.progress)
-            total += float(loss.detach()) * len(rows)
-            n += len(rows)
-            if on_step is not None and on_step(steps):
-                stop = True
-                break
-            if past_deadline():
-                stop = at_deadline = True
-                break
-        entry: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(n, 1), "steps": steps}
-        if evaluate:
-            val = val_metrics(model, data, k=k)
-            entry[f"val_{metric}"] = val[metric]
-            if val[metric] > best:
-                best, best_epoch, bad = val[metric], epoch, 0
-                if select_best:
-                    best_state, best_val = copy.deepcopy(model.state_dict()), val
-            else:
-                bad += 1
-        history.append(entry)
-        if stop or (evaluate and select_best and bad >= patience):
-            break
-    if select_best and best_state is not None:
-        model.load_state_dict(best_state)
-        val = best_val  # evaluation is deterministic: the restored weights score exactly this
-    elif evaluate and not history:
-        val = val_metrics(model, data, k=k)  # epochs=0: evaluate only
-    model.eval()
-    return FitResult(val=val, best_epoch=best_epoch, steps=steps, seconds=time.perf_counter() - started,
-                     history=history, stopped_at_deadline=at_deadline)
+                before_step(steps_done, hook_rng)
+            steps_done += 1
+            yield users, pos, neg
+
+    def bpr(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        users, pos, neg = batch
+        u = model.user_vectors(users)
+        i_pos, i_neg = model.item_vectors(pos), model.item_vectors(neg)
+        loss = -F.logsigmoid((u * i_pos).sum(1) - (u * i_neg).sum(1)).mean()
+        if l2:
+            loss = loss + l2 * (u.pow(2).sum() + i_pos.pow(2).sum() + i_neg.pow(2).sum()) / (2 * len(users))
+        if extra_loss is not None:
+            loss = loss + extra_loss(model, users, pos, neg)
+        return loss, len(users)
+
+    result = fit(model, optimizers if optimizers is not None else default_optimizers(model, lr),
+                 batches=bpr_batches, loss=bpr, epochs=epochs, seed=seed,
+                 evaluate=(lambda: val_metrics(model, data, k=k)) if evaluate else None, metric=metric,
+                 patience=patience if evaluate and select_best else None, restore_best=select_best,
+                 grad_clip=grad_clip, max_steps_per_epoch=max_steps_per_epoch, on_step=_count_steps(on_step))
+    return _fit_result(result, f"val_{metric}", metric)
+
+
+def _count_steps(on_step: Callable[[int], bool] | None) -> Callable[[StepInfo], bool] | None:
+    """The searchers' ``on_step(steps)`` as a loop hook."""
+    return None if on_step is None else (lambda info: on_step(info.steps))
+
+
+def _fit_result(result: LoopResult, history_key: str, metric: str) -> FitResult:
+    """``FitResult`` of a loop run; history rows ``{epoch, train_loss, steps[, val_<metric>]}``."""
+    history = [{"epoch": e.epoch, "train_loss": e.train_loss, "steps": e.steps,
+                **({history_key: e.val[metric]} if e.val else {})} for e in result.epochs]
+    return FitResult(val=result.val, best_epoch=result.state.best_epoch, steps=result.state.steps,
+                     seconds=result.seconds, history=history, stopped_early=result.stopped_early,
+                     stopped_at_deadline=result.stopped_at_deadline)

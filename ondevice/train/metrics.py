@@ -1,4 +1,4 @@
-"""Evaluation metrics: AUC and logloss for CTR; Recall@K and NDCG@K for top-K.
+"""Evaluation metrics: AUC and logloss for CTR; Recall@K and NDCG@K for top-K (+ the per-user CSR they rank with).
 
 All metrics are computed globally over the evaluated split (not averaged per batch, a
 quirk of the PEP reference code), in float64.
@@ -71,3 +71,13 @@ def sampled_hr_ndcg(pos_scores: np.ndarray, neg_scores: np.ndarray, k: int) -> t
     hit = rank < k
     ndcg = np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0)
     return float(hit.mean()), float(ndcg.mean())
+
+
+def user_item_csr(pairs: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr, items) of a [n, 2] (user, item) array, items sorted per user."""
+    users = np.asarray(pairs[:, 0], dtype=np.int64)
+    items = np.asarray(pairs[:, 1], dtype=np.int64)
+    order = np.lexsort((items, users))
+    counts = np.bincount(users, minlength=n_users)
+    indptr = np.concatenate(([0], np.cumsum(counts)))
+    return indptr, items[order]

@@ -1,15 +1,18 @@
-"""A one-line progress bar for long training loops, on a terminal only (issue 13, point 4).
+"""Progress bars on stderr: the trainer's (``Progress``) and the searches' (``progress_bar``).
 
-``with progress_bar("auto uniform"):`` around a search makes every ``tick(epoch, epochs,
-step)`` the training loops call (``search.retrain``) redraw one stderr line in place::
+``Progress``: ``ondevice train``'s bar, a live bar on a terminal, one line per epoch in logs.
+
+``progress_bar`` / ``tick`` (issue 13, point 4): ``with progress_bar("auto uniform"):`` around a
+search makes every ``tick(epoch, epochs, step)`` the shared training loop calls
+(``train.loop.fit``) redraw one stderr line in place::
 
     auto uniform  [#######.............]  epoch 3/8  step 1,200  12.4 s  (41 s left)
 
-(the time left is the innermost ``search.retrain.deadline``'s, when one is set). It draws
-only when the stream is a TTY (``enabled=None``) and at most every ``min_interval_s``; on a
-pipe or a file nothing is written, so logs keep one line per candidate start/finish. The
-line is erased when the block ends, before the caller prints its finish line. ``tick``
-without an open bar costs one list check.
+(the time left is the innermost ``train.loop.deadline``'s, when one is set). It draws only
+when the stream is a TTY (``enabled=None``) and at most every ``min_interval_s``; on a pipe or
+a file nothing is written, so logs keep one line per candidate start/finish. The line is
+erased when the block ends, before the caller prints its finish line. ``tick`` without an
+open bar costs one list check.
 """
 
 from __future__ import annotations
@@ -20,7 +23,42 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-__all__ = ["ProgressBar", "progress_bar", "tick"]
+__all__ = ["Progress", "ProgressBar", "progress_bar", "tick"]
+
+
+class Progress:
+    """A one-line progress bar on stderr: epoch, batches, samples/s, running loss."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr is not None
+        # the moving bar only on a terminal; logs get one line per epoch
+        self.live = self.enabled and sys.stderr.isatty()
+        self._last = 0.0
+
+    def due(self) -> bool:
+        """Whether an ``update`` now would print (enabled and 0.5 s since the last one)."""
+        return self.enabled and time.monotonic() - self._last >= 0.5
+
+    def update(self, epoch: int, epochs: int, step: int, steps: int, samples_per_s: float, loss: float, *, force: bool = False) -> None:
+        if not self.live:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < 0.5:
+            return
+        self._last = now
+        width = 24
+        filled = int(width * step / max(steps, 1))
+        bar = "#" * filled + "." * (width - filled)
+        sys.stderr.write(
+            f"\repoch {epoch}/{epochs} [{bar}] {step}/{steps} batches  {samples_per_s / 1000:7.1f}K samples/s  loss {loss:.4f}"
+        )
+        sys.stderr.flush()
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write(("\r" + text.ljust(100) if self.live else text) + "\n")
+            sys.stderr.flush()
+
 
 WIDTH = 20
 

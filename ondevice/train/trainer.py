@@ -1,27 +1,35 @@
-"""One training loop for every model and task.
+"""``Trainer``: train one model on one encoded dataset into a run folder (``ondevice train``).
+
+The epochs, early stopping and hooks are the shared loop's (``train.loop.fit``); the trainer
+brings the batches, the loss, the checkpoints (``model.pt`` at each best epoch, ``last.pt``
+every epoch for ``--resume``) and the test evaluation of the chosen epoch.
 
 * CTR: binary cross-entropy on logits; validation AUC (higher is better) drives early
   stopping; logloss reported too.
 * Top-K: BPR loss with one uniformly sampled negative per observed interaction;
   validation Recall@K with full ranking that excludes each user's training items.
 
-Optimisation: Adam on dense parameters (torch's fused kernel where available); embedding
-tables with row-sparse gradients use ``LazyAdam``, ``torch.optim.SparseAdam``'s maths and
+Optimisation (``train.optim``): Adam on dense parameters (torch's fused kernel where available);
+embedding tables with row-sparse gradients use ``LazyAdam``, ``torch.optim.SparseAdam``'s maths and
 state with a faster step (a step touches only the rows in the batch, as in TF's LazyAdam).
 This is the main reason we train embedding-heavy models several times faster than
 libraries that update every row of every table on every step. An optional L2 penalty
 (``l2``) applies to the embedding rows of each batch.
 
 Hot path (see ``benchmarks/train_throughput.py``): a training split that fits in memory is
-copied once per run into an int64 tensor and batches are gathered with ``index_select``;
-the running loss stays on the device (no host sync per step); glibc is asked to keep freed
-tensor memory (``_tune_cpu_allocator``) so steps do not page-fault fresh activations.
+copied once per run into an int64 tensor and batches are gathered with ``index_select``
+(``train.batches``); the running loss stays on the device (no host sync per step); glibc is
+asked to keep freed tensor memory (``train.allocator``) so steps do not page-fault fresh
+activations.
+
+Around it: ``train.config`` (``TrainConfig`` and the defaults), ``train.progress`` (the bar),
+``train.resume`` (``--resume`` checks), ``train.evaluate`` (metrics on a split).
 
 Reproducibility: the shuffle of epoch e is drawn from ``numpy.random.default_rng([seed, e])``
 and torch's RNG is re-seeded with ``seed + e`` at the start of each epoch, so an interrupted
 run resumed from ``last.pt`` ends with the same weights as an uninterrupted one.
 
-Distributed: when started by ``torchrun`` (``WORLD_SIZE > 1``), the model is wrapped in
+Distributed (``train.distributed``): when started by ``torchrun`` (``WORLD_SIZE > 1``), the model is wrapped in
 ``DistributedDataParallel`` (gloo on CPU, nccl on CUDA). DDP cannot all-reduce row-sparse
 gradients, so distributed runs train embedding tables with dense gradients and Adam
 (``sparse_embeddings=False`` gives a single process the same optimiser, for comparison). Every rank sees a disjoint shard
@@ -36,10 +44,9 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +57,9 @@ import torch.nn.functional as F
 
 from ondevice import __version__
 from ondevice.data import EncodedDataset
-from ondevice.errors import BadInputError, CheckpointError, OutputExistsError, SchemaMismatchError
+from ondevice.errors import BadInputError, CheckpointError, OutputExistsError
 from ondevice.io import atomic_write_json, check_writable_parent
-from ondevice.models import BPRMF, CTRModel, RecModel, build_model, model_from_description
+from ondevice.models import RecModel, build_model, model_from_description
 from ondevice.outputs import (
     OutputLock,
     check_out_vs_inputs,
@@ -60,114 +67,18 @@ from ondevice.outputs import (
     publish,
     write_marker,
 )
-from ondevice.schema import Schema
+from ondevice.train.allocator import tune_cpu_allocator
+from ondevice.train.batches import epoch_order, in_memory_ctr, iter_ctr_batches
 from ondevice.train.checkpoint import load_raw, save_checkpoint
-from ondevice.train.metrics import log_loss, recall_ndcg_at_k, roc_auc, sampled_hr_ndcg
+from ondevice.train.config import CTR_MODELS, TOPK_MODELS, TrainConfig
+from ondevice.train.distributed import DistInfo, init_distributed, wrap_distributed
+from ondevice.train.evaluate import evaluate_ctr, evaluate_topk, popularity_model
+from ondevice.train.loop import EpochStats, LoopState, StepInfo, fit
+from ondevice.train.optim import lazy_tables, make_optimizers
+from ondevice.train.progress import Progress
+from ondevice.train.resume import check_resume
 
-CTR_MODELS = ("fm", "deepfm", "widedeep", "deepfwfm", "dcn")
-TOPK_MODELS = ("bprmf",)
-
-
-# Table entries (rows x dim, all tables) up to which ``sparse_embeddings="auto"`` trains the
-# tables with dense gradients + Adam (coupled L2 on every row, the original PEP code's setting);
-# above it lazy Adam keeps a step O(batch rows) instead of O(table).
-DENSE_TABLE_ENTRIES = 1 << 22
-
-
-# The defaults of every CTR model (the original PEP code's DeepFM setting): BatchNorm + dropout
-# 0.2 in the MLP, Adam lr 1e-3 with coupled L2 (weight_decay 1e-5) on every parameter, early
-# stopping, patience 5. On issue 12's Frappe rows DeepFM reaches test AUC 0.9531 with them, and
-# every CTR model is within 0.001 val AUC of the best of 5 `tune` trials
-# (benchmarks/results/original_protocol.md).
-CTR_DEFAULTS: dict[str, Any] = {"embed_dim": 16, "dropout": 0.2, "batch_norm": True, "lr": 1e-3,
-                                "weight_decay": 1e-5, "l2": 0.0, "batch_size": 1024, "patience": 5, "epochs": 50}
-# Per-model departures (BPR-MF: benchmarks/topk_defaults.py).
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    # FM has no MLP, only tables: lr 1e-2 (val AUC 0.9534 on Frappe, best of its 5 tune trials
-    # in benchmarks/results/original_protocol.md)
-    "fm": {"lr": 1e-2},
-    # BPR-MF: L2 1e-2 on the batch's rows (on Amazon Sports, ~7 interactions per user, 1e-4 and
-    # 1e-3 end below popularity: val Recall@20 0.0266 / 0.0264 vs 0.0656,
-    # benchmarks/results/topk_defaults_sports_l2/); sparse data converges slowly, hence 100 epochs
-    "bprmf": {"embed_dim": 64, "dropout": 0.0, "batch_norm": False, "lr": 3e-3, "weight_decay": 0.0,
-              "l2": 1e-2, "batch_size": 2048, "patience": 3, "epochs": 100},
-}
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of a training run (stored in ``train.json`` and the checkpoint).
-
-    Knobs left ``None`` take the model's default (``CTR_DEFAULTS``, ``MODEL_DEFAULTS``) when
-    the config is built, so ``TrainConfig(model="bprmf")`` is BPR-MF's default run.
-    """
-
-    model: str = "deepfm"
-    embed_dim: int = None  # type: ignore[assignment]  # resolved in __post_init__
-    mlp_dims: list[int] = field(default_factory=lambda: [400, 400, 400])
-    dropout: float = None  # type: ignore[assignment]
-    batch_norm: bool = None  # type: ignore[assignment]
-    cross_layers: int = 3
-    lr: float = None  # type: ignore[assignment]
-    embedding_lr: float | None = None
-    weight_decay: float = None  # type: ignore[assignment]
-    l2: float = None  # type: ignore[assignment]
-    batch_size: int = None  # type: ignore[assignment]
-    epochs: int = None  # type: ignore[assignment]
-    patience: int = None  # type: ignore[assignment]
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = None
-    k: int = 20
-    eval_protocol: str = "full"  # top-K: "full" ranking or "sampled" (1 positive + N negatives)
-    eval_negatives: int = 99
-    eval_batch_size: int = 16384
-    max_steps_per_epoch: int | None = None  # for smoke tests and quick benchmarks
-    # lazy (row-sparse) Adam on tables: True | False (dense Adam, coupled L2 on every row) |
-    # "auto" (dense up to DENSE_TABLE_ENTRIES table entries); forced off under DDP
-    sparse_embeddings: bool | str = "auto"
-
-    def __post_init__(self) -> None:
-        for name, value in {**CTR_DEFAULTS, **MODEL_DEFAULTS.get(self.model, {})}.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-
-    def validate(self) -> None:
-        if self.model not in CTR_MODELS + TOPK_MODELS:
-            raise BadInputError(f"unknown model {self.model!r}; choose one of: {', '.join(CTR_MODELS + TOPK_MODELS)}")
-        for name in ("embed_dim", "batch_size", "epochs", "k"):
-            if getattr(self, name) < 1:
-                raise BadInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not math.isfinite(self.lr) or self.lr <= 0:
-            raise BadInputError(f"--lr must be a finite number > 0, got {self.lr}")
-        for name in ("weight_decay", "l2"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise BadInputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:  # also refuses nan
-            raise BadInputError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.embedding_lr is not None and not (math.isfinite(self.embedding_lr) and self.embedding_lr > 0):
-            raise BadInputError(f"embedding_lr must be a finite number > 0, got {self.embedding_lr}")
-        if any(int(d) < 1 for d in self.mlp_dims) or (not self.mlp_dims and self.model in ("deepfm", "widedeep", "deepfwfm", "dcn")):
-            raise BadInputError(f"--mlp widths must be >= 1, got {self.mlp_dims}")
-        for name in ("patience", "threads", "max_steps_per_epoch", "cross_layers", "eval_negatives", "eval_batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise BadInputError(f"--{name.replace('_per_epoch', '').replace('_', '-')} must be >= 1, got {value}")
-        if self.sparse_embeddings not in (True, False, "auto"):
-            raise BadInputError(f"sparse_embeddings must be true, false or 'auto', got {self.sparse_embeddings!r}")
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise BadInputError(f"--device must be cpu or cuda, got {self.device!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise BadInputError("--device cuda requested but no CUDA GPU is available; use --device cpu")
-        if self.eval_protocol not in ("full", "sampled"):
-            raise BadInputError(f"--eval-protocol must be 'full' or 'sampled', got {self.eval_protocol!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
+__all__ = ["TrainResult", "Trainer", "train"]
 
 
 @dataclass
@@ -187,402 +98,6 @@ class TrainResult:
 POPULARITY_MARGIN = 1.5
 
 
-# ---------------------------------------------------------------------- distributed
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device: str) -> DistInfo:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-
-
-# ---------------------------------------------------------------------- progress
-class Progress:
-    """A one-line progress bar on stderr: epoch, batches, samples/s, running loss."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr is not None
-        # the moving bar only on a terminal; logs get one line per epoch
-        self.live = self.enabled and sys.stderr.isatty()
-        self._last = 0.0
-
-    def due(self) -> bool:
-        """Whether an ``update`` now would print (enabled and 0.5 s since the last one)."""
-        return self.enabled and time.monotonic() - self._last >= 0.5
-
-    def update(self, epoch: int, epochs: int, step: int, steps: int, samples_per_s: float, loss: float, *, force: bool = False) -> None:
-        if not self.live:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < 0.5:
-            return
-        self._last = now
-        width = 24
-        filled = int(width * step / max(steps, 1))
-        bar = "#" * filled + "." * (width - filled)
-        sys.stderr.write(
-            f"\repoch {epoch}/{epochs} [{bar}] {step}/{steps} batches  {samples_per_s / 1000:7.1f}K samples/s  loss {loss:.4f}"
-        )
-        sys.stderr.flush()
-
-    def line(self, text: str) -> None:
-        if self.enabled:
-            sys.stderr.write(("\r" + text.ljust(100) if self.live else text) + "\n")
-            sys.stderr.flush()
-
-
-# ---------------------------------------------------------------------- data iteration
-_IN_MEMORY_LIMIT = 1 << 30  # bytes of ids a split may take before we stream it in blocks
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """Row order for one epoch: a full permutation, deterministic in (seed, epoch)."""
-    rng = np.random.default_rng([seed, epoch])
-    return rng.permutation(n)
-
-
-def iter_ctr_batches(
-    ids: np.ndarray,
-    labels: np.ndarray,
-    order: np.ndarray,
-    batch_size: int,
-    dist_info: DistInfo,
-    device: torch.device,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield this rank's share of each global batch (``batch_size`` rows over all ranks)."""
-    world, rank = dist_info.world_size, dist_info.rank
-    n_batches = len(order) // batch_size if world > 1 else math.ceil(len(order) / batch_size)
-    per_rank = batch_size // world
-    in_memory = isinstance(ids, torch.Tensor)
-    for b in range(n_batches):
-        rows = order[b * batch_size : (b + 1) * batch_size]
-        if world > 1:
-            rows = rows[rank * per_rank : (rank + 1) * per_rank]
-        rows = np.sort(rows)  # sequential access into the memmap (and the same row order in memory)
-        if in_memory:  # one gather from the int64 copy: no per-batch dtype conversion
-            index = torch.from_numpy(rows)
-            x, y = ids.index_select(0, index), labels.index_select(0, index)
-        else:
-            x = torch.from_numpy(np.asarray(ids[rows], dtype=np.int64))
-            y = torch.from_numpy(np.asarray(labels[rows], dtype=np.float32))
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
-def in_memory_ctr(split: Any) -> tuple[Any, Any]:
-    """The split as (int64 ids, float32 labels) tensors when it fits, else the memmaps."""
-    if split.ids.nbytes * 2 < _IN_MEMORY_LIMIT:
-        ids = torch.from_numpy(np.ascontiguousarray(split.ids, dtype=np.int64))
-        labels = torch.from_numpy(np.array(split.labels, dtype=np.float32))
-        return ids, labels
-    return split.ids, split.labels
-
-
-# ---------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def predict_ctr(model: CTRModel, ids: np.ndarray, *, batch_size: int = 16384, device: str | torch.device = "cpu") -> np.ndarray:
-    """Probabilities for every row of ``ids`` (a numpy/memmap int array)."""
-    model.eval()
-    out = np.empty(len(ids), dtype=np.float32)
-    for start in range(0, len(ids), batch_size):
-        x = torch.from_numpy(np.asarray(ids[start : start + batch_size], dtype=np.int64)).to(device)
-        out[start : start + len(x)] = torch.sigmoid(model(x)).float().cpu().numpy()
-    return out
-
-
-def evaluate_ctr(model: CTRModel, ids: np.ndarray, labels: np.ndarray, *, batch_size: int = 16384, device: str | torch.device = "cpu") -> dict[str, float]:
-    probs = predict_ctr(model, ids, batch_size=batch_size, device=device)
-    labels = np.asarray(labels)
-    return {"auc": roc_auc(labels, probs), "logloss": log_loss(labels, probs), "rows": int(len(labels))}
-
-
-def _user_item_csr(pairs: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (indptr, items) of a [n, 2] (user, item) array, items sorted per user."""
-    users = np.asarray(pairs[:, 0], dtype=np.int64)
-    items = np.asarray(pairs[:, 1], dtype=np.int64)
-    order = np.lexsort((items, users))
-    counts = np.bincount(users, minlength=n_users)
-    indptr = np.concatenate(([0], np.cumsum(counts)))
-    return indptr, items[order]
-
-
-@torch.no_grad()
-def evaluate_topk(
-    model: BPRMF,
-    eval_pairs: np.ndarray,
-    exclude_pairs: list[np.ndarray],
-    *,
-    k: int = 20,
-    protocol: str = "full",
-    negatives: int = 99,
-    seed: int = 0,
-    user_batch: int = 1024,
-    device: str | torch.device = "cpu",
-) -> dict[str, float]:
-    """Recall@K / NDCG@K with full ranking, or HR@K / NDCG@K on the sampled protocol.
-
-    Full ranking scores every item for each evaluated user, removes the items in
-    ``exclude_pairs`` (training interactions, and validation ones when testing) and the OOV
-    row 0, and compares the top K with the user's held-out items. The sampled protocol
-    ranks each held-out (user, item) against ``negatives`` items the user never interacted
-    with, drawn with a fixed seed.
-    """
-    model.eval()
-    n_users, n_items = model.num_users, model.num_items
-    items_table = model.all_item_vectors().to(device)
-    ev_ptr, ev_items = _user_item_csr(np.asarray(eval_pairs), n_users)
-    ex_ptrs = [_user_item_csr(np.asarray(p), n_users) for p in exclude_pairs]
-    users = np.flatnonzero(np.diff(ev_ptr) > 0)
-    if len(users) == 0:
-        raise BadInputError("evaluation split has no interactions; check the prepared top-K data")
-    if protocol == "sampled":
-        return _evaluate_sampled(model, ev_ptr, ev_items, ex_ptrs, users, n_items, k, negatives, seed, device)
-    topk_all, relevant = [], []
-    for start in range(0, len(users), user_batch):
-        batch_users = users[start : start + user_batch]
-        u = model.user_vectors(torch.from_numpy(batch_users).to(device))
-        scores = u @ items_table.T
-        scores[:, 0] = -torch.inf  # the OOV row is never a recommendation
-        rows, cols = [], []
-        for r, user in enumerate(batch_users):
-            for ptr, items in ex_ptrs:
-                seen = items[ptr[user] : ptr[user + 1]]
-                rows.append(np.full(len(seen), r))
-                cols.append(seen)
-        if rows:
-            scores[torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(cols))] = -torch.inf
-        top = torch.topk(scores, min(k, n_items), dim=1).indices.cpu().numpy()
-        topk_all.extend(top)
-        relevant.extend(ev_items[ev_ptr[u_] : ev_ptr[u_ + 1]] for u_ in batch_users)
-    recall, ndcg = recall_ndcg_at_k(np.asarray(topk_all), relevant, k)
-    return {f"recall@{k}": recall, f"ndcg@{k}": ndcg, "users": int(len(users))}
-
-
-def popularity_model(train_pairs: np.ndarray, n_users: int, n_items: int) -> BPRMF:
-    """The most-popular baseline as a dim-1 BPR-MF: every user scores item ``i`` by its
-    number of training interactions, so ``evaluate_topk`` ranks it exactly like the model."""
-    from ondevice.embedding import DenseEmbedding
-
-    counts = np.bincount(np.asarray(train_pairs[:, 1], dtype=np.int64), minlength=n_items)[:n_items]
-    order = np.lexsort((np.arange(n_items), -counts))  # most popular first, ties by id
-    score = np.empty(n_items, dtype=np.float32)
-    score[order] = np.arange(n_items, 0, -1, dtype=np.float32)  # exact integers in float32
-    model = BPRMF(DenseEmbedding([n_users], 1), DenseEmbedding([n_items], 1))
-    with torch.no_grad():
-        model.user_embedding.weight.fill_(1.0)
-        model.item_embedding.weight.copy_(torch.from_numpy(score).view(-1, 1))
-    return model
-
-
-def _evaluate_sampled(model, ev_ptr, ev_items, ex_ptrs, users, n_items, k, negatives, seed, device) -> dict[str, float]:
-    rng = np.random.default_rng([seed, 7919])
-    pos_scores, neg_scores = [], []
-    for user in users:
-        pos = ev_items[ev_ptr[user] : ev_ptr[user + 1]]
-        seen = set(pos.tolist())
-        for ptr, items in ex_ptrs:
-            seen.update(items[ptr[user] : ptr[user + 1]].tolist())
-        if len(seen) + negatives >= n_items - 1:
-            raise BadInputError(f"user {user} has too few unseen items for {negatives} sampled negatives; lower --eval-negatives")
-        for p in pos:
-            negs: list[int] = []
-            while len(negs) < negatives:
-                cand = rng.integers(1, n_items, size=2 * negatives)
-                negs.extend(c for c in cand.tolist() if c not in seen)
-            u = torch.tensor([user] * (negatives + 1), device=device)
-            it = torch.tensor([int(p)] + negs[:negatives], device=device)
-            s = model(u, it).cpu().numpy()
-            pos_scores.append(s[0])
-            neg_scores.append(s[1:])
-    hr, ndcg = sampled_hr_ndcg(np.asarray(pos_scores), np.asarray(neg_scores), k)
-    return {f"hr@{k}": hr, f"ndcg@{k}": ndcg, "users": int(len(users)), "protocol": f"1+{negatives} sampled"}
-
-
-# ---------------------------------------------------------------------- CPU allocator
-_ALLOCATOR_TUNED = False
-
-
-def _tune_cpu_allocator() -> None:
-    """Let glibc keep freed tensor memory in the heap instead of unmapping it.
-
-    A training step allocates and frees the same few MB of activations and gradients every
-    step; with glibc's defaults many of them are fresh ``mmap`` pages that are zero-filled
-    by page faults on every step (~500 faults per DeepFM step at batch 1024). Raising the
-    mmap and trim thresholds (once per process, Linux/glibc only) reuses that memory, the
-    effect of running under jemalloc/tcmalloc. The cost is that up to 512 MB of freed heap
-    stays with the process. ``ONDEVICE_MALLOC_TUNING=0`` turns it off.
-    """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED or os.environ.get("ONDEVICE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
-        return
-    _ALLOCATOR_TUNED = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum on 64-bit
-        libc.mallopt(m_trim_threshold, 512 << 20)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        pass
-
-
-# ---------------------------------------------------------------------- optimisers
-def _dense_adam(params: list[torch.nn.Parameter], *, lr: float, weight_decay: float) -> torch.optim.Adam:
-    """Adam for the dense parameters, with the fused kernel where torch has one.
-
-    ``fused=True`` runs the whole update of each tensor in one vectorised kernel (CPU since
-    torch 2.4, CUDA) instead of ~6 elementwise passes; the maths is Adam's. It falls back to
-    the default implementation for parameters the fused kernel does not take.
-    """
-    if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
-        try:
-            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
-        except (RuntimeError, ValueError):
-            pass
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-
-
-class LazyAdam(torch.optim.SparseAdam):
-    """``torch.optim.SparseAdam`` with a faster step; same maths, same state layout.
-
-    Every step touches only the rows in the batch: the gradient is coalesced (one sort of
-    the batch's row ids), those rows of the moments are gathered, updated and scattered
-    back, and the parameter rows get ``-lr_t * m / (sqrt(v) + eps)``. torch's reference
-    implementation does the same arithmetic through sparse-tensor ``sparse_mask``/``add_``
-    calls that cost several times more per step on CPU. The state dict is SparseAdam's
-    (``step``, ``exp_avg``, ``exp_avg_sq`` per parameter), so checkpoints stay compatible.
-    """
-
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            eps, lr = group["eps"], float(group["lr"])
-            maximize = group.get("maximize", False)
-            rowwise: list[tuple[torch.Tensor, torch.Tensor]] = []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if not grad.is_sparse:
-                    raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
-                state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                if grad.sparse_dim() == 1 and p.dim() == 2 and grad.dense_dim() == 1:
-                    rowwise.append((p, grad))
-                else:
-                    torch.optim._functional.sparse_adam(
-                        [p], [grad], [state["exp_avg"]], [state["exp_avg_sq"]], [state["step"]],
-                        eps=eps, beta1=beta1, beta2=beta2, lr=lr, maximize=maximize)
-            for p, (rows, g) in zip([p for p, _ in rowwise], _coalesce_rowwise([g for _, g in rowwise]), strict=True):
-                if g.numel() == 0:
-                    continue
-                if maximize:
-                    g = -g
-                state = self.state[p]
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                # old <- old + (1 - b) * (new - old), exactly as SparseAdam writes it
-                m = exp_avg.index_select(0, rows)
-                m.add_(g.sub(m).mul_(1 - beta1))
-                v = exp_avg_sq.index_select(0, rows)
-                v.add_(g.pow(2).sub_(v).mul_(1 - beta2))
-                exp_avg.index_copy_(0, rows, m)
-                exp_avg_sq.index_copy_(0, rows, v)
-                step = state["step"]
-                step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-                # rows are unique after coalesce: gather-add-scatter (index_add_ would take
-                # the slower duplicate-safe scatter_add path on CPU)
-                update = m.div_(v.sqrt_().add_(eps)).mul_(-step_size)
-                p.index_copy_(0, rows, p.index_select(0, rows).add_(update))
-        return loss
-
-
-def _coalesce_rowwise(grads: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(unique rows, summed gradient rows) of each row-sparse gradient.
-
-    Gradients with the same row ids (a model's interaction table and its dim-1 linear
-    table are looked up with the same ids) are coalesced together, side by side: one sort
-    instead of one per table, with the same sums.
-    """
-    out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(grads)
-    groups: list[list[int]] = []
-    for i, g in enumerate(grads):
-        idx = g._indices()
-        for members in groups:
-            ref = grads[members[0]]
-            if ref.shape[0] == g.shape[0] and ref._indices().shape == idx.shape and torch.equal(ref._indices(), idx):
-                members.append(i)
-                break
-        else:
-            groups.append([i])
-    for members in groups:
-        if len(members) == 1:
-            c = grads[members[0]].coalesce()
-            out[members[0]] = (c._indices()[0], c._values())
-            continue
-        ref = grads[members[0]]
-        widths = [grads[i].shape[1] for i in members]
-        values = torch.cat([grads[i]._values() for i in members], dim=1)
-        c = torch.sparse_coo_tensor(ref._indices(), values, (ref.shape[0], sum(widths)), check_invariants=False).coalesce()
-        rows, parts = c._indices()[0], c._values().split(widths, dim=1)
-        for i, part in zip(members, parts, strict=True):
-            out[i] = (rows, part)
-    return out  # type: ignore[return-value]
-
-
-def make_optimizers(model: RecModel, *, lr: float, weight_decay: float = 0.0,
-                    embedding_lr: float | None = None) -> list[torch.optim.Optimizer]:
-    """Adam (fused where possible) on dense parameters + ``LazyAdam`` on row-sparse tables.
-
-    The one optimiser split of the project: the trainer and the searchers' retraining loops
-    (``ondevice.search.retrain``) both build their optimisers here. Frozen parameters
-    (``requires_grad=False``, e.g. int8/fp16 tables) are left out.
-    """
-    sparse_ids = {id(p) for p in model.sparse_parameters()}
-    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
-    sparse = [p for p in model.sparse_parameters() if p.requires_grad]
-    opts: list[torch.optim.Optimizer] = []
-    if dense:
-        opts.append(_dense_adam(dense, lr=lr, weight_decay=weight_decay))
-    if sparse:
-        opts.append(LazyAdam(sparse, lr=embedding_lr or lr))
-    return opts
-
-
-def _lazy_tables(setting: bool | str, model: RecModel) -> bool:
-    """Whether the tables train with lazy (row-sparse) Adam: ``sparse_embeddings`` resolved."""
-    if setting == "auto":
-        entries = sum(layer.weight.numel() for layer in model.embedding_layers().values() if hasattr(layer, "weight"))
-        return entries > DENSE_TABLE_ENTRIES
-    return bool(setting)
-
-
-# ---------------------------------------------------------------------- the trainer
 def _check_table_memory(vocab_sizes: list[int], dim: int) -> None:
     """Refuse before allocating embedding tables (+ two Adam moments) larger than this machine's memory."""
     rows = sum(int(v) for v in vocab_sizes)
@@ -595,6 +110,30 @@ def _check_table_memory(vocab_sizes: list[int], dim: int) -> None:
         raise BadInputError(f"the embedding tables need about {need / 2**30:,.1f} GiB ({rows:,} rows x {dim} dims with "
                             f"Adam state), more than this machine's {avail / 2**30:,.1f} GiB; hash the large fields "
                             "(prepare --hash FIELD=N) or raise --min-count")
+
+
+@dataclass
+class _Run:
+    """Everything one ``Trainer._fit`` call works with, set up once and read by its steps."""
+
+    data: EncodedDataset
+    dir: Path  # the ``.partial`` run folder being written
+    device: torch.device
+    dist: DistInfo
+    model: RecModel
+    train_model: torch.nn.Module  # ``model``, or its DistributedDataParallel wrapper
+    optimizers: list[torch.optim.Optimizer]
+    progress: Progress
+    metric: str  # the validation metric early stopping selects on
+    data_identity: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    loop: LoopState = field(default_factory=LoopState)
+    train_seconds: float = 0.0
+    topk: dict[str, Any] | None = None  # top-K: train/val/test pairs and the item count
+    train_rows: int = 0
+    train_ids: Any = None  # CTR: the training split (int64 tensors when in memory)
+    train_labels: Any = None
+    steps_per_epoch: int = 0
 
 
 class Trainer:
@@ -613,7 +152,6 @@ class Trainer:
         # on_epoch(epoch, validation metric) -> True stops training (``tune``'s pruning); the
         # best epoch so far is kept and tested as after early stopping
         self.on_epoch = on_epoch
-        self._train_cache: tuple[Any, Any, Any] | None = None  # (split, ids, labels) of the last CTR fit
 
     # ------------------------------------------------------------------ setup
     def _build_model(self, data: EncodedDataset) -> RecModel:
@@ -649,7 +187,7 @@ class Trainer:
         partial = out_dir.with_name(out_dir.name + ".partial")
         data = EncodedDataset(data_dir)
         data.check_trainable()
-        dist_info = _init_distributed(c.device)
+        dist_info = init_distributed(c.device)
         device = torch.device(c.device if not c.device.startswith("cuda") or not dist_info.enabled else f"cuda:{dist_info.local_rank}")
         if c.threads:
             torch.set_num_threads(c.threads)
@@ -700,9 +238,7 @@ class Trainer:
 
         try:
             result = self._fit(data, partial, device, dist_info, state)
-            self._train_cache = None
         except BaseException:
-            self._train_cache = None
             # keep a partial folder only if it holds something to resume from
             if dist_info.is_main and not (partial / "last.pt").is_file():
                 shutil.rmtree(partial, ignore_errors=True)
@@ -715,134 +251,211 @@ class Trainer:
         result.run_dir = out_dir
         return result
 
-    def _fit(self, data: EncodedDataset, run: Path, device: torch.device, dist_info: DistInfo, state: dict[str, Any] | None) -> TrainResult:
-        c = self.config
-        progress = Progress(not self.quiet and dist_info.is_main)
+    def _fit(self, data: EncodedDataset, run: Path, device: torch.device, dist_info: DistInfo,
+             state: dict[str, Any] | None) -> TrainResult:
+        """Set up the run, train it on the shared loop (``train.loop.fit``), test the best epoch once."""
         if device.type == "cpu":
-            _tune_cpu_allocator()
+            tune_cpu_allocator()
+        model = self._model_for_run(data, state, device, dist_info)
+        ctx = _Run(data=data, dir=run, device=device, dist=dist_info, model=model,
+                   train_model=wrap_distributed(model, device, dist_info), optimizers=self._optimizers(model),
+                   progress=Progress(not self.quiet and dist_info.is_main), metric=self._metric_name(data.task),
+                   data_identity=data.identity())  # recorded in last.pt: --resume checks it is the same data
+        self._resume_from(ctx, state)
+        self._prepare_batches(ctx)
+        c = self.config
+        fit(model, ctx.optimizers, batches=lambda epoch: self._batches(ctx, epoch),
+            loss=lambda batch: self._loss(ctx, batch), epochs=c.epochs, seed=c.seed,
+            evaluate=lambda: self._evaluate(model, data, "val", device, ctx.topk), metric=ctx.metric,
+            patience=c.patience, state=ctx.loop, max_steps_per_epoch=c.max_steps_per_epoch,
+            on_step=self._progress_bar(ctx) if ctx.progress.live else None,
+            on_epoch=lambda stats, _: self._end_epoch(ctx, stats), device=device)
+        return self._test_best(ctx)
+
+    # ------------------------------------------------------------------ run setup
+    def _model_for_run(self, data: EncodedDataset, state: dict[str, Any] | None, device: torch.device,
+                       dist_info: DistInfo) -> RecModel:
+        """A new model, or the checkpoint's when resuming; tables set to lazy or dense Adam; on ``device``."""
         if state is not None:
             model = model_from_description(state["model"])
             model.load_state_dict(state["state_dict"])
         else:
             model = self._build_model(data)
-        if dist_info.enabled or not _lazy_tables(c.sparse_embeddings, model):
+        if dist_info.enabled or not lazy_tables(self.config.sparse_embeddings, model):
             # DDP cannot reduce row-sparse gradients (NCCL not at all, gloo not mixed with
             # dense buckets): distributed runs train the tables with dense gradients + Adam.
             for layer in model.embedding_layers().values():
                 if hasattr(layer, "sparse"):
                     layer.sparse = False
-        model.to(device)
-        optimizers = self._optimizers(model)
-        train_model: torch.nn.Module = model
-        if dist_info.enabled:
-            if device.type == "cuda":  # one set of BatchNorm statistics over the global batch
-                train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            train_model = torch.nn.parallel.DistributedDataParallel(
-                train_model, device_ids=[device.index] if device.type == "cuda" else None
-            )
+        return model.to(device)
 
-        history: list[dict[str, Any]] = []
-        best_metric, best_epoch, bad_epochs, start_epoch = -math.inf, 0, 0, 1
-        train_seconds = 0.0
-        if state is not None:
-            ts = state["extra"]["trainer_state"]
-            for opt, sd in zip(optimizers, ts["optimizers"], strict=True):
-                opt.load_state_dict(sd)
-            history = ts["history"]
-            best_metric, best_epoch, bad_epochs = ts["best_metric"], ts["best_epoch"], ts["bad_epochs"]
-            start_epoch = ts["epoch"] + 1
-            train_seconds = ts["train_seconds"]
+    def _metric_name(self, task: str) -> str:
+        """The validation metric early stopping selects on: AUC, Recall@K or (sampled) HR@K."""
+        c = self.config
+        if task == "ctr":
+            return "auc"
+        return f"hr@{c.k}" if c.eval_protocol == "sampled" else f"recall@{c.k}"
 
-        train = data.split("train")
-        data_identity = data.identity()  # recorded in last.pt: --resume checks it is the same data
-        metric_name = "auc" if data.task == "ctr" else f"recall@{c.k}"
-        if data.task == "topk" and c.eval_protocol == "sampled":
-            metric_name = f"hr@{c.k}"
-        topk_ctx = self._topk_context(data) if data.task == "topk" else None
+    def _resume_from(self, ctx: _Run, state: dict[str, Any] | None) -> None:
+        """Restore the optimisers, history, early-stopping state and seconds of ``last.pt``'s run."""
+        if state is None:
+            return
+        ts = state["extra"]["trainer_state"]
+        for opt, sd in zip(ctx.optimizers, ts["optimizers"], strict=True):
+            opt.load_state_dict(sd)
+        ctx.history = ts["history"]
+        ctx.loop = LoopState(epoch=ts["epoch"], best_metric=ts["best_metric"], best_epoch=ts["best_epoch"],
+                             bad_epochs=ts["bad_epochs"])
+        ctx.train_seconds = ts["train_seconds"]
 
-        for epoch in range(start_epoch, c.epochs + 1):
-            if bad_epochs >= c.patience:
-                break
-            torch.manual_seed(c.seed + epoch)
-            model.train()
-            t0 = time.perf_counter()
-            if data.task == "ctr":
-                loss, samples = self._train_epoch_ctr(train_model, model, optimizers, train, epoch, device, dist_info, progress)
-            else:
-                loss, samples = self._train_epoch_topk(model, optimizers, topk_ctx, epoch, device, dist_info, progress, train_model)
-            epoch_seconds = time.perf_counter() - t0
-            train_seconds += epoch_seconds
-            val = self._evaluate(model, data, "val", device, topk_ctx)
-            entry = {
-                "epoch": epoch,
-                "train_loss": loss,
-                "samples_per_s": samples * dist_info.world_size / max(epoch_seconds, 1e-9),
-                "epoch_seconds": epoch_seconds,
-                "val": val,
-            }
-            history.append(entry)
-            improved = val[metric_name] > best_metric
-            if improved:
-                best_metric, best_epoch, bad_epochs = val[metric_name], epoch, 0
-            else:
-                bad_epochs += 1
-            progress.line(
-                f"epoch {epoch}/{c.epochs}: loss {loss:.4f}, val {metric_name} {val[metric_name]:.4f}"
-                f"{' (best)' if improved else ''}, {entry['samples_per_s'] / 1000:.1f}K samples/s"
-            )
-            if dist_info.is_main:
-                meta = {"epoch": epoch, "val": val}
-                if improved:
-                    save_checkpoint(run / "model.pt", model, data.schema, train_config=asdict(c), metrics=meta)
-                trainer_state = {
-                    "epoch": epoch,
-                    "optimizers": [o.state_dict() for o in optimizers],
-                    "history": history,
-                    "best_metric": best_metric,
-                    "best_epoch": best_epoch,
-                    "bad_epochs": bad_epochs,
-                    "train_seconds": train_seconds,
-                }
-                save_checkpoint(run / "last.pt", model, data.schema, train_config=asdict(c), metrics=meta,
-                                extra={"trainer_state": trainer_state, "data_identity": data_identity})
+    def _prepare_batches(self, ctx: _Run) -> None:
+        """Load the training split once: CTR ids/labels (in memory when they fit), top-K pairs."""
+        c, data = self.config, ctx.data
+        if data.task == "ctr":
+            ctx.train_rows = len(data.split("train"))
+            ctx.train_ids, ctx.train_labels = in_memory_ctr(data.split("train"))
+        else:
+            ctx.topk = self._topk_context(data)
+            ctx.train_rows = len(ctx.topk["train"])
+        n_batches = ctx.train_rows // c.batch_size if ctx.dist.enabled else math.ceil(ctx.train_rows / c.batch_size)
+        m = c.max_steps_per_epoch
+        ctx.steps_per_epoch = min(n_batches, m) if m else n_batches
+
+    def _topk_context(self, data: EncodedDataset) -> dict[str, Any]:
+        train = np.asarray(data.split("train").ids, dtype=np.int64)
+        n_items = data.schema.vocab_sizes[1]
+        return {"train": train, "n_items": n_items,
+                "val": np.asarray(data.split("val").ids) if data.has_split("val") else None,
+                "test": np.asarray(data.split("test").ids) if data.has_split("test") else None}
+
+    # ------------------------------------------------------------------ one epoch
+    def _batches(self, ctx: _Run, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """This rank's share of epoch ``epoch``'s batches: CTR ``(ids, labels)``, top-K ``(users, pos, neg)``."""
+        c = self.config
+        order = epoch_order(ctx.train_rows, c.seed, epoch)
+        if ctx.data.task == "ctr":
+            return iter_ctr_batches(ctx.train_ids, ctx.train_labels, order, c.batch_size, ctx.dist, ctx.device)
+        return self._bpr_batches(ctx, epoch, order)
+
+    def _bpr_batches(self, ctx: _Run, epoch: int, order: np.ndarray) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(users, positives, negatives) batches; one uniform negative per interaction (BPR)."""
+        c, dist_info, pairs = self.config, ctx.dist, ctx.topk["train"]
+        negatives = np.random.default_rng([c.seed, epoch, 1]).integers(1, ctx.topk["n_items"], size=len(pairs))
+        n_batches = len(order) // c.batch_size if dist_info.enabled else math.ceil(len(order) / c.batch_size)
+        per_rank = c.batch_size // dist_info.world_size
+        for b in range(n_batches):
+            rows = order[b * c.batch_size : (b + 1) * c.batch_size]
             if dist_info.enabled:
-                dist.barrier()
-            if self.on_epoch is not None and self.on_epoch(epoch, val[metric_name]):
-                break
+                rows = rows[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank]
+            yield (torch.from_numpy(pairs[rows, 0]).to(ctx.device), torch.from_numpy(pairs[rows, 1]).to(ctx.device),
+                   torch.from_numpy(negatives[rows]).to(ctx.device))
 
-        # --- test once, with the model chosen on validation
+    def _loss(self, ctx: _Run, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, int]:
+        """A batch's mean loss and rows: BCE on logits (CTR) or BPR (top-K), plus the L2 on its rows."""
+        l2 = self.config.l2
+        if ctx.data.task == "ctr":
+            x, y = batch
+            loss = F.binary_cross_entropy_with_logits(ctx.train_model(x), y)
+            if l2:
+                loss = loss + l2 * ctx.model.embedding(x).pow(2).sum() / len(x)
+            return loss, len(x)
+        users, pos, neg = batch
+        n = len(users)
+        scores = ctx.train_model(torch.cat([users, users]), torch.cat([pos, neg]))
+        loss = -F.logsigmoid(scores[:n] - scores[n:]).mean()
+        if l2:
+            model = ctx.model
+            reg = model.user_vectors(users).pow(2).sum() + model.item_vectors(pos).pow(2).sum() + model.item_vectors(neg).pow(2).sum()
+            loss = loss + l2 * reg / (2 * n)
+        return loss, n
+
+    def _progress_bar(self, ctx: _Run) -> Callable[[StepInfo], None]:
+        """The loop's ``on_step``: the live bar (every 0.5 s and at the epoch's last step)."""
+        c, progress = self.config, ctx.progress
+
+        def show(info: StepInfo) -> None:
+            if progress.due() or info.step == ctx.steps_per_epoch:
+                progress.update(info.epoch, c.epochs, info.step, ctx.steps_per_epoch,
+                                info.samples / (time.perf_counter() - info.epoch_started),
+                                float(info.loss_sum) / info.samples)
+
+        return show
+
+    def _end_epoch(self, ctx: _Run, stats: EpochStats) -> bool:
+        """The loop's ``on_epoch``: history, progress line, checkpoints; ``self.on_epoch`` may stop the run."""
+        c, epoch, val = self.config, stats.epoch, stats.val
+        entry = {"epoch": epoch, "train_loss": stats.train_loss,
+                 "samples_per_s": stats.samples * ctx.dist.world_size / max(stats.seconds, 1e-9),
+                 "epoch_seconds": stats.seconds, "val": val}
+        ctx.history.append(entry)
+        ctx.train_seconds += stats.seconds
+        ctx.progress.line(
+            f"epoch {epoch}/{c.epochs}: loss {stats.train_loss:.4f}, val {ctx.metric} {val[ctx.metric]:.4f}"
+            f"{' (best)' if stats.improved else ''}, {entry['samples_per_s'] / 1000:.1f}K samples/s"
+        )
+        if ctx.dist.is_main:
+            self._save_epoch(ctx, epoch, val, improved=stats.improved)
+        if ctx.dist.enabled:
+            dist.barrier()
+        return self.on_epoch is not None and bool(self.on_epoch(epoch, val[ctx.metric]))
+
+    def _save_epoch(self, ctx: _Run, epoch: int, val: dict[str, Any], *, improved: bool) -> None:
+        """``model.pt`` when the epoch is the best so far; ``last.pt`` (what ``--resume`` reads) every epoch."""
+        c, schema, meta = self.config, ctx.data.schema, {"epoch": epoch, "val": val}
+        if improved:
+            save_checkpoint(ctx.dir / "model.pt", ctx.model, schema, train_config=asdict(c), metrics=meta)
+        trainer_state = {
+            "epoch": epoch,
+            "optimizers": [o.state_dict() for o in ctx.optimizers],
+            "history": ctx.history,
+            "best_metric": ctx.loop.best_metric,
+            "best_epoch": ctx.loop.best_epoch,
+            "bad_epochs": ctx.loop.bad_epochs,
+            "train_seconds": ctx.train_seconds,
+        }
+        save_checkpoint(ctx.dir / "last.pt", ctx.model, schema, train_config=asdict(c), metrics=meta,
+                        extra={"trainer_state": trainer_state, "data_identity": ctx.data_identity})
+
+    # ------------------------------------------------------------------ after training
+    def _test_best(self, ctx: _Run) -> TrainResult:
+        """Evaluate test once with the model chosen on validation (``model.pt``); write ``train.json``."""
         from ondevice.train.checkpoint import load_checkpoint
 
-        best = load_checkpoint(run / "model.pt").model.to(device)
-        val_best = history[best_epoch - 1]["val"] if best_epoch else {}
-        test = self._evaluate(best, data, "test", device, topk_ctx) if data.has_split("test") else {}
-        baselines, warnings = self._baselines(data, device, topk_ctx, metric_name, val_best)
-        result = TrainResult(run, best_epoch, val_best, test, history, train_seconds, baselines, warnings)
-        if dist_info.is_main:
-            metrics = {"epoch": best_epoch, "val": val_best, "test": test, "selected_on": f"val {metric_name}"}
-            ckpt = load_raw(run / "model.pt")
-            save_checkpoint(run / "model.pt", best, data.schema, train_config=ckpt["train_config"], metrics=metrics)
-            atomic_write_json(run / "train.json", {
-                "ondevice_version": __version__,
-                "torch_version": torch.__version__,
-                "data_dir": str(data.root.resolve()),
-                "schema_fingerprint": data.schema.fingerprint(),
-                "task": data.task,
-                "config": asdict(c),
-                "world_size": dist_info.world_size,
-                "best_epoch": best_epoch,
-                "selected_on": f"val {metric_name}",
-                "val": val_best,
-                "test": test,
-                "train_seconds": train_seconds,
-                "params": sum(p.numel() for p in best.parameters()),
-                "baselines": baselines,
-                "warnings": warnings,
-                "history": history,
-            })
-        progress.line(f"best epoch {best_epoch}: val {metric_name} {best_metric:.4f}; test {test}")
+        data, device, best_epoch = ctx.data, ctx.device, ctx.loop.best_epoch
+        best = load_checkpoint(ctx.dir / "model.pt").model.to(device)
+        val_best = ctx.history[best_epoch - 1]["val"] if best_epoch else {}
+        test = self._evaluate(best, data, "test", device, ctx.topk) if data.has_split("test") else {}
+        baselines, warnings = self._baselines(data, device, ctx.topk, ctx.metric, val_best)
+        result = TrainResult(ctx.dir, best_epoch, val_best, test, ctx.history, ctx.train_seconds, baselines, warnings)
+        if ctx.dist.is_main:
+            self._write_run(ctx, best, result)
+        ctx.progress.line(f"best epoch {best_epoch}: val {ctx.metric} {ctx.loop.best_metric:.4f}; test {test}")
         return result
 
+    def _write_run(self, ctx: _Run, best: RecModel, result: TrainResult) -> None:
+        """``model.pt`` with its val/test metrics and ``train.json`` (config, versions, history)."""
+        data, c = ctx.data, self.config
+        metrics = {"epoch": result.best_epoch, "val": result.val, "test": result.test, "selected_on": f"val {ctx.metric}"}
+        ckpt = load_raw(ctx.dir / "model.pt")
+        save_checkpoint(ctx.dir / "model.pt", best, data.schema, train_config=ckpt["train_config"], metrics=metrics)
+        atomic_write_json(ctx.dir / "train.json", {
+            "ondevice_version": __version__,
+            "torch_version": torch.__version__,
+            "data_dir": str(data.root.resolve()),
+            "schema_fingerprint": data.schema.fingerprint(),
+            "task": data.task,
+            "config": asdict(c),
+            "world_size": ctx.dist.world_size,
+            "best_epoch": result.best_epoch,
+            "selected_on": f"val {ctx.metric}",
+            "val": result.val,
+            "test": result.test,
+            "train_seconds": result.train_seconds,
+            "params": sum(p.numel() for p in best.parameters()),
+            "baselines": result.baselines,
+            "warnings": result.warnings,
+            "history": ctx.history,
+        })
     def _baselines(self, data: EncodedDataset, device, ctx, metric_name: str,
                    val_best: dict[str, float]) -> tuple[dict[str, dict[str, Any]], list[str]]:
         """Top-K: the most-popular baseline on val and test (a fixed model, nothing selected
@@ -861,82 +474,6 @@ class Trainer:
                             "train longer (--epochs), try another --lr, or run `ondevice tune`")
         return baselines, warnings
 
-    # ------------------------------------------------------------------ epochs
-    def _steps(self, n_batches: int) -> int:
-        m = self.config.max_steps_per_epoch
-        return min(n_batches, m) if m else n_batches
-
-    def _train_epoch_ctr(self, train_model, model, optimizers, train, epoch, device, dist_info, progress) -> tuple[float, int]:
-        c = self.config
-        order = epoch_order(len(train), c.seed, epoch)
-        n_batches = len(order) // c.batch_size if dist_info.enabled else math.ceil(len(order) / c.batch_size)
-        steps = self._steps(n_batches)
-        if self._train_cache is None or self._train_cache[0] is not train:
-            self._train_cache = (train, *in_memory_ctr(train))
-        ids, labels = self._train_cache[1], self._train_cache[2]
-        # the running loss stays a tensor on the device: no host sync per step
-        total_loss, samples, t0 = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter()
-        for step, (x, y) in enumerate(iter_ctr_batches(ids, labels, order, c.batch_size, dist_info, device), start=1):
-            logits = train_model(x)
-            loss = F.binary_cross_entropy_with_logits(logits, y)
-            if c.l2:
-                loss = loss + c.l2 * model.embedding(x).pow(2).sum() / len(x)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-            total_loss += loss.detach() * len(x)
-            samples += len(x)
-            if progress.due() or step == steps:
-                progress.update(epoch, c.epochs, step, steps, samples / (time.perf_counter() - t0), float(total_loss) / samples)
-            if step >= steps:
-                break
-        return float(total_loss) / max(samples, 1), samples
-
-    def _topk_context(self, data: EncodedDataset) -> dict[str, Any]:
-        train = np.asarray(data.split("train").ids, dtype=np.int64)
-        n_items = data.schema.vocab_sizes[1]
-        return {"train": train, "n_items": n_items,
-                "val": np.asarray(data.split("val").ids) if data.has_split("val") else None,
-                "test": np.asarray(data.split("test").ids) if data.has_split("test") else None}
-
-    def _train_epoch_topk(self, model: BPRMF, optimizers, ctx, epoch, device, dist_info, progress, train_model) -> tuple[float, int]:
-        """One pass over the training interactions; one uniform negative each (BPR)."""
-        c = self.config
-        pairs = ctx["train"]
-        order = epoch_order(len(pairs), c.seed, epoch)
-        rng = np.random.default_rng([c.seed, epoch, 1])
-        negatives = rng.integers(1, ctx["n_items"], size=len(pairs))
-        n_batches = len(order) // c.batch_size if dist_info.enabled else math.ceil(len(order) / c.batch_size)
-        steps = self._steps(n_batches)
-        per_rank = c.batch_size // dist_info.world_size
-        total_loss, samples, t0 = torch.zeros((), dtype=torch.float64, device=device), 0, time.perf_counter()
-        for step in range(1, steps + 1):
-            rows = order[(step - 1) * c.batch_size : step * c.batch_size]
-            if dist_info.enabled:
-                rows = rows[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank]
-            users = torch.from_numpy(pairs[rows, 0]).to(device)
-            pos = torch.from_numpy(pairs[rows, 1]).to(device)
-            neg = torch.from_numpy(negatives[rows]).to(device)
-            u = torch.cat([users, users])
-            it = torch.cat([pos, neg])
-            scores = train_model(u, it)
-            diff = scores[: len(rows)] - scores[len(rows) :]
-            loss = -F.logsigmoid(diff).mean()
-            if c.l2:
-                reg = model.user_vectors(users).pow(2).sum() + model.item_vectors(pos).pow(2).sum() + model.item_vectors(neg).pow(2).sum()
-                loss = loss + c.l2 * reg / (2 * len(rows))
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-            total_loss += loss.detach() * len(rows)
-            samples += len(rows)
-            if progress.due() or step == steps:
-                progress.update(epoch, c.epochs, step, steps, samples / (time.perf_counter() - t0), float(total_loss) / samples)
-        return float(total_loss) / max(samples, 1), samples
 
     def _evaluate(self, model: RecModel, data: EncodedDataset, split: str, device, ctx) -> dict[str, float]:
         c = self.config
@@ -954,67 +491,3 @@ def train(data_dir: str | Path, out_dir: str | Path, config: TrainConfig, *, res
           force: bool = False, quiet: bool = False, on_epoch: Callable[[int, float], bool] | None = None) -> TrainResult:
     """Library entry point behind ``ondevice train``."""
     return Trainer(config, quiet=quiet, on_epoch=on_epoch).fit(data_dir, out_dir, resume=resume, force=force)
-
-
-#: Options a resumed run may change: they do not change what is computed.
-RESUME_FREE_OPTIONS = ("epochs", "device", "threads", "eval_batch_size")
-
-
-def check_resume(state: dict[str, Any], data: EncodedDataset, config: TrainConfig, path: Path) -> None:
-    """Refuse to resume ``state`` (a ``last.pt`` payload) on other data or with other run-shaping options.
-
-    Compares every ``TrainConfig`` field except ``RESUME_FREE_OPTIONS`` with the checkpoint's,
-    then the dataset's schema fingerprint, split row counts and content hash
-    (``EncodedDataset.identity``) with the ones recorded at the start of the run.
-    """
-    saved = state.get("train_config")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path} records no training config; start without --resume")
-    for key, value in asdict(config).items():
-        if key in RESUME_FREE_OPTIONS or key not in saved:
-            continue
-        if saved[key] != value and not (isinstance(value, list) and list(saved[key] or []) == value):
-            raise BadInputError(f"--resume: {path} was trained with {key}={saved[key]!r}, this run asks for {value!r}; "
-                                "drop the option to keep the checkpoint's value, or start a new run")
-    schema = state.get("schema")
-    recorded = None
-    if isinstance(schema, dict):
-        try:
-            recorded = Schema.from_dict(schema, source=str(path)).fingerprint()
-        except BadInputError:
-            recorded = None
-    ident = (state.get("extra") or {}).get("data_identity") if isinstance(state.get("extra"), dict) else None
-    current = data.identity()
-    if recorded is not None and recorded != current["schema_fingerprint"]:
-        raise SchemaMismatchError(f"--resume: {data.root} has schema {current['schema_fingerprint']}, the checkpoint "
-                                  f"{path} was trained on schema {recorded}; resume with the same data")
-    if isinstance(ident, dict):
-        for split, n in (ident.get("rows") or {}).items():
-            if current["rows"].get(split) != n:
-                raise SchemaMismatchError(f"--resume: {data.root} has {current['rows'].get(split)} {split} rows, the "
-                                          f"checkpoint {path} was trained on {n}; resume with the same data")
-        if ident.get("content_sha256") not in (None, current["content_sha256"]):
-            raise SchemaMismatchError(f"--resume: the content of {data.root} differs from the data the checkpoint {path} "
-                                      "was trained on (same schema and rows); resume with the same data")
-
-
-def resume_config(out_dir: str | Path, given: dict[str, Any] | None = None) -> TrainConfig:
-    """The config of the run being resumed, with the options ``given`` on the command line on top
-    (``check_resume`` then refuses any run-shaping one that differs)."""
-    config = config_for_run(out_dir)
-    for key, value in (given or {}).items():
-        setattr(config, key, value)
-    return config
-
-
-def config_for_run(out_dir: str | Path, *, epochs: int | None = None) -> TrainConfig:
-    """The config an interrupted run was started with (``--resume``), optionally with more epochs."""
-    out_dir = Path(out_dir)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    src = partial if (partial / "last.pt").is_file() else out_dir
-    if not (src / "last.pt").is_file():
-        raise CheckpointError(f"nothing to resume: neither {partial}/last.pt nor {out_dir}/last.pt exists; start without --resume")
-    config = TrainConfig.from_dict(load_raw(src / "last.pt")["train_config"])
-    if epochs is not None:
-        config.epochs = epochs
-    return config

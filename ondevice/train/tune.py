@@ -47,7 +47,8 @@ from ondevice.io import (
     check_writable_parent,
 )
 from ondevice.outputs import check_out_vs_inputs
-from ondevice.train.trainer import CTR_MODELS, TOPK_MODELS, TrainConfig, TrainResult, train
+from ondevice.train.config import CTR_MODELS, TOPK_MODELS, TrainConfig
+from ondevice.train.trainer import TrainResult, train
 
 __all__ = ["TUNABLE", "TuneResult", "search_space", "tune"]
 

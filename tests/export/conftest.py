@@ -63,7 +63,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
         if name not in cache:
             root = tmp_path_factory.mktemp(name)
             run = make_run(root / "run", name)
-            export_artefact(run, root / "art")
+            export_artefact(run, root / "art", inputs="ids")
             cache[name] = root / "art"
         return cache[name]
 

@@ -88,6 +88,11 @@ def test_profile_by_path_and_errors(tmp_path: Path) -> None:
 
 def test_resolve_budget() -> None:
     rpi = load_profile("rpi4")
-    assert resolve_budget("2MB", rpi) == (2_000_000, "--budget 2MB")
+    assert resolve_budget(2_000_000, rpi, "--budget 2MB") == (2_000_000, "--budget 2MB")
+    assert resolve_budget(17_000, None) == (17_000, "--budget 17000")
+    with pytest.raises(BadInputError, match="must be an int number of bytes"):
+        resolve_budget("2MB", rpi)  # type: ignore[arg-type]  # parsed once, by the caller
+    with pytest.raises(BadInputError, match="budget must be positive"):
+        resolve_budget(0, None)
     assert resolve_budget(None, rpi) == (16_000_000, "device profile rpi4")
     assert resolve_budget(None, None) == (None, None)

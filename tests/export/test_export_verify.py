@@ -148,7 +148,10 @@ def test_force_and_atomic_replace(tmp_path: Path, cli_runner) -> None:
     assert m["budget"]["bytes"] == 2_000_000 and m["budget"]["fits"] is True
     assert set(m["files"]) == {"model.onnx", "model.ort"}
     sess = ort.InferenceSession(str(out / "model.ort"), providers=["CPUExecutionProvider"])
-    assert sess.run(None, {"ids": np.zeros((2, len(VOCAB)), np.int64)})[0].shape == (2,)
+    assert m["input_encoding"] == "raw"  # the default: the .ort file takes raw values too
+    from ondevice.export._runner import runner_module
+
+    assert sess.run(None, runner_module().make_inputs(m, 2, 0))[0].shape == (2,)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "schema", "manifest"])

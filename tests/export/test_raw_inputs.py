@@ -25,12 +25,14 @@ from ondevice.export.raw import encode_reference
 from ondevice.models import build_model
 from ondevice.schema import Schema, stable_hash
 from ondevice.train.checkpoint import save_checkpoint
+from ondevice.vocabulary import vocabulary_bytes
 
 SHARED = Path("/work/shared/data")
-ODD_INTS = ["", "-1", "-5", "0", "1", "2", "3", "123456789012", "2.5", "9.2e18", "-9.2e18"]
-# Integer values prepare refuses (not finite, or beyond int64: the file is damaged). An app can
-# still send them to a raw artefact: the graph must answer, never crash (checked below).
-REFUSED_INTS = ["inf", "-inf", "1e300", "-1e300", "1e999", "9.3e18", "-9.3e18"]
+# odd integers prepare accepts (criteo_log2 takes 1e300 and 9.3e18 to floor(ln(x)^2): 477214, 1881)
+ODD_INTS = ["", "-1", "-5", "0", "1", "2", "3", "123456789012", "2.5", "9.2e18", "-9.2e18", "1e300", "9.3e18"]
+# Integer values prepare refuses (not finite, or no int64 token: the file is damaged). An app can
+# still send them to a raw artefact: the graph gives the OOV id (checked below).
+REFUSED_INTS = ["inf", "-inf", "-1e300", "1e999", "-9.3e18"]
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -48,7 +50,7 @@ def _check(tmp: Path, data: Path, records: list[dict], *, fields_checked: bool =
         model.linear.weight.normal_(std=0.5)
     (tmp / "run").mkdir()
     save_checkpoint(tmp / "run" / "model.pt", model, schema, metrics={})
-    ids_art = export_artefact(tmp / "run" / "model.pt", tmp / "ids", check_mobile=False)
+    ids_art = export_artefact(tmp / "run" / "model.pt", tmp / "ids", inputs="ids", check_mobile=False)
     raw_art = export_artefact(tmp / "run" / "model.pt", tmp / "raw", inputs="raw", check_mobile=False)
     runner = runner_module()
     feeds = runner.records_to_feeds(raw_art, records)
@@ -60,6 +62,8 @@ def _check(tmp: Path, data: Path, records: list[dict], *, fields_checked: bool =
     want = _session(tmp / "ids" / "model.onnx").run(None, {"ids": prepared})[0]
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     assert raw_art["storage"]["by_part"]["vocabulary"] > 0 and ids_art["storage"]["by_part"]["vocabulary"] == 0
+    # the byte model's count (ondevice.vocabulary, no exporter) is the file's, byte for byte
+    assert vocabulary_bytes(schema, raw_art["raw_inputs"]) == raw_art["storage"]["by_part"]["vocabulary"]
     assert raw_art["app_payload"]["files"].keys() == {"model.onnx"} | ({"hash_reference.js"} if raw_art["raw_inputs"]["hashing"] else set())
     return raw_art
 
@@ -278,3 +282,147 @@ def test_cli_export_raw_verify_profile(tmp_path: Path, cli_runner) -> None:
 
     prof = profile_artefact(tmp_path / "art", batches=[1], threads=[1], runs=20, warmup=2, plot=False, write=False)
     assert prof["results"][0]["pytorch"]["p50_ms"] > 0
+
+
+def _encoder_ids(schema: Schema, plan: dict, feeds: dict) -> np.ndarray:
+    """The ids the raw graph computes (its encoder alone, as an ONNX model)."""
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as oh
+
+    from ondevice.export.raw import ML_DOMAIN, ML_OPSET, encoder_graph
+
+    nodes, inits, inputs = encoder_graph(schema, plan, "ids")
+    graph = oh.make_graph(nodes, "encoder", inputs, [oh.make_tensor_value_info("ids", TensorProto.INT64, ["batch", schema.num_fields])], inits)
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid(ML_DOMAIN, ML_OPSET)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def test_refused_numbers_are_oov_and_missing_is_missing(tmp_path: Path) -> None:
+    """Every number prepare refuses (not finite, no int64 token) is the OOV id in the graph;
+    NaN / "" / absent are the field's missing id; accepted odd numbers are prepare's ids."""
+    from ondevice.errors import DataFormatError
+
+    lines = _odd_criteo_lines(np.random.default_rng(4), 60)
+    (tmp_path / "c.tsv").write_text("".join(lines))
+    data = _prepare(tmp_path / "c.tsv", tmp_path / "data", "criteo")
+    for k, value in enumerate(REFUSED_INTS):  # prepare refuses each of them
+        bad = lines[0].split("\t")
+        bad[1] = value
+        (tmp_path / f"bad{k}.tsv").write_text(lines[1] + "\t".join(bad))
+        with pytest.raises(DataFormatError):
+            _prepare(tmp_path / f"bad{k}.tsv", tmp_path / f"bad{k}", "criteo")
+    schema = EncodedDataset(data).schema
+    art = _check(tmp_path, data, _criteo_rows(lines))
+    plan = art["raw_inputs"]
+    base = _criteo_rows(lines[:1])[0]
+    refused = [{**base, **{f"I{i}": value for i in range(1, 14)}} for value in REFUSED_INTS]
+    missing = [{**base, **{f"I{i}": value for i in range(1, 14)}} for value in ("", None, "nan", "NaN")]
+    missing.append({k: v for k, v in base.items() if not k.startswith("I")})
+    runner = runner_module()
+    ids = _encoder_ids(schema, plan, runner.records_to_feeds(art, refused + missing))
+    np.testing.assert_array_equal(ids, encode_reference(schema, plan, runner.records_to_feeds(art, refused + missing)))
+    numeric = [j for j, f in enumerate(schema.fields) if f.name.startswith("I")]
+    assert (ids[: len(refused)][:, numeric] == 0).all()
+    missing_ids = [{v: i + 1 for i, v in enumerate(schema.fields[j].values or [])}.get("", 0) for j in numeric]
+    assert any(missing_ids) and (ids[len(refused):][:, numeric] == np.asarray(missing_ids)).all()
+    # the categorical part of every row is untouched by the odd numbers
+    assert (ids[:, len(numeric):] == ids[0, len(numeric):]).all()
+
+
+def _vocab_id(schema: Schema, field: str, token: str) -> int:
+    f = next(f for f in schema.fields if f.name == field)
+    return (f.values or []).index(token) + 1
+
+
+def test_csv_refused_numbers_are_oov(tmp_path: Path) -> None:
+    """int (floor), log2 and edges columns: ±inf (and, for int/log2, numbers without an int64
+    token) -> OOV, as prepare refuses them; a huge negative number is edges bucket 0."""
+    lines = ["click,price,count,age"] + [f"{k % 2},{k % 9},{k % 4},{10 + 7 * (k % 9)}" for k in range(60)]
+    lines.append("1,,,")
+    (tmp_path / "x.csv").write_text("\n".join(lines) + "\n")
+    spec = {"label": "click", "categorical": [], "numeric": {"price": "log2", "count": "int",
+                                                             "age": {"edges": [18, 25, 35, 50]}}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    data = _prepare(tmp_path / "x.csv", tmp_path / "data", "csv", format_options={"spec": str(tmp_path / "spec.json")})
+    records = [dict(zip(lines[0].split(","), r.split(","), strict=True)) for r in lines[1:]]
+    art = _check(tmp_path, data, records)
+    schema = EncodedDataset(data).schema
+    odd = [{"price": v, "count": v, "age": v} for v in ("inf", "-inf", "1e999", "-1e300", "-9.3e18")]
+    feeds = runner_module().records_to_feeds(art, odd)
+    ids = _encoder_ids(schema, art["raw_inputs"], feeds)
+    age = [f.name for f in schema.fields].index("age")
+    assert (np.delete(ids, age, axis=1) == 0).all()
+    assert (ids[:3, age] == 0).all() and (ids[3:, age] == _vocab_id(schema, "age", "0")).all()  # finite: bucket 0
+    np.testing.assert_array_equal(encode_reference(schema, art["raw_inputs"], feeds), ids)
+
+
+def test_oov_guards_dropped_only_without_hashed_ids(tmp_path: Path) -> None:
+    """The id model's map_oov guard (GreaterOrEqual/Less/And/Where on ids) is gone from a raw
+    graph whose ids all come from lookups, kept when a hashed id comes from the app."""
+    import onnx
+
+    lines = _odd_criteo_lines(np.random.default_rng(5), 40)
+    (tmp_path / "c.tsv").write_text("".join(lines))
+    data = _prepare(tmp_path / "c.tsv", tmp_path / "data", "criteo")
+    _check(tmp_path, data, _criteo_rows(lines))
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "raw" / "model.onnx")).graph.node]
+    ids_ops = [n.op_type for n in onnx.load(str(tmp_path / "ids" / "model.onnx")).graph.node]
+    assert "GreaterOrEqual" in ids_ops and "GreaterOrEqual" not in ops and len(ops) <= len(ids_ops) + 2
+    rows = ["click,site,dev"] + [f"{k % 2},s{k % 5},d{k % 11}" for k in range(40)]
+    (tmp_path / "h.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "spec.json").write_text(json.dumps({"label": "click", "categorical": ["site", "dev"], "hash_buckets": {"dev": 7}}))
+    hdata = _prepare(tmp_path / "h.csv", tmp_path / "hdata", "csv", format_options={"spec": str(tmp_path / "spec.json")})
+    (tmp_path / "h").mkdir()
+    art = _check(tmp_path / "h", hdata, [dict(zip(["click", "site", "dev"], r.split(","), strict=True)) for r in rows[1:]])
+    assert art["raw_inputs"]["hashing"]
+    assert "GreaterOrEqual" in [n.op_type for n in onnx.load(str(tmp_path / "h" / "raw" / "model.onnx")).graph.node]
+
+
+def test_row_pruning_drops_keys(tmp_path: Path) -> None:
+    """Rows pruned to OOV in every table: their keys leave the vocabulary (fewer bytes, counted
+    exactly by ondevice.vocabulary), and outputs still equal prepare + the id artefact."""
+    from ondevice.embedding.row_pruned import RowPrunedEmbedding
+    from ondevice.vocabulary import dropped_ids
+
+    lines = _odd_criteo_lines(np.random.default_rng(6), 120)
+    (tmp_path / "c.tsv").write_text("".join(lines))
+    data = _prepare(tmp_path / "c.tsv", tmp_path / "data", "criteo")
+    ds = EncodedDataset(data)
+    schema = ds.schema
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema.vocab_sizes, embed_dim=4, mlp_dims=[8])
+    keep = torch.rand(sum(schema.vocab_sizes)) < 0.5
+    model.embedding = RowPrunedEmbedding.from_dense(model.embedding, keep)
+    model.linear = RowPrunedEmbedding.from_dense(model.linear, keep)
+    with torch.no_grad():
+        model.linear.table.weight.normal_(std=0.5)
+    dropped = dropped_ids([model.embedding, model.linear], list(schema.vocab_sizes))
+    assert sum(len(s) for s in dropped.values()) > 0
+    (tmp_path / "run").mkdir()
+    save_checkpoint(tmp_path / "run" / "model.pt", model, schema, metrics={})
+    export_artefact(tmp_path / "run" / "model.pt", tmp_path / "ids", inputs="ids", check_mobile=False)
+    raw = export_artefact(tmp_path / "run" / "model.pt", tmp_path / "raw", inputs="raw", check_mobile=False)
+    vocab = raw["storage"]["by_part"]["vocabulary"]
+    assert vocab == vocabulary_bytes(schema, raw["raw_inputs"], dropped) < vocabulary_bytes(schema, raw["raw_inputs"])
+    feeds = runner_module().records_to_feeds(raw, _criteo_rows(lines))
+    got = _session(tmp_path / "raw" / "model.onnx").run(None, feeds)[0]
+    want = _session(tmp_path / "ids" / "model.onnx").run(None, {"ids": np.asarray(ds.split("train").ids, dtype=np.int64)})[0]
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    # one table that did not prune the row keeps every key
+    assert dropped_ids([model.embedding, build_model("deepfm", schema.vocab_sizes, embed_dim=4).linear],
+                       list(schema.vocab_sizes)) == {}
+
+
+def test_default_inputs_raw_for_ctr_ids_for_topk(tmp_path: Path, cli_runner) -> None:
+    """New artefacts take raw values by default (CTR); top-K ones take the user's vector; --inputs ids still works."""
+    from tests.export.conftest import make_run
+
+    run = make_run(tmp_path / "run", "fm")
+    assert cli_runner("export", run, "--out", tmp_path / "raw").exit_code == 0
+    assert json.loads((tmp_path / "raw" / "manifest.json").read_text())["input_encoding"] == "raw"
+    assert cli_runner("export", run, "--out", tmp_path / "ids", "--inputs", "ids").exit_code == 0
+    assert json.loads((tmp_path / "ids" / "manifest.json").read_text())["input_encoding"] == "ids"
+    top = export_artefact(make_run(tmp_path / "trun", "bprmf"), tmp_path / "top", check_mobile=False)
+    assert top["input_encoding"] == "ids" and top["inputs"][0]["name"] == "user_vector"

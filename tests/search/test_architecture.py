@@ -113,7 +113,7 @@ def test_blocknet_through_export_artefact(tmp_path: Path, ctr: Path) -> None:
     schema = EncodedDataset(ctr).schema
     model = build_candidate(_genotypes(1, seed=3)[0], list(schema.vocab_sizes), seed=0)
     save_checkpoint(tmp_path / "model.pt", model, schema)
-    manifest = export_artefact(tmp_path / "model.pt", tmp_path / "art", budget="1MB", check_mobile=False)
+    manifest = export_artefact(tmp_path / "model.pt", tmp_path / "art", budget_bytes=1_000_000, check_mobile=False)
     check = manifest["export_validation"]
     assert manifest["budget"]["fits"] and check["passed"] and check["atol"] <= 1e-5
     assert all(c["passed"] for c in check["cases"])

@@ -141,7 +141,7 @@ def test_reaches_targets_fits_and_verifies(searched, fwfm_run, tmp_path: Path) -
     # pruned pairs are gone from the model and the graph; kept pairs are non-zero
     assert len(model.pairs) == cfg["pairs_kept"] == 1 and bool((model.pair_weight != 0).all())
     art = tmp_path / "art"
-    manifest = export_artefact(Checkpoint(model=model, schema=ckpt.schema), art, budget=budget)
+    manifest = export_artefact(Checkpoint(model=model, schema=ckpt.schema), art, budget_bytes=budget, inputs="ids")
     graph = onnx.load(str(art / "model.onnx")).graph
     dims = {t.name: list(t.dims) for t in graph.initializer}
     assert dims["model.pair_weight"] == [1]

@@ -25,7 +25,7 @@ from ondevice.schema import Schema
 from ondevice.search import ByteAccountant, make_searcher
 from ondevice.search.features import fit_ranked_fields, select_model_fields
 from ondevice.train import Checkpoint, TrainConfig, load_checkpoint, train
-from ondevice.train.trainer import in_memory_ctr
+from ondevice.train.batches import in_memory_ctr
 from tests.conftest import CALIBRATED
 
 FAST = {"batch_size": 256, "search_epochs": 1, "epochs": 1}
@@ -177,7 +177,7 @@ def test_budget_keeps_the_largest_selection_that_fits_and_exports(trained_run: P
     assert result.val["rows"] == len(data.split("val")) and 0.5 < result.val["auc"] <= 1.0
 
     out_ckpt = Checkpoint(model=result.model, schema=result.schema, train_config=ckpt.train_config)
-    manifest = export_artefact(out_ckpt, tmp_path / "art", budget=budget)
+    manifest = export_artefact(out_ckpt, tmp_path / "art", budget_bytes=budget)
     verify_artefact(tmp_path / "art", seed=0)
     assert [f["name"] for f in json.loads((tmp_path / "art" / "schema.json").read_text())["fields"]] == names
     assert [f["name"] for f in manifest["schema"]["fields"]] == names

@@ -67,7 +67,7 @@ def test_auto_falls_back_and_the_artefact_fits(trained_run: Path, tmp_path: Path
     assert result.bytes_estimate <= budget
 
     out = Checkpoint(model=result.model, schema=ckpt.schema, train_config=ckpt.train_config)
-    manifest = export_artefact(out, tmp_path / "art", budget=budget)
+    manifest = export_artefact(out, tmp_path / "art", budget_bytes=budget)
     assert manifest["budget"]["fits"] and manifest["files"]["model.onnx"]["bytes"] <= budget
     assert verify_artefact(tmp_path / "art", seed=0)["passed"]  # raises ParityError on a miss
 

@@ -88,11 +88,11 @@ def test_search_commands_and_compress_agree_on_the_minimum(trained_run: Path, tm
                                        ("autofis", AutoFISSearcher(epochs=1, search_epochs=1), False),
                                        ("autofield", None, True), ("adafs", None, True)):
         for mlp in ("auto", "fp32"):
-            via_compress = minimum(compress, trained_run, budgets=["1KB"], methods=[method], mlp=mlp, epochs=1,
+            via_compress = minimum(compress, trained_run, budgets=["1KB"], methods=[method], mlp=mlp, epochs=1, inputs="ids",
                                    out_dir=tmp_path / "c", force=True, profile=False, plot=False, quiet=True,
                                    evaluate_test=False)
             if features:
-                via_search = minimum(search_features, trained_run, tmp_path / "s", budget="1KB", method=method,
+                via_search = minimum(search_features, trained_run, tmp_path / "s", budget_bytes=1000, method=method,
                                      epochs=1, search_epochs=1, mlp=mlp)
             else:
                 via_search = minimum(search_interactions, trained_run, tmp_path / "s", searcher, budget_bytes=1000,
@@ -106,13 +106,13 @@ def test_architecture_and_auto_itemise_theirs(trained_run: Path, tmp_path: Path)
     from ondevice.pipeline.search_runs import search_architecture
 
     with pytest.raises(BudgetTooSmallError, match="smallest architecture") as err:
-        search_architecture(_data(trained_run).root, tmp_path / "a", budget="1KB", epochs=1)
+        search_architecture(_data(trained_run).root, tmp_path / "a", budget_bytes=1000, epochs=1)
     parts = err.value.parts
     assert sum(parts.values()) == err.value.minimum_bytes and parts["format margin"] == 0  # measured, not estimated
     assert itemise_bytes(parts) in str(err.value) and "embedding" in parts
 
     with pytest.raises(BudgetTooSmallError, match="no method auto tried fits") as err:
-        compress(trained_run, budgets=["1KB"], methods=["auto"], out_dir=tmp_path / "o", epochs=1, profile=False,
+        compress(trained_run, budgets=["1KB"], methods=["auto"], out_dir=tmp_path / "o", epochs=1, profile=False, inputs="ids",
                  plot=False, quiet=True, searcher_params={"auto": {"methods": ["uniform", "sseds", "int8"]}})
     _assert_itemised(err.value)
     assert err.value.minimum_bytes == _minimum(trained_run, "uniform", "auto").minimum_bytes  # the smallest of the three

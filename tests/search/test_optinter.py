@@ -134,7 +134,7 @@ def test_searcher_respects_the_budget_and_the_artefact_verifies(trained_run: Pat
         "memorized", "factorized", "none"}
     (tmp_path / "run").mkdir()
     save_checkpoint(tmp_path / "run" / "model.pt", tight.model, ckpt.schema)
-    export_artefact(tmp_path / "run", tmp_path / "art", budget=tight_budget)
+    export_artefact(tmp_path / "run", tmp_path / "art", budget_bytes=tight_budget)
     assert verify_artefact(tmp_path / "art")["passed"]
     with pytest.raises(BudgetTooSmallError, match="optinter"):
         OptInterSearcher(**FAST, first_order="keep").search(ckpt, data, tight_budget - 5000)

@@ -99,7 +99,7 @@ def test_elastic_artefact_bytes_match_and_verify(tmp_path: Path, topk_run: Path,
     mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]], dtype=bool)
     model = BPRMF(full.user_embedding, layer.deploy(mask, dtype=dtype))
     manifest = export_artefact(Checkpoint(model=model, schema=ckpt.schema, train_config=ckpt.train_config),
-                               tmp_path / "art", budget=10**6)
+                               tmp_path / "art", budget_bytes=10**6)
     assert manifest["storage"]["parameter_bytes"] == model.item_embedding.storage_bytes()
     assert manifest["storage"]["embedding_bytes"]["item_embedding"] == config_bytes(layer.group_sizes, mask, 16, dtype)
     assert verify_artefact(tmp_path / "art")["passed"] is True
@@ -296,7 +296,7 @@ def test_rule_finetuned_model_deploys_exactly(finetuned, setting, tmp_path: Path
                                rtol=0, atol=0)
     assert val_metrics(again.model, data)["recall@20"] == pytest.approx(tuned.val["recall@20"], abs=1e-12)
     export_artefact(Checkpoint(model=tuned.model, schema=ckpt.schema, train_config=ckpt.train_config),
-                    tmp_path / "art", budget=10**6)
+                    tmp_path / "art", budget_bytes=10**6)
     assert verify_artefact(tmp_path / "art")["passed"] is True
 
 
@@ -371,5 +371,5 @@ def test_pep_prunes_the_item_table_of_bprmf_and_the_artefact_verifies(setting, t
     assert measure_file_bytes(result.model)[0] <= budget
     assert result.val["recall@20"] > 0.05  # far above random (20 of 1,000 items)
     out = Checkpoint(model=result.model, schema=ckpt.schema, train_config=ckpt.train_config, metrics={}, path=ckpt.path)
-    export_artefact(out, tmp_path / "art", budget=budget)
+    export_artefact(out, tmp_path / "art", budget_bytes=budget)
     assert verify_artefact(tmp_path / "art")["passed"]

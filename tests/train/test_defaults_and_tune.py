@@ -14,7 +14,8 @@ from ondevice.cli import _register_commands, cli
 from ondevice.errors import BadInputError
 from ondevice.models import build_model
 from ondevice.train import TrainConfig, evaluate_topk, train
-from ondevice.train.trainer import DENSE_TABLE_ENTRIES, _lazy_tables, popularity_model
+from ondevice.train.evaluate import popularity_model
+from ondevice.train.optim import DENSE_TABLE_ENTRIES, lazy_tables
 from ondevice.train.tune import search_space
 
 _register_commands()
@@ -43,10 +44,10 @@ def test_bad_knobs_are_one_line_errors(bad: dict) -> None:
 
 def test_auto_tables_dense_when_small_lazy_when_large() -> None:
     small = build_model("deepfm", [100, 50], embed_dim=8, mlp_dims=[8])
-    assert _lazy_tables("auto", small) is False
+    assert lazy_tables("auto", small) is False
     large = build_model("fm", [DENSE_TABLE_ENTRIES // 4 + 10], embed_dim=4)
-    assert _lazy_tables("auto", large) is True
-    assert _lazy_tables(True, small) is True and _lazy_tables(False, large) is False
+    assert lazy_tables("auto", large) is True
+    assert lazy_tables(True, small) is True and lazy_tables(False, large) is False
 
 
 def test_cli_train_without_flags_uses_the_defaults(ctr_data: Path, tmp_path: Path) -> None:

@@ -66,19 +66,19 @@ def test_resume_after_interruption(ctr_data, tmp_path, monkeypatch):
     cfg = dict(model="deepfm", **{**SMALL, "epochs": 3, "patience": 5})
     train(ctr_data, tmp_path / "straight", TrainConfig(**cfg), quiet=True)
 
-    real_epoch = trainer_mod.Trainer._train_epoch_ctr
+    real_batches = trainer_mod.Trainer._batches
 
-    def interrupted(self, *args, **kwargs):
-        if args[4] == 2:  # the epoch argument
+    def interrupted(self, ctx, epoch):
+        if epoch == 2:
             raise KeyboardInterrupt
-        return real_epoch(self, *args, **kwargs)
+        return real_batches(self, ctx, epoch)
 
-    monkeypatch.setattr(trainer_mod.Trainer, "_train_epoch_ctr", interrupted)
+    monkeypatch.setattr(trainer_mod.Trainer, "_batches", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(ctr_data, tmp_path / "run", TrainConfig(**cfg), quiet=True)
     assert not (tmp_path / "run").exists(), "an interrupted run must not look finished"
     assert (tmp_path / "run.partial" / "last.pt").is_file()
-    monkeypatch.setattr(trainer_mod.Trainer, "_train_epoch_ctr", real_epoch)
+    monkeypatch.setattr(trainer_mod.Trainer, "_batches", real_batches)
     train(ctr_data, tmp_path / "run", TrainConfig(**cfg), resume=True, quiet=True)
     assert not (tmp_path / "run.partial").exists()
     _assert_same(_state(tmp_path / "straight"), _state(tmp_path / "run"))

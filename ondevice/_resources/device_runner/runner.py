@@ -345,9 +345,12 @@ def default_model_file(manifest: dict[str, Any]) -> str:
 
 #: onnxruntime memory settings of every session (``make_session``): ``arena`` (the CPU memory
 #: arena), ``mem_pattern`` (pre-planned activation buffers), ``prepacking`` (weights re-laid out
-#: for the GEMM kernels, a second copy of each dense weight). See MEMORY_NOTE for the measurements.
-MEMORY_OPTIONS: dict[str, bool] = {"arena": True, "mem_pattern": True, "prepacking": True}
-MEMORY_NOTE = "defaults measured by benchmarks/app_payload.py; see budgets/README.md"
+#: for the GEMM kernels, a second copy of each dense weight). Pre-packing is off by default: a
+#: session of an fp32 model then holds ~1.2 MB less (DeepFM 400-400-400) at the same batch-1
+#: p50 (-8 % .. +3 %, interleaved: noise; 4-9 % slower at batch 256); int8 models gain nothing from
+#: either (benchmarks/results/app_payload.md, "Memory settings").
+MEMORY_OPTIONS: dict[str, bool] = {"arena": True, "mem_pattern": True, "prepacking": False}
+MEMORY_NOTE = "defaults measured by benchmarks/app_payload.py (pre-packing off: less memory, same batch-1 latency)"
 
 
 def make_session(model_path: str | Path, threads: int, config: dict[str, str] | None = None,

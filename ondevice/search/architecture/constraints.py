@@ -35,12 +35,13 @@ def parse_latency(text: str | float) -> float:
     return value
 
 
-def resolve_constraints(budget: str | int | None, latency_p99: str | float | None,
+def resolve_constraints(budget_bytes: int | None, latency_p99: str | float | None,
                         profile: str | Path | None) -> Constraints:
-    """Explicit ``--budget`` / ``--latency-p99`` win over the profile's; threads/batch from the profile (else 1/1)."""
+    """Explicit ``--budget`` (parsed by the caller) / ``--latency-p99`` win over the profile's;
+    threads/batch from the profile (else 1/1)."""
     dev = load_profile(profile) if profile is not None else None
     return Constraints(
-        budget_bytes=parse_budget(budget) if budget is not None else (dev.memory_budget if dev else None),
+        budget_bytes=parse_budget(budget_bytes) if budget_bytes is not None else (dev.memory_budget if dev else None),
         p99_ms=parse_latency(latency_p99) if latency_p99 is not None else (dev.p99_latency_ms if dev else None),
         threads=dev.threads if dev else 1, batch_size=dev.batch_size if dev else 1,
         profile=dev.name if dev else None, arch=dev.arch if dev else None)

@@ -1,42 +1,32 @@
-"""Latency- and byte-aware architecture search over BlockNet DAGs (AutoCTR, KDD'20; survey §7).
+"""Latency- and byte-aware architecture search over BlockNet DAGs (AutoCTR-style evolution).
 
-AutoCTR (Song et al., KDD'20) evolves DAGs of virtual blocks (FM, MLP, dot product; here
-also the DCN cross layer) with a multi-objective evolutionary search. What we keep, and
-what we changed:
+AutoCTR (Song et al., "Towards Automated Neural Interaction Discovery for Click-Through Rate
+Prediction", KDD 2020; survey §7) evolves DAGs of virtual blocks (FM, MLP, dot product) with a
+multi-objective evolutionary search: survivors by a score of age, performance and complexity
+(survey Eq. (39)), parents drawn by rank (survey Eq. (40)), mutations guided by a learning-to-rank
+model. Here the genotype is ``{"embed_dim": d, "blocks": [...]}`` (:mod:`ondevice.models.blocknet`,
+which adds the DCN cross block), evolved by :func:`ondevice.search.evolution.regularized_evolution`
+with ``fitness = val AUC − cost_weight · bytes / budget`` for a feasible candidate and
+``−1 − violation`` for one over the byte budget or the p99 target (rejected before training).
+The best feasible genotype is retrained from scratch on the full training split
+(:func:`ondevice.search.retrain.fit_ctr`). Everything random comes from ``seed``.
 
-* **Genotype**: ``{"embed_dim": d, "blocks": [...]}``, d from a small menu (so a byte budget
-  is reachable), blocks as :func:`ondevice.models.blocknet.check_blocks` canonicalises them.
-* **Cost is measured, not estimated**: each candidate is exported through the normal
-  lowering to a temporary ONNX file (its exact bytes) and timed with the device runner's
-  ``make_session`` at the profile's threads and batch (``latency_warmup`` untimed calls,
-  ``latency_runs`` timed ones, p99; best of ``latency_repeats`` rounds). The measurement is
-  the ``measure`` callable the pipeline passes to :meth:`EvolutionaryArchitectureSearch.search`
-  (``ondevice.pipeline.measure.measure_cost``): this module never imports the exporter.
-  Timing happens on *this* host: for an arm64 profile it
-  is a proxy (the result says so). A candidate over the byte budget or the p99 target is
-  **rejected before training**: fitness −1 − violation, so infeasible ones lose to every
-  feasible one, and among infeasible ones the closer is preferred.
-* **Metric**: a feasible candidate is trained briefly on a seeded subsample of the training
-  split (``search_rows`` rows, ``search_epochs`` epochs, the same torch seed for every
-  candidate) and scored by AUC on (a seeded subsample of) the validation split. AutoCTR's
-  learning-to-rank surrogate (GBDT + LambdaRank) is *not* used: each mutation is trained;
-  re-discovered genotypes reuse their earlier evaluation (memo by genotype).
-* **Selection** (AutoCTR Eq. 39 mapped on :func:`ondevice.search.evolution.regularized_evolution`):
-  survivors are the ``population`` youngest (age = evaluations since birth; ageing removes
-  the oldest), parents are the best of a ``tournament`` sample by
-  fitness = val AUC − ``cost_weight`` · bytes / budget (feasible) — metric and cost in one score.
-  Latency only gates feasibility, so fitness is deterministic given the same latency verdicts.
-* **Guided mutation**: one of seven operators (block type, width/depth, edge, field, add
-  block, drop block, embedding dim) is drawn with probability ∝ (1 + w_o) / (2 + n_o), its
-  Laplace-smoothed rate of children fitter than their parent so far: operators that worked
-  are used more often (AutoCTR guides mutations with its ranker instead).
-* **Initial population**: FM, a one-hidden-layer DeepFM and a DCN over all fields (while
-  ``population`` leaves room for one random genotype), then random DAGs; every genotype is
-  pre-repaired to the byte budget by stepping its embedding dim down (fp32 estimate).
-* The best feasible genotype is then retrained from scratch on the full training split with
-  early stopping on validation AUC (:func:`ondevice.search.retrain.fit_ctr`).
+Deviations from the paper:
 
-Everything random comes from ``seed`` (evolution RNG, data subsamples, torch init).
+* Cost is measured, not estimated: each candidate is exported and timed by the ``measure``
+  callable the pipeline passes (``ondevice.pipeline.measure.measure_cost``: exact bytes, p99 at
+  the profile's threads and batch, on *this* host, a proxy for an arm64 profile).
+* Survivors are the ``population`` youngest (ageing) and parents the best of a ``tournament``
+  sample, instead of Eq. (39)'s top-p score and Eq. (40)'s rank probability: one fitness, and
+  latency only gates feasibility, so fitness is deterministic given the same latency verdicts.
+* No learning-to-rank surrogate (GBDT + LambdaRank): each candidate is trained briefly
+  (``search_rows``, ``search_epochs``, one torch seed) and scored on validation; repeated
+  genotypes reuse their evaluation. Each of the seven mutation operators is drawn
+  ∝ ``(1 + w_o)/(2 + n_o)``, its smoothed rate of children fitter than their parent.
+* The embedding dim is part of the genotype and the initial population (FM, DeepFM, DCN, then
+  random DAGs) is repaired to the byte budget, so a byte budget is reachable.
+
+Measured: ``benchmarks/results/architecture_search.md``.
 """
 
 from __future__ import annotations
@@ -291,8 +281,12 @@ class EvolutionaryArchitectureSearch:
     ``embed_dims``, ``mlp_widths`` of the search space; ``search_rows`` / ``search_val_rows``
     (subsample sizes, ``None`` = whole split), ``search_epochs``, ``lr``, ``batch_size`` of
     each candidate's short training; ``cost_weight`` (AUC points per budget-fraction of
-    bytes); ``latency_runs`` / ``latency_warmup`` per candidate; ``time_limit`` (seconds, no
-    new candidate after it); ``seed``.
+    bytes); ``latency_runs`` / ``latency_warmup`` per candidate (p99 of the timed calls, best of
+    ``latency_repeats`` rounds); ``time_limit`` (seconds, no new candidate after it); ``seed``.
+
+    Initial population: FM, a one-hidden-layer DeepFM and a DCN over all fields (while
+    ``population`` leaves room for one random genotype), then random DAGs; each is pre-repaired
+    to the byte budget by stepping its embedding dim down (fp32 estimate).
     """
 
     def __init__(self, *, population: int = 8, cycles: int = 16, tournament: int = 3, max_blocks: int = 4,

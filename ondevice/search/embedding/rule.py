@@ -1,128 +1,39 @@
-"""RULE — elastic item embeddings for on-device recommenders, trained once for all budgets
-(Chen, Yin, Zheng, Huang, Wang, Cui & Zhang, "Learning Elastic Embeddings for Customizing
-On-Device Recommenders", KDD'21; settings named as in the authors' group's code,
-``RuiqiZheng08/PEEL``, ``config_all.py``). Top-K (BPR-MF) models only.
+"""RULE: an elastic item table trained once, then a block configuration searched per budget.
 
-Method
-------
-1. **Elastic training, once.** The item table becomes ``n_b`` blocks of ``d_b = D/n_b``
-   dims (default ``n_b = 16``); items are sorted by training popularity into ``n_g`` groups
-   (default 20). A configuration gives each group a non-empty block subset ``S_g``; the
-   score is rule (1) of :mod:`ondevice.embedding.elastic`,
-   ``s(u,i|S) = Σ_{k∈S_g} ⟨u_k, b_{i,k}⟩`` (per-block user slices, no ``n_b/|S|`` rescale;
-   PEEL's tiled, rescaled form is measured and rejected there). Each batch draws one random
-   configuration: per group a size ``s ~ U{1..n_b}``, then a uniform subset of that size
-   (uniform over sizes, so one-block subsets are trained as often as full ones). Loss: BPR
-   (``-ln σ(s(u,i|S) − s(u,j|S))``, one uniform negative) + L2 on the batch rows + the
-   diversity regulariser ``λ·R``::
+Chen et al., "Learning Elastic Embeddings for Customizing On-Device Recommenders", KDD 2021
+(survey §5.3). Top-K (BPR-MF) only. No author code is public; settings are named as in the
+same group's ``RuiqiZheng08/PEEL`` (``config_all.py``). The survey numbers no RULE equation:
+(1) and (2) below are this package's labels, not the paper's.
 
-       Δ_{b,k} = ⟨u_{b,k}, b_{i_b,k} − b_{j_b,k}⟩                 (per-block BPR margins, all blocks)
-       R = 1/(n_b(n_b−1)) · Σ_{k≠l} corr_batch(Δ_{·,k}, Δ_{·,l})²            (2)
+1. Elastic training, once: ``n_b`` blocks per item, ``n_g`` popularity groups, a configuration
+   gives each group a non-empty block subset ``S_g`` and scores by rule (1) of
+   :mod:`ondevice.embedding.elastic`, ``s(u,i|S) = Σ_{k∈S_g} ⟨u_k, b_{i,k}⟩``. One random
+   configuration per batch; loss = BPR + L2 + ``λ·R`` (diversity term (2), :func:`diversity_penalty`).
+2. Estimator: a single-hidden-layer feed-forward net (:class:`PerformanceEstimator`) fitted to the
+   true validation Recall@K of ``n_samples`` random configurations. 2b: held-out Spearman below
+   ``min_estimator_rho`` and its pick is not deployed.
+3. Regularised evolution per budget (:func:`ondevice.search.evolution.regularized_evolution`):
+   fitness = the estimator, mutation flips 1-3 bits and repairs to the budget. 3b: the
+   :func:`nested_configs` compete with its best on true validation Recall@K.
+4. Per-budget fine-tuning of the chosen configuration (:func:`finetune_config`).
+5. Monotone in the budget: the pick competes with configurations already deployed from this
+   supernet that fit, and with the full model. Steps 1-2 are cached (:meth:`RULESearcher.supernet`).
 
-   *Our choice* (RULE's exact form is not public; PEEL's code has
-   ``−λ Σ_k ‖b_k − b_{k+1}‖²`` commented out). Under PEEL's tiled rule blocks live in one
-   space and "distinct" can be measured between vectors; with per-block user slices each
-   block has its own subspace, so distance between blocks means nothing, while what makes
-   blocks redundant is that they *rank the same way*. (2) penalises exactly that: two blocks
-   whose margins are perfectly correlated add no ranking information over one, so the
-   memory of the second is wasted. It is bounded (in [0, 1]), scale-free (it cannot be
-   lowered by shrinking weights, unlike PEEL's unbounded term) and costs one ``n_b × n_b``
-   matrix per batch. ``diversity=0`` switches it off.
-   The blocks start from the checkpoint's trained BPR-MF tables rotated into the item
-   table's singular basis, ``Q = U Σ Vᵀ`` → items ``Q V = U Σ``, users ``P V``: scores are
-   unchanged (``V`` is orthogonal, so the all-blocks configuration *is* the trained model)
-   and block 1 holds the ``d_b`` strongest directions, block 2 the next, ... (a warm start
-   of ours; the paper trains from scratch). Then ``epochs`` epochs of the above; the best
-   epoch on validation Recall@K (all blocks) is kept.
+Deviations from the paper:
 
-2. **Performance estimator.** ``n_samples`` (PEEL: ``K = 5000``) random configurations are
-   scored by true **validation** Recall@K (PEEL uses test users and Recall@100; we never
-   read the test split) on ``eval_users`` sampled validation users with full ranking
-   excluding training items. Density varies per sample (each bit on with a probability
-   drawn log-uniformly in ``[1/n_b, 1]``) so small budgets are covered. The estimator is a
-   single-hidden-layer feed-forward net on PEEL's encoding, one row per group
-   ``x_g = [one-hot(g) | multi-hot(S_g)]``, summed over groups:
-   ``ŷ = Σ_g w₂ᵀ ReLU(W₁ x_g + b₁) + b₂`` (standardised targets, Adam, weight decay), fitted
-   on 80 % of the samples; Spearman/Kendall rank correlation and MSE (vs a constant
-   predictor, the training mean) on the other 20 % are reported in the trace. We tried a
-   net on the flat ``n_g·n_b`` bit vector first: with a few hundred samples the evolution
-   exploited it (estimated 0.07, true 0.02 Recall@20); the per-group form shares its weights
-   across groups and is far harder to fool.
+* Per-block user slices, no ``n_b/|S|`` rescale (PEEL tiles and rescales): see elastic's docstring.
+* Diversity term (2) is ours: RULE's form is not public, PEEL's is commented out.
+* Warm start from the checkpoint in the item table's singular basis (the paper trains from
+  scratch): all blocks = the trained model, leading blocks hold the strongest directions.
+* Estimator fitted on validation users, Recall@K (PEEL: test users, Recall@100): test read once.
+* ``n_samples`` 600, ``cycles`` 1000 (PEEL: 5000, 50): scoring is costly, an estimator call is not.
+* Steps 2b, 3b, 4, 5 are ours: the estimator misranks configurations far from its samples, the
+  paper never retrains the pick, and a larger budget must not deploy a worse model.
+* Bytes: the exact deployable file (:func:`ondevice.embedding.elastic.config_bytes` + graph).
 
-2b. **Signal check** (``min_estimator_rho``, default 0.5; issue 17). The estimator's Spearman
-   rho on the held-out 20 % must reach the threshold (measured 0.88 on Amazon-CDs, 0.92 on
-   MovieLens-1M, ``benchmarks/results/rule_*.md``). Below it, the evolution's pick is not
-   deployed: with nested candidates (3b) it is left out of the pick (the trace says so); with
-   ``nested_candidates=False`` (the paper) the search refuses (``WeakSignalError``, one line).
-
-3. **Evolutionary search per budget** (:func:`ondevice.search.evolution.regularized_evolution`,
-   population ``P``, cycles ``C``, tournament ``S``; PEEL: 20 / 50 / 5). Fitness = the
-   estimator. Mutation flips 1–3 random (group, block) bits, then *repairs*: empty groups get
-   a random block, random blocks of multi-block groups are dropped until the configuration
-   fits, then random blocks are added while they still fit (so every individual uses its
-   budget). We run ``C = 1000`` cycles by default instead of PEEL's 50: an estimator call
-   costs microseconds (a search is 2-8 s on MovieLens-1M, ``benchmarks/rule.py``) and 70
-   evaluations leave most of a 320-bit space unexplored.
-
-3b. **Nested candidates, picked on validation** (``nested_candidates=True``, the default;
-   *a deviation*: the paper deploys the estimator's pick). The evolution's best competes with
-   popularity-graded *leading-block* configurations (:func:`nested_configs`: group ``g``
-   keeps its first ``L_g`` blocks, ``L_g ∝ 1 + tilt·(1 − g/(n_g−1))``, tilts 0–4, each the
-   largest that fits), and the one with the best true validation Recall@K on ``pick_users``
-   (2,000) validation users — a fresh sample, not the ones the estimator was fitted on, which
-   favour the evolution's pick — (:class:`ConfigScorer`, one matrix product each) is deployed.
-   Why: the estimator is fitted on random-subset samples and misranks configurations far
-   from them. Measured on MovieLens-1M (``benchmarks/rule.py``, 3 elastic epochs, 500
-   samples), on all validation users: the estimator's pick at 300 KB scores 0.158 (estimated
-   0.239) while the first 4 blocks everywhere score 0.183 (estimated 0.208) and the first 6
-   0.188 — the SVD warm start puts the strong directions in the leading blocks, and the
-   elastic training keeps them strong. With 3b RULE beats uniform dimension at every budget
-   (results in ``benchmarks/results/rule_ml1m.md``); cost ≈ 1 s per budget, inside ``search_s``.
-
-4. **Per-budget fine-tuning** (``finetune_epochs``, default 3; *a deviation*: the paper
-   does no per-budget training, ``finetune_epochs=0``). :func:`finetune_config` BPR-trains a
-   copy of the supernet with the chosen mask fixed (rule (1), so only the kept blocks and
-   the user slices they meet move), same loop/L2 as uniform's retrain (:func:`fit_topk`),
-   the configuration as searched competing as epoch 0 on validation Recall@K (so it never
-   lowers the validation metric); the deployed :class:`ElasticSubsetEmbedding` stores
-   exactly the trained values. Measured (``benchmarks/rule.py``, 3 epochs, lr 5e-3): on
-   MovieLens-1M +0.000–0.001 val Recall@20 (≈ 10 s per budget: the chosen blocks are already
-   near a BPR optimum); on Amazon-CDs (35,648 items, 64 one-dim blocks, 8 elastic epochs)
-   +0.0004–0.0027 at every budget (≈ 38 s per budget, max 43 s), which is what lifts RULE over
-   uniform dimension at 2 MB (val 0.0437 vs 0.0430; without it 0.0412). Hence on by
-   default; the search itself stays a few seconds per budget (``search_s``).
-
-5. **The deployed model is monotone in the budget** (issue 17; the paper deploys the search's
-   pick). The searched configuration (fine-tuned) competes, on its validation Recall@K over all
-   validation users, with every configuration already deployed from this supernet with the same
-   fine-tune settings and dtype that fits the budget (a larger budget may always fall back to a
-   smaller budget's configuration), and with the full checkpoint itself when its artefact fits
-   (an elastic table with every block is *larger* than the dense table: positions, per-subset
-   graph nodes). The best wins; ties go to the smaller artefact. So the deployed metric never
-   falls as the budget grows (for budgets searched in increasing order, or repeated calls), and
-   no artefact is larger than the full model's fp32 artefact unless it scores better. Measured on
-   MovieLens-1M (``benchmarks/results/rule_ml1m_budgets.md``, budgets 256 KB - 2 MB): the searched
-   configurations alone score val Recall@20 0.1918 / 0.1898 / 0.1856 / 0.1856 (falling), the
-   deployed ones 0.1918 at every budget, every artefact 248,488 B (full model: 781,033 B, 0.1725).
-   The registry of deployed configurations
-   (masks, validation metrics, fine-tuned tables) is what makes a configuration fine-tuned once:
-   budgets and fleet profiles that resolve to the same configuration share that one fine-tune.
-
-Memory (exact, :func:`ondevice.embedding.elastic.config_bytes`): Σ over chosen (group, block)
-pairs of (items in group) × ``d_b`` × bytes per value (RULE's accounting; int8 adds one fp16
-scale per stored row), + the int16/int32 id→row position vector, + an int64 block index per
-distinct partial subset; plus the graph: the accountant's measured overhead and margin, plus
-``GRAPH_BYTES_PER_SUBSET`` per distinct subset (measured: 0.8–1.0 KB of node protos each).
-Only item blocks are stored; the user's vector comes from the server.
-
-Once for all: the trained elastic model and the estimator are cached in memory and beside the
-run, ``RUN_DIR/_cache/rule/supernet-<key>.pt`` (written atomically: temp file + rename), under a
-key of the run's checkpoint checksum (sha256 of ``model.pt``), its item table, the data folder
-and every setting that shapes them; the registry of step 5 sits next to it
-(``deployed-<key>.pt``). Each further budget, and every later ``compress`` call on the same run
-with the same settings, costs only the evolutionary search. Never inside ``compress --out``
-(replaced per call); a checkpoint without a file uses ``work_dir``; a read-only run folder keeps
-the supernet in memory (``stats["not_saved"]``).
+Measured: ``benchmarks/results/rule_ml1m.md`` and ``benchmarks/results/rule_cds.md`` (vs uniform
+dimension, int8, PEP; estimator rank correlation; seconds per budget), and
+``benchmarks/results/rule_ml1m_budgets.md`` (monotone deployment, supernet reuse).
 """
 
 from __future__ import annotations
@@ -179,7 +90,15 @@ def sample_config(rng: np.random.Generator, n_groups: int, n_blocks: int) -> np.
 
 
 def diversity_penalty(layer: ElasticBlockEmbedding, u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """Eq. (2): mean squared off-diagonal correlation of the per-block BPR margins over the batch."""
+    """(2): mean squared off-diagonal correlation of the per-block BPR margins over the batch.
+
+    ``Δ_{b,k} = ⟨u_{b,k}, b_{i_b,k} − b_{j_b,k}⟩`` (batch row ``b``, block ``k``), then
+    ``R = 1/(n_b(n_b−1)) · Σ_{k≠l} corr_batch(Δ_{·,k}, Δ_{·,l})²``. Our form (RULE's is not
+    public): with per-block user slices each block has its own subspace, so a distance between
+    blocks means nothing; what makes two blocks redundant is that they rank the same way. ``R``
+    is bounded in [0, 1], cannot be lowered by shrinking weights, and costs one ``n_b × n_b``
+    matrix per batch.
+    """
     n_b = layer.n_blocks
     margins = layer.block_scores(u, pos) - layer.block_scores(u, neg)  # [B, n_b]
     z = margins - margins.mean(dim=0, keepdim=True)
@@ -194,8 +113,8 @@ class ConfigScorer:
     """True validation Recall@K / NDCG@K of a configuration, fast (full ranking, train items excluded).
 
     Users: up to ``max_users`` validation users drawn with ``seed``. Item vectors of a
-    configuration are the elastic table times the per-group factor ``n_b/|S_g|`` on the kept
-    blocks, zero elsewhere (rule (1)); one ``[U, D] @ [D, N]`` product per configuration.
+    configuration are the elastic table on the kept blocks of the item's group and zero
+    elsewhere (rule (1), no rescale); one ``[U, D] @ [D, N]`` product per configuration.
     """
 
     def __init__(self, model: BPRMF, train_pairs: np.ndarray, val_pairs: np.ndarray, *, k: int = 20,
@@ -242,6 +161,9 @@ class PerformanceEstimator(nn.Module):
     """Single-hidden-layer feed-forward net on per-group rows ``[one-hot(g) | multi-hot(S_g)]``, summed.
 
     Input: configurations as flat ``[n_g·n_b]`` bits (a mask ``[n_g, n_b]`` raveled).
+    ``ŷ = Σ_g w₂ᵀ ReLU(W₁ x_g + b₁) + b₂`` on standardised targets. Why per group: a net on the flat
+    bit vector, fitted on a few hundred samples, was exploited by the evolution (its pick was
+    estimated far above its true Recall@K); sharing weights across groups is much harder to fool.
     """
 
     def __init__(self, n_groups: int, n_blocks: int, hidden: int = 64) -> None:
@@ -347,7 +269,7 @@ class RULESearcher(Searcher):
     n_blocks [max_num_blocks_per] : blocks per item (16); must divide the embedding dim.
     n_groups [G] : popularity groups (20).
     epochs, lr, batch_size, l2, patience : elastic training (BPR, Adam; lazy Adam on tables).
-    diversity : λ of the diversity regulariser, Eq. (2) of the module docstring (0 = off).
+    diversity : λ of the diversity regulariser (2), :func:`diversity_penalty` (0 = off).
     n_samples [K] : configurations scored to fit the estimator (PEEL 5000; default 600).
     eval_users : validation users sampled to score a configuration.
     hidden : width of the estimator's hidden layer.
@@ -421,7 +343,13 @@ class RULESearcher(Searcher):
         return ctx.work_dir / "rule" if ctx.work_dir is not None else None
 
     def supernet(self, ctx: SearchContext) -> _Supernet:
-        """The trained elastic model + estimator: from memory, the run's cache folder, or trained now."""
+        """The trained elastic model + estimator: from memory, the run's cache folder, or trained now.
+
+        Cached as ``RUN_DIR/_cache/rule/supernet-<key>.pt`` (temp file + rename), ``<key>`` over the
+        checkpoint's sha256, its item table, the data folder and every setting that shapes them; the
+        registry of deployed configurations (step 5) sits beside it as ``deployed-<key>.pt``. A
+        read-only run folder keeps the supernet in memory (``stats["not_saved"]``).
+        """
         key = self._cache_key(ctx)
         if key in _CACHE:
             return _CACHE[key]
@@ -505,7 +433,9 @@ class RULESearcher(Searcher):
         items = ElasticBlockEmbedding.from_dense(full.item_embedding, counts, n_blocks=self.n_blocks,
                                                  n_groups=self.n_groups)
         users = copy.deepcopy(full.user_embedding)
-        with torch.no_grad():  # rotate into the item table's singular basis: same scores, ordered blocks
+        # Warm start: Q = U Σ Vᵀ -> items Q V, users P V (V orthogonal: the all-blocks scores are the
+        # trained model's), block 1 holding the strongest singular directions, block 2 the next...
+        with torch.no_grad():
             q = full.item_embedding.dense_weight()
             if q.shape[0] >= q.shape[1] and hasattr(users, "weight"):
                 _, _, vt = torch.linalg.svd(q, full_matrices=True)
@@ -756,7 +686,10 @@ def nested_configs(group_sizes: list[int], n_blocks: int, fits, tilts: tuple[flo
 
     Group ``g`` (0 = most popular) keeps its first ``L_g = clip(floor(s·w_g), 1, n_b)`` blocks,
     ``w_g = 1 + tilt·(1 − g/(n_g − 1))``, with ``s`` the largest scale (bisection) that fits.
-    The warm start orders blocks by singular value, so leading blocks are the strong ones.
+    The warm start orders blocks by singular value, so leading blocks are the strong ones. Why:
+    the estimator is fitted on random-subset samples and misranks configurations far from them;
+    on MovieLens-1M its pick scored below these (``rule`` vs ``rule+nested`` rows of
+    ``benchmarks/results/rule_ml1m.md``).
     """
     n_g = len(group_sizes)
     rank = 1.0 - np.arange(n_g) / max(1, n_g - 1)

@@ -1,30 +1,29 @@
-"""AdaFS — adaptive (per-sample) feature selection (Lin et al., "AdaFS: Adaptive Feature
-Selection in Deep Recommender System", KDD'22; survey §4 Eq. 17, methods.md §6). The authors'
-code was not located; the details follow the survey and third-party notes.
+"""AdaFS: adaptive (per-sample) field weights, used here to rank fields for a byte budget.
 
-Method
-------
-1. Controller. The field embeddings ``e_f`` of a sample are batch-normalised (survey Eq. 17,
-   ``ê = (e − Mean_B)/sqrt(Var_B + ε)``, no affine), flattened ``[B, F·D]`` and fed to an
-   MLP (``hidden`` units, ReLU) that outputs one score per field; ``softmax`` over fields
-   gives the per-sample weights ``a_f^m``.
-2. Soft selection. ``F · a_f^m`` multiplies sample ``m``'s field-``f`` embedding (and its
-   first-order weight). Choice: the factor ``F`` makes uniform weights the identity, so the
-   search starts exactly at the pretrained model (the paper multiplies by ``a`` alone and
-   trains from scratch).
-3. Training. Controller and model are trained jointly on the training split (one level;
-   the controller has no architecture/weight split to keep apart), starting from the
-   pretrained checkpoint.
-4. As a compression step. AdaFS's per-sample "hard" top-k still needs every table on the
-   device (any sample may pick any field), so it saves no bytes. What the product deploys:
-   fields ranked by their **mean controller weight over a held-out 10 % of train**, the
-   largest top-k that fits the budget kept (``subset.fit_ranked_fields``, exact bytes), the
-   model over them retrained (as AutoField, steps 5-6). The controller is not deployed.
+Lin et al., "AdaFS: Adaptive Feature Selection in Deep Recommender System", KDD 2022 (survey §4;
+methods.md §6). The authors' code was not located: details follow the survey and third-party notes.
 
-What AdaFS adds over AutoField here: a second, differently-derived static ranking (per-sample
-importance averaged, learnt jointly with the model in one level, no Gumbel noise or
-temperature schedule); the per-sample re-weighting itself would only add a controller MLP to
-the artefact without removing a table, so it is not a compression method on its own.
+1. Controller: a sample's field embeddings are batch-normalised (survey Eq. (17),
+   ``ê = (e − Mean_B)/sqrt(Var_B + ε)``, no affine), flattened ``[B, F·D]`` and fed to an MLP
+   (``hidden`` units, ReLU) with one output per field; ``softmax`` over fields gives ``a_f^m``.
+2. Soft selection: ``F · a_f^m`` multiplies sample ``m``'s field-``f`` embedding and first-order
+   weight.
+3. Controller and model train jointly on the training split (one level), from the checkpoint.
+4. Fields ranked by their mean controller weight over a held-out ``holdout_fraction`` of train;
+   the largest top-k that fits the budget is kept and the model retrained over it (as AutoField,
+   steps 5-6, signal check included). The controller is not deployed.
+
+Deviations from the paper:
+
+* The factor ``F`` in step 2 (the paper multiplies by ``a`` alone and trains from scratch):
+  uniform weights are then the identity, so the search starts exactly at the pretrained model.
+* One-level training: the controller has no architecture/weight split to keep apart.
+* No per-sample "hard" top-k at inference: any sample may pick any field, so every table would
+  stay on the device and nothing would be saved. AdaFS here is a second, static field ranking
+  (per-sample importance averaged, no Gumbel noise or temperature), not a format of its own.
+
+Measured: ``benchmarks/results/feature_selection.md`` (planted-field ranks, signal check, Frappe
+and Criteo at ½ and ¼ of the bytes).
 """
 
 from __future__ import annotations
@@ -44,13 +43,15 @@ from ondevice.search.base import (
 )
 from ondevice.search.features.subset import SIGNAL_LEVEL, gated_fields, search_ranked_fields
 from ondevice.search.retrain import default_optimizers
-from ondevice.train.trainer import DistInfo, epoch_order, in_memory_ctr, iter_ctr_batches
+from ondevice.train.batches import epoch_order, in_memory_ctr, iter_ctr_batches
+from ondevice.train.distributed import DistInfo
+from ondevice.train.loop import fit
 
 __all__ = ["AdaFSSearcher", "FieldController", "train_field_controller"]
 
 
 class FieldController(nn.Module):
-    """BN (Eq. 17) → MLP → softmax over fields: per-sample weights ``[B, F]`` (steps 1-2)."""
+    """BN (survey Eq. (17)) → MLP → softmax over fields: per-sample weights ``[B, F]`` (steps 1-2)."""
 
     def __init__(self, num_fields: int, dim: int, hidden: int) -> None:
         super().__init__()
@@ -77,24 +78,21 @@ def train_field_controller(model, data, *, epochs: int, batch_size: int, lr: flo
     controller = FieldController(model.num_fields, model.embed_dim, hidden)
     opts = [*default_optimizers(model, lr), torch.optim.Adam(controller.parameters(), lr=controller_lr)]
     cpu, dist = torch.device("cpu"), DistInfo()
-    trace: list[dict[str, Any]] = []
+
+    def batches(epoch: int):
+        controller.train()  # the loop puts the model in training mode
+        order = train_rows[epoch_order(len(train_rows), seed, epoch)]
+        for x, y in iter_ctr_batches(ids, labels, order, batch_size, dist, cpu):
+            if len(y) >= 2:  # batch statistics (Eq. 17) need two rows; a 1-row tail batch is skipped
+                yield x, y
+
+    def bce(batch):
+        x, y = batch
+        return F.binary_cross_entropy_with_logits(model(x), y), len(y)
+
     with gated_fields(model, lambda x: controller(model.embedding(x))):
-        for epoch in range(1, epochs + 1):
-            torch.manual_seed(seed + epoch)
-            model.train(), controller.train()
-            total, rows = torch.zeros((), dtype=torch.float64), 0
-            order = train_rows[epoch_order(len(train_rows), seed, epoch)]
-            for x, y in iter_ctr_batches(ids, labels, order, batch_size, dist, cpu):
-                if len(y) < 2:  # batch statistics (Eq. 17) need two rows; a 1-row tail batch is skipped
-                    continue
-                loss = F.binary_cross_entropy_with_logits(model(x), y)
-                for o in opts:
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
-                for o in opts:
-                    o.step()
-                total, rows = total + loss.detach() * len(y), rows + len(y)
-            trace.append({"epoch": epoch, "train_loss": float(total) / max(rows, 1)})
+        run = fit(model, opts, batches=batches, loss=bce, epochs=epochs, seed=seed)
+    trace: list[dict[str, Any]] = [{"epoch": e.epoch, "train_loss": e.train_loss} for e in run.epochs]
     model.zero_grad(set_to_none=True)
     model.eval(), controller.eval()
     weight_sum = torch.zeros(model.num_fields, dtype=torch.float64)

@@ -1,41 +1,36 @@
-"""AutoField — field selection with learned keep/drop controllers (Wang et al., "AutoField:
-Automating Feature Selection in Deep Recommender Systems", WWW'22; survey §4, methods.md §6).
-The authors' code was not located; the details below follow the survey and third-party notes.
+"""AutoField: field selection with learned keep/drop controllers, then retraining.
 
-Method
-------
-1. Controllers. Per field ``f`` a pair of logits ``[α_f^drop, α_f^keep]``, both initialised
-   to 0.5 (keep probability ``p_f = softmax(α_f)_keep = 0.5``).
-2. Relaxed selection (Gumbel-softmax, survey §4)::
+Wang et al., "AutoField: Automating Feature Selection in Deep Recommender Systems", WWW 2022
+(survey §4; methods.md §6). The authors' code was not located: details follow the survey and
+third-party notes.
 
-       w_f = exp((α_f^keep + g_1)/τ) / (exp((α_f^keep + g_1)/τ) + exp((α_f^drop + g_0)/τ)),
-       g ~ Gumbel(0, 1)
+1. Controllers: per field ``f`` logits ``α_f = [α_f^drop, α_f^keep]``, both initialised to 0.5.
+2. Relaxed selection, Gumbel-softmax (survey Eq. (12), logits for ``log α``, ``g ~ Gumbel``)::
 
-   ``w_f`` multiplies field ``f``'s embedding and its first-order weight. Noise is drawn per
-   sample (``[B, F]``): the same expected gradient as one draw per batch, lower variance.
-3. Temperature: ``τ_t = max(τ_min, 1 − r·t)`` with the notes' ``r = 5e-5``, ``τ_min = 0.01``.
-   That schedule needs ~20k steps to anneal; on a shorter search ``r`` is raised to
-   ``(1 − τ_min) / total_steps`` so ``τ`` reaches ``τ_min`` at the last step
-   (rule: ``r = max(5e-5, (1 − τ_min)/T)``).
-4. Bi-level optimisation (DARTS first-order, alternating): model weights step on a training
-   batch, then the controllers step on an *architecture* batch. Choice: the architecture
-   batches come from a held-out ``arch_fraction`` (10 %) of the **train** split, never from
-   val, so the validation metric reported after retraining is not one selection was fit on.
-   The search starts from the pretrained checkpoint's weights. Choice: the controllers step
-   with plain SGD, not DARTS's Adam. From a pretrained model every field's keep gradient
-   points the same way (the model was trained with all fields at weight 1), and Adam's
-   per-parameter normalisation then moves every ``α_f`` at the same speed, erasing the
-   ranking; SGD keeps the gradient's magnitude, which is what separates informative fields
-   (measured on planted data: Adam ranked a noise field second, SGD put the planted fields first).
-5. Selection by budget (our product's rule, the paper keeps a fixed top-k): fields ranked by
-   ``p_f``; the largest top-k whose sub-model's exact deployable bytes (``ByteAccountant``,
-   graph overhead + margin included) fit the budget is kept (``subset.fit_ranked_fields``;
-   ``num_fields`` caps k). If the top-ranked field alone does not fit, the budget is too
-   small (``BudgetTooSmallError``): a lower-ranked field is never kept in its place.
-6. Retrain: the model of the same class over the kept fields only (their pretrained table
-   rows and MLP columns inherited, ``subset.select_model_fields``), trained on the data view
-   over the kept fields (``EncodedDataset.select_fields``); the best val epoch is kept.
-   A dropped field removes its whole table from the artefact and its input from the schema.
+       w_f = softmax((α_f + g) / τ)_keep
+
+   ``w_f`` multiplies field ``f``'s embedding and first-order weight; noise is drawn per sample.
+3. Temperature ``τ_t = max(τ_min, 1 − r·t)``, ``r = 5e-5``, ``τ_min = 0.01`` (the notes).
+4. Bi-level optimisation, first-order DARTS (survey §3.2.3): a model step on a training batch,
+   then a controller step on an architecture batch; from the pretrained checkpoint.
+5. Fields ranked by ``p_f = softmax(α_f)_keep``; the largest top-k whose exact deployable bytes
+   fit the budget is kept (``subset.fit_ranked_fields``); a lower-ranked field never replaces the
+   top one. ``signal_level``: the kept fields must matter more on validation than the dropped.
+6. Retrain the same model class over the kept fields (pretrained rows and MLP columns inherited).
+
+Deviations from the paper:
+
+* ``r = max(5e-5, (1 − τ_min)/T)`` over ``T`` search steps: 5e-5 needs ~20k steps to anneal.
+* Architecture batches come from a held-out ``arch_fraction`` of **train**, not validation, so
+  the validation metric after retraining is not one the selection was fitted on.
+* Controllers step with plain SGD, not Adam: from a pretrained model every keep gradient points
+  the same way and Adam's per-parameter normalisation erases their ranking (on planted data it
+  ranked a noise field above planted ones).
+* Top-k by the byte budget (the paper keeps a fixed k); ``num_fields`` caps k.
+* Gumbel noise per sample (``[B, F]``), not per batch: the same expected gradient, lower variance.
+
+Measured: ``benchmarks/results/feature_selection.md`` (planted-field ranks, signal check, Frappe
+and Criteo at ½ and ¼ of the bytes), ``benchmarks/results/compress_quality_*.md`` (``autofield``).
 """
 
 from __future__ import annotations
@@ -56,7 +51,9 @@ from ondevice.search.base import (
 )
 from ondevice.search.features.subset import SIGNAL_LEVEL, gated_fields, search_ranked_fields
 from ondevice.search.retrain import default_optimizers
-from ondevice.train.trainer import DistInfo, epoch_order, in_memory_ctr, iter_ctr_batches
+from ondevice.train.batches import epoch_order, in_memory_ctr, iter_ctr_batches
+from ondevice.train.distributed import DistInfo
+from ondevice.train.loop import fit
 
 __all__ = ["AutoFieldSearcher", "FieldControllers", "annealing_rate", "train_field_controllers"]
 
@@ -110,36 +107,41 @@ def train_field_controllers(model, data, *, epochs: int, batch_size: int, lr: fl
     tau, step, detach = 1.0, 0, True
     weights = (lambda x: controllers.keep_weights(x.shape[0], tau).detach() if detach  # noqa: E731
                else controllers.keep_weights(x.shape[0], tau))
+    arch_sum, arch_n = torch.zeros((), dtype=torch.float64), 0
     trace: list[dict[str, Any]] = []
-    model.train()
+
+    def weight_rows_epoch(epoch: int):
+        return iter_ctr_batches(ids, labels, weight_rows[epoch_order(len(weight_rows), seed, epoch)], batch_size, dist, cpu)
+
+    def model_step(batch):  # the loss of the model step: w fixed, training batch
+        nonlocal tau, detach
+        x, y = batch
+        tau = max(PAPER_TAU_MIN, 1.0 - rate * step)
+        detach = True
+        return F.binary_cross_entropy_with_logits(model(x), y), len(y)
+
+    def controller_step(_info) -> bool:  # after each model step: model fixed, architecture batch
+        nonlocal detach, step, arch_sum, arch_n
+        detach = False
+        xa, ya = next(arch_iter)
+        arch_loss = F.binary_cross_entropy_with_logits(model(xa), ya)
+        arch_opt.zero_grad(set_to_none=True)
+        arch_loss.backward()
+        arch_opt.step()
+        arch_sum, arch_n, step = arch_sum + arch_loss.detach() * len(ya), arch_n + len(ya), step + 1
+        return False
+
+    def record_epoch(stats, _state) -> bool:
+        nonlocal arch_sum, arch_n
+        trace.append({"epoch": stats.epoch, "steps": step, "tau": tau, "train_loss": stats.train_loss,
+                      "arch_loss": float(arch_sum) / max(arch_n, 1),
+                      "keep_probability": [round(float(p), 4) for p in controllers.keep_probability()]})
+        arch_sum, arch_n = torch.zeros((), dtype=torch.float64), 0
+        return False
+
     with gated_fields(model, weights):
-        for epoch in range(1, epochs + 1):
-            torch.manual_seed(seed + epoch)
-            w_loss = a_loss = torch.zeros((), dtype=torch.float64)
-            a_rows = 0
-            order = weight_rows[epoch_order(len(weight_rows), seed, epoch)]
-            for x, y in iter_ctr_batches(ids, labels, order, batch_size, dist, cpu):
-                tau = max(PAPER_TAU_MIN, 1.0 - rate * step)
-                detach = True  # model step: w fixed, training batch
-                loss = F.binary_cross_entropy_with_logits(model(x), y)
-                for o in model_opts:
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
-                for o in model_opts:
-                    o.step()
-                w_loss = w_loss + loss.detach() * len(y)
-                detach = False  # controller step: model fixed, architecture batch
-                xa, ya = next(arch_iter)
-                arch_loss = F.binary_cross_entropy_with_logits(model(xa), ya)
-                arch_opt.zero_grad(set_to_none=True)
-                arch_loss.backward()
-                arch_opt.step()
-                a_loss = a_loss + arch_loss.detach() * len(ya)
-                a_rows += len(ya)
-                step += 1
-            trace.append({"epoch": epoch, "steps": step, "tau": tau, "train_loss": float(w_loss) / len(weight_rows),
-                          "arch_loss": float(a_loss) / max(a_rows, 1),
-                          "keep_probability": [round(float(p), 4) for p in controllers.keep_probability()]})
+        fit(model, model_opts, batches=weight_rows_epoch, loss=model_step, epochs=epochs, seed=seed,
+            on_step=controller_step, on_epoch=record_epoch)
     model.zero_grad(set_to_none=True)
     trace.append({"arch_rows": int(n_arch), "weight_rows": int(len(weight_rows)), "tau_decay_per_step": rate,
                   "arch_split": f"held-out {arch_fraction:.0%} of train (seeded), val untouched"})

@@ -119,7 +119,7 @@ from ondevice.search.base import (
 )
 from ondevice.search.retrain import fit_ctr
 from ondevice.train.grda import GRDA
-from ondevice.train.trainer import make_optimizers
+from ondevice.train.optim import make_optimizers
 
 __all__ = ["AutoFISSearcher", "PAPER_GRDA", "auto_c", "search_model", "zeroing_steps"]
 

@@ -79,7 +79,7 @@ from ondevice.search.base import (
     register_searcher,
 )
 from ondevice.search.retrain import fit_ctr
-from ondevice.train.trainer import make_optimizers
+from ondevice.train.optim import make_optimizers
 
 __all__ = ["MIN_CROSS_COUNT", "OptInterSearcher", "OptInterSupernet", "budget_choices", "downgrade_order",
            "pair_buckets", "temperature"]

@@ -1,81 +1,39 @@
-"""DeepLight — structural pruning of DeepFwFM while training (Deng et al., "DeepLight: Deep
-Lightweight Feature Interactions for Accelerating CTR Predictions in Ad Serving", WSDM'21;
-reference code ``WayneDW/DeepLight_Deep-Lightweight-Feature-Interactions``, ``DeepFMs.fit``).
+"""DeepLight: prune the embeddings, every DNN weight and the field-pair weights while training.
 
-Why a ``pruning/`` module and not ``embedding/``: DeepLight prunes three parts of the model
-at once — the embedding tables, every DNN weight matrix and the field-pair matrix R of the
-FwFM interaction — so it is a whole-model pruning method, not an embedding format.
+Deng et al., "DeepLight: Deep Lightweight Feature Interactions for Accelerating CTR Predictions
+in Ad Serving", WSDM 2021 (survey §5.3); reference code
+``WayneDW/DeepLight_Deep-Lightweight-Feature-Interactions`` (``DeepFMs.fit``, methods.md §3).
+It prunes a whole DeepFwFM, hence ``pruning/`` and not ``embedding/``. The survey gives no
+equation for it; the schedule below is read from the reference code and labelled here.
 
-Method
-------
-Dense warm-up (optional: we start from the pretrained checkpoint, so ``warmup_epochs=0`` by
-default; the paper warms up 2 epochs from scratch), then pruning while training. After
-``t`` post-warm-up iterations the target sparsity of a part with final sparsity ``S`` is the
-damped schedule (methods.md §3, ``DeepFMs.fit``)::
+After ``t`` post-warm-up iterations a part with final sparsity ``S`` is pruned by magnitude to::
 
-    S_t = S · (1 − D^{t/Q})                                              (schedule)
+    S_t = S · (1 − D^{t/Q})                      (schedule, :func:`target_sparsity`)
 
-applied every ``prune_every`` iterations (paper 10) and at each epoch's last batch:
+every ``prune_every`` iterations and at each epoch's end: the embeddings under one global
+threshold over all fields' tables, each hidden ``Linear`` weight under its own (output layer and
+biases untouched), and the field-pair weights R (our upper-triangle vector is the symmetrised
+``(R + Rᵀ)/2`` the original thresholds). No mask is kept: pruned weights may regrow until the
+next prune, as in the original. The byte budget sets the table's final sparsity, DNN and R keep
+theirs (:meth:`DeepLightSearcher._plan`).
 
-* embeddings: **one global magnitude threshold** over all fields' tables (our tables are one
-  concatenated ``[Σ vocab, D]`` matrix, so "global" is literal);
-* DNN: each hidden ``Linear`` weight its **own** threshold at ``S_t``; the output layer and
-  all biases are not pruned;
-* R: the field-pair weights, pruned by magnitude. The original stores a full F×F matrix and
-  thresholds the symmetrised ``(R + Rᵀ)/2``; ``DeepFwFM`` stores exactly that upper triangle
-  as a vector, so pruning our vector is pruning the symmetrised form.
+Deviations from the paper:
 
-Pruning sets the weights to 0 and keeps no mask: Adam's moments keep running and pruned
-weights regrow until the next prune re-zeroes them (faithful to the original).
+* Period ``Q`` from the run length (:func:`period_for`): the paper's ``Q = 100`` iterations
+  needs about 1.5 Criteo epochs, hundreds on small data. ``period=100`` restores it.
+* No dense warm-up by default: we start from the trained checkpoint (paper: 2 epochs from scratch).
+* A final phase at exactly the final targets with fixed masks, then ``finetune_epochs``: the
+  exported weights are exactly sparse and fit the budget (the original keeps its last prune).
+* Exact quantile thresholds (``torch.kthvalue``) instead of bisection to ±1e-4 sparsity.
+* Batch 1024, not 2048 (small data); one Adam with coupled L2, as the published run.
+* The first-order table stays dense (as in PEP); the original prunes its FwFM linear vector.
+* DNN/R targets escalate (:data:`ESCALATION`) when the budget leaves no room for the table.
+* Export: pruned pairs leave the graph, sparse layers are stored as ``SparseLinear`` where smaller,
+  dead neurons are removed (``structured``); ``neuron_sparsity`` (off) prunes whole neurons.
+  Unstructured sparsity does not speed up ONNX Runtime's dense kernels; removed neurons do.
 
-The period Q (the rule that rescales the paper's iteration-based period)
-----------------------------------------------------------------------
-The paper uses D = 0.99, Q = 100 in *iterations*: 95 % of the target needs
-``t = Q·ln 0.05 / ln D ≈ 29.8k`` iterations — 1.5 Criteo epochs, hundreds of epochs on small
-data (methods.md §3). We keep D and derive Q from the number of pruning iterations ``T``
-(``epochs × ⌈rows / batch⌉``) so that 95 % of the target is reached after 80 % of them::
-
-    D^{0.8·T/Q} = 0.05   ⇔   Q = 0.8·T·ln D / ln 0.05 = −0.8·T·ln D / ln 20      (period)
-
-(D = 0.99, T = 1000 → Q ≈ 2.68; S_T = S·(1 − 0.05^{1.25}) ≈ 0.976·S.) ``period=100`` restores
-the paper's constant; only ``ln D / Q`` matters, so D and Q are not separately identifiable.
-
-Budget → targets
-----------------
-Bytes are the truth. DNN and R keep their targets (paper 90 % / 90 %) and the embedding's
-final sparsity is what the byte budget leaves for the table: the DNN/R parts are pruned by
-magnitude on the pretrained weights at their targets and stored in their exported form
-(``SparseLinear`` where smaller, dropped pairs), ``ByteAccountant.embedding_target`` gives
-the table's byte target, and the largest global-magnitude mask whose *exact deployable
-bytes* (``MaskedEmbedding``'s cheapest of dense/row-pruned/CSR/ELL, ``pep.masked_bytes``)
-fit it gives ``S_emb``. ``embedding_sparsity`` (paper ≈ 0.4) is a floor, not a replacement.
-When not even an empty table fits, the DNN and R targets are raised (0.95, 0.98, 0.99)
-before the budget is declared too small.
-
-Deviations (documented choices)
--------------------------------
-* **Final phase with a persistent mask.** The schedule reaches ≈ 0.976·S at the last
-  iteration and the original exports whatever its last prune left. We then prune every part
-  to exactly its final target, check the exact bytes (the table is pruned further by
-  magnitude if the realised DNN coding is larger than planned) and fine-tune
-  ``finetune_epochs`` with the masks fixed (``MaskedEmbedding`` for the table, re-zeroing
-  after every step for DNN and R), so the exported weights are exactly sparse and the file
-  fits the budget by construction; the best validation epoch of that phase is kept.
-* Thresholds: ``torch.kthvalue`` gives the exact quantile instead of the original's
-  bisection on [0, 100] to ±1e-4 sparsity.
-* Optimiser: one Adam (lr 1e-3, coupled L2 ``weight_decay`` 6e-7 as the published run) on
-  every parameter with dense gradients; batch 1024 instead of 2048 (small data).
-* The dim-1 first-order table (``linear``) is not pruned: in the original the name filter
-  catches ``fwfm_linear`` (a per-field vector of the FwFM linear term); our first-order part
-  is a per-feature table, kept dense like PEP does.
-* Export shrinks: pruned pairs are removed from ``pairs`` (their terms leave the graph),
-  pruned hidden layers are stored as :class:`ondevice.models.sparse_linear.SparseLinear`
-  (delta-coded COO, ≈ 5 B per kept weight) where that is smaller than dense, and with
-  ``structured=True`` hidden neurons whose outputs are provably zero or unread are deleted
-  (``remove_dead_neurons``: the next layer shrinks too, and latency really drops).
-* Extension, off by default: ``neuron_sparsity`` > 0 also prunes that share of each hidden
-  layer's neurons (smallest incoming-row L2 norm, on the same schedule: whole row and
-  outgoing column zeroed), so the structured step has neurons to remove. Not in the paper.
+Measured: ``benchmarks/results/deeplight.md`` (AUC per byte against the full DeepFwFM and PEP,
+latency) and ``benchmarks/results/original_protocol.md`` (the original code's Frappe rows).
 """
 
 from __future__ import annotations
@@ -122,7 +80,15 @@ def target_sparsity(t: float, final: float, damping: float, period: float) -> fl
 
 
 def period_for(iterations: int, damping: float, *, reach: float = REACH, at: float = AT) -> float:
-    """(period) ``Q = at·T·ln D / ln(1 − reach)`` — ``−0.8·T·ln D / ln 20`` for the defaults."""
+    """(period) ``Q = at·T·ln D / ln(1 − reach)`` — ``−0.8·T·ln D / ln 20`` for the defaults.
+
+    The paper's D = 0.99, Q = 100 are in *iterations*: 95 % of the target needs
+    ``t = Q·ln 0.05 / ln D ≈ 29.8k`` iterations, 1.5 Criteo epochs and hundreds of epochs on small
+    data (methods.md §3). We keep D and choose Q so that ``D^{at·T/Q} = 1 − reach`` with ``T`` the
+    pruning iterations (``epochs × ⌈rows / batch⌉``): 95 % of the target after 80 % of them
+    (D = 0.99, T = 1000 → Q ≈ 2.68; at the last iteration ``S_T = S·(1 − 0.05^{1.25})``). Only
+    ``ln D / Q`` matters, so D and Q are not separately identifiable.
+    """
     if not 0 < damping < 1:
         raise BadInputError(f"DeepLight damping D must be in (0, 1); got {damping}")
     return at * max(1, int(iterations)) * math.log(damping) / math.log(1.0 - reach)
@@ -242,7 +208,7 @@ class DeepLightSearcher(RetrainingSearcher):
     embedding_sparsity : floor of the table's final sparsity (paper ≈ 0.4); ``None``: exactly
         what the byte budget needs (possibly 0).
     damping : D of the schedule (paper 0.99).
-    period : Q in iterations; ``None`` derives it from the run length (module docstring),
+    period : Q in iterations; ``None`` derives it from the run length (:func:`period_for`),
         100 is the paper's constant.
     prune_every : iterations between prunes (paper 10); also prunes at each epoch end.
     warmup_epochs : dense epochs before pruning (paper 2 from scratch; 0 from a checkpoint).
@@ -294,7 +260,16 @@ class DeepLightSearcher(RetrainingSearcher):
 
     # ------------------------------------------------------------------ budget
     def _plan(self, ctx: SearchContext, full: DeepFwFM) -> dict[str, Any]:
-        """Final sparsities from the budget (module docstring, "Budget → targets")."""
+        """Final sparsities from the budget. Bytes are the truth.
+
+        DNN and R keep their targets (paper 90 % / 90 %); they are pruned by magnitude on the
+        pretrained weights and stored in their exported form (``SparseLinear`` where smaller,
+        dropped pairs); ``_embedding_target`` gives the table's byte target, and the largest
+        global-magnitude mask whose exact deployable bytes (``pep.masked_bytes``: the cheapest of
+        dense / row-pruned / CSR / ELL) fit it gives the table's sparsity. ``embedding_sparsity``
+        (paper ≈ 0.4) is a floor. When not even an empty table fits, the DNN and R targets are
+        raised along ``ESCALATION`` before the budget is declared too small.
+        """
         acc, budget = ctx.accountant, ctx.budget_bytes
         vocab, dim = list(full.embedding.vocab_sizes), full.embedding.dim
         w = full.embedding.dense_weight()
