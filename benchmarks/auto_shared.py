@@ -106,21 +106,26 @@ def one_budget(name: str, run: Path, fraction: str, budget: int, limit_s: float)
     summary = load_summary(out) if (out / "summary.json").is_file() else {}
     row: dict[str, Any] = {"dataset": name, "fraction": fraction, "budget_bytes": budget, "time_limit_s": limit_s,
                            "wall_s": round(wall, 1), "within_limit_10pct": wall <= 1.1 * limit_s, "error": error}
+    row.update(wall_plan=summary.get("wall_plan"), timings=summary.get("timings"))
     runs = summary.get("runs") or []
+    failed = (summary.get("failures") or [{}])[0]
+    cands = (runs[0].get("candidates") if runs else failed.get("candidates")) or []  # a floor failure keeps them too
+    row.update({
+        "candidates_run": sum("val_metric" in c for c in cands),
+        "stopped_at_limit": sum(bool(c.get("stopped_at_limit")) for c in cands),
+        "skipped_for_time": sum(c.get("outcome") == "skipped: time limit" for c in cands),
+        "candidates": [{k: c.get(k) for k in ("method", "outcome", "file_bytes", "val_metric", "loss", "p99_ms",
+                                              "expected_s", "started_s", "seconds", "stopped_at_limit", "chosen")}
+                       for c in cands],
+    })
     if runs:
         r = runs[0]
-        cands = r.get("candidates") or []
         row.update({
             "chosen": next((c["method"] for c in cands if c.get("chosen")), None), "file_bytes": r["file_bytes"],
             "metric": r["metric"], "val": r["val_metric"], "test": r.get("test_metric"), "loss_vs_full": r.get("loss"),
             "p50_ms_b1": r.get("p50_ms_batch1"), "p99_ms_b1": r.get("p99_ms_batch1"),
             "search_to_profile_s": r.get("wall_s"),
-            "candidates_run": sum("val_metric" in c for c in cands),
-            "stopped_at_limit": sum(bool(c.get("stopped_at_limit")) for c in cands),
-            "skipped_for_time": sum(c.get("outcome") == "skipped: time limit" for c in cands),
-            "candidates": [{k: c.get(k) for k in ("method", "outcome", "file_bytes", "val_metric", "loss", "p99_ms",
-                                                  "expected_s", "seconds", "stopped_at_limit", "chosen")}
-                           for c in cands],
+            "test_users": (r.get("test") or {}).get("users"), "test_users_in_split": (r.get("test") or {}).get("users_in_split"),
         })
     log(f"[{name} {fraction}] {wall:.0f}s (limit {limit_s:.0f}s): "
         + (f"{row['chosen']} {row['file_bytes']:,} B val {row['val']:.4f} test {row['test']:.4f}" if runs else error or "?"))
@@ -149,33 +154,42 @@ def render(result: dict[str, Any]) -> str:
                      f"{f((d['full_test'] or {}).get(m))} | {d['train']['epochs_run']} / {d['train']['epochs_cap']} | "
                      f"{d['train']['train_seconds']:.0f} |")
     lines += ["", "## auto per budget", "",
-              "| dataset | fraction | budget B | limit s | wall s | search→profile s | ≤ limit+10 % | chosen | file B | metric "
+              "| dataset | fraction | budget B | limit s | wall s | search→profile s | full val pass s | test eval s "
+              "| ≤ limit+10 % | chosen | file B | metric "
               "| val | test | val loss vs full | p99 ms (b=1) | candidates run / stopped / skipped for time |",
-              "|---|---|---:|---:|---:|---:|---|---|---:|---|---:|---:|---:|---:|---|"]
+              "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---|---:|---:|---:|---:|---|"]
     for d in result["datasets"]:
         for r in d.get("rows", []):
+            t = r.get("timings") or {}
+            tcells = f"{f(t.get('full_validation_s'), '.1f')} | {f(t.get('test_evaluation_s'), '.1f')}"
             if r.get("chosen") is None:
                 lines.append(f"| {r['dataset']} | {r['fraction']} | {r['budget_bytes']:,} | {r['time_limit_s']:.0f} | "
-                             f"{r['wall_s']:.0f} | — | {'yes' if r['within_limit_10pct'] else '**no**'} | "
-                             f"— ({(r['error'] or '').split(': ', 1)[-1]}) | | | | | | | |")
+                             f"{r['wall_s']:.0f} | — | {tcells} | {'yes' if r['within_limit_10pct'] else '**no**'} | "
+                             f"— ({(r['error'] or '').split(': ', 1)[-1]}) | | | | | | | "
+                             + (f"{r['candidates_run']} / {r['stopped_at_limit']} / {r['skipped_for_time']} |"
+                                if "candidates_run" in r else "|"))
                 continue
             loss = "—" if r["loss_vs_full"] is None else f"{-r['loss_vs_full']:+.2%}"
             lines.append(f"| {r['dataset']} | {r['fraction']} | {r['budget_bytes']:,} | {r['time_limit_s']:.0f} | "
-                         f"{r['wall_s']:.0f} | {f(r.get('search_to_profile_s'), '.0f')} | "
+                         f"{r['wall_s']:.0f} | {f(r.get('search_to_profile_s'), '.0f')} | {tcells} | "
                          f"{'yes' if r['within_limit_10pct'] else '**no**'} | {r['chosen']} | "
                          f"{r['file_bytes']:,} | {r['metric']} | {f(r['val'])} | {f(r['test'])} | {loss} | "
                          f"{f(r['p99_ms_b1'], '.3f')} | {r['candidates_run']} / {r['stopped_at_limit']} / "
                          f"{r['skipped_for_time']} |")
+    lines += ["", "The limit covers the whole call (`ondevice/pipeline/wall_plan.py`): loading, the full model's "
+              "validation pass (*full val pass s*), the search, export, verify, profile and the test evaluation "
+              "(*test eval s*: the full model's and the artefact's). Under a limit a top-K test split with more than "
+              "10,000 users is read on a seeded sample of 10,000 (Amazon CDs: 43,169 test users), the same sample for "
+              "the full model and the artefact. *search→profile s*: from the start of the budget's search to the end "
+              "of its profile. Candidates are also counted for rows that end below the quality floor."]
     over = [r for d in result["datasets"] for r in d.get("rows", []) if not r["within_limit_10pct"]]
     if over:
-        lines += ["", "*search→profile s*: from the start of the budget's search to the end of its profile (what "
-                  "`--time-limit` bounds, with a reserve for export/verify/profile). Over the limit: "
-                  + ", ".join(f"{r['dataset']} {r['fraction']} ({r['wall_s']:.0f} s, of which search→profile "
-                              f"{f(r.get('search_to_profile_s'), '.0f')} s)" for r in over)
-                  + ". The rest of those calls is outside what the limit covers today: loading, the full model's "
-                  "validation pass before the search, and after it the full model's and the artefact's test passes; "
-                  "on a top-K set with full-ranking evaluation (Amazon CDs: 43,169 users x 35,648 items) each pass takes tens "
-                  "of seconds at one thread."]
+        lines += ["", "Over the limit + 10 %: " + ", ".join(f"{r['dataset']} {r['fraction']} ({r['wall_s']:.0f} s)"
+                                                         for r in over) + "."]
+    commands = {d.get("command") or result["command"] for d in result["datasets"]}
+    if len(commands) > 1:
+        lines += ["", "Rows per dataset come from: " + "; ".join(
+            f"{d['dataset']}: `{d.get('command') or result['command']}`" for d in result["datasets"]) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -197,6 +211,8 @@ def main() -> None:
                 cached = CACHE / f"compress-{r['dataset']}-{r['fraction'].replace('/', 'of')}" / "summary.json"
                 if "search_to_profile_s" not in r and r.get("chosen") and cached.is_file():
                     r["search_to_profile_s"] = json.loads(cached.read_text())["runs"][0].get("wall_s")
+                if "timings" not in r and cached.is_file():  # rows written before the timings were recorded
+                    r["timings"] = json.loads(cached.read_text()).get("timings")
         (RESULTS / "auto_shared.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         (RESULTS / "auto_shared.md").write_text(render(result))
         return
@@ -227,8 +243,16 @@ def main() -> None:
         limit = args.ctr_limit if spec["task"] == "ctr" else args.topk_limit
         for fraction in args.fractions.split(","):
             d["rows"].append(one_budget(name, run, fraction, full_file // FRACTIONS[fraction], limit))
+        d["command"] = result["command"]
         result["datasets"].append(d)
         result["seconds"] = time.perf_counter() - started
+        earlier = json.loads((RESULTS / "auto_shared.json").read_text()) if (RESULTS / "auto_shared.json").is_file() else {}
+        ran = {x["dataset"] for x in result["datasets"]} | set(args.datasets.split(","))
+        for old in earlier.get("datasets", []):  # rows of datasets this command did not run stay, with their command
+            if old["dataset"] not in ran:
+                old.setdefault("command", earlier.get("command"))
+                result["datasets"].append(old)
+        result["datasets"].sort(key=lambda x: list(DATASETS).index(x["dataset"]))
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "auto_shared.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         (RESULTS / "auto_shared.md").write_text(render(result))

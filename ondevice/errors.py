@@ -108,11 +108,12 @@ class QualityFloorError(BrokenPromiseError):
     """No candidate kept the validation metric within ``--max-loss`` of the full model."""
 
     def __init__(self, message: str, *, best_method: str | None = None, best_loss: float | None = None,
-                 budget_bytes: int | None = None):
+                 budget_bytes: int | None = None, candidates: list[dict] | None = None):
         super().__init__(message)
         self.best_method = best_method
         self.best_loss = best_loss
         self.budget_bytes = budget_bytes
+        self.candidates = candidates  # auto: every candidate it tried (outcome, metric, seconds), for the summary
 
 
 class WeakSignalError(BadInputError):

@@ -8,11 +8,11 @@ the artefact folder only (plus, for top-K, the server-side user table that
   kept columns, by name) through the graph in batches -> AUC and logloss of the
   ``probability`` output (``train.metrics``: global, float64); a raw-feature artefact through
   its id model (the graph after its encoder, ``export.raw.id_model``).
-* Top-K (BPR-MF): the graph's item scores ``[B, N-1]`` (the input of its final ``TopK``
-  node, added as an extra output of an in-memory copy: same tables, same arithmetic) for
-  each evaluated user's vector; the items the user met in training (and in validation when
-  the split is ``test``) and the OOV row are excluded, then Recall@K / NDCG@K with the
-  artefact's K over full ranking — the trainer's protocol (``train.evaluate.evaluate_topk``).
+* Top-K (BPR-MF): each evaluated user's vector (row of the server-side user table) and the
+  items the user met in training (and in validation when the split is ``test``), ``-1``-padded,
+  go through the artefact's own ``exclude_items`` input, so the shipped graph does the
+  exclusion and the ranking over all items; its ``item_ids`` output gives Recall@K / NDCG@K
+  with the artefact's K — the trainer's protocol (``train.evaluate.evaluate_topk``).
 
 ``compress`` calls this once per chosen artefact after every choice was made on the
 validation split, so the test metric never influences a choice ("read once").
@@ -33,6 +33,7 @@ from ondevice.train.metrics import log_loss, recall_ndcg_at_k, roc_auc, user_ite
 __all__ = ["evaluate_artefact"]
 
 BATCH = 4096
+TOPK_BATCH = 256  # users per top-K call: [256, N] scores stay a few MB even at 10^5 items
 
 
 def _session(model: bytes | str, threads: int = 1):
@@ -55,9 +56,29 @@ def _manifest(folder: Path) -> dict[str, Any]:
         raise ArtefactError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); re-export the artefact") from None
 
 
+def sample_users(pairs: np.ndarray, max_users: int | None, seed: int = 0) -> tuple[np.ndarray, int]:
+    """The ``(user, item)`` rows of ``pairs`` whose user is in a seeded sample of ``max_users`` of its
+    users (every row when there are not more), and how many users ``pairs`` has.
+
+    A fixed size and seed, not a time-dependent one, so the same command reports the same metric.
+    """
+    pairs = np.asarray(pairs, dtype=np.int64)
+    users = np.unique(pairs[:, 0])
+    if max_users is None or len(users) <= max_users:
+        return pairs, int(len(users))
+    if max_users < 1:
+        raise BadInputError(f"max_users must be >= 1, got {max_users}")
+    keep = np.random.default_rng(seed).choice(users, size=int(max_users), replace=False)
+    return pairs[np.isin(pairs[:, 0], keep)], int(len(users))
+
+
 def evaluate_artefact(artefact: str | Path, data: str | Path | EncodedDataset, *, split: str = "test",
-                      threads: int = 1) -> dict[str, Any]:
-    """Metrics of ``artefact/model.onnx`` on ``split`` of ``data`` (module docstring)."""
+                      threads: int = 1, max_users: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Metrics of ``artefact/model.onnx`` on ``split`` of ``data`` (module docstring).
+
+    ``max_users`` (top-K): evaluate a seeded sample of that many of the split's users
+    (:func:`sample_users`; ``users`` and ``users_in_split`` in the result say so).
+    """
     folder = Path(artefact)
     manifest = _manifest(folder)
     model_path = folder / "model.onnx"
@@ -71,7 +92,7 @@ def evaluate_artefact(artefact: str | Path, data: str | Path | EncodedDataset, *
     if manifest["task"] == "ctr":
         out.update(_evaluate_ctr(model_path, manifest, ds, split, threads))
     else:
-        out.update(_evaluate_topk(folder, model_path, manifest, ds, split, threads))
+        out.update(_evaluate_topk(folder, model_path, manifest, ds, split, threads, max_users, seed))
     return out
 
 
@@ -100,21 +121,8 @@ def _evaluate_ctr(model_path: Path, manifest: dict[str, Any], ds: EncodedDataset
     return {"metric": "auc", "auc": roc_auc(labels, probs), "logloss": log_loss(labels, probs), "rows": int(len(s))}
 
 
-def _scores_model(model_path: Path) -> bytes:
-    """The artefact's graph with the input of its last ``TopK`` node (all item scores) as an extra output."""
-    import onnx
-
-    model = onnx.load(str(model_path))
-    topk = [n for n in model.graph.node if n.op_type == "TopK"]
-    if not topk:
-        raise ArtefactError(f"{model_path} has no TopK node; it is not a top-K artefact")
-    scores = topk[-1].input[0]
-    model.graph.output.append(onnx.helper.make_tensor_value_info(scores, onnx.TensorProto.FLOAT, None))
-    return model.SerializeToString()
-
-
 def _evaluate_topk(folder: Path, model_path: Path, manifest: dict[str, Any], ds: EncodedDataset, split: str,
-                   threads: int) -> dict[str, Any]:
+                   threads: int, max_users: int | None = None, seed: int = 0) -> dict[str, Any]:
     from ondevice.train.checkpoint import load_checkpoint
 
     ref = folder / "reference_model.pt"
@@ -126,25 +134,30 @@ def _evaluate_topk(folder: Path, model_path: Path, manifest: dict[str, Any], ds:
     k = int(manifest["topk"]["k"])
     n_users = user_table.shape[0]
     excluded = ["train"] + (["val"] if split == "test" and ds.has_split("val") else [])
-    ev_ptr, ev_items = user_item_csr(ds.split(split).ids, n_users)
+    pairs, in_split = sample_users(ds.split(split).ids, max_users, seed)
+    ev_ptr, ev_items = user_item_csr(pairs, n_users)
     ex = [user_item_csr(ds.split(name).ids, n_users) for name in excluded]
     users = np.flatnonzero(np.diff(ev_ptr) > 0)
     if len(users) == 0:
         raise BadInputError(f"the {split} split of {ds.root} has no interactions")
-    sess = _session(_scores_model(model_path), threads)
+    exclude = (manifest.get("topk") or {}).get("exclude_input")
+    if not exclude:
+        raise ArtefactError(f"{folder} is a top-K artefact without an exclude_items input (exported before it existed); "
+                            "re-export it")
+    sess = _session(str(model_path), threads)
     in_name = manifest["inputs"][0]["name"]
+    ids_name = manifest["topk"]["ids_output"]
     top_all, relevant = [], []
-    for start in range(0, len(users), 1024):
-        batch = users[start:start + 1024]
-        scores = sess.run(None, {in_name: user_table[batch].astype(np.float32)})[-1]  # [B, N-1]: items 1..N-1
-        scores = np.asarray(scores, dtype=np.float64)
-        for r, user in enumerate(batch):
-            for ptr, items in ex:
-                seen = items[ptr[user]:ptr[user + 1]]
-                scores[r, seen[seen >= 1] - 1] = -np.inf
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k] + 1
-        top_all.extend(top)
+    for start in range(0, len(users), TOPK_BATCH):
+        batch = users[start:start + TOPK_BATCH]
+        seen = [np.concatenate([items[ptr[u]:ptr[u + 1]] for ptr, items in ex]) for u in batch]
+        padded = np.full((len(batch), max(len(v) for v in seen)), -1, dtype=np.int64)
+        for r, v in enumerate(seen):
+            padded[r, :len(v)] = v
+        feeds = {in_name: user_table[batch].astype(np.float32), exclude: padded}
+        top_all.extend(sess.run([ids_name], feeds)[0])
         relevant.extend(ev_items[ev_ptr[u]:ev_ptr[u + 1]] for u in batch)
     recall, ndcg = recall_ndcg_at_k(np.asarray(top_all), relevant, k)
     return {"metric": f"recall@{k}", f"recall@{k}": recall, f"ndcg@{k}": ndcg, "users": int(len(users)),
+            "users_in_split": in_split, "user_sample_seed": seed if len(users) < in_split else None,
             "excluded_splits": excluded}

@@ -204,7 +204,8 @@ def arm64_parity(artefact_dir: str | Path, *, cores: list[str] | tuple[str, ...]
     names = [o["name"] for o in manifest["outputs"]]
     in_name = manifest["inputs"][0]["name"]
     session = runner.make_session(art / model_file, 1)
-    expected = {c: dict(zip(names, session.run(names, {in_name: x}), strict=False)) for c, x in cases.items()}
+    expected = {c: dict(zip(names, session.run(names, runner.complete_feeds(manifest, {in_name: x})), strict=False))
+                for c, x in cases.items()}
     del session
     eligible = _kleidiai_ops(art / model_file)
     results = []

@@ -27,9 +27,12 @@ from ondevice.cli import cli
               help="raw (default for CTR models): the model takes raw field values (strings, numbers) and encodes "
                    "them in the graph (vocabulary, transforms, OOV) exactly as prepare does; ids (default for top-K): "
                    "int64 ids encoded with schema.json")
+@click.option("--topk-table", "topk_table", type=click.Choice(["load", "call"]), default=None,
+              help="top-K: decode the item table once at session creation (load: fastest, the session holds the "
+                   "fp32 table; default for onnx) or on every call (call: least resident memory; always for ort)")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 def export_cmd(run_dir: Path, out: Path, budget: str | None, profile: str | None, fmt: str | None, top_k: int,
-               inputs: str | None, force: bool) -> None:
+               inputs: str | None, topk_table: str | None, force: bool) -> None:
     """Export RUN_DIR (a run folder or model.pt) to a verified single-file ONNX artefact.
 
     Exit 3 when a model file is over budget or onnxruntime disagrees with PyTorch on the
@@ -39,7 +42,8 @@ def export_cmd(run_dir: Path, out: Path, budget: str | None, profile: str | None
     from ondevice.export import export_artefact
 
     budget_bytes = parse_budget(budget) if budget is not None else None  # parsed once, here
-    m = export_artefact(run_dir, out, budget_bytes=budget_bytes, budget_source=f"--budget {budget}", profile=profile, format=fmt, force=force, top_k=top_k, inputs=inputs)
+    m = export_artefact(run_dir, out, budget_bytes=budget_bytes, budget_source=f"--budget {budget}", profile=profile, format=fmt, force=force, top_k=top_k, inputs=inputs,
+                        topk_table=topk_table)
     b, s = m["budget"], m["storage"]
     sizes = ", ".join(f"{n} {i['bytes']:,} B" for n, i in m["files"].items())
     fits = "" if b["bytes"] is None else f"; budget {b['bytes']:,} B ({b['source']}): fits, headroom {b['headroom_bytes']:,} B"

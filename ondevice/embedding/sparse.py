@@ -290,28 +290,34 @@ class SparseEmbedding(EmbeddingLayer):
         dense = torch.zeros_like(flat, dtype=torch.float32).unsqueeze(-1).repeat(1, 1, self.dim)  # [B, F, D]
         return dense.scatter_add(2, cols, values)  # [B, F, D]
 
-    def full_table(self, zero: torch.Tensor) -> torch.Tensor:
-        """The whole fp32 table ``[Σ vocab, D]`` decoded from the stored form in O(nnz + rows).
+    def full_table(self, zero: torch.Tensor, *, transposed: bool = False) -> torch.Tensor:
+        """The whole fp32 table ``[Σ vocab, D]`` (``[D, Σ vocab]`` if ``transposed``) decoded from the stored form in O(nnz + rows).
 
         For consumers that need every row at once (the top-K artefact scores all items per
         call). ``lookup`` reads a ``K``-wide window per row, ``rows·K`` gathers and masks: on a
         40,000 × 64 item table at 85 % zeros that is 36 ms per call in onnxruntime against
         1.3 ms for the dense table (``benchmarks/topk_sparse_latency.py``). Here each non-zero's
         row comes from the pointers (a 1 at every row end, then a running sum) and the values are
-        written once into a flat zero table at ``row·D + col``: every index is distinct, the
-        padding of ``ell`` rows goes to one spare slot that is cut off. ``zero`` is an int64 0
-        derived from the graph input, so the exporter cannot constant-fold the decoded table
-        into the file (it would store it dense).
+        written once into a flat zero table at ``row·D + col`` (``col·R + row`` transposed): every
+        index is distinct; the padding of ``ell`` rows (and the placeholder of an all-zero
+        table) goes to one spare slot that is cut off. ``zero`` is an int64 0 derived from a
+        graph input, so the exporter cannot constant-fold the decoded table into the file (it
+        would store it dense); the top-K export then binds it to a constant so onnxruntime
+        decodes once at session creation, where every intermediate here is held until the
+        folding ends: hence no spare slot (and its Slice) when none is needed, and the
+        transposed layout the top-K MatMul reads (no folded Transpose).
         """
         # Every tensor below depends on ``zero`` (Range/Expand/Gather of graph-input-derived
         # values): a constant arange, zeros or cast here would be folded into a large initializer.
         rows, dim = sum(self.vocab_sizes), self.dim
         z = zero.reshape(())
+        spare = self.layout == "ell" or self.nnz == 0
         if self.layout == "ell":
             r = torch.arange(z, z + rows)  # [R]
             values = self.values[r].to(torch.float32)  # [R, K]; padding stores 0
             cols = self.cols[r].to(torch.int64)
-            flat = torch.where(values != 0, r.unsqueeze(1) * dim + cols, z + rows * dim).reshape(-1)
+            at = r.unsqueeze(1) + cols * rows if transposed else r.unsqueeze(1) * dim + cols
+            flat = torch.where(values != 0, at, z + rows * dim).reshape(-1)
             values = values.reshape(-1)
         else:
             n = max(1, self.nnz)
@@ -320,11 +326,14 @@ class SparseEmbedding(EmbeddingLayer):
             row_of = torch.cumsum(marks, 0)[:n]  # the row of every stored entry
             j = torch.arange(z, z + n)
             values = self.values[j].to(torch.float32)
-            flat = row_of * dim + self.cols[j].to(torch.int64)
+            cols = self.cols[j].to(torch.int64)
+            flat = row_of + cols * rows if transposed else row_of * dim + cols
             if self.nnz == 0:  # the one placeholder entry (value 0) goes to the spare slot
                 flat = flat * 0 + rows * dim
-        table = z.to(torch.float32).reshape(1).expand(rows * dim + 1).scatter(0, flat, values)
-        return table[: rows * dim].reshape(rows, dim)
+        table = z.to(torch.float32).reshape(1).expand(rows * dim + int(spare)).scatter(0, flat, values)
+        if spare:
+            table = table[: rows * dim]
+        return table.reshape(dim, rows) if transposed else table.reshape(rows, dim)
 
     def _row_pointer(self, rows: torch.Tensor) -> torch.Tensor:
         """CSR pointer of each row in ``rows`` (int64): stored (``csr``) or base + offset (``bcsr``)."""

@@ -74,6 +74,46 @@ def golden_inputs(model: RecModel, *, seed: int = 0, large_batch: int = 64) -> d
     raise TypeError(f"no golden inputs for {type(model).__name__}")
 
 
+def topk_exclude(num_items: int, top_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``exclude_items`` ``[B, S]`` int64 for user rows whose unexcluded top ids are ``top_ids [B, k]``.
+
+    Each row excludes every other of its top ids (so the answer must change), a few random
+    items and duplicates, and the ids the graph must ignore: ``-1`` padding (a random-length
+    tail), ``0`` (the OOV row) and ``num_items`` (out of range).
+    """
+    b, k = top_ids.shape
+    random = rng.integers(1, num_items, size=(b, 4))
+    ignored = np.tile(np.asarray([0, num_items, -7], dtype=np.int64), (b, 1))
+    out = np.concatenate([top_ids[:, ::2], random, random[:, :1], ignored, np.full((b, 3), -1)], axis=1).astype(np.int64)
+    for r, pad in enumerate(rng.integers(0, 4, size=b)):  # -1 padding of different lengths per row
+        out[r, out.shape[1] - pad:] = -1
+    return out
+
+
+def topk_golden_feeds(module: torch.nn.Module, vectors: dict[str, np.ndarray], names: tuple[str, str], num_items: int,
+                      *, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Golden feeds of a top-K graph: ``batch1`` excludes nothing (an empty ``[1, 0]``), every
+    other case excludes :func:`topk_exclude`'s items; ``exclude_most`` (catalogues of at most
+    2,000 items) leaves fewer than ``k`` items, so the last slots must be id -1."""
+    rng = np.random.default_rng(seed + 1)
+    user, exclude = names
+    feeds: dict[str, dict[str, np.ndarray]] = {}
+    for name, x in vectors.items():
+        if name == "batch1":
+            feeds[name] = {user: x, exclude: np.zeros((len(x), 0), dtype=np.int64)}
+            continue
+        with torch.no_grad():
+            top = module(torch.from_numpy(x))[0].numpy()
+        feeds[name] = {user: x, exclude: topk_exclude(num_items, top, rng)}
+    k = int(getattr(module, "k", 0))
+    if 1 < num_items <= 2001 and k > 1:
+        first = next(iter(vectors.values()))[:1]
+        keep = rng.choice(np.arange(1, num_items), size=min(k - 1, num_items - 1) // 2 or 1, replace=False)
+        most = np.setdiff1d(np.arange(1, num_items), keep)
+        feeds["exclude_most"] = {user: first, exclude: np.concatenate([most, [-1, -1]]).astype(np.int64)[None, :]}
+    return feeds
+
+
 def fresh_inputs(model: RecModel, seed: int, batches: tuple[int, ...] = (1, 256)) -> dict[str, np.ndarray]:
     """Random inputs for ``verify`` (OOV and negative ids included for CTR models)."""
     rng = np.random.default_rng(seed)

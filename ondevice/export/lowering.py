@@ -8,11 +8,29 @@ compressed embedding layer lowers itself through its own ``forward``.
   (sigmoid of the logit). Ids outside a field's vocabulary, negative ones included, hit the
   field's OOV row inside the graph (``EmbeddingLayer.forward`` maps them).
 * Top-K models (BPR-MF): ``user_vector`` float32 ``[batch, dim]`` (the user table stays on
-  the server; the app receives its user's vector) -> ``item_ids`` int64 ``[batch, k]`` and
-  ``scores`` float32 ``[batch, k]``, best first. Item vectors come from the item embedding
-  layer's own forward over ids ``1 .. num_items-1`` (id 0 is the OOV row and is never
-  recommended), or, for sparse storage, from its ``full_table`` decode (O(nnz) instead of a
-  window gather per row: 36 -> a few ms at batch 1 on 40,000 items), then MatMul + TopK.
+  the server; the app receives its user's vector, see the manifest's ``topk.user_vector``) and
+  ``exclude_items`` int64 ``[batch, S]`` (items the user has already seen, ``-1``-padded; pass
+  an empty ``[batch, 0]`` array to exclude nothing) -> ``item_ids`` int64 ``[batch, k]`` and
+  ``scores`` float32 ``[batch, k]``, best first. An excluded item's score is set to ``-inf``
+  before the TopK (ScatterElements), so it is never returned; ids ``<= 0`` or ``>= num_items``
+  in ``exclude_items`` are ignored (padding). When fewer than ``k`` items remain, the missing
+  slots are id ``-1`` with score ``-inf``. The id 0 (OOV row) is never recommended.
+
+  ``exclude_items`` is a *required* input: ONNX has no optional-with-default input that every
+  runtime honours (an initializer listed as a graph input is overridable in onnxruntime but
+  its default cannot have the dynamic batch axis), and a second graph without it would double
+  the item table the app carries. An id list is what an app keeps anyway (a padded ``[1, S]``
+  array of its user's history), and costs ``8·S`` bytes per call against ``4·N`` for a mask.
+
+  Item vectors (``[D, N]``, the OOV item's column set to ``-inf`` with the excluded ones) come
+  from the item embedding layer's own forward over ids ``0 .. num_items-1`` or, for sparse
+  storage, its ``full_table`` decode (O(nnz), written transposed), computed from a trace-only int64
+  input ``table_seed`` (= 0) so the exporter cannot fold the table into the file.
+  ``onnx_export.bind_table_seed`` then makes it an initializer 0 (``.onnx``: onnxruntime folds
+  the decode once at session creation, every call is MatMul + TopK; the file keeps the
+  compressed table, resident memory holds the decoded fp32 ``[D, N]`` table) or
+  ``Shape(user_vector)[0]·0`` (``.ort``: its converter applies the folding offline and
+  would store the table dense, so the table is decoded per call).
 """
 
 from __future__ import annotations
@@ -25,7 +43,9 @@ from torch import nn
 from ondevice.models import BPRMF, CTRModel, RecModel
 
 CTR_INPUT, CTR_OUTPUT = "ids", "probability"
-TOPK_INPUT, TOPK_IDS, TOPK_SCORES = "user_vector", "item_ids", "scores"
+TOPK_INPUT, TOPK_EXCLUDE, TOPK_IDS, TOPK_SCORES = "user_vector", "exclude_items", "item_ids", "scores"
+#: The trace-only input the item table is computed from (bound to a constant 0 after export).
+TABLE_SEED = "table_seed"
 DEFAULT_TOP_K = 20
 
 
@@ -41,7 +61,7 @@ class CTRExport(nn.Module):
 
 
 class TopKExport(nn.Module):
-    """``user_vector [B, D] float32 -> (item_ids [B, k] int64, scores [B, k] float32)``."""
+    """``(user_vector [B, D] float32, exclude_items [B, S] int64) -> (item_ids [B, k] int64, scores [B, k] float32)``."""
 
     def __init__(self, model: BPRMF, k: int) -> None:
         super().__init__()
@@ -49,20 +69,27 @@ class TopKExport(nn.Module):
         self.num_items = int(model.num_items)
         self.k = int(k)
 
-    def forward(self, user_vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # The item ids are built from the batch size (always >= 1, multiplied by 0) so the
-        # exporter cannot constant-fold the table: a compressed item layer stays compressed
-        # in the file (and in device memory), and no int64 arange of num_items is stored.
-        start = user_vector.shape[0] * 0 + 1
-        if hasattr(self.item_embedding, "full_table"):  # sparse storage: decode the table once per call, O(nnz)
-            zero = torch.ones_like(user_vector[:, 0], dtype=torch.int64).sum() * 0  # a 0 the exporter cannot fold
-            items = self.item_embedding.full_table(zero)[1:]  # [N-1, D]
-        else:
-            item_ids = torch.arange(start, start + self.num_items - 1, dtype=torch.int64).unsqueeze(1)  # [N-1, 1]
-            items = self.item_embedding(item_ids).squeeze(1)  # [N-1, D]
-        scores = user_vector @ items.t()  # [B, N-1]
+    def item_table(self, seed: torch.Tensor) -> torch.Tensor:
+        """Every item's vector, transposed: ``[D, N]`` (column 0: the OOV item), computed from the int64 scalar ``seed`` (= 0)."""
+        if hasattr(self.item_embedding, "full_table"):  # sparse storage: O(nnz) decode, written transposed
+            return self.item_embedding.full_table(seed, transposed=True)
+        item_ids = torch.arange(seed, seed + self.num_items, dtype=torch.int64).unsqueeze(1)  # [N, 1]
+        return self.item_embedding(item_ids).squeeze(1).t()
+
+    def forward(self, user_vector: torch.Tensor, exclude_items: torch.Tensor | None = None,
+                table_seed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if exclude_items is None:
+            exclude_items = torch.zeros((user_vector.shape[0], 0), dtype=torch.int64)
+        if table_seed is None:
+            table_seed = torch.zeros((), dtype=torch.int64)
+        scores = user_vector @ self.item_table(table_seed.reshape(()))  # [B, N]: column = item id
+        # Column 0 (the OOV item), the excluded ids and the ignored ones (padding, out of range: mapped to 0) -> -inf.
+        valid = (exclude_items > 0) & (exclude_items < self.num_items)
+        oov = torch.zeros_like(user_vector[:, :1], dtype=torch.int64)  # [B, 1]
+        banned = torch.cat([oov, torch.where(valid, exclude_items, 0)], dim=1)
+        scores = scores.scatter(1, banned, float("-inf"))
         top_scores, top_idx = torch.topk(scores, self.k, dim=1)  # [B, k]
-        return top_idx + 1, top_scores
+        return torch.where(top_scores == float("-inf"), -1, top_idx), top_scores
 
 
 def export_module(model: RecModel, *, k: int = DEFAULT_TOP_K) -> tuple[nn.Module, dict[str, Any]]:
@@ -82,13 +109,15 @@ def export_module(model: RecModel, *, k: int = DEFAULT_TOP_K) -> tuple[nn.Module
         d = model.embed_dim
         io = {
             "task": "topk",
-            "inputs": [{"name": TOPK_INPUT, "dtype": "float32", "shape": ["batch", d]}],
+            "inputs": [{"name": TOPK_INPUT, "dtype": "float32", "shape": ["batch", d]},
+                       {"name": TOPK_EXCLUDE, "dtype": "int64", "shape": ["batch", "seen"], "kind": "exclude_items",
+                        "padding": -1}],
             "outputs": [
                 {"name": TOPK_IDS, "dtype": "int64", "shape": ["batch", k], "kind": "topk_ids"},
                 {"name": TOPK_SCORES, "dtype": "float32", "shape": ["batch", k], "kind": "topk_scores"},
             ],
             "topk": {"k": k, "num_items": model.num_items, "ids_output": TOPK_IDS, "scores_output": TOPK_SCORES,
-                     "excludes_oov_item": True},
+                     "excludes_oov_item": True, "exclude_input": TOPK_EXCLUDE, "table_seed": TABLE_SEED},
         }
         return TopKExport(model, k).eval(), io
     raise TypeError(f"no export contract for model {type(model).__name__}; supported: CTR models and BPRMF")

@@ -38,7 +38,7 @@ from ondevice.errors import ArtefactError, BadInputError, BudgetExceededError, P
 from ondevice.export import golden as golden_mod
 from ondevice.export import raw as raw_mod
 from ondevice.export._runner import RUNNER_PATH, runner_module
-from ondevice.export.lowering import DEFAULT_TOP_K, export_module
+from ondevice.export.lowering import DEFAULT_TOP_K, TOPK_EXCLUDE, TOPK_INPUT, export_module
 from ondevice.export.manifest import (
     ARTEFACT_FORMAT,
     MANIFEST_VERSION,
@@ -65,6 +65,8 @@ __all__ = ["INPUT_MODES", "app_payload", "bytes_by_part", "deployable_model", "e
 REQUIRED_OPS = "required_operators.config"
 #: ``export --inputs``: ``ids`` (int64 ids encoded by the app) or ``raw`` (encoding in the graph).
 INPUT_MODES = ("ids", "raw")
+#: ``export --topk-table``: when a top-K graph computes its item table (``lowering`` module docstring).
+TOPK_TABLE_FORMS = ("load", "call")
 
 
 def resolve_inputs(inputs: str | None, model: RecModel) -> str:
@@ -97,14 +99,28 @@ def deployable_model(model: RecModel) -> RecModel:
     return model.eval()
 
 
-def export_onnx(module: torch.nn.Module, io: dict[str, Any], example: torch.Tensor, path: Path) -> None:
-    """Trace ``module`` to a single self-contained ONNX file at ``path`` (opset ``OPSET``)."""
+def export_onnx(module: torch.nn.Module, io: dict[str, Any], example: torch.Tensor | tuple[torch.Tensor, ...],
+                path: Path, *, table_at_load: bool = True) -> None:
+    """Trace ``module`` to a single self-contained ONNX file at ``path`` (opset ``OPSET``).
+
+    ``example``: the first input's example (a top-K graph's ``exclude_items`` example is an
+    empty ``[B, 0]``), or one example per input. Top-K graphs get the trace-only
+    ``table_seed`` input, bound after tracing (:func:`bind_table_seed`, ``table_at_load``).
+    """
     inputs, outputs = [i["name"] for i in io["inputs"]], [o["name"] for o in io["outputs"]]
-    dynamic = {name: {0: "batch"} for name in inputs + outputs}
+    examples = example if isinstance(example, tuple) else (example,)
+    seed = (io.get("topk") or {}).get("table_seed")
+    if io["task"] == "topk" and len(examples) < len(inputs):
+        examples = (examples[0], torch.zeros((examples[0].shape[0], 0), dtype=torch.int64))
+    dynamic = {i["name"]: {a: n for a, n in enumerate(i["shape"]) if isinstance(n, str)} for i in io["inputs"]}
+    dynamic.update({name: {0: "batch"} for name in outputs})
+    names = inputs + ([seed] if seed else [])
+    if seed:
+        examples = (*examples, torch.zeros((), dtype=torch.int64))
     with warnings.catch_warnings(), torch.no_grad():
         # The legacy exporter announces its deprecation; it is chosen on purpose (module docstring).
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET, input_names=inputs,
+        torch.onnx.export(module, examples, str(path), dynamo=False, opset_version=OPSET, input_names=names,
                           output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True, export_params=True)
     extra = sorted(p.name for p in path.parent.iterdir() if p != path)
     if extra:
@@ -113,11 +129,36 @@ def export_onnx(module: torch.nn.Module, io: dict[str, Any], example: torch.Tens
     if any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer):
         raise ArtefactError("the exported model references external data; it must be one self-contained file")
     store_int8_weights(model.graph, module)
+    if seed:
+        bind_table_seed(model.graph, seed, inputs[0], at_load=table_at_load)
     _compact_names(model.graph)
     model.producer_name, model.producer_version = "ondevice", __version__
     model.doc_string = f"ondevice {io['task']} artefact; inputs {inputs}, outputs {outputs}; see manifest.json"
     onnx.checker.check_model(model, full_check=True)
     onnx.save_model(model, str(path), save_as_external_data=False)
+
+
+def bind_table_seed(graph: onnx.GraphProto, seed: str, first_input: str, *, at_load: bool) -> None:
+    """Replace the trace-only graph input ``seed`` (an int64 scalar 0 the top-K item table is computed from).
+
+    ``at_load``: an initializer 0, so onnxruntime folds the table once at session creation
+    (``lowering`` module docstring). Otherwise ``Shape(first_input)[0] · 0``, which no
+    optimiser can fold: the table is decoded per call (the ``.ort`` form).
+    """
+    if not any(i.name == seed for i in graph.input):
+        raise ArtefactError(f"the traced top-K graph has no {seed!r} input; re-export")
+    keep = [i for i in graph.input if i.name != seed]
+    del graph.input[:]
+    graph.input.extend(keep)
+    zero = onnx.numpy_helper.from_array(np.asarray(0, dtype=np.int64), seed if at_load else f"{seed}.zero")
+    graph.initializer.append(zero)
+    if not at_load:
+        nodes = [onnx.helper.make_node("Shape", [first_input], [f"{seed}.shape"]),
+                 onnx.helper.make_node("Gather", [f"{seed}.shape", zero.name], [f"{seed}.batch"], axis=0),
+                 onnx.helper.make_node("Mul", [f"{seed}.batch", zero.name], [seed])]
+        rest = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes + rest)
 
 
 def store_int8_weights(graph: onnx.GraphProto, module: torch.nn.Module) -> int:
@@ -193,9 +234,9 @@ def _compact_names(graph: onnx.GraphProto) -> None:
             vi.name = rename[vi.name]
 
 
-def _torch_outputs(module: torch.nn.Module, task: str, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+def _torch_outputs(module: torch.nn.Module, args: tuple[np.ndarray, ...], names: list[str]) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        out = module(torch.from_numpy(x))
+        out = module(*(torch.from_numpy(a) for a in args))
     outs = out if isinstance(out, tuple) else (out,)
     return {n: o.detach().cpu().numpy() for n, o in zip(names, outs, strict=False)}
 
@@ -218,6 +259,7 @@ def export_artefact(
     golden_batch: int = 64,
     check_mobile: bool = True,
     inputs: str | None = None,
+    topk_table: str | None = None,
 ) -> dict[str, Any]:
     """Export a checkpoint (run folder, ``model.pt`` or ``Checkpoint``) to an artefact folder.
 
@@ -236,6 +278,9 @@ def export_artefact(
     inputs : ``"ids"`` (int64 ids, encode with ``schema.json``) or ``"raw"`` (CTR: the raw field
         values, encoded inside the graph exactly as ``prepare`` does; see ``ondevice.export.raw``);
         default (None): ``raw`` for CTR models, ``ids`` for top-K (:func:`resolve_inputs`).
+    topk_table : top-K item table: ``"load"`` (decoded once at session creation; the default for
+        ``onnx``) or ``"call"`` (decoded per call: least resident memory; the only form for ``ort``).
+        ``benchmarks/topk_sparse_latency.py`` measures both (``lowering`` module docstring).
 
     Returns the manifest (also written to ``out_dir/manifest.json``). Raises
     ``BudgetExceededError`` (exit 3) when a model file is over budget, ``ParityError``
@@ -246,6 +291,7 @@ def export_artefact(
     dev = profile if isinstance(profile, DeviceProfile) or profile is None else load_profile(profile)
     limit, limit_source = resolve_budget(budget_bytes, dev, budget_source)
     fmt = _check_export_options(format or (dev.runtime_format if dev else "onnx"), top_k, inputs)
+    topk_table = _check_topk_table(topk_table, fmt)
     out_dir = Path(out_dir)
     src = run_dir_or_checkpoint.path if isinstance(run_dir_or_checkpoint, Checkpoint) else run_dir_or_checkpoint
     check_output(out_dir, kind="export", inputs=[src], force=force)
@@ -253,17 +299,24 @@ def export_artefact(
     model = deployable_model(ckpt.model)
     inputs = resolve_inputs(inputs, model)
     module, io = export_module(model, k=top_k)
+    if io["task"] == "topk":
+        assert isinstance(model, BPRMF)
+        io["topk"]["item_table"] = "decoded once at session creation" if topk_table == "load" else "decoded per call"
+        io["topk"]["resident_item_table_bytes"] = model.num_items * model.embed_dim * 4
     gold = _golden_cases(model, module, io, ckpt.schema, inputs, golden_seed, golden_batch)
     runner = runner_module()
     with atomic_output_dir(out_dir, kind="export", inputs=[src], force=force) as tmp:
-        files, extra_files, vocab_bytes = _write_model_files(tmp, module, io, gold, ckpt.schema, fmt, model)
+        files, extra_files, vocab_bytes = _write_model_files(tmp, module, io, gold, ckpt.schema, fmt, model,
+                                                             table_at_load=topk_table == "load")
         manifest = _manifest(started, model, io, ckpt, gold, files, extra_files, dev, fmt, inputs, runner,
                              top_k=top_k, golden_seed=golden_seed, golden_batch=golden_batch)
+        if io["task"] == "topk":
+            manifest["export_options"]["topk_table"] = topk_table
         manifest["export_validation"] = _prove_parity(tmp, manifest, runner, fmt)
         # mobile usability: advisory, recorded
         manifest["mobile_usability"] = check_mobile_usability(tmp / MODEL_ONNX) if check_mobile else {"ran": False}
         manifest["storage"], manifest["budget"] = _check_budget(module, files, vocab_bytes, limit, limit_source)
-        _write_rest_of_folder(tmp, manifest, model, ckpt, gold["plan"], extra_files)
+        _write_rest_of_folder(tmp, manifest, model, ckpt, gold["plan"], extra_files, limit)
         manifest["export_seconds"] = time.time() - started
         write_manifest(tmp, manifest)
         _publishable_permissions(tmp)
@@ -281,6 +334,17 @@ def _check_export_options(fmt: str, top_k: int, inputs: str | None) -> str:
     return fmt
 
 
+def _check_topk_table(topk_table: str | None, fmt: str) -> str:
+    """``--topk-table``: ``load`` (default for onnx) or ``call`` (default, and the only form, for ort)."""
+    topk_table = topk_table or ("load" if fmt == "onnx" else "call")
+    if topk_table not in TOPK_TABLE_FORMS:
+        raise BadInputError(f"--topk-table {topk_table!r} must be one of {', '.join(TOPK_TABLE_FORMS)}")
+    if topk_table == "load" and fmt == "ort":
+        raise BadInputError("--topk-table load needs --format onnx: the .ort converter would store the decoded table "
+                            "dense; use --topk-table call")
+    return topk_table
+
+
 def _golden_cases(model: RecModel, module: torch.nn.Module, io: dict[str, Any], schema: Any, inputs: str,
                   seed: int, batch: int) -> dict[str, Any]:
     """The golden cases the artefact must reproduce: the inputs as the model takes them (``goldens``),
@@ -294,27 +358,35 @@ def _golden_cases(model: RecModel, module: torch.nn.Module, io: dict[str, Any], 
         plan = raw_mod.raw_plan(schema)
         feeds = raw_mod.raw_golden(schema, plan, seed=seed, large_batch=batch)
         goldens = {name: raw_mod.encode_reference(schema, plan, f) for name, f in feeds.items()}
+    elif io["task"] == "topk":  # every case but batch1 excludes seen items (golden.topk_golden_feeds)
+        feeds = golden_mod.topk_golden_feeds(module, goldens, (TOPK_INPUT, TOPK_EXCLUDE), io["topk"]["num_items"],
+                                             seed=seed)
     else:
         feeds = {name: {io["inputs"][0]["name"]: x} for name, x in goldens.items()}
     out_names = [o["name"] for o in io["outputs"]]
-    expected = {name: _torch_outputs(module, io["task"], x, out_names) for name, x in goldens.items()}
+    # What the PyTorch module is called with per case (raw CTR: prepare's encoding of the raw feeds).
+    args = ({name: tuple(f[i["name"]] for i in io["inputs"]) for name, f in feeds.items()}
+            if io["task"] == "topk" else {name: (x,) for name, x in goldens.items()})
+    expected = {name: _torch_outputs(module, a, out_names) for name, a in args.items()}
     tolerance = tolerance_for(model)
     if io["task"] == "topk":
-        scale = max(1.0, max(float(np.abs(e["scores"]).max()) for e in expected.values()))
+        scale = max(1.0, max(float(np.abs(np.nan_to_num(e["scores"], neginf=0.0)).max()) for e in expected.values()))
         tolerance["atol"] = tolerance["atol"] * scale
         tolerance["scale"] = scale
         assert isinstance(model, BPRMF)
         io["topk"]["user_vector_std"] = golden_mod.user_vector_std(model)
-    return {"goldens": goldens, "feeds": feeds, "expected": expected, "plan": plan, "tolerance": tolerance}
+    return {"goldens": goldens, "feeds": feeds, "args": args, "expected": expected, "plan": plan, "tolerance": tolerance}
 
 
 def _write_model_files(tmp: Path, module: torch.nn.Module, io: dict[str, Any], gold: dict[str, Any], schema: Any,
-                       fmt: str, model: RecModel) -> tuple[dict[str, Any], list[str], int]:
+                       fmt: str, model: RecModel, *, table_at_load: bool = True) -> tuple[dict[str, Any], list[str], int]:
     """``model.onnx`` (with the raw-input encoder in front when planned) and, for ``ort``,
-    ``model.ort``: (files entries, extra files, the raw vocabulary's bytes)."""
+    ``model.ort``: (files entries, extra files, the raw vocabulary's bytes). ``table_at_load``:
+    a top-K graph's item table is decoded at session creation (``bind_table_seed``)."""
     scratch = tmp / ".export"
     scratch.mkdir()
-    export_onnx(module, io, torch.from_numpy(next(iter(gold["goldens"].values()))), scratch / MODEL_ONNX)
+    example = tuple(torch.from_numpy(a) for a in list(gold["args"].values())[-1])
+    export_onnx(module, io, example, scratch / MODEL_ONNX, table_at_load=table_at_load)
     vocab_bytes = 0
     if gold["plan"] is not None:
         vocab_bytes = _attach_raw_encoder(scratch / MODEL_ONNX, schema, gold["plan"], model)
@@ -361,7 +433,7 @@ def _manifest(started: float, model: RecModel, io: dict[str, Any], ckpt: Checkpo
         "golden": [
             {"name": name, "inputs": {k: runner.encode_array(v) for k, v in gold["feeds"][name].items()},
              "outputs": {k: runner.encode_array(v) for k, v in gold["expected"][name].items()}}
-            for name in gold["goldens"]
+            for name in gold["feeds"]
         ],
         "metrics": ckpt.metrics,
         "mobile_usability": None,
@@ -422,8 +494,9 @@ def _check_budget(module: torch.nn.Module, files: dict[str, Any], vocab_bytes: i
 
 
 def _write_rest_of_folder(tmp: Path, manifest: dict[str, Any], model: RecModel, ckpt: Checkpoint,
-                          plan: dict[str, Any] | None, extra_files: list[str]) -> None:
-    """``schema.json``, the hash reference (raw inputs), ``required_operators.config``, the app
+                          plan: dict[str, Any] | None, extra_files: list[str], limit: int | None = None) -> None:
+    """``schema.json``, the hash reference (raw inputs), ``required_operators.config``, how a top-K
+    app gets its user vector (``user_table.npy`` when it fits ``limit`` beside the model), the app
     payload, ``reference_model.pt`` and the device runner."""
     ckpt.schema.save(tmp / "schema.json")
     if plan is not None and plan["hashing"]:
@@ -432,6 +505,11 @@ def _write_rest_of_folder(tmp: Path, manifest: dict[str, Any], model: RecModel, 
         (tmp / REQUIRED_OPS).write_text(required_operators_config(tmp / MODEL_ONNX), encoding="utf-8")
         extra_files.append(REQUIRED_OPS)
     manifest["required_operators"] = {"file": REQUIRED_OPS, "config": (tmp / REQUIRED_OPS).read_text(encoding="utf-8")}
+    if manifest["task"] == "topk":
+        assert isinstance(model, BPRMF)
+        manifest["topk"]["user_vector"] = _user_vector_entry(model, ckpt.schema, tmp, limit, manifest["files"])
+        if manifest["topk"]["user_vector"]["file"]:
+            extra_files.append(USER_TABLE)
     manifest["app_payload"] = app_payload(manifest, tmp)
     save_checkpoint(tmp / REFERENCE_MODEL, model, ckpt.schema, train_config=ckpt.train_config,
                     metrics=ckpt.metrics, extra={"exported_from": manifest["export_options"]["source_checkpoint"]})
@@ -469,12 +547,47 @@ def app_payload(manifest: dict[str, Any], folder: Path) -> dict[str, Any]:
     ship = [model_file]
     if manifest.get("input_encoding") != "raw":
         ship.append("schema.json")
+    if ((manifest.get("topk") or {}).get("user_vector") or {}).get("file"):  # the user table fits the budget beside the model
+        ship.append(manifest["topk"]["user_vector"]["file"])
     elif (manifest.get("raw_inputs") or {}).get("hashing"):
         ship.append("hash_reference.js")
     files = {name: (folder / name).stat().st_size for name in ship}
     return {"files": files, "bytes": int(sum(files.values())),
             "note": "raw inputs: the vocabulary is inside the model file" if manifest.get("input_encoding") == "raw"
             else "id inputs: the app also ships schema.json to encode features (export --inputs raw puts it in the model)"}
+
+
+USER_TABLE = "user_table.npy"
+
+
+def _user_vector_entry(model: BPRMF, schema: Any, folder: Path, limit: int | None,
+                       files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """How the app gets the ``user_vector`` input; writes ``user_table.npy`` when it fits the budget beside the model.
+
+    The vector is row ``u`` of the trained user table, ``u`` the user's id under ``schema.json``'s
+    user field (0: an unknown user, the OOV row). It is ``D`` float32 values: a server sends it
+    (4·D bytes) with the user's history, or an app that fits the table carries it.
+    """
+    with torch.no_grad():
+        table = model.user_embedding.dense_weight().float().numpy()  # type: ignore[union-attr]
+    user_field = next((f.name for f in schema.fields if getattr(f, "role", None) == "user"), schema.fields[0].name)
+    table_bytes = int(table.nbytes + 128)  # .npy header
+    model_bytes = max(info["bytes"] for info in files.values())
+    ships = limit is not None and model_bytes + table_bytes <= limit
+    if ships:
+        np.save(folder / USER_TABLE, np.ascontiguousarray(table))
+    return {"input": TOPK_INPUT, "dtype": "float32", "dim": int(table.shape[1]), "user_field": user_field,
+            "rows": int(table.shape[0]), "user_table_bytes": table_bytes, "file": USER_TABLE if ships else None,
+            "how": (f"row u of {USER_TABLE} (float32 [{table.shape[0]}, {table.shape[1]}]), u = the user's id encoded "
+                    f"with schema.json's {user_field!r} field, 0 for an unknown user; it fits the budget beside the "
+                    "model, so an app may carry it" if ships else
+                    f"fetch the user's vector ({table.shape[1]} float32, {4 * table.shape[1]} B) from the server: row u "
+                    f"of the user table in reference_model.pt (user_embedding), u = the user's id encoded with "
+                    f"schema.json's {user_field!r} field, 0 for an unknown user; the table "
+                    f"({table_bytes:,} B) does not fit the budget beside the model"
+                    + ("" if limit is not None else " (no budget given)")),
+            "exclude_items": "int64 [batch, S]: the user's seen item ids (schema.json's item field), -1-padded; "
+                             "pass an empty [batch, 0] array to exclude nothing"}
 
 
 def _publishable_permissions(folder: Path) -> None:

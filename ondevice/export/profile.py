@@ -59,12 +59,15 @@ def _torch_worker(artefact_dir: str, spec: str, runs: int, warmup: int, seed: in
         torch.set_num_threads(t)
         feeds = runner.make_inputs(art.manifest, b, seed)
         plan = art.manifest.get("raw_inputs")  # raw artefact: PyTorch gets prepare's ids (encoding not timed)
-        x = torch.from_numpy(encode_reference(art.schema, plan, feeds) if plan else next(iter(feeds.values())))
+        if plan:
+            x = (torch.from_numpy(encode_reference(art.schema, plan, feeds)),)
+        else:  # every input in the manifest's order (top-K: the user vector and the seen items)
+            x = tuple(torch.from_numpy(feeds[i["name"]]) for i in art.manifest["inputs"])
         with torch.inference_mode():
             t0 = time.perf_counter_ns()
-            module(x)
+            module(*x)
             first = (time.perf_counter_ns() - t0) / 1e6
-            samples = runner.time_calls(lambda x=x: module(x), runs, warmup)
+            samples = runner.time_calls(lambda x=x: module(*x), runs, warmup)
         entry = {"runtime": "pytorch-eager", "batch": b, "threads": t, "runs": runs, "warmup": warmup, "seed": seed,
                  "first_inference_ms": first, "torch": torch.__version__}
         entry.update(runner.latency_stats(samples, b))

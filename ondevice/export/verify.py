@@ -5,10 +5,11 @@ OOV and negative ids included, batch 1 and 256) go through onnxruntime and throu
 PyTorch reference model saved next to the artefact (the deployable model, i.e. with the same
 stored tables). Reported per case and output: max absolute difference and the tolerance.
 
-Top-K outputs: scores are compared position by position; ids are accepted when every
-returned id is a valid, distinct item whose PyTorch score equals the returned score within
-the tolerance (items with tied scores may come back in either order); the id-set overlap
-with PyTorch's top-k is reported.
+Top-K outputs (every case but the golden ``batch1`` passes seen items in ``exclude_items``):
+scores are compared position by position; ids are accepted when every returned id is a
+valid, distinct, not excluded item whose PyTorch score equals the returned score within the
+tolerance (items with tied scores may come back in either order), and ``-1`` fills only the
+slots beyond the items left; the id-set overlap with PyTorch's top-k is reported.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ondevice.errors import ArtefactError, ParityError
 from ondevice.export import golden as golden_mod
 from ondevice.export import raw as raw_mod
 from ondevice.export._runner import runner_module
-from ondevice.export.lowering import export_module
+from ondevice.export.lowering import TOPK_EXCLUDE, TOPK_INPUT, export_module
 from ondevice.export.manifest import load_artefact, write_manifest
 from ondevice.io import atomic_write_json
 from ondevice.outputs import MARKER, is_finished
@@ -39,29 +40,39 @@ def _ctr_case(name: str, x: np.ndarray, ort_out: dict[str, np.ndarray], torch_ou
             "passed": bool(diff <= atol)}
 
 
-def _topk_case(name: str, x: np.ndarray, ort_out: dict[str, np.ndarray], module: Any, io: dict[str, Any],
-               atol: float) -> dict[str, Any]:
+def _topk_case(name: str, feeds: dict[str, np.ndarray], ort_out: dict[str, np.ndarray], module: Any,
+               io: dict[str, Any], atol: float) -> dict[str, Any]:
     ids, scores = ort_out[io["topk"]["ids_output"]], ort_out[io["topk"]["scores_output"]]
     k, n_items = io["topk"]["k"], io["topk"]["num_items"]
+    x = feeds[TOPK_INPUT]
+    exclude = feeds.get(TOPK_EXCLUDE, np.zeros((len(x), 0), dtype=np.int64))
     with torch.no_grad():
-        ref_ids, ref_scores = (t.numpy() for t in module(torch.from_numpy(x)))
-        start = torch.arange(1, n_items, dtype=torch.int64).unsqueeze(1)
-        items = module.item_embedding(start).squeeze(1)
-        full = (torch.from_numpy(x) @ items.t()).numpy().astype(np.float64)  # [B, N-1]
-    score_diff = float(np.max(np.abs(scores.astype(np.float64) - ref_scores.astype(np.float64))))
-    valid = bool(np.all((ids >= 1) & (ids < n_items)))
-    distinct = all(len(set(row.tolist())) == k for row in ids)
+        ref_ids, ref_scores = (t.numpy() for t in module(torch.from_numpy(x), torch.from_numpy(exclude)))
+        items = module.item_table(torch.zeros((), dtype=torch.int64))
+        full = (torch.from_numpy(x) @ items).numpy().astype(np.float64)  # [B, N]: column = item id
+    full[:, 0] = -np.inf  # the OOV item
+    seen = [set(row[(row > 0) & (row < n_items)].tolist()) for row in exclude]
+    for r, row in enumerate(seen):
+        full[r, sorted(row)] = -np.inf
+    diff = runner_module().abs_diff
+    score_diff = float(np.max(diff(scores, ref_scores))) if scores.size else 0.0
+    returned = ids >= 1
+    valid = bool(np.all(returned & (ids < n_items) | (ids == -1) & np.isneginf(scores)))
+    distinct = all(len(set(row[row >= 1].tolist())) == int((row >= 1).sum()) for row in ids)
+    leaked = sum(len(set(row.tolist()) & s) for row, s in zip(ids, seen, strict=True))
     if valid:
-        own = np.take_along_axis(full, ids - 1, axis=1)
-        id_score_diff = float(np.max(np.abs(own - scores.astype(np.float64))))
+        own = np.take_along_axis(full, np.where(returned, ids, 0), axis=1)
+        id_score_diff = float(np.max(np.where(returned, diff(own, scores), 0.0))) if scores.size else 0.0
     else:
         id_score_diff = float("inf")
-    overlap = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(ids, ref_ids, strict=False)]))
-    passed = valid and distinct and score_diff <= atol and id_score_diff <= atol
-    return {"name": name, "batch": int(x.shape[0]),
+    # -1 slots only when fewer than k items are left after the exclusion
+    filled = all(int((row >= 1).sum()) == min(k, n_items - 1 - len(s)) for row, s in zip(ids, seen, strict=True))
+    overlap = float(np.mean([len(set(p.tolist()) & set(q.tolist())) / k for p, q in zip(ids, ref_ids, strict=False)]))
+    passed = valid and distinct and filled and leaked == 0 and score_diff <= atol and id_score_diff <= atol
+    return {"name": name, "batch": int(x.shape[0]), "excluded_per_row": int(exclude.shape[1]),
             "max_abs_diff": {io["topk"]["scores_output"]: score_diff, "score_of_returned_ids": id_score_diff},
-            "id_set_overlap": overlap, "ids_valid_and_distinct": bool(valid and distinct), "atol": atol,
-            "passed": bool(passed)}
+            "id_set_overlap": overlap, "ids_valid_and_distinct": bool(valid and distinct),
+            "excluded_items_returned": int(leaked), "atol": atol, "passed": bool(passed)}
 
 
 def verify_artefact(artefact_dir: str | Path, *, seed: int | None = None, batches: tuple[int, ...] = (1, 256),
@@ -98,8 +109,15 @@ def verify_artefact(artefact_dir: str | Path, *, seed: int | None = None, batche
     if plan:
         rng = np.random.default_rng(seed)
         feeds_of.update({f"fresh_b{b}": raw_mod.raw_random(art.schema, plan, b, rng) for b in batches})
+    elif manifest["task"] == "topk":
+        fresh = golden_mod.fresh_inputs(model, seed, batches)
+        feeds_of.update(golden_mod.topk_golden_feeds(module, fresh, (TOPK_INPUT, TOPK_EXCLUDE), io["topk"]["num_items"],
+                                                     seed=seed))
+        feeds_of.pop("exclude_most", None)  # in the golden cases already
     else:
         feeds_of.update({name: {in_name: x} for name, x in golden_mod.fresh_inputs(model, seed, batches).items()})
+    if manifest["task"] == "topk" and TOPK_EXCLUDE not in {i["name"] for i in manifest["inputs"]}:
+        raise ArtefactError("this top-K artefact predates the exclude_items input; re-export it")
 
     def ids_of(feeds: dict[str, np.ndarray]) -> np.ndarray:
         return raw_mod.encode_reference(art.schema, plan, feeds) if plan else feeds[in_name]
@@ -117,15 +135,16 @@ def verify_artefact(artefact_dir: str | Path, *, seed: int | None = None, batche
                 ref = module(torch.from_numpy(x)).numpy()
             cases.append(_ctr_case(name, x, ort_out, ref, atol))
         else:
-            cases.append(_topk_case(name, x, ort_out, module, io, atol))
+            cases.append(_topk_case(name, feeds, ort_out, module, io, atol))
     # The stored expectations must still match the reference model (catches a swapped reference_model.pt).
     for c in manifest["golden"]:
-        x = ids_of({k: runner.decode_array(v) for k, v in c["inputs"].items()})
+        feeds = {k: runner.decode_array(v) for k, v in c["inputs"].items()}
+        args = [feeds[i["name"]] for i in io["inputs"]] if manifest["task"] == "topk" else [ids_of(feeds)]
         with torch.no_grad():
-            out = module(torch.from_numpy(x))
+            out = module(*(torch.from_numpy(a) for a in args))
         outs = out if isinstance(out, tuple) else (out,)
-        stored = runner.decode_array(c["outputs"][out_names[-1]])
-        if float(np.max(np.abs(outs[-1].numpy().astype(np.float64) - stored))) > atol:
+        stored, now = runner.decode_array(c["outputs"][out_names[-1]]), outs[-1].numpy().astype(np.float64)
+        if now.size and float(np.max(runner.abs_diff(now, stored))) > atol:
             raise ArtefactError(f"reference_model.pt does not reproduce the manifest's golden outputs ({c['name']}); re-export")
     result = {
         "passed": all(c["passed"] for c in cases),

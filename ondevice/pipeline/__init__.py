@@ -12,6 +12,7 @@ the run folders and reports. Searchers never import it (``tests/test_layering.py
     summary.py      ``summary.md`` / ``summary.png``
     resume.py       ``--resume`` records of finished (target, method) runs
     options.py      ``--max-loss`` / ``--time-limit`` parsing
+    wall_plan.py    ``--time-limit`` over the whole call: each target's window and its search's share
     search_runs.py  run folders of ``ondevice search interactions|features|architecture``
 """
 

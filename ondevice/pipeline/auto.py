@@ -24,8 +24,9 @@ candidates run cheapest first. One that is not expected to finish in the time le
 skipped once some candidate has produced a model (until then candidates keep starting, so a
 short limit still yields an answer); the one running when the limit passes is stopped at its
 next training step (``search.retrain.deadline``) and its best evaluated weights are still a
-valid candidate (``"stopped_at_limit": true``). The limit covers the search of one budget
-(the export, verify and profile of the chosen model come after it). Without a limit the
+valid candidate (``"stopped_at_limit": true``). ``time_limit_s`` covers this search only;
+``compress`` sets it from the budget's window of the whole call, minus what follows the
+search (``pipeline.wall_plan``). Without a limit the
 candidates and the choice do not depend on timing, so the same command, data and seed give
 the same artefact.
 
@@ -81,6 +82,7 @@ from ondevice.search.base import (
 )
 from ondevice.search.byte_accountant import itemise_bytes
 from ondevice.search.retrain import deadline
+from ondevice.train.progress import progress_bar
 
 __all__ = ["AutoSearcher", "CTR_CANDIDATES", "DEFAULT_MAX_LOSS", "INPUT_CHANGING", "TOPK_CANDIDATES",
            "candidate_methods", "relative_loss"]
@@ -131,17 +133,24 @@ def _epochs_of(searcher: Searcher) -> int:
     return sum(int(v) for k, v in searcher.get_params().items() if k.endswith("epochs") and isinstance(v, int))
 
 
-def _probe(ctx: SearchContext, seed: int) -> dict[str, float]:
-    """Seconds of one training epoch and one validation pass of the full model (a few timed steps)."""
+def _probe(ctx: SearchContext, seed: int, full_val: dict[str, Any] | None = None) -> dict[str, float]:
+    """Seconds of one training epoch and one validation pass of the full model (a few timed steps).
+
+    ``full_val`` (``{"metrics": ..., "seconds": ...}``): the full model's validation pass when the
+    caller already ran it (``compress`` does), so it is not run twice.
+    """
     import torch
 
     from ondevice.models import BPRMF
     from ondevice.search.retrain import fit_ctr, fit_topk, topk_pairs, val_metrics
 
     model = copy.deepcopy(ctx.ckpt.model)
-    t0 = time.perf_counter()
-    full_val = val_metrics(model, ctx.data)
-    val_s = time.perf_counter() - t0
+    if full_val is not None:
+        full_val, val_s = dict(full_val["metrics"]), float(full_val["seconds"])
+    else:
+        t0 = time.perf_counter()
+        full_val = val_metrics(model, ctx.data)
+        val_s = time.perf_counter() - t0
     batch = 1024
     rows = len(topk_pairs(ctx.data, "train")) if isinstance(model, BPRMF) else len(ctx.data.split("train"))
     steps = max(1, min(PROBE_STEPS, -(-rows // batch)))
@@ -224,7 +233,10 @@ class AutoSearcher(Searcher):
     latency_p99_ms, latency_batch, latency_threads : reject candidates whose onnxruntime p99 at
         that batch and thread count misses the target (``None``: measured at batch 1, not judged).
     tie_tolerance : relative metric difference treated as a tie, broken towards lower p99.
-    progress : one line per candidate start/finish on stderr.
+    progress : one line per candidate start/finish on stderr, and on a terminal an updating bar
+        (epoch, step, time left) while a candidate trains (``train.progress``).
+    full_val : ``{"metrics": {...}, "seconds": s}``, the full model's validation pass when the
+        caller has run it (``compress``): the probe reuses it instead of running it again.
     """
 
     name = "auto"
@@ -235,7 +247,8 @@ class AutoSearcher(Searcher):
                  epochs: int | None = None, seed: int = 0, candidate_params: dict[str, dict[str, Any]] | None = None,
                  max_loss: float | None = DEFAULT_MAX_LOSS, allow_input_change: bool = False,
                  latency_p99_ms: float | None = None, latency_batch: int = 1, latency_threads: int = 1,
-                 tie_tolerance: float = DEFAULT_TIE_TOLERANCE, latency_runs: int = 50, progress: bool = False) -> None:
+                 tie_tolerance: float = DEFAULT_TIE_TOLERANCE, latency_runs: int = 50, progress: bool = False,
+                 full_val: dict[str, Any] | None = None) -> None:
         self.methods = methods
         self.time_limit_s = time_limit_s
         self.epochs = epochs
@@ -249,6 +262,14 @@ class AutoSearcher(Searcher):
         self.tie_tolerance = tie_tolerance
         self.latency_runs = latency_runs
         self.progress = progress
+        self.full_val = full_val
+
+    def get_params(self) -> dict[str, Any]:
+        """The settings, without ``full_val`` (a measurement handed over by the caller, not a setting:
+        its seconds would make the artefact's recorded search parameters differ run to run)."""
+        params = super().get_params()
+        params.pop("full_val", None)
+        return params
 
     def _say(self, text: str) -> None:
         if self.progress:
@@ -268,7 +289,7 @@ class AutoSearcher(Searcher):
         store = _CandidateStore(ctx.state_dir) if ctx.state_dir is not None else None
         probe = store.probe() if store is not None else None
         if probe is None:
-            probe = _probe(ctx, self.seed)
+            probe = _probe(ctx, self.seed, self.full_val)
             if store is not None:
                 store.save_probe(probe)
         searchers: dict[str, Searcher] = {}
@@ -315,7 +336,12 @@ class AutoSearcher(Searcher):
             crash_point("auto.candidate.start")
             t0 = time.perf_counter()
             try:
-                with deadline(limit_at):
+                # Training stops early enough for the stopped candidate's wrap-up (its validation pass,
+                # the fit loop's export, the latency timing) to end by the limit.
+                train_at = None if limit_at is None else limit_at - (probe["val_s"] + 2.0)
+                left = None if train_at is None else (lambda at=train_at: at - time.monotonic())
+                with deadline(train_at), progress_bar(f"  auto {method}", enabled=None if self.progress else False,
+                                                      time_left=left):
                     result, file_bytes, attempts = search_fitting(searchers[method], ctx.ckpt, ctx.data, ctx.budget_bytes,
                                                                    ctx.accountant.graph_overhead_bytes, ctx.work_dir,
                                                                    mlp=ctx.mlp)
@@ -332,7 +358,7 @@ class AutoSearcher(Searcher):
                 self._keep(store, position, candidates[-1], None, started)
                 continue
             seconds = time.perf_counter() - t0
-            stopped = limit_at is not None and time.monotonic() > limit_at
+            stopped = train_at is not None and time.monotonic() > train_at
             ratio_now = None
             if not stopped and expected[method] > 0:
                 ratio_now = seconds / (expected[method] + export_s)
@@ -402,7 +428,8 @@ class AutoSearcher(Searcher):
                     f"no candidate auto tried at {ctx.budget_bytes:,} B keeps val {best['metric']} within --max-loss "
                     f"{self.max_loss:.1%} of the full model's {full:.4f}: the best, {best['method']}, reaches "
                     f"{best['val_metric']:.4f} ({best['loss']:.1%} loss)",
-                    best_method=best["method"], best_loss=best["loss"], budget_bytes=ctx.budget_bytes)
+                    best_method=best["method"], best_loss=best["loss"], budget_bytes=ctx.budget_bytes,
+                    candidates=[{k: v for k, v in c.items() if k not in ("_result", "config")} for c in candidates])
             minimums = [c for c in candidates if c.get("minimum_bytes") is not None]
             if minimums and not measured:
                 need = min(minimums, key=lambda c: c["minimum_bytes"])

@@ -104,11 +104,13 @@ from ondevice.pipeline.options import parse_max_loss
 from ondevice.pipeline.progress import log
 from ondevice.pipeline.resume import RESUME_LABELS, error_from_json, file_sha256, keep_entry
 from ondevice.pipeline.summary import metric_label, plot_summary, render_summary_markdown
+from ondevice.pipeline.wall_plan import TEST_MAX_USERS, WallPlan, split_size
 from ondevice.search import make_searcher
 from ondevice.search.base import SearchResult, check_method_options, method_params
 from ondevice.search.fixed_parts import MLP_OPTIONS
 from ondevice.search.retrain import topk_metric_name, val_metrics
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, run_data
+from ondevice.train.progress import progress_bar
 
 __all__ = ["compress"]
 
@@ -134,19 +136,22 @@ def _targets(budgets: Sequence[str | int],
 
 
 def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | None, time_limit_s: float | None,
-                reserve_s: float):
+                full_val: dict[str, Any] | None = None):
     """A fresh searcher for one target; ``auto`` gets the target's latency goal and its search time.
 
     A device profile's p99 target is given to ``auto`` only on a machine of the profile's
     architecture (elsewhere it cannot be judged, as in ``profile``); ``latency_p99_ms`` is the
-    target of plain budgets at batch 1, one thread. The search time is the limit minus
-    ``reserve_s`` for the export, verify, profile and test evaluation that follow.
+    target of plain budgets at batch 1, one thread. ``time_limit_s``: the search's own limit
+    (``WallPlan.search_limit``: the target's window minus the export, verify, profile and test
+    evaluation that follow). ``full_val``: the full model's validation pass, reused by auto's probe.
     """
     if searcher.name != "auto":
         return searcher.clone()
     over: dict[str, Any] = {}
     if time_limit_s is not None:
-        over["time_limit_s"] = max(time_limit_s - reserve_s, 0.5 * time_limit_s)
+        over["time_limit_s"] = time_limit_s
+    if full_val is not None:  # auto's probe reuses the full model's validation pass instead of repeating it
+        over["full_val"] = full_val
     if dev is not None:
         over.update(latency_batch=dev.batch_size, latency_threads=dev.threads)
         if host_arch() == dev.arch:
@@ -156,15 +161,20 @@ def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | Non
     return searcher.clone(**over)
 
 
-def _full_test(model: RecModel, data: EncodedDataset, k: int) -> dict[str, float]:
-    """The full model's test metrics (PyTorch; the reference row of the summary)."""
+def _full_test(model: RecModel, data: EncodedDataset, k: int, max_users: int | None = None,
+               seed: int = 0) -> dict[str, Any]:
+    """The full model's test metrics (PyTorch; the reference row of the summary); ``max_users``: top-K
+    on the same seeded user sample as the artefacts (``evaluate.sample_users``)."""
+    from ondevice.evaluate import sample_users
     from ondevice.search.retrain import topk_pairs
     from ondevice.train import evaluate_ctr, evaluate_topk
 
     model = copy.deepcopy(model).eval()
     if isinstance(model, BPRMF):
         excluded = [topk_pairs(data, "train")] + ([topk_pairs(data, "val")] if data.has_split("val") else [])
-        return evaluate_topk(model, topk_pairs(data, "test"), excluded, k=k)
+        pairs, in_split = sample_users(topk_pairs(data, "test"), max_users, seed)
+        out: dict[str, Any] = evaluate_topk(model, pairs, excluded, k=k)
+        return {**out, "users_in_split": in_split}
     s = data.split("test")
     return evaluate_ctr(model, s.ids, s.labels)
 
@@ -258,6 +268,7 @@ def compress(
     ``inputs``: the artefacts' inputs (``export_artefact``; default raw for CTR): a raw artefact
     carries its vocabulary, whose bytes are reserved from each budget before the search.
     """
+    call_started = time.monotonic()  # --time-limit counts from here (pipeline.wall_plan)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     fleet_profiles = fleet_profiles_in(fleet) if fleet is not None else []
     targets = _targets(budgets, [*device_profiles, *fleet_profiles])
@@ -283,18 +294,20 @@ def compress(
                "allow_input_change": allow_input_change, "latency_p99_ms": latency_p99_ms, "inputs": inputs}
     started = time.time()
     full = _full_model_reference(ckpt, data, quiet)
-    reserve_s = 0.0 if time_limit_s is None else min(0.25 * time_limit_s, 3 * full.export_cost_s + 4.0)
+    plan, test_users = _wall_plan(full, data, time_limit_s, call_started, evaluate_test)
     tally = _Tally()
     with resumable_output_dir(out_dir, kind="compress", settings=settings, inputs=[run_dir, data.root], force=force,
                               resume=resume, labels=RESUME_LABELS, options=options) as tmp:
         job = _Job(ckpt=ckpt, data=data, tmp=tmp, full=full, seed=seed, mlp=mlp, floor=floor, floor_given=floor_given,
                    profile=profile, profile_runs=profile_runs, fleet_profiles=fleet_profiles, quiet=quiet,
-                   latency_p99_ms=latency_p99_ms, time_limit_s=time_limit_s, reserve_s=reserve_s, inputs=inputs,
-                   vocabulary_reserve=_vocabulary_reserve(ckpt, inputs))
-        for target in targets:
+                   latency_p99_ms=latency_p99_ms, time_limit_s=time_limit_s, plan=plan, test_users=test_users,
+                   inputs=inputs, vocabulary_reserve=_vocabulary_reserve(ckpt, inputs))
+        for index, target in enumerate(targets):
             for method, searcher in searchers.items():
-                _compress_one(job, tally, target, method, searcher, several=len(searchers) > 1)
+                _compress_one(job, tally, target, method, searcher, several=len(searchers) > 1, index=index)
+        t_test = time.perf_counter()
         full_test = _evaluate_on_test(job, tally.runs) if evaluate_test and data.has_split("test") else None
+        job.timings = {"full_validation_s": full.val_s, "test_evaluation_s": time.perf_counter() - t_test}
         _explain_floor_failures(tally.failures, tally.errors, tally.runs, floor)
         summary = _write_summary(job, tally, run_dir, searchers, full_test, started, plot=plot, fleet=fleet)
     _raise_failures(tally.errors, len(targets) * len(searchers), out_dir)
@@ -311,6 +324,13 @@ class _FullModel:
     k: int
     metric: str
     val: dict[str, float]
+    val_s: float = 0.0  # seconds of the validation pass (pipeline.wall_plan's estimates)
+
+    @property
+    def probe_val(self) -> dict[str, Any] | None:
+        """The pass for auto's probe (``{"metrics", "seconds"}``): only at k = 20, the k auto's candidates
+        validate at (``search.retrain.val_metrics``)."""
+        return {"metrics": self.val, "seconds": self.val_s} if self.k == 20 else None
 
     @property
     def overhead(self) -> int:
@@ -335,9 +355,11 @@ class _Job:
     quiet: bool
     latency_p99_ms: float | None
     time_limit_s: float | None
-    reserve_s: float
+    plan: WallPlan  # each target's window under --time-limit (pipeline.wall_plan)
+    test_users: int | None  # top-K under a limit: the seeded test-user sample's size (None: every user)
     inputs: str | None  # the artefacts' inputs (None: the exporter's default for the model)
     vocabulary_reserve: int  # bytes a raw artefact's encoder adds to the file (0 when the artefacts take ids)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -350,7 +372,8 @@ class _Tally:
 
     def fail(self, label: str, method: str, nbytes: int, err: OndeviceError) -> None:
         self.failures.append({"target": label, "method": method, "budget_bytes": nbytes, "error": type(err).__name__,
-                              "message": str(err), "exit_code": err.exit_code})
+                              "message": str(err), "exit_code": err.exit_code,
+                              **({"candidates": err.candidates} if getattr(err, "candidates", None) else {})})
         self.errors.append(err)
 
     def mark(self) -> tuple[int, int, int]:
@@ -415,10 +438,27 @@ def _full_model_reference(ckpt: Checkpoint, data: EncodedDataset, quiet: bool) -
     export_cost_s = time.perf_counter() - t_export
     k = int(ckpt.train_config.get("k", 20) or 20)
     metric = topk_metric_name(k) if isinstance(ckpt.model, BPRMF) else "auc"
+    t_val = time.perf_counter()
     val = val_metrics(copy.deepcopy(ckpt.model), data, k=k)
+    val_s = time.perf_counter() - t_val
     log(quiet, f"full model: {format_bytes(file_bytes)}, val {metric_label(metric)} {val[metric]:.4f}")
     return _FullModel(file_bytes=file_bytes, parameter_bytes=parameter_bytes, export_cost_s=export_cost_s, k=k,
-                      metric=metric, val=val)
+                      metric=metric, val=val, val_s=val_s)
+
+
+def _wall_plan(full: _FullModel, data: EncodedDataset, time_limit_s: float | None, call_started: float,
+               evaluate_test: bool) -> tuple[WallPlan, int | None]:
+    """The call's ``WallPlan`` and, for a top-K test split above ``TEST_MAX_USERS`` users under a
+    limit, the size of the seeded user sample its test evaluation reads (``pipeline.wall_plan``)."""
+    if time_limit_s is None:
+        return WallPlan(None, call_started), None
+    test_users = None
+    test_size = split_size(data, "test") if evaluate_test and data.has_split("test") else 0
+    if data.task == "topk" and test_size > TEST_MAX_USERS:
+        test_users = test_size = TEST_MAX_USERS
+    plan = WallPlan.estimate(time_limit_s, started=call_started, export_s=full.export_cost_s, val_s=full.val_s,
+                             val_size=split_size(data, "val"), test_size=test_size)
+    return plan, test_users
 
 
 def _vocabulary_reserve(ckpt: Checkpoint, inputs: str | None) -> int:
@@ -452,7 +492,7 @@ def _inputs_for(job: _Job, nbytes: int) -> tuple[str | None, int, str | None]:
 
 
 def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
-                  searcher: Any, *, several: bool) -> None:
+                  searcher: Any, *, several: bool, index: int = 0) -> None:
     """One (target, method): fit the budget, export and check the artefact, add its row (or its failure)."""
     label, nbytes, dev, _ = target
     name = label if not several else f"{label}-{method}"
@@ -473,7 +513,9 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
     t0 = time.perf_counter()
     try:
         inputs, reserve, inputs_note = _inputs_for(job, nbytes)
-        result, attempts = _fit_budget(job, searcher, target, folder, reserve)
+        # A named method's training draws a bar on a terminal (auto draws one per candidate itself).
+        with progress_bar(f"[{name}] {method}", enabled=False if job.quiet else None):
+            result, attempts = _fit_budget(job, searcher, target, folder, reserve, index)
         if inputs_note:
             result.warnings.append(inputs_note)
         search_s = time.perf_counter() - t0
@@ -503,7 +545,7 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
 
 
 def _fit_budget(job: _Job, searcher: Any, target: Target, folder: Path,
-                reserve: int) -> tuple[SearchResult, list[dict[str, Any]]]:
+                reserve: int, index: int = 0) -> tuple[SearchResult, list[dict[str, Any]]]:
     """Search within the target's bytes through the fit-and-retry loop (``pipeline.fitting``)."""
     from ondevice.export.raw import with_vocabulary
 
@@ -514,8 +556,8 @@ def _fit_budget(job: _Job, searcher: Any, target: Target, folder: Path,
                                   "schema.json)", minimum_bytes=reserve, parts={"vocabulary and encoder": reserve})
     try:
         result, _, attempts = search_fitting(
-            _for_target(searcher, dev, job.latency_p99_ms, job.time_limit_s, job.reserve_s), job.ckpt, job.data,
-            nbytes - reserve, job.full.overhead, work_dir=job.tmp / "_cache",
+            _for_target(searcher, dev, job.latency_p99_ms, job.plan.search_limit(index), job.full.probe_val),
+            job.ckpt, job.data, nbytes - reserve, job.full.overhead, work_dir=job.tmp / "_cache",
             mlp=_mlp_for(job.mlp, dev), state_dir=job.tmp / RESUME_DIR / f"{folder.name}.auto")
     except BudgetTooSmallError as err:  # the minimum then includes the vocabulary the artefact ships
         raise (with_vocabulary(err, nbytes, reserve) if reserve else err) from None
@@ -612,9 +654,10 @@ def _evaluate_on_test(job: _Job, runs: list[dict[str, Any]]) -> dict[str, float]
     and each artefact's ``model.onnx`` (onnxruntime); returns the full model's test metrics."""
     from ondevice.evaluate import evaluate_artefact
 
-    full_test = _full_test(job.ckpt.model, job.data, job.full.k)
+    full_test = _full_test(job.ckpt.model, job.data, job.full.k, job.test_users, job.seed)
     for entry in runs:
-        entry["test"] = {**evaluate_artefact(job.tmp / entry["folder"], job.data, split="test"),
+        entry["test"] = {**evaluate_artefact(job.tmp / entry["folder"], job.data, split="test",
+                                             max_users=job.test_users, seed=job.seed),
                          "artefact": entry["folder"]}  # not the temporary path it was read from
         entry["test_metric"] = entry["test"].get(entry["metric"])
         log(job.quiet, f"[{entry['folder']}] test {metric_label(entry['metric'])} {entry['test_metric']:.4f} "
@@ -633,7 +676,9 @@ def _write_summary(job: _Job, tally: _Tally, run_dir: Path, searchers: dict[str,
                        "graph_overhead_bytes": full.overhead, "val": full.val, "metric": full.metric, "test": full_test},
         "methods": {m: s.get_params() for m, s in searchers.items()}, "mlp": job.mlp,
         "max_loss": job.floor, "max_loss_applies_to": "every run" if job.floor_given else "auto",
-        "time_limit_s": job.time_limit_s, "torch_threads": torch.get_num_threads(), "seed": job.seed,
+        "time_limit_s": job.time_limit_s, "wall_plan": job.plan.to_dict() if job.time_limit_s is not None else None,
+        "test_users": {"sampled": job.test_users, "seed": job.seed} if job.test_users else None,
+        "timings": job.timings, "torch_threads": torch.get_num_threads(), "seed": job.seed,
         "runs": tally.runs, "failures": tally.failures, "seconds": time.time() - started,
     }
     summary["plot"] = plot_summary(summary, job.tmp / "summary.png") if plot and tally.runs else None

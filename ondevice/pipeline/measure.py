@@ -45,7 +45,7 @@ def candidate_latency(model: RecModel, *, batch: int = 1, threads: int = 1, runs
                       seed: int = 0) -> dict[str, float]:
     """onnxruntime p50/p99 (ms) of ``model`` exported as ``export_artefact`` does, on this machine.
 
-    Inputs as the profiler draws them (valid ids / unit-scale user vectors); ``min(10, runs)``
+    Inputs as the profiler draws them (valid ids / unit-scale user vectors and seen items); ``min(10, runs)``
     warm-up calls, then ``ROUNDS`` rounds of ``runs`` timed calls, in this process (``auto``
     compares candidates). p99 is the median of the rounds' p99s: one scheduler stall on a busy
     machine (seen: 4-12 ms next to a 0.02 ms p50) must not reject a candidate against a target.
@@ -70,6 +70,10 @@ def candidate_latency(model: RecModel, *, batch: int = 1, threads: int = 1, runs
         export_onnx(module, io, torch.from_numpy(x[:2] if len(x) >= 2 else x), path)
         session = runner.make_session(path, threads)
         feeds = {io["inputs"][0]["name"]: x}
+        if isinstance(deployed, BPRMF):  # 32 seen items per row, 4 of them padding (as the profiler draws them)
+            seen = rng.integers(1, deployed.num_items, size=(batch, 32)).astype(np.int64)
+            seen[:, 28:] = -1
+            feeds[io["inputs"][1]["name"]] = seen
         rounds = [runner.time_calls(lambda: session.run(None, feeds), runs, min(10, runs) if r == 0 else 0)
                   for r in range(ROUNDS)]
     p99s = sorted(runner.latency_stats(samples, batch)["p99_ms"] for samples in rounds)

@@ -48,7 +48,10 @@ def render_summary_markdown(s: dict[str, Any]) -> str:
         f"Run `{s['run_dir']}`. Full model: {full['file_bytes']:,} B, val {label} {full['val'][metric]:.4f}"
         + (f", test {label} {full_test:.4f} (PyTorch)" if full_test is not None else "") + f"; {floor_text}. "
         "Every choice is made on the validation split; the test column is read once afterwards, by running each "
-        "artefact's model.onnx with onnxruntime (`ondevice evaluate`).",
+        "artefact's model.onnx with onnxruntime (`ondevice evaluate`)."
+        + (f" Test users: a seeded sample of {s['test_users']['sampled']:,} of "
+           f"{(full.get('test') or {}).get('users_in_split', 0):,} (seed {s['test_users']['seed']}; --time-limit), "
+           "the same for the full model and every artefact." if s.get("test_users") else ""),
         "",
         f"| target | method | budget B | file B | × smaller | val {label} | loss vs full | test {label} | stored as | "
         "search+retrain s | p50 / p99 ms (b=1) | inputs | folder |",

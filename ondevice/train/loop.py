@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 
+from ondevice.train.progress import tick
+
 __all__ = ["EpochStats", "LoopResult", "LoopState", "StepInfo", "deadline", "fit", "past_deadline"]
 
 _DEADLINES: list[float] = []  # time.monotonic() values, innermost last
@@ -141,6 +143,7 @@ def fit(
     val: dict[str, Any] = {}
     best_val: dict[str, Any] = {}
     stopped, at_deadline = False, past_deadline()
+    on_step = _with_tick(on_step, epochs)
     for epoch in range(state.epoch + 1, 0 if at_deadline else epochs + 1):
         if patience is not None and state.bad_epochs >= patience:
             break
@@ -165,6 +168,16 @@ def fit(
     model.eval()
     return LoopResult(state=state, epochs=trained, val=val, seconds=time.perf_counter() - started,
                       stopped_early=stopped, stopped_at_deadline=at_deadline)
+
+
+def _with_tick(on_step: Callable[[StepInfo], bool] | None, epochs: int) -> Callable[[StepInfo], bool]:
+    """``on_step`` that first reports the step to an open TTY progress bar (``train.progress.tick``)."""
+
+    def hook(info: StepInfo) -> bool:
+        tick(info.epoch, epochs, info.steps)
+        return bool(on_step(info)) if on_step is not None else False
+
+    return hook
 
 
 def _train_epoch(model, optimizers, epoch, batches, loss, seed, state, grad_clip, max_steps, on_step,

@@ -63,10 +63,52 @@ def test_topk_outputs(exported) -> None:
     art = exported("bprmf")
     m = json.loads((art / "manifest.json").read_text())
     sess = ort.InferenceSession(str(art / "model.onnx"), providers=["CPUExecutionProvider"])
-    ids, scores = sess.run(None, {"user_vector": np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)})
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    ids, scores = sess.run(None, {"user_vector": x, "exclude_items": np.zeros((3, 0), dtype=np.int64)})
     assert ids.dtype == np.int64 and ids.shape == (3, 20) and scores.shape == (3, 20)
     assert np.all(ids >= 1) and np.all(ids < 300) and np.all(np.diff(scores, axis=1) <= 0)
     assert m["storage"]["embedding_bytes"] == {"item_embedding": 300 * 8 * 4 + 16}  # user table stays on the server
+    assert [i["name"] for i in m["inputs"]] == ["user_vector", "exclude_items"]
+    assert {c["name"] for c in m["golden"]} >= {"batch1", "exclude_most"}
+
+
+def test_topk_excluded_items_never_come_back(exported) -> None:
+    """Seen items (with -1 padding and ids the graph ignores) never appear; the next best take their place."""
+    art = exported("bprmf")
+    sess = ort.InferenceSession(str(art / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    free_ids = sess.run(None, {"user_vector": x, "exclude_items": np.zeros((3, 0), dtype=np.int64)})[0]
+    seen = np.concatenate([free_ids[:, :10], np.full((3, 4), -1), np.asarray([[0, 300, -5, 10**12]] * 3)], axis=1)
+    seen[1, 5:10] = -1  # row 1 has seen only 5 of them
+    ids, scores = sess.run(None, {"user_vector": x, "exclude_items": seen})
+    for r in range(3):
+        banned = set(seen[r][(seen[r] > 0) & (seen[r] < 300)].tolist())
+        assert not banned & set(ids[r].tolist())
+        assert ids[r, 0] == [i for i in free_ids[r] if i not in banned][0]  # the best unseen item leads
+    most = np.setdiff1d(np.arange(1, 300), free_ids[0, :3])[None, :]  # all but three items seen
+    ids, scores = sess.run(None, {"user_vector": x[:1], "exclude_items": most})
+    assert sorted(ids[0, :3].tolist()) == sorted(free_ids[0, :3].tolist())
+    assert np.all(ids[0, 3:] == -1) and np.all(np.isneginf(scores[0, 3:]))
+
+
+def test_topk_table_per_call_on_request_and_refused_for_ort_at_load(tmp_path: Path, cli_runner) -> None:
+    run = make_run(tmp_path / "run", "bprmf")
+    m = export_artefact(run, tmp_path / "call", top_k=5, topk_table="call")
+    assert m["topk"]["item_table"] == "decoded per call" and m["export_options"]["topk_table"] == "call"
+    assert verify_artefact(tmp_path / "call")["passed"]
+    result = cli_runner("export", run, "--out", tmp_path / "x", "--format", "ort", "--topk-table", "load")
+    assert result.exit_code == 2 and "--topk-table load needs --format onnx" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_topk_ort_format_decodes_per_call_and_verifies(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", "bprmf")
+    m = export_artefact(run, tmp_path / "art", top_k=5, format="ort")
+    assert m["topk"]["item_table"] == "decoded per call"
+    assert verify_artefact(tmp_path / "art")["passed"]
+    sess = ort.InferenceSession(str(tmp_path / "art" / "model.ort"), providers=["CPUExecutionProvider"])
+    ids, _ = sess.run(None, {"user_vector": np.ones((1, 8), np.float32), "exclude_items": np.asarray([[-1, 3]])})
+    assert 3 not in ids[0].tolist() and ids.shape == (1, 5)
 
 
 def test_topk_ties_verify(tmp_path: Path) -> None:

@@ -183,7 +183,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {"type": "object", "required": [
     "schema": {"type": "object", "properties": {"fingerprint": _STR}},
     "topk": {"anyOf": [{"type": "null"}, {"type": "object", "properties": {
         "k": {"type": "integer", "minimum": 1}, "num_items": {"type": "integer", "minimum": 1},
-        "ids_output": _STR, "scores_output": _STR, "user_vector_std": _NUM}}]},
+        "ids_output": _STR, "scores_output": _STR, "user_vector_std": _NUM, "exclude_input": _STR}}]},
     "device_profile": {"anyOf": [{"type": "null"}, {"type": "object", "properties": {
         "name": _STR, "arch": _STR, "batch_size": {"type": "integer", "minimum": 1},
         "threads": {"type": "integer", "minimum": 1}, "p99_latency_ms": {"anyOf": [_NUM, {"type": "null"}]},
@@ -412,7 +412,8 @@ def make_inputs(manifest: dict[str, Any], batch: int, seed: int, *, oov_fraction
 
     CTR: ids uniform in each field's vocabulary, with ``oov_fraction`` of them replaced by
     out-of-range ids (``vocab``, ``vocab + 17``, ``-1``, ``-2**40``) so the OOV path is timed
-    too. Top-K: user vectors ~ N(0, user_vector_std) in float32.
+    too. Top-K: user vectors ~ N(0, user_vector_std) in float32, and (artefacts with an
+    ``exclude_items`` input) 32 seen items per row, the last few ``-1`` padding.
     """
     rng = np.random.default_rng(seed)
     inp = manifest["inputs"][0]
@@ -431,7 +432,22 @@ def make_inputs(manifest: dict[str, Any], batch: int, seed: int, *, oov_fraction
         return {inp["name"]: ids.astype(np.int64)}
     dim = int(inp["shape"][1])
     std = float(manifest.get("topk", {}).get("user_vector_std", 1.0))
-    return {inp["name"]: (rng.standard_normal((batch, dim)) * std).astype(np.float32)}
+    feeds = {inp["name"]: (rng.standard_normal((batch, dim)) * std).astype(np.float32)}
+    exclude = manifest.get("topk", {}).get("exclude_input")
+    if exclude:
+        seen = rng.integers(1, int(manifest["topk"]["num_items"]), size=(batch, 32)).astype(np.int64)
+        seen[:, 28:] = -1
+        feeds[exclude] = seen
+    return feeds
+
+
+def complete_feeds(manifest: dict[str, Any], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feeds`` plus an empty ``[batch, 0]`` ``exclude_items`` for a top-K artefact that takes one and got none."""
+    exclude = (manifest.get("topk") or {}).get("exclude_input")
+    if exclude and exclude not in feeds:
+        first = next(iter(feeds.values()))
+        feeds = {**feeds, exclude: np.zeros((len(first), 0), dtype=np.int64)}
+    return feeds
 
 
 # --------------------------------------------------------------------------- raw records
@@ -537,6 +553,12 @@ def predict_records(artefact_dir: str | Path, records_path: str | Path, *, model
 
 
 # --------------------------------------------------------------------------- golden check
+def abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``|a - b|`` in float64, 0 where the values are equal (so ``-inf`` vs ``-inf``, an empty top-K slot, is 0)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(np.subtract(a, b, out=np.zeros(np.broadcast(a, b).shape), where=a != b))
+
+
 def compare_outputs(
     manifest: dict[str, Any], got: dict[str, np.ndarray], expected: dict[str, np.ndarray], atol: float
 ) -> dict[str, float]:
@@ -554,11 +576,11 @@ def compare_outputs(
             raise RunnerError(f"output {name!r} has shape {a.shape}, expected {b.shape}", EXIT_BROKEN_PROMISE)
         if out.get("kind") == "topk_ids":
             continue
-        diffs[name] = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+        diffs[name] = float(np.max(abs_diff(a, b))) if a.size else 0.0
     if manifest["task"] == "topk":
         ids_name, score_name = manifest["topk"]["ids_output"], manifest["topk"]["scores_output"]
         same = np.asarray(got[ids_name]) == np.asarray(expected[ids_name])
-        tied = np.abs(np.asarray(got[score_name], np.float64) - np.asarray(expected[score_name], np.float64)) <= atol
+        tied = abs_diff(got[score_name], expected[score_name]) <= atol
         diffs[ids_name] = float(np.mean(~(same | tied)))  # fraction of positions neither equal nor tied
     return diffs
 
@@ -880,7 +902,7 @@ def run_parity(artefact_dir: str | Path, inputs_path: str | Path, out_path: str 
         session = make_session(artefact_file(artefact_dir, model_file), 1, config)
         for case, x in cases.items():
             try:
-                values = session.run(names, {in_name: x})
+                values = session.run(names, complete_feeds(manifest, {in_name: x}))
             except Exception as err:  # noqa: BLE001 - an input the model rejects
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise RunnerError(f"onnxruntime failed on parity case {case!r} ({first[:160]})") from None
