@@ -25,7 +25,6 @@ PENDING = {
     "ondevice/search/embedding/sseds.py",
     "ondevice/search/embedding/mde.py",
     "ondevice/search/embedding/baselines.py",
-    "ondevice/embedding/sparse.py",
 }
 
 

@@ -1,69 +1,33 @@
 """Sparse embedding rows (partially pruned tables: PEP, DeepLight) in a CSR layout.
 
-Method
-------
-PEP (Liu et al., "Learnable Embedding Sizes for Recommender Systems", ICLR'21, Eq. 5:
-``V̂ = sign(V)·ReLU(|V| − g(s))``) and DeepLight (Deng et al., WSDM'21, magnitude pruning)
-leave an unstructured sparse table; its bytes shrink only if the stored format drops the
-zeros (Hetu's PEP serving switches to CSR for the same reason). Two layouts that ONNX
-Runtime can evaluate with plain ops were implemented and measured:
+PEP (Liu et al., "Learnable Embedding Sizes for Recommender Systems", ICLR 2021, Eq. 5:
+``V̂ = sign(V)·ReLU(|V| − g(s))``) and DeepLight (Deng et al., WSDM 2021, magnitude pruning)
+leave an unstructured sparse table; its bytes shrink only if the stored form drops the zeros
+(Hetu's PEP serving switches to CSR for the same reason). Three layouts evaluate with plain
+ONNX ops (no custom ops, no variable-length gathers); with ``R = Σ vocab_f`` rows, ``K`` the
+largest non-zero count of a row, ``s_v`` 4 (fp32) or 2 (fp16), ``s_c`` 1 (uint8 columns) or
+2 (int16 when ``D > 256``):
 
-``csr`` (default): ``row_ptr`` int32 ``[R+1]``, ``cols`` uint8 ``[nnz]`` (int16 if
-``D > 256``), ``values`` fp32/fp16 ``[nnz]``, plus ``window = arange(K)`` int64 ``[K]``
-where ``K`` is the largest non-zero count of any row. A lookup reads the ``K``-wide window
-``row_ptr[r] + arange(K)``, zeroes the values at positions ``>= row_ptr[r+1]`` and scatter-adds the values into
-their columns (padding adds 0.0, so the result is exact)::
+* ``csr`` (default): ``row_ptr`` int32 ``[R+1]``, ``cols``, ``values``; a lookup reads the
+  ``K``-wide window from ``row_ptr[r]``, zeroes positions past ``row_ptr[r+1]`` and
+  scatter-adds the values into their columns (exact):
+  ``bytes = 4·(R+1) + nnz·(s_v + s_c) + 8·K + 16·F``.
+* ``bcsr``: ``csr`` with blocked row pointers, ``row_ptr[r] = base[r // b] + off[r]``
+  (:func:`bcsr_plan` picks the block ``b`` and offset dtype from the row counts):
+  ``bytes = 4·ceil((R+1)/b) + s_o·(R+1) + nnz·(s_v + s_c) + 8·K + 16·F``.
+* ``ell``: every row padded to ``K`` entries: ``bytes = R·K·(s_v + s_c) + 16·F``; it pays for
+  the fullest row everywhere, so it wins only for evenly filled rows (N:M-style masks).
 
-    bytes = 4·(R+1) + nnz·(s_v + s_c) + 8·K + 16·F
+``MaskedEmbedding.to_deployable`` compares the exact bytes of these, the dense table and row
+pruning, and keeps the smallest. fp32 values stay trainable (the sparsity pattern is fixed);
+fp16 values are frozen. Top-K artefacts decode the whole item table from a constant, once at
+session creation (:meth:`SparseEmbedding.full_table`).
 
-``bcsr`` (blocked row pointers): ``csr`` with ``row_ptr`` split into an int32 base per block
-of ``b`` rows and a uint8 (or int16) offset per row, ``row_ptr[r] = base[r // b] + off[r]``;
-:func:`bcsr_plan` picks the largest power-of-two ``b`` (and the narrower offset dtype) whose
-offsets fit, from the actual row counts::
+Deviations: a per-row bitmap layout would be smaller at low sparsity but needs BitwiseAnd
+(opset 18) or a Div/Sub chain per column, so it is not offered.
 
-    bytes = 4·ceil((R+1)/b) + s_o·(R+1) + nnz·(s_v + s_c) + 8·K + 16·F
-
-About 1.03-1.3 B per row instead of 4 (``b`` = 256 at one non-zero per row, 16 at 16);
-the lookup adds ``Div``, one more ``Gather`` and an ``Add`` per pointer.
-
-``ell``: every row padded to ``K`` entries: ``values`` ``[R, K]``, ``cols`` uint8 ``[R, K]``
-(padding: value 0 in column 0, harmless under the scatter-add)::
-
-    bytes = R·K·(s_v + s_c) + 16·F
-
-(``R = Σ vocab_f``, ``s_v`` = 4 (fp32) or 2 (fp16), ``s_c`` = 1 (uint8) or 2 (int16);
-``16·F``: the int64 vocabulary sizes and field offsets.)
-
-Measured on a 10^5 × 16 fp32 table (dense: 6,400,016 B), random normal values with the
-given share of entries zeroed; each layout exported with the ONNX convention (opset 17,
-single file) and run in ONNX Runtime 1.32 (parity 0.0 on 256 ids incl. OOV/negative);
-``tests/embedding/test_sparse_formats.py`` re-checks the 70/90 % rows::
-
-    mask                            K   csr storage / file      ell storage / file
-    70 % zeros, uniform            13   2,800,139 / 2,804,659   6,500,016 / 6,502,917
-    90 % zeros, uniform             8   1,199,044 / 1,203,563   4,000,016 / 4,002,917
-    90 % zeros, Zipf row density   16   1,181,963 / 1,186,484   8,000,016 / 8,002,917
-
-(``K`` = largest row non-zero count.) ``bcsr`` on the same kind of table (random normal,
-seed 0, torch 2.13; ``python benchmarks/sparse_formats.py``): 70 % zeros 2,512,640 B storage (csr 2,800,139, ``b`` = 32), 90 %
-902,465 (csr 1,199,340, ``b`` = 128), 97 % 341,761 (csr 640,200, ``b`` = 256); its graph is
-~1.3 KB larger than csr's. A third layout, a per-row bitmap (uint16 for
-``D = 16``) + ``row_ptr`` + packed values, would store ~2.52 MB / ~1.24 MB: 10 % smaller
-than CSR at 70 % and 3 % larger at 90 %, but decoding bits needs BitwiseAnd (opset 18) or
-a Div/Sub chain per column, so it was not adopted.
-
-CSR (and BCSR, its blocked-pointer form, the smaller of the two whenever ``R`` is large) wins because ELL pays for the *largest* row everywhere: with a uniform 30 % density a
-few of 10^5 rows hold 13 of 16 values, so ELL stores 13 slots per row (more than dense).
-CSR's index overhead is fixed: 4 bytes per row (``row_ptr``; ~1.1 with ``bcsr``) plus 1
-byte per non-zero (uint8 column) — 25 % on top of fp32 values, 50 % on top of fp16 values. ELL only wins for
-evenly filled rows (N:M-style masks); ``MaskedEmbedding.to_deployable`` compares the exact
-bytes of both, the dense table and row pruning, and keeps the smallest.
-
-ONNX ops: OOV Where, Add (offsets), [csr: Gather (row_ptr, int32) ×2 (bcsr: Div, Gather ×2, Add, each ×2), Cast,
-Unsqueeze, Add (window), Less, Where ×2], Gather (values) + Cast, Gather (cols) + Cast,
-ConstantOfShape + Unsqueeze + Tile (a ``[B, F, D]`` zero tensor), ScatterElements (reduction ``add``, opset 16+).
-No variable-length gathers, no custom ops. fp32 values are a
-trainable parameter (the sparsity pattern is fixed); fp16 values are frozen.
+Measured: ``benchmarks/results/sparse_formats.md`` (storage and file bytes of each layout at
+70/90/97 % zeros, ONNX Runtime parity) and ``benchmarks/results/topk_sparse_latency.md``.
 """
 
 from __future__ import annotations
@@ -275,6 +239,9 @@ class SparseEmbedding(EmbeddingLayer):
 
     # ------------------------------------------------------------------ protocol
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """``[B, F, D]`` rows of ``ids``. In ONNX: Add (offsets); csr: Gather (row_ptr) ×2 (bcsr: Div,
+        Gather ×2, Add, each ×2), Cast, Unsqueeze, Add (window), Less, Where ×2; Gather (values) +
+        Cast, Gather (cols) + Cast; a ``[B, F, D]`` zero tensor and ScatterElements (add, opset 16+)."""
         flat = ids + self.offsets  # [B, F]
         if self.layout in ("csr", "bcsr"):
             start, end = self._row_pointer(flat), self._row_pointer(flat + 1)  # [B, F]
