@@ -125,7 +125,7 @@ def train(data_dir: Path, out_dir: Path, model: str, embed_dim: int | None, mlp_
 @click.option("--force", is_flag=True, help="Replace an existing quickstart folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def quickstart(out_dir: Path, rows: int | None, epochs: int, seed: int, force: bool, quiet: bool) -> None:
-    """Generate synthetic CTR data, train a DeepFM, compress it to 2MB, verify and profile it."""
+    """Generate synthetic CTR data, train a DeepFM, compress it to a 4MB raw-feature artefact, verify and profile it."""
     from ondevice.quickstart import QUICKSTART_ROWS, run_quickstart
 
     run_quickstart(out_dir, rows=rows or QUICKSTART_ROWS, epochs=epochs, seed=seed, force=force, quiet=quiet,
