@@ -43,8 +43,9 @@ the salience order spends the budget badly when vocabularies differ by orders of
 few bytes, before a column of the 4,082-row item field, and then has to cut the large fields
 as well. ``per_byte`` drops in ascending ``s_{f,j} / n_f`` (salience per value freed, the
 greedy rule of the fractional knapsack), so small fields keep their dimensions almost for
-free; ``rank="salience"`` keeps the paper's order. Measured in
-``benchmarks/results/compress_quality_frappe.md``.
+free; ``rank="salience"`` keeps the paper's order. The SSEDS rows of
+``benchmarks/results/compress_quality_frappe.md`` use it (no committed ablation against the
+paper's order).
 
 Deviation: ``start="svd"`` (default). Salience decides *how many* dimensions field ``f``
 keeps (``d_f``); the slim field then starts at its best rank-``d_f`` fit (Eckart–Young),
