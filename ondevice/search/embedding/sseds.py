@@ -19,8 +19,8 @@ Method
    the planted test data: the informative field 0 ranked last); per-batch magnitudes keep
    the sensitivity signal.
 3. Global ranking across fields; **greedy drop in ascending salience** until the layer's
-   exact bytes fit the embedding byte target (``rank="salience"``, the paper's order; the
-   default ``rank="per_byte"`` is a deviation, below), then re-add dropped pairs, most
+   exact bytes fit the embedding byte target (``rank="salience"``, the paper's order, the
+   default; ``rank="per_byte"`` is an option, below), then re-add dropped pairs, most
    salient first, that still fit (the last drop may overshoot by a column of a large
    field)::
 
@@ -36,16 +36,14 @@ Method
    the identity), so the slim model starts exactly at the pretrained model with the dropped
    columns zeroed; then retrain it (all weights, projections included).
 
-Deviation: ``rank="per_byte"`` (default). The paper ranks dimensions by salience alone under
-a parameter budget; under a byte budget a dimension of field ``f`` costs ``n_f`` values, so
-the salience order spends the budget badly when vocabularies differ by orders of magnitude
-(Frappe: 2 to 4,082 ids per field). It drops the 1-dim columns of 2-row fields, which free a
-few bytes, before a column of the 4,082-row item field, and then has to cut the large fields
-as well. ``per_byte`` drops in ascending ``s_{f,j} / n_f`` (salience per value freed, the
-greedy rule of the fractional knapsack), so small fields keep their dimensions almost for
-free; ``rank="salience"`` keeps the paper's order. The SSEDS rows of
-``benchmarks/results/compress_quality_frappe.md`` use it (no committed ablation against the
-paper's order).
+Option: ``rank="per_byte"``. The paper ranks dimensions by salience alone under a parameter
+budget; under a byte budget a dimension of field ``f`` costs ``n_f`` values, so ``per_byte``
+drops in ascending ``s_{f,j} / n_f`` (salience per value freed, the fractional-knapsack
+greedy rule) and small fields keep their dimensions almost for free. It is not the default:
+on Frappe (2 to 4,082 ids per field) it starved the 4,082-row item field (one dimension at
+¼ of frappe-small's bytes, ``benchmarks/results/compress_quality_frappe-small.md`` at commit
+17b1411) and scored below the paper's order there; the default ``rank="salience"`` keeps
+the paper's order.
 
 Deviation: ``start="svd"`` (default). Salience decides *how many* dimensions field ``f``
 keeps (``d_f``); the slim field then starts at its best rank-``d_f`` fit (Eckart–Young),
@@ -189,7 +187,7 @@ class SSEDSSearcher(RetrainingSearcher):
     ----------
     salience_batches : training batches whose gradients are summed for the salience.
     min_dims : dims every field keeps (1 default; 0 lets fields drop entirely).
-    rank : ``per_byte`` (salience per value freed, default) or ``salience`` (the paper's order).
+    rank : ``salience`` (the paper's order, default) or ``per_byte`` (salience per value freed).
     start : ``svd`` (each slim field at its best rank-``d_f`` fit, default) or ``columns``
         (the kept pretrained columns).
     dtype : table storage after retraining (``float32``; ``int8``/``float16`` = ``sseds+int8``...).
@@ -200,7 +198,7 @@ class SSEDSSearcher(RetrainingSearcher):
     name = "sseds"
     supports_dtype = True
 
-    def __init__(self, *, salience_batches: int = 8, min_dims: int = 1, rank: str = "per_byte", start: str = "svd",
+    def __init__(self, *, salience_batches: int = 8, min_dims: int = 1, rank: str = "salience", start: str = "svd",
                  dtype: str = "float32", epochs: int = RETRAIN_EPOCHS,
                  lr: float = 1e-3, batch_size: int = 1024, seed: int = 0, patience: int = 2,
                  first_order: str = "auto") -> None:
