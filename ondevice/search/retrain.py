@@ -41,8 +41,14 @@ from ondevice.train.evaluate import evaluate_ctr, evaluate_topk
 from ondevice.train.loop import LoopResult, StepInfo, deadline, fit, past_deadline
 from ondevice.train.optim import make_optimizers
 
-__all__ = ["FitResult", "deadline", "default_optimizers", "fit_ctr", "fit_topk", "iter_batches", "past_deadline",
-           "topk_metric_name", "topk_pairs", "val_metrics"]
+__all__ = ["RETRAIN_EPOCHS", "FitResult", "deadline", "default_optimizers", "fit_ctr", "fit_topk", "iter_batches",
+           "past_deadline", "topk_metric_name", "topk_pairs", "val_metrics"]
+
+# Retraining's epoch cap for the embedding searchers (pep, sseds, mde, uniform, hash): early
+# stopping on validation (patience 2) ends it, the cap only bounds it. Warm-started retrains
+# stop after 3-8 epochs; at 3 epochs uniform at 1/10 of Frappe's bytes (a narrowed int8 MLP) was
+# still climbing (benchmarks/results/compress_quality_frappe.md).
+RETRAIN_EPOCHS = 20
 
 
 @dataclass

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from ondevice.data import EncodedDataset
-from ondevice.embedding import MaskedEmbedding, MixedDimEmbedding
+from ondevice.embedding import DenseEmbedding, MaskedEmbedding, MixedDimEmbedding
 from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.search import SEARCHERS, ByteAccountant, make_searcher, method_names
 from ondevice.search.embedding.mde import mde_dims
 from ondevice.search.embedding.pep import PEPEmbedding
-from ondevice.search.embedding.sseds import field_dim_salience, greedy_dims
+from ondevice.search.embedding.sseds import field_dim_salience, greedy_dims, svd_start
 from ondevice.train import load_checkpoint
 
 SEARCH_KW = {"batch_size": 256}
@@ -99,6 +99,43 @@ def test_sseds_salience_ranks_planted_fields_first(trained_run: Path) -> None:
     first = [d["drop"][0] for d in drops[:10]]
     assert sum(f >= 3 for f in first) > 5, first  # noise fields' dims go first
     assert MixedDimEmbedding.expected_bytes(vocab, 16, dims) <= full_bytes // 3
+
+
+def test_sseds_per_byte_rank_keeps_cheap_fields_and_more_salience() -> None:
+    # field 0: 2 ids (a column costs 8 B), field 1: 1,000 ids (4,000 B); field 0 slightly less salient
+    sal = torch.tensor([[0.04] * 8, [0.06 + 0.001 * j for j in range(8)]])
+    sal = sal / sal.sum()
+    vocab, target = [2, 1000], MixedDimEmbedding.expected_bytes([2, 1000], 8, [8, 4])
+    by_salience, _ = greedy_dims(sal, vocab, 8, target, rank="salience")
+    per_byte, _ = greedy_dims(sal, vocab, 8, target, rank="per_byte")
+    # the paper's order strips the 8-byte columns first; the fill-back returns one to the slack left by the last cut
+    assert [len(k) for k in by_salience] == [2, 4]
+    assert [len(k) for k in per_byte] == [8, 4]  # same cut on the large field, the cheap one kept whole
+
+    def kept(keep: list[list[int]]) -> float:
+        return float(sum(sal[f, j] for f, cols in enumerate(keep) for j in cols))
+
+    assert kept(per_byte) > kept(by_salience)
+    assert MixedDimEmbedding.expected_bytes(vocab, 8, [len(k) for k in per_byte]) <= target
+    with pytest.raises(BadInputError, match="rank must be one of"):
+        greedy_dims(sal, vocab, 8, target, rank="size")
+
+
+def test_sseds_svd_start_is_each_fields_best_low_rank_fit() -> None:
+    torch.manual_seed(0)
+    full = DenseEmbedding([3, 40, 25], 6)
+    keep = [[0, 1, 2, 3, 4, 5], [0, 2], [1, 3, 5, 4]]  # field 0 keeps all, 1 and 2 are narrowed (field 0: rank 3 < 6)
+    ids = torch.stack([torch.arange(25) % 3, torch.arange(25) + 15, torch.arange(25)], dim=1)  # [25, 3]
+    target = full(ids)  # [25, 3, 6]
+    cols = MixedDimEmbedding.from_dense(full, keep=keep)
+    svd = svd_start(MixedDimEmbedding.from_dense(full, keep=keep), full)
+    err_cols, err_svd = (target - cols(ids)).pow(2).sum(dim=(0, 2)), (target - svd(ids)).pow(2).sum(dim=(0, 2))
+    assert torch.allclose(svd(ids)[:, 0], target[:, 0])  # a full-width field is untouched
+    assert (err_svd[1:] < err_cols[1:]).all(), (err_svd, err_cols)
+    w = full.dense_weight()[3:43]
+    u, sv, vh = torch.linalg.svd(w, full_matrices=False)
+    assert torch.allclose(svd.dense_weight()[3:43], (u[:, :2] * sv[:2]) @ vh[:2], atol=1e-5)  # Eckart-Young rank 2
+    assert svd.storage_bytes() == cols.storage_bytes()
 
 
 def test_mde_dims_follow_the_power_law() -> None:

@@ -43,7 +43,7 @@ from ondevice.search.base import (
     register_searcher,
 )
 from ondevice.search.embedding.quantize import quantize_layer
-from ondevice.search.retrain import topk_metric_name, val_metrics
+from ondevice.search.retrain import RETRAIN_EPOCHS, topk_metric_name, val_metrics
 
 __all__ = ["FP16Searcher", "HashSearcher", "Int8Searcher", "UniformSearcher"]
 
@@ -64,7 +64,7 @@ class UniformSearcher(RetrainingSearcher):
     supports_dtype = True
     tasks = ("ctr", "topk")
 
-    def __init__(self, *, dtype: str = "float32", epochs: int = 5, lr: float = 1e-3, batch_size: int = 1024,
+    def __init__(self, *, dtype: str = "float32", epochs: int = RETRAIN_EPOCHS, lr: float = 1e-3, batch_size: int = 1024,
                  seed: int = 0, patience: int = 2, first_order: str = "auto") -> None:
         self.dtype = dtype
         self.epochs = epochs
@@ -154,7 +154,7 @@ class HashSearcher(RetrainingSearcher):
     name = "hash"
     supports_dtype = True
 
-    def __init__(self, *, dtype: str = "float32", epochs: int = 5, lr: float = 1e-3, batch_size: int = 1024,
+    def __init__(self, *, dtype: str = "float32", epochs: int = RETRAIN_EPOCHS, lr: float = 1e-3, batch_size: int = 1024,
                  seed: int = 0, patience: int = 2, first_order: str = "auto") -> None:
         self.dtype = dtype
         self.epochs = epochs

@@ -39,7 +39,7 @@ from ondevice.search.base import (
     register_searcher,
 )
 from ondevice.search.embedding.quantize import quantize_layer
-from ondevice.search.retrain import val_metrics
+from ondevice.search.retrain import RETRAIN_EPOCHS, val_metrics
 
 __all__ = ["MDESearcher", "mde_dims", "svd_mixed_dim"]
 
@@ -91,7 +91,7 @@ class MDESearcher(RetrainingSearcher):
     name = "mde"
     supports_dtype = True
 
-    def __init__(self, *, alpha: float = 0.3, dtype: str = "float32", epochs: int = 5, lr: float = 1e-3,
+    def __init__(self, *, alpha: float = 0.3, dtype: str = "float32", epochs: int = RETRAIN_EPOCHS, lr: float = 1e-3,
                  batch_size: int = 1024, seed: int = 0, patience: int = 2, first_order: str = "auto") -> None:
         self.alpha = alpha
         self.dtype = dtype

@@ -19,7 +19,10 @@ Method
    the planted test data: the informative field 0 ranked last); per-batch magnitudes keep
    the sensitivity signal.
 3. Global ranking across fields; **greedy drop in ascending salience** until the layer's
-   exact bytes fit the embedding byte target::
+   exact bytes fit the embedding byte target (``rank="salience"``, the paper's order, the
+   default; ``rank="per_byte"`` is an option, below), then re-add dropped pairs, most
+   salient first, that still fit (the last drop may overshoot by a column of a large
+   field)::
 
        Σ_g table_bytes(Σ_{f∈g} n_f, d_g) + Σ_{f: 0<d_f<D} 4·d_f·D + index buffers
 
@@ -32,6 +35,21 @@ Method
    initialisation) with projections ``W_f`` initialised to select those columns (rows of
    the identity), so the slim model starts exactly at the pretrained model with the dropped
    columns zeroed; then retrain it (all weights, projections included).
+
+Option: ``rank="per_byte"``. The paper ranks dimensions by salience alone under a parameter
+budget; under a byte budget a dimension of field ``f`` costs ``n_f`` values, so ``per_byte``
+drops in ascending ``s_{f,j} / n_f`` (salience per value freed, the fractional-knapsack
+greedy rule) and small fields keep their dimensions almost for free. It is not the default:
+on Frappe (2 to 4,082 ids per field) it starved the 4,082-row item field (one dimension at
+¼ of frappe-small's bytes, ``benchmarks/results/compress_quality_frappe-small.md`` at commit
+17b1411) and scored below the paper's order there; the default ``rank="salience"`` keeps
+the paper's order.
+
+Deviation: ``start="svd"`` (default). Salience decides *how many* dimensions field ``f``
+keeps (``d_f``); the slim field then starts at its best rank-``d_f`` fit (Eckart–Young),
+``E_f ≈ U Σ Vᵀ``: table ``U_{d_f} Σ_{d_f}``, projection ``W_f = V_{d_f}ᵀ``, instead of the
+kept raw columns (``start="columns"``, step 4 above), which lose whatever the dropped
+columns carried. ``uniform`` starts from the same kind of fit (one SVD for all fields).
 """
 
 from __future__ import annotations
@@ -43,8 +61,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ondevice.embedding import MixedDimEmbedding
+from ondevice.embedding import MixedDimEmbedding, field_offsets
 from ondevice.embedding.quantized import check_table_dtype
+from ondevice.errors import BadInputError
 from ondevice.search.base import (
     RetrainingSearcher,
     SearchContext,
@@ -53,9 +72,9 @@ from ondevice.search.base import (
     register_searcher,
 )
 from ondevice.search.embedding.quantize import quantize_layer
-from ondevice.search.retrain import iter_batches, val_metrics
+from ondevice.search.retrain import RETRAIN_EPOCHS, iter_batches, val_metrics
 
-__all__ = ["SSEDSSearcher", "field_dim_salience", "greedy_dims"]
+__all__ = ["SSEDSSearcher", "field_dim_salience", "greedy_dims", "svd_start"]
 
 
 def field_dim_salience(model, data, *, batches: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -81,16 +100,59 @@ def field_dim_salience(model, data, *, batches: int, batch_size: int, seed: int)
     return total / total.sum().clamp(min=1e-30)
 
 
+RANKS = ("per_byte", "salience")
+
+
+STARTS = ("svd", "columns")
+
+
+@torch.no_grad()
+def svd_start(layer: MixedDimEmbedding, full: Any) -> MixedDimEmbedding:
+    """Overwrite a mixed-dim ``layer``'s narrow fields with each field's best rank-``d_f`` fit of ``full``.
+
+    Field ``f`` (``n_f × D``, SVD ``U Σ Vᵀ``): table ``U_{:, :d_f} Σ_{:d_f}``, projection
+    ``Vᵀ_{:d_f}``; beyond the field's rank the table columns are 0 and the projection rows
+    complete ``V`` to an orthonormal basis (so those dimensions still get gradient).
+    """
+    dense = full.dense_weight()
+    starts = field_offsets(full.vocab_sizes)
+    for g, (d, fs) in enumerate(layer._groups):
+        if d >= layer.dim:
+            continue
+        tables, projections = [], []
+        for f in fs:
+            e = dense[starts[f]:starts[f] + full.vocab_sizes[f]]  # [n_f, D]
+            u, sv, vh = torch.linalg.svd(e, full_matrices=True)
+            k = min(d, sv.numel())
+            t = torch.zeros(e.shape[0], d)
+            t[:, :k] = u[:, :k] * sv[:k]
+            tables.append(t)
+            projections.append(vh[:d])
+        layer.tables[g].set_dense(torch.cat(tables, dim=0))
+        layer.projections[g].copy_(torch.stack(projections))
+    return layer
+
+
 def greedy_dims(salience: torch.Tensor, vocab_sizes: list[int], dim: int, target: int, *,
-                dtype: str = "float32", min_dims: int = 1) -> tuple[list[list[int]], list[dict[str, Any]]]:
+                dtype: str = "float32", min_dims: int = 1,
+                rank: str = "salience") -> tuple[list[list[int]], list[dict[str, Any]]]:
     """Drop (field, dim) pairs in ascending salience until the bytes fit ``target``.
+
+    ``rank="per_byte"`` orders by salience per value freed, ``s_{f,j} / n_f`` (module docstring).
+    Then the dropped pairs are re-added, most salient first, wherever they still fit: the
+    last drop can free a whole column of the largest field, far more than was missing.
 
     Returns the kept columns per field and the drop trace. If even the smallest layout does
     not fit, the kept columns of that smallest layout are returned (the caller checks bytes).
     """
     F_, D = salience.shape
+    if rank not in RANKS:
+        raise BadInputError(f"SSEDS rank must be one of {', '.join(RANKS)}; got {rank!r}")
     keep = [set(range(D)) for _ in range(F_)]
-    order = torch.argsort(salience.flatten(), stable=True).tolist()
+    score = salience
+    if rank == "per_byte":
+        score = salience / torch.tensor(vocab_sizes, dtype=salience.dtype).clamp(min=1).unsqueeze(1)
+    order = torch.argsort(score.flatten(), stable=True).tolist()
 
     def cost() -> int:
         return MixedDimEmbedding.expected_bytes(vocab_sizes, dim, [len(k) for k in keep], dtype)
@@ -106,6 +168,14 @@ def greedy_dims(salience: torch.Tensor, vocab_sizes: list[int], dim: int, target
         keep[f].discard(j)
         nbytes = cost()
         trace.append({"drop": [f, j], "salience": float(salience[f, j]), "bytes": nbytes})
+    if nbytes <= target:  # fill back: the last drop may free far more than needed (one column of a large field)
+        for step in reversed(trace[:-1]):
+            f, j = step["drop"]
+            keep[f].add(j)
+            if cost() <= target:
+                trace.append({"restore": [f, j], "salience": step["salience"], "bytes": cost()})
+            else:
+                keep[f].discard(j)
     return [sorted(k) for k in keep], trace
 
 
@@ -117,6 +187,9 @@ class SSEDSSearcher(RetrainingSearcher):
     ----------
     salience_batches : training batches whose gradients are summed for the salience.
     min_dims : dims every field keeps (1 default; 0 lets fields drop entirely).
+    rank : ``salience`` (the paper's order, default) or ``per_byte`` (salience per value freed).
+    start : ``svd`` (each slim field at its best rank-``d_f`` fit, default) or ``columns``
+        (the kept pretrained columns).
     dtype : table storage after retraining (``float32``; ``int8``/``float16`` = ``sseds+int8``...).
     epochs, lr, batch_size, seed, patience : retraining.
     first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.base``).
@@ -125,11 +198,14 @@ class SSEDSSearcher(RetrainingSearcher):
     name = "sseds"
     supports_dtype = True
 
-    def __init__(self, *, salience_batches: int = 8, min_dims: int = 1, dtype: str = "float32", epochs: int = 5,
+    def __init__(self, *, salience_batches: int = 8, min_dims: int = 1, rank: str = "salience", start: str = "svd",
+                 dtype: str = "float32", epochs: int = RETRAIN_EPOCHS,
                  lr: float = 1e-3, batch_size: int = 1024, seed: int = 0, patience: int = 2,
                  first_order: str = "auto") -> None:
         self.salience_batches = salience_batches
         self.min_dims = min_dims
+        self.rank = rank
+        self.start = start
         self.dtype = dtype
         self.epochs = epochs
         self.lr = lr
@@ -140,6 +216,8 @@ class SSEDSSearcher(RetrainingSearcher):
 
     def _search(self, ctx: SearchContext) -> SearchResult:
         check_table_dtype(self.dtype, owner="sseds")
+        if self.start not in STARTS:
+            raise BadInputError(f"SSEDS start must be one of {', '.join(STARTS)}; got {self.start!r}")
         full, acc, budget = ctx.model, ctx.accountant, ctx.budget_bytes
         vocab, D = list(full.embedding.vocab_sizes), full.embedding.dim
         target = acc.embedding_target(full, budget)
@@ -151,9 +229,12 @@ class SSEDSSearcher(RetrainingSearcher):
         torch.manual_seed(self.seed)
         sal = field_dim_salience(model, ctx.data, batches=self.salience_batches, batch_size=self.batch_size,
                                  seed=self.seed)
-        keep, drops = greedy_dims(sal, vocab, D, target, dtype=self.dtype, min_dims=self.min_dims)
+        keep, drops = greedy_dims(sal, vocab, D, target, dtype=self.dtype, min_dims=self.min_dims,
+                                  rank=self.rank)
         model.zero_grad(set_to_none=True)
         model.embedding = MixedDimEmbedding.from_dense(full.embedding, keep=keep)
+        if self.start == "svd":
+            svd_start(model.embedding, full.embedding)
         search_s = time.perf_counter() - t0
         fit = self._retrain(ctx, model)
         model.embedding = quantize_layer(model.embedding, self.dtype)
