@@ -1,81 +1,43 @@
-"""PEP — Plug-in Embedding Pruning (Liu et al., "Learnable Embedding Sizes for Recommender
-Systems", ICLR'21; reference code ``ssui-liu/learnable-embed-sizes-for-RecSys``).
+"""PEP: learnable soft thresholds prune the embedding table, then a lottery-ticket retrain.
 
-Method
-------
-Search. The embedding table ``V`` is re-parameterised with a learnable soft threshold
-``s`` (Eq. 5 / survey eq. 23)::
+Liu et al., "Learnable Embedding Sizes for Recommender Systems", ICLR 2021 (survey §5.3,
+eq. 23-24; methods.md §1, §9 items 1-2); reference code ``ssui-liu/learnable-embed-sizes-for-RecSys``.
 
-    V̂ = sign(V) ⊙ ReLU(|V| − g(s)),    g = sigmoid
+Search (:class:`PEPEmbedding`). The table ``V`` gets a learnable threshold ``s`` of granularity
+``global``, ``dimension``, ``feature`` or ``feature_dim`` (the default of every reference script)::
 
-with ``s`` of granularity ``global`` (one scalar), ``dimension`` (``[1, D]``), ``feature``
-(``[R, 1]``, one per row) or ``feature_dim`` (``[R, D]``, the default in every script of
-the reference code). ``V``, ``s`` and every other parameter are trained jointly by **one**
-``torch.optim.Adam`` with **coupled** L2 weight decay (``weight_decay=1e-5`` on all
-parameters, ``s`` included; sub-gradient of Eq. 5, survey eq. 24). This is what moves the
-thresholds: while ``g(s)`` is below every ``|V|`` the loss gradient on ``s`` is exactly 0
-and the only force is the decay term ``1e-5·s``, which Adam normalises to a step of ≈ lr
-per step towards 0 — AdamW, SGD, or excluding ``s`` from decay would disable pruning
-(methods.md §1, §9.1).
+    V̂ = sign(V) ⊙ ReLU(|V| − σ(s))                                        (survey eq. 23)
 
-Each step the non-zeros of ``V̂`` are counted and turned into **exact deployable bytes**
-(the cheapest of dense / row-pruned / CSR / blocked CSR / ELL for that mask, the formulas of
-:class:`ondevice.embedding.MaskedEmbedding`); the first time they fall to the embedding's
-byte target the mask ``M = [V̂ ≠ 0]`` is snapshot and the search stops (the reference
-code's ``candidate_p`` in bytes instead of non-zeros).
+``V``, ``s`` and every other weight are trained jointly (the sub-gradient of eq. 24) by one Adam
+with coupled L2 on every parameter, ``s`` included: while ``σ(s)`` is below every ``|V|`` that
+decay is the only force on ``s`` (:meth:`PEPSearcher._threshold_lr`), so AdamW, SGD or no decay
+on ``s`` would not prune. Each step prices the non-zeros of ``V̂`` as exact deployable bytes
+(:func:`masked_bytes`); the first time they fit the embedding's byte target, the mask
+``M = [V̂ ≠ 0]`` is kept and the search stops (the reference's ``candidate_p``, in non-zeros).
 
-Retrain (``PEPEmbedding.init_retrain`` with ``re_init=False``, lottery ticket): **every**
-weight of the model is rewound to its step-0 value, the table to ``V₀ ⊙ M``, the threshold
-is switched off and the model is retrained with the same Adam settings; the forward pass
-uses ``V ⊙ M``, so pruned entries have zero gradient (and zero decay, being 0) and stay
-exactly 0. The deployable table is ``MaskedEmbedding.to_deployable()``.
+Retrain (the reference's ``init_retrain`` with ``re_init=False``): every weight is rewound to its
+step-0 value, the table to ``V₀ ⊙ M``, the thresholds are off; pruned entries get no gradient and
+stay 0. The artefact stores :meth:`ondevice.embedding.MaskedEmbedding.to_deployable`.
 
-Deviations (documented choices)
--------------------------------
-* ``warm_start=True`` (default): step 0 is the *pretrained* checkpoint (its table and MLP),
-  not a fresh initialisation — rewinding to early-trained weights ("late rewinding",
-  Frankle et al., 2019) and it spares a full training run. ``warm_start=False`` follows the
-  paper: a fresh ``N(0, 0.01²)`` table (and the checkpoint's other weights as start).
-* ``threshold_init`` (s₀): the paper uses −15 (MovieLens-1M) / −150 (Criteo, Avazu), which on
-  data of our size would not prune for thousands of epochs (σ(−15) ≈ 3e-7; s moves ≈ lr per
-  step). The default ``"auto"`` sets s₀ = logit of the 5th percentile of ``|V₀|``, so the
-  threshold starts just below the bulk of the weights and pruning starts in the first
-  epoch; a float gives the paper's behaviour.
-* ``threshold_lr`` (default ``"auto"``): where the loss gradient on ``s`` is 0, Adam moves
-  ``s`` by ≈ its lr per step, so with the paper's lr (1e-3) the distance the thresholds can
-  travel depends on the number of batches: ≈ 1.4 logits in 20 Frappe epochs (68 steps each),
-  too little to reach 80 % from s₀. ``auto`` sets the lr so that s₀ can reach the logit of
-  the ``|V₀|`` quantile at the target sparsity in half the search budget's steps (never
-  below ``lr``); a number gives a fixed lr (the paper: ``lr``).
-* ``pressure="adaptive"`` (default): with the paper's fixed coupled decay the sparsity settles
-  where the decay on ``s`` balances the loss gradient (issue 12's run of the original code
-  levels off at 87 % on Frappe, never reaching 90 %). ``_DecayPressure`` raises the thresholds' weight decay
-  (×2 or ×4) whenever the distance to the target is not closing fast enough to reach it by
-  80 % of the search budget. The thresholds still rank the entries; only the global pressure
-  grows. ``pressure="paper"`` keeps the decay fixed.
-* ``target_sparsity`` (optional): the paper's budget unit, non-zeros of the whole N×D table
-  (``candidate_p``), checked together with the byte target (``benchmarks/original_protocol.py``
-  uses it to compare with the original code at 50/80/90/95 %).
-* If the target is not reached within ``search_epochs``, the search snapshot is completed by
-  magnitude pruning of ``V̂`` down to the byte target and the trace says so
-  (``"reached_by": "magnitude"``), so an artefact is always produced; the result carries a
-  warning that ``compress`` prints and lists in ``summary.md``.
-* Search length: ``search_epochs=40``. With ``threshold_lr="auto"`` and the adaptive pressure
-  the thresholds reach the target after about half of the budget, so the budget sets how
-  long V, s and the MLP adapt to each other under Eq. 5 before the mask is frozen; from a
-  warm start a longer search gives a better mask (the 20-epoch row of
-  ``benchmarks/results/original_protocol.md``). The paper's search is the whole training
-  run from scratch.
-* Retraining: ≤ ``RETRAIN_EPOCHS`` epochs (``search.retrain``) with early stopping on
-  validation (patience 2), the paper's "retrain to convergence". From the warm-start rewind
-  the pretrained weights are already converged, so the best epoch is an early one.
-* ``rewind="step0"`` (default, the paper's lottery-ticket rewind) or ``"none"`` (retrain
-  from the search's weights, V̂ at the snapshot; an alternative to compare, not the default).
-* The first-order (``linear``) table is not pruned (the reference code leaves
-  ``FeaturesLinear`` dense too).
-* Top-K (BPR-MF, an extension: the paper evaluates CTR models): the soft threshold is put on
-  the *item* table, the one the artefact stores; the user table stays dense on the server.
-  Search and retrain use the BPR loop (``fit_topk``), validation Recall@20 selects.
+Deviations from the paper (:class:`PEPSearcher` and the helpers named have the details):
+
+* ``warm_start=True``: step 0 is the trained checkpoint (late rewinding), sparing a training run.
+* ``threshold_init="auto"`` (:meth:`PEPSearcher._s0`): s₀ just below the bulk of ``|V₀|``; the
+  paper's −15 / −150 would not prune on data of our size for thousands of epochs.
+* ``threshold_lr="auto"`` (:meth:`PEPSearcher._threshold_lr`): an lr for ``s`` that reaches the
+  target in half the search; at the paper's lr the thresholds travel too little in few steps.
+* ``pressure="adaptive"`` (:class:`_DecayPressure`): the decay on ``s`` rises when the target
+  would be missed; with the paper's fixed decay, sparsity levels off below 90 % on Frappe.
+* Byte budget; ``target_sparsity`` adds the paper's unit, non-zeros of the N×D table.
+* ``search_epochs=40`` (the paper searches during the whole training run); a target not reached
+  is completed by magnitude (:func:`_magnitude_mask`) and the result carries a warning.
+* Retraining early-stops on validation (the reference: on test); ``rewind="none"`` is an option.
+* The first-order table is not pruned (nor in the reference). Top-K (BPR-MF, an extension): the
+  item table is pruned; search and retrain use the BPR loop, validation Recall@20 selects.
+
+Measured: ``benchmarks/results/original_protocol.md`` (Frappe 50-95 % against the original code,
+search length), ``benchmarks/results/pep_targets.md`` (every shared CTR dataset), ``pep`` rows of
+``benchmarks/results/compress_quality_*.md``.
 """
 
 from __future__ import annotations
@@ -169,21 +131,47 @@ class PEPSearcher(RetrainingSearcher):
     ----------
     granularity : ``global`` | ``dimension`` | ``feature`` | ``feature_dim`` (paper default).
     threshold_init : s₀, a float (paper: −15 / −150) or ``"auto"`` (logit of the 5th
-        percentile of ``|V₀|``; see Deviations).
+        percentile of ``|V₀|``; :meth:`_s0`).
     weight_decay : coupled L2 of Adam on every parameter incl. s (paper 1e-5).
-    threshold_lr : learning rate of ``s``: ``"auto"`` (Deviations) or a number (paper: ``lr``).
-    pressure : ``adaptive`` (raise the decay on ``s`` until the target is reached in budget) or
-        ``paper`` (fixed coupled decay).
-    target_sparsity : optional fraction of the table's N×D entries to prune (the paper's unit).
-    rewind : ``step0`` (lottery-ticket rewind, paper) or ``none`` (retrain from the search's V̂).
-    search_epochs : epochs the threshold search may run before the magnitude fallback.
-    warm_start : step 0 = the pretrained checkpoint (default) or a fresh table (paper).
-    epochs, lr, batch_size, seed, patience : retraining (paper: Adam lr 1e-3, batch 1024).
-    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.base``).
+    threshold_lr : learning rate of ``s``: ``"auto"`` (:meth:`_threshold_lr`) or a number
+        (paper: ``lr``).
+    pressure : ``adaptive`` (raise the decay on ``s`` until the target is reached in budget,
+        :class:`_DecayPressure`) or ``paper`` (fixed coupled decay).
+    target_sparsity : optional fraction of the table's N×D entries to prune (the paper's unit,
+        ``candidate_p``), checked together with the byte target
+        (``benchmarks/original_protocol.py`` uses it to compare with the original code at
+        50/80/90/95 %).
+    rewind : ``step0`` (the paper's lottery-ticket rewind, default) or ``none`` (retrain from the
+        search's weights, ``V̂`` at the snapshot; an alternative to compare, not the default).
+    search_epochs : epochs the threshold search may run before the magnitude fallback (40). With
+        ``threshold_lr="auto"`` and the adaptive pressure the thresholds reach the target after
+        about half of them, so this sets how long V, s and the MLP adapt to each other under
+        eq. 23 before the mask is frozen; from a warm start a longer search gives a better mask
+        (the 20-epoch row of ``benchmarks/results/original_protocol.md``). The paper's search is
+        the whole training run from scratch. If the target is not reached, the snapshot is
+        completed by magnitude pruning of ``V̂`` (:func:`_magnitude_mask`), the trace says
+        ``"reached_by": "magnitude"`` and the result carries a warning that ``compress`` prints
+        and lists in ``summary.md``, so an artefact is always produced.
+    warm_start : step 0 = the pretrained checkpoint, its table and MLP (default: rewinding to
+        early-trained weights, "late rewinding", Frankle et al., 2019, which spares a full
+        training run), or a fresh ``N(0, 0.01²)`` table with the checkpoint's other weights
+        (the paper).
+    epochs, lr, batch_size, seed, patience : retraining (paper: Adam lr 1e-3, batch 1024): at most
+        ``epochs`` (``RETRAIN_EPOCHS``, ``search.retrain``) with early stopping on validation, the
+        paper's "retrain to convergence" (the reference code early-stops on the test set). From
+        the warm-start rewind the pretrained weights are already converged, so the best epoch is
+        an early one.
+    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop``
+        (:mod:`ondevice.search.fixed_parts`). It is never pruned (the reference code leaves
+        ``FeaturesLinear`` dense too).
     dtype : storage of the kept values (``float32``; ``float16`` = ``pep+fp16``: CSR/BCSR values
         in fp16, 3 B per non-zero with its column; ``int8`` = ``pep+int8``: row-wise int8, which
         has no sparse form, so only whole pruned rows save bytes). The budget is counted at this
         dtype; retraining runs in fp32 and the validation metric is read on the stored form.
+
+    Top-K (BPR-MF, an extension: the paper evaluates CTR models): the soft threshold is put on the
+    *item* table, the one the artefact stores; the user table stays dense on the server. Search
+    and retrain use the BPR loop (``fit_topk``), validation Recall@20 selects.
     """
 
     name = "pep"
@@ -214,6 +202,14 @@ class PEPSearcher(RetrainingSearcher):
         self.rewind = rewind
 
     def _s0(self, v0: torch.Tensor) -> float:
+        """s₀, the thresholds' start: ``threshold_init`` as a number, or ``"auto"``.
+
+        The paper uses −15 (MovieLens-1M) / −150 (Criteo, Avazu), which on data of our size
+        would not prune for thousands of epochs (σ(−15) ≈ 3e-7, and ``s`` moves ≈ lr per step:
+        :meth:`_threshold_lr`). ``auto`` is the logit of the 5th percentile of ``|V₀|`` (its
+        first 10⁶ entries), so the threshold starts just below the bulk of the weights and
+        pruning starts in the first epoch; a number gives the paper's behaviour.
+        """
         if self.threshold_init == "auto":
             q = float(torch.quantile(v0.abs().flatten()[:1_000_000], 0.05).clamp(min=1e-8))
             return math.log(q / (1 - q))
@@ -222,12 +218,16 @@ class PEPSearcher(RetrainingSearcher):
         return float(self.threshold_init)
 
     def _threshold_lr(self, v0: torch.Tensor, s0: float, keep: float, total_steps: int) -> float:
-        """The learning rate of ``s``: a number, or ``"auto"`` (Deviations).
+        """The learning rate of ``s``: a number, or ``"auto"``.
 
-        Where the loss gradient on ``s`` is 0, Adam moves ``s`` by ≈ its lr per step, so the
-        lr sets how far the thresholds can travel in the search budget. ``auto`` lets them
-        reach the ``|V₀|`` quantile of the target sparsity (logit) from ``s₀`` in half of the
-        budget's steps, never slower than ``lr`` (the paper's rate).
+        While ``σ(s)`` is below every ``|V|`` the loss gradient on ``s`` is exactly 0 and the
+        only force is the coupled decay term ``weight_decay·s``, which Adam normalises to a
+        step of ≈ its lr per step towards 0 (methods.md §1, §9.1): AdamW, SGD, or excluding
+        ``s`` from decay would disable pruning. So the lr sets how far the thresholds can
+        travel in the search budget: at the paper's lr (1e-3) ≈ 1.4 logits in 20 Frappe epochs
+        (68 steps each), too little to reach 80 % from s₀. ``auto`` lets them reach the ``|V₀|``
+        quantile of the target sparsity (logit) from ``s₀`` in half of the budget's steps, never
+        slower than ``lr`` (the paper's rate).
         """
         if self.threshold_lr != "auto":
             if isinstance(self.threshold_lr, str) or not self.threshold_lr > 0:
@@ -354,11 +354,12 @@ REWINDS = ("step0", "none")
 
 
 class _DecayPressure:
-    """Target-driven coupled decay on the thresholds (``pressure="adaptive"``, Deviations).
+    """Target-driven coupled decay on the thresholds (``pressure="adaptive"``, the default).
 
     The paper's only force on ``s`` is Adam's coupled L2 (``weight_decay·s``); sparsity
-    settles where it balances the loss gradient, which on Frappe is ≈ 87 % (the original
-    code never reaches 90 %). Every ``window`` steps this compares how fast the log-distance
+    settles where it balances the loss gradient: issue 12's run of the original code levels
+    off at 87 % on Frappe and never reaches 90 % (``benchmarks/results/original_protocol.md``,
+    "The original code on the same split"). Every ``window`` steps this compares how fast the log-distance
     to the target shrank with the rate needed to close it by 80 % of the search budget, and
     raises the thresholds' ``weight_decay`` when behind: ×2, or ×4 when the rate is under a
     quarter of the need. The thresholds still choose *which* entries go (those whose loss
@@ -387,7 +388,11 @@ class _DecayPressure:
 
 def _magnitude_mask(w: torch.Tensor, vocab: list[int], dim: int, target: int, dtype: str = "float32",
                     max_nnz: int | None = None) -> torch.Tensor:
-    """Keep the largest ``|w|`` entries, as many as fit ``target`` bytes and ``max_nnz`` (bisection on the count)."""
+    """Keep the largest ``|w|`` entries, as many as fit ``target`` bytes and ``max_nnz`` (bisection on the count).
+
+    The search's fallback when the thresholds miss the target within ``search_epochs``
+    (``"reached_by": "magnitude"``), and the keep fraction ``_threshold_lr`` aims at.
+    """
     flat = w.abs().flatten()
     order = torch.argsort(flat, descending=True)
 
