@@ -1,7 +1,7 @@
 """PEP: learnable soft thresholds prune the embedding table, then a lottery-ticket retrain.
 
 Liu et al., "Learnable Embedding Sizes for Recommender Systems", ICLR 2021 (survey §5.3,
-eq. 23-24; methods.md §1, §9 items 1-2); reference code ``ssui-liu/learnable-embed-sizes-for-RecSys``.
+eq. 23-24; methods.md §1, §9.1-2); reference code ``ssui-liu/learnable-embed-sizes-for-RecSys``.
 
 Search (:class:`PEPEmbedding`). The table ``V`` gets a learnable threshold ``s`` of granularity
 ``global``, ``dimension``, ``feature`` or ``feature_dim`` (the default of every reference script)::

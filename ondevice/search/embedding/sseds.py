@@ -1,55 +1,42 @@
-"""SSEDS — Single-Shot Embedding Dimension Search (Qu et al., "Single-shot Embedding
-Dimension Search in Recommender System", SIGIR'22). No public code from the authors;
-procedure from the paper's abstract, the survey §5.3 and methods.md §2.
+"""SSEDS: single-shot salience per field × dimension, a greedy cut to the bytes, a mixed-dim retrain.
 
-Method
-------
-1. Start from the **pretrained** model (uniform dim ``D``).
-2. Salience. Put an indicator ``α ∈ R^{F×D}`` on the field embeddings, ``e'_f = e_f ⊙ α_f``,
-   at ``α = 1`` and take the SNIP-style connection sensitivity (paper Eq. 7-8)::
+Qu et al., "Single-shot Embedding Dimension Search in Recommender System", SIGIR 2022 (survey
+§5.3, which numbers no SSEDS equation; methods.md §2 and §9 item 4). No author code is public:
+the procedure is read from the paper's abstract, the survey and methods.md.
+
+1. Start from the pretrained model (uniform dim ``D``).
+2. Salience (:func:`field_dim_salience`): an indicator ``α ∈ R^{F×D}`` on the field embeddings,
+   ``e'_f = e_f ⊙ α_f``, at ``α = 1``, scored by SNIP-style connection sensitivity (the paper's
+   Eq. 7-8; the reference has no copy of them and methods.md §2 marks the form unverified)::
 
        s_{f,j} = |∂L/∂α_{f,j}| / Σ_{f',j'} |∂L/∂α_{f',j'}|,
        ∂L/∂α_{f,j} = Σ_batch (∂L/∂e_{f,j})·e_{f,j}
 
-   with the field-level indicator of the paper (not the per-row Σ|g·w| variant). The
-   salience is ``Σ_b |∂L_b/∂α|`` over ``salience_batches`` training batches ``b`` (each
-   batch's absolute gradient, summed); ``salience_batches=1`` is the literal single shot.
-   Choice: the absolute value of the gradient *accumulated* over many batches, |Σ_b ∂L_b/∂α|,
-   tends to 0 at a converged model precisely for the dimensions it fits best (measured on
-   the planted test data: the informative field 0 ranked last); per-batch magnitudes keep
-   the sensitivity signal.
-3. Global ranking across fields; **greedy drop in ascending salience** until the layer's
-   exact bytes fit the embedding byte target (``rank="salience"``, the paper's order, the
-   default; ``rank="per_byte"`` is an option, below), then re-add dropped pairs, most
-   salient first, that still fit (the last drop may overshoot by a column of a large
-   field)::
+   with the paper's field-level indicator (not the per-row ``Σ|g·w|`` variant).
+3. Rank all ``(f, j)`` globally and drop in ascending salience until the layer's exact bytes fit
+   the embedding byte target (:func:`greedy_dims`)::
 
        Σ_g table_bytes(Σ_{f∈g} n_f, d_g) + Σ_{f: 0<d_f<D} 4·d_f·D + index buffers
 
-   (:meth:`MixedDimEmbedding.expected_bytes`, the tables' dtype included, so ``sseds+int8``
-   counts int8 rows). A dimension whose drop would leave its field empty is skipped
-   (``min_dims=1``, the default: every field keeps ≥ 1 dim); ``min_dims=0`` lets fields drop
-   entirely (they then yield the zero vector).
-4. Build a :class:`MixedDimEmbedding` that **inherits the kept columns** of the pretrained
-   table (the cheap variant methods.md lists; the paper's "standard way" suggests fresh
-   initialisation) with projections ``W_f`` initialised to select those columns (rows of
-   the identity), so the slim model starts exactly at the pretrained model with the dropped
-   columns zeroed; then retrain it (all weights, projections included).
+   (:meth:`MixedDimEmbedding.expected_bytes`, in the tables' dtype: ``sseds+int8`` counts int8).
+4. Align: a :class:`MixedDimEmbedding` projects each slim field to ``D`` by ``W_f ∈ R^{d_f×D}``;
+   every weight, the projections included, is retrained.
 
-Option: ``rank="per_byte"``. The paper ranks dimensions by salience alone under a parameter
-budget; under a byte budget a dimension of field ``f`` costs ``n_f`` values, so ``per_byte``
-drops in ascending ``s_{f,j} / n_f`` (salience per value freed, the fractional-knapsack
-greedy rule) and small fields keep their dimensions almost for free. It is not the default:
-on Frappe (2 to 4,082 ids per field) it starved the 4,082-row item field (one dimension at
-¼ of frappe-small's bytes, ``benchmarks/results/compress_quality_frappe-small.md`` at commit
-17b1411) and scored below the paper's order there; the default ``rank="salience"`` keeps
-the paper's order.
+Deviations from the paper:
 
-Deviation: ``start="svd"`` (default). Salience decides *how many* dimensions field ``f``
-keeps (``d_f``); the slim field then starts at its best rank-``d_f`` fit (Eckart–Young),
-``E_f ≈ U Σ Vᵀ``: table ``U_{d_f} Σ_{d_f}``, projection ``W_f = V_{d_f}ᵀ``, instead of the
-kept raw columns (``start="columns"``, step 4 above), which lose whatever the dropped
-columns carried. ``uniform`` starts from the same kind of fit (one SVD for all fields).
+* The salience sums per-batch magnitudes over ``salience_batches`` (8) training batches;
+  ``salience_batches=1`` is the literal single shot (:func:`field_dim_salience` says why).
+* A byte budget, not a parameter count; after the drop, dropped pairs that still fit are re-added,
+  most salient first (the last drop may free a whole column of a large field). ``rank="per_byte"``
+  (salience per value freed) is an option, not the default (:func:`greedy_dims`).
+* ``min_dims=1``: every field keeps ≥ 1 dim (``0`` lets a field drop out, to the zero vector).
+* ``start="svd"`` (default, :func:`svd_start`): each slim field starts at its best rank-``d_f`` fit
+  of the pretrained table; ``start="columns"`` inherits the kept columns (the cheap variant of
+  methods.md). The paper's "standard way" suggests a fresh initialisation.
+* ``dtype`` (``sseds+int8``, ``sseds+fp16``): the retrained tables quantized, metric read on them.
+
+Measured: the ``sseds`` rows of ``benchmarks/results/compress_quality_*.md`` (against ``uniform`` at
+equal budget); ``rank="per_byte"``: ``compress_quality_frappe-small.md`` at commit 17b1411.
 """
 
 from __future__ import annotations
@@ -78,7 +65,14 @@ __all__ = ["SSEDSSearcher", "field_dim_salience", "greedy_dims", "svd_start"]
 
 
 def field_dim_salience(model, data, *, batches: int, batch_size: int, seed: int) -> torch.Tensor:
-    """Normalised ``Σ_b |∂L_b/∂α|`` ``[F, D]`` at ``α = 1`` over ``batches`` training batches (Eq. 7-8)."""
+    """Normalised ``Σ_b |∂L_b/∂α|`` ``[F, D]`` at ``α = 1`` over ``batches`` training batches (Eq. 7-8).
+
+    Each batch's absolute gradient is summed; ``batches=1`` is the literal single shot. Choice:
+    the absolute value of the gradient *accumulated* over many batches, ``|Σ_b ∂L_b/∂α|``, tends
+    to 0 at a converged model precisely for the dimensions it fits best (seen on the planted
+    test data: the informative field 0 ranked last); per-batch magnitudes keep the sensitivity
+    signal.
+    """
     emb = model.embedding
     alpha = torch.ones(emb.num_fields, emb.dim, requires_grad=True)
     handle = emb.register_forward_hook(lambda _m, _i, out: out * alpha)  # [B, F, D] ⊙ [F, D]
@@ -110,6 +104,11 @@ STARTS = ("svd", "columns")
 def svd_start(layer: MixedDimEmbedding, full: Any) -> MixedDimEmbedding:
     """Overwrite a mixed-dim ``layer``'s narrow fields with each field's best rank-``d_f`` fit of ``full``.
 
+    ``start="svd"``, the default, a deviation: salience decides *how many* dimensions field ``f``
+    keeps (``d_f``); the slim field then starts at its best rank-``d_f`` fit (Eckart–Young)
+    instead of the kept raw columns (``start="columns"``), which lose whatever the dropped
+    columns carried. ``uniform`` starts from the same kind of fit (one SVD for all fields).
+
     Field ``f`` (``n_f × D``, SVD ``U Σ Vᵀ``): table ``U_{:, :d_f} Σ_{:d_f}``, projection
     ``Vᵀ_{:d_f}``; beyond the field's rank the table columns are 0 and the projection rows
     complete ``V`` to an orthonormal basis (so those dimensions still get gradient).
@@ -138,9 +137,19 @@ def greedy_dims(salience: torch.Tensor, vocab_sizes: list[int], dim: int, target
                 rank: str = "salience") -> tuple[list[list[int]], list[dict[str, Any]]]:
     """Drop (field, dim) pairs in ascending salience until the bytes fit ``target``.
 
-    ``rank="per_byte"`` orders by salience per value freed, ``s_{f,j} / n_f`` (module docstring).
-    Then the dropped pairs are re-added, most salient first, wherever they still fit: the
-    last drop can free a whole column of the largest field, far more than was missing.
+    ``rank="salience"`` (default) is the paper's order. ``rank="per_byte"``: the paper ranks
+    dimensions by salience alone under a parameter budget; under a byte budget a dimension of
+    field ``f`` costs ``n_f`` values, so ``per_byte`` drops in ascending ``s_{f,j} / n_f``
+    (salience per value freed, the fractional-knapsack greedy rule) and small fields keep their
+    dimensions almost for free. It is not the default: on Frappe (2 to 4,082 ids per field) it
+    starved the 4,082-row item field (one dimension at ¼ of frappe-small's bytes,
+    ``benchmarks/results/compress_quality_frappe-small.md`` at commit 17b1411) and scored below
+    the paper's order there.
+
+    A dimension whose drop would leave its field with fewer than ``min_dims`` is skipped
+    (``min_dims=0`` lets fields drop entirely; they then yield the zero vector). Then the
+    dropped pairs are re-added, most salient first, wherever they still fit: the last drop can
+    free a whole column of the largest field, far more than was missing.
 
     Returns the kept columns per field and the drop trace. If even the smallest layout does
     not fit, the kept columns of that smallest layout are returned (the caller checks bytes).
@@ -188,11 +197,16 @@ class SSEDSSearcher(RetrainingSearcher):
     salience_batches : training batches whose gradients are summed for the salience.
     min_dims : dims every field keeps (1 default; 0 lets fields drop entirely).
     rank : ``salience`` (the paper's order, default) or ``per_byte`` (salience per value freed).
-    start : ``svd`` (each slim field at its best rank-``d_f`` fit, default) or ``columns``
-        (the kept pretrained columns).
+    start : ``svd`` (each slim field at its best rank-``d_f`` fit, default; :func:`svd_start`) or
+        ``columns``: the :class:`MixedDimEmbedding` inherits the kept columns of the pretrained
+        table (the cheap variant methods.md lists; the paper's "standard way" suggests fresh
+        initialisation) with projections ``W_f`` initialised to select those columns (rows of
+        the identity), so the slim model starts exactly at the pretrained model with the
+        dropped columns zeroed.
     dtype : table storage after retraining (``float32``; ``int8``/``float16`` = ``sseds+int8``...).
-    epochs, lr, batch_size, seed, patience : retraining.
-    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.base``).
+    epochs, lr, batch_size, seed, patience : retraining (all weights, projections included).
+    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop``
+        (:mod:`ondevice.search.fixed_parts`).
     """
 
     name = "sseds"
