@@ -1,26 +1,32 @@
 """The honest baselines: same pipeline, same byte budget, no learned structure.
 
-* ``uniform`` — a smaller model: every field at the largest dimension ``d <= D`` whose
-  model fits (the MLP input shrinks with it and is counted), warm-started from the full
-  table's global truncated SVD ``W ≈ U_d Σ_d V_dᵀ`` → ``E = U_d Σ_d`` (one rotation ``V_d``
-  for all fields keeps FM inner products ``<e_i, e_j>`` approximately; Eckart–Young gives
+None of them searches: a smaller uniform dimension, the hashing trick and post-training
+quantization are the references every searcher must beat at equal bytes.
+
+* ``uniform`` (:class:`UniformSearcher`) — a smaller model: every field at the largest dimension
+  ``d <= D`` whose model fits (the MLP input shrinks with it and is counted), warm-started from
+  the full table's global truncated SVD ``W ≈ U_d Σ_d V_dᵀ`` → ``E = U_d Σ_d`` (one rotation
+  ``V_d`` for all fields keeps FM inner products ``<e_i, e_j>`` approximately; Eckart–Young gives
   the best rank-``d`` fit), other weights copied where shapes match, then retrained.
-* ``hash`` — the hashing trick (Weinberger et al., ICML'09): field ``f`` keeps
-  ``min(b, vocab_f)`` rows, ``id mod b``; the largest common ``b`` that fits, buckets
-  initialised with the mean of their pretrained rows, then retrained.
-* ``int8`` / ``fp16`` — post-training quantization of the full model's tables (interaction
-  and first-order), no retraining: row-wise symmetric int8 with an fp16 scale per row, or
-  fp16 rows (:mod:`ondevice.embedding.quantized`). If the quantized model does not fit, a
-  one-line ``BudgetTooSmallError`` states its size.
+* ``hash`` (:class:`HashSearcher`) — the hashing trick (Weinberger et al., "Feature Hashing for
+  Large Scale Multitask Learning", ICML 2009): field ``f`` keeps ``min(b, vocab_f)`` rows,
+  ``id mod b``; the largest common ``b`` that fits, buckets initialised with the mean of their
+  pretrained rows, then retrained.
+* ``int8`` / ``fp16`` (:class:`Int8Searcher`, :class:`FP16Searcher`) — post-training
+  quantization of the full model's tables (interaction and first-order), no retraining:
+  row-wise symmetric int8 with an fp16 scale per row, or fp16 rows
+  (:mod:`ondevice.embedding.quantized`). If the quantized model does not fit, a one-line
+  ``BudgetTooSmallError`` states its size.
 
-``uniform`` and ``hash`` compose with quantization (``uniform+int8``): the byte target uses
-the quantized table's bytes and the retrained table is quantized at the end.
+``uniform`` and ``hash`` compose with quantization (``uniform+int8``): the byte target uses the
+quantized table's bytes and the retrained table is quantized at the end.
 
-Top-K (BPR-MF): ``uniform``, ``int8`` and ``fp16`` also compress the item table, the only
-table in the artefact (the user table stays on the server). ``uniform`` picks the largest
-``d`` whose item table fits, warm-starts from the item table's SVD ``Q ≈ U_d Σ_d V_dᵀ``
-(items ``U_d Σ_d``, users ``P V_d``, so ``⟨p V_d, q'⟩`` is the rank-``d`` part of
-``⟨p, q⟩``) and retrains both tables with BPR (``search.retrain.fit_topk``).
+Top-K (BPR-MF): ``uniform``, ``int8`` and ``fp16`` compress the item table, the only table in
+the artefact (the user table stays on the server); :meth:`UniformSearcher._search_topk`.
+
+Measured: the ``uniform``, ``hash``, ``int8`` and ``fp16`` rows of
+``benchmarks/results/compress_quality_*.md``; top-K also ``benchmarks/results/rule_ml1m.md`` and
+``benchmarks/results/rule_cds.md``.
 """
 
 from __future__ import annotations
@@ -80,6 +86,12 @@ class UniformSearcher(RetrainingSearcher):
         return model_from_description(desc)  # type: ignore[return-value]
 
     def _search_topk(self, ctx: SearchContext) -> SearchResult:
+        """Top-K: the largest ``d`` whose item table fits, warm-started from its SVD, BPR retrain.
+
+        ``Q ≈ U_d Σ_d V_dᵀ``: items ``U_d Σ_d``, users ``P V_d``, so ``⟨p V_d, q'⟩`` is the
+        rank-``d`` part of ``⟨p, q⟩``; both tables are retrained with BPR
+        (``search.retrain.fit_topk``).
+        """
         full: BPRMF = ctx.ckpt.model  # type: ignore[assignment]
         acc, budget = ctx.accountant, ctx.budget_bytes
         n, D = full.num_items, full.embed_dim

@@ -1,25 +1,30 @@
-"""MDE — Mixed Dimension Embeddings (Ginart et al., "Mixed Dimension Embeddings with
-Application to Memory-Efficient Recommendation Systems", ISIT'21; reference
-``facebookresearch/dlrm`` ``tricks/md_embedding_bag.py::md_solver``, ``PrEmbeddingBag``).
+"""MDE: mixed-dimension embeddings, each field's dimension set by a power law of its size.
 
-Method
-------
-Power-law dimensions from the table sizes (paper Eq. 10, ``md_solver``)::
+Ginart et al., "Mixed Dimension Embeddings with Application to Memory-Efficient Recommendation
+Systems", ISIT 2021 (survey §5.1, eq. 19; methods.md §6); reference code ``facebookresearch/dlrm``
+(``tricks/md_embedding_bag.py::md_solver``, ``PrEmbeddingBag``).
 
-    d_f = λ · n_f^{−α},   clipped to [1, D] and rounded,
+Dimensions (:func:`mde_dims`; survey eq. 19, the paper's Eq. 10, ``md_solver``'s table-size form)::
 
-with temperature ``α`` (default 0.3, the dlrm default) and ``n_f`` the vocabulary size of
-field ``f`` (``md_solver``'s table-size form; the popularity variant divides by query
-counts). Instead of the paper's parameter budget ``λ = B / Σ n_f^{1−α}``, ``λ`` is found by
-**bisection** so that the layer's exact bytes (:meth:`MixedDimEmbedding.expected_bytes`:
-tables + projections + index buffers, in the tables' dtype) fit the embedding byte target.
-Each field is projected to the base dim ``D`` by a bias-free linear map (``PrEmbeddingBag``;
-skipped when ``d_f = D``).
+    d_f = λ · n_f^{−α},   clipped to [1, D] and rounded
 
-Deviation: instead of a fresh initialisation, each field's table starts from the best
-rank-``d_f`` approximation of its pretrained table (truncated SVD, ``E_f = U Σ``,
-``W_f = Vᵀ``), so retraining starts close to the full model. Unlike dlrm, every table is
-mixed-dim (no ``md_threshold``: small tables simply get large ``d_f``).
+with ``n_f`` the vocabulary size of field ``f`` and temperature ``α`` (default 0.3, the dlrm
+default; the popularity variant divides ``n_f`` by query counts). Each field whose ``d_f < D``
+is projected to the base dim ``D`` by a bias-free linear map (``PrEmbeddingBag``), and the
+mixed-dim model is retrained.
+
+Deviations from the paper:
+
+* ``λ`` is found by bisection so that the layer's exact bytes
+  (:meth:`MixedDimEmbedding.expected_bytes`: tables + projections + index buffers, in the
+  tables' dtype) fit the embedding byte target, not ``λ = B / Σ n_f^{1−α}`` for a parameter budget.
+* Each field's table starts from the best rank-``d_f`` approximation of its pretrained table
+  (truncated SVD, ``E_f = U Σ``, ``W_f = Vᵀ``; :func:`svd_mixed_dim`), not a fresh
+  initialisation, so retraining starts close to the full model.
+* Every table is mixed-dim: no dlrm ``md_threshold`` (small tables simply get large ``d_f``).
+* ``dtype`` (``mde+int8``, ``mde+fp16``): the retrained tables quantized, metric read on them.
+
+Measured: the ``mde`` and ``mde+int8`` rows of ``benchmarks/results/compress_quality_*.md``.
 """
 
 from __future__ import annotations
@@ -85,7 +90,8 @@ class MDESearcher(RetrainingSearcher):
     alpha : temperature α (0 = uniform dims; dlrm default 0.3).
     dtype : table storage after retraining (``mde+int8``...).
     epochs, lr, batch_size, seed, patience : retraining.
-    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop`` (``search.fixed_parts``).
+    first_order : the first-order table: ``auto`` | ``keep`` | ``fp16`` | ``drop``
+        (:mod:`ondevice.search.fixed_parts`).
     """
 
     name = "mde"
