@@ -30,22 +30,13 @@ from ondevice.search import SEARCHERS, make_searcher, method_names
 from ondevice.train import TrainConfig, load_checkpoint, train
 from ondevice.train.checkpoint import Checkpoint
 from tests.conftest import CALIBRATED, make_ctr
+from tests.fast_searchers import FAST as SEARCHER_FAST
 from tests.topk_runs import pretrained_topk_run
 
-# Settings that keep each method to a second or two; the code path is the method's own.
+# tests/fast_searchers.py keeps each method to a second or two; auto gets two candidates and
+# tie_tolerance 0: the choice never depends on timing (module docstring of auto)
 FAST: dict[str, dict] = {
-    "uniform": {"epochs": 1, "batch_size": 256}, "hash": {"epochs": 1, "batch_size": 256},
-    "mde": {"epochs": 1, "batch_size": 256}, "sseds": {"epochs": 1, "batch_size": 256},
-    "pep": {"epochs": 1, "batch_size": 256, "search_epochs": 2, "threshold_init": -1.0},
-    # signal_level=0: one search epoch on tiny data has no ranking signal to check (own tests check it)
-    "autofield": {"epochs": 1, "batch_size": 256, "search_epochs": 1, "signal_level": 0},
-    "adafs": {"epochs": 1, "batch_size": 256, "search_epochs": 1, "signal_level": 0},
-    "autofis": {"epochs": 1, "batch_size": 256, "search_epochs": 1},
-    "optinter": {"epochs": 1, "batch_size": 256, "search_epochs": 1},
-    "deeplight": {"epochs": 1, "batch_size": 256, "finetune_epochs": 1},
-    "rule": {"n_blocks": 4, "n_groups": 4, "epochs": 2, "batch_size": 512, "n_samples": 60, "finetune_epochs": 0,
-             "eval_users": None, "cycles": 60},
-    # two candidates; tie_tolerance 0: the choice never depends on timing (module docstring of auto)
+    **SEARCHER_FAST,
     "auto": {"methods": ["int8", "uniform"], "candidate_params": {"uniform": {"epochs": 1, "batch_size": 256}},
              "tie_tolerance": 0.0, "latency_runs": 5},
 }

@@ -25,23 +25,9 @@ from ondevice.search import SEARCHERS, make_searcher
 from ondevice.search.base import SearchResult
 from ondevice.train import TrainConfig, load_checkpoint, train
 from tests.conftest import make_ctr
+from tests.fast_searchers import FAST
 from tests.topk_runs import pretrained_topk_run
 
-# Small settings so every method runs in a second or two; the method's code path is the same.
-FAST: dict[str, dict] = {
-    "uniform": {"epochs": 1, "batch_size": 256}, "hash": {"epochs": 1, "batch_size": 256},
-    "mde": {"epochs": 1, "batch_size": 256}, "sseds": {"epochs": 1, "batch_size": 256},
-    "pep": {"epochs": 1, "batch_size": 256, "search_epochs": 2, "threshold_init": -1.0},
-    # signal_level=0: a one-epoch search on tiny data has no ranking signal to check; this tests
-    # reproducibility, the signal check has its own tests
-    "autofield": {"epochs": 1, "batch_size": 256, "search_epochs": 1, "signal_level": 0},
-    "adafs": {"epochs": 1, "batch_size": 256, "search_epochs": 1, "signal_level": 0},
-    "autofis": {"epochs": 1, "batch_size": 256, "search_epochs": 1},
-    "optinter": {"epochs": 1, "batch_size": 256, "search_epochs": 1},
-    "deeplight": {"epochs": 1, "batch_size": 256, "finetune_epochs": 1},
-    "rule": {"n_blocks": 4, "n_groups": 4, "epochs": 2, "batch_size": 512, "n_samples": 60, "finetune_epochs": 0,
-             "eval_users": None, "cycles": 60},
-}
 CTR = sorted(n for n, c in SEARCHERS.items() if n != "auto" and "ctr" in c.tasks and n != "deeplight")
 TOPK = sorted(n for n, c in SEARCHERS.items() if n != "auto" and "topk" in c.tasks)
 
