@@ -54,8 +54,9 @@ _LIBRARY_KEYS = {"budgets": "budgets", "profiles": "device_profiles", "fleet": "
                    "deeplight.dnn_sparsity=0.95 (values are JSON; `ondevice methods` lists every setting); "
                    "pep.* also applies to pep+fp16, and auto passes them to its candidates")
 @click.option("--inputs", "inputs", type=click.Choice(["ids", "raw"]), default=None,
-              help="raw (default for CTR): artefacts take raw field values, the vocabulary inside the model file and "
-                   "inside the budget; ids: int64 ids encoded with schema.json (top-K: always the user's vector)")
+              help="raw: artefacts take raw field values, the vocabulary inside the model file and inside the budget; "
+                   "ids: int64 ids encoded with schema.json. Default: raw for CTR unless the vocabulary would take "
+                   "over half a budget (then ids, with a warning); top-K always takes the user's vector")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 @click.option("--resume", is_flag=True,
               help="continue the interrupted run in OUT.partial (finished budgets/methods and auto's finished candidates "
