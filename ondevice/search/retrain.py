@@ -116,12 +116,14 @@ def fit_ctr(
     select_best: bool = True,
     evaluate: bool = True,
     grad_clip: float | None = None,
+    score_start: bool = True,
 ) -> FitResult:
     """Train ``model`` in place on the train split; returns validation metrics.
 
     With ``select_best`` the weights of the best validation epoch are restored at the end
-    (early stopping after ``patience`` epochs without improvement). ``epochs=0`` only
-    evaluates.
+    (early stopping after ``patience`` epochs without improvement); with ``score_start`` the
+    starting weights compete as epoch 0 (a warm start that the first epochs overfit is kept).
+    ``epochs=0`` only evaluates.
     """
     train_cache: dict[int, tuple[Any, Any]] = {}  # the split as int64 tensors, converted once
 
@@ -136,7 +138,7 @@ def fit_ctr(
                  loss=bce, epochs=epochs, seed=seed,
                  evaluate=(lambda: val_metrics(model, data)) if evaluate else None, metric="auc",
                  patience=patience if evaluate and select_best else None, restore_best=select_best,
-                 grad_clip=grad_clip, on_step=_count_steps(on_step))
+                 grad_clip=grad_clip, on_step=_count_steps(on_step), score_start=score_start)
     return _fit_result(result, "val_auc", "auc")
 
 
@@ -159,6 +161,7 @@ def fit_topk(
     max_steps_per_epoch: int | None = None,
     on_step: Callable[[int], bool] | None = None,
     grad_clip: float | None = None,
+    score_start: bool = True,
 ) -> FitResult:
     """Train a BPR-MF ``model`` in place on the train split (module docstring); val Recall@k.
 
@@ -168,7 +171,8 @@ def fit_topk(
     Epoch ``e`` shuffles with ``default_rng([seed, e])`` and draws its negatives from
     ``default_rng([seed, e, 1])`` (the trainer's streams); ``before_step`` gets its own
     ``default_rng([seed, e, 2])``. With ``select_best`` the best validation epoch's weights
-    are restored (early stopping after ``patience`` epochs without improvement).
+    are restored (early stopping after ``patience`` epochs without improvement); with
+    ``score_start`` the starting weights compete as epoch 0.
     """
     pairs = topk_pairs(data, "train")
     metric = topk_metric_name(k)
@@ -203,7 +207,8 @@ def fit_topk(
                  batches=bpr_batches, loss=bpr, epochs=epochs, seed=seed,
                  evaluate=(lambda: val_metrics(model, data, k=k)) if evaluate else None, metric=metric,
                  patience=patience if evaluate and select_best else None, restore_best=select_best,
-                 grad_clip=grad_clip, max_steps_per_epoch=max_steps_per_epoch, on_step=_count_steps(on_step))
+                 grad_clip=grad_clip, max_steps_per_epoch=max_steps_per_epoch, on_step=_count_steps(on_step),
+                 score_start=score_start)
     return _fit_result(result, f"val_{metric}", metric)
 
 

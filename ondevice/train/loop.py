@@ -128,6 +128,7 @@ def fit(
     on_step: Callable[[StepInfo], bool | None] | None = None,
     on_epoch: Callable[[EpochStats, LoopState], bool | None] | None = None,
     device: str | torch.device = "cpu",
+    score_start: bool = False,
 ) -> LoopResult:
     """Train ``model`` in place for epochs ``state.epoch + 1 .. epochs`` (module docstring).
 
@@ -135,6 +136,9 @@ def fit(
     loss and its rows. ``evaluate`` (optional) returns validation metrics holding ``metric``;
     ``patience=None`` never stops early. When no epoch is trained (``epochs=0``, a passed
     deadline, a resumed state already done) ``evaluate`` is called once for ``val``.
+    ``score_start`` (with ``evaluate`` and ``restore_best``, on a fresh state): the starting
+    weights are scored as epoch 0 and compete for best; a warm-started retrain whose first
+    epochs overfit then keeps its start instead of a worse epoch.
     """
     state = state if state is not None else LoopState()
     started = time.perf_counter()
@@ -144,6 +148,10 @@ def fit(
     best_val: dict[str, Any] = {}
     stopped, at_deadline = False, past_deadline()
     on_step = _with_tick(on_step, epochs)
+    if score_start and evaluate is not None and restore_best and state.epoch == 0 and not at_deadline:
+        val = evaluate()
+        _record_validation(state, 0, val[metric])
+        best_weights, best_val = copy.deepcopy(model.state_dict()), val
     for epoch in range(state.epoch + 1, 0 if at_deadline else epochs + 1):
         if patience is not None and state.bad_epochs >= patience:
             break
@@ -163,7 +171,7 @@ def fit(
     if best_weights is not None:
         model.load_state_dict(best_weights)
         val = best_val  # evaluation is deterministic: the restored weights score exactly this
-    elif evaluate is not None and not trained:
+    if evaluate is not None and not trained and not val:
         val = evaluate()  # nothing to train: evaluate only
     model.eval()
     return LoopResult(state=state, epochs=trained, val=val, seconds=time.perf_counter() - started,

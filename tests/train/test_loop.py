@@ -111,3 +111,23 @@ def test_a_passed_deadline_stops_at_the_next_step():
               metric="m")
     assert out.stopped_at_deadline and out.stopped_early
     assert [e.epoch for e in out.epochs] == [1, 2] and out.state.steps == 8 + 4
+
+
+def test_score_start_keeps_a_warm_start_that_training_only_makes_worse():
+    """With ``score_start`` the starting weights compete as epoch 0: when every trained epoch
+    scores below them (a warm start the first epochs overfit), they are restored."""
+    model, opt, batches, loss = _problem()
+    start = model.weight.detach().clone()
+    scores = iter([0.9, 0.8, 0.85, 0.7])
+
+    out = fit(model, [opt], batches=batches, loss=loss, epochs=5, seed=0, evaluate=lambda: {"auc": next(scores)},
+              metric="auc", patience=2, restore_best=True, score_start=True)
+    assert [e.epoch for e in out.epochs] == [1, 2]  # two epochs without beating the start: stop
+    assert out.state.best_epoch == 0 and out.val == {"auc": 0.9}
+    assert torch.equal(model.weight, start)
+
+    model, opt, batches, loss = _problem()  # without it, the start is never scored
+    scores = iter([0.8, 0.85, 0.7, 0.6])
+    out = fit(model, [opt], batches=batches, loss=loss, epochs=5, seed=0, evaluate=lambda: {"auc": next(scores)},
+              metric="auc", patience=2, restore_best=True)
+    assert out.state.best_epoch == 2 and out.val == {"auc": 0.85}
