@@ -29,9 +29,12 @@ def log(msg: str) -> None:
 
 
 def write_results(out: Path, name: str, res: dict[str, Any], render: Callable[[dict[str, Any]], str]) -> None:
-    """``out/name.json`` (the results) and ``out/name.md`` (their table), and the table on stdout."""
+    """``out/name.json`` (the results) and ``out/name.md`` (their table), written atomically, and
+    the table on stdout."""
+    from ondevice.io import atomic_write_text
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    atomic_write_text(out / f"{name}.json", json.dumps(res, indent=2, default=str) + "\n")
     text = render(res)
-    (out / f"{name}.md").write_text(text)
+    atomic_write_text(out / f"{name}.md", text)
     print(text)

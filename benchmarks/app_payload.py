@@ -50,12 +50,14 @@ from ondevice.data.dataset import EncodedDataset
 from ondevice.errors import OndeviceError
 from ondevice.export import export_artefact
 from ondevice.export._runner import runner_module
-from ondevice.io import atomic_write_json, atomic_write_text
 from ondevice.models import build_model
 from ondevice.models.int8_linear import quantize_dense_layers_
 from ondevice.pipeline.compress import compress
 from ondevice.train import TrainConfig, train
 from ondevice.train.checkpoint import save_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not SHARED.is_dir():
@@ -328,10 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             result["datasets"][name] = {"full_size": full_size(work, name, data, recs, args.runs, args.rounds),
                                         "budgets": budgets(work, name, data, recs, args.runs, args.rounds, args.epochs)}
             print(f"{name}: done", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "app_payload.json", result)
-    atomic_write_text(args.out / "app_payload.md", render(result))
-    print(render(result))
+    write_results(args.out, "app_payload", result, render)
     return 0
 
 

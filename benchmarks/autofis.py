@@ -50,6 +50,9 @@ from typing import Any
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 FRAPPE = SHARED / "frappe" / "nfm-libfm"
@@ -440,12 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             if not parts & set(names) and old.get(key):
                 res[key] = old[key]
                 res.setdefault("carried", {})[key] = old.get("carried", {}).get(key, old["command"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    from ondevice.io import atomic_write_json, atomic_write_text
-
-    atomic_write_json(args.out / "autofis.json", res)
-    atomic_write_text(args.out / "autofis.md", render(res))
-    print(render(res))
+    write_results(args.out, "autofis", res, render)
     return 0
 
 
