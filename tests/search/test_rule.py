@@ -373,3 +373,24 @@ def test_pep_prunes_the_item_table_of_bprmf_and_the_artefact_verifies(setting, t
     out = Checkpoint(model=result.model, schema=ckpt.schema, train_config=ckpt.train_config, metrics={}, path=ckpt.path)
     export_artefact(out, tmp_path / "art", budget_bytes=budget)
     assert verify_artefact(tmp_path / "art")["passed"]
+
+
+def test_a_time_limit_stops_the_estimator_samples_and_the_supernet_is_not_cached(setting, tmp_path: Path) -> None:
+    from ondevice.search.embedding import rule
+    from ondevice.search.retrain import deadline
+
+    ckpt, data, acc, full_bytes = setting
+    searcher = make_searcher("rule", **{**FAST, "epochs": 1, "seed": 11})
+    rule._CACHE.clear()
+    cache = Path(ckpt.path).parent / "_cache" / "rule"
+    before = set(cache.glob("supernet-*.pt"))
+    with deadline(0.0):  # already past: training stops at its first step, scoring after the minimum
+        r = searcher.search(ckpt, data, int(full_bytes * 0.75), accountant=acc, work_dir=tmp_path)
+    stats = r.trace[0]["supernet"]
+    assert stats["stopped_at_deadline"] and stats["n_samples"] == rule.MIN_SAMPLES_AT_DEADLINE
+    assert stats["not_saved"] == "stopped at the time limit" and set(cache.glob("supernet-*.pt")) == before
+    signal = r.trace[2]["estimator_signal"]
+    assert signal["passed"] is False and "time limit" in signal["reason"]
+    assert r.warnings and "stopped at the time limit" in r.warnings[0]
+    assert measure_file_bytes(r.model)[0] <= int(full_bytes * 0.75)  # still a valid model within the budget
+    rule._CACHE.clear()

@@ -19,6 +19,10 @@ same group's ``RuiqiZheng08/PEEL`` (``config_all.py``). The survey numbers no RU
 5. Monotone in the budget: the pick competes with configurations already deployed from this
    supernet that fit, and with the full model. Steps 1-2 are cached (:meth:`RULESearcher.supernet`).
 
+Time limit (``compress --time-limit``, ``search.retrain.deadline``): training stops at its next
+step, scoring samples after :data:`MIN_SAMPLES_AT_DEADLINE`, step 3b after its first candidate;
+such a supernet fails the signal check (nested configurations only) and is not cached.
+
 Deviations from the paper:
 
 * Per-block user slices, no ``n_b/|S|`` rescale (PEEL tiles and rescales): see elastic's docstring.
@@ -65,7 +69,13 @@ from ondevice.search.base import (
     register_searcher,
 )
 from ondevice.search.evolution import regularized_evolution
-from ondevice.search.retrain import fit_topk, topk_metric_name, topk_pairs, val_metrics
+from ondevice.search.retrain import (
+    fit_topk,
+    past_deadline,
+    topk_metric_name,
+    topk_pairs,
+    val_metrics,
+)
 
 __all__ = ["ConfigScorer", "FinetuneResult", "PerformanceEstimator", "RULESearcher", "diversity_penalty", "finetune_config",
            "nested_configs", "sample_config"]
@@ -75,6 +85,9 @@ __all__ = ["ConfigScorer", "FinetuneResult", "PerformanceEstimator", "RULESearch
 GRAPH_BYTES_PER_SUBSET = {"float32": 1024, "float16": 1024, "int8": 1152}
 #: Graph bytes of the elastic layer over a dense item table (position Gather, Cast, Concat).
 GRAPH_BYTES_BASE = 1536
+# Sampled configurations scored at least, when a time limit passes while the estimator's samples
+# are scored (fewer than this hold out too few for its signal check, so only nested configurations deploy).
+MIN_SAMPLES_AT_DEADLINE = 20
 
 _CACHE: dict[str, _Supernet] = {}
 
@@ -255,9 +268,13 @@ def estimator_signal(stats: dict[str, Any], min_rho: float) -> dict[str, Any]:
     Recall@K of held-out sampled configurations (step 2) must reach ``min_rho``."""
     held = stats.get("estimator_heldout")
     rho = None if held is None else held.get("spearman")
-    ok = rho is not None and not math.isnan(rho) and rho >= min_rho
-    return {"test": "estimator vs true val Recall@K, Spearman on held-out sampled configurations",
-            "spearman": rho, "n": None if held is None else held["n"], "threshold": min_rho, "passed": bool(ok)}
+    ok = rho is not None and not math.isnan(rho) and rho >= min_rho and not stats.get("stopped_at_deadline")
+    out = {"test": "estimator vs true val Recall@K, Spearman on held-out sampled configurations",
+           "spearman": rho, "n": None if held is None else held["n"], "threshold": min_rho, "passed": bool(ok)}
+    if stats.get("stopped_at_deadline"):  # a few samples can pass by chance: never trusted
+        out["reason"] = (f"the estimator's samples stopped at the time limit after {stats.get('n_samples')} "
+                         "configurations")
+    return out
 
 
 @register_searcher
@@ -358,6 +375,9 @@ class RULESearcher(Searcher):
         net = self._load(path) if path is not None and path.is_file() else None
         if net is None:
             net = self._train(ctx)
+            if net.stats.get("stopped_at_deadline"):  # cut short by a time limit: never reused by a later call
+                net.stats["not_saved"] = "stopped at the time limit"
+                path = folder = None
             if path is not None:
                 try:
                     self._save(net, path)
@@ -460,7 +480,11 @@ class RULESearcher(Searcher):
         scorer = ConfigScorer(model, train_pairs, val_pairs, k=self.k, max_users=self.eval_users, seed=self.seed)
         rng = np.random.default_rng([self.seed, 5])
         xs, ys = [], []
+        stopped = fit.stopped_at_deadline
         for _ in range(self.n_samples):
+            if past_deadline() and len(ys) >= MIN_SAMPLES_AT_DEADLINE:  # compress --time-limit
+                stopped = True
+                break
             p = float(np.exp(rng.uniform(np.log(1.0 / self.n_blocks), 0.0)))
             mask = rng.random((n_g, self.n_blocks)) < p
             for g in np.flatnonzero(~mask.any(1)):
@@ -473,6 +497,8 @@ class RULESearcher(Searcher):
         est = PerformanceEstimator(n_g, self.n_blocks, self.hidden).fit(x[:n_fit], y[:n_fit], seed=self.seed)
         stats: dict[str, Any] = {"train_s": train_s, "score_samples_s": score_s, "fit_history": fit.history,
                                  "full_val": fit.val, "scored_users": int(len(scorer.users)), "n_samples": int(len(y))}
+        if stopped:
+            stats["stopped_at_deadline"] = True
         if len(y) - n_fit >= 3:
             with torch.no_grad():
                 pred = est(torch.from_numpy(x[n_fit:].astype(np.float32))).numpy().astype(np.float64)
@@ -616,9 +642,10 @@ class RULESearcher(Searcher):
         warnings = []
         if not trusted:  # the fallback: popularity-graded nested configurations only
             rho = "none" if signal["spearman"] is None else f"{signal['spearman']:.2f}"
-            warnings.append(f"rule: the performance estimator's held-out Spearman {rho} is below "
-                            f"{self.min_estimator_rho}; the evolutionary pick was dropped and only the nested "
-                            "(popularity-graded) configurations were compared on validation")
+            why = signal.get("reason") or (f"the performance estimator's held-out Spearman {rho} is below "
+                                           f"{self.min_estimator_rho}")
+            warnings.append(f"rule: {why}; the evolutionary pick was dropped and only "
+                            "the nested (popularity-graded) configurations were compared on validation")
         return SearchResult(model=model, config=config, val=val, metric=metric, trace=trace,
                             timings={"supernet_s": supernet_s, "search_s": search_s,
                                      "retrain_s": tuned.seconds if tuned is not None else 0.0}, warnings=warnings)
@@ -674,7 +701,12 @@ class RULESearcher(Searcher):
         on a fresh sample a nested one (0.0439; uniform 0.0430)."""
         scorer = ConfigScorer(net.model, topk_pairs(ctx.data, "train"), topk_pairs(ctx.data, "val"), k=self.k,
                               max_users=self.pick_users, seed=self.seed + 1)
-        scores = [scorer(mask)[0] for _, mask in candidates]
+        scores = []
+        for _, mask in candidates:  # past a time limit, the candidates scored so far decide
+            if scores and past_deadline():
+                break
+            scores.append(scorer(mask)[0])
+        candidates = candidates[:len(scores)]
         i = int(np.argmax(scores))
         return candidates[i][1], {"source": candidates[i][0], "scored": dict(zip([c[0] for c in candidates], scores,
                                                                                  strict=True))}
