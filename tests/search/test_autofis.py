@@ -253,9 +253,10 @@ def test_batched_pair_values_match_the_gathered_ones() -> None:
 
 
 def test_fused_search_pair_term_matches_the_module_path() -> None:
-    """FM's search step's fused op (Gram, BatchNorm, gates, sum) against centre → pair values → BatchNorm1d → gates:
-    same outputs, gradients (gates and embeddings) and BatchNorm running statistics over two steps; DeepFM's
-    search keeps the module path."""
+    """FM's search step's fused op (centring, Gram, batch statistics, gates, sum) against centre → pair values →
+    BatchNorm1d → gates: same outputs, gradients (gates and embeddings) and running statistics (the centring's and
+    BatchNorm's) over two steps, centred and not (the paper form); two forwards before one backward (the reused
+    tensors are not overwritten under a pending backward); DeepFM's search keeps the module path."""
     import copy
     import functools
 
@@ -266,28 +267,34 @@ def test_fused_search_pair_term_matches_the_module_path() -> None:
     deepfm = build_model("deepfm", [7] * 12, embed_dim=4, mlp_dims=[8])
     assert "pair_sum" not in vars(search_model(deepfm, all_pairs(12), seed=0, warm_start=False, centred=True))
     full = build_model("fm", [7] * 12, embed_dim=4)
-    fused = search_model(full, all_pairs(12), seed=0, warm_start=False, centred=True)
-    assert "pair_sum" in vars(fused)
-    module = copy.deepcopy(fused)
-    module.pair_sum = functools.partial(PairInteraction.pair_sum, module)
-    fused.train()
-    module.train()
-    for step in range(2):
-        x = torch.randint(0, 7, (64, 12), generator=torch.Generator().manual_seed(step))
-        outs, grads = [], []
-        for model in (fused, module):
-            y = model(x)
-            gate, table = torch.autograd.grad(y.pow(2).sum(), [model.pair_weight, model.embedding.weight])
-            outs.append(y)
-            grads.append((gate, table.to_dense()))
-        torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
-        for a, b in zip(grads[0], grads[1], strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
-    for key in ("running_mean", "running_var", "num_batches_tracked"):
-        torch.testing.assert_close(getattr(fused.pair_norm, key), getattr(module.pair_norm, key))
-    fused.eval()
-    module.eval()
-    torch.testing.assert_close(fused(x), module(x))  # evaluation takes the module path
+    for centred in (True, False):
+        fused = search_model(full, all_pairs(12), seed=0, warm_start=False, centred=centred)
+        assert "pair_sum" in vars(fused)
+        module = copy.deepcopy(fused)
+        module.pair_sum = functools.partial(PairInteraction.pair_sum, module)
+        fused.train()
+        module.train()
+        for step in range(3):
+            x = torch.randint(0, 7, (64, 12), generator=torch.Generator().manual_seed(step))
+            x2 = torch.randint(0, 7, (64, 12), generator=torch.Generator().manual_seed(10 + step))
+            outs, grads = [], []
+            for model in (fused, module):
+                y = model(x)
+                loss = y.pow(2).sum() + (model(x2).sum() if step == 2 else 0.0)  # step 2: two graphs, one backward
+                gate, table = torch.autograd.grad(loss, [model.pair_weight, model.embedding.weight])
+                outs.append(y)
+                grads.append((gate, table.to_dense()))
+            torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+            for a, b in zip(grads[0], grads[1], strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+        for key in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(fused.pair_norm, key), getattr(module.pair_norm, key))
+        if centred:
+            torch.testing.assert_close(fused.pair_centre.running_mean, module.pair_centre.running_mean)
+        fused.eval()
+        module.eval()
+        torch.testing.assert_close(fused(x), module(x))  # evaluation takes the module path
+
 
 def test_paper_constants_zero_nothing_on_small_data(planted) -> None:
     data, _ = planted
