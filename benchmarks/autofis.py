@@ -24,7 +24,9 @@
     training step of the base model (sum-square FM; Adam, lazy Adam on the tables) against a search step
     (741 gated pairs, centring, BatchNorm, the same optimisers + gRDA on the gates): the fused pair term
     (FM now), the module path with one batched Gram product (DeepFM now) and with two gathers of
-    ``[B, P, D]`` (before issue 17), on seed 7's data; FM's two steps also under ``torch.profiler``.
+    ``[B, P, D]`` (before issue 17), on seed 7's data, with the minor page faults per step; FM's two
+    steps also under ``torch.profiler``; one epoch of ``fit_ctr`` (data loading, steps, validation)
+    training against searching.
 
 Models: DeepFM dim 10, MLP 64-64 (small on purpose: 2 shared CPU cores; with the usual
 400-400-400 the MLP dominates latency and pair removal is invisible), Adam lr 1e-3, batch
@@ -43,6 +45,7 @@ import contextlib
 import functools
 import json
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -286,14 +289,47 @@ def _step_profile(arms: dict[str, tuple[Any, list[Any], Any]], batches: list[Any
                               ("autograd::engine::evaluate_function: _GatedGramNormBackward", "backward: fused pair term")):
                 if key in ev:
                     part[name] = ev[key].cpu_time_total / n / 1e3
-            top = sorted((e for k, e in ev.items() if k.startswith("aten::")), key=lambda e: -e.self_cpu_time_total)[:8]
-            part.update({f"op {e.key} (self)": e.self_cpu_time_total / n / 1e3 for e in top})
+            part.update({f"op {k} (self)": e.self_cpu_time_total / n / 1e3 for k, e in ev.items() if k.startswith("aten::")})
             seen[label].append(part)
     order = ["forward", "forward: fused pair term", "zero_grad", "backward", "backward: fused pair term"]
     out: dict[str, dict[str, float]] = {}
     for label, parts in seen.items():
-        keys = sorted(set().union(*parts), key=lambda k: (k.startswith("op "), order.index(k) if k in order else 9, k))
-        out[label] = {k: float(np.median([p.get(k, 0.0) for p in parts])) for k in keys}
+        med = {k: float(np.median([p.get(k, 0.0) for p in parts])) for k in set().union(*parts)}
+        ops = sorted((k for k in med if k.startswith("op ")), key=lambda k: -med[k])[:8]
+        keys = sorted([k for k in med if not k.startswith("op ")], key=lambda k: (order.index(k) if k in order else 9, k))
+        out[label] = {k: med[k] for k in keys + ops}
+    return out
+
+
+def _epoch_cost(data: Any, full: Any, search: Any, rounds: int = 3) -> dict[str, float]:
+    """Seconds (wall and CPU) of one epoch of ``fit_ctr`` (the searchers' loop: batches from the data, the
+    steps, validation AUC at the end) training ``full`` against searching with a fresh copy of ``search``
+    (Adam, lazy Adam, gRDA on the gates), ``rounds`` interleaved, the medians: the step ratio with the data
+    loading and the evaluation around it."""
+    import copy
+
+    from ondevice.search.retrain import fit_ctr
+    from ondevice.train.grda import GRDA
+    from ondevice.train.optim import make_optimizers
+
+    times: dict[str, list[tuple[float, float]]] = {"train": [], "search": []}
+    for _ in range(rounds):
+        for label in times:
+            model = copy.deepcopy(full if label == "train" else search)
+            if label == "train":
+                opts = make_optimizers(model, lr=1e-3)
+            else:
+                gate = model.pair_weight
+                gate.requires_grad_(False)
+                opts = make_optimizers(model, lr=1e-3)
+                gate.requires_grad_(True)
+                opts.append(GRDA([gate], lr=1.0, c=0.01, mu=0.8))
+            t0, c0 = time.perf_counter(), time.thread_time()
+            fit_ctr(model, data, epochs=1, batch_size=1024, seed=0, optimizers=opts, select_best=False, evaluate=True)
+            times[label].append((time.perf_counter() - t0, time.thread_time() - c0))
+    out = {f"{label}_{kind}": float(np.median([t[i] for t in v])) for label, v in times.items()
+           for i, kind in enumerate(("s", "cpu_s"))}
+    out["ratio"], out["cpu_ratio"] = out["search_s"] / out["train_s"], out["search_cpu_s"] / out["train_cpu_s"]
     return out
 
 
@@ -321,8 +357,9 @@ def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 10, warmup: in
         if len(batches) == steps:
             break
 
-    def run(model, opts, values, chunk, mark=None) -> list[tuple[float, float]]:
-        """One training step per batch of ``chunk``: (wall s, CPU s) each; ``mark``: the profiler's ranges."""
+    def run(model, opts, values, chunk, mark=None) -> list[tuple[float, float, int]]:
+        """One training step per batch of ``chunk``: (wall s, CPU s, minor page faults) each; ``mark``: the
+        profiler's ranges."""
         original = PairInteraction.pair_values
         PairInteraction.pair_values = values  # type: ignore[method-assign]
         part = mark or (lambda _name: contextlib.nullcontext())
@@ -330,7 +367,7 @@ def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 10, warmup: in
         times = []
         try:
             for x, y in chunk:
-                t0, c0 = time.perf_counter(), time.thread_time()
+                t0, c0, f0 = time.perf_counter(), time.thread_time(), resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
                 with part("## forward"):
                     loss = F.binary_cross_entropy_with_logits(model(x), y)
                 with part("## zero_grad"):
@@ -341,7 +378,8 @@ def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 10, warmup: in
                 for o in opts:
                     with part(f"## step {type(o).__name__}"):
                         o.step()
-                times.append((time.perf_counter() - t0, time.thread_time() - c0))
+                times.append((time.perf_counter() - t0, time.thread_time() - c0,
+                              resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - f0))
         finally:
             PairInteraction.pair_values = original  # type: ignore[method-assign]
         return times
@@ -365,14 +403,15 @@ def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 10, warmup: in
             arms[label] = (model, [*adam, GRDA([gate], lr=1.0, c=0.01, mu=0.8)], values)
         for model, opts, values in arms.values():
             run(model, opts, values, batches[:warmup])
-        samples: dict[str, list[tuple[float, float]]] = {k: [] for k in arms}
+        samples: dict[str, list[tuple[float, float, int]]] = {k: [] for k in arms}
         for _ in range(rounds):
             for k, (model, opts, values) in arms.items():
                 samples[k] += run(model, opts, values, batches)
-        wall = {k: float(np.median([w for w, _ in v])) for k, v in samples.items()}
-        cpu = {k: float(np.median([c for _, c in v])) for k, v in samples.items()}
+        wall = {k: float(np.median([w for w, _, _ in v])) for k, v in samples.items()}
+        cpu = {k: float(np.median([c for _, c, _ in v])) for k, v in samples.items()}
+        faults = {k: float(np.median([f for _, _, f in v])) for k, v in samples.items()}
         out: dict[str, Any] = {"base": base, "train_step_s": wall["train"], "train_step_cpu_s": cpu["train"],
-                               "timed_steps": steps * rounds}
+                               "train_step_faults": faults["train"], "timed_steps": steps * rounds}
         for label in ("fused", "batched", "gathered"):
             if label not in samples:
                 continue
@@ -380,10 +419,13 @@ def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 10, warmup: in
             out[f"ratio_{label}"] = wall[label] / wall["train"]
             out[f"search_step_cpu_s_{label}"] = cpu[label]
             out[f"cpu_ratio_{label}"] = cpu[label] / cpu["train"]
+            out[f"search_step_faults_{label}"] = faults[label]
+        out["epoch"] = _epoch_cost(data, full, arms[next(k for k in ("fused", "batched") if k in arms)][0])
         if base == "fm":
             out["profile_ms_per_step"] = _step_profile({k: arms[k] for k in ("train", "fused")}, batches, run)
         rows.append(out)
-        log(f"[step cost {base}] train {wall['train'] * 1e3:.1f} ms (cpu {cpu['train'] * 1e3:.1f}), " + ", ".join(
+        log(f"[step cost {base}] epoch: search x{out['epoch']['ratio']:.2f} (cpu x{out['epoch']['cpu_ratio']:.2f}); "
+            f"train {wall['train'] * 1e3:.1f} ms (cpu {cpu['train'] * 1e3:.1f}), " + ", ".join(
             f"{k} {wall[k] * 1e3:.1f} ms (x{out[f'ratio_{k}']:.2f}; cpu x{out[f'cpu_ratio_{k}']:.2f})"
             for k in ("fused", "batched", "gathered") if k in wall))
     return rows
@@ -435,28 +477,37 @@ def render(res: dict[str, Any]) -> str:
     if res.get("step_cost"):
         steps = res["step_cost"][0]["timed_steps"]
         lines += ["", f"## (d) Step cost (seed 7's data, batch 1024, 1 thread, median of {steps} interleaved steps)", "",
-                  "| base | step | wall (ms) | ratio | CPU (ms) | ratio |", "|---|---|---|---|---|---|"]
+                  "| base | step | wall (ms) | ratio | CPU (ms) | ratio | page faults / step |",
+                  "|---|---|---|---|---|---|---|"]
         for r in res["step_cost"]:
             lines.append(f"| {r['base']} | training | {r['train_step_s'] * 1e3:.1f} | 1.00 | "
-                         f"{r.get('train_step_cpu_s', r['train_step_s']) * 1e3:.1f} | 1.00 |")
+                         f"{r['train_step_cpu_s'] * 1e3:.1f} | 1.00 | {r['train_step_faults']:.0f} |")
             for label in ("fused", "batched", "gathered"):
                 if f"ratio_{label}" not in r:
                     continue
-                cpu = (f"{r[f'search_step_cpu_s_{label}'] * 1e3:.1f} | {r[f'cpu_ratio_{label}']:.2f}"
-                       if f"cpu_ratio_{label}" in r else "– | –")
                 lines.append(f"| {r['base']} | search, {label} | {r[f'search_step_s_{label}'] * 1e3:.1f} | "
-                             f"{r[f'ratio_{label}']:.2f} | {cpu} |")
+                             f"{r[f'ratio_{label}']:.2f} | {r[f'search_step_cpu_s_{label}'] * 1e3:.1f} | "
+                             f"{r[f'cpu_ratio_{label}']:.2f} | {r[f'search_step_faults_{label}']:.0f} |")
+        lines += ["", "One epoch of the searchers' loop (`fit_ctr`: 156 steps with the data loading, then validation "
+                  "AUC; median of 3 interleaved):", "", "| base | training (s) | search (s) | ratio | CPU ratio |",
+                  "|---|---|---|---|---|"]
+        for r in res["step_cost"]:
+            e = r["epoch"]
+            lines.append(f"| {r['base']} | {e['train_s']:.2f} | {e['search_s']:.2f} | {e['ratio']:.2f} | "
+                         f"{e['cpu_ratio']:.2f} |")
         lines += ["", "fused (FM's search step now): the gated pair term as one op (`autofis.fused_pair_sum`: Gram in "
                   "[B, F·F] centred in place, batch statistics by gemv, gates and 1/σ folded into one vector, "
                   "closed-form backward, the per-step [B, F·F] tensors reused); batched: the module path with one "
                   "batched Gram product (DeepFM's search step now); gathered: both factors of every pair gathered "
-                  "(before issue 17). CPU: the thread's CPU time, less sensitive to the other jobs of the shared host."]
+                  "(before issue 17). CPU: the thread's CPU time, less sensitive to the other jobs of the shared host; page "
+                  "faults: the median minor faults of a step (a fresh multi-MB tensor is a fresh mmap on glibc; the arms "
+                  "share one heap, so a fault-free arm can leave faults to another)."]
         prof = next((r["profile_ms_per_step"] for r in res["step_cost"] if r.get("profile_ms_per_step")), None)
         if prof:
             keys = sorted(dict.fromkeys(k for part in prof.values() for k in part), key=lambda k: k.startswith("op "))
             lines += ["", "FM, profiled (torch.profiler, CPU ms per step, profiler overhead included: compare "
-                      "within a column; median of 3 interleaved profiles of 10 steps; ops: self time of the eight costliest "
-                      "per step, 0 where not among them):", "",
+                      "within a column; median of 3 interleaved profiles of 10 steps; ops: self time of each step's eight "
+                      "costliest):", "",
                       "| part | " + " | ".join(prof) + " |", "|---|" + "---|" * len(prof)]
             for k in keys:
                 lines.append(f"| {k} | " + " | ".join(f"{prof[a][k]:.2f}" if k in prof[a] else "–" for a in prof)

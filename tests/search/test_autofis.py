@@ -252,10 +252,48 @@ def test_batched_pair_values_match_the_gathered_ones() -> None:
 
 
 
+def test_search_model_evaluates_pairs_by_the_gram_with_the_gathered_values() -> None:
+    """In evaluation the search-stage model (``pair_norm`` set) takes the Gram product (its validation passes and
+    held-out test); any other model keeps the two gathers (the exported graph); same values."""
+    from ondevice.models.fm import all_pairs
+    from ondevice.search.interaction.autofis import search_model
+
+    torch.manual_seed(0)
+    model = search_model(build_model("fm", [7] * 12, embed_dim=4), all_pairs(12), seed=0, warm_start=False, centred=True)
+    model.train()
+    model(torch.randint(0, 7, (64, 12)))  # running statistics away from their initial values
+    model.eval()
+    emb = model.embedding(torch.randint(0, 7, (32, 12)))
+    calls: list[str] = []
+    with _RecordOps(calls):
+        values = model.pair_values(emb)
+    assert "matmul" in calls and "index_select" in calls  # Gram, then the P kept entries
+    c = model.pair_centre(emb)
+    gathered = (c.index_select(1, model.pair_left) * c.index_select(1, model.pair_right)).sum(dim=2)
+    torch.testing.assert_close(values, model.pair_norm(gathered), rtol=1e-5, atol=1e-5)
+    plain = build_model("fm", [7] * 12, embed_dim=4, pairs=all_pairs(12)).eval()
+    calls.clear()
+    with _RecordOps(calls):
+        plain.pair_values(emb)
+    assert "matmul" not in calls and calls.count("index_select") == 2
+
+
+class _RecordOps(torch.overrides.TorchFunctionMode):
+    """Records the names of the torch functions called inside it."""
+
+    def __init__(self, calls: list[str]) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.calls.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
 def test_fused_search_pair_term_matches_the_module_path() -> None:
     """FM's search step's fused op (centring, Gram, batch statistics, gates, sum) against centre → pair values →
     BatchNorm1d → gates: same outputs, gradients (gates and embeddings) and running statistics (the centring's and
-    BatchNorm's) over two steps, centred and not (the paper form); two forwards before one backward (the reused
+    BatchNorm's) over three steps, centred and not (the paper form); two forwards before one backward (the reused
     tensors are not overwritten under a pending backward); DeepFM's search keeps the module path."""
     import copy
     import functools
