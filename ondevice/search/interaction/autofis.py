@@ -214,18 +214,20 @@ def fused_pair_sum(model: Any, emb: torch.Tensor) -> torch.Tensor:
     gradients as the module path (up to float rounding, tested) for less work. Evaluation, single rows and
     fewer pairs than fields take the module path.
 
-    Only FM's search step uses it (:func:`search_model`). In training the pair values of all ``P``
-    pairs are one batched Gram product on either path
-    (:meth:`ondevice.models.fm.PairInteraction.pair_values`), not ``P`` gathered vector pairs; FM's
-    sum-square training step does no per-pair work, so the per-row Gram (two ``bmm`` of
-    ``B·F²·D``) plus the batch statistics of ``B × F²`` values cost more than that whole step, and this op
-    saves the module path's gather, scatter, normalised copy and BatchNorm backward. Bringing FM's search
-    step near its training step would need a cheaper pair form (changed results). DeepFM keeps the module
-    path: its search step is already close to its training step, and on seed 7 of the generated
-    data this op's rounding moved a planted pair's borderline held-out z below the threshold.
-    Search step over training step (fused, module path, gathered pairs):
-    ``benchmarks/results/autofis.md`` (d); with this op the kept pairs of its (c) are unchanged on
-    all 12 runs."""
+    Only FM's search step uses it (:func:`search_model`). FM's sum-square training step does no per-pair
+    work; this op's floor is the per-row Gram and its gradient (two ``bmm`` of ``B·F²·D``) and a few passes
+    over ``B × F²`` values (centring, squares, three ``gemv``, ``Q``). Against the module path it saves the
+    gather, the scatter, BatchNorm's normalised copy and its backward, and it reuses its ``[B, F·F]``
+    tensors (:func:`_workspace`; the op before did not, and took its 6 MB of page faults every step).
+    ``benchmarks/results/autofis.md`` (d), seed 7's data, 39 fields, batch 1024, 1 thread, CPU time: the
+    search step 8.6 ms against FM's 4.7 ms training step (1.84×; the module path 2.35×; the op before
+    2.17× in wall time on a busier host), one epoch of the searchers' loop 1.94×. Profiled: forward 3.4 ms
+    and backward 1.6 ms (the pair term 2.3 + 1.3 ms, 1.9 ms of it the two ``bmm``) against the training
+    step's 1.1 + 0.7 ms; lazy Adam on the tables, 3.0 ms, is the same in both. Issue 17's 1.5× would need a
+    cheaper pair form (changed results). DeepFM keeps the module path:
+    its search step is 1.14× its training step, and on seed 7 of the generated data this op's rounding
+    once moved a planted pair's borderline held-out z below the threshold. With this op the kept pairs
+    and gRDA survivors of (c) are unchanged on all 12 runs."""
     norm, centre = model.pair_norm, model.pair_centre
     if not model.training or emb.shape[0] < 2 or len(model.pairs) <= emb.shape[1] or not isinstance(
             norm, nn.BatchNorm1d) or norm.affine or norm.momentum is None or not (
