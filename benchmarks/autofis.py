@@ -19,11 +19,14 @@
     the CLI's defaults (3 search epochs from scratch, batch 1024, Adam 1e-3); precision / recall of
     the kept pairs against the truth file, for the default (centred factors + held-out test) and
     the paper's pair form with the same auto c (``centred=False, test_level=0``, the earlier default).
-(d) Step cost: seconds per step (median of 50: 5 rounds of 10 steps of each kind, interleaved,
-    after 3 warm-up steps each; 1 thread, batch 1024, the same batches) of a training step of the base model
-    (sum-square FM, Adam) against a search step (741 gated pairs, centring, BatchNorm, Adam + gRDA): the
-    fused pair term (now), the module path with one batched Gram product (session 4) and with two
-    gathers of ``[B, P, D]`` (before issue 17), on seed 7's data.
+(d) Step cost: seconds per step (median of 100: 10 rounds of 10 steps of each kind, interleaved,
+    after 3 warm-up steps each; 1 thread, batch 1024, the same batches; wall and thread CPU time) of a
+    training step of the base model (sum-square FM; Adam, lazy Adam on the tables) against a search step
+    (741 gated pairs, centring, BatchNorm, the same optimisers + gRDA on the gates): the fused pair term
+    (FM now), the module path with one batched Gram product (DeepFM now) and with two gathers of
+    ``[B, P, D]`` (before issue 17), on seed 7's data, with the minor page faults per step; FM's two
+    steps also under ``torch.profiler``; one epoch of ``fit_ctr`` (data loading, steps, validation)
+    training against searching.
 
 Models: DeepFM dim 10, MLP 64-64 (small on purpose: 2 shared CPU cores; with the usual
 400-400-400 the MLP dominates latency and pair removal is invisible), Adam lr 1e-3, batch
@@ -38,9 +41,11 @@ for the full model and AutoFIS alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -263,9 +268,76 @@ def _old_pair_values(self, emb: torch.Tensor) -> torch.Tensor:
     return values if self.pair_norm is None else self.pair_norm(values)
 
 
-def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 5, warmup: int = 3) -> list[dict[str, Any]]:
-    """Seconds per step of the three steps, interleaved: ``rounds`` × (``steps`` of each), so that the
-    load of a shared machine hits all three alike; the median over all timed steps."""
+def _step_profile(arms: dict[str, tuple[Any, list[Any], Any]], batches: list[Any], run_step,
+                  rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Milliseconds per step of each part of each arm's step under ``torch.profiler`` (CPU time, the profiler's
+    per-op overhead included, so only the parts' shares are comparable with the timed steps): forward, its
+    pair term (FM's fused op), backward, its pair term, ``zero_grad``, each optimiser's step and the ops with
+    the most self time; ``rounds`` profiles of each arm, interleaved, the median per part."""
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity, profile
+
+    seen: dict[str, list[dict[str, float]]] = {k: [] for k in arms}
+    for _ in range(rounds):
+        for label, (model, opts, values) in arms.items():
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                run_step(model, opts, values, batches, record_function)
+            n = len(batches)
+            ev = {e.key: e for e in prof.key_averages()}
+            part = {k[3:]: e.cpu_time_total / n / 1e3 for k, e in ev.items() if k.startswith("## ")}
+            for key, name in (("_GatedGramNorm", "forward: fused pair term"),
+                              ("autograd::engine::evaluate_function: _GatedGramNormBackward", "backward: fused pair term")):
+                if key in ev:
+                    part[name] = ev[key].cpu_time_total / n / 1e3
+            part.update({f"op {k} (self)": e.self_cpu_time_total / n / 1e3 for k, e in ev.items() if k.startswith("aten::")})
+            seen[label].append(part)
+    order = ["forward", "forward: fused pair term", "zero_grad", "backward", "backward: fused pair term"]
+    out: dict[str, dict[str, float]] = {}
+    for label, parts in seen.items():
+        med = {k: float(np.median([p.get(k, 0.0) for p in parts])) for k in set().union(*parts)}
+        ops = sorted((k for k in med if k.startswith("op ")), key=lambda k: -med[k])[:8]
+        keys = sorted([k for k in med if not k.startswith("op ")], key=lambda k: (order.index(k) if k in order else 9, k))
+        out[label] = {k: med[k] for k in keys + ops}
+    return out
+
+
+def _epoch_cost(data: Any, full: Any, search: Any, rounds: int = 3) -> dict[str, float]:
+    """Seconds (wall and CPU) of one epoch of ``fit_ctr`` (the searchers' loop: batches from the data, the
+    steps, validation AUC at the end) training ``full`` against searching with a fresh copy of ``search``
+    (Adam, lazy Adam, gRDA on the gates), ``rounds`` interleaved, the medians: the step ratio with the data
+    loading and the evaluation around it."""
+    import copy
+
+    from ondevice.search.retrain import fit_ctr
+    from ondevice.train.grda import GRDA
+    from ondevice.train.optim import make_optimizers
+
+    times: dict[str, list[tuple[float, float]]] = {"train": [], "search": []}
+    for _ in range(rounds):
+        for label in times:
+            model = copy.deepcopy(full if label == "train" else search)
+            if label == "train":
+                opts = make_optimizers(model, lr=1e-3)
+            else:
+                gate = model.pair_weight
+                gate.requires_grad_(False)
+                opts = make_optimizers(model, lr=1e-3)
+                gate.requires_grad_(True)
+                opts.append(GRDA([gate], lr=1.0, c=0.01, mu=0.8))
+            t0, c0 = time.perf_counter(), time.thread_time()
+            fit_ctr(model, data, epochs=1, batch_size=1024, seed=0, optimizers=opts, select_best=False, evaluate=True)
+            times[label].append((time.perf_counter() - t0, time.thread_time() - c0))
+    out = {f"{label}_{kind}": float(np.median([t[i] for t in v])) for label, v in times.items()
+           for i, kind in enumerate(("s", "cpu_s"))}
+    out["ratio"], out["cpu_ratio"] = out["search_s"] / out["train_s"], out["search_cpu_s"] / out["train_cpu_s"]
+    return out
+
+
+def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 10, warmup: int = 3) -> list[dict[str, Any]]:
+    """Seconds per step of the steps, interleaved: ``rounds`` × (``steps`` of each), so that the load of a
+    shared machine hits all alike; the median over all timed steps of the wall time and of the thread's CPU
+    time (less sensitive to the other jobs of a shared host). FM also gets a profile of its training step and
+    its fused search step (:func:`_step_profile`)."""
     import torch.nn.functional as F
 
     from ondevice.data import EncodedDataset
@@ -285,21 +357,29 @@ def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 5, warmup: int
         if len(batches) == steps:
             break
 
-    def run(model, opts, values, n: int) -> list[float]:
+    def run(model, opts, values, chunk, mark=None) -> list[tuple[float, float, int]]:
+        """One training step per batch of ``chunk``: (wall s, CPU s, minor page faults) each; ``mark``: the
+        profiler's ranges."""
         original = PairInteraction.pair_values
         PairInteraction.pair_values = values  # type: ignore[method-assign]
+        part = mark or (lambda _name: contextlib.nullcontext())
         model.train()
         times = []
         try:
-            for x, y in batches[:n]:
-                t0 = time.perf_counter()
-                loss = F.binary_cross_entropy_with_logits(model(x), y)
+            for x, y in chunk:
+                t0, c0, f0 = time.perf_counter(), time.thread_time(), resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+                with part("## forward"):
+                    loss = F.binary_cross_entropy_with_logits(model(x), y)
+                with part("## zero_grad"):
+                    for o in opts:
+                        o.zero_grad(set_to_none=True)
+                with part("## backward"):
+                    loss.backward()
                 for o in opts:
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
-                for o in opts:
-                    o.step()
-                times.append(time.perf_counter() - t0)
+                    with part(f"## step {type(o).__name__}"):
+                        o.step()
+                times.append((time.perf_counter() - t0, time.thread_time() - c0,
+                              resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - f0))
         finally:
             PairInteraction.pair_values = original  # type: ignore[method-assign]
         return times
@@ -322,23 +402,32 @@ def run_step_cost(work: Path, log, steps: int = 10, rounds: int = 5, warmup: int
             gate.requires_grad_(True)
             arms[label] = (model, [*adam, GRDA([gate], lr=1.0, c=0.01, mu=0.8)], values)
         for model, opts, values in arms.values():
-            run(model, opts, values, warmup)
-        samples: dict[str, list[float]] = {k: [] for k in arms}
+            run(model, opts, values, batches[:warmup])
+        samples: dict[str, list[tuple[float, float, int]]] = {k: [] for k in arms}
         for _ in range(rounds):
             for k, (model, opts, values) in arms.items():
-                samples[k] += run(model, opts, values, steps)
-        train_s = float(np.median(samples["train"]))
-        out: dict[str, Any] = {"base": base, "train_step_s": train_s, "timed_steps": steps * rounds}
+                samples[k] += run(model, opts, values, batches)
+        wall = {k: float(np.median([w for w, _, _ in v])) for k, v in samples.items()}
+        cpu = {k: float(np.median([c for _, c, _ in v])) for k, v in samples.items()}
+        faults = {k: float(np.median([f for _, _, f in v])) for k, v in samples.items()}
+        out: dict[str, Any] = {"base": base, "train_step_s": wall["train"], "train_step_cpu_s": cpu["train"],
+                               "train_step_faults": faults["train"], "timed_steps": steps * rounds}
         for label in ("fused", "batched", "gathered"):
             if label not in samples:
                 continue
-            out[f"search_step_s_{label}"] = float(np.median(samples[label]))
-            out[f"ratio_{label}"] = out[f"search_step_s_{label}"] / train_s
+            out[f"search_step_s_{label}"] = wall[label]
+            out[f"ratio_{label}"] = wall[label] / wall["train"]
+            out[f"search_step_cpu_s_{label}"] = cpu[label]
+            out[f"cpu_ratio_{label}"] = cpu[label] / cpu["train"]
+            out[f"search_step_faults_{label}"] = faults[label]
+        out["epoch"] = _epoch_cost(data, full, arms[next(k for k in ("fused", "batched") if k in arms)][0])
+        if base == "fm":
+            out["profile_ms_per_step"] = _step_profile({k: arms[k] for k in ("train", "fused")}, batches, run)
         rows.append(out)
-        log(f"[step cost {base}] train {train_s * 1e3:.1f} ms, fused {out.get('search_step_s_fused', 0) * 1e3:.1f} ms "
-            f"(x{out.get('ratio_fused', 0):.2f}), batched {out['search_step_s_batched'] * 1e3:.1f} ms "
-            f"(x{out['ratio_batched']:.2f}), gathered {out['search_step_s_gathered'] * 1e3:.1f} ms "
-            f"(x{out['ratio_gathered']:.2f})")
+        log(f"[step cost {base}] epoch: search x{out['epoch']['ratio']:.2f} (cpu x{out['epoch']['cpu_ratio']:.2f}); "
+            f"train {wall['train'] * 1e3:.1f} ms (cpu {cpu['train'] * 1e3:.1f}), " + ", ".join(
+            f"{k} {wall[k] * 1e3:.1f} ms (x{out[f'ratio_{k}']:.2f}; cpu x{out[f'cpu_ratio_{k}']:.2f})"
+            for k in ("fused", "batched", "gathered") if k in wall))
     return rows
 
 
@@ -386,19 +475,43 @@ def render(res: dict[str, Any]) -> str:
                                  f"{np.mean([r['precision'] or 0.0 for r in sel]):.2f}, mean recall "
                                  f"{np.mean([r['recall'] for r in sel]):.2f} over seeds {', '.join(str(r['seed']) for r in sel)}")
     if res.get("step_cost"):
-        lines += ["", "## (d) Step cost (seed 7's data, batch 1024, 1 thread, median of 50 interleaved steps)", "",
-                  "| base | training step (ms) | search step, fused (ms) | ratio | search step, batched (ms) | ratio | "
-                  "search step, gathered (ms) | ratio |", "|---|---|---|---|---|---|---|---|"]
+        steps = res["step_cost"][0]["timed_steps"]
+        lines += ["", f"## (d) Step cost (seed 7's data, batch 1024, 1 thread, median of {steps} interleaved steps)", "",
+                  "| base | step | wall (ms) | ratio | CPU (ms) | ratio | page faults / step |",
+                  "|---|---|---|---|---|---|---|"]
         for r in res["step_cost"]:
-            fused = (f"{r['search_step_s_fused'] * 1e3:.1f} | {r['ratio_fused']:.2f}" if "ratio_fused" in r
-                     else "– (module path) | –")
-            lines.append(f"| {r['base']} | {r['train_step_s'] * 1e3:.1f} | {fused} | "
-                         f"{r['search_step_s_batched'] * 1e3:.1f} | {r['ratio_batched']:.2f} | "
-                         f"{r['search_step_s_gathered'] * 1e3:.1f} | {r['ratio_gathered']:.2f} |")
+            lines.append(f"| {r['base']} | training | {r['train_step_s'] * 1e3:.1f} | 1.00 | "
+                         f"{r['train_step_cpu_s'] * 1e3:.1f} | 1.00 | {r['train_step_faults']:.0f} |")
+            for label in ("fused", "batched", "gathered"):
+                if f"ratio_{label}" not in r:
+                    continue
+                lines.append(f"| {r['base']} | search, {label} | {r[f'search_step_s_{label}'] * 1e3:.1f} | "
+                             f"{r[f'ratio_{label}']:.2f} | {r[f'search_step_cpu_s_{label}'] * 1e3:.1f} | "
+                             f"{r[f'cpu_ratio_{label}']:.2f} | {r[f'search_step_faults_{label}']:.0f} |")
+        lines += ["", "One epoch of the searchers' loop (`fit_ctr`: 156 steps with the data loading, then validation "
+                  "AUC; median of 3 interleaved):", "", "| base | training (s) | search (s) | ratio | CPU ratio |",
+                  "|---|---|---|---|---|"]
+        for r in res["step_cost"]:
+            e = r["epoch"]
+            lines.append(f"| {r['base']} | {e['train_s']:.2f} | {e['search_s']:.2f} | {e['ratio']:.2f} | "
+                         f"{e['cpu_ratio']:.2f} |")
         lines += ["", "fused (FM's search step now): the gated pair term as one op (`autofis.fused_pair_sum`: Gram in "
-                  "[B, F·F], BatchNorm's kernel, closed-form backward); batched: the module path with one batched Gram "
-                  "product (session 4; DeepFM's search step now); gathered: both factors of every pair gathered "
-                  "(before issue 17)."]
+                  "[B, F·F] centred in place, batch statistics by gemv, gates and 1/σ folded into one vector, "
+                  "closed-form backward, the per-step [B, F·F] tensors reused); batched: the module path with one "
+                  "batched Gram product (DeepFM's search step now); gathered: both factors of every pair gathered "
+                  "(before issue 17). CPU: the thread's CPU time, less sensitive to the other jobs of the shared host; page "
+                  "faults: the median minor faults of a step (a fresh multi-MB tensor is a fresh mmap on glibc; the arms "
+                  "share one heap, so a fault-free arm can leave faults to another)."]
+        prof = next((r["profile_ms_per_step"] for r in res["step_cost"] if r.get("profile_ms_per_step")), None)
+        if prof:
+            keys = sorted(dict.fromkeys(k for part in prof.values() for k in part), key=lambda k: k.startswith("op "))
+            lines += ["", "FM, profiled (torch.profiler, CPU ms per step, profiler overhead included: compare "
+                      "within a column; median of 3 interleaved profiles of 10 steps; ops: self time of each step's eight "
+                      "costliest):", "",
+                      "| part | " + " | ".join(prof) + " |", "|---|" + "---|" * len(prof)]
+            for k in keys:
+                lines.append(f"| {k} | " + " | ".join(f"{prof[a][k]:.2f}" if k in prof[a] else "–" for a in prof)
+                             + " |")
     for s in res["skipped"]:
         lines += ["", f"{s}: data absent, skipped."]
     return "\n".join(lines) + "\n"

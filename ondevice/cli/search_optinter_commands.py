@@ -25,17 +25,23 @@ from ondevice.cli.search_commands import search_group
 @click.option("--mlp", "mlp", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
               help="dense (MLP) layers: int8 or fp32; auto keeps fp32 when the smallest model fits with it (as "
                    "`compress`: both reach the same smallest model)")
+@click.option("--selection", type=click.Choice(["screened", "paper"]), default="screened", show_default=True,
+              help="which pairs alpha searches: screened (those a held-out interaction screen passes, so main "
+                   "effects are not taken for pairs) or paper (every pair, the paper's method)")
 @click.option("--force", is_flag=True, help="replace an existing --out folder")
 def optinter_cmd(run_dir: Path, out: Path, budget: str | None, search_epochs: int, epochs: int, alpha_lr: float,
-                 lr: float, batch_size: int, seed: int, data_dir: Path | None, mlp: str, force: bool) -> None:
+                 lr: float, batch_size: int, seed: int, data_dir: Path | None, mlp: str, selection: str,
+                 force: bool) -> None:
     """Choose memorized / factorized / no interaction per field pair of RUN_DIR's model (OptInter, ICDE'22).
 
     \b
-    Search: a supernet mixes the three candidates per pair by an annealed softmax;
-    each pair takes its argmax, downgraded (smallest margin first) until the exported
+    Search: with --selection screened (default) a held-out interaction screen first
+    picks the pairs worth searching (the others are none); a supernet mixes the three
+    candidates per searched pair by an annealed softmax; each pair takes its argmax, downgraded (smallest margin first) until the exported
     bytes fit --budget; the chosen model is retrained. OUT is a run folder (model.pt,
     train.json, search.json) for `ondevice compress` / `ondevice export`.
-    Exit codes: 0 ok; 2 bad input (incl. a budget below the model without pair terms).
+    Exit codes: 0 ok; 2 bad input (incl. a budget below the model without pair terms, or
+    a screen none of whose pairs holds up on validation).
     """
     from ondevice.budget import parse_budget
     from ondevice.io import read_json
@@ -43,11 +49,13 @@ def optinter_cmd(run_dir: Path, out: Path, budget: str | None, search_epochs: in
     from ondevice.search.interaction import OptInterSearcher
 
     searcher = OptInterSearcher(search_epochs=search_epochs, alpha_lr=alpha_lr, epochs=epochs,
-                                lr=lr, batch_size=batch_size, seed=seed)
+                                lr=lr, batch_size=batch_size, seed=seed, selection=selection)
     s = search_interactions(run_dir, out, searcher, data_dir=data_dir, force=force, mlp=mlp,
                             budget_bytes=None if budget is None else parse_budget(budget))
-    choice = next(t for t in read_json(out / "search.json", what="search.json")["trace"] if "counts" in t)
+    trace = read_json(out / "search.json", what="search.json")["trace"]
+    choice = next(t for t in trace if "counts" in t)
     counts = choice["counts"]
+    searched = next(t["searched_pairs"] for t in trace if "searched_pairs" in t)
     click.echo(f"optinter: {counts['memorized']} memorized, {counts['factorized']} factorized, {counts['none']} none "
-               f"of {s['candidate_pairs']} pairs, {choice['bytes']:,} B, val AUC "
+               f"of {s['candidate_pairs']} pairs ({searched} searched, {selection}), {choice['bytes']:,} B, val AUC "
                f"{s['val_auc_before']:.4f} -> {s['val_auc_after']:.4f}, {s['seconds']:.1f} s -> {out}")

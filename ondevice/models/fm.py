@@ -79,15 +79,18 @@ class PairInteraction:
         batched Gram product ``E Eᵀ`` ``[B,F,F]`` and one gather of the kept entries (O(B·F²·D)
         work, O(B·F²) memory, against O(B·P·D) for gathering both factors of every pair: 741
         pairs of 16 dims is a 12M-float tensor per side at batch 1024). AutoFIS's search step on
-        39 fields, 1 thread (``benchmarks/results/autofis.md`` (d)): DeepFM 400³ 95 ms against
-        339 ms gathered (training step 81 ms: 1.18×); FM 11.2 ms against 124 ms (its sum-square
-        training step, with no per-pair work at all, is 4.6 ms: 2.4×). Otherwise
-        (few pairs, evaluation and export) the two gathers: the exported graph is unchanged.
+        39 fields, 1 thread, CPU time (``benchmarks/results/autofis.md`` (d)): DeepFM 400³ 43.8 ms
+        against 165 ms gathered (training step 38.5 ms: 1.14×); FM 11.0 ms against 134 ms (its
+        sum-square training step, with no per-pair work at all, is 4.7 ms: 2.35×; FM's search takes
+        the fused op, :func:`ondevice.search.interaction.autofis.fused_pair_sum`). The search stage's model
+        (``pair_norm`` set, never exported) takes the Gram in evaluation too: its validation passes
+        and held-out test gathered ``[8192, 741, 16]`` per side. Otherwise (few pairs, evaluation
+        and export of every other model) the two gathers: the exported graph is unchanged.
         """
         if self.pair_centre is not None:
             emb = self.pair_centre(emb)
         num_fields = emb.shape[1]
-        if self.training and len(self.pairs) > num_fields:
+        if (self.training or self.pair_norm is not None) and len(self.pairs) > num_fields:
             gram = torch.matmul(emb, emb.transpose(1, 2)).flatten(1)  # [B, F·F]
             values = gram.index_select(1, self.pair_left * num_fields + self.pair_right)  # [B, P]
         else:

@@ -252,10 +252,49 @@ def test_batched_pair_values_match_the_gathered_ones() -> None:
 
 
 
+def test_search_model_evaluates_pairs_by_the_gram_with_the_gathered_values() -> None:
+    """In evaluation the search-stage model (``pair_norm`` set) takes the Gram product (its validation passes and
+    held-out test); any other model keeps the two gathers (the exported graph); same values."""
+    from ondevice.models.fm import all_pairs
+    from ondevice.search.interaction.autofis import search_model
+
+    torch.manual_seed(0)
+    model = search_model(build_model("fm", [7] * 12, embed_dim=4), all_pairs(12), seed=0, warm_start=False, centred=True)
+    model.train()
+    model(torch.randint(0, 7, (64, 12)))  # running statistics away from their initial values
+    model.eval()
+    emb = model.embedding(torch.randint(0, 7, (32, 12)))
+    calls: list[str] = []
+    with _RecordOps(calls):
+        values = model.pair_values(emb)
+    assert "matmul" in calls and "index_select" in calls  # Gram, then the P kept entries
+    c = model.pair_centre(emb)
+    gathered = (c.index_select(1, model.pair_left) * c.index_select(1, model.pair_right)).sum(dim=2)
+    torch.testing.assert_close(values, model.pair_norm(gathered), rtol=1e-5, atol=1e-5)
+    plain = build_model("fm", [7] * 12, embed_dim=4, pairs=all_pairs(12)).eval()
+    calls.clear()
+    with _RecordOps(calls):
+        plain.pair_values(emb)
+    assert "matmul" not in calls and calls.count("index_select") == 2
+
+
+class _RecordOps(torch.overrides.TorchFunctionMode):
+    """Records the names of the torch functions called inside it."""
+
+    def __init__(self, calls: list[str]) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.calls.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
 def test_fused_search_pair_term_matches_the_module_path() -> None:
-    """FM's search step's fused op (Gram, BatchNorm, gates, sum) against centre → pair values → BatchNorm1d → gates:
-    same outputs, gradients (gates and embeddings) and BatchNorm running statistics over two steps; DeepFM's
-    search keeps the module path."""
+    """FM's search step's fused op (centring, Gram, batch statistics, gates, sum) against centre → pair values →
+    BatchNorm1d → gates: same outputs, gradients (gates and embeddings) and running statistics (the centring's and
+    BatchNorm's) over three steps, centred and not (the paper form); two forwards before one backward (the reused
+    tensors are not overwritten under a pending backward); DeepFM's search keeps the module path."""
     import copy
     import functools
 
@@ -266,28 +305,34 @@ def test_fused_search_pair_term_matches_the_module_path() -> None:
     deepfm = build_model("deepfm", [7] * 12, embed_dim=4, mlp_dims=[8])
     assert "pair_sum" not in vars(search_model(deepfm, all_pairs(12), seed=0, warm_start=False, centred=True))
     full = build_model("fm", [7] * 12, embed_dim=4)
-    fused = search_model(full, all_pairs(12), seed=0, warm_start=False, centred=True)
-    assert "pair_sum" in vars(fused)
-    module = copy.deepcopy(fused)
-    module.pair_sum = functools.partial(PairInteraction.pair_sum, module)
-    fused.train()
-    module.train()
-    for step in range(2):
-        x = torch.randint(0, 7, (64, 12), generator=torch.Generator().manual_seed(step))
-        outs, grads = [], []
-        for model in (fused, module):
-            y = model(x)
-            gate, table = torch.autograd.grad(y.pow(2).sum(), [model.pair_weight, model.embedding.weight])
-            outs.append(y)
-            grads.append((gate, table.to_dense()))
-        torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
-        for a, b in zip(grads[0], grads[1], strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
-    for key in ("running_mean", "running_var", "num_batches_tracked"):
-        torch.testing.assert_close(getattr(fused.pair_norm, key), getattr(module.pair_norm, key))
-    fused.eval()
-    module.eval()
-    torch.testing.assert_close(fused(x), module(x))  # evaluation takes the module path
+    for centred in (True, False):
+        fused = search_model(full, all_pairs(12), seed=0, warm_start=False, centred=centred)
+        assert "pair_sum" in vars(fused)
+        module = copy.deepcopy(fused)
+        module.pair_sum = functools.partial(PairInteraction.pair_sum, module)
+        fused.train()
+        module.train()
+        for step in range(3):
+            x = torch.randint(0, 7, (64, 12), generator=torch.Generator().manual_seed(step))
+            x2 = torch.randint(0, 7, (64, 12), generator=torch.Generator().manual_seed(10 + step))
+            outs, grads = [], []
+            for model in (fused, module):
+                y = model(x)
+                loss = y.pow(2).sum() + (model(x2).sum() if step == 2 else 0.0)  # step 2: two graphs, one backward
+                gate, table = torch.autograd.grad(loss, [model.pair_weight, model.embedding.weight])
+                outs.append(y)
+                grads.append((gate, table.to_dense()))
+            torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+            for a, b in zip(grads[0], grads[1], strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+        for key in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(fused.pair_norm, key), getattr(module.pair_norm, key))
+        if centred:
+            torch.testing.assert_close(fused.pair_centre.running_mean, module.pair_centre.running_mean)
+        fused.eval()
+        module.eval()
+        torch.testing.assert_close(fused(x), module(x))  # evaluation takes the module path
+
 
 def test_paper_constants_zero_nothing_on_small_data(planted) -> None:
     data, _ = planted

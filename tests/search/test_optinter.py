@@ -210,6 +210,29 @@ def test_cli_search_optinter_writes_a_run_folder(trained_run: Path, tmp_path: Pa
     assert "below the smallest model optinter can build" in small.output and small.output.count("\n") == 1
 
 
+def test_cli_selection_flag_reaches_the_searcher(trained_run: Path, tmp_path: Path) -> None:
+    """``--selection paper`` is the paper's form (α over every pair, no screen), the same α as the library's
+    ``selection="paper"``; a bad value is click's exit 2; the help names both."""
+    _register_commands()
+    out = tmp_path / "paper"
+    res = CliRunner().invoke(cli, ["search", "optinter", str(trained_run), "--out", str(out), "--selection", "paper",
+                                   "--epochs", "0", "--search-epochs", "2", "--batch-size", "256", "--lr", "5e-3",
+                                   "--alpha-lr", "0.01"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "(10 searched, paper)" in res.output
+    doc = json.loads((out / "search.json").read_text())
+    assert doc["params"]["selection"] == "paper"
+    head = doc["trace"][0]
+    assert head["selection"] == "paper" and head["screen"] is None and head["searched_pairs"] == len(head["pairs"]) == 10
+    ckpt, data = load_checkpoint(trained_run), EncodedDataset(json.loads((trained_run / "train.json").read_text())["data_dir"])
+    lib = OptInterSearcher(**{**FAST, "epochs": 0}, selection="paper").search(ckpt, data, 10**9)
+    assert [r["alpha"] for r in head["pairs"]] == [r["alpha"] for r in lib.trace[0]["pairs"]]
+    bad = CliRunner().invoke(cli, ["search", "optinter", str(trained_run), "--out", str(tmp_path / "x"),
+                                   "--selection", "magic"])
+    assert bad.exit_code == 2 and "'magic' is not one of 'screened', 'paper'" in bad.output
+    assert "--selection [screened|paper]" in CliRunner().invoke(cli, ["search", "optinter", "--help"]).output
+
+
 def test_capped_buckets_are_coprime_with_the_stride_so_both_ids_matter() -> None:
     from ondevice.search.interaction.optinter import pair_buckets
 

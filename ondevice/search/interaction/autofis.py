@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -138,67 +139,113 @@ class FieldCentre(nn.Module):
 class _GatedGramNorm(torch.autograd.Function):
     """The search stage's gated pair term in training, ``Σ_p α_p · BN(<c_i, c_j>)`` per row (Eq. 28), as one op.
 
-    The pair values stay in the per-row Gram's ``[B, F·F]`` layout (no gather of the ``P`` upper-triangle
-    entries, no scatter of their gradient): ``G = C Cᵀ`` (one ``bmm``), BatchNorm's own kernel normalises
-    every column (``x̂``, ``1/σ``; the unused diagonal and lower-triangle columns cost one more pass), and
-    the gates sit in a symmetric ``W`` (``α_p`` at ``(i, j)`` and ``(j, i)``, 0 on the diagonal), so
-    ``out = ½ x̂ W``. Backward, BatchNorm's in closed form for the rank-one output gradient ``g_b·W``:
-    ``Q_b,ij = W_ij/σ_ij · (g_b − ḡ − x̂_b,ij · (Σ_b g_b x̂_b,ij)/B)``, symmetric, so ``dC = Q C`` (one
-    ``bmm``; autograd's path takes two, a gather, its scatter and BatchNorm's own backward).
+    Input: the embeddings ``e`` ``[B, F, D]``; ``centred``: the factors are ``c = e − mean_b e``
+    (:class:`FieldCentre`'s training form, fused here), else ``c = e``. The pair values stay in the per-row
+    Gram's ``[B, F·F]`` layout (no gather of the ``P`` upper-triangle entries, no scatter of their gradient):
+    ``G = C Cᵀ`` (one ``bmm``), centred in place over the batch (``G − m``, ``σ² = mean_b (G − m)²``; the unused
+    diagonal and lower-triangle columns cost one more pass), never normalised: the gates and ``1/σ`` sit in one
+    symmetric vector ``a`` (``α_p/σ_p`` at ``(i, j)`` and ``(j, i)``, 0 on the diagonal), so
+    ``out = ½ (G − m) a`` (one ``mv``). Backward, BatchNorm's in closed form for the rank-one output gradient,
+    with ``x̂ = (G − m)/σ`` and ``ĝ_ij = Σ_b g_b x̂_b,ij``: ``Q_b = (g_b − ḡ) a − (G_b − m) ∘ a ĝ / (σ B)``,
+    symmetric, so ``dC = Q C`` (one ``bmm``; autograd's path takes two, a gather, its scatter and BatchNorm's
+    own backward), and ``de = dC − mean_b dC`` when centred. Also returns (not differentiable) the field
+    means and the batch mean and biased variance of every Gram column, for the running statistics.
     """
 
     @staticmethod
-    def forward(ctx: Any, c: torch.Tensor, w: torch.Tensor, flat: torch.Tensor, flat_t: torch.Tensor,
-                xhat: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
-        sym = w.new_zeros(inv.numel()).index_copy_(0, flat, w).index_copy_(0, flat_t, w)
-        ctx.save_for_backward(c, sym, flat, xhat, inv)
-        return torch.mv(xhat, sym).mul_(0.5)
+    def forward(ctx: Any, e: torch.Tensor, w: torch.Tensor, flat: torch.Tensor, flat_t: torch.Tensor,
+                centred: bool, eps: float, ws: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        b, f, _ = e.shape
+        pending = ws.get("pending")  # a graph whose backward has not run still holds the saved c and gram
+        saved = ws if pending is None or pending() is None else {}
+        mu = e.mean(dim=0)
+        c = torch.sub(e, mu, out=_workspace(saved, "c", e.shape, e)) if centred else e
+        gram = torch.bmm(c, c.transpose(1, 2), out=_workspace(saved, "gram", (b, f, f), e)).view(b, f * f)
+        per_row = _workspace(ws, "per_row", (b,), e).fill_(1.0 / b)
+        mean = torch.mv(gram.t(), per_row)  # column means as one gemv (a dim-0 mean reduces slower)
+        gram.sub_(mean)  # G − m: x̂ = (G − m)/σ is never materialised
+        var = torch.mv(torch.square(gram, out=_workspace(ws, "q", (b, f * f), e)).t(), per_row)
+        inv = var.add(eps).rsqrt_()
+        a = w.new_zeros(f * f).index_copy_(0, flat, w).index_copy_(0, flat_t, w).mul_(inv)
+        out = torch.mv(gram, a).mul_(0.5)
+        ctx.centred, ctx.ws = centred, ws
+        ws["pending"] = weakref.ref(ctx)
+        ctx.save_for_backward(c, gram, a, inv, flat)
+        ctx.mark_non_differentiable(mu, mean, var)
+        return out, mu, mean, var
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        c, sym, flat, xhat, inv = ctx.saved_tensors
-        gw = torch.mv(xhat.t(), grad)  # Σ_b g_b x̂_b,ij; d out / d α_p = gw at (i, j)
-        q = torch.addcmul((grad - grad.mean()).unsqueeze(1), xhat, gw.unsqueeze(0), value=-1.0 / grad.shape[0])
-        q.mul_(sym * inv)
-        f = c.shape[1]
-        return torch.bmm(q.view(-1, f, f), c), gw.index_select(0, flat), None, None, None, None
+    def backward(ctx: Any, grad: torch.Tensor, *_: Any) -> tuple[Any, ...]:
+        c, gram, a, inv, flat = ctx.saved_tensors
+        if (pending := ctx.ws.get("pending")) is not None and pending() is ctx:
+            del ctx.ws["pending"]  # the next forward may reuse c and gram
+        b, f, _ = c.shape
+        gw = torch.mv(gram.t(), grad).mul_(inv)  # Σ_b g_b x̂_b,ij; d out / d α_p = gw at (i, j)
+        q = torch.outer(grad - grad.mean(), a, out=_workspace(ctx.ws, "q", gram.shape, gram))
+        q.addcmul_(gram, a * inv * gw, value=-1.0 / b)
+        dc = torch.bmm(q.view(b, f, f), c)
+        if ctx.centred:
+            dc.sub_(dc.mean(dim=0))
+        return dc, gw.index_select(0, flat), None, None, None, None, None
+
+
+class _Workspace(dict):
+    """:func:`fused_pair_sum`'s reused tensors on a model (:func:`_workspace`); copied or pickled empty."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _Workspace, ()
+
+
+def _workspace(ws: dict[str, Any], name: str, shape: Any, like: torch.Tensor) -> torch.Tensor:
+    """``ws[name]``, (re)allocated when the shape, dtype or device changes: :class:`_GatedGramNorm`'s per-step
+    ``[B, F, D]`` and ``[B, F·F]`` tensors reused across steps (a fresh multi-MB tensor per step is a fresh
+    ``mmap`` on glibc, page-faulted on first touch: ``benchmarks/results/autofis.md`` (d)). A forward while an
+    earlier graph's backward is pending takes fresh tensors (``ws["pending"]``); were a saved one overwritten
+    anyway, autograd's version check would make that backward raise, never return a wrong gradient."""
+    t = ws.get(name)
+    if t is None or t.shape != torch.Size(shape) or t.dtype != like.dtype or t.device != like.device:
+        t = ws[name] = like.new_empty(shape)
+    return t
 
 
 def fused_pair_sum(model: Any, emb: torch.Tensor) -> torch.Tensor:
     """The search stage's gated pair term in training (Eq. 28, centred factors ``c``) as :class:`_GatedGramNorm`,
-    BatchNorm's running statistics of the pairs updated as ``nn.BatchNorm1d`` does (by its own kernel);
-    the same values and gradients as the module path (up to float rounding, tested) for less work.
-    Evaluation, single rows and fewer pairs than fields take the module path.
+    :class:`FieldCentre`'s and BatchNorm's running statistics updated as the modules do; the same values and
+    gradients as the module path (up to float rounding, tested) for less work. Evaluation, single rows and
+    fewer pairs than fields take the module path.
 
-    Only FM's search step uses it (:func:`search_model`). In training the pair values of all ``P``
-    pairs are one batched Gram product on either path
-    (:meth:`ondevice.models.fm.PairInteraction.pair_values`), not ``P`` gathered vector pairs; FM's
-    sum-square training step does no per-pair work, so the per-row Gram (two ``bmm`` of
-    ``B·F²·D``) plus BatchNorm over ``B × P`` values cost more than that whole step, and this op
-    saves the module path's gather, scatter and BatchNorm backward. Bringing FM's search step near
-    its training step would need a cheaper pair form (changed results). DeepFM keeps the module
-    path: its search step is already close to its training step, and on seed 7 of the generated
-    data this op's rounding moved a planted pair's borderline held-out z below the threshold.
-    Search step over training step (fused, module path, gathered pairs):
-    ``benchmarks/results/autofis.md`` (d); with this op the kept pairs of its (c) are unchanged on
-    all 12 runs."""
-    norm = model.pair_norm
+    Only FM's search step uses it (:func:`search_model`). FM's sum-square training step does no per-pair
+    work; this op's floor is the per-row Gram and its gradient (two ``bmm`` of ``B·F²·D``) and a few passes
+    over ``B × F²`` values (centring, squares, three ``gemv``, ``Q``). Against the module path it saves the
+    gather, the scatter, BatchNorm's normalised copy and its backward, and it reuses its ``[B, F·F]``
+    tensors (:func:`_workspace`; the op before did not, and took its 6 MB of page faults every step).
+    ``benchmarks/results/autofis.md`` (d), seed 7's data, 39 fields, batch 1024, 1 thread, CPU time: the
+    search step 8.6 ms against FM's 4.7 ms training step (1.84×; the module path 2.35×; the op before
+    2.17× in wall time on a busier host), one epoch of the searchers' loop 1.94×. Profiled: forward 3.4 ms
+    and backward 1.6 ms (the pair term 2.3 + 1.3 ms, 1.9 ms of it the two ``bmm``) against the training
+    step's 1.1 + 0.7 ms; lazy Adam on the tables, 3.0 ms, is the same in both. Issue 17's 1.5× would need a
+    cheaper pair form (changed results). DeepFM keeps the module path:
+    its search step is 1.14× its training step, and on seed 7 of the generated data this op's rounding
+    once moved a planted pair's borderline held-out z below the threshold. With this op the kept pairs
+    and gRDA survivors of (c) are unchanged on all 12 runs."""
+    norm, centre = model.pair_norm, model.pair_centre
     if not model.training or emb.shape[0] < 2 or len(model.pairs) <= emb.shape[1] or not isinstance(
-            norm, nn.BatchNorm1d) or norm.affine or norm.momentum is None:
+            norm, nn.BatchNorm1d) or norm.affine or norm.momentum is None or not (
+            centre is None or isinstance(centre, FieldCentre)):
         return type(model).pair_sum(model, emb)
-    c = model.pair_centre(emb) if model.pair_centre is not None else emb
-    f = c.shape[1]
+    f = emb.shape[1]
     flat, flat_t = model.pair_left * f + model.pair_right, model.pair_right * f + model.pair_left
-    with torch.no_grad():  # BatchNorm1d's kernel on every Gram column; the pairs' running statistics kept
-        gram = torch.bmm(c, c.transpose(1, 2).contiguous()).view(c.shape[0], f * f)
-        running_mean = norm.running_mean.new_zeros(f * f).index_copy_(0, flat, norm.running_mean)
-        running_var = norm.running_var.new_ones(f * f).index_copy_(0, flat, norm.running_var)
-        xhat, _, inv = torch.native_batch_norm(gram, None, None, running_mean, running_var, True, norm.momentum,
-                                               norm.eps)
-        norm.running_mean.copy_(running_mean.index_select(0, flat))
-        norm.running_var.copy_(running_var.index_select(0, flat))
+    ws = model.__dict__.setdefault("_pair_workspace", _Workspace())  # plain attribute: not in the state dict
+    out, mu, mean, var = _GatedGramNorm.apply(emb, model.pair_weight, flat, flat_t, centre is not None, norm.eps, ws)
+    with torch.no_grad():  # the running statistics as FieldCentre and BatchNorm1d keep them (unbiased variance)
+        if centre is not None:
+            centre.running_mean.lerp_(mu, centre.momentum)
+        norm.running_mean.lerp_(mean.index_select(0, flat), norm.momentum)
+        b = emb.shape[0]
+        norm.running_var.lerp_(var.index_select(0, flat).mul_(b / (b - 1)), norm.momentum)
         norm.num_batches_tracked += 1
-    return _GatedGramNorm.apply(c, model.pair_weight, flat, flat_t, xhat, inv)
+    return out
+
 
 def search_model(full: CTRModel, pairs: list[list[int]], *, seed: int, warm_start: bool,
                  centred: bool = False) -> CTRModel:
@@ -300,6 +347,7 @@ def gated_search(model: CTRModel, data: Any, *, grda: dict[str, Any], epochs: in
     opts = [*adam, GRDA([gate], lr=grda["lr"], c=grda["c"], mu=grda["mu"])]
     fit = fit_ctr(model, data, epochs=epochs, batch_size=batch_size, seed=seed, optimizers=opts,
                   on_step=on_step, select_best=False, evaluate=True)
+    model.__dict__.pop("_pair_workspace", None)  # fused_pair_sum's reused tensors (FM), tens of MB
     alpha = gate.detach().clone()
     survivors = [k for k in range(alpha.numel()) if alpha[k] != 0]
     test = signal = None
