@@ -13,8 +13,8 @@ Tables, for a schema's raw plan (``ondevice.export.raw.raw_plan``):
   values where ``prepare``'s id changes (:func:`buckets`: the rule and the lookup folded into
   sorted edges, exact for every float64, NaN -> the missing value's id);
 * one two-level ``LabelEncoder`` lookup shared by the string columns: level 1 maps each
-  distinct string to ``u * W`` (default ``-W``); level 2 maps ``u * W + c`` (``c`` the column
-  of the ``[B, W]`` block) to the field's id (default 0, the OOV row);
+  distinct string to ``u`` (default ``U``, unknown); level 2 maps ``u + c * (U + 1)`` (``c``
+  the column) to the field's id (default 0, the OOV row);
 * one table per column for Avazu dates and ``edges:`` buckets (int64 key -> id).
 
 An id whose embedding row maps to the field's OOV row in every embedding table (a row pruned
@@ -162,40 +162,34 @@ class Tables:
     """The lookup tables of one raw plan, in the order the graph builds them.
 
     ``trees``: field index -> (column of the ``numeric`` input, edges, ids, missing id) of the
-    ``TreeEnsemble`` (:func:`buckets`; targets in this order); ``blocks``: (input, kind, width,
-    {column: [(key, id)]}) of the two-level lookup; ``in_lookup``: field index -> column of the
-    lookup block; ``single``: field index -> (keys, ids) of a per-column int64 table (Avazu
+    ``TreeEnsemble`` (:func:`buckets`; targets in this order); ``strings``: column of the
+    ``categorical`` input -> [(text, id)] of the two-level lookup; ``in_lookup``: field index ->
+    its column there; ``single``: field index -> (keys, ids) of a per-column int64 table (Avazu
     dates, ``edges:``).
     """
 
     def __init__(self) -> None:
         self.trees: dict[int, tuple[int, list[float], list[int], int]] = {}
-        self.blocks: list[tuple[str, str, int, dict[int, list[tuple[Any, int]]]]] = []
+        self.strings: dict[int, list[tuple[str, int]]] = {}
         self.in_lookup: dict[int, int] = {}
         self.single: dict[int, tuple[list[int], list[int]]] = {}
 
-    @property
-    def width(self) -> int:
-        return sum(b[2] for b in self.blocks)
-
-    def two_level(self) -> tuple[list[tuple[str, str, list[Any], list[int]]], list[int], list[int]]:
-        """Level-1 tables (input, kind, keys, values ``u * W``) and the level-2 keys and ids."""
-        w = self.width
-        level1, keys2, values2 = [], [], []
-        u0 = start = 0
-        for x, kind, width, per_column in self.blocks:
-            union: dict[Any, int] = {}
-            for pairs in per_column.values():
-                for key, _ in pairs:
-                    union.setdefault(key, u0 + len(union))
-            for k, pairs in per_column.items():
-                for key, i in pairs:
-                    keys2.append(union[key] * w + start + k)
-                    values2.append(i)
-            level1.append((x, kind, list(union), [u * w for u in union.values()]))
-            u0 += len(union)
-            start += width
-        return level1, keys2, values2
+    def two_level(self) -> tuple[list[str], list[int], int, list[int], list[int]]:
+        """Level 1: each distinct text -> ``u`` in ``[0, U)``, default ``U`` (unknown text);
+        the stride ``S = U + 1``; level 2: ``u + c * S`` (``c`` the column) -> the field's id
+        (default 0, the OOV row: unknown texts and texts kept in another column only).
+        Column-major keys keep level 1's values small varints (3 bytes per text, not 4)."""
+        union: dict[str, int] = {}
+        for pairs in self.strings.values():
+            for key, _ in pairs:
+                union.setdefault(key, len(union))
+        stride = len(union) + 1
+        keys2, values2 = [], []
+        for c, pairs in self.strings.items():
+            for key, i in pairs:
+                keys2.append(union[key] + c * stride)
+                values2.append(i)
+        return list(union), list(union.values()), stride, keys2, values2
 
 
 def tables(schema: Schema, plan: Mapping[str, Any], dropped: Mapping[int, Collection[int]] | None = None) -> Tables:
@@ -217,8 +211,6 @@ def tables(schema: Schema, plan: Mapping[str, Any], dropped: Mapping[int, Collec
         missing_id = missing_id if missing_id not in drop.get(j, ()) else 0
         out.trees[j] = (field_col[f.name]["index"], edges, ids, missing_id)
     if n_str:
-        first = out.width
-        per_column: dict[int, list[tuple[Any, int]]] = {}
         for j, f in enumerate(schema.fields):
             c = field_col[f.name]
             if c["kind"] != "string":
@@ -227,9 +219,8 @@ def tables(schema: Schema, plan: Mapping[str, Any], dropped: Mapping[int, Collec
             pairs = list(ids.items())
             for alias in aliases:
                 pairs += [(k + alias, v) for k, v in ids.items() if ":" not in k and k + alias not in ids]
-            per_column[c["index"]] = kept(j, pairs)
-            out.in_lookup[j] = first + c["index"]
-        out.blocks.append(("categorical", "string", n_str, per_column))
+            out.strings[c["index"]] = kept(j, pairs)
+            out.in_lookup[j] = c["index"]
     for j, f in enumerate(schema.fields):
         if field_col[f.name]["kind"] != "number" or j in simple or f.encoding == "identity":
             continue
@@ -270,10 +261,14 @@ def tree_ensemble(x: str, out: str, trees: list[tuple[int, list[float], list[int
     targets: list[int] = []
     weights: list[float] = []
 
-    def leaf(target: int, value: int) -> tuple[int, int]:
-        targets.append(target)
-        weights.append(float(value))
-        return len(weights) - 1, 1
+    shared: dict[tuple[int, int], int] = {}
+
+    def leaf(target: int, value: int) -> tuple[int, int]:  # one leaf per (target, id), shared by its intervals
+        if (target, value) not in shared:
+            shared[(target, value)] = len(weights)
+            targets.append(target)
+            weights.append(float(value))
+        return shared[(target, value)], 1
 
     def branch(column: int, split: float) -> int:
         feat.append(column)
@@ -315,9 +310,9 @@ def vocabulary_bytes(schema: Schema, plan: Mapping[str, Any], dropped: Mapping[i
     """Bytes the raw artefact's vocabulary adds to the model file (every table, :func:`table_bytes`)."""
     t = tables(schema, plan, dropped)
     total = table_bytes(tree_ensemble("x", "y", list(t.trees.values()))) if t.trees else 0
-    if t.blocks:
-        level1, keys2, values2 = t.two_level()
-        total += sum(table_bytes(label_encoder("x", "y", k, v, -t.width, kind)) for _, kind, k, v in level1)
+    if t.strings:
+        keys1, values1, stride, keys2, values2 = t.two_level()
+        total += table_bytes(label_encoder("x", "y", keys1, values1, stride - 1, "string"))
         total += table_bytes(label_encoder("x", "y", keys2, values2, 0, "int"))
     total += sum(table_bytes(label_encoder("x", "y", k, v, 0, "int")) for k, v in t.single.values())
     return int(total)

@@ -255,12 +255,11 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str,
         out = b.name()
         b.nodes.append(tree_ensemble(NUMBER_INPUT, out, list(t.trees.values())))
         add_block(b.op("Cast", [out], to=TensorProto.INT64), len(t.trees), {j: k for k, j in enumerate(t.trees)})
-    if t.blocks:
-        level1, keys2, values2 = t.two_level()
-        us = [b.lookup(x, keys, values, -t.width, kind) for x, kind, keys, values in level1]
-        cat = us[0] if len(us) == 1 else b.op("Concat", us, axis=1)
-        comb = b.op("Add", [cat, b.const(np.arange(t.width)[None, :], np.int64)])
-        add_block(b.lookup(comb, keys2, values2, 0, "int"), t.width, t.in_lookup)
+    if t.strings:  # text -> u (level 1), u + column * stride -> id (level 2)
+        keys1, values1, stride, keys2, values2 = t.two_level()
+        u = b.lookup(STRING_INPUT, keys1, values1, stride - 1, "string")
+        comb = b.op("Add", [u, b.const(np.arange(len(cols[STRING_INPUT]))[None, :] * stride, np.int64)])
+        add_block(b.lookup(comb, keys2, values2, 0, "int"), len(cols[STRING_INPUT]), t.in_lookup)
     # column by column: hashed ids, identity ids, Avazu dates, edges buckets
     rest = [j for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "number" and j not in t.trees]
     number_cols = b.split(NUMBER_INPUT, n_num) if rest else []

@@ -378,7 +378,7 @@ def test_bucket_edges_match_prepare_at_every_float64_boundary(tmp_path: Path) ->
     schema = EncodedDataset(data).schema
     plan = art["raw_inputs"]
     t = tables(schema, plan)
-    assert sorted(t.trees) == [0, 1] and not t.blocks  # both columns bucketed by the tree
+    assert sorted(t.trees) == [0, 1] and not t.strings  # both columns bucketed by the tree
     values = [2.0, float(np.nextafter(2.0, 3.0)), float(np.nextafter(2.0, 0.0)), float(np.e), 1.7976931348623157e308,
               -1.7976931348623157e308, 0.0, -0.0, *map(float, big)]
     for _, edges, _, _ in t.trees.values():
