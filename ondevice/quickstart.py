@@ -3,7 +3,7 @@
 generate (Criteo-format TSV with a planted model) -> prepare -> train a full DeepFM (about
 4 MB of fp32 parameters) -> compress it to a 4 MB budget with SSEDS (search, retrain,
 export, verify against PyTorch, profile latency) into a raw-feature artefact: the app sends
-raw field values and ships the model file alone, its ~2.25 MB vocabulary inside the budget;
+raw field values and ships the model file alone, its ~2.18 MB vocabulary inside the budget;
 the last lines print that payload by part and the resident memory a session adds.
 Everything lands in one folder (default
 ``ondevice-quickstart/``), each stage in its own sub-folder, so every step can be rerun by
@@ -29,7 +29,7 @@ from ondevice.outputs import OutputLock, check_replaceable, write_marker
 #: Small enough for ~1 minute on 2 cores, large enough that DeepFM learns the planted model.
 QUICKSTART_ROWS = 300_000
 QUICKSTART_VOCAB = 4_000
-#: what the app ships, vocabulary included: the raw-feature artefact carries ~2.25 MB of
+#: what the app ships, vocabulary included: the raw-feature artefact carries ~2.18 MB of
 #: vocabulary for this data (the id artefact shipped a 2 MB model plus a 2.07 MB schema.json)
 QUICKSTART_BUDGET = "4MB"
 

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from ondevice.errors import BadInputError, SchemaMismatchError
 from ondevice.io import atomic_write_json, read_json
 
@@ -67,6 +69,13 @@ class Field:
         if not include_values:
             d.pop("values")
         return {k: v for k, v in d.items() if v is not None}
+
+
+def log2_rule(v: np.ndarray) -> np.ndarray:
+    """The ``criteo_log2`` transform of float64 values: ``x > 2 -> floor(ln(x)^2)``, else
+    ``floor(x)`` (float64 out; ``prepare`` and the raw artefact's bucket edges both use it)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(v > 2, np.floor(np.log(np.maximum(v, 1.0)) ** 2), np.floor(v))
 
 
 def stable_hash(value: str, buckets: int) -> int:

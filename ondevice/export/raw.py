@@ -15,24 +15,25 @@ Inputs of a raw artefact (each only when some field needs it):
 * ``numeric`` float64 ``[batch, N]``: one column per raw numeric column (Criteo ``I1..I13``
   with ``criteo_log2``, CSV ``floor`` / ``edges:`` rules, Avazu ``hour`` as the number
   ``YYMMDDHH`` feeding both ``hour`` and ``weekday``, identity ids); NaN is missing.
-  The transform runs in the graph (``Log``, ``Floor``, comparisons, integer date arithmetic)
-  and its float64 result is looked up with ``LabelEncoder``-4 (float64 keys; the key NaN is
-  the field's missing value ``""``, OOV when training never saw it missing). Numbers
-  ``prepare`` refuses (``±inf``, ``1e999``, results without an int64 token such as
-  ``-9.3e18``) match no key: the OOV id. An Avazu hour that is not a valid ``YYMMDDHH``
-  (``prepare`` refuses the file) gives the OOV id.
+  ``criteo_log2`` and ``floor`` columns go through one ``ai.onnx.ml`` ``TreeEnsemble`` (opset
+  5): ``prepare``'s rule and the vocabulary folded into the float64 values where the id
+  changes (:func:`ondevice.vocabulary.buckets`, exact for every float64), a binary search per
+  column; NaN gives the field's missing value ``""`` (OOV when training never saw it
+  missing). Avazu dates (integer arithmetic) and ``edges:`` buckets (comparisons) are
+  computed and looked up with ``LabelEncoder``. Numbers ``prepare`` refuses (``±inf``,
+  ``1e999``, results without an int64 token such as ``-9.3e18``) get the OOV id, as does an
+  Avazu hour that is not a valid ``YYMMDDHH`` (``prepare`` refuses the file).
 * ``hashed_ids`` int64 ``[batch, H]``: fields encoded by the hashing trick stay ids
   (``1 + blake2b-64(token) mod N``, :func:`ondevice.schema.stable_hash`): standard ONNX ops
   cannot hash strings, so the artefact ships ``hash_reference.py`` and ``hash_reference.js``
   (tested against the Python implementation) and the manifest says so.
 
-The float64/int64 choice keeps every transform bit-exact with ``prepare`` (float32 would move
-``floor(ln(x)^2)`` bucket edges for large counts).
+Edges and inputs are float64, ids int64: float32 would move the ``floor(ln(x)^2)`` edges.
 
-Cost at batch 1 (issue 16): every vocabulary column of a row goes through one shared
-two-level lookup (:class:`_Lookup`, ``2 + inputs`` nodes), and the id model's OOV guards are
-dropped when no id comes from the app (:func:`_drop_oov_guards`): the Criteo raw graph has
-43 nodes, as many as the id graph (benchmarks/results/app_payload.md has the timings).
+Cost at batch 1 (issue 16): the Criteo encoder is 6 nodes (``TreeEnsemble``, ``Cast``; the
+strings' two-level lookup ``LabelEncoder``, ``Add``, ``LabelEncoder``; ``Concat``) and the id
+model's OOV guards are dropped when no id comes from the app (:func:`_drop_oov_guards`), so
+the raw graph has as many nodes as the id graph (benchmarks/results/app_payload.md).
 """
 
 from __future__ import annotations
@@ -52,17 +53,17 @@ from onnx import numpy_helper as onh
 from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.schema import Field, Schema, stable_hash
 from ondevice.vocabulary import (
-    ELEMENTWISE,
     MISSING_KEY,
     label_encoder,
+    numeric_key,
     table_bytes,
     tables,
+    tree_ensemble,
     vocab_ids,
 )
 
 STRING_INPUT, NUMBER_INPUT, HASHED_INPUT = "categorical", "numeric", "hashed_ids"
-ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 4
-INT64_MIN = -(2**63)
+ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 5
 AVAZU_TRANSFORMS = ("avazu_hour_of_day", "avazu_weekday")
 HASH_SCHEME = "1 + blake2b(utf8(token), digest_size=8) read little-endian, mod buckets (ondevice.schema.stable_hash)"
 HASH_FILES = ("hash_reference.py", "hash_reference.js")
@@ -168,17 +169,6 @@ class _Builder:
         return out
 
 
-def _transform_value(b: _Builder, x: str, transform: str) -> str:
-    """float64 whole numbers of a numeric column as ``prepare``'s rule, NaN kept NaN (missing),
-    ``±inf`` kept infinite (``prepare`` refuses them: no key matches, so they are OOV)."""
-    if transform == "criteo_log2":  # x > 2 -> floor(ln(x)^2) else floor(x) (formats.base._log2_rule)
-        lg = b.op("Log", [x])  # NaN / -inf where x <= 0: that branch is never selected
-        return b.op("Floor", [b.op("Where", [b.op("Greater", [x, b.const(2.0, np.float64)]), b.op("Mul", [lg, lg]), x])])
-    if transform == "floor":
-        return b.op("Floor", [x])
-    raise BadInputError(f"unknown numeric transform {transform!r}")
-
-
 def _edges_key(b: _Builder, x: str, transform: str) -> str:
     """Bucket of an ``edges:`` column: number of edges <= x (searchsorted side=right); ``±inf``
     (refused by ``prepare``) -> -1 (no key, OOV); NaN -> ``MISSING_KEY``."""
@@ -238,9 +228,10 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str,
                                                                        list[onnx.ValueInfoProto]]:
     """Nodes, initializers and graph inputs computing ``out_name`` = ids int64 ``[batch, F]``.
 
-    Vocabulary fields (strings; numbers with ``criteo_log2``/``floor``) share one two-level
-    lookup (:class:`ondevice.vocabulary.Tables`, ``2 + inputs`` nodes); identity, Avazu date and
-    ``edges:`` fields are computed column by column; hashed ids pass through. The blocks are
+    Numbers with ``criteo_log2``/``floor`` go through one ``TreeEnsemble`` (rule and lookup
+    folded into sorted edges, :func:`ondevice.vocabulary.buckets`) and a ``Cast``; string
+    fields share one two-level lookup (:class:`ondevice.vocabulary.Tables`, 3 nodes); identity,
+    Avazu date and ``edges:`` fields are computed column by column; hashed ids pass through. The blocks are
     concatenated and one ``Gather`` puts the fields in schema order (none when the order already
     matches). ``dropped``: per field, ids that keep no key (they read the OOV row anyway).
     """
@@ -249,21 +240,6 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str,
     field_col = {f: c for c in plan["columns"] for f in c["fields"]}
     n_num = len(cols[NUMBER_INPUT])
     t = tables(schema, plan, dropped)
-    simple = {j: f for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "number"
-              and f.encoding == "vocab" and (f.transform or "floor") in ELEMENTWISE}
-    feeds = {STRING_INPUT: STRING_INPUT}
-    if simple:  # numbers with an elementwise rule: transformed values of the whole input
-        value = None
-        for rule in sorted({f.transform or "floor" for f in simple.values()}):
-            tv = _transform_value(b, NUMBER_INPUT, rule)
-            if value is None:
-                value = tv
-            else:
-                mask = np.zeros((1, n_num), dtype=bool)
-                for f in simple.values():
-                    mask[0, field_col[f.name]["index"]] = (f.transform or "floor") == rule
-                value = b.op("Where", [b.const(mask, bool), tv, value])
-        feeds[NUMBER_INPUT] = value
     blocks: list[str] = []
     position: dict[int, int] = {}  # field index -> column of the concatenated blocks
     width = 0
@@ -275,14 +251,17 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str,
             position[j] = width + k
         width += n
 
-    if t.blocks:
-        level1, keys2, values2 = t.two_level()
-        us = [b.lookup(feeds[x], keys, values, -t.width, kind) for x, kind, keys, values in level1]
-        cat = us[0] if len(us) == 1 else b.op("Concat", us, axis=1)
-        comb = b.op("Add", [cat, b.const(np.arange(t.width)[None, :], np.int64)])
-        add_block(b.lookup(comb, keys2, values2, 0, "int"), t.width, t.in_lookup)
+    if t.trees:  # numbers with an elementwise rule: rule and lookup as one binary search per column
+        out = b.name()
+        b.nodes.append(tree_ensemble(NUMBER_INPUT, out, list(t.trees.values())))
+        add_block(b.op("Cast", [out], to=TensorProto.INT64), len(t.trees), {j: k for k, j in enumerate(t.trees)})
+    if t.strings:  # text -> u (level 1), u + column * stride -> id (level 2)
+        keys1, values1, stride, keys2, values2 = t.two_level()
+        u = b.lookup(STRING_INPUT, keys1, values1, stride - 1, "string")
+        comb = b.op("Add", [u, b.const(np.arange(len(cols[STRING_INPUT]))[None, :] * stride, np.int64)])
+        add_block(b.lookup(comb, keys2, values2, 0, "int"), len(cols[STRING_INPUT]), t.in_lookup)
     # column by column: hashed ids, identity ids, Avazu dates, edges buckets
-    rest = [j for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "number" and j not in simple]
+    rest = [j for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "number" and j not in t.trees]
     number_cols = b.split(NUMBER_INPUT, n_num) if rest else []
     if cols[HASHED_INPUT]:
         add_block(HASHED_INPUT, len(cols[HASHED_INPUT]),
@@ -469,28 +448,11 @@ def _prune_dead(g: onnx.GraphProto) -> None:
 
 
 def vocabulary_bytes(model: onnx.ModelProto) -> int:
-    """Serialized bytes of the ``LabelEncoder`` tables (:func:`ondevice.vocabulary.table_bytes`)."""
-    return sum(table_bytes(n) for n in model.graph.node if n.op_type == "LabelEncoder")
+    """Serialized bytes of the ``LabelEncoder`` and ``TreeEnsemble`` tables (:func:`ondevice.vocabulary.table_bytes`)."""
+    return sum(table_bytes(n) for n in model.graph.node if n.op_type in ("LabelEncoder", "TreeEnsemble"))
 
 
 # --------------------------------------------------------------------------- the reference (prepare's rules)
-def _numeric_key(v: np.ndarray, transform: str) -> np.ndarray:
-    from ondevice.data.formats.base import _log2_rule
-
-    with np.errstate(invalid="ignore", over="ignore"):
-        if transform == "criteo_log2":
-            t = _log2_rule(v)
-        elif transform == "floor":
-            t = np.floor(v)
-        else:
-            edges = np.asarray(sorted(float(e) for e in transform.split(":", 1)[1].split(",")), dtype=np.float64)
-            return np.searchsorted(edges, v, side="right").astype(np.int64)
-        ok = (t >= -(2.0**63)) & (t < 2.0**63)
-        out = np.full(t.shape, INT64_MIN, dtype=np.int64)
-        out[ok] = t[ok].astype(np.int64)
-        return out
-
-
 def _avazu_key(x: float, transform: str) -> int | None:
     if not (math.isfinite(x) and x == math.floor(x) and 0 <= x < 1e8):
         return None
@@ -533,7 +495,7 @@ def encode_reference(schema: Schema, plan: dict[str, Any], feeds: dict[str, np.n
                     k = _avazu_key(float(val), f.transform)
                     out[r, j] = 0 if k is None else ids.get(str(k), 0)
                 continue
-            keys = _numeric_key(np.where(np.isnan(v), 0.0, v), f.transform or "floor")
+            keys = numeric_key(np.where(np.isnan(v), 0.0, v), f.transform or "floor")
             for r in range(batch):
                 if np.isinf(v[r]):  # prepare refuses infinite numbers: OOV
                     continue

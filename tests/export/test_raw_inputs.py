@@ -358,6 +358,47 @@ def test_csv_refused_numbers_are_oov(tmp_path: Path) -> None:
     np.testing.assert_array_equal(encode_reference(schema, art["raw_inputs"], feeds), ids)
 
 
+def test_bucket_edges_match_prepare_at_every_float64_boundary(tmp_path: Path) -> None:
+    """The TreeEnsemble's edges (prepare's rule and the vocabulary folded together) give
+    prepare's id at each edge, one double below and above it, around 2, at huge integers
+    (2^53 and beyond, where floor moves by more than 1) and at ±max, for log2 and int columns."""
+    import onnx
+
+    from ondevice.vocabulary import buckets, tables
+
+    big = [2**53 - 1, 2**53, 2**53 + 2, 2**60, -(2**55)]
+    lines = ["click,price,count"] + [f"{k % 2},{k % 9 + (k % 5) * 3.5},{k % 7 - 3}" for k in range(80)]
+    lines += [f"{k % 2},{2.0 + k * 0.4},{v}" for k, v in enumerate(big * 2)]
+    (tmp_path / "x.csv").write_text("\n".join(lines) + "\n")
+    spec = {"label": "click", "categorical": [], "numeric": {"price": "log2", "count": "int"}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    data = _prepare(tmp_path / "x.csv", tmp_path / "data", "csv", format_options={"spec": str(tmp_path / "spec.json")})
+    records = [dict(zip(lines[0].split(","), r.split(","), strict=True)) for r in lines[1:]]
+    art = _check(tmp_path, data, records)
+    schema = EncodedDataset(data).schema
+    plan = art["raw_inputs"]
+    t = tables(schema, plan)
+    assert sorted(t.trees) == [0, 1] and not t.strings  # both columns bucketed by the tree
+    values = [2.0, float(np.nextafter(2.0, 3.0)), float(np.nextafter(2.0, 0.0)), float(np.e), 1.7976931348623157e308,
+              -1.7976931348623157e308, 0.0, -0.0, *map(float, big)]
+    for _, edges, _, _ in t.trees.values():
+        for e in edges:
+            values += [e, float(np.nextafter(e, np.inf)), float(np.nextafter(e, -np.inf))]
+    x = np.asarray(values, dtype=np.float64)
+    feeds = {"numeric": np.stack([x, x], axis=1)}
+    ids = _encoder_ids(schema, plan, feeds)
+    np.testing.assert_array_equal(ids, encode_reference(schema, plan, feeds))
+    assert (ids != 0).sum() > len(values)  # most of them are kept values, not OOV
+    # the graph looks numbers up with one TreeEnsemble (no Log/Floor chain, no float keys)
+    ops = [n.op_type for n in onnx.load(tmp_path / "raw" / "model.onnx").graph.node]
+    assert ops.count("TreeEnsemble") == 1 and "Log" not in ops and "Floor" not in ops
+    # every dropped id merges its interval with its OOV neighbours: fewer edges, never more
+    f = schema.fields[1]
+    keys = [int(v) for v in f.values if v != ""]
+    full, fewer = buckets("floor", [(k, i + 1) for i, k in enumerate(keys)]), buckets("floor", [(keys[0], 1)])
+    assert len(fewer[0]) == 2 and len(full[0]) > len(fewer[0])
+
+
 def test_oov_guards_dropped_only_without_hashed_ids(tmp_path: Path) -> None:
     """The id model's map_oov guard (GreaterOrEqual/Less/And/Where on ids) is gone from a raw
     graph whose ids all come from lookups, kept when a hashed id comes from the app."""

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ondevice.errors import BadInputError, DataFormatError
-from ondevice.schema import Encoding, Role, Task
+from ondevice.schema import Encoding, Role, Task, log2_rule
 
 GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_BLOCK_BYTES = 8 << 20
@@ -651,11 +651,6 @@ def map_distinct(x: pa.Array | pa.ChunkedArray, fn: Callable[[np.ndarray], np.nd
     return pa.array(out, mask=missing).take(pa.array(indices))
 
 
-def _log2_rule(v: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(v > 2, np.floor(np.log(np.maximum(v, 1.0)) ** 2), np.floor(v))
-
-
 def criteo_log2(x: pa.Array | pa.ChunkedArray, block: Block | None = None, what: str = "value") -> pa.Array:
     """Criteo integer bucketing: ``x > 2 -> floor(ln(x)^2)``, else ``x`` itself; missing stays null.
 
@@ -665,7 +660,7 @@ def criteo_log2(x: pa.Array | pa.ChunkedArray, block: Block | None = None, what:
     WSDM 2021) preprocessing code. Takes float64 with nulls, returns int64 with nulls; a value
     without an int64 token (``x < -2^63``, not finite) names ``block``'s line (:func:`map_distinct`).
     """
-    return map_distinct(x, _log2_rule, block, what)
+    return map_distinct(x, log2_rule, block, what)
 
 
 def int_tokens(x: pa.Array | pa.ChunkedArray, block: Block | None = None, what: str = "value") -> pa.Array:
