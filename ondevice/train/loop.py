@@ -138,7 +138,8 @@ def fit(
     deadline, a resumed state already done) ``evaluate`` is called once for ``val``.
     ``score_start`` (with ``evaluate`` and ``restore_best``, on a fresh state): the starting
     weights are scored as epoch 0 and compete for best; a warm-started retrain whose first
-    epochs overfit then keeps its start instead of a worse epoch.
+    epochs overfit then keeps its start instead of a worse epoch. An epoch cut short by a passed
+    ``deadline`` is not scored when weights were scored before it: the best of those is kept.
     """
     state = state if state is not None else LoopState()
     started = time.perf_counter()
@@ -157,7 +158,8 @@ def fit(
             break
         stats, stopped, at_deadline = _train_epoch(model, optimizers, epoch, batches, loss, seed, state, grad_clip,
                                                    max_steps_per_epoch, on_step, device)
-        if evaluate is not None:
+        if evaluate is not None and not (at_deadline and best_weights is not None):
+            # past a time limit with weights already scored: those are kept, no further evaluation
             val = stats.val = evaluate()
             stats.improved = _record_validation(state, epoch, val[metric])
             if stats.improved and restore_best:

@@ -380,7 +380,7 @@ def test_a_time_limit_stops_the_estimator_samples_and_the_supernet_is_not_cached
     from ondevice.search.retrain import deadline
 
     ckpt, data, acc, full_bytes = setting
-    searcher = make_searcher("rule", **{**FAST, "epochs": 1, "seed": 11})
+    searcher = make_searcher("rule", **{**FAST, "epochs": 1, "seed": 11, "finetune_epochs": 1})
     rule._CACHE.clear()
     cache = Path(ckpt.path).parent / "_cache" / "rule"
     before = set(cache.glob("supernet-*.pt"))
@@ -392,5 +392,6 @@ def test_a_time_limit_stops_the_estimator_samples_and_the_supernet_is_not_cached
     signal = r.trace[2]["estimator_signal"]
     assert signal["passed"] is False and "time limit" in signal["reason"]
     assert r.warnings and "stopped at the time limit" in r.warnings[0]
+    assert r.trace[-1] == {"finetune": "skipped: past the time limit"} and r.timings["retrain_s"] == 0.0
     assert measure_file_bytes(r.model)[0] <= int(full_bytes * 0.75)  # still a valid model within the budget
     rule._CACHE.clear()

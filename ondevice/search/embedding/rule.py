@@ -20,8 +20,9 @@ same group's ``RuiqiZheng08/PEEL`` (``config_all.py``). The survey numbers no RU
    supernet that fit, and with the full model. Steps 1-2 are cached (:meth:`RULESearcher.supernet`).
 
 Time limit (``compress --time-limit``, ``search.retrain.deadline``): training stops at its next
-step, scoring samples after :data:`MIN_SAMPLES_AT_DEADLINE`, step 3b after its first candidate;
-such a supernet fails the signal check (nested configurations only) and is not cached.
+step, scoring samples after :data:`MIN_SAMPLES_AT_DEADLINE`, step 3b after its first candidate,
+step 4 is skipped; such a supernet fails the signal check (nested configurations only) and, like
+such an unfine-tuned pick, is not cached.
 
 Deviations from the paper:
 
@@ -85,9 +86,9 @@ __all__ = ["ConfigScorer", "FinetuneResult", "PerformanceEstimator", "RULESearch
 GRAPH_BYTES_PER_SUBSET = {"float32": 1024, "float16": 1024, "int8": 1152}
 #: Graph bytes of the elastic layer over a dense item table (position Gather, Cast, Concat).
 GRAPH_BYTES_BASE = 1536
-# Sampled configurations scored at least, when a time limit passes while the estimator's samples
-# are scored (fewer than this hold out too few for its signal check, so only nested configurations deploy).
-MIN_SAMPLES_AT_DEADLINE = 20
+# Sampled configurations scored at least when a time limit passes while the estimator's samples are
+# scored: enough to fit it; a supernet cut short fails its signal check anyway (nested configurations deploy).
+MIN_SAMPLES_AT_DEADLINE = 5
 
 _CACHE: dict[str, _Supernet] = {}
 
@@ -458,7 +459,7 @@ class RULESearcher(Searcher):
         with torch.no_grad():
             q = full.item_embedding.dense_weight()
             if q.shape[0] >= q.shape[1] and hasattr(users, "weight"):
-                _, _, vt = torch.linalg.svd(q, full_matrices=True)
+                _, _, vt = torch.linalg.svd(q, full_matrices=False)  # vt only: full U is items x items
                 items.weight.copy_(q @ vt.t())
                 users.weight.copy_(full.user_embedding.dense_weight() @ vt.t())
         model = BPRMF(users, items)
@@ -637,6 +638,8 @@ class RULESearcher(Searcher):
         if tuned is not None:
             trace.append({"finetune": tuned.history, "best_epoch": tuned.best_epoch, "val_before": tuned.val_before,
                           "seconds": tuned.seconds})
+        elif entry.get("finetune_skipped"):
+            trace.append({"finetune": "skipped: past the time limit"})
         elif self.finetune_epochs > 0:
             trace.append({"finetune": "shared: this configuration was fine-tuned for an earlier budget or profile"})
         warnings = []
@@ -665,7 +668,8 @@ class RULESearcher(Searcher):
             return net.deployed[entry_id], None
         tuned = None
         users, items = net.model.user_embedding, net.model.item_embedding
-        if self.finetune_epochs > 0:
+        skip = self.finetune_epochs > 0 and past_deadline()  # past a time limit: deployed as searched, not registered
+        if self.finetune_epochs > 0 and not skip:
             tuned = finetune_config(net.model, mask, ctx.data, epochs=self.finetune_epochs, lr=self.finetune_lr,
                                     batch_size=self.batch_size, l2=self.l2, patience=self.patience, k=self.k,
                                     seed=self.seed)
@@ -675,6 +679,9 @@ class RULESearcher(Searcher):
                                  "items": copy.deepcopy(items.state_dict()) if tuned is not None else None}
         model = self._entry_model(net, entry)
         entry["val"] = val_metrics(model, ctx.data, k=self.k)
+        if skip:
+            entry["finetune_skipped"] = "time limit"
+            return entry, None
         net.deployed[entry_id] = entry
         self._save_deployed(net)
         return entry, tuned
