@@ -99,7 +99,7 @@ from ondevice.pipeline.fleet import (
     render_fleet_markdown,
     required_operators_of,
 )
-from ondevice.pipeline.measure import host_arch, measure_file_bytes
+from ondevice.pipeline.measure import host_arch, measure_file_bytes, onnx_file_bytes, ort_file_bytes
 from ondevice.pipeline.options import parse_max_loss
 from ondevice.pipeline.progress import log
 from ondevice.pipeline.resume import RESUME_LABELS, error_from_json, file_sha256, keep_entry
@@ -558,7 +558,8 @@ def _fit_budget(job: _Job, searcher: Any, target: Target, folder: Path,
         result, _, attempts = search_fitting(
             _for_target(searcher, dev, job.latency_p99_ms, job.plan.search_limit(index), job.full.probe_val),
             job.ckpt, job.data, nbytes - reserve, job.full.overhead, work_dir=job.tmp / "_cache",
-            mlp=_mlp_for(job.mlp, dev), state_dir=job.tmp / RESUME_DIR / f"{folder.name}.auto")
+            mlp=_mlp_for(job.mlp, dev), state_dir=job.tmp / RESUME_DIR / f"{folder.name}.auto",
+            measure=ort_file_bytes if dev is not None and dev.runtime_format == "ort" else onnx_file_bytes)
     except BudgetTooSmallError as err:  # the minimum then includes the vocabulary the artefact ships
         raise (with_vocabulary(err, nbytes, reserve) if reserve else err) from None
     return result, attempts
