@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from ondevice.cli import _register_commands, cli
-from ondevice.errors import BadInputError
+from ondevice.errors import BadInputError, RuntimeMemoryError
 from ondevice.pipeline.compress import compress
 from tests.topk_runs import pretrained_topk_run
 
@@ -88,7 +88,7 @@ def test_fleet_cli_and_errors(topk_run: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "c" / "fleet.json").read_text())["passed"] is True
 
 
-def test_an_ort_profile_is_fitted_by_its_ort_file(topk_run: Path, tmp_path: Path) -> None:
+def test_an_ort_profile_is_fitted_by_its_ort_file(topk_run: Path, tmp_path: Path, capsys) -> None:
     """An ``ort`` profile ships ``model.ort``, tens of KB larger than ``model.onnx`` for RULE's
     per-call item table (Amazon Toys at android-low's 2 MB: 2,034,232 B vs 1,991,348 B, exit 3).
     The fit loop measures the ``.ort`` file, so the search shrinks until that fits."""
@@ -98,12 +98,19 @@ def test_an_ort_profile_is_fitted_by_its_ort_file(topk_run: Path, tmp_path: Path
     profiles = tmp_path / "p"
     profiles.mkdir()
     _profile(profiles, "phone", "58KB", "arm64", runtime_format="ort")
-    s = compress(topk_run, fleet=profiles, methods=["rule"], out_dir=tmp_path / "o", searcher_params={"rule": RULE_FAST},
-                 profile_runs=2, quiet=True, plot=False)
-    assert not s["failures"], s["failures"]
+    with (profiles / "phone.toml").open("a") as fh:  # a runtime-memory target no session meets
+        fh.write('memory_budget_runtime = "1KB"\n')
+    with pytest.raises(RuntimeMemoryError):  # the bytes fit; the memory miss is said where it happens
+        compress(topk_run, fleet=profiles, methods=["rule"], out_dir=tmp_path / "o", searcher_params={"rule": RULE_FAST},
+                 profile_runs=2, quiet=False, plot=False)
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert [f["error"] for f in s["failures"]] == ["RuntimeMemoryError"]
+    err = capsys.readouterr().err
+    assert "[phone] failed: a session adds" in err and "memory_budget_runtime of 1,000 B" in err
     folder = tmp_path / "o" / s["runs"][0]["folder"]
     ort_bytes = (folder / "model.ort").stat().st_size
     assert ort_bytes <= 58_000  # the .ort file (not model.onnx alone) is what fits
+    assert s["runs"][0]["file_bytes"] == ort_bytes and f"[phone] {ort_bytes:,} B" in err  # the shipped file's bytes
     assert (folder / "model.onnx").stat().st_size < ort_bytes
     search = json.loads((folder / "search.json").read_text())
     assert len(search["fit_attempts"]) >= 2 and search["fit_attempts"][-1]["file_bytes"] == ort_bytes
