@@ -38,11 +38,11 @@ def features_cmd(run_dir: Path, out: Path, budget: str | None, keep: int | None,
     fields do not matter more on validation than the dropped ones); 3 over budget.
     """
     from ondevice.budget import parse_budget
-    from ondevice.pipeline.search_runs import search_features
+    from ondevice.pipeline.search_runs import search_features, signal_text
 
     s = search_features(run_dir, out, budget_bytes=parse_budget(budget) if budget is not None else None, keep=keep, method=method, epochs=epochs,
                         search_epochs=search_epochs, seed=seed, data_dir=data_dir, force=force,
                         signal_level=signal_level, mlp=mlp)
     click.echo(f"{s['method']}: kept {len(s['fields_kept'])} of {len(s['fields_kept']) + len(s['fields_dropped'])} fields "
                f"({', '.join(s['fields_kept'])}), {s['file_bytes']:,} B (full {s['full_file_bytes']:,} B), "
-               f"val AUC {s['val']['auc']:.4f} -> {out}")
+               f"val AUC {s['val_before']['auc']:.4f} -> {s['val']['auc']:.4f}; {signal_text(s['signal_check'], 'signal check off (--signal-level 0)')} -> {out}")

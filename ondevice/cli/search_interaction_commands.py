@@ -66,7 +66,7 @@ def interactions_cmd(run_dir: Path, out: Path, search_epochs: int, epochs: int, 
     none of which holds up on validation).
     """
     from ondevice.budget import parse_budget
-    from ondevice.pipeline.search_runs import search_interactions
+    from ondevice.pipeline.search_runs import search_interactions, signal_text
     from ondevice.search.interaction import AutoFISSearcher
 
     searcher = AutoFISSearcher(search_epochs=search_epochs, c=c, mu=mu, grda_lr=grda_lr, zero_at=zero_at,
@@ -75,6 +75,6 @@ def interactions_cmd(run_dir: Path, out: Path, search_epochs: int, epochs: int, 
     s = search_interactions(run_dir, out, searcher, data_dir=data_dir, force=force, mlp=mlp,
                             budget_bytes=None if budget is None else parse_budget(budget))
     click.echo(f"autofis: kept {s['kept_pairs']} of {s['candidate_pairs']} pairs, val AUC {s['val_auc_before']:.4f} -> "
-               f"{s['val_auc_after']:.4f}, {s['seconds']:.1f} s -> {out}")
+               f"{s['val_auc_after']:.4f}, {s['seconds']:.1f} s; {signal_text(s['signal_check'], 'no gate survived gRDA, no pair to test')} -> {out}")
     for warning in s.get("warnings") or []:
         click.echo(f"warning: {warning}", err=True)

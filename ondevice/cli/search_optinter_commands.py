@@ -45,7 +45,7 @@ def optinter_cmd(run_dir: Path, out: Path, budget: str | None, search_epochs: in
     """
     from ondevice.budget import parse_budget
     from ondevice.io import read_json
-    from ondevice.pipeline.search_runs import search_interactions
+    from ondevice.pipeline.search_runs import search_interactions, signal_text
     from ondevice.search.interaction import OptInterSearcher
 
     searcher = OptInterSearcher(search_epochs=search_epochs, alpha_lr=alpha_lr, epochs=epochs,
@@ -58,4 +58,5 @@ def optinter_cmd(run_dir: Path, out: Path, budget: str | None, search_epochs: in
     searched = next(t["searched_pairs"] for t in trace if "searched_pairs" in t)
     click.echo(f"optinter: {counts['memorized']} memorized, {counts['factorized']} factorized, {counts['none']} none "
                f"of {s['candidate_pairs']} pairs ({searched} searched, {selection}), {choice['bytes']:,} B, val AUC "
-               f"{s['val_auc_before']:.4f} -> {s['val_auc_after']:.4f}, {s['seconds']:.1f} s -> {out}")
+               f"{s['val_auc_before']:.4f} -> {s['val_auc_after']:.4f}, {s['seconds']:.1f} s; "
+               f"{signal_text(s['signal_check'])} -> {out}")

@@ -294,6 +294,8 @@ class AutoSearcher(Searcher):
                 store.save_probe(probe)
         searchers: dict[str, Searcher] = {}
         candidates: list[dict[str, Any]] = []
+        # each candidate is measured as the outer fit loop measures (an .ort profile: the .ort bytes)
+        measure = {"measure": ctx.accountant.measure} if ctx.accountant.measure is not None else {}
         for method in names:
             searchers[method] = make_searcher(method, shared={"epochs": self.epochs, "seed": self.seed},
                                               **method_params(self.candidate_params or {}, method))
@@ -344,7 +346,7 @@ class AutoSearcher(Searcher):
                                                       time_left=left):
                     result, file_bytes, attempts = search_fitting(searchers[method], ctx.ckpt, ctx.data, ctx.budget_bytes,
                                                                    ctx.accountant.graph_overhead_bytes, ctx.work_dir,
-                                                                   mlp=ctx.mlp)
+                                                                   mlp=ctx.mlp, **measure)
             except BudgetTooSmallError as err:
                 candidates.append({**base, "outcome": "does not fit", "minimum_bytes": err.minimum_bytes,
                                    "minimum_parts": err.parts, "message": str(err), "seconds": time.perf_counter() - t0})

@@ -99,7 +99,7 @@ from ondevice.pipeline.fleet import (
     render_fleet_markdown,
     required_operators_of,
 )
-from ondevice.pipeline.measure import host_arch, measure_file_bytes
+from ondevice.pipeline.measure import host_arch, measure_file_bytes, onnx_file_bytes, ort_file_bytes
 from ondevice.pipeline.options import parse_max_loss
 from ondevice.pipeline.progress import log
 from ondevice.pipeline.resume import RESUME_LABELS, error_from_json, file_sha256, keep_entry
@@ -532,6 +532,9 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
         entry["warnings"] = list(result.warnings)
         for warning in result.warnings:
             log(False, f"[{name}] warning: {warning}")
+    log(job.quiet, f"[{name}] {format_bytes(entry['file_bytes'])} <= {format_bytes(nbytes)}, "
+                   f"val {metric_label(result.metric)} {result.val_metric:.4f} ({search_s:.1f}s)"
+                   + (f"; {entry['inputs']['text']}" if (entry["inputs"] or {}).get("changed") else ""))
     _check_floor(job, tally, entry, result, method, target)
     if result.candidates is not None:  # auto: every method it tried, the chosen one marked
         entry["candidates"] = [{k: v for k, v in c.items() if k != "config"} for c in result.candidates]
@@ -539,9 +542,6 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
         _check_fleet_row(job, tally, entry, method, target, folder, verify, prof, name)
     tally.runs.append(entry)
     keep_entry(record, tally.runs, tally.failures, tally.errors, before)
-    log(job.quiet, f"[{name}] {format_bytes(entry['file_bytes'])} <= {format_bytes(nbytes)}, "
-                   f"val {metric_label(result.metric)} {result.val_metric:.4f} ({search_s:.1f}s)"
-                   + (f"; {entry['inputs']['text']}" if (entry["inputs"] or {}).get("changed") else ""))
 
 
 def _fit_budget(job: _Job, searcher: Any, target: Target, folder: Path,
@@ -558,7 +558,8 @@ def _fit_budget(job: _Job, searcher: Any, target: Target, folder: Path,
         result, _, attempts = search_fitting(
             _for_target(searcher, dev, job.latency_p99_ms, job.plan.search_limit(index), job.full.probe_val),
             job.ckpt, job.data, nbytes - reserve, job.full.overhead, work_dir=job.tmp / "_cache",
-            mlp=_mlp_for(job.mlp, dev), state_dir=job.tmp / RESUME_DIR / f"{folder.name}.auto")
+            mlp=_mlp_for(job.mlp, dev), state_dir=job.tmp / RESUME_DIR / f"{folder.name}.auto",
+            measure=ort_file_bytes if dev is not None and dev.runtime_format == "ort" else onnx_file_bytes)
     except BudgetTooSmallError as err:  # the minimum then includes the vocabulary the artefact ships
         raise (with_vocabulary(err, nbytes, reserve) if reserve else err) from None
     return result, attempts
@@ -598,7 +599,7 @@ def _row(job: _Job, result: SearchResult, method: str, target: Target,
     b1 = next((r["onnxruntime"] for r in (prof or {}).get("results", []) if r["batch"] == 1), None)
     return {
         "target": label, "device_profile": dev.name if dev else None, "budget_bytes": nbytes,
-        "method": method, "folder": folder.name, "file_bytes": manifest["files"]["model.onnx"]["bytes"],
+        "method": method, "folder": folder.name, "file_bytes": max(f["bytes"] for f in manifest["files"].values()),  # model.ort where shipped
         "fits": manifest["budget"]["fits"], "val": result.val, "metric": result.metric,
         "val_metric": result.val_metric, "config": result.config, "timings": timings,
         "verify_max_abs_diff": verify["max_abs_diff"], "p50_ms_batch1": b1["p50_ms"] if b1 else None,
@@ -628,23 +629,28 @@ def _check_fleet_row(job: _Job, tally: _Tally, entry: dict[str, Any], method: st
                      prof: dict[str, Any] | None, name: str) -> None:
     """``--fleet``: the row's latency at the profile, operators, runtime memory and arm64 parity; each miss a failure."""
     label, nbytes, dev, _ = target
+
+    def miss(err: OndeviceError) -> None:  # said where it happens, not only in the final count
+        log(job.quiet, f"[{name}] failed: {err}")
+        tally.fail(label, method, nbytes, err)
+
     entry["verified"] = bool(verify.get("passed", True))
     entry["latency"] = latency_at_profile(prof, dev)
     tgt = (prof or {}).get("target")
     if tgt and tgt.get("checked") and tgt.get("passed") is False:
-        tally.fail(label, method, nbytes, LatencyTargetError(
+        miss(LatencyTargetError(
             f"p99 {tgt['p99_ms']:.3f} ms at batch {tgt['batch']} x {tgt['threads']} threads is over the "
             f"{tgt['profile']} target of {tgt['p99_target_ms']} ms"))
     entry["required_operators"] = required_operators_of(folder)
     entry["runtime_memory"] = mem = (prof or {}).get("memory_target")
     if mem and mem.get("passed") is False:
-        tally.fail(label, method, nbytes, RuntimeMemoryError(
+        miss(RuntimeMemoryError(
             f"a session adds {mem['runtime_bytes']:,} B of resident memory, over the {mem['profile']} "
             f"memory_budget_runtime of {mem['budget_bytes']:,} B"))
     if dev is not None and dev.arch == "arm64":
         entry["arm64_parity"] = parity = fleet_arm64_parity(folder, dev, job.seed, job.quiet, name)
         if parity["passed"] is False:
-            tally.fail(label, method, nbytes, ParityError(
+            miss(ParityError(
                 f"arm64 parity on emulated {parity['cpu']}: {parity['reason']}",
                 max_abs_diff=parity["max_abs_diff"], tolerance=parity.get("atol")))
 

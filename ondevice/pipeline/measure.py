@@ -17,7 +17,8 @@ import torch
 
 from ondevice.models import BPRMF, CTRModel, RecModel
 
-__all__ = ["ROUNDS", "candidate_latency", "host_arch", "measure_cost", "measure_file_bytes", "onnx_file_bytes"]
+__all__ = ["ROUNDS", "candidate_latency", "host_arch", "measure_cost", "measure_file_bytes", "onnx_file_bytes",
+           "ort_file_bytes"]
 
 
 def measure_file_bytes(model: RecModel) -> tuple[int, int]:
@@ -86,6 +87,28 @@ def onnx_file_bytes(model: RecModel) -> int:
     """Exact ONNX file bytes of ``model`` (``measure_file_bytes``'s first half): the
     ``measure(model) -> int`` the pipeline gives searchers through the byte accountant."""
     return measure_file_bytes(model)[0]
+
+
+def ort_file_bytes(model: RecModel) -> int:
+    """The larger of the ONNX and the ``.ort`` file bytes of ``model``: what an ``ort`` device
+    profile's artefact is checked against (``export_artefact`` exports as for ``.ort``, top-K
+    table decoded per call, and converts with ``convert_to_ort``; the ``.ort`` flatbuffer can
+    be a few percent larger than the ONNX file)."""
+    from ondevice.export.lowering import export_module
+    from ondevice.export.mobile import convert_to_ort
+    from ondevice.export.onnx_export import deployable_model, export_onnx
+
+    deployed = deployable_model(model)
+    module, io = export_module(deployed)
+    if isinstance(deployed, BPRMF):
+        example = torch.zeros(2, deployed.embed_dim)
+    else:
+        example = torch.zeros(2, deployed.embedding.num_fields, dtype=torch.int64)  # type: ignore[union-attr]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(module, io, example, path, table_at_load=False)  # .ort: a top-K table decoded per call
+        ort_path, _ = convert_to_ort(path, Path(tmp))
+        return max(path.stat().st_size, ort_path.stat().st_size)
 
 
 def host_arch() -> str:

@@ -96,6 +96,7 @@ def search_interactions(run_dir: str | Path, out_dir: str | Path, searcher: Sear
     summary = {"method": result.params.get("method"), "kept_pairs": kept.get("kept_count"),
                "candidate_pairs": kept.get("candidates"), "val_auc_before": val_before["auc"],
                "val_auc_after": result.val["auc"], "test_auc": test.get("auc"),
+               "signal_check": _signal_check(result.trace),
                "seconds": result.timings.get("total_s"), "warnings": list(result.warnings)}
     train_config = {**ckpt.train_config, "searched_from": str(run_dir.resolve()), "search": result.params}
     metrics = {"val": result.val, "test": test, "selected_on": "val auc"}
@@ -113,6 +114,29 @@ def search_interactions(run_dir: str | Path, out_dir: str | Path, searcher: Sear
         })
         atomic_write_json(tmp / "search.json", {**result.to_dict(), "summary": summary})
     return summary
+
+
+def _signal_check(trace: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The trace's signal check (AutoFIS, AutoField/AdaFS; OptInter: its screen's), ``None`` without one."""
+    for entry in trace:
+        if entry.get("signal_check") is not None:
+            return entry["signal_check"]
+        if isinstance(entry.get("screen"), dict) and entry["screen"].get("signal_check") is not None:
+            return entry["screen"]["signal_check"]
+    return None
+
+
+def signal_text(signal: dict[str, Any] | None, none: str = "no signal check (nothing to test)") -> str:
+    """One clause for a CLI line: what the signal check decided, or ``none`` when there was none."""
+    if signal is None:
+        return none
+    if "survivors" in signal:  # the held-out pair test (AutoFIS, OptInter's screen)
+        return (f"held-out pair test: {signal['passed_count']} of {signal['survivors']} gRDA survivors "
+                f"pass z >= {signal['threshold_z']:.2f}")
+    if signal.get("p_value") is None:
+        return f"signal check: {signal.get('reason', 'not run')}"
+    verdict = "passed" if signal["passed"] else "failed"
+    return f"signal check {verdict}: p {signal['p_value']:.3g} (needs <= {signal['needed_p']:.3g})"
 
 
 def search_features(run_dir: str | Path, out_dir: str | Path, *, budget_bytes: int | None = None,
@@ -142,6 +166,7 @@ def search_features(run_dir: str | Path, out_dir: str | Path, *, budget_bytes: i
     data = run_data(run_dir, data_dir)
     if data.schema.fingerprint() != ckpt.schema.fingerprint():
         raise BadInputError(f"the data in {data.root} is not the data {run_dir} was trained on (schema fingerprint differs)")
+    val_before = val_metrics(copy.deepcopy(ckpt.model), data)
     full_file, full_params = measure_file_bytes(ckpt.model)
     acc = ByteAccountant(graph_overhead_bytes=full_file - full_params)
     limit = budget_bytes if budget_bytes is not None else acc.file_bytes_estimate(ckpt.model)
@@ -157,7 +182,8 @@ def search_features(run_dir: str | Path, out_dir: str | Path, *, budget_bytes: i
         "method": searcher.method_name(), "source_run": str(run_dir.resolve()), "data_dir": str(Path(data.root).resolve()),
         "fields_kept": schema.field_names, "fields_dropped": [n for n in data.schema.field_names if n not in schema.field_names],
         "schema_fingerprint": schema.fingerprint(), "task": "ctr", "budget_bytes": budget_bytes,
-        "file_bytes": file_bytes, "full_file_bytes": full_file, "val": result.val, "selected_on": f"val {result.metric}",
+        "file_bytes": file_bytes, "full_file_bytes": full_file, "val": result.val, "val_before": val_before,
+        "signal_check": _signal_check(result.trace), "selected_on": f"val {result.metric}",
         "config": ckpt.train_config, "search": {"config": result.config, "params": result.params, "timings": result.timings},
     }
     metrics = {"val": result.val, "selected_on": f"val {result.metric}", "method": summary["method"],

@@ -3,7 +3,9 @@
 Epoch ``e`` visits the rows in ``numpy.random.default_rng([seed, e]).permutation(n)``; a
 training split that fits in memory is copied once into int64 tensors and batches are gathered
 with ``index_select`` (the hot path of ``benchmarks/train_throughput.py``). Under DDP each
-rank takes its disjoint share of every global batch.
+rank takes its disjoint share of every global batch. A single process never yields a one-row
+batch when the split has more rows than that: a lone last row joins the batch before it
+(BatchNorm cannot train on one row, and ``n % batch_size == 1`` is an ordinary split size).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from ondevice.train.distributed import DistInfo
 
-__all__ = ["epoch_order", "in_memory_ctr", "iter_ctr_batches"]
+__all__ = ["ctr_batch_count", "epoch_order", "in_memory_ctr", "iter_ctr_batches"]
 
 _IN_MEMORY_LIMIT = 1 << 30  # bytes of ids a split may take before we stream it in blocks
 
@@ -26,6 +28,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """Row order for one epoch: a full permutation, deterministic in (seed, epoch)."""
     rng = np.random.default_rng([seed, epoch])
     return rng.permutation(n)
+
+
+def ctr_batch_count(rows: int, batch_size: int, world: int = 1) -> int:
+    """Batches :func:`iter_ctr_batches` yields for ``rows`` rows: DDP drops the partial last batch;
+    one process keeps it, folding a lone last row into the batch before it."""
+    if world > 1:
+        return rows // batch_size
+    n = math.ceil(rows / batch_size)
+    return n - 1 if n > 1 and rows % batch_size == 1 else n
 
 
 def iter_ctr_batches(
@@ -38,11 +49,12 @@ def iter_ctr_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield this rank's share of each global batch (``batch_size`` rows over all ranks)."""
     world, rank = dist_info.world_size, dist_info.rank
-    n_batches = len(order) // batch_size if world > 1 else math.ceil(len(order) / batch_size)
+    n_batches = ctr_batch_count(len(order), batch_size, world)
     per_rank = batch_size // world
     in_memory = isinstance(ids, torch.Tensor)
     for b in range(n_batches):
-        rows = order[b * batch_size : (b + 1) * batch_size]
+        end = len(order) if world == 1 and b == n_batches - 1 else (b + 1) * batch_size
+        rows = order[b * batch_size : end]
         if world > 1:
             rows = rows[rank * per_rank : (rank + 1) * per_rank]
         rows = np.sort(rows)  # sequential access into the memmap (and the same row order in memory)

@@ -68,7 +68,7 @@ from ondevice.outputs import (
     write_marker,
 )
 from ondevice.train.allocator import tune_cpu_allocator
-from ondevice.train.batches import epoch_order, in_memory_ctr, iter_ctr_batches
+from ondevice.train.batches import ctr_batch_count, epoch_order, in_memory_ctr, iter_ctr_batches
 from ondevice.train.checkpoint import load_raw, save_checkpoint
 from ondevice.train.config import CTR_MODELS, TOPK_MODELS, TrainConfig
 from ondevice.train.distributed import DistInfo, init_distributed, wrap_distributed
@@ -317,7 +317,10 @@ class Trainer:
         else:
             ctx.topk = self._topk_context(data)
             ctx.train_rows = len(ctx.topk["train"])
-        n_batches = ctx.train_rows // c.batch_size if ctx.dist.enabled else math.ceil(ctx.train_rows / c.batch_size)
+        if data.task == "ctr":
+            n_batches = ctr_batch_count(ctx.train_rows, c.batch_size, ctx.dist.world_size)
+        else:
+            n_batches = ctx.train_rows // c.batch_size if ctx.dist.enabled else math.ceil(ctx.train_rows / c.batch_size)
         m = c.max_steps_per_epoch
         ctx.steps_per_epoch = min(n_batches, m) if m else n_batches
 

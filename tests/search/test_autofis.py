@@ -398,6 +398,9 @@ def test_cli_search_interactions_writes_a_run_folder(trained_run: Path, tmp_path
     assert isinstance(ckpt.model, DeepFM) and ckpt.model.explicit_pairs
     info = json.loads((out / "train.json").read_text())
     assert Path(info["data_dir"]).is_dir() and "auc" in info["test"]
+    signal = info["summary"]["signal_check"]  # the held-out pair test, said on the line (issue 17)
+    assert (f"held-out pair test: {signal['passed_count']} of {signal['survivors']} gRDA survivors pass" in res.output
+            if signal is not None else "no gate survived gRDA, no pair to test" in res.output)
     export = CliRunner().invoke(cli, ["export", str(out), "--out", str(tmp_path / "art")], catch_exceptions=False)
     assert export.exit_code == 0, export.output
     again = CliRunner().invoke(cli, ["search", "interactions", str(trained_run), "--out", str(out)])
@@ -432,4 +435,7 @@ def test_no_surviving_gate_warns_when_the_pair_free_model_is_worse(monkeypatch: 
     ctx = SimpleNamespace(data=None)
     warn = AutoFISSearcher._kept_none_warning(None, ctx, 0.9558, {"c": 0.022}, 45)
     assert len(warn) == 1 and "all 45 pair gates" in warn[0] and "0.9558" in warn[0] and "0.9589" in warn[0]
+    assert "is 0.0031 below" in warn[0]
     assert AutoFISSearcher._kept_none_warning(None, ctx, 0.9600, {"c": 0.022}, 45) == []
+    # a gap below the reported precision is a tie, not "0.9589 is below 0.9589" (MovieLens-1M head)
+    assert AutoFISSearcher._kept_none_warning(None, ctx, 0.95888, {"c": 0.022}, 45) == []

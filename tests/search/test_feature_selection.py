@@ -237,6 +237,8 @@ def test_cli_writes_a_run_that_compress_takes(trained_run: Path, tmp_path: Path)
     assert res.exit_code == 0, res.output
     assert "adafs: kept 2 of 5 fields" in res.output
     info = json.loads((tmp_path / "sel" / "train.json").read_text())
+    assert f"val AUC {info['val_before']['auc']:.4f} -> {info['val']['auc']:.4f}; " in res.output  # against the full model
+    assert info["signal_check"] is None and "signal check off (--signal-level 0)" in res.output
     ckpt = load_checkpoint(tmp_path / "sel")
     assert ckpt.schema.field_names == info["fields_kept"] and len(info["fields_kept"]) == 2
     assert ckpt.model.num_fields == 2 and Path(info["data_dir"]) == Path(_data(trained_run).root).resolve()

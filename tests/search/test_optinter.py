@@ -197,6 +197,7 @@ def test_cli_search_optinter_writes_a_run_folder(trained_run: Path, tmp_path: Pa
                              catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert res.output.startswith("optinter: ") and " memorized, " in res.output and "val AUC" in res.output
+    assert "held-out pair test: " in res.output and "gRDA survivors pass z >= " in res.output  # the screen's check
     ckpt = load_checkpoint(out)
     assert isinstance(ckpt.model, OptInter)
     info = json.loads((out / "train.json").read_text())
@@ -219,7 +220,7 @@ def test_cli_selection_flag_reaches_the_searcher(trained_run: Path, tmp_path: Pa
                                    "--epochs", "0", "--search-epochs", "2", "--batch-size", "256", "--lr", "5e-3",
                                    "--alpha-lr", "0.01"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    assert "(10 searched, paper)" in res.output
+    assert "(10 searched, paper)" in res.output and "no signal check (nothing to test)" in res.output  # no screen
     doc = json.loads((out / "search.json").read_text())
     assert doc["params"]["selection"] == "paper"
     head = doc["trace"][0]

@@ -131,3 +131,25 @@ def test_score_start_keeps_a_warm_start_that_training_only_makes_worse():
     out = fit(model, [opt], batches=batches, loss=loss, epochs=5, seed=0, evaluate=lambda: {"auc": next(scores)},
               metric="auc", patience=2, restore_best=True)
     assert out.state.best_epoch == 2 and out.val == {"auc": 0.85}
+
+
+def test_a_lone_last_row_joins_the_batch_before_it(tmp_path) -> None:
+    """``n % batch_size == 1`` must not leave a one-row batch: BatchNorm cannot train on it
+    (AutoField crashed on MovieLens-1M's 10k-row CTR head: 7,169 weight rows, batch 1024)."""
+    import numpy as np
+
+    from ondevice.train import TrainConfig, train
+    from ondevice.train.batches import ctr_batch_count, iter_ctr_batches
+    from ondevice.train.distributed import DistInfo
+    from tests.conftest import make_ctr
+
+    ids, labels = np.arange(21).reshape(21, 1), np.zeros(21, dtype=np.float32)
+    sizes = [len(y) for _, y in iter_ctr_batches(ids, labels, np.arange(21), 10, DistInfo(), torch.device("cpu"))]
+    assert sizes == [10, 11] and ctr_batch_count(21, 10) == 2
+    assert [ctr_batch_count(n, 10) for n in (1, 10, 11, 12, 20)] == [1, 1, 1, 2, 2]
+    assert [len(y) for _, y in iter_ctr_batches(ids, labels, np.arange(12), 10, DistInfo(), torch.device("cpu"))] == [10, 2]
+    # end to end: a DeepFM with BatchNorm trains on 4,800 rows in batches of 4,799
+    data = make_ctr(tmp_path / "ctr")
+    result = train(data, tmp_path / "run", TrainConfig(model="deepfm", epochs=1, batch_size=4799, batch_norm=True),
+                   quiet=True)
+    assert result.val["auc"] > 0.5
