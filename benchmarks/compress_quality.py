@@ -65,7 +65,7 @@ CTR_METHODS = ["pep", "pep+fp16", "sseds", "mde", "uniform", "hash", "int8", "fp
 # ``min_dims=0`` lets a field drop all its dimensions, the only way a pruning method can go
 # below one float per id (with the uncompressed first-order table, 1/10 of a dim-16 DeepFM
 # leaves less than that).
-TOPK_METHODS = ["rule", "uniform", "int8", "fp16", "pep", "pep+fp16", "auto"]
+TOPK_METHODS = ["rule", "uniform", "int8", "fp16", "pep", "pep+fp16", "rule+int8", "rule+fp16", "uniform+int8", "auto"]
 # ``auto`` (issue 6) tries the single methods above (variants aside) with the same settings,
 # so its target is checkable here: never worse than the best single method it tried.
 AUTO_TIME_LIMIT_S = 3600.0
