@@ -19,7 +19,8 @@ tried with ``allow_input_change=True``; otherwise they are listed as skipped wit
 Time limit (``time_limit_s``, ``None`` = none): a short measured probe (a few training steps
 of the full model and one validation pass) gives the cost of an epoch; each candidate's
 expected cost is that times the epochs its settings ask for (every ``*epochs`` parameter)
-plus an export, corrected by the ratio actual/expected of the candidates already run. The
+plus the validation passes it declares (``Searcher.expected_validation_passes``: RULE's sampled
+configurations) plus an export, corrected by the ratio actual/expected of the candidates already run. The
 candidates run cheapest first. One that is not expected to finish in the time left is
 skipped once some candidate has produced a model (until then candidates keep starting, so a
 short limit still yields an answer); the one running when the limit passes is stopped at its
@@ -300,7 +301,8 @@ class AutoSearcher(Searcher):
             searchers[method] = make_searcher(method, shared={"epochs": self.epochs, "seed": self.seed},
                                               **method_params(self.candidate_params or {}, method))
         export_s = 0.05 + probe["val_s"]  # refined by the first measured candidate
-        expected = {m: probe["val_s"] + (0.0 if m in _NO_RETRAIN else _epochs_of(s) * (probe["epoch_s"] + probe["val_s"]))
+        expected = {m: probe["val_s"] * (1.0 + s.expected_validation_passes(ctx.ckpt, ctx.data))
+                    + (0.0 if m in _NO_RETRAIN else _epochs_of(s) * (probe["epoch_s"] + probe["val_s"]))
                     for m, s in searchers.items()}
         order = sorted(names, key=lambda m: (expected[m], names.index(m)))  # stable: ties keep the listed order
         metric_name = None

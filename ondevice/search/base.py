@@ -165,6 +165,11 @@ class Searcher:
             out[p.name] = getattr(self, p.name)
         return out
 
+    def expected_validation_passes(self, ckpt: Checkpoint, data: EncodedDataset) -> float:
+        """Work beyond its ``*epochs`` settings, in full validation passes of the checkpoint's model
+        (``auto`` orders and skips candidates by expected seconds); 0 for most searchers."""
+        return 0.0
+
     def clone(self, **overrides: Any) -> Searcher:
         """A fresh searcher with the same settings (one per budget)."""
         params = {**self.get_params(), **overrides}

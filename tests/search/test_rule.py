@@ -395,3 +395,18 @@ def test_a_time_limit_stops_the_estimator_samples_and_the_supernet_is_not_cached
     assert r.trace[-1] == {"finetune": "skipped: past the time limit"} and r.timings["retrain_s"] == 0.0
     assert measure_file_bytes(r.model)[0] <= int(full_bytes * 0.75)  # still a valid model within the budget
     rule._CACHE.clear()
+
+
+def test_rule_declares_its_sample_scoring_to_auto_until_the_supernet_is_cached(setting) -> None:
+    from ondevice.search.embedding import rule
+
+    ckpt, data, acc, full_bytes = setting
+    searcher = make_searcher("rule", **{**FAST, "seed": 13})
+    rule._CACHE.clear()
+    fresh = searcher.expected_validation_passes(ckpt, data)
+    assert fresh >= FAST["n_samples"]  # eval_users=None: every sample is a full validation pass
+    searcher.search(ckpt, data, int(full_bytes * 0.75), accountant=acc)
+    cached = searcher.expected_validation_passes(ckpt, data)
+    assert cached == fresh - FAST["n_samples"] and cached < 10
+    assert make_searcher("uniform").expected_validation_passes(ckpt, data) == 0.0
+    rule._CACHE.clear()

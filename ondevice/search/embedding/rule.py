@@ -19,10 +19,8 @@ same group's ``RuiqiZheng08/PEEL`` (``config_all.py``). The survey numbers no RU
 5. Monotone in the budget: the pick competes with configurations already deployed from this
    supernet that fit, and with the full model. Steps 1-2 are cached (:meth:`RULESearcher.supernet`).
 
-Time limit (``compress --time-limit``, ``search.retrain.deadline``): training stops at its next
-step, scoring samples after :data:`MIN_SAMPLES_AT_DEADLINE`, step 3b after its first candidate,
-step 4 is skipped; such a supernet fails the signal check (nested configurations only) and, like
-such an unfine-tuned pick, is not cached.
+Time limit (``search.retrain.deadline``): training stops at its next step, sample scoring after
+:data:`MIN_SAMPLES_AT_DEADLINE`, 3b after one candidate, 4 is skipped; nothing cut short is cached.
 
 Deviations from the paper:
 
@@ -50,6 +48,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -77,6 +76,7 @@ from ondevice.search.retrain import (
     topk_pairs,
     val_metrics,
 )
+from ondevice.train.checkpoint import Checkpoint
 
 __all__ = ["ConfigScorer", "FinetuneResult", "PerformanceEstimator", "RULESearcher", "diversity_penalty", "finetune_config",
            "nested_configs", "sample_config"]
@@ -89,6 +89,8 @@ GRAPH_BYTES_BASE = 1536
 # Sampled configurations scored at least when a time limit passes while the estimator's samples are
 # scored: enough to fit it; a supernet cut short fails its signal check anyway (nested configurations deploy).
 MIN_SAMPLES_AT_DEADLINE = 5
+#: Popularity tilts of step 3b's nested configurations (:func:`nested_configs`).
+NESTED_TILTS = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 _CACHE: dict[str, _Supernet] = {}
 
@@ -336,6 +338,17 @@ class RULESearcher(Searcher):
         self.finetune_lr = finetune_lr
         self.min_estimator_rho = min_estimator_rho
         self.seed = seed
+
+    def expected_validation_passes(self, ckpt: Checkpoint, data: EncodedDataset) -> float:
+        """Scoring ``n_samples`` configurations on ``eval_users`` (skipped when the supernet is cached),
+        step 3b's candidates on ``pick_users`` and the deployed model once, in full validation passes."""
+        n_val = max(1, len(np.unique(topk_pairs(data, "val")[:, 0])))
+        share = (lambda users: 1.0 if users is None else min(1.0, users / n_val))  # noqa: E731
+        ctx = SimpleNamespace(ckpt=ckpt, data=data, work_dir=None)
+        key, folder = self._cache_key(ctx), self.cache_folder(ctx)  # type: ignore[arg-type]
+        cached = key in _CACHE or (folder is not None and (folder / f"supernet-{key}.pt").is_file())
+        samples = 0.0 if cached else self.n_samples * share(self.eval_users)
+        return samples + (len(NESTED_TILTS) + 1) * share(self.pick_users) + 1.0
 
     # ------------------------------------------------------------ once for all
     def _cache_key(self, ctx: SearchContext) -> str:
@@ -719,7 +732,7 @@ class RULESearcher(Searcher):
                                                                                  strict=True))}
 
 
-def nested_configs(group_sizes: list[int], n_blocks: int, fits, tilts: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
+def nested_configs(group_sizes: list[int], n_blocks: int, fits, tilts: tuple[float, ...] = NESTED_TILTS
                    ) -> list[tuple[str, np.ndarray]]:
     """Step 3b: popularity-graded leading-block configurations, the largest of each tilt that ``fits``.
 
