@@ -112,8 +112,17 @@ def search_interactions(run_dir: str | Path, out_dir: str | Path, searcher: Sear
             **({"fields_kept": data.schema.field_names} if isinstance(data, FieldSelectedDataset) else {}),
             "params": sum(p.numel() for p in model.parameters()),
         })
-        atomic_write_json(tmp / "search.json", {**result.to_dict(), "summary": summary})
+        atomic_write_json(tmp / "search.json", _no_sentinel({**result.to_dict(), "summary": summary}))
     return summary
+
+
+def _no_sentinel(value: Any) -> Any:
+    """``value`` with :data:`NO_BUDGET` written as ``null``: no budget was given, not 2**62 bytes."""
+    if isinstance(value, dict):
+        return {k: _no_sentinel(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_sentinel(v) for v in value]
+    return None if isinstance(value, int) and not isinstance(value, bool) and value == NO_BUDGET else value
 
 
 def _signal_check(trace: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -193,7 +202,7 @@ def search_features(run_dir: str | Path, out_dir: str | Path, *, budget_bytes: i
                         extra={"selected_from": str(ckpt.path) if ckpt.path else None})
         schema.save(tmp / "schema.json")
         atomic_write_json(tmp / "train.json", summary)
-        atomic_write_json(tmp / "search.json", {**result.to_dict(), "file_bytes": file_bytes})
+        atomic_write_json(tmp / "search.json", _no_sentinel({**result.to_dict(), "file_bytes": file_bytes}))
     return summary
 
 

@@ -221,7 +221,9 @@ def test_cli_selection_flag_reaches_the_searcher(trained_run: Path, tmp_path: Pa
                                    "--alpha-lr", "0.01"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "(10 searched, paper)" in res.output and "no signal check (nothing to test)" in res.output  # no screen
-    doc = json.loads((out / "search.json").read_text())
+    text = (out / "search.json").read_text()
+    assert str(2**62) not in text  # no budget given: null, not the internal sentinel
+    doc = json.loads(text)
     assert doc["params"]["selection"] == "paper"
     head = doc["trace"][0]
     assert head["selection"] == "paper" and head["screen"] is None and head["searched_pairs"] == len(head["pairs"]) == 10
