@@ -343,7 +343,10 @@ class RULESearcher(Searcher):
         """Scoring ``n_samples`` configurations on ``eval_users`` (skipped when the supernet is cached),
         step 3b's candidates on ``pick_users`` and the deployed model once, in full validation passes."""
         n_val = max(1, len(np.unique(topk_pairs(data, "val")[:, 0])))
-        share = (lambda users: 1.0 if users is None else min(1.0, users / n_val))  # noqa: E731
+
+        def share(users: int | None) -> float:  # of the validation users a scoring pass reads
+            return 1.0 if users is None else min(1.0, users / n_val)
+
         ctx = SimpleNamespace(ckpt=ckpt, data=data, work_dir=None)
         key, folder = self._cache_key(ctx), self.cache_folder(ctx)  # type: ignore[arg-type]
         cached = key in _CACHE or (folder is not None and (folder / f"supernet-{key}.pt").is_file())
