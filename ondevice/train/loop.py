@@ -148,7 +148,6 @@ def fit(
     val: dict[str, Any] = {}
     best_val: dict[str, Any] = {}
     stopped, at_deadline = False, past_deadline()
-    on_step = _with_tick(on_step, epochs)
     if score_start and evaluate is not None and restore_best and state.epoch == 0 and not at_deadline:
         val = evaluate()
         _record_validation(state, 0, val[metric])
@@ -156,8 +155,8 @@ def fit(
     for epoch in range(state.epoch + 1, 0 if at_deadline else epochs + 1):
         if patience is not None and state.bad_epochs >= patience:
             break
-        stats, stopped, at_deadline = _train_epoch(model, optimizers, epoch, batches, loss, seed, state, grad_clip,
-                                                   max_steps_per_epoch, on_step, device)
+        stats, stopped, at_deadline = _train_epoch(model, optimizers, epoch, epochs, batches, loss, seed, state,
+                                                   grad_clip, max_steps_per_epoch, on_step, device)
         if evaluate is not None and not (at_deadline and best_weights is not None):
             # past a time limit with weights already scored: those are kept, no further evaluation
             val = stats.val = evaluate()
@@ -180,17 +179,7 @@ def fit(
                       stopped_early=stopped, stopped_at_deadline=at_deadline)
 
 
-def _with_tick(on_step: Callable[[StepInfo], bool] | None, epochs: int) -> Callable[[StepInfo], bool]:
-    """``on_step`` that first reports the step to an open TTY progress bar (``train.progress.tick``)."""
-
-    def hook(info: StepInfo) -> bool:
-        tick(info.epoch, epochs, info.steps)
-        return bool(on_step(info)) if on_step is not None else False
-
-    return hook
-
-
-def _train_epoch(model, optimizers, epoch, batches, loss, seed, state, grad_clip, max_steps, on_step,
+def _train_epoch(model, optimizers, epoch, epochs, batches, loss, seed, state, grad_clip, max_steps, on_step,
                  device) -> tuple[EpochStats, bool, bool]:
     """One epoch of steps; returns its stats and whether ``on_step`` / the deadline stopped it."""
     torch.manual_seed(seed + epoch)
@@ -211,6 +200,7 @@ def _train_epoch(model, optimizers, epoch, batches, loss, seed, state, grad_clip
         state.steps += 1
         loss_sum += value.detach() * rows
         samples += rows
+        tick(epoch, epochs, state.steps)  # an open TTY progress bar (one list check when none is)
         if on_step is not None and on_step(StepInfo(epoch, step, state.steps, samples, loss_sum, t0)):
             stopped = True
         elif past_deadline():
