@@ -215,14 +215,18 @@ class Schema:
             )
 
 
-def input_contract(schema: Schema, max_names: int = 12) -> dict[str, Any]:
+def input_contract(schema: Schema, max_names: int = 12, encoding: str = "ids") -> dict[str, Any]:
     """The artefact's inputs in words, and whether they differ from the full model's (feature selection).
 
     ``changed`` is True when ``schema`` keeps a subset of a parent schema's fields
     (``extra["field_selection"]``, written by :meth:`Schema.select_fields`); ``text`` is the
-    one line ``compress``, ``summary.md`` and the manifest print.
+    one line ``compress``, ``summary.md`` and the manifest print. ``encoding``: ``ids`` (the
+    app encodes with ``schema.json``) or ``raw`` (the field values as in the data, encoded in
+    the graph: ``manifest["raw_inputs"]``).
     """
     names = schema.field_names
+    what = f"ids [batch, {len(names)}]" if encoding == "ids" else "raw values"
+    how = "Encode the kept fields as before (schema.json)" if encoding == "ids" else "Send the kept fields' raw values"
     sel = schema.extra.get("field_selection") if isinstance(schema.extra, dict) else None
 
     def _list(items: list[str]) -> str:
@@ -231,12 +235,12 @@ def input_contract(schema: Schema, max_names: int = 12) -> dict[str, Any]:
     if schema.task != "ctr":
         return {"changed": False, "fields": names, "text": "inputs unchanged: the user's vector [batch, dim]"}
     if not sel:
-        return {"changed": False, "fields": names,
-                "text": f"inputs unchanged: ids [batch, {len(names)}] of every field ({_list(names)})"}
+        return {"changed": False, "fields": names, "encoding": encoding,
+                "text": f"inputs unchanged: {what} of every field ({_list(names)})"}
     parent = list(sel.get("parent_fields") or [])
     dropped = [n for n in parent if n not in names]
-    text = (f"INPUTS CHANGED: the artefact takes ids [batch, {len(names)}] = {len(names)} of the full model's "
+    text = (f"INPUTS CHANGED: the artefact takes {what} {'=' if encoding == 'ids' else 'of'} {len(names)} of the full model's "
             f"{len(parent)} fields, in this order: {_list(names)}; dropped {len(dropped)}: {_list(dropped)}. "
-            "Encode the kept fields as before (schema.json) and send only them")
-    return {"changed": True, "fields": names, "parent_fields": parent, "dropped_fields": dropped,
+            f"{how} and send only them")
+    return {"changed": True, "fields": names, "encoding": encoding, "parent_fields": parent, "dropped_fields": dropped,
             "parent_fingerprint": sel.get("parent_fingerprint"), "text": text}

@@ -54,6 +54,11 @@ def test_summary_files(compressed) -> None:
     assert s["full_model"]["file_bytes"] > 17_000 and s["full_model"]["val"]["auc"] > 0.6
     assert len(s["runs"]) == len(METHODS) and not s["failures"]
     assert "sseds+int8" in (out / "summary.md").read_text()
+    for run in s["runs"]:  # every row says which inputs its artefact takes
+        encoding = json.loads((out / run["folder"] / "manifest.json").read_text())["input_encoding"]
+        assert run["inputs"]["encoding"] == encoding
+        assert run["inputs"]["text"].startswith("inputs unchanged: " + ("raw values" if encoding == "raw" else "ids ["))
+    assert "| raw values, all fields |" in (out / "summary.md").read_text() or "| ids, all fields |" in (out / "summary.md").read_text()
     assert not list(out.parent.glob(".out.*"))  # no temp folder left behind
 
 

@@ -423,7 +423,7 @@ def _manifest(started: float, model: RecModel, io: dict[str, Any], ckpt: Checkpo
         "inputs": plan["inputs"] if plan else io["inputs"],
         "input_encoding": inputs,
         "raw_inputs": plan,
-        "input_contract": input_contract(ckpt.schema),
+        "input_contract": input_contract(ckpt.schema, encoding=inputs),
         "outputs": io["outputs"],
         "files": files,
         "budget": None,

@@ -158,6 +158,10 @@ def _fmt(v: float | None, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _mb(v: float | None) -> str:
+    return "-" if v is None else f"{v / 1e6:.1f}"
+
+
 def render_profile_markdown(result: dict[str, Any]) -> str:
     """The profile as a Markdown table (latency in ms, memory in MB)."""
     m = result["machine"]
@@ -166,18 +170,19 @@ def render_profile_markdown(result: dict[str, Any]) -> str:
         "",
         f"Machine: {m['machine']} {m['processor']}, {m['cpu_count']} CPUs, onnxruntime {m['onnxruntime']}, "
         f"python {m['python']}. {result['settings']['runs']} timed runs after {result['settings']['warmup']} warm-up, "
-        "one fresh process per measurement.",
+        "one fresh process per measurement. Memory: resident bytes the session adds after loading and at its "
+        "peak after the runs, over a warm-up session on a trivial model (onnxruntime's start-up not counted).",
         "",
-        "| batch | threads | ORT p50 | p90 | p99 | p999 | max | rows/s | session ms | first ms | RSS after session MB | peak RSS after runs MB | torch p50 | torch p99 | torch/ORT p50 |",
+        "| batch | threads | ORT p50 | p90 | p99 | p999 | max | rows/s | session ms | first ms | session adds MB | peak added after runs MB | torch p50 | torch p99 | torch/ORT p50 |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["results"]:
         o, p, q = r["onnxruntime"], r["pytorch"] or {}, r["ratio"] or {}
-        mb = lambda v: "-" if v is None else f"{v / 1e6:.1f}"  # noqa: E731
+        mem = o.get("memory") or {}
         lines.append(
             f"| {r['batch']} | {r['threads']} | {_fmt(o['p50_ms'])} | {_fmt(o['p90_ms'])} | {_fmt(o['p99_ms'])} | "
             f"{_fmt(o['p999_ms'])} | {_fmt(o['max_ms'])} | {o['throughput_rows_per_s']:,.0f} | {_fmt(o['session_create_ms'], 1)} | "
-            f"{_fmt(o['first_inference_ms'])} | {mb(o['rss_after_session_bytes'])} | {mb(o['peak_rss_after_runs_bytes'])} | "
+            f"{_fmt(o['first_inference_ms'])} | {_mb(mem.get('load_added_bytes'))} | {_mb(mem.get('peak_added_bytes'))} | "
             f"{_fmt(p.get('p50_ms'))} | {_fmt(p.get('p99_ms'))} | {_fmt(q.get('p50_torch_over_ort'), 2)} |"
         )
     t = result.get("target")

@@ -528,6 +528,7 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
         return
     entry = _row(job, result, method, target, folder, manifest, verify, prof,
                  {**result.timings, "search_and_retrain_s": search_s, "export_s": export_s}, t0)
+    entry["raw_encoder_reserve"] = reserve
     if result.warnings:
         entry["warnings"] = list(result.warnings)
         for warning in result.warnings:

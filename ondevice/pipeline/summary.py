@@ -61,8 +61,10 @@ def render_summary_markdown(s: dict[str, Any]) -> str:
         lat = f"{_fmt(r['p50_ms_batch1'], '.3f')} / {_fmt(r.get('p99_ms_batch1'), '.3f')}"
         loss = "—" if r.get("loss") is None else f"{-r['loss']:+.2%}" + (" **below floor**" if r.get("below_floor") else "")
         inputs = r.get("inputs") or {}
-        in_cell = (f"**changed**: {len(inputs['fields'])} of {len(inputs['parent_fields'])} fields"
-                   if inputs.get("changed") else "unchanged")
+        enc = {"raw": "raw values", "ids": "ids"}.get(inputs.get("encoding", ""), "")
+        in_cell = (f"**changed**: {enc + ' of ' if enc else ''}{len(inputs['fields'])} of "
+                   f"{len(inputs['parent_fields'])} fields" if inputs.get("changed")
+                   else f"{enc + ', ' if enc else ''}all fields")
         lines.append(f"| {r['target']} | {r['method']} | {r['budget_bytes']:,} | {r['file_bytes']:,} | "
                      f"{full['file_bytes'] / r['file_bytes']:.1f} | {r['val_metric']:.4f} | {loss} | "
                      f"{_fmt(r.get('test_metric'))} | {_stored_as(r.get('config') or {})} | "
@@ -83,6 +85,10 @@ def render_summary_markdown(s: dict[str, Any]) -> str:
             chosen = ("**yes**" + (f" ({c['chosen_by']})" if c.get("chosen_by") else "")) if c.get("chosen") else ""
             lines.append(f"| {c['method']} | {outcome} | {fb} | {_fmt(c.get('val_metric'))} | {loss} | {p99} | "
                          f"{_fmt(c.get('expected_s'), '.1f')} | {_fmt(c.get('seconds'), '.1f')} | {chosen} |")
+        if r.get("raw_encoder_reserve"):
+            lines += ["", f"File B: the id model each candidate was fitted as, within the budget less the "
+                          f"{r['raw_encoder_reserve']:,} B reserved for the raw-feature encoder (its vocabulary "
+                          "tables); the shipped artefact adds the encoder to the chosen one."]
     warned = [(r, w) for r in s["runs"] for w in r.get("warnings", [])]
     if warned:
         lines += ["", "## Warnings", ""]

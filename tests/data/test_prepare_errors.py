@@ -147,6 +147,9 @@ def test_format_specific_errors(tmp_path: Path) -> None:
     (tmp_path / "ml" / "ratings.dat").write_text("1::10::5::1\n1::10::5\n")
     with pytest.raises(DataFormatError, match=r"ratings\.dat line 2: 3 fields, expected 4"):
         prepare(tmp_path / "ml" / "ratings.dat", tmp_path / "out", format="movielens")
+    with pytest.raises(BadInputError, match="users.dat, movies.dat are read from beside the ratings file"):
+        prepare([tmp_path / "ml" / "ratings.dat", tmp_path / "ml" / "users.dat", tmp_path / "ml" / "movies.dat"],
+                tmp_path / "out", format="movielens")
     with pytest.raises(BadInputError, match="needs a spec file"):
         prepare(tmp_path / "a.csv", tmp_path / "out", format="csv")
     (tmp_path / "s.json").write_text('{"label": "click", "categorical": ["C1"], "colour": 1}')

@@ -93,6 +93,9 @@ def test_profile_keys_and_files(exported, tmp_path: Path, cli_runner) -> None:
     assert r["target"] is None
     for name in ("profile.json", "profile.md"):
         assert (art / name).is_file()
+    added = row["onnxruntime"]["memory"]["load_added_bytes"]  # the Markdown shows what the session adds, not the RSS
+    assert f"| {added / 1e6:.1f} |" in (art / "profile.md").read_text()
+    assert "session adds MB" in (art / "profile.md").read_text()
     pytest.importorskip("matplotlib")
     assert (art / "profile.png").stat().st_size > 1000
     cli = cli_runner("profile", art, "--batch", "2", "--threads", "1", "--runs", "3", "--warmup", "0", "--no-torch", "--json")

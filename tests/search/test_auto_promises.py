@@ -150,7 +150,8 @@ def test_changed_inputs_are_stated_in_summary_manifest_and_cli(trained_run: Path
         pytest.skip("AutoField kept every field on this data")
     kept, parent = contract["fields"], contract["parent_fields"]
     assert len(kept) < len(parent) == 5 and manifest["inputs"][0]["shape"] == ["batch", len(kept)]
-    assert contract["text"].startswith(f"INPUTS CHANGED: the artefact takes ids [batch, {len(kept)}]")
+    takes = "raw values of" if manifest["input_encoding"] == "raw" else f"ids [batch, {len(kept)}] ="
+    assert contract["text"].startswith(f"INPUTS CHANGED: the artefact takes {takes} {len(kept)} of the full model's")
     assert all(name in contract["text"] for name in parent)  # kept and dropped are both named
     md = (out / "summary.md").read_text()
     assert "## Input changes" in md and contract["text"] in md

@@ -106,6 +106,10 @@ class MovieLensFormat(RawFormat):
             self.drop = sorted(float(d) for d in drop)
         except ValueError:
             raise BadInputError(f"movielens option drop_ratings={drop!r}: expected numbers such as 3") from None
+        side = [p.name for p in inputs if p.name.split(".")[0] in ("users", "movies")]
+        if side:
+            raise BadInputError(f"movielens takes only the ratings file(s); {', '.join(side)} {'are' if len(side) > 1 else 'is'} read from beside "
+                                "the ratings file (or --option users=PATH / movies=PATH): drop it from the inputs")
         folder = inputs[0].parent
         users = _read_table(_side_file(folder, "users", self.opts.get("users")), 5, "latin-1")
         movies_raw = _read_table(_side_file(folder, "movies", self.opts.get("movies")), 3, "latin-1")
