@@ -227,6 +227,8 @@ def test_runner_records_cli_and_golden(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(tmp_path / "raw" / "runner.py"), str(tmp_path / "raw"), "--records",
                            str(tmp_path / "r.jsonl")], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+    # record 1 lacks most columns: stderr names them (a misspelt column would show here), stdout stays JSON
+    assert proc.stderr.startswith("note: read as missing: ") and "C1 (" not in proc.stderr and "C2 (absent in 1 of 5)" in proc.stderr
     printed = [json.loads(ln)["probability"] for ln in proc.stdout.splitlines()]
     runner = runner_module()
     manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())

@@ -531,6 +531,21 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def records_note(manifest: dict[str, Any], records: list[dict[str, Any]]) -> str | None:
+    """One line naming the columns some records lack (read as missing) and the keys no column
+    has (ignored), so a misspelt column does not pass silently; None when every record matches."""
+    cols = [c["name"] for c in (manifest.get("raw_inputs") or {}).get("columns", [])]
+    absent = {c: sum(c not in rec for rec in records) for c in cols}
+    unknown = sorted({k for rec in records for k in rec} - set(cols))
+    parts = []
+    if any(absent.values()):
+        parts.append("read as missing: " + ", ".join(f"{c} (absent in {n} of {len(records)})" for c, n in absent.items() if n))
+    if unknown:
+        shown = ", ".join(repr(k)[:40] for k in unknown[:8]) + (f", … (+{len(unknown) - 8})" if len(unknown) > 8 else "")
+        parts.append(f"ignored keys no column has: {shown} (columns: {', '.join(cols)})")
+    return "note: " + "; ".join(parts) if parts else None
+
+
 def predict_records(artefact_dir: str | Path, records_path: str | Path, *, model_file: str | None = None,
                     batch: int = 256) -> list[dict[str, Any]]:
     """Run raw records through the artefact (files checked first); one output dict per record."""
@@ -1003,6 +1018,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.records:
             for row in predict_records(args.artefact_dir, args.records, model_file=args.model_file):
                 print(json.dumps(row))
+            note = records_note(load_manifest(args.artefact_dir), read_records(args.records))
+            if note:
+                print(note, file=sys.stderr)
             return EXIT_OK
         if args.parity_inputs:
             alt = dict(kv.split("=", 1) for kv in args.parity_alt_config or [])
