@@ -325,18 +325,38 @@ class ElasticSubsetEmbedding(EmbeddingLayer):
         """The docstring's byte formula (:func:`config_bytes`)."""
         return config_bytes(group_sizes, np.asarray(mask, dtype=bool), dim, dtype)
 
-    def _all_rows(self, like: torch.Tensor) -> torch.Tensor:
-        """Every stored item vector ``[N, D]`` in table order, built from the stored blocks."""
+    def _all_rows(self, like: torch.Tensor, blocks: Sequence[int] | None = None) -> torch.Tensor:
+        """Every stored item vector in table order, built from the stored blocks: ``[N, D]``, or
+        ``[N, len(blocks)·d_b]`` with only ``blocks``' dims (a superset of every kept subset)."""
         zero = like.shape[0] * 0  # a traced 0: the Range below is not constant-folded away
+        keep = tuple(range(self.n_blocks)) if blocks is None else tuple(blocks)
         parts = []
         for c, ((bs, _), rows) in enumerate(zip(self._classes, self._rows, strict=True)):
             v = self.tables[c].gather(torch.arange(zero, zero + rows, dtype=torch.int64))  # [R, s*d_b]
-            if len(bs) < self.n_blocks:
+            if tuple(bs) != keep:
+                index = getattr(self, f"block_index{c}")
+                if blocks is not None:
+                    index = index[torch.tensor(keep, dtype=torch.int64)]
                 v = v.reshape(rows, len(bs), self.block_dim)
-                v = torch.cat([v[:, :1] * 0.0, v], dim=1)[:, getattr(self, f"block_index{c}")]  # [R, n_b, d_b]
-                v = v.reshape(rows, self.dim)
+                v = torch.cat([v[:, :1] * 0.0, v], dim=1)[:, index]  # [R, |keep|, d_b]
+                v = v.reshape(rows, len(keep) * self.block_dim)
             parts.append(v)
         return torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+
+    def used_dims(self) -> list[int]:
+        """The dims of the blocks some group keeps: every item vector is zero in the others."""
+        used = np.flatnonzero(self.mask.any(axis=0))
+        return [int(k) * self.block_dim + j for k in used for j in range(self.block_dim)]
+
+    def used_table(self, seed: torch.Tensor) -> torch.Tensor:
+        """Every item's vector in :meth:`used_dims` only, transposed: ``[len(used_dims), N]``
+        (column = item id), from the int64 scalar ``seed`` (= 0). A top-K artefact scores
+        ``user_vector[:, used_dims]`` against it: the same dot products without the zero dims,
+        and onnxruntime folds (and keeps resident) a table and intermediates that much smaller."""
+        used = np.flatnonzero(self.mask.any(axis=0)).tolist()
+        ids = torch.arange(seed, seed + self.vocab_sizes[0], dtype=torch.int64)
+        rows = _decode_positions(self.position[ids], self.vocab_sizes[0])
+        return self._all_rows(ids, used)[rows].t()  # ids' traced length: the decode is not folded into the file
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         rows = _decode_positions(self.position[ids], self.vocab_sizes[0])  # Gather(int16|int32) -> Cast [-> Where]

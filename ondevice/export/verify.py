@@ -48,8 +48,7 @@ def _topk_case(name: str, feeds: dict[str, np.ndarray], ort_out: dict[str, np.nd
     exclude = feeds.get(TOPK_EXCLUDE, np.zeros((len(x), 0), dtype=np.int64))
     with torch.no_grad():
         ref_ids, ref_scores = (t.numpy() for t in module(torch.from_numpy(x), torch.from_numpy(exclude)))
-        items = module.item_table(torch.zeros((), dtype=torch.int64))
-        full = (torch.from_numpy(x) @ items).numpy().astype(np.float64)  # [B, N]: column = item id
+        full = module.scores(torch.from_numpy(x)).numpy().astype(np.float64)  # [B, N]: column = item id
     full[:, 0] = -np.inf  # the OOV item
     seen = [set(row[(row > 0) & (row < n_items)].tolist()) for row in exclude]
     for r, row in enumerate(seen):

@@ -217,6 +217,42 @@ def _check_item_only_overhead(tmp_path: Path, type_name: str) -> None:
     assert verify_artefact(tmp_path / f"art-{type_name}")["passed"]
 
 
+@pytest.mark.parametrize("mask", [[[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]],    # used dims a prefix: Slice
+                                  [[1, 0, 1, 0], [0, 0, 1, 0], [1, 0, 0, 0]]])   # blocks 0 and 2: Gather
+def test_elastic_table_is_scored_in_its_used_dims_only(tmp_path: Path, mask: list[list[int]]) -> None:
+    """RULE's deployed table leaves some blocks zero for every item: the artefact decodes only the
+    used dims and scores the matching slice of the user vector, with PyTorch's top-K and scores."""
+    from ondevice.embedding import DenseEmbedding, ElasticBlockEmbedding
+    from ondevice.models import BPRMF
+    from ondevice.schema import Field, Schema
+    from ondevice.train.checkpoint import Checkpoint
+
+    torch.manual_seed(0)
+    items, users = 600, 30
+    layer = ElasticBlockEmbedding.from_dense(DenseEmbedding([items], 16, init_std=0.3), np.arange(items)[::-1],
+                                             n_blocks=4, n_groups=3)
+    layer = layer.deploy(np.array(mask, dtype=bool))
+    assert len(layer.used_dims()) == 8 < 16
+    schema = Schema(task="topk", fields=[Field(name="user", vocab_size=users, encoding="identity", role="user"),
+                                         Field(name="item", vocab_size=items, encoding="identity", role="item")])
+    model = BPRMF(DenseEmbedding([users], 16, init_std=0.3), layer).eval()
+    art = tmp_path / "art"
+    export_artefact(Checkpoint(model=model, schema=schema), art, check_mobile=False)
+    assert verify_artefact(art)["passed"]
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    sess = ort.InferenceSession(str(art / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    folded = [list(i.dims) for i in onnx.load(str(tmp_path / "opt.onnx")).graph.initializer if len(i.dims) == 2]
+    assert folded == [[8, items]]  # the folded item table holds the used dims only (was [16, items])
+    user = torch.randn(5, 16)
+    ids, scores = sess.run(None, {"user_vector": user.numpy(), "exclude_items": np.zeros((5, 0), dtype=np.int64)})
+    want = user @ layer.dense_weight().t()  # every item's score in PyTorch, all 16 dims
+    want[:, 0] = float("-inf")
+    top = torch.topk(want, ids.shape[1], dim=1)
+    np.testing.assert_allclose(scores, top.values.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ids, top.indices.numpy())
+
+
 def test_overhead_at_most_3_percent_for_every_layer_type(tmp_path: Path) -> None:
     """File bytes = distinct stored tensors (Σ storage_bytes() + MLP) + small graph overhead, >= 100 KB models."""
     from ondevice.embedding import DenseEmbedding
