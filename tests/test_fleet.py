@@ -88,6 +88,22 @@ def test_fleet_cli_and_errors(topk_run: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "c" / "fleet.json").read_text())["passed"] is True
 
 
+def test_a_failed_profile_without_an_artefact_says_why_in_fleet_md(tmp_path: Path) -> None:
+    from ondevice.budget import load_profile
+    from ondevice.pipeline.fleet import fleet_report, render_fleet_markdown
+
+    _profile(tmp_path, "watch", "1KB", "arm64")
+    failure = {"target": "watch", "method": "int8", "budget_bytes": 1000, "error": "BudgetTooSmallError",
+               "message": "1,000 B is below the smallest model (9,000 B); raise the budget"}
+    summary = {"runs": [], "failures": [failure], "run_dir": "run",
+               "full_model": {"file_bytes": 50_000, "metric": "auc", "val": {"auc": 0.75}}}
+    report = fleet_report(summary, [load_profile(tmp_path / "watch.toml")], tmp_path)
+    md = render_fleet_markdown(report)
+    assert not report["passed"] and "| **FAIL** [1] | — |" in md
+    assert ("- [1] watch / int8: BudgetTooSmallError: 1,000 B is below the smallest model (9,000 B); raise the "
+            "budget\n") in md
+
+
 def test_an_ort_profile_is_fitted_by_its_ort_file(topk_run: Path, tmp_path: Path, capsys) -> None:
     """An ``ort`` profile ships ``model.ort``, tens of KB larger than ``model.onnx`` for RULE's
     per-call item table (Amazon Toys at android-low's 2 MB: 2,034,232 B vs 1,991,348 B, exit 3).
@@ -107,6 +123,11 @@ def test_an_ort_profile_is_fitted_by_its_ort_file(topk_run: Path, tmp_path: Path
     assert [f["error"] for f in s["failures"]] == ["RuntimeMemoryError"]
     err = capsys.readouterr().err
     assert "[phone] failed: a session adds" in err and "memory_budget_runtime of 1,000 B" in err
+    # fleet.md says why the row failed, not only FAIL (the reason was in summary.md and the log)
+    row = json.loads((tmp_path / "o" / "fleet.json").read_text())["rows"][0]
+    assert row["status"] == "fail" and row["reason"] == f"RuntimeMemoryError: {s['failures'][0]['message']}"
+    md = (tmp_path / "o" / "fleet.md").read_text()
+    assert "| **FAIL** [1] |" in md and f"- [1] phone / rule: {row['reason']}\n" in md
     folder = tmp_path / "o" / s["runs"][0]["folder"]
     ort_bytes = (folder / "model.ort").stat().st_size
     assert ort_bytes <= 58_000  # the .ort file (not model.onnx alone) is what fits

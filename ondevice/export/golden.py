@@ -91,10 +91,11 @@ def topk_exclude(num_items: int, top_ids: np.ndarray, rng: np.random.Generator) 
 
 
 def topk_golden_feeds(module: torch.nn.Module, vectors: dict[str, np.ndarray], names: tuple[str, str], num_items: int,
-                      *, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+                      *, seed: int = 0, exclude_most: bool = True) -> dict[str, dict[str, np.ndarray]]:
     """Golden feeds of a top-K graph: ``batch1`` excludes nothing (an empty ``[1, 0]``), every
     other case excludes :func:`topk_exclude`'s items; ``exclude_most`` (catalogues of at most
-    2,000 items) leaves fewer than ``k`` items, so the last slots must be id -1."""
+    2,000 items; ``exclude_most=False``: not built) leaves fewer than ``k`` items, so the last
+    slots must be id -1."""
     rng = np.random.default_rng(seed + 1)
     user, exclude = names
     feeds: dict[str, dict[str, np.ndarray]] = {}
@@ -106,7 +107,7 @@ def topk_golden_feeds(module: torch.nn.Module, vectors: dict[str, np.ndarray], n
             top = module(torch.from_numpy(x))[0].numpy()
         feeds[name] = {user: x, exclude: topk_exclude(num_items, top, rng)}
     k = int(getattr(module, "k", 0))
-    if 1 < num_items <= 2001 and k > 1:
+    if exclude_most and 1 < num_items <= 2001 and k > 1:
         first = next(iter(vectors.values()))[:1]
         keep = rng.choice(np.arange(1, num_items), size=min(k - 1, num_items - 1) // 2 or 1, replace=False)
         most = np.setdiff1d(np.arange(1, num_items), keep)

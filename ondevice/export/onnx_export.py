@@ -290,14 +290,14 @@ def export_artefact(
     started = time.time()
     dev = profile if isinstance(profile, DeviceProfile) or profile is None else load_profile(profile)
     limit, limit_source = resolve_budget(budget_bytes, dev, budget_source)
-    fmt = _check_export_options(format or (dev.runtime_format if dev else "onnx"), top_k, inputs)
+    fmt = _check_export_options(format or (dev.runtime_format if dev else "onnx"), top_k)
     topk_table = _check_topk_table(topk_table, fmt)
     out_dir = Path(out_dir)
     src = run_dir_or_checkpoint.path if isinstance(run_dir_or_checkpoint, Checkpoint) else run_dir_or_checkpoint
     check_output(out_dir, kind="export", inputs=[src], force=force)
     ckpt = _resolve_checkpoint(run_dir_or_checkpoint)
     model = deployable_model(ckpt.model)
-    inputs = resolve_inputs(inputs, model)
+    inputs = resolve_inputs(inputs, model)  # checks --inputs
     module, io = export_module(model, k=top_k)
     if io["task"] == "topk":
         assert isinstance(model, BPRMF)
@@ -323,14 +323,12 @@ def export_artefact(
     return manifest
 
 
-def _check_export_options(fmt: str, top_k: int, inputs: str | None) -> str:
-    """One-line errors for a bad ``--format``, ``--top-k`` or ``--inputs``; returns the format."""
+def _check_export_options(fmt: str, top_k: int) -> str:
+    """One-line errors for a bad ``--format`` or ``--top-k`` (``--inputs``: :func:`resolve_inputs`); returns the format."""
     if fmt not in ("onnx", "ort"):
         raise BadInputError(f"format {fmt!r} must be 'onnx' or 'ort'")
     if top_k < 1:
         raise BadInputError(f"top-k must be >= 1, got {top_k}")
-    if inputs is not None and inputs not in INPUT_MODES:
-        raise BadInputError(f"--inputs {inputs!r} must be one of {', '.join(INPUT_MODES)}")
     return fmt
 
 

@@ -41,7 +41,7 @@ def _ctr_case(name: str, x: np.ndarray, ort_out: dict[str, np.ndarray], torch_ou
 
 
 def _topk_case(name: str, feeds: dict[str, np.ndarray], ort_out: dict[str, np.ndarray], module: Any,
-               io: dict[str, Any], atol: float) -> dict[str, Any]:
+               io: dict[str, Any], atol: float, runner: Any) -> dict[str, Any]:
     ids, scores = ort_out[io["topk"]["ids_output"]], ort_out[io["topk"]["scores_output"]]
     k, n_items = io["topk"]["k"], io["topk"]["num_items"]
     x = feeds[TOPK_INPUT]
@@ -53,7 +53,7 @@ def _topk_case(name: str, feeds: dict[str, np.ndarray], ort_out: dict[str, np.nd
     seen = [set(row[(row > 0) & (row < n_items)].tolist()) for row in exclude]
     for r, row in enumerate(seen):
         full[r, sorted(row)] = -np.inf
-    diff = runner_module().abs_diff
+    diff = runner.abs_diff
     score_diff = float(np.max(diff(scores, ref_scores))) if scores.size else 0.0
     returned = ids >= 1
     valid = bool(np.all(returned & (ids < n_items) | (ids == -1) & np.isneginf(scores)))
@@ -102,6 +102,8 @@ def verify_artefact(artefact_dir: str | Path, *, seed: int | None = None, batche
     in_name = manifest["inputs"][0]["name"]
     out_names = [o["name"] for o in manifest["outputs"]]
     plan = manifest.get("raw_inputs")
+    if manifest["task"] == "topk" and TOPK_EXCLUDE not in {i["name"] for i in manifest["inputs"]}:
+        raise ArtefactError("this top-K artefact predates the exclude_items input; re-export it")
     # Each case: the artefact's feeds and the ids the PyTorch reference sees (raw: prepare's encoding).
     feeds_of: dict[str, dict[str, np.ndarray]] = {
         f"golden_{c['name']}": {k: runner.decode_array(v) for k, v in c["inputs"].items()} for c in manifest["golden"]}
@@ -111,12 +113,9 @@ def verify_artefact(artefact_dir: str | Path, *, seed: int | None = None, batche
     elif manifest["task"] == "topk":
         fresh = golden_mod.fresh_inputs(model, seed, batches)
         feeds_of.update(golden_mod.topk_golden_feeds(module, fresh, (TOPK_INPUT, TOPK_EXCLUDE), io["topk"]["num_items"],
-                                                     seed=seed))
-        feeds_of.pop("exclude_most", None)  # in the golden cases already
+                                                     seed=seed, exclude_most=False))  # in the golden cases already
     else:
         feeds_of.update({name: {in_name: x} for name, x in golden_mod.fresh_inputs(model, seed, batches).items()})
-    if manifest["task"] == "topk" and TOPK_EXCLUDE not in {i["name"] for i in manifest["inputs"]}:
-        raise ArtefactError("this top-K artefact predates the exclude_items input; re-export it")
 
     def ids_of(feeds: dict[str, np.ndarray]) -> np.ndarray:
         return raw_mod.encode_reference(art.schema, plan, feeds) if plan else feeds[in_name]
@@ -134,7 +133,7 @@ def verify_artefact(artefact_dir: str | Path, *, seed: int | None = None, batche
                 ref = module(torch.from_numpy(x)).numpy()
             cases.append(_ctr_case(name, x, ort_out, ref, atol))
         else:
-            cases.append(_topk_case(name, feeds, ort_out, module, io, atol))
+            cases.append(_topk_case(name, feeds, ort_out, module, io, atol, runner))
     # The stored expectations must still match the reference model (catches a swapped reference_model.pt).
     for c in manifest["golden"]:
         feeds = {k: runner.decode_array(v) for k, v in c["inputs"].items()}

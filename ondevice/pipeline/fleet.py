@@ -100,18 +100,21 @@ def fleet_report(summary: dict[str, Any], profiles: Sequence[DeviceProfile], fol
             mem = r.get("runtime_memory")
             ok = (bool(r["fits"]) and bool(r.get("verified", True)) and lat.get("verdict") != "fail"
                   and (parity or {}).get("passed") is not False and (mem or {}).get("passed") is not False)
+            reasons = [_failure_text(f) for f in summary["failures"]
+                       if f["target"] == dev.name and f["method"] == r["method"]]
             rows.append({"device": dev.name, "arch": dev.arch, "method": r["method"], "budget_bytes": dev.memory_budget,
                          "file_bytes": r["file_bytes"], "fits": r["fits"], "verified": r.get("verified", True),
                          "metric": r["metric"], "val_metric": r["val_metric"], "latency": lat, "folder": r["folder"],
                          "arm64_parity": parity, "runtime_memory": mem, "required_operators": r.get("required_operators"),
-                         "status": "pass" if ok else "fail"})
+                         "status": "pass" if ok else "fail",
+                         **({} if ok else {"reason": "; ".join(reasons) or "see summary.md"})})
         for f in (x for x in summary["failures"] if x["target"] == dev.name):
             if any(row["device"] == dev.name and row["method"] == f["method"] for row in rows):
                 continue  # the artefact exists; its row already says fail (latency)
             rows.append({"device": dev.name, "arch": dev.arch, "method": f["method"], "budget_bytes": dev.memory_budget,
                          "file_bytes": None, "fits": False, "verified": False, "metric": None, "val_metric": None,
                          "latency": {}, "folder": None, "arm64_parity": None, "status": "fail",
-                         "error": f"{f['error']}: {f['message']}"})
+                         "error": _failure_text(f), "reason": _failure_text(f)})
     unchecked = [r["device"] for r in rows if (r["arm64_parity"] or {}).get("checked") is False]
     return {"format": "ondevice-fleet", "profiles_folder": str(folder), "run_dir": summary["run_dir"],
             "full_model": summary["full_model"], "rows": rows,
@@ -121,6 +124,11 @@ def fleet_report(summary: dict[str, Any], profiles: Sequence[DeviceProfile], fol
                     "adds <= the profile's memory_budget_runtime (when set), the p99 target met "
                     "where it could be judged (only on a machine of the profile's architecture), and for arm64 "
                     "profiles the outputs on the emulated core within the tolerance of x86 where emulation is set up"}
+
+
+def _failure_text(failure: dict[str, Any]) -> str:
+    """A ``summary["failures"]`` entry as one line: ``RuntimeMemoryError: a session adds ...``."""
+    return " ".join(f"{failure['error']}: {failure['message']}".split())
 
 
 def required_operators_of(folder: Path) -> str | None:
@@ -144,15 +152,21 @@ def render_fleet_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
     fmt = lambda v, d=3: "—" if v is None else f"{v:.{d}f}"  # noqa: E731
+    notes: list[str] = []  # one footnote per failing row: why it failed
     for r in report["rows"]:
         lat = r["latency"] or {}
         file_b = f"{r['file_bytes']:,}" if r["file_bytes"] is not None else "—"
-        status = "**PASS**" if r["status"] == "pass" else "**FAIL**"
+        status = "**PASS**"
+        if r["status"] != "pass":
+            notes.append(f"- [{len(notes) + 1}] {r['device']} / {r['method']}: {r.get('reason') or 'see summary.md'}")
+            status = f"**FAIL** [{len(notes)}]"
         lines.append(f"| {r['device']} | {r['arch']} | {r['method']} | {r['budget_bytes']:,} | {file_b} | "
                      f"{fmt(r['val_metric'], 4)} | {fmt(lat.get('p50_ms'))} | {fmt(lat.get('p99_ms'))} | "
                      f"{fmt(lat.get('p99_target_ms'), 1)} (b={lat.get('batch', '—')}, t={lat.get('threads', '—')}) | "
                      f"{lat.get('verdict', '—')} | {_parity_cell(r.get('arm64_parity'))} | {status} | "
-                     f"{'`' + r['folder'] + '`' if r['folder'] else r.get('error', '')} |")
+                     f"{'`' + r['folder'] + '`' if r['folder'] else '—'} |")
+    if notes:
+        lines += ["", "Why a row failed:", "", *notes]
     lines += ["", f"Fleet: **{'PASS' if report['passed'] else 'FAIL'}** ({report['rule']})."]
     if report.get("arm64_parity_not_checked"):
         lines += ["", f"arm64 parity: **not checked** for {', '.join(report['arm64_parity_not_checked'])}: no emulation "

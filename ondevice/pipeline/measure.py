@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import platform
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,11 @@ __all__ = ["ROUNDS", "candidate_latency", "host_arch", "measure_cost", "measure_
            "ort_file_bytes"]
 
 
-def measure_file_bytes(model: RecModel) -> tuple[int, int]:
-    """(ONNX file bytes, parameter bytes) of ``model`` exported as ``export_artefact`` does."""
+@contextmanager
+def _exported(model: RecModel, **export_options: Any) -> Iterator[tuple[Path, torch.nn.Module]]:
+    """``model`` exported as ``export_artefact`` does to a temporary ``model.onnx``: yields
+    (its path, the lowered module); ``export_options`` go to ``export_onnx``."""
     from ondevice.export.lowering import export_module
-    from ondevice.export.manifest import storage_report
     from ondevice.export.onnx_export import deployable_model, export_onnx
 
     deployed = deployable_model(model)
@@ -35,7 +38,15 @@ def measure_file_bytes(model: RecModel) -> tuple[int, int]:
         example = torch.zeros(2, deployed.embedding.num_fields, dtype=torch.int64)  # type: ignore[union-attr]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        export_onnx(module, io, example, path)
+        export_onnx(module, io, example, path, **export_options)
+        yield path, module
+
+
+def measure_file_bytes(model: RecModel) -> tuple[int, int]:
+    """(ONNX file bytes, parameter bytes) of ``model`` exported as ``export_artefact`` does."""
+    from ondevice.export.manifest import storage_report
+
+    with _exported(model) as (path, module):
         return path.stat().st_size, int(storage_report(module)["parameter_bytes"])
 
 
@@ -94,20 +105,10 @@ def ort_file_bytes(model: RecModel) -> int:
     profile's artefact is checked against (``export_artefact`` exports as for ``.ort``, top-K
     table decoded per call, and converts with ``convert_to_ort``; the ``.ort`` flatbuffer can
     be a few percent larger than the ONNX file)."""
-    from ondevice.export.lowering import export_module
     from ondevice.export.mobile import convert_to_ort
-    from ondevice.export.onnx_export import deployable_model, export_onnx
 
-    deployed = deployable_model(model)
-    module, io = export_module(deployed)
-    if isinstance(deployed, BPRMF):
-        example = torch.zeros(2, deployed.embed_dim)
-    else:
-        example = torch.zeros(2, deployed.embedding.num_fields, dtype=torch.int64)  # type: ignore[union-attr]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(module, io, example, path, table_at_load=False)  # .ort: a top-K table decoded per call
-        ort_path, _ = convert_to_ort(path, Path(tmp))
+    with _exported(model, table_at_load=False) as (path, _):  # .ort: a top-K table decoded per call
+        ort_path, _ = convert_to_ort(path, path.parent)
         return max(path.stat().st_size, ort_path.stat().st_size)
 
 

@@ -154,7 +154,8 @@ def search_features(run_dir: str | Path, out_dir: str | Path, *, budget_bytes: i
                     force: bool = False, signal_level: float | None = None, mlp: str = "auto") -> dict[str, Any]:
     """Select fields of ``run_dir``'s model within ``budget_bytes`` (or keep the ``keep`` best).
 
-    Returns the summary written to ``train.json``. ``budget_bytes`` (parsed by the caller,
+    Returns the summary written to ``train.json`` (with the test metrics of the selected model,
+    read once after selection on validation). ``budget_bytes`` (parsed by the caller,
     ``parse_budget``) is the exported file's limit
     (graph included, measured on the full model as ``compress`` does); with ``keep`` alone
     there is no byte limit. ``signal_level``: the ranking's signal check (``subset.ranking_signal``;
@@ -187,15 +188,19 @@ def search_features(run_dir: str | Path, out_dir: str | Path, *, budget_bytes: i
                                   f"{format_bytes(limit)}; lower the budget or pass --keep", file_bytes=file_bytes,
                                   budget=limit)
     schema = result.schema or ckpt.schema
+    test = {}
+    if data.has_split("test"):  # once, with the fields chosen on validation
+        s = data.select_fields(data.schema.field_positions(schema.field_names)).split("test")
+        test = evaluate_ctr(result.model, s.ids, s.labels)
     summary = {
         "method": searcher.method_name(), "source_run": str(run_dir.resolve()), "data_dir": str(Path(data.root).resolve()),
         "fields_kept": schema.field_names, "fields_dropped": [n for n in data.schema.field_names if n not in schema.field_names],
         "schema_fingerprint": schema.fingerprint(), "task": "ctr", "budget_bytes": budget_bytes,
         "file_bytes": file_bytes, "full_file_bytes": full_file, "val": result.val, "val_before": val_before,
-        "signal_check": _signal_check(result.trace), "selected_on": f"val {result.metric}",
+        "test": test, "signal_check": _signal_check(result.trace), "selected_on": f"val {result.metric}",
         "config": ckpt.train_config, "search": {"config": result.config, "params": result.params, "timings": result.timings},
     }
-    metrics = {"val": result.val, "selected_on": f"val {result.metric}", "method": summary["method"],
+    metrics = {"val": result.val, "test": test, "selected_on": f"val {result.metric}", "method": summary["method"],
                "search": {"config": result.config, "params": result.params}}
     with atomic_output_dir(out_dir, kind="search-features", inputs=[run_dir, data.root], force=force) as tmp:
         save_checkpoint(tmp / "model.pt", result.model, schema, train_config=ckpt.train_config, metrics=metrics,

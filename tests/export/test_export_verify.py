@@ -111,6 +111,39 @@ def test_topk_ort_format_decodes_per_call_and_verifies(tmp_path: Path) -> None:
     assert 3 not in ids[0].tolist() and ids.shape == (1, 5)
 
 
+def test_topk_verify_cases_and_a_pre_exclude_artefact_refused_before_any_feed(exported, tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    from ondevice.errors import ArtefactError
+    from ondevice.export import golden
+    from ondevice.export.lowering import export_module
+    from ondevice.export.manifest import load_artefact, write_manifest
+
+    art = exported("bprmf")
+    names = [c["name"] for c in verify_artefact(art, seed=3, write=False)["cases"]]
+    assert names.count("golden_exclude_most") == 1 and "exclude_most" not in names  # fresh cases: no second one
+    model = load_artefact(art).load_reference_model().eval()
+    module, _ = export_module(model, k=20)
+    vectors = golden.fresh_inputs(model, 3, (1, 16))
+    with_most = golden.topk_golden_feeds(module, vectors, ("u", "e"), 300, seed=3)
+    without = golden.topk_golden_feeds(module, vectors, ("u", "e"), 300, seed=3, exclude_most=False)
+    assert set(with_most) - set(without) == {"exclude_most"}
+    for name, feeds in without.items():  # the other cases draw the same exclusions
+        np.testing.assert_array_equal(feeds["e"], with_most[name]["e"])
+    old = tmp_path / "old"
+    shutil.copytree(art, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["inputs"] = [i for i in manifest["inputs"] if i["name"] != "exclude_items"]
+    write_manifest(old, manifest)
+
+    def no_feeds(*_a, **_k):
+        raise AssertionError("fresh feeds built for an artefact that is refused")
+
+    monkeypatch.setattr(golden, "fresh_inputs", no_feeds)
+    monkeypatch.setattr(golden, "topk_golden_feeds", no_feeds)
+    with pytest.raises(ArtefactError, match="predates the exclude_items input; re-export it"):
+        verify_artefact(old, write=False)
+
+
 def test_topk_ties_verify(tmp_path: Path) -> None:
     from ondevice.train.checkpoint import load_checkpoint, save_checkpoint
 

@@ -271,6 +271,16 @@ def test_topk_raw_is_refused(tmp_path: Path) -> None:
     assert isinstance(Schema.load(run / "schema.json"), Schema)
 
 
+def test_an_unknown_inputs_mode_is_refused_in_one_line(tmp_path: Path) -> None:
+    from ondevice.errors import BadInputError
+    from tests.export.conftest import make_run
+
+    run = make_run(tmp_path / "run", "fm")
+    with pytest.raises(BadInputError, match="^--inputs 'bytes' must be one of ids, raw$"):
+        export_artefact(run, tmp_path / "art", inputs="bytes")
+    assert not (tmp_path / "art").exists()
+
+
 def test_cli_export_raw_verify_profile(tmp_path: Path, cli_runner) -> None:
     from tests.export.conftest import make_run
 

@@ -24,7 +24,7 @@ from ondevice.pipeline.measure import measure_file_bytes
 from ondevice.schema import Schema
 from ondevice.search import ByteAccountant, make_searcher
 from ondevice.search.features import fit_ranked_fields, select_model_fields
-from ondevice.train import Checkpoint, TrainConfig, load_checkpoint, train
+from ondevice.train import Checkpoint, TrainConfig, evaluate_ctr, load_checkpoint, train
 from ondevice.train.batches import in_memory_ctr
 from tests.conftest import CALIBRATED
 
@@ -243,6 +243,10 @@ def test_cli_writes_a_run_that_compress_takes(trained_run: Path, tmp_path: Path)
     assert ckpt.schema.field_names == info["fields_kept"] and len(info["fields_kept"]) == 2
     assert ckpt.model.num_fields == 2 and Path(info["data_dir"]) == Path(_data(trained_run).root).resolve()
     assert json.loads((tmp_path / "sel" / "search.json").read_text())["trace"][0]["fields_kept"] == info["fields_kept"]
+    # the selected model's test metrics, as the other search commands write them (read on the kept columns)
+    test = _data(trained_run).select_fields(_data(trained_run).schema.field_positions(info["fields_kept"])).split("test")
+    assert info["test"] == pytest.approx(evaluate_ctr(ckpt.model, test.ids, test.labels))
+    assert info["test"]["rows"] == len(test) and ckpt.metrics["test"] == info["test"]
     # compress reads the full data through the kept fields (train.json's fields_kept)
     s = compress(tmp_path / "sel", budgets=["1MB"], methods=["int8"], out_dir=tmp_path / "c", profile=False, plot=False,
                  quiet=True)

@@ -222,7 +222,7 @@ def test_fleet_profiles_with_one_configuration_share_one_finetune(setting) -> No
     assert second.trace[-1]["finetune"].startswith("shared")
 
 
-def test_supernet_is_cached_beside_the_run_and_reused_by_a_later_compress(tmp_path: Path) -> None:
+def test_supernet_is_cached_beside_the_run_and_reused_by_a_later_compress(tmp_path: Path, capsys) -> None:
     from ondevice.pipeline.compress import compress
     from ondevice.search.embedding import rule
 
@@ -231,12 +231,19 @@ def test_supernet_is_cached_beside_the_run_and_reused_by_a_later_compress(tmp_pa
           "searcher_params": {"rule": {**FAST, "seed": 5}}}
     full_bytes, _ = measure_file_bytes(load_checkpoint(run).model)
     budget = int(full_bytes * 0.75)
-    a = compress(run, budgets=[budget], out_dir=tmp_path / "a", **kw)
+    a = compress(run, budgets=[budget], out_dir=tmp_path / "a", **{**kw, "quiet": False})
     cached = sorted((run / "_cache" / "rule").glob("supernet-*.pt"))
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  rule: ")]
+    stats = json.loads((tmp_path / "a" / a["runs"][0]["folder"] / "search.json").read_text())["trace"][0]["supernet"]
+    took = stats["train_s"] + stats["score_samples_s"] + stats["estimator_s"]
+    assert said == [f"  rule: supernet trained in {took:.1f} s, cached as {cached[0]}"]  # compress says which
     assert len(cached) == 1 and not (tmp_path / "a" / "_cache").exists()
     assert not list((run / "_cache" / "rule").glob(".*tmp"))  # written atomically: no temp file left
     rule._CACHE.clear()  # a new process: only the file remains
-    b = compress(run, budgets=[budget], out_dir=tmp_path / "b", **kw)
+    b = compress(run, budgets=[budget, budget + 1000], out_dir=tmp_path / "b", **{**kw, "quiet": False})
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  rule: ")]
+    assert said == [f"  rule: supernet reused from {cached[0]}, skipping {took:.1f} s of training",
+                    f"  rule: supernet reused from memory, skipping {took:.1f} s of training"]
     ta, tb = a["runs"][0]["timings"], b["runs"][0]["timings"]
     assert tb["supernet_s"] < ta["supernet_s"] / 3
     assert a["runs"][0]["config"] == b["runs"][0]["config"] and a["runs"][0]["val"] == b["runs"][0]["val"]
@@ -252,6 +259,7 @@ def test_supernet_is_cached_beside_the_run_and_reused_by_a_later_compress(tmp_pa
     rule._CACHE.clear()
     compress(run, budgets=[budget], out_dir=tmp_path / "c", **kw)
     assert len(list((run / "_cache" / "rule").glob("supernet-*.pt"))) == 2
+    assert "rule:" not in capsys.readouterr().err  # --quiet: no line
 
 
 # ---------------------------------------------------------------------- per-budget fine-tuning (step 4)

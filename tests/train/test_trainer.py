@@ -34,6 +34,14 @@ def test_ctr_models_learn_the_planted_signal(ctr_data, tmp_path, model):
     assert (tmp_path / "run" / "train.json").is_file() and (tmp_path / "run" / "schema.json").is_file()
 
 
+def test_progress_ends_with_a_readable_test_line(ctr_data, tmp_path, capsys):
+    result = train(ctr_data, tmp_path / "run", TrainConfig(model="fm", **{**SMALL, "epochs": 1}), quiet=False)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    t = result.test
+    assert last == (f"best epoch 1: val auc {result.val['auc']:.4f}; "
+                    f"test auc {t['auc']:.4f}, logloss {t['logloss']:.4f} ({t['rows']:,} rows)")
+
+
 def test_bprmf_beats_popularity_free_random(topk_data, tmp_path):
     cfg = TrainConfig(model="bprmf", embed_dim=16, batch_size=256, lr=0.01, epochs=15, patience=15, l2=1e-4)
     result = train(topk_data, tmp_path / "run", cfg, quiet=True)
@@ -46,6 +54,10 @@ def test_sampled_protocol(topk_data, tmp_path):
     cfg = TrainConfig(model="bprmf", embed_dim=8, batch_size=256, lr=0.01, epochs=3, eval_protocol="sampled", eval_negatives=20, k=5)
     result = train(topk_data, tmp_path / "run", cfg, quiet=True)
     assert "hr@5" in result.test and result.test["protocol"] == "1+20 sampled"
+    assert trainer_mod._metrics_text("test", result.test) == (
+        f"test hr@5 {result.test['hr@5']:.4f}, ndcg@5 {result.test['ndcg@5']:.4f} "
+        f"({result.test['users']:,} users, 1+20 sampled)")
+    assert trainer_mod._metrics_text("test", {}) == "no test split"
 
 
 def test_same_seed_same_weights(ctr_data, tmp_path):

@@ -45,6 +45,7 @@ import copy
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,6 +254,11 @@ class _Supernet:
     full_val: dict[str, float] | None = None
 
 
+def _training_seconds(stats: dict[str, Any]) -> float:
+    """Seconds steps 1-2 took when the supernet was trained (elastic training, scoring, estimator)."""
+    return float(stats.get("train_s", 0.0) + stats.get("score_samples_s", 0.0) + stats.get("estimator_s", 0.0))
+
+
 def _mask_digest(mask: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(mask, dtype=bool).tobytes() + str(mask.shape).encode()).hexdigest()[:16]
 
@@ -304,6 +310,8 @@ class RULESearcher(Searcher):
         (step 4 of the module docstring; default 3; 0 = none, the paper's setting).
     min_estimator_rho : the estimator's signal check (step 2b): held-out Spearman below this and
         the evolution's pick is not deployed (0 = off).
+    progress : one stderr line per search saying whether the supernet was trained (and in how many
+        seconds) or reused from memory or the cache folder (``compress`` sets it unless ``--quiet``).
     """
 
     name = "rule"
@@ -315,7 +323,8 @@ class RULESearcher(Searcher):
                  n_samples: int = 600, eval_users: int = 1000, hidden: int = 64, population: int = 20,
                  cycles: int = 1000, tournament: int = 5, k: int = 20, dtype: str = "float32",
                  nested_candidates: bool = True, pick_users: int | None = 2000, finetune_epochs: int = 3,
-                 finetune_lr: float = 5e-3, min_estimator_rho: float = 0.5, seed: int = 0) -> None:
+                 finetune_lr: float = 5e-3, min_estimator_rho: float = 0.5, seed: int = 0,
+                 progress: bool = False) -> None:
         self.n_blocks = n_blocks
         self.n_groups = n_groups
         self.epochs = epochs
@@ -338,6 +347,13 @@ class RULESearcher(Searcher):
         self.finetune_lr = finetune_lr
         self.min_estimator_rho = min_estimator_rho
         self.seed = seed
+        self.progress = progress
+
+    def _say(self, text: str) -> None:
+        if self.progress:
+            clear = "\r\x1b[K" if sys.stderr.isatty() else ""  # over a training bar still drawn (train.progress)
+            sys.stderr.write(f"{clear}  rule: {text}\n")
+            sys.stderr.flush()
 
     def expected_validation_passes(self, ckpt: Checkpoint, data: EncodedDataset) -> float:
         """Scoring ``n_samples`` configurations on ``eval_users`` (skipped when the supernet is cached),
@@ -359,7 +375,7 @@ class RULESearcher(Searcher):
         with torch.no_grad():
             digest = hashlib.sha256(full.item_embedding.dense_weight().numpy().tobytes()).hexdigest()[:16]  # type: ignore[union-attr]
         per_budget = ("dtype", "population", "cycles", "tournament", "nested_candidates", "pick_users", "finetune_epochs",
-                      "finetune_lr", "min_estimator_rho")
+                      "finetune_lr", "min_estimator_rho", "progress")
         shaping = {k: v for k, v in self.get_params().items() if k not in per_budget}
         run = ctx.ckpt.path
         checksum = _file_digest(run) if run is not None and Path(run).is_file() else None
@@ -386,11 +402,14 @@ class RULESearcher(Searcher):
         """
         key = self._cache_key(ctx)
         if key in _CACHE:
+            self._say(f"supernet reused from memory, skipping {_training_seconds(_CACHE[key].stats):.1f} s of training")
             return _CACHE[key]
         folder = self.cache_folder(ctx)
         path = folder / f"supernet-{key}.pt" if folder is not None else None
         net = self._load(path) if path is not None and path.is_file() else None
-        if net is None:
+        if net is not None:
+            self._say(f"supernet reused from {path}, skipping {_training_seconds(net.stats):.1f} s of training")
+        else:
             net = self._train(ctx)
             if net.stats.get("stopped_at_deadline"):  # cut short by a time limit: never reused by a later call
                 net.stats["not_saved"] = "stopped at the time limit"
@@ -402,6 +421,9 @@ class RULESearcher(Searcher):
                 except OSError as err:  # a read-only run folder: keep it in memory
                     net.stats["not_saved"] = f"{path}: {err.strerror or err}"
                     folder = None
+            saved, why = net.stats.get("saved_to"), net.stats.get("not_saved", "no run folder to cache it in")
+            self._say(f"supernet trained in {_training_seconds(net.stats):.1f} s, "
+                      + (f"cached as {saved}" if saved else f"not cached ({why})"))
         net.key, net.folder = key, folder
         if folder is not None:
             net.deployed = self._load_deployed(folder / f"deployed-{key}.pt")
