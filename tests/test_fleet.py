@@ -137,3 +137,21 @@ def test_an_ort_profile_is_fitted_by_its_ort_file(topk_run: Path, tmp_path: Path
     assert len(search["fit_attempts"]) >= 2 and search["fit_attempts"][-1]["file_bytes"] == ort_bytes
     model = load_checkpoint(folder / "reference_model.pt").model
     assert ort_file_bytes(model) == ort_bytes > onnx_file_bytes(model)
+
+
+def test_a_row_below_the_quality_floor_fails_in_fleet_md(tmp_path: Path) -> None:
+    """compress records a --max-loss miss as a failure (exit 3): the fleet row must not say PASS."""
+    from ondevice.budget import load_profile
+    from ondevice.pipeline.fleet import fleet_report, render_fleet_markdown
+
+    _profile(tmp_path, "watch", "100KB", "arm64")
+    run = {"device_profile": "watch", "method": "uniform", "fits": True, "verified": True, "file_bytes": 90_000,
+           "metric": "auc", "val_metric": 0.70, "latency": {"verdict": "pass"}, "folder": "watch", "below_floor": True}
+    failure = {"target": "watch", "method": "uniform", "budget_bytes": 100_000, "error": "QualityFloorError",
+               "message": "uniform at watch loses 6.7% of the full model's val AUC (0.7000 vs 0.7500), beyond --max-loss 2.0%"}
+    summary = {"runs": [run], "failures": [failure], "run_dir": "run",
+               "full_model": {"file_bytes": 500_000, "metric": "auc", "val": {"auc": 0.75}}}
+    report = fleet_report(summary, [load_profile(tmp_path / "watch.toml")], tmp_path)
+    (row,) = report["rows"]
+    assert row["status"] == "fail" and row["reason"].startswith("QualityFloorError: uniform at watch loses 6.7%")
+    assert not report["passed"] and "| **FAIL** [1] | `watch` |" in render_fleet_markdown(report)

@@ -98,10 +98,12 @@ def fleet_report(summary: dict[str, Any], profiles: Sequence[DeviceProfile], fol
             lat = r.get("latency") or {}
             parity = r.get("arm64_parity")
             mem = r.get("runtime_memory")
-            ok = (bool(r["fits"]) and bool(r.get("verified", True)) and lat.get("verdict") != "fail"
-                  and (parity or {}).get("passed") is not False and (mem or {}).get("passed") is not False)
             reasons = [_failure_text(f) for f in summary["failures"]
                        if f["target"] == dev.name and f["method"] == r["method"]]
+            # any failure compress recorded for the row fails it (e.g. below --max-loss: compress exits 3)
+            ok = (bool(r["fits"]) and bool(r.get("verified", True)) and lat.get("verdict") != "fail"
+                  and (parity or {}).get("passed") is not False and (mem or {}).get("passed") is not False
+                  and not reasons)
             rows.append({"device": dev.name, "arch": dev.arch, "method": r["method"], "budget_bytes": dev.memory_budget,
                          "file_bytes": r["file_bytes"], "fits": r["fits"], "verified": r.get("verified", True),
                          "metric": r["metric"], "val_metric": r["val_metric"], "latency": lat, "folder": r["folder"],
