@@ -107,7 +107,8 @@ def test_a_failed_profile_without_an_artefact_says_why_in_fleet_md(tmp_path: Pat
 def test_an_ort_profile_is_fitted_by_its_ort_file(topk_run: Path, tmp_path: Path, capsys) -> None:
     """An ``ort`` profile ships ``model.ort``, tens of KB larger than ``model.onnx`` for RULE's
     per-call item table (Amazon Toys at android-low's 2 MB: 2,034,232 B vs 1,991,348 B, exit 3).
-    The fit loop measures the ``.ort`` file, so the search shrinks until that fits."""
+    The fit loop measures the ``.ort`` file, so the search shrinks until that fits (here the
+    first attempt may already fit: the per-call table scores RULE's subsets as stored)."""
     from ondevice.pipeline.measure import onnx_file_bytes, ort_file_bytes
     from ondevice.train import load_checkpoint
 
@@ -134,7 +135,7 @@ def test_an_ort_profile_is_fitted_by_its_ort_file(topk_run: Path, tmp_path: Path
     assert s["runs"][0]["file_bytes"] == ort_bytes and f"[phone] {ort_bytes:,} B" in err  # the shipped file's bytes
     assert (folder / "model.onnx").stat().st_size < ort_bytes
     search = json.loads((folder / "search.json").read_text())
-    assert len(search["fit_attempts"]) >= 2 and search["fit_attempts"][-1]["file_bytes"] == ort_bytes
+    assert search["fit_attempts"][-1]["file_bytes"] == ort_bytes  # each attempt measured the .ort file
     model = load_checkpoint(folder / "reference_model.pt").model
     assert ort_file_bytes(model) == ort_bytes > onnx_file_bytes(model)
 

@@ -358,6 +358,30 @@ class ElasticSubsetEmbedding(EmbeddingLayer):
         rows = _decode_positions(self.position[ids], self.vocab_sizes[0])
         return self._all_rows(ids, used)[rows].t()  # ids' traced length: the decode is not folded into the file
 
+    def item_scores(self, user: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+        """``user [B, D]`` against every item, ``[B, N]`` (column = item id), from the int64 scalar ``seed`` (= 0).
+
+        Each distinct subset scores its own table against the user vector's dims of its blocks
+        (``user[:, dims_c] @ T_cᵀ``) and the scores are put in item order once: the stored values
+        are never padded to ``D`` nor rebuilt into one ``[N, D]`` table, so a top-K artefact's
+        decode is the stored values in fp32 and nothing more: what a graph that decodes per call
+        (``.ort``) should do. A graph that folds its table once at load scores :meth:`used_table`
+        instead (one MatMul; the column reorder below costs more there than it saves).
+        """
+        ids = torch.arange(seed, seed + self.vocab_sizes[0], dtype=torch.int64)
+        zero = ids.shape[0] * 0  # a traced 0: the tables' decode is not folded into the file
+        parts = []
+        for c, ((bs, _), rows) in enumerate(zip(self._classes, self._rows, strict=True)):
+            v = self.tables[c].gather(torch.arange(zero, zero + rows, dtype=torch.int64))  # [R_c, s_c*d_b]
+            dims = [k * self.block_dim + j for k in bs for j in range(self.block_dim)]
+            if dims == list(range(len(dims))):
+                u = user[:, : len(dims)] if len(dims) < self.dim else user
+            else:
+                u = user[:, torch.tensor(dims, dtype=torch.int64)]
+            parts.append(u @ v.t())  # [B, R_c]
+        in_table_order = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return in_table_order[:, _decode_positions(self.position[ids], self.vocab_sizes[0])]
+
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         rows = _decode_positions(self.position[ids], self.vocab_sizes[0])  # Gather(int16|int32) -> Cast [-> Where]
         return self._all_rows(ids)[rows]  # [B, 1, D]

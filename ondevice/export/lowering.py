@@ -30,10 +30,11 @@ compressed embedding layer lowers itself through its own ``forward``.
   the decode once at session creation, every call is MatMul + TopK; the file keeps the
   compressed table, resident memory holds the decoded fp32 ``[D, N]`` table) or
   ``Shape(user_vector)[0]·0`` (``.ort``: its converter applies the folding offline and
-  would store the table dense, so the table is decoded per call). A table whose every item
-  leaves some dims zero (RULE's elastic blocks, ``used_dims``) is decoded in the used dims
-  only and scored against ``user_vector[:, used_dims]``: the same dot products, a smaller
-  folded table (ML-1M ¼-budget RULE artefact: session memory 8.5 → 3.9 MB, batch-1 p50 −29 %).
+  would store the table dense, so the table is decoded per call). RULE's elastic subsets are
+  never rebuilt into a zero-padded ``[D, N]`` table: folded at load, the table holds only the
+  dims some item uses (``used_dims``) and is scored against ``user_vector[:, used_dims]`` (one
+  MatMul); decoded per call, each stored subset table is scored against its own dims
+  (``item_scores``), so a call decodes the stored values and nothing more.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class TopKExport(nn.Module):
         used = self.item_embedding.used_dims() if hasattr(self.item_embedding, "used_dims") else None
         #: the dims any item vector uses, when fewer than D (RULE's elastic table): scored alone
         self.used_dims: list[int] | None = used if used is not None and len(used) < self.item_embedding.dim else None
+        #: the item table is folded once at session creation (``.onnx``) or decoded per call
+        #: (``.ort``); ``export_onnx`` sets it before tracing
+        self.table_at_load = True
 
     def item_table(self, seed: torch.Tensor) -> torch.Tensor:
         """Every item's vector, transposed: ``[D, N]`` (column 0: the OOV item), computed from the int64 scalar ``seed`` (= 0);
@@ -87,12 +91,13 @@ class TopKExport(nn.Module):
 
     def scores(self, user_vector: torch.Tensor, table_seed: torch.Tensor | None = None) -> torch.Tensor:
         """Every item's score ``[B, N]`` (column = item id), before any exclusion."""
-        if table_seed is None:
-            table_seed = torch.zeros((), dtype=torch.int64)
+        seed = torch.zeros((), dtype=torch.int64) if table_seed is None else table_seed.reshape(())
+        if not self.table_at_load and hasattr(self.item_embedding, "item_scores"):
+            return self.item_embedding.item_scores(user_vector, seed)  # per call: the stored tables as they are
         if self.used_dims is not None:  # the other dims are zero in every item vector
             d = self.used_dims
             user_vector = user_vector[:, : len(d)] if d == list(range(len(d))) else user_vector[:, torch.tensor(d)]
-        return user_vector @ self.item_table(table_seed.reshape(()))
+        return user_vector @ self.item_table(seed)
 
     def forward(self, user_vector: torch.Tensor, exclude_items: torch.Tensor | None = None,
                 table_seed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

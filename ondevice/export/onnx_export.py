@@ -117,6 +117,7 @@ def export_onnx(module: torch.nn.Module, io: dict[str, Any], example: torch.Tens
     names = inputs + ([seed] if seed else [])
     if seed:
         examples = (*examples, torch.zeros((), dtype=torch.int64))
+        module.table_at_load = table_at_load  # type: ignore[assignment]  # the decode it traces (lowering.TopKExport)
     with warnings.catch_warnings(), torch.no_grad():
         # The legacy exporter announces its deprecation; it is chosen on purpose (module docstring).
         warnings.simplefilter("ignore")

@@ -250,11 +250,13 @@ def _check_item_only_overhead(tmp_path: Path, type_name: str) -> None:
     assert verify_artefact(tmp_path / f"art-{type_name}")["passed"]
 
 
+@pytest.mark.parametrize("table", ["load", "call"])
 @pytest.mark.parametrize("mask", [[[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]],    # used dims a prefix: Slice
                                   [[1, 0, 1, 0], [0, 0, 1, 0], [1, 0, 0, 0]]])   # blocks 0 and 2: Gather
-def test_elastic_table_is_scored_in_its_used_dims_only(tmp_path: Path, mask: list[list[int]]) -> None:
-    """RULE's deployed table leaves some blocks zero for every item: the artefact decodes only the
-    used dims and scores the matching slice of the user vector, with PyTorch's top-K and scores."""
+def test_elastic_table_is_scored_in_its_used_dims_only(tmp_path: Path, mask: list[list[int]], table: str) -> None:
+    """RULE's deployed table leaves some blocks zero for every item. Folded at load, the artefact
+    decodes only the used dims and scores the matching slice of the user vector; decoded per call,
+    each subset table is scored against its own dims. Both give PyTorch's top-K and scores."""
     from ondevice.embedding import DenseEmbedding, ElasticBlockEmbedding
     from ondevice.models import BPRMF
     from ondevice.schema import Field, Schema
@@ -270,13 +272,17 @@ def test_elastic_table_is_scored_in_its_used_dims_only(tmp_path: Path, mask: lis
                                          Field(name="item", vocab_size=items, encoding="identity", role="item")])
     model = BPRMF(DenseEmbedding([users], 16, init_std=0.3), layer).eval()
     art = tmp_path / "art"
-    export_artefact(Checkpoint(model=model, schema=schema), art, check_mobile=False)
+    export_artefact(Checkpoint(model=model, schema=schema), art, check_mobile=False, topk_table=table)
     assert verify_artefact(art)["passed"]
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     sess = ort.InferenceSession(str(art / "model.onnx"), so, providers=["CPUExecutionProvider"])
     folded = [list(i.dims) for i in onnx.load(str(tmp_path / "opt.onnx")).graph.initializer if len(i.dims) == 2]
-    assert folded == [[8, items]]  # the folded item table holds the used dims only (was [16, items])
+    if table == "load":
+        assert folded == [[8, items]]  # the folded item table holds the used dims only (was [16, items])
+    else:  # per call: one MatMul per distinct subset, against the stored rows (no [D, N] table)
+        matmuls = [n for n in onnx.load(str(art / "model.onnx")).graph.node if n.op_type in ("MatMul", "Gemm")]
+        assert len(matmuls) == len({tuple(r) for r in mask}) and items not in {d for dims in folded for d in dims}
     user = torch.randn(5, 16)
     ids, scores = sess.run(None, {"user_vector": user.numpy(), "exclude_items": np.zeros((5, 0), dtype=np.int64)})
     want = user @ layer.dense_weight().t()  # every item's score in PyTorch, all 16 dims
