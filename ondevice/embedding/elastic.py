@@ -358,15 +358,16 @@ class ElasticSubsetEmbedding(EmbeddingLayer):
         rows = _decode_positions(self.position[ids], self.vocab_sizes[0])
         return self._all_rows(ids, used)[rows].t()  # ids' traced length: the decode is not folded into the file
 
-    def item_scores(self, user: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-        """``user [B, D]`` against every item, ``[B, N]`` (column = item id), from the int64 scalar ``seed`` (= 0).
+    def item_scores(self, user: torch.Tensor, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``user [B, D]`` against every item, in table order: (scores ``[B, N]``, each item id's
+        column ``[N]`` int64), from the int64 scalar ``seed`` (= 0).
 
         Each distinct subset scores its own table against the user vector's dims of its blocks
-        (``user[:, dims_c] @ T_cᵀ``) and the scores are put in item order once: the stored values
-        are never padded to ``D`` nor rebuilt into one ``[N, D]`` table, so a top-K artefact's
-        decode is the stored values in fp32 and nothing more: what a graph that decodes per call
-        (``.ort``) should do. A graph that folds its table once at load scores :meth:`used_table`
-        instead (one MatMul; the column reorder below costs more there than it saves).
+        (``user[:, dims_c] @ T_cᵀ``): the stored values are never padded to ``D`` nor rebuilt into
+        one ``[N, D]`` table, so a top-K artefact's decode is the stored values in fp32 and nothing
+        more, what a graph that decodes per call (``.ort``) should do; the caller maps columns to
+        item ids after its top-K rather than reordering ``[B, N]`` scores. A graph that folds its
+        table once at load scores :meth:`used_table` instead (one MatMul).
         """
         ids = torch.arange(seed, seed + self.vocab_sizes[0], dtype=torch.int64)
         zero = ids.shape[0] * 0  # a traced 0: the tables' decode is not folded into the file
@@ -380,7 +381,7 @@ class ElasticSubsetEmbedding(EmbeddingLayer):
                 u = user[:, torch.tensor(dims, dtype=torch.int64)]
             parts.append(u @ v.t())  # [B, R_c]
         in_table_order = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        return in_table_order[:, _decode_positions(self.position[ids], self.vocab_sizes[0])]
+        return in_table_order, _decode_positions(self.position[ids], self.vocab_sizes[0])
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         rows = _decode_positions(self.position[ids], self.vocab_sizes[0])  # Gather(int16|int32) -> Cast [-> Where]

@@ -89,27 +89,38 @@ class TopKExport(nn.Module):
         item_ids = torch.arange(seed, seed + self.num_items, dtype=torch.int64).unsqueeze(1)  # [N, 1]
         return self.item_embedding(item_ids).squeeze(1).t()
 
-    def scores(self, user_vector: torch.Tensor, table_seed: torch.Tensor | None = None) -> torch.Tensor:
-        """Every item's score ``[B, N]`` (column = item id), before any exclusion."""
+    def _scored(self, user_vector: torch.Tensor, table_seed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every item's score ``[B, N]`` before any exclusion, and each item id's column ``[N]``
+        when the columns are not the item ids (None when they are)."""
         seed = torch.zeros((), dtype=torch.int64) if table_seed is None else table_seed.reshape(())
         if not self.table_at_load and hasattr(self.item_embedding, "item_scores"):
             return self.item_embedding.item_scores(user_vector, seed)  # per call: the stored tables as they are
         if self.used_dims is not None:  # the other dims are zero in every item vector
             d = self.used_dims
             user_vector = user_vector[:, : len(d)] if d == list(range(len(d))) else user_vector[:, torch.tensor(d)]
-        return user_vector @ self.item_table(seed)
+        return user_vector @ self.item_table(seed), None
+
+    def scores(self, user_vector: torch.Tensor, table_seed: torch.Tensor | None = None) -> torch.Tensor:
+        """Every item's score ``[B, N]`` (column = item id), before any exclusion."""
+        scores, column = self._scored(user_vector, table_seed)
+        return scores if column is None else scores[:, column]
 
     def forward(self, user_vector: torch.Tensor, exclude_items: torch.Tensor | None = None,
                 table_seed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if exclude_items is None:
             exclude_items = torch.zeros((user_vector.shape[0], 0), dtype=torch.int64)
-        scores = self.scores(user_vector, table_seed)  # [B, N]: column = item id
+        scores, column = self._scored(user_vector, table_seed)  # [B, N]
         # Column 0 (the OOV item), the excluded ids and the ignored ones (padding, out of range: mapped to 0) -> -inf.
         valid = (exclude_items > 0) & (exclude_items < self.num_items)
         oov = torch.zeros_like(user_vector[:, :1], dtype=torch.int64)  # [B, 1]
         banned = torch.cat([oov, torch.where(valid, exclude_items, 0)], dim=1)
+        if column is not None:  # item ids -> their columns
+            banned = column[banned]
         scores = scores.scatter(1, banned, float("-inf"))
         top_scores, top_idx = torch.topk(scores, self.k, dim=1)  # [B, k]
+        if column is not None:  # columns -> item ids: O(N) per call instead of reordering [B, N] scores
+            item_of_column = torch.zeros_like(column).scatter(0, column, torch.arange(column.shape[0], dtype=torch.int64))
+            top_idx = item_of_column[top_idx]
         return torch.where(top_scores == float("-inf"), -1, top_idx), top_scores
 
 
