@@ -303,7 +303,8 @@ def export_artefact(
     if io["task"] == "topk":
         assert isinstance(model, BPRMF)
         io["topk"]["item_table"] = "decoded once at session creation" if topk_table == "load" else "decoded per call"
-        io["topk"]["resident_item_table_bytes"] = model.num_items * model.embed_dim * 4
+        used = getattr(module, "used_dims", None)  # RULE's elastic table: the dims some item uses
+        io["topk"]["resident_item_table_bytes"] = model.num_items * (len(used) if used else model.embed_dim) * 4
     gold = _golden_cases(model, module, io, ckpt.schema, inputs, golden_seed, golden_batch)
     runner = runner_module()
     with atomic_output_dir(out_dir, kind="export", inputs=[src], force=force) as tmp:

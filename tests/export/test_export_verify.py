@@ -272,8 +272,9 @@ def test_elastic_table_is_scored_in_its_used_dims_only(tmp_path: Path, mask: lis
                                          Field(name="item", vocab_size=items, encoding="identity", role="item")])
     model = BPRMF(DenseEmbedding([users], 16, init_std=0.3), layer).eval()
     art = tmp_path / "art"
-    export_artefact(Checkpoint(model=model, schema=schema), art, check_mobile=False, topk_table=table)
+    manifest = export_artefact(Checkpoint(model=model, schema=schema), art, check_mobile=False, topk_table=table)
     assert verify_artefact(art)["passed"]
+    assert manifest["topk"]["resident_item_table_bytes"] == items * 8 * 4  # the used dims only
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     sess = ort.InferenceSession(str(art / "model.onnx"), so, providers=["CPUExecutionProvider"])
