@@ -281,7 +281,9 @@ def make_searcher(method: str, *, shared: dict[str, Any] | None = None, **params
     base, _, suffix = method.partition("+")
     cls = SEARCHERS.get(base)
     if cls is None or (suffix and (suffix not in _SUFFIX_DTYPE or not cls.supports_dtype)):
-        raise BadInputError(f"unknown --method {method!r}; choose one of: {', '.join(method_names())}")
+        several = (f"; several methods are given as --method {method.split(',')[0].strip()} --method "
+                   f"{method.split(',')[1].strip()} ..." if "," in method else "")
+        raise BadInputError(f"unknown --method {method!r}{several}; choose one of: {', '.join(method_names())}")
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(params) - accepted)
     if unknown:

@@ -44,6 +44,8 @@ def test_registry_names_and_errors() -> None:
     for bad in ("nope", "int8+int8", "autofis+int8", "sseds+int4"):
         with pytest.raises(BadInputError, match="unknown --method"):
             make_searcher(bad)
+    with pytest.raises(BadInputError, match="several methods are given as --method rule --method uniform"):
+        make_searcher("rule, uniform")
 
 
 def test_pep_threshold_rises_only_through_coupled_weight_decay() -> None:
