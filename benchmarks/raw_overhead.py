@@ -2,15 +2,20 @@
 
 On the Criteo artefact of ``app_payload.py``'s 1/10 row (first ``--rows`` rows, DeepFM trained
 ``--epochs``, ``compress --method uniform`` to a tenth of the full raw artefact; the same model
-exported with ``--inputs ids``), five sessions interleaved in one process, batch 1, 1 thread:
+exported with ``--inputs ids``), nine sessions interleaved in one process, batch 1, 1 thread:
 
 * ``ids``: the id artefact (OOV guard, one int64 input);
 * ``raw``: the raw artefact (encoder, no guard, a string and a float64 input);
 * ``id_model``: the raw artefact's id model alone (no encoder, no guard), fed the ids the
   encoder computes: ``ids - id_model`` is the guard, ``raw - id_model`` the encoder and inputs;
-* ``id_model+raw inputs``: the same with the two raw inputs fed too (unused): their conversion;
+* ``id_model+categorical`` / ``+numeric`` / ``+raw inputs``: the same with one or both raw
+  inputs fed too (unused): what converting them costs;
 * ``cheapest encoder``: the id model behind the cheapest exact-shape encoder one could draw
-  (two one-key ``LabelEncoder`` + ``Concat``; wrong ids, a lower bound for any real encoder).
+  (two one-key ``LabelEncoder`` + ``Concat``; wrong ids, a lower bound for any real encoder);
+* ``raw without offset Add``: the raw graph with the id model's field-offset ``Add`` removed
+  (wrong ids): the most that folding the offsets into the lookup tables could gain;
+* ``raw, strings as bytes``: the raw artefact fed the same texts as a NUL-padded numpy bytes
+  array (``S{n+1}``) instead of an object array of ``str``.
 
     OMP_NUM_THREADS=1 python benchmarks/raw_overhead.py [--runs 200] [--rounds 15] [--rows 3000]
 
@@ -77,10 +82,30 @@ def build(work: Path, rows: int, epochs: int) -> tuple[Path, Path]:
     return work / "ids", raw
 
 
+def _without_offset_add(model: onnx.ModelProto, ids: str = "ids") -> onnx.ModelProto:
+    """``model`` with every ``Add(ids, constant)`` bypassed (its readers read ``ids``): wrong outputs."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    bypass = {n.output[0] for n in m.graph.node if n.op_type == "Add" and n.input[0] == ids}
+    for n in m.graph.node:
+        for k, name in enumerate(n.input):
+            if name in bypass:
+                n.input[k] = ids
+    _prune_dead(m.graph)
+    return m
+
+
+def as_bytes(strings: np.ndarray) -> np.ndarray:
+    """UTF-8 texts as a numpy bytes array one byte wider than the longest, so every item ends in NUL
+    (onnxruntime's Python binding copies a bytes item up to its first NUL, past the item's end if none)."""
+    encoded = np.char.encode(strings.astype(str), "utf-8")
+    return encoded.astype(f"S{max(1, int(np.char.str_len(encoded).max(initial=0))) + 1}")
+
+
 def measure(ids_art: Path, raw_art: Path, runs: int, rounds: int) -> dict[str, Any]:
     runner = runner_module()
     raw = onnx.load(str(raw_art / "model.onnx"))
-    raw_inputs = list(raw.graph.input)
+    raw_inputs = {i.name: i for i in raw.graph.input}
     feeds = runner.make_inputs(runner.load_manifest(raw_art), 1, 0)
     enc = onnx.ModelProto()
     enc.CopyFrom(raw)
@@ -95,16 +120,26 @@ def measure(ids_art: Path, raw_art: Path, runs: int, rounds: int) -> dict[str, A
                 oh.make_node("LabelEncoder", ["categorical"], ["s"], domain=ML_DOMAIN, keys_strings=["a"],
                              values_int64s=[1], default_int64=1),
                 oh.make_node("Concat", ["n", "s"], ["ids"], axis=1)]
+    bytes_feeds = {**feeds, "categorical": as_bytes(feeds["categorical"])}
     models = {"ids": (onnx.load(str(ids_art / "model.onnx")), runner.make_inputs(runner.load_manifest(ids_art), 1, 0)),
-              "raw": (raw, feeds), "id_model": (inner, {"ids": ids}),
-              "id_model+raw inputs": (_with_inputs(inner, [], raw_inputs, keep_ids=True), {"ids": ids, **feeds}),
-              "cheapest encoder": (_with_inputs(inner, cheapest, raw_inputs, keep_ids=False), feeds)}
+              "raw": (raw, feeds), "id_model": (inner, {"ids": ids})}
+    for name in ("categorical", "numeric"):
+        models[f"id_model+{name}"] = (_with_inputs(inner, [], [raw_inputs[name]], keep_ids=True),
+                                      {"ids": ids, name: feeds[name]})
+    models.update({"id_model+raw inputs": (_with_inputs(inner, [], list(raw_inputs.values()), keep_ids=True),
+                                           {"ids": ids, **feeds}),
+                   "cheapest encoder": (_with_inputs(inner, cheapest, list(raw_inputs.values()), keep_ids=False), feeds),
+                   "raw without offset Add": (_without_offset_add(raw), feeds),
+                   "raw, strings as bytes": (raw, bytes_feeds)})
     sessions = {}
     with tempfile.TemporaryDirectory(prefix="raw_overhead_") as tmp:
         for key, (model, _) in models.items():
             path = Path(tmp) / f"{len(sessions)}.onnx"
             onnx.save(model, str(path))
             sessions[key] = runner.make_session(path, 1)
+    same = sessions["raw"].run(None, bytes_feeds)[0] == sessions["raw"].run(None, feeds)[0]
+    if not bool(np.all(same)):
+        raise AssertionError("the bytes feed gives other outputs than the object array")
     samples: dict[str, list[int]] = {key: [] for key in models}
     for _ in range(rounds):
         for key, sess in sessions.items():
@@ -119,15 +154,21 @@ def render(res: dict[str, Any]) -> str:
     base = p["ids"]
     lines = ["# Raw-input overhead, decomposed (issue 16)", "",
              f"Command: `{res['command']}` on {res['machine']} (onnxruntime {res['onnxruntime']}). Criteo, the 1/10 "
-             "budget of `app_payload.py`; p50 µs at batch 1, 1 thread, the five sessions interleaved in one process. "
-             f"Encoder nodes: {', '.join(res['encoder_nodes'])}.", "",
+             f"budget of `app_payload.py`; p50 µs at batch 1, 1 thread, the {len(p)} sessions interleaved in one "
+             f"process. Encoder nodes: {', '.join(res['encoder_nodes'])}.", "",
              "| session | p50 µs | vs ids |", "|---|---:|---:|"]
     lines += [f"| {k} | {v:.2f} | {100 * (v / base - 1):+.1f} % |" for k, v in p.items()]
+    inputs = p["id_model+raw inputs"]
     lines += ["", f"- OOV guard of the id artefact (ids - id_model): {base - p['id_model']:+.2f} µs",
-              f"- the two raw inputs' conversion (id_model+raw inputs - id_model): "
-              f"{p['id_model+raw inputs'] - p['id_model']:+.2f} µs",
-              f"- encoder and inputs (raw - id_model): {p['raw'] - p['id_model']:+.2f} µs; the cheapest encoder "
-              f"{p['cheapest encoder'] - p['id_model']:+.2f} µs", ""]
+              f"- converting the raw inputs (id_model+... - id_model): categorical "
+              f"{p['id_model+categorical'] - p['id_model']:+.2f} µs, numeric {p['id_model+numeric'] - p['id_model']:+.2f}"
+              f" µs, both {inputs - p['id_model']:+.2f} µs",
+              f"- the encoder's nodes (raw - id_model+raw inputs): {p['raw'] - inputs:+.2f} µs; the cheapest encoder "
+              f"{p['cheapest encoder'] - inputs:+.2f} µs",
+              f"- the field-offset Add (raw - raw without offset Add; the most folding offsets could gain): "
+              f"{p['raw'] - p['raw without offset Add']:+.2f} µs",
+              f"- strings fed as NUL-padded bytes instead of str objects (raw - raw, strings as bytes): "
+              f"{p['raw'] - p['raw, strings as bytes']:+.2f} µs", ""]
     return "\n".join(lines)
 
 

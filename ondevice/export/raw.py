@@ -33,7 +33,11 @@ Edges and inputs are float64, ids int64: float32 would move the ``floor(ln(x)^2)
 Cost at batch 1 (issue 16): the Criteo encoder is 6 nodes (``TreeEnsemble``, ``Cast``; the
 strings' two-level lookup ``LabelEncoder``, ``Add``, ``LabelEncoder``; ``Concat``) and the id
 model's OOV guards are dropped when no id comes from the app (:func:`_drop_oov_guards`), so
-the raw graph has as many nodes as the id graph (benchmarks/results/app_payload.md).
+the raw graph has as many nodes as the id graph (benchmarks/results/app_payload.md). The id
+model's field-offset ``Add`` stays: folding the offsets into the level-2 values would leave an
+unknown text at the table's one default, not at its own field's OOV row, so an exact fold needs
+another per-column node. What is left is mostly converting the two inputs
+(benchmarks/results/raw_overhead.md).
 """
 
 from __future__ import annotations
