@@ -168,3 +168,36 @@ def test_default_inputs_fall_back_to_ids_when_the_vocabulary_takes_most_of_the_b
     manifest = json.loads((tmp_path / "a" / run["folder"] / "manifest.json").read_text())
     assert manifest["input_encoding"] == "ids" and manifest["files"]["model.onnx"]["bytes"] <= budget
     assert any(f"{reserve:,} B of vocabulary" in w and "--inputs raw" in w for w in run["warnings"])
+
+
+def test_default_inputs_fall_back_to_ids_when_raw_misses_the_runtime_memory_budget(trained_run: Path, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """The vocabulary's hash maps cost session memory: with the default inputs, a raw artefact over its
+    profile's memory_budget_runtime is exported again with ids, verified, and the row says why."""
+    import importlib
+
+    compress_mod = importlib.import_module("ondevice.pipeline.compress")  # the package re-exports the function
+    profile = tmp_path / "phone.toml"
+    profile.write_text('name = "phone"\ndescription = "test"\nmemory_budget = "40KB"\narch = "x86_64"\nthreads = 1\n'
+                       'batch_size = 1\np99_latency_ms = 1000.0\nmemory_budget_runtime = "3MB"\nruntime_format = "onnx"\n')
+    real = compress_mod._profile
+
+    def measured(job, folder):  # what a device with a large raw vocabulary measures: raw over, ids within
+        prof = real(job, folder)
+        raw = json.loads((folder / "manifest.json").read_text())["input_encoding"] == "raw"
+        prof["memory_target"] = {"budget_bytes": 3_000_000, "runtime_bytes": 5_000_000 if raw else 2_000_000,
+                                 "passed": not raw, "checked": True, "batch": 1, "threads": 1, "profile": "phone"}
+        return prof
+
+    monkeypatch.setattr(compress_mod, "_profile", measured)
+    out = tmp_path / "o"
+    summary = compress(trained_run, device_profiles=[profile], methods=["uniform"], out_dir=out, epochs=1,
+                       searcher_params={"uniform": FAST["uniform"]}, profile_runs=2, quiet=True)
+    (run,) = summary["runs"]
+    manifest = json.loads((out / run["folder"] / "manifest.json").read_text())
+    assert manifest["input_encoding"] == "ids" and manifest["verify"]["passed"] and run["inputs"]["encoding"] == "ids"
+    assert any("5,000,000 B" in w and "takes encoded ids (2,000,000 B)" in w for w in run["warnings"])
+    # --inputs raw insists: the miss stops the target instead
+    with pytest.raises(Exception, match="memory_budget_runtime"):
+        compress(trained_run, device_profiles=[profile], methods=["uniform"], out_dir=tmp_path / "o2", epochs=1,
+                 searcher_params={"uniform": FAST["uniform"]}, profile_runs=2, quiet=True, inputs="raw")

@@ -142,16 +142,22 @@ def profile_artefact(
         result["plot"] = _plot(result, art.path / "profile.png") if plot else None
         if result["plot"]:
             atomic_write_json(art.path / "profile.json", result)
+    if enforce_target:
+        enforce_targets(result)
+    return result
+
+
+def enforce_targets(result: dict[str, Any]) -> None:
+    """Raise for a profile's missed runtime-memory budget or p99 target (``profile_artefact``'s result)."""
     mt = result["memory_target"]
-    if enforce_target and mt and mt["passed"] is False:
+    if mt and mt["passed"] is False:
         raise RuntimeMemoryError(f"a session adds {mt['runtime_bytes']:,} B of resident memory (batch {mt['batch']} x "
                                  f"{mt['threads']} threads), over the {mt['profile']} memory_budget_runtime of "
                                  f"{mt['budget_bytes']:,} B; compress further or pick a larger device")
     tgt = result["target"]
-    if enforce_target and tgt and tgt["checked"] and tgt["passed"] is False:
+    if tgt and tgt["checked"] and tgt["passed"] is False:
         raise LatencyTargetError(f"p99 {tgt['p99_ms']:.3f} ms at batch {tgt['batch']} x {tgt['threads']} threads is over "
                                  f"the {tgt['profile']} target of {tgt['p99_target_ms']} ms; compress further or pick a larger device")
-    return result
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:

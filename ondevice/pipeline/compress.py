@@ -570,7 +570,7 @@ def _export_and_check(job: _Job, result: SearchResult, method: str, target: Targ
                       folder: Path, inputs: str | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, float]:
     """Export the result (the one budget check), re-verify it on fresh inputs, profile it:
     (manifest, verify report, profile report or None, export seconds)."""
-    from ondevice.export import export_artefact, profile_artefact, verify_artefact
+    from ondevice.export import export_artefact, verify_artefact
 
     _, nbytes, dev, source = target
     metrics = {"val": result.val, "selected_on": f"val {result.metric}", "method": method,
@@ -583,12 +583,39 @@ def _export_and_check(job: _Job, result: SearchResult, method: str, target: Targ
     export_s = time.perf_counter() - t1
     crash_point("compress.entry.exported")
     verify = verify_artefact(folder, seed=job.seed)
-    prof = None
-    if job.profile:
-        prof = profile_artefact(folder, batches=(1, 256), threads=(1,), runs=job.profile_runs,
-                                warmup=min(10, job.profile_runs), seed=job.seed, torch_baseline=False, plot=False,
-                                enforce_target=not job.fleet_profiles)
+    # The default inputs are raw only while the vocabulary's hash maps fit the device's runtime memory.
+    may_take_ids = inputs is None and manifest.get("input_encoding") == "raw"
+    prof = _profile(job, folder)
+    mem = (prof or {}).get("memory_target") or {}
+    if may_take_ids and mem.get("passed") is False:
+        t1 = time.perf_counter()
+        manifest = export_artefact(out_ckpt, folder, budget_bytes=nbytes, budget_source=source, profile=dev,
+                                   inputs="ids", force=True)
+        export_s += time.perf_counter() - t1
+        verify = verify_artefact(folder, seed=job.seed)
+        prof = _profile(job, folder)
+        after = ((prof or {}).get("memory_target") or {}).get("runtime_bytes")
+        result.warnings.append(
+            f"raw-feature inputs made a session add {mem['runtime_bytes']:,} B of resident memory (onnxruntime holds "
+            f"the vocabulary as hash maps), over the {mem['profile']} memory_budget_runtime of {mem['budget_bytes']:,} B: "
+            f"this artefact takes encoded ids{f' ({after:,} B)' if after is not None else ''}, the app encodes with "
+            "schema.json; pass --inputs raw to insist")
+    if prof is not None and not job.fleet_profiles:  # one device profile: a miss stops this target
+        from ondevice.export.profile import enforce_targets
+
+        enforce_targets(prof)
     return manifest, verify, prof, export_s
+
+
+def _profile(job: _Job, folder: Path) -> dict[str, Any] | None:
+    """The artefact's latency and memory at batch 1 and 256 (and its profile's), or None without ``job.profile``."""
+    from ondevice.export import profile_artefact
+
+    if not job.profile:
+        return None
+    return profile_artefact(folder, batches=(1, 256), threads=(1,), runs=job.profile_runs,
+                            warmup=min(10, job.profile_runs), seed=job.seed, torch_baseline=False, plot=False,
+                            enforce_target=False)
 
 
 def _row(job: _Job, result: SearchResult, method: str, target: Target,
