@@ -123,6 +123,17 @@ class RowPrunedEmbedding(EmbeddingLayer):
         new.table.set_dense(layer.dense_weight()[keep])
         return new
 
+    @torch.no_grad()
+    def with_dtype(self, dtype: str) -> RowPrunedEmbedding:
+        """The same kept rows and remap with the table stored as ``dtype`` (``self`` when it already is)."""
+        if check_table_dtype(dtype, owner="RowPrunedEmbedding") == self.dtype_name:
+            return self
+        new = RowPrunedEmbedding(self.vocab_sizes, self.dim, kept_rows=self.kept_rows, pruned_to=self.pruned_to,
+                                 dtype=dtype, sparse=self.sparse, init_std=self.init_std)
+        new.remap.copy_(self.remap)
+        new.table.set_dense(self.table.dense())
+        return new
+
     @staticmethod
     def expected_bytes(vocab_sizes: Sequence[int], dim: int, kept_rows: Sequence[int],
                        dtype: str = "float32") -> int:

@@ -152,6 +152,9 @@ class Searcher:
     supports_dtype: ClassVar[bool] = False  # can compose with int8/fp16 (``--method X+int8``)
     tasks: ClassVar[tuple[str, ...]] = ("ctr",)  # "ctr" and/or "topk" (BPR-MF item table)
     delegates: ClassVar[bool] = False  # runs other searchers, which handle first_order / mlp (``auto``)
+    # prunes rows to OOV in every table, so a raw artefact's keys leave with them (``frequency``):
+    # ``compress`` then gives the accountant the vocabulary's per-id cost instead of reserving all of it
+    prunes_vocabulary: ClassVar[bool] = False
 
     def get_params(self) -> dict[str, Any]:
         """The ``__init__`` arguments (JSON-able), read from the signature like sklearn."""
