@@ -143,7 +143,7 @@ def _targets(budgets: Sequence[str | int],
 
 
 def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | None, time_limit_s: float | None,
-                full_val: dict[str, Any] | None = None):
+                full_val: dict[str, Any] | None = None, raw_vocabulary: VocabularyCost | None = None):
     """A fresh searcher for one target; ``auto`` gets the target's latency goal and its search time.
 
     A device profile's p99 target is given to ``auto`` only on a machine of the profile's
@@ -151,6 +151,8 @@ def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | Non
     target of plain budgets at batch 1, one thread. ``time_limit_s``: the search's own limit
     (``WallPlan.search_limit``: the target's window minus the export, verify, profile and test
     evaluation that follow). ``full_val``: the full model's validation pass, reused by auto's probe.
+    ``raw_vocabulary``: the raw encoder, for auto's raw ``frequency`` candidate at a target whose
+    other candidates take ids (``_inputs_for``).
     """
     if searcher.name != "auto":
         return searcher.clone()
@@ -159,6 +161,8 @@ def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | Non
         over["time_limit_s"] = time_limit_s
     if full_val is not None:  # auto's probe reuses the full model's validation pass instead of repeating it
         over["full_val"] = full_val
+    if raw_vocabulary is not None:
+        over["raw_vocabulary"] = raw_vocabulary
     if dev is not None:
         over.update(latency_batch=dev.batch_size, latency_threads=dev.threads)
         if host_arch() == dev.arch:
@@ -310,7 +314,8 @@ def compress(
                    profile=profile, profile_runs=profile_runs, fleet_profiles=fleet_profiles, quiet=quiet,
                    latency_p99_ms=latency_p99_ms, time_limit_s=time_limit_s, plan=plan, test_users=test_users,
                    inputs=inputs, vocabulary_reserve=_vocabulary_reserve(ckpt, inputs))
-        if job.vocabulary_reserve and any(getattr(s, "prunes_vocabulary", False) for s in searchers.values()):
+        if job.vocabulary_reserve and (any(getattr(s, "prunes_vocabulary", False) for s in searchers.values())
+                                       or ("auto" in searchers and inputs is None)):
             job.vocabulary_cost = vocabulary_cost(ckpt.schema)
         for index, target in enumerate(targets):
             for method, searcher in searchers.items():
@@ -529,9 +534,12 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
     t0 = time.perf_counter()
     try:
         inputs, reserve, inputs_note, vocabulary = _inputs_for(job, nbytes, searcher)
+        raw_for_auto = job.vocabulary_cost if searcher.name == "auto" and inputs_note else None
         # A named method's training draws a bar on a terminal (auto draws one per candidate itself).
         with progress_bar(f"[{name}] {method}", enabled=False if job.quiet else None):
-            result, attempts = _fit_budget(job, searcher, target, folder, reserve, index, vocabulary)
+            result, attempts = _fit_budget(job, searcher, target, folder, reserve, index, vocabulary, raw_for_auto)
+        if result.inputs == "raw":  # auto chose its raw frequency candidate: raw after all
+            inputs, inputs_note = "raw", None
         if inputs_note:
             result.warnings.append(inputs_note)
         search_s = time.perf_counter() - t0
@@ -561,9 +569,11 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
 
 
 def _fit_budget(job: _Job, searcher: Any, target: Target, folder: Path, reserve: int, index: int = 0,
-                vocabulary: VocabularyCost | None = None) -> tuple[SearchResult, list[dict[str, Any]]]:
+                vocabulary: VocabularyCost | None = None,
+                raw_for_auto: VocabularyCost | None = None) -> tuple[SearchResult, list[dict[str, Any]]]:
     """Search within the target's bytes through the fit-and-retry loop (``pipeline.fitting``);
-    ``vocabulary``: the raw encoder, counted by the searcher's accountant (nothing reserved)."""
+    ``vocabulary``: the raw encoder, counted by the searcher's accountant (nothing reserved);
+    ``raw_for_auto``: the raw encoder for auto's raw ``frequency`` candidate."""
     from ondevice.export.raw import with_vocabulary
 
     _, nbytes, dev, _ = target
@@ -573,7 +583,8 @@ def _fit_budget(job: _Job, searcher: Any, target: Target, folder: Path, reserve:
                                   "schema.json)", minimum_bytes=reserve, parts={"vocabulary and encoder": reserve})
     try:
         result, _, attempts = search_fitting(
-            _for_target(searcher, dev, job.latency_p99_ms, job.plan.search_limit(index), job.full.probe_val),
+            _for_target(searcher, dev, job.latency_p99_ms, job.plan.search_limit(index), job.full.probe_val,
+                        raw_for_auto),
             job.ckpt, job.data, nbytes - reserve, job.full.overhead, work_dir=job.tmp / "_cache",
             mlp=_mlp_for(job.mlp, dev), state_dir=job.tmp / RESUME_DIR / f"{folder.name}.auto",
             measure=ort_file_bytes if dev is not None and dev.runtime_format == "ort" else onnx_file_bytes,

@@ -260,3 +260,30 @@ def test_criteo_head10k_raw_at_500kb(tmp_path: Path) -> None:
     parts = manifest["storage"]["by_part"]
     assert manifest["input_encoding"] == "raw" and parts["total"] <= 500_000 and manifest["verify"]["passed"]
     assert parts["vocabulary"] < vocabulary_bytes(schema, manifest["raw_inputs"]) / 4
+
+
+def test_auto_tries_frequency_raw_where_the_vocabulary_takes_over_half(criteo_run: Path, tmp_path: Path) -> None:
+    """Default inputs at a budget the vocabulary takes over half of: auto's other candidates take ids,
+    ``frequency`` runs raw (keys per kept id); the artefact takes the inputs of the candidate chosen."""
+    from ondevice.pipeline.auto import AutoSearcher
+
+    assert "raw_vocabulary" not in AutoSearcher(raw_vocabulary=object()).get_params()
+    schema = load_checkpoint(criteo_run).schema
+    budget = int(raw_encoder_bytes(schema) * 1.6)
+    s = compress(criteo_run, budgets=[budget], methods=["auto"], out_dir=tmp_path / "o", epochs=1,
+                 searcher_params={"auto": {"methods": ["int8", "frequency"]}, "frequency": {"batch_size": 256}},
+                 quiet=True, profile=False, evaluate_test=False, max_loss=None)
+    run = s["runs"][0]
+    cands = {c["method"]: c for c in run["candidates"]}
+    assert cands["frequency"]["inputs"] == "raw" and "inputs" not in cands["int8"]
+    chosen = next(c for c in run["candidates"] if c["chosen"])
+    manifest = json.loads((tmp_path / "o" / run["folder"] / "manifest.json").read_text())
+    assert manifest["input_encoding"] == chosen.get("inputs", "ids")
+    assert manifest["files"]["model.onnx"]["bytes"] <= budget and manifest["verify"]["passed"]
+    assert bool(run.get("warnings")) == (chosen["method"] != "frequency")  # the ids warning only for an id artefact
+    only = compress(criteo_run, budgets=[budget], methods=["auto"], out_dir=tmp_path / "f", epochs=1,
+                    searcher_params={"auto": {"methods": ["frequency"]}, "frequency": {"batch_size": 256}},
+                    quiet=True, profile=False, evaluate_test=False, max_loss=None)
+    folder = tmp_path / "f" / only["runs"][0]["folder"]
+    assert json.loads((folder / "manifest.json").read_text())["input_encoding"] == "raw"
+    assert not only["runs"][0].get("warnings")
