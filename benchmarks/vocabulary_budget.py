@@ -9,7 +9,9 @@ to ids above a 50 % share). Per budget, each through ``ondevice.pipeline.compres
 * ``frequency``, ``frequency+int8`` with ``inputs="raw"``: keys counted per kept id;
 * ``uniform`` with ``inputs="raw"``: the old way, the whole vocabulary reserved (fails where it
   does not fit);
-* ``auto`` (the default call: ids at these budgets) and ``uniform`` with ``inputs="ids"``.
+* ``auto`` with ``inputs="ids"`` (what the default call gave here before ``frequency``: ids above
+  the 50 % share), ``auto`` with the default inputs (now: its candidates take ids and
+  ``frequency`` also runs raw; the artefact takes the chosen one's inputs), ``uniform`` with ids.
 
 Reported: the model file's bytes and its vocabulary part (``manifest.storage.by_part``), the
 inputs, validation AUC (what every choice uses) and test AUC (onnxruntime on ``model.onnx``,
@@ -38,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CRITEO = ROOT.parent / "shared" / "data" / "criteo" / "criteo_dac_train_head10k.tsv.gz"
 #: (label, methods, inputs) of each compress call
 CALLS = (("frequency raw", ["frequency", "frequency+int8"], "raw"), ("uniform raw (full reserve)", ["uniform"], "raw"),
-         ("auto (default inputs)", ["auto"], None), ("uniform ids", ["uniform"], "ids"))
+         ("auto ids", ["auto"], "ids"), ("auto (default inputs)", ["auto"], None), ("uniform ids", ["uniform"], "ids"))
 
 
 def _cli(*args: str) -> None:
