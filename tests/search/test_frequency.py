@@ -198,6 +198,8 @@ def test_raw_artefact_below_the_vocabulary_drops_keys(criteo_run: Path, tmp_path
         assert parts["vocabulary"] == vocabulary_bytes(schema, manifest["raw_inputs"], dropped) < vocabulary_bytes(
             schema, manifest["raw_inputs"])
         assert not runs[method].get("warnings")
+        search = json.loads((folder / "search.json").read_text())
+        assert parts["total"] <= search["fit_attempts"][-1]["file_bytes"] <= budget  # id model + encoder: a bound
     assert isinstance(load_checkpoint(tmp_path / "o" / runs["frequency+int8"]["folder"] / "reference_model.pt")
                       .model.embedding, RowPrunedEmbedding)
     uniform = json.loads((tmp_path / "o" / runs["uniform"]["folder"] / "manifest.json").read_text())
@@ -287,3 +289,17 @@ def test_auto_tries_frequency_raw_where_the_vocabulary_takes_over_half(criteo_ru
     folder = tmp_path / "f" / only["runs"][0]["folder"]
     assert json.loads((folder / "manifest.json").read_text())["input_encoding"] == "raw"
     assert not only["runs"][0].get("warnings")
+
+
+def test_too_small_budget_names_the_encoder_and_the_smallest_raw_model(criteo_run: Path) -> None:
+    from ondevice.errors import BudgetTooSmallError
+
+    ckpt = load_checkpoint(criteo_run)
+    cost = vocabulary_cost(ckpt.schema)
+    with pytest.raises(BudgetTooSmallError, match="vocabulary and encoder") as err:
+        make_searcher("frequency", **FAST).search(ckpt, criteo_run.parent / "data", 20_000,
+                                                  accountant=ByteAccountant(vocabulary=cost), mlp="auto")
+    # only OOV rows kept: the encoder without keys (exact; the fixed part of the per-id model + a
+    # placeholder key per empty table and the attributes' framing)
+    assert cost.fixed_bytes <= err.value.parts[VOCABULARY_PART] <= cost.fixed_bytes + 19 * 32
+    assert err.value.minimum_bytes == sum(err.value.parts.values()) > 20_000
