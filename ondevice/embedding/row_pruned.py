@@ -101,11 +101,13 @@ class RowPrunedEmbedding(EmbeddingLayer):
         pruned_to: str = "oov",
         dtype: str = "float32",
         sparse: bool = True,
+        weight: torch.Tensor | None = None,
     ) -> RowPrunedEmbedding:
         """Keep the rows where ``keep`` (bool ``[Σ vocab]``, concatenated fields) is true.
 
         Each field's row 0 is kept regardless. The kept rows are copied from
-        ``layer.dense_weight()`` (quantized to ``dtype``).
+        ``layer.dense_weight()`` (quantized to ``dtype``), or from ``weight`` when the caller
+        already holds it (``[Σ vocab, dim]``).
         """
         total = sum(layer.vocab_sizes)
         keep = torch.as_tensor(keep, dtype=torch.bool).clone().reshape(-1)
@@ -120,7 +122,7 @@ class RowPrunedEmbedding(EmbeddingLayer):
         for s, v, c in zip(starts, layer.vocab_sizes, field_offsets(kept), strict=True):
             pruned[s:s + v] = new._pruned_value(c)
         new.remap.copy_(torch.where(keep, compact, pruned).to(torch.int32))
-        new.table.set_dense(layer.dense_weight()[keep])
+        new.table.set_dense((layer.dense_weight() if weight is None else weight)[keep])
         return new
 
     @torch.no_grad()

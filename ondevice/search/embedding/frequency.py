@@ -111,21 +111,28 @@ def oov_warm_start(weight: torch.Tensor, keep: torch.Tensor, counts: np.ndarray,
     return torch.stack(out)
 
 
-def _pruned_layer(layer: EmbeddingLayer, keep: torch.Tensor, counts: np.ndarray) -> RowPrunedEmbedding:
-    """``layer``'s kept rows (fp32, trainable) with the warm-started OOV rows."""
-    new = RowPrunedEmbedding.from_dense(layer, keep, pruned_to="oov")
-    oov = oov_warm_start(layer.dense_weight(), keep, counts, list(layer.vocab_sizes))
+def _pruned_layer(layer: EmbeddingLayer, weight: torch.Tensor, keep: torch.Tensor,
+                  counts: np.ndarray) -> RowPrunedEmbedding:
+    """``layer``'s kept rows (fp32, trainable; ``weight`` its dense table) with the warm-started OOV rows."""
+    new = RowPrunedEmbedding.from_dense(layer, keep, pruned_to="oov", weight=weight)
+    oov = oov_warm_start(weight, keep, counts, list(layer.vocab_sizes))
     with torch.no_grad():
         new.table.weight[field_offsets(new.kept_rows)] = oov
     return new
 
 
-def _build(full: CTRModel, keep: torch.Tensor, counts: np.ndarray) -> CTRModel:
-    """``full`` with both tables pruned to the kept ids (same ids: one stored remap)."""
-    model = copy.deepcopy(full)
-    model.embedding = _pruned_layer(full.embedding, keep, counts)
-    if full.linear is not None:
-        model.linear = _pruned_layer(full.linear, keep, counts)
+def _build(full: CTRModel, weights: dict[str, torch.Tensor], keep: torch.Tensor, counts: np.ndarray, *,
+           view: bool = False) -> CTRModel:
+    """``full`` with both tables pruned to the kept ids (same ids: one stored remap); ``weights``:
+    the full tables' dense weights by name. ``view``: a shallow copy for byte counts only."""
+    tables = {name: _pruned_layer(getattr(full, name), w, keep, counts) for name, w in weights.items()}
+    if view:
+        model = copy.copy(full)
+        model._modules = {**full._modules, **tables}
+        return model
+    model = copy.deepcopy(full, memo={id(getattr(full, name)): None for name in weights})  # the tables: not copied
+    for name, table in tables.items():
+        setattr(model, name, table)
     return model
 
 
@@ -162,8 +169,8 @@ class FrequencySearcher(RetrainingSearcher):
         keep[torch.as_tensor(ranked[:n], dtype=torch.int64)] = True
         return keep
 
-    def _largest_fit(self, ctx: SearchContext, ranked: np.ndarray, costs: np.ndarray, counts: np.ndarray,
-                     base: int, row_bytes: int) -> tuple[int, int, int]:
+    def _largest_fit(self, ctx: SearchContext, weights: dict[str, torch.Tensor], ranked: np.ndarray,
+                     costs: np.ndarray, counts: np.ndarray, base: int, row_bytes: int) -> tuple[int, int, int]:
         """(ids kept, exact bytes, models measured): the longest prefix of ``ranked`` whose model
         fits, by bisection around the additive estimate (bytes grow with every id kept)."""
         full, acc, budget = ctx.model, ctx.accountant, ctx.budget_bytes
@@ -172,7 +179,7 @@ class FrequencySearcher(RetrainingSearcher):
 
         def fits(n: int) -> bool:
             if n not in sizes:
-                model = _build(full, self._keep(ranked, n, total), counts)
+                model = _build(full, weights, self._keep(ranked, n, total), counts, view=True)
                 sizes[n] = acc.planned_file_bytes(_deployed_view(model, self.dtype))
             return sizes[n] <= budget
 
@@ -192,18 +199,20 @@ class FrequencySearcher(RetrainingSearcher):
         vocab, D = list(full.embedding.vocab_sizes), full.embedding.dim
         t0 = time.perf_counter()
         counts = train_counts(ctx.data, vocab)
+        weights = {name: getattr(full, name).dense_weight() for name in ("embedding", "linear")
+                   if getattr(full, name, None) is not None}
         none_kept = torch.zeros(sum(vocab), dtype=torch.bool)
-        smallest = _deployed_view(_build(full, none_kept, counts), self.dtype)
+        smallest = _deployed_view(_build(full, weights, none_kept, counts, view=True), self.dtype)
         base = acc.planned_file_bytes(smallest)  # every field keeps only its OOV row
         if base > budget:
             raise acc.too_small(self.method_name(), budget, base, smallest)
         linear_row = LINEAR_ROW_BYTES[acc.first_order] if full.linear is not None else 0
         costs = id_costs(vocab, D, self.dtype, linear_row, acc.vocabulary.per_id if acc.vocabulary else None)
         ranked = rank_ids(counts, costs, vocab, self.min_count)
-        n, est, measured = self._largest_fit(ctx, ranked, costs, counts, base,
+        n, est, measured = self._largest_fit(ctx, weights, ranked, costs, counts, base,
                                              table_bytes(1, D, self.dtype) + linear_row)
         keep = self._keep(ranked, n, sum(vocab))
-        model = _build(full, keep, counts)
+        model = _build(full, weights, keep, counts)
         kept_rows = list(model.embedding.kept_rows)
         search_s = time.perf_counter() - t0
         fit = self._retrain(ctx, model)
