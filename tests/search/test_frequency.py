@@ -141,6 +141,20 @@ def test_accountant_counts_the_vocabulary_only_when_given(criteo_run: Path) -> N
     assert cost.estimate({}) == raw_encoder_bytes(schema)  # fixed + every id's keys
 
 
+def _level1_texts(path: Path) -> set[str]:
+    import onnx
+
+    node = next(n for n in onnx.load(str(path)).graph.node if n.op_type == "LabelEncoder"
+                and any(a.name == "keys_strings" for a in n.attribute))
+    return {k.decode("utf-8") for a in node.attribute if a.name == "keys_strings" for k in a.strings}
+
+
+def _other_columns_texts(schema, j: int, dropped: dict[int, set[int]]) -> set[str]:
+    """Texts another string field keeps (they stay in the shared level-1 table)."""
+    return {v for k, f in enumerate(schema.fields) if k != j and f.transform is None
+            for i, v in enumerate(f.values or [], start=1) if i not in dropped.get(k, set())}
+
+
 def _only_oov_rows_dropped(model) -> dict[int, set[int]]:
     return dropped_ids([model.embedding, model.linear], list(model.embedding.vocab_sizes))
 
@@ -200,6 +214,13 @@ def test_raw_artefact_below_the_vocabulary_drops_keys(criteo_run: Path, tmp_path
         assert not runs[method].get("warnings")
         search = json.loads((folder / "search.json").read_text())
         assert parts["total"] <= search["fit_attempts"][-1]["file_bytes"] <= budget  # id model + encoder: a bound
+        texts = _level1_texts(folder / "model.onnx")  # the strings in the file itself
+        j = next(j for j, f in enumerate(schema.fields) if f.transform is None and dropped.get(j))
+        values = list(schema.fields[j].values or [])
+        kept = set(range(1, schema.fields[j].vocab_size)) - dropped[j]
+        gone = {values[i - 1] for i in dropped[j]} - _other_columns_texts(schema, j, dropped)
+        assert gone and not gone & texts
+        assert {values[i - 1] for i in kept} <= texts
     assert isinstance(load_checkpoint(tmp_path / "o" / runs["frequency+int8"]["folder"] / "reference_model.pt")
                       .model.embedding, RowPrunedEmbedding)
     uniform = json.loads((tmp_path / "o" / runs["uniform"]["folder"] / "manifest.json").read_text())
