@@ -10,6 +10,7 @@ from __future__ import annotations
 FAST: dict[str, dict] = {
     "uniform": {"epochs": 1, "batch_size": 256}, "hash": {"epochs": 1, "batch_size": 256},
     "mde": {"epochs": 1, "batch_size": 256}, "sseds": {"epochs": 1, "batch_size": 256},
+    "frequency": {"epochs": 1, "batch_size": 256},
     "pep": {"epochs": 1, "batch_size": 256, "search_epochs": 2, "threshold_init": -1.0},
     # signal_level=0: a one-epoch search on tiny data has no ranking signal to check (the signal
     # checks have their own tests)

@@ -101,11 +101,13 @@ class RowPrunedEmbedding(EmbeddingLayer):
         pruned_to: str = "oov",
         dtype: str = "float32",
         sparse: bool = True,
+        weight: torch.Tensor | None = None,
     ) -> RowPrunedEmbedding:
         """Keep the rows where ``keep`` (bool ``[Σ vocab]``, concatenated fields) is true.
 
         Each field's row 0 is kept regardless. The kept rows are copied from
-        ``layer.dense_weight()`` (quantized to ``dtype``).
+        ``layer.dense_weight()`` (quantized to ``dtype``), or from ``weight`` when the caller
+        already holds it (``[Σ vocab, dim]``).
         """
         total = sum(layer.vocab_sizes)
         keep = torch.as_tensor(keep, dtype=torch.bool).clone().reshape(-1)
@@ -120,7 +122,18 @@ class RowPrunedEmbedding(EmbeddingLayer):
         for s, v, c in zip(starts, layer.vocab_sizes, field_offsets(kept), strict=True):
             pruned[s:s + v] = new._pruned_value(c)
         new.remap.copy_(torch.where(keep, compact, pruned).to(torch.int32))
-        new.table.set_dense(layer.dense_weight()[keep])
+        new.table.set_dense((layer.dense_weight() if weight is None else weight)[keep])
+        return new
+
+    @torch.no_grad()
+    def with_dtype(self, dtype: str) -> RowPrunedEmbedding:
+        """The same kept rows and remap with the table stored as ``dtype`` (``self`` when it already is)."""
+        if check_table_dtype(dtype, owner="RowPrunedEmbedding") == self.dtype_name:
+            return self
+        new = RowPrunedEmbedding(self.vocab_sizes, self.dim, kept_rows=self.kept_rows, pruned_to=self.pruned_to,
+                                 dtype=dtype, sparse=self.sparse, init_std=self.init_std)
+        new.remap.copy_(self.remap)
+        new.table.set_dense(self.table.dense())
         return new
 
     @staticmethod

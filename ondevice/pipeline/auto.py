@@ -12,6 +12,12 @@ Quality floor (``max_loss``, default 2 %): a candidate whose validation metric i
 :class:`~ondevice.errors.QualityFloorError` (exit 3) names the best one and its loss: an
 ``auto`` run never returns a model the summary would call broken.
 
+Raw inputs below the vocabulary's size: where ``compress``'s default inputs would be raw but the
+vocabulary takes more than half the budget, the other candidates are sized for ids (the app
+encodes with ``schema.json``) and ``compress`` hands over the raw encoder (``raw_vocabulary``):
+``frequency`` then also runs as a raw candidate (rare ids' rows and keys dropped, keys counted per
+kept id) and, when it has the best validation metric, the artefact takes raw inputs.
+
 Inputs are a contract: methods that change the artefact's inputs (feature selection:
 ``autofield``, ``adafs``; any candidate whose result carries a new input schema) are only
 tried with ``allow_input_change=True``; otherwise they are listed as skipped with the reason.
@@ -95,6 +101,8 @@ TOPK_CANDIDATES = ("int8", "fp16", "rule", "rule+int8", "uniform", "uniform+int8
 _NO_RETRAIN = {"int8", "fp16"}
 #: Methods whose artefact takes other inputs than the full model's (feature selection).
 INPUT_CHANGING = ("autofield", "adafs")
+#: The candidate sized for raw inputs when ``compress`` gives ``raw_vocabulary`` (it drops keys with rows).
+RAW_CANDIDATE = "frequency"
 #: Default quality floor: at most 2 % relative validation-metric loss vs the full model.
 DEFAULT_MAX_LOSS = 0.02
 #: Near-tie (relative metric difference) broken towards the faster artefact when no target is set.
@@ -238,6 +246,9 @@ class AutoSearcher(Searcher):
         (epoch, step, time left) while a candidate trains (``train.progress``).
     full_val : ``{"metrics": {...}, "seconds": s}``, the full model's validation pass when the
         caller has run it (``compress``): the probe reuses it instead of running it again.
+    raw_vocabulary : a raw artefact's encoder (``VocabularyCost``), given by ``compress`` where the
+        vocabulary takes too much of the budget for raw inputs and the other candidates take ids:
+        ``frequency`` then runs as a raw candidate, its keys counted per kept id (module docstring).
     """
 
     name = "auto"
@@ -249,7 +260,7 @@ class AutoSearcher(Searcher):
                  max_loss: float | None = DEFAULT_MAX_LOSS, allow_input_change: bool = False,
                  latency_p99_ms: float | None = None, latency_batch: int = 1, latency_threads: int = 1,
                  tie_tolerance: float = DEFAULT_TIE_TOLERANCE, latency_runs: int = 50, progress: bool = False,
-                 full_val: dict[str, Any] | None = None) -> None:
+                 full_val: dict[str, Any] | None = None, raw_vocabulary: Any = None) -> None:
         self.methods = methods
         self.time_limit_s = time_limit_s
         self.epochs = epochs
@@ -264,12 +275,15 @@ class AutoSearcher(Searcher):
         self.latency_runs = latency_runs
         self.progress = progress
         self.full_val = full_val
+        self.raw_vocabulary = raw_vocabulary
 
     def get_params(self) -> dict[str, Any]:
         """The settings, without ``full_val`` (a measurement handed over by the caller, not a setting:
-        its seconds would make the artefact's recorded search parameters differ run to run)."""
+        its seconds would make the artefact's recorded search parameters differ run to run) and
+        ``raw_vocabulary`` (the data's encoder, handed over by ``compress`` per target)."""
         params = super().get_params()
         params.pop("full_val", None)
+        params.pop("raw_vocabulary", None)
         return params
 
     def _say(self, text: str) -> None:
@@ -285,6 +299,9 @@ class AutoSearcher(Searcher):
         names = candidate_methods(ctx.task, self.methods)
         if not names:
             raise BadInputError(f"no candidate method applies to {ctx.task} models")
+        raw = self.raw_vocabulary if ctx.task == "ctr" else None
+        if raw is not None and self.methods is None:
+            names.append(RAW_CANDIDATE)
         started = time.perf_counter()
         limit_at = None if self.time_limit_s is None else time.monotonic() + self.time_limit_s
         store = _CandidateStore(ctx.state_dir) if ctx.state_dir is not None else None
@@ -346,9 +363,12 @@ class AutoSearcher(Searcher):
                 left = None if train_at is None else (lambda at=train_at: at - time.monotonic())
                 with deadline(train_at), progress_bar(f"  auto {method}", enabled=None if self.progress else False,
                                                       time_left=left):
+                    as_raw = {"vocabulary": raw} if raw is not None and method == RAW_CANDIDATE else {}
                     result, file_bytes, attempts = search_fitting(searchers[method], ctx.ckpt, ctx.data, ctx.budget_bytes,
                                                                    ctx.accountant.graph_overhead_bytes, ctx.work_dir,
-                                                                   mlp=ctx.mlp, **measure)
+                                                                   mlp=ctx.mlp, **measure, **as_raw)
+                    if as_raw:
+                        result.inputs = "raw"
             except BudgetTooSmallError as err:
                 candidates.append({**base, "outcome": "does not fit", "minimum_bytes": err.minimum_bytes,
                                    "minimum_parts": err.parts, "message": str(err), "seconds": time.perf_counter() - t0})
@@ -372,7 +392,8 @@ class AutoSearcher(Searcher):
             loss = relative_loss(full, result.val_metric)
             entry: dict[str, Any] = {**base, "val_metric": result.val_metric, "metric": result.metric, "val": result.val,
                                      "loss": loss, "file_bytes": file_bytes, "seconds": seconds,
-                                     "fit_attempts": len(attempts), "config": result.config, "_result": result}
+                                     "fit_attempts": len(attempts), "config": result.config, "_result": result,
+                                     **({"inputs": result.inputs} if result.inputs else {})}
             if stopped:
                 entry["stopped_at_limit"] = True
             if result.schema is not None and not self.allow_input_change:

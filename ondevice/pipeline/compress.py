@@ -99,7 +99,13 @@ from ondevice.pipeline.fleet import (
     render_fleet_markdown,
     required_operators_of,
 )
-from ondevice.pipeline.measure import host_arch, measure_file_bytes, onnx_file_bytes, ort_file_bytes
+from ondevice.pipeline.measure import (
+    host_arch,
+    measure_file_bytes,
+    onnx_file_bytes,
+    ort_file_bytes,
+    vocabulary_cost,
+)
 from ondevice.pipeline.options import parse_max_loss
 from ondevice.pipeline.progress import log
 from ondevice.pipeline.resume import RESUME_LABELS, error_from_json, file_sha256, keep_entry
@@ -107,6 +113,7 @@ from ondevice.pipeline.summary import metric_label, plot_summary, render_summary
 from ondevice.pipeline.wall_plan import TEST_MAX_USERS, WallPlan, split_size
 from ondevice.search import make_searcher
 from ondevice.search.base import SearchResult, check_method_options, method_params
+from ondevice.search.byte_accountant import VocabularyCost
 from ondevice.search.fixed_parts import MLP_OPTIONS
 from ondevice.search.retrain import topk_metric_name, val_metrics
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, run_data
@@ -136,7 +143,7 @@ def _targets(budgets: Sequence[str | int],
 
 
 def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | None, time_limit_s: float | None,
-                full_val: dict[str, Any] | None = None):
+                full_val: dict[str, Any] | None = None, raw_vocabulary: VocabularyCost | None = None):
     """A fresh searcher for one target; ``auto`` gets the target's latency goal and its search time.
 
     A device profile's p99 target is given to ``auto`` only on a machine of the profile's
@@ -144,6 +151,8 @@ def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | Non
     target of plain budgets at batch 1, one thread. ``time_limit_s``: the search's own limit
     (``WallPlan.search_limit``: the target's window minus the export, verify, profile and test
     evaluation that follow). ``full_val``: the full model's validation pass, reused by auto's probe.
+    ``raw_vocabulary``: the raw encoder, for auto's raw ``frequency`` candidate at a target whose
+    other candidates take ids (``_inputs_for``).
     """
     if searcher.name != "auto":
         return searcher.clone()
@@ -152,6 +161,8 @@ def _for_target(searcher, dev: DeviceProfile | None, latency_p99_ms: float | Non
         over["time_limit_s"] = time_limit_s
     if full_val is not None:  # auto's probe reuses the full model's validation pass instead of repeating it
         over["full_val"] = full_val
+    if raw_vocabulary is not None:
+        over["raw_vocabulary"] = raw_vocabulary
     if dev is not None:
         over.update(latency_batch=dev.batch_size, latency_threads=dev.threads)
         if host_arch() == dev.arch:
@@ -266,7 +277,8 @@ def compress(
     test split with onnxruntime (``ondevice.evaluate``).
     ``resume``: continue the interrupted run in ``OUT.partial`` (module docstring, "Resume").
     ``inputs``: the artefacts' inputs (``export_artefact``; default raw for CTR): a raw artefact
-    carries its vocabulary, whose bytes are reserved from each budget before the search.
+    carries its vocabulary, whose bytes are reserved from each budget before the search; a method
+    that drops keys (``frequency``) counts them per kept id instead (``_inputs_for``).
     """
     call_started = time.monotonic()  # --time-limit counts from here (pipeline.wall_plan)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -302,6 +314,9 @@ def compress(
                    profile=profile, profile_runs=profile_runs, fleet_profiles=fleet_profiles, quiet=quiet,
                    latency_p99_ms=latency_p99_ms, time_limit_s=time_limit_s, plan=plan, test_users=test_users,
                    inputs=inputs, vocabulary_reserve=_vocabulary_reserve(ckpt, inputs))
+        if job.vocabulary_reserve and (any(getattr(s, "prunes_vocabulary", False) for s in searchers.values())
+                                       or ("auto" in searchers and inputs is None)):
+            job.vocabulary_cost = vocabulary_cost(ckpt.schema)
         for index, target in enumerate(targets):
             for method, searcher in searchers.items():
                 _compress_one(job, tally, target, method, searcher, several=len(searchers) > 1, index=index)
@@ -359,6 +374,7 @@ class _Job:
     test_users: int | None  # top-K under a limit: the seeded test-user sample's size (None: every user)
     inputs: str | None  # the artefacts' inputs (None: the exporter's default for the model)
     vocabulary_reserve: int  # bytes a raw artefact's encoder adds to the file (0 when the artefacts take ids)
+    vocabulary_cost: VocabularyCost | None = None  # the encoder per kept id, for methods that drop keys
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -476,19 +492,24 @@ def _vocabulary_reserve(ckpt: Checkpoint, inputs: str | None) -> int:
 RAW_VOCABULARY_SHARE = 0.5
 
 
-def _inputs_for(job: _Job, nbytes: int) -> tuple[str | None, int, str | None]:
-    """(inputs, bytes reserved for the raw encoder, warning) for a target of ``nbytes``.
+def _inputs_for(job: _Job, nbytes: int, searcher: Any = None) -> tuple[str | None, int, str | None, VocabularyCost | None]:
+    """(inputs, bytes reserved for the raw encoder, warning, vocabulary cost) for a target of ``nbytes``.
 
     ``--inputs raw`` always reserves the encoder's bytes (a budget below them fails, naming them);
     the default takes raw inputs while the encoder needs at most :data:`RAW_VOCABULARY_SHARE` of
     the budget, and ids (the app encodes with ``schema.json``) above that, with a warning line.
+    A method that drops keys (``prunes_vocabulary``: ``frequency``) keeps raw inputs at any share:
+    nothing is reserved and its accountant counts the encoder with the ids it keeps.
     """
     reserve = job.vocabulary_reserve
+    if job.vocabulary_cost is not None and getattr(searcher, "prunes_vocabulary", False):
+        return job.inputs, 0, None, job.vocabulary_cost
     if reserve == 0 or job.inputs == "raw" or reserve <= RAW_VOCABULARY_SHARE * nbytes:
-        return job.inputs, reserve, None
+        return job.inputs, reserve, None, None
     return "ids", 0, (f"raw-feature inputs need {reserve:,} B of vocabulary and encoder, over "
                       f"{RAW_VOCABULARY_SHARE:.0%} of the {nbytes:,} B budget: this artefact takes encoded ids "
-                      "(the app encodes with schema.json); pass --inputs raw to insist")
+                      "(the app encodes with schema.json); pass --inputs raw to insist, or --method frequency, "
+                      "which drops the rare ids' keys with their rows"), None
 
 
 def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
@@ -512,10 +533,13 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
     log(job.quiet, f"[{name}] {method} at {format_bytes(nbytes)}: searching...")
     t0 = time.perf_counter()
     try:
-        inputs, reserve, inputs_note = _inputs_for(job, nbytes)
+        inputs, reserve, inputs_note, vocabulary = _inputs_for(job, nbytes, searcher)
+        raw_for_auto = job.vocabulary_cost if searcher.name == "auto" and inputs_note else None
         # A named method's training draws a bar on a terminal (auto draws one per candidate itself).
         with progress_bar(f"[{name}] {method}", enabled=False if job.quiet else None):
-            result, attempts = _fit_budget(job, searcher, target, folder, reserve, index)
+            result, attempts = _fit_budget(job, searcher, target, folder, reserve, index, vocabulary, raw_for_auto)
+        if result.inputs == "raw":  # auto chose its raw frequency candidate: raw after all
+            inputs, inputs_note = "raw", None
         if inputs_note:
             result.warnings.append(inputs_note)
         search_s = time.perf_counter() - t0
@@ -545,9 +569,12 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
     keep_entry(record, tally.runs, tally.failures, tally.errors, before)
 
 
-def _fit_budget(job: _Job, searcher: Any, target: Target, folder: Path,
-                reserve: int, index: int = 0) -> tuple[SearchResult, list[dict[str, Any]]]:
-    """Search within the target's bytes through the fit-and-retry loop (``pipeline.fitting``)."""
+def _fit_budget(job: _Job, searcher: Any, target: Target, folder: Path, reserve: int, index: int = 0,
+                vocabulary: VocabularyCost | None = None,
+                raw_for_auto: VocabularyCost | None = None) -> tuple[SearchResult, list[dict[str, Any]]]:
+    """Search within the target's bytes through the fit-and-retry loop (``pipeline.fitting``);
+    ``vocabulary``: the raw encoder, counted by the searcher's accountant (nothing reserved);
+    ``raw_for_auto``: the raw encoder for auto's raw ``frequency`` candidate."""
     from ondevice.export.raw import with_vocabulary
 
     _, nbytes, dev, _ = target
@@ -557,10 +584,12 @@ def _fit_budget(job: _Job, searcher: Any, target: Target, folder: Path,
                                   "schema.json)", minimum_bytes=reserve, parts={"vocabulary and encoder": reserve})
     try:
         result, _, attempts = search_fitting(
-            _for_target(searcher, dev, job.latency_p99_ms, job.plan.search_limit(index), job.full.probe_val),
+            _for_target(searcher, dev, job.latency_p99_ms, job.plan.search_limit(index), job.full.probe_val,
+                        raw_for_auto),
             job.ckpt, job.data, nbytes - reserve, job.full.overhead, work_dir=job.tmp / "_cache",
             mlp=_mlp_for(job.mlp, dev), state_dir=job.tmp / RESUME_DIR / f"{folder.name}.auto",
-            measure=ort_file_bytes if dev is not None and dev.runtime_format == "ort" else onnx_file_bytes)
+            measure=ort_file_bytes if dev is not None and dev.runtime_format == "ort" else onnx_file_bytes,
+            vocabulary=vocabulary)
     except BudgetTooSmallError as err:  # the minimum then includes the vocabulary the artefact ships
         raise (with_vocabulary(err, nbytes, reserve) if reserve else err) from None
     return result, attempts

@@ -14,7 +14,7 @@ from typing import Any
 from ondevice.data import EncodedDataset
 from ondevice.pipeline.measure import onnx_file_bytes
 from ondevice.search.base import SearchResult
-from ondevice.search.byte_accountant import FORMAT_MARGIN_BYTES, ByteAccountant
+from ondevice.search.byte_accountant import FORMAT_MARGIN_BYTES, ByteAccountant, VocabularyCost
 from ondevice.train.checkpoint import Checkpoint
 
 __all__ = ["MAX_FIT_RETRIES", "search_fitting"]
@@ -25,18 +25,21 @@ MAX_FIT_RETRIES = 2
 def search_fitting(searcher, ckpt: Checkpoint, data: EncodedDataset, budget: int,
                    overhead: int, work_dir: Path | None = None,
                    mlp: str = "fp32", state_dir: Path | None = None,
-                   measure: Callable[[Any], int] = onnx_file_bytes) -> tuple[SearchResult, int, list[dict[str, Any]]]:
+                   measure: Callable[[Any], int] = onnx_file_bytes,
+                   vocabulary: VocabularyCost | None = None) -> tuple[SearchResult, int, list[dict[str, Any]]]:
     """Search, then measure the exported bytes; tighten the margin and retry if over.
 
     ``measure``: the file bytes the budget is checked against (``ort_file_bytes`` for a device
-    profile that ships ``.ort``, which can be larger than the ONNX file).
+    profile that ships ``.ort``, which can be larger than the ONNX file). ``vocabulary``: a raw
+    artefact's encoder for a searcher that drops keys (``prunes_vocabulary``): its accountant
+    counts it with the ids the model keeps, and the measured bytes include it.
 
     ``state_dir``: where a delegating searcher (``auto``) keeps finished candidates, one
     sub-folder per margin tried (``compress --resume``).
     """
     margin, attempts = FORMAT_MARGIN_BYTES, []
     for attempt in range(MAX_FIT_RETRIES + 1):
-        acc = ByteAccountant(graph_overhead_bytes=overhead, margin_bytes=margin, measure=measure)
+        acc = ByteAccountant(graph_overhead_bytes=overhead, margin_bytes=margin, measure=measure, vocabulary=vocabulary)
         state = state_dir / f"margin-{margin}" if state_dir is not None and searcher.delegates else None
         result = searcher.search(ckpt, data, budget, accountant=acc, work_dir=work_dir, mlp=mlp, state_dir=state)
         file_bytes = acc.file_bytes(result.model)  # exact: a temporary export

@@ -20,7 +20,7 @@ import torch
 from ondevice.models import BPRMF, CTRModel, RecModel
 
 __all__ = ["ROUNDS", "candidate_latency", "host_arch", "measure_cost", "measure_file_bytes", "onnx_file_bytes",
-           "ort_file_bytes"]
+           "ort_file_bytes", "vocabulary_cost"]
 
 
 @contextmanager
@@ -92,6 +92,29 @@ def candidate_latency(model: RecModel, *, batch: int = 1, threads: int = 1, runs
     stats = runner.latency_stats([t for samples in rounds for t in samples], batch)
     return {"p50_ms": stats["p50_ms"], "p99_ms": p99s[len(p99s) // 2], "batch": batch, "threads": threads,
             "runs": runs * ROUNDS}
+
+
+def vocabulary_cost(schema: Any) -> Any:
+    """The :class:`~ondevice.search.byte_accountant.VocabularyCost` of ``schema``'s raw encoder:
+    per-id key bytes (``ondevice.vocabulary.key_bytes``), the rest of the encoder as fixed bytes
+    (``export.raw.raw_encoder_bytes``, every key kept, minus the keys), and the exact bytes of a
+    set of dropped ids (the tables serialized without them + the rest of the encoder)."""
+    import math
+
+    from ondevice.export.raw import raw_encoder_bytes, raw_plan
+    from ondevice.search.byte_accountant import VocabularyCost
+    from ondevice.vocabulary import key_bytes, vocabulary_bytes
+
+    plan = raw_plan(schema)
+    encoder = raw_encoder_bytes(schema)
+    not_tables = encoder - vocabulary_bytes(schema, plan)  # nodes, constants, inputs (+ the bound's slack)
+    per_id = tuple(key_bytes(schema, plan))
+
+    def exact(dropped: Any) -> int:
+        return not_tables + vocabulary_bytes(schema, plan, dropped)
+
+    return VocabularyCost(fixed_bytes=encoder - math.ceil(sum(float(a.sum()) for a in per_id)), per_id=per_id,
+                          exact=exact)
 
 
 def onnx_file_bytes(model: RecModel) -> int:

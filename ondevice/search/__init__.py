@@ -21,6 +21,7 @@ from ondevice.search.base import (
 from ondevice.search.byte_accountant import ByteAccountant
 from ondevice.search.embedding import (
     FP16Searcher,
+    FrequencySearcher,
     HashSearcher,
     Int8Searcher,
     MDESearcher,
@@ -42,6 +43,7 @@ __all__ = [
     "ByteAccountant",
     "DeepLightSearcher",
     "FP16Searcher",
+    "FrequencySearcher",
     "HashSearcher",
     "Int8Searcher",
     "MDESearcher",

@@ -73,6 +73,9 @@ class SearchResult:
     # what the user must know about how the result was reached (a fallback taken, ...): the
     # CLI prints each as ``warning: ...`` and summary.md lists them
     warnings: list[str] = field(default_factory=list)
+    # the inputs the result was sized for when it differs from the call's (``auto``'s raw
+    # ``frequency`` candidate at a budget where the others take ids); ``None``: the call's
+    inputs: str | None = None
 
     @property
     def val_metric(self) -> float:
@@ -83,7 +86,8 @@ class SearchResult:
         return {"config": self.config, "val": self.val, "metric": self.metric, "trace": self.trace,
                 "bytes_estimate": self.bytes_estimate, "timings": self.timings, "params": self.params,
                 "model": self.model.describe(),
-                **({"candidates": self.candidates} if self.candidates is not None else {})}
+                **({"candidates": self.candidates} if self.candidates is not None else {}),
+                **({"inputs": self.inputs} if self.inputs is not None else {})}
 
     def save(self, path: str | Path) -> None:
         """Write the result, weights included, atomically (data only: :meth:`load` reads it with
@@ -95,7 +99,7 @@ class SearchResult:
 
         meta = {"config": self.config, "val": self.val, "metric": self.metric, "trace": self.trace,
                 "bytes_estimate": self.bytes_estimate, "timings": self.timings, "params": self.params,
-                "candidates": self.candidates, "warnings": list(self.warnings),
+                "candidates": self.candidates, "warnings": list(self.warnings), "inputs": self.inputs,
                 "schema": self.schema.to_dict() if self.schema is not None else None,
                 "training": [n for n, m in self.model.named_modules() if m.training],
                 "frozen": [n for n, p in self.model.named_parameters() if not p.requires_grad]}
@@ -133,7 +137,7 @@ class SearchResult:
         schema = Schema.from_dict(meta["schema"], source=str(path)) if meta["schema"] is not None else None
         return cls(model=model, config=meta["config"], val=meta["val"], metric=meta["metric"], trace=meta["trace"],
                    bytes_estimate=meta["bytes_estimate"], timings=meta["timings"], params=meta["params"],
-                   candidates=meta["candidates"], schema=schema, warnings=meta["warnings"])
+                   candidates=meta["candidates"], schema=schema, warnings=meta["warnings"], inputs=meta.get("inputs"))
 
 
 def make_config(type_name: str, data: dict[str, Any], version: int = 1) -> dict[str, Any]:
@@ -152,6 +156,9 @@ class Searcher:
     supports_dtype: ClassVar[bool] = False  # can compose with int8/fp16 (``--method X+int8``)
     tasks: ClassVar[tuple[str, ...]] = ("ctr",)  # "ctr" and/or "topk" (BPR-MF item table)
     delegates: ClassVar[bool] = False  # runs other searchers, which handle first_order / mlp (``auto``)
+    # prunes rows to OOV in every table, so a raw artefact's keys leave with them (``frequency``):
+    # ``compress`` then gives the accountant the vocabulary's per-id cost instead of reserving all of it
+    prunes_vocabulary: ClassVar[bool] = False
 
     def get_params(self) -> dict[str, Any]:
         """The ``__init__`` arguments (JSON-able), read from the signature like sklearn."""

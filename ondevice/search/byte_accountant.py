@@ -14,14 +14,22 @@ embedding's deployable tensors plus the graph; ``compressible`` is ``item_embedd
 
 The first-order table and the dense layers are counted in the forms
 :mod:`ondevice.search.fixed_parts` plans for them (``first_order``, ``mlp``).
+
+Raw-feature artefacts carry their vocabulary in the file. By default ``compress`` reserves all
+of it from the budget before the search (every key kept). A searcher that drops keys (rows
+pruned to OOV in every table, ``Searcher.prunes_vocabulary``) gets a :class:`VocabularyCost`
+instead: the encoder's fixed bytes plus the bytes of each id's keys, so a dropped id saves
+its key as well as its row. Without one (the default) nothing here counts the vocabulary.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,8 +40,10 @@ from ondevice.errors import BudgetTooSmallError
 from ondevice.models import BPRMF, RecModel
 from ondevice.models.int8_linear import Int8Linear, quantizable_linears, quantize_dense_layers_
 from ondevice.search.fixed_parts import first_order_layer
+from ondevice.vocabulary import dropped_ids
 
-__all__ = ["DEFAULT_GRAPH_OVERHEAD_BYTES", "FORMAT_MARGIN_BYTES", "SHARED_PART", "ByteAccountant", "itemise_bytes"]
+__all__ = ["DEFAULT_GRAPH_OVERHEAD_BYTES", "FORMAT_MARGIN_BYTES", "SHARED_PART", "VOCABULARY_PART", "ByteAccountant",
+           "VocabularyCost", "itemise_bytes"]
 
 # Graph bytes (node protos, value names, shapes) of a small CTR model when nothing was
 # measured: the measured overhead of the test models is 2.3-2.6 KB for dense tables.
@@ -59,6 +69,32 @@ def _deployable_tensors(module: nn.Module) -> list[torch.Tensor]:
     return out
 
 
+@dataclass(frozen=True)
+class VocabularyCost:
+    """What a raw artefact's encoder adds to the file, as the ids a model keeps change it.
+
+    ``fixed_bytes``: what no id's key takes (encoder nodes, constants, inputs, the tables'
+    framing, shared tree nodes); ``per_id``: per field, float64 ``[vocab_f]``, the bytes of each
+    id's keys (:func:`ondevice.vocabulary.key_bytes`; 0 for the OOV id); ``exact``: the
+    encoder's bytes for a set of dropped ids as serialized (``ondevice.vocabulary.vocabulary_bytes``
+    + the rest of the encoder), supplied by the pipeline like ``ByteAccountant.measure``.
+    With every id kept, ``fixed_bytes + Σ per_id`` is the whole encoder.
+    """
+
+    fixed_bytes: int
+    per_id: tuple[np.ndarray, ...]
+    exact: Callable[[Mapping[int, set[int]]], int] | None = field(default=None, repr=False, compare=False)
+
+    def estimate(self, dropped: Mapping[int, set[int]]) -> int:
+        """``fixed_bytes`` + the keys of every id not in ``dropped`` (additive, rounded up)."""
+        kept = sum(float(a.sum()) - float(a[sorted(dropped.get(j, ()))].sum()) for j, a in enumerate(self.per_id))
+        return self.fixed_bytes + math.ceil(kept)
+
+    def bytes_for(self, dropped: Mapping[int, set[int]]) -> int:
+        """The encoder's bytes with ``dropped`` left out: exact when the pipeline gave ``exact``."""
+        return int(self.exact(dropped)) if self.exact is not None else self.estimate(dropped)
+
+
 @dataclass
 class ByteAccountant:
     """Splits a byte budget into the embedding's share and everything else.
@@ -70,6 +106,8 @@ class ByteAccountant:
     ``measure``: exact bytes of a model's exported file, ``measure(model) -> int``, supplied by
     the pipeline (``ondevice.pipeline.measure.onnx_file_bytes``: an export to a temporary file);
     searchers read it through :meth:`file_bytes` and never import the exporter.
+    ``vocabulary``: a raw artefact's encoder, counted with the ids the model keeps (module
+    docstring); ``None`` (default): not counted here (the caller reserved it, or ids in).
     """
 
     graph_overhead_bytes: int = DEFAULT_GRAPH_OVERHEAD_BYTES
@@ -77,6 +115,7 @@ class ByteAccountant:
     first_order: str = "keep"
     mlp: str = "fp32"
     measure: Callable[[nn.Module], int] | None = field(default=None, repr=False, compare=False)
+    vocabulary: VocabularyCost | None = field(default=None, repr=False, compare=False)
 
     def _planned_child(self, name: str, child: nn.Module) -> nn.Module | None:
         """A non-compressed child in its planned stored form: ``linear`` per ``first_order``,
@@ -97,14 +136,28 @@ class ByteAccountant:
         """Exact bytes of every tensor the exported file stores for ``model`` (deployable form)."""
         return stored_bytes(_deployable_tensors(model))
 
+    def dropped(self, model: nn.Module) -> dict[int, set[int]]:
+        """Per field, the ids whose keys leave a raw artefact of ``model`` (rows pruned to OOV in
+        every embedding table, :func:`ondevice.vocabulary.dropped_ids`, as the exporter decides)."""
+        layers = [m for m in model.modules() if isinstance(m, EmbeddingLayer)]
+        return dropped_ids(layers, list(layers[0].vocab_sizes)) if layers else {}
+
+    def vocabulary_bytes(self, model: nn.Module) -> int:
+        """Bytes the raw encoder adds to ``model``'s file (0 without a :class:`VocabularyCost`)."""
+        return 0 if self.vocabulary is None else self.vocabulary.bytes_for(self.dropped(model))
+
     def file_bytes_estimate(self, model: nn.Module) -> int:
-        """Parameter bytes + the measured graph + the margin for a format's extra nodes."""
-        return self.parameter_bytes(model) + self.graph_overhead_bytes + self.margin_bytes
+        """Parameter bytes + the measured graph + the margin for a format's extra nodes
+        (+ the vocabulary it keeps, with a :class:`VocabularyCost`)."""
+        return self.parameter_bytes(model) + self.graph_overhead_bytes + self.margin_bytes + self.vocabulary_bytes(model)
 
     def file_bytes(self, model: nn.Module) -> int:
         """The exported file's bytes of ``model``: exact when the pipeline gave ``measure``,
-        else :meth:`file_bytes_estimate`."""
-        return int(self.measure(model)) if self.measure is not None else self.file_bytes_estimate(model)
+        else :meth:`file_bytes_estimate` (+ the vocabulary it keeps, with a :class:`VocabularyCost`;
+        the id model's file plus the encoder: an upper bound of the raw file)."""
+        if self.measure is None:
+            return self.file_bytes_estimate(model)
+        return int(self.measure(model)) + self.vocabulary_bytes(model)
 
     def planned_file_bytes(self, model: RecModel) -> int:
         """``file_bytes_estimate`` with the first-order table and the dense layers in their planned
@@ -134,14 +187,21 @@ class ByteAccountant:
         return parts
 
     def _graph_parts(self) -> dict[str, int]:
-        """The graph's measured bytes and, apart, the margin kept for a format's extra nodes."""
+        """The graph's measured bytes and, apart, the margin kept for a format's extra nodes
+        (and the raw encoder's fixed bytes, with a :class:`VocabularyCost`)."""
         parts = {"onnx graph": self.graph_overhead_bytes}
         if self.margin_bytes:
             parts["format margin"] = self.margin_bytes
+        if self.vocabulary is not None:
+            parts[VOCABULARY_PART] = self.vocabulary.fixed_bytes
         return parts
 
+    def _vocabulary_fixed(self) -> int:
+        return 0 if self.vocabulary is None else self.vocabulary.fixed_bytes
+
     def fixed_bytes(self, model: RecModel, compressible: str = "embedding") -> int:
-        """Budget taken by everything except ``model.<compressible>`` (incl. graph + margin)."""
+        """Budget taken by everything except ``model.<compressible>`` (incl. graph + margin, and
+        the raw encoder's fixed bytes with a :class:`VocabularyCost`; its keys are the method's)."""
         if isinstance(model, BPRMF):  # only the item table is exported; the user table stays on the server
             return self.graph_overhead_bytes + self.margin_bytes
         rest: list[torch.Tensor] = []
@@ -149,7 +209,7 @@ class ByteAccountant:
             if name != compressible:
                 rest.extend(self._fixed_tensors(name, child))
         rest.extend(t for k, t in model.state_dict().items() if "." not in k)
-        return stored_bytes(rest) + self.graph_overhead_bytes + self.margin_bytes
+        return stored_bytes(rest) + self.graph_overhead_bytes + self.margin_bytes + self._vocabulary_fixed()
 
     def embedding_target(self, model: RecModel, budget_bytes: int, compressible: str = "embedding") -> int:
         """Bytes ``model.<compressible>`` may take in its deployable form."""
@@ -200,12 +260,17 @@ class ByteAccountant:
                 parts["biases"] = stored_bytes(biases)
             # the file stores a tensor once however many layers hold it (e.g. the field offsets of
             # int8 tables): the parts above count it in each
+            vocabulary = self._vocabulary_fixed()
             if smallest_embedding == own:
-                stored = self.planned_file_bytes(model) - self.graph_overhead_bytes - self.margin_bytes
+                vocabulary = self.vocabulary_bytes(model)
+                stored = self.planned_file_bytes(model) - self.graph_overhead_bytes - self.margin_bytes - vocabulary
             else:
                 stored = smallest_embedding + self.fixed_bytes(model) - self.graph_overhead_bytes - self.margin_bytes
+                stored -= vocabulary
             if stored != sum(parts.values()):
                 parts[SHARED_PART] = stored - sum(parts.values())
+            if self.vocabulary is not None:
+                parts[VOCABULARY_PART] = vocabulary
         parts["ONNX graph"] = self.graph_overhead_bytes
         parts["format margin"] = self.margin_bytes
         return parts
@@ -229,6 +294,8 @@ class ByteAccountant:
 
 #: The (negative) part of :meth:`ByteAccountant.minimum_parts` for tensors two layers share.
 SHARED_PART = "tensors two parts share (stored once)"
+#: The part of a raw artefact's encoder a :class:`VocabularyCost` counts (fixed bytes + kept keys).
+VOCABULARY_PART = "vocabulary and encoder"
 
 
 def itemise_bytes(parts: dict[str, int]) -> str:

@@ -45,7 +45,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ondevice.embedding import EmbeddingLayer, QuantizedEmbedding
+from ondevice.embedding import EmbeddingLayer, QuantizedEmbedding, RowPrunedEmbedding
 from ondevice.errors import BadInputError, BudgetTooSmallError
 from ondevice.models import CTRModel
 from ondevice.models.int8_linear import quantizable_linears, quantize_dense_layers_
@@ -73,6 +73,8 @@ def first_order_layer(layer: EmbeddingLayer, form: str) -> EmbeddingLayer | None
     if form == "fp16":
         if isinstance(layer, QuantizedEmbedding) and layer.dtype_name == "float16":
             return layer
+        if isinstance(layer, RowPrunedEmbedding):  # rows pruned to OOV stay pruned (their keys stay out)
+            return layer.with_dtype("float16")
         return QuantizedEmbedding.from_dense(layer, dtype="float16")
     raise BadInputError(f"first_order must be one of {', '.join(FIRST_ORDER_OPTIONS[1:])}; got {form!r}")
 

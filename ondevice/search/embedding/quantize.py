@@ -3,7 +3,8 @@
 Shared by the ``int8``/``fp16`` baselines and every ``--method X+int8`` composition
 (quantize after the search and the retrain). Row-wise symmetric int8 with an fp16 scale
 per row, or fp16 rows: see :mod:`ondevice.embedding.quantized` for the scheme, its error
-bound and its bytes. Projections of mixed-dimension layers stay fp32.
+bound and its bytes. Projections of mixed-dimension layers stay fp32; row-pruned tables keep
+their remap (``frequency+int8``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ondevice.embedding import (
     MaskedEmbedding,
     MixedDimEmbedding,
     QuantizedEmbedding,
+    RowPrunedEmbedding,
 )
 
 __all__ = ["quantize_layer"]
@@ -38,6 +40,8 @@ def quantize_layer(layer: EmbeddingLayer, dtype: str) -> EmbeddingLayer:
                                 sparse=layer.sparse)
         new_h.table.set_dense(layer.table.dense())
         return new_h
+    if isinstance(layer, RowPrunedEmbedding):  # kept rows only: the remap (and the dropped keys) stay
+        return layer.with_dtype(dtype)
     if isinstance(layer, MaskedEmbedding):
         return MaskedEmbedding.from_dense(layer, layer.mask, deploy_dtype=dtype)
     return QuantizedEmbedding.from_dense(layer, dtype=dtype)
