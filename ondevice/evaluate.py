@@ -113,12 +113,33 @@ def _evaluate_ctr(model_path: Path, manifest: dict[str, Any], ds: EncodedDataset
         sess, in_name = _session(id_model(onnx.load(str(model_path))).SerializeToString(), threads), "ids"
     else:
         sess, in_name = _session(str(model_path), threads), manifest["inputs"][0]["name"]
+    relabel = _id_relabel(model_path.parent, manifest)
     probs = np.empty(len(s), dtype=np.float32)
     for start in range(0, len(s), BATCH):
         ids = np.asarray(s.ids[start:start + BATCH], dtype=np.int64)[:, cols]
+        if relabel is not None:
+            ids = np.stack([r[ids[:, j]] for j, r in enumerate(relabel)], axis=1)
         probs[start:start + len(ids)] = sess.run(None, {in_name: ids})[0].reshape(-1)
     labels = np.asarray(s.labels)
     return {"metric": "auc", "auc": roc_auc(labels, probs), "logloss": log_loss(labels, probs), "rows": int(len(s))}
+
+
+def _id_relabel(folder: Path, manifest: dict[str, Any]) -> list[np.ndarray] | None:
+    """Per field, prepare's id -> the id model's, for a raw artefact whose id model holds only the
+    kept rows of its row-pruned tables (``export.onnx_export.RELABEL_KEY``); None otherwise."""
+    from ondevice.export.onnx_export import RELABEL_KEY
+
+    if not (manifest.get("raw_inputs") or {}).get(RELABEL_KEY):
+        return None
+    from ondevice.embedding.row_pruned import compact_rows
+    from ondevice.train.checkpoint import load_checkpoint
+
+    ref = folder / "reference_model.pt"
+    compact = compact_rows(load_checkpoint(ref).model) if ref.is_file() else None
+    if compact is None:
+        raise ArtefactError(f"{folder}: its id model takes re-indexed ids but reference_model.pt has no row-pruned "
+                            "tables to re-index with; re-export the artefact")
+    return [r.numpy().astype(np.int64) for r in compact[1]]
 
 
 def _evaluate_topk(folder: Path, model_path: Path, manifest: dict[str, Any], ds: EncodedDataset, split: str,

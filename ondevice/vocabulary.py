@@ -25,7 +25,7 @@ the OOV id itself, so its key leaves the tables (``dropped``): row pruning saves
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,8 @@ ELEMENTWISE = ("criteo_log2", "floor")
 BRANCH_GTE = 2
 
 __all__ = ["BRANCH_GTE", "ELEMENTWISE", "MISSING_KEY", "Tables", "buckets", "dropped_ids", "int_keys", "key_bytes",
-           "label_encoder", "numeric_key", "table_bytes", "tables", "tree_ensemble", "vocab_ids", "vocabulary_bytes"]
+           "label_encoder", "numeric_key", "relabel_applies", "table_bytes", "tables", "tree_ensemble", "vocab_ids",
+           "vocabulary_bytes"]
 
 
 def vocab_ids(f: Field) -> dict[str, int]:
@@ -192,23 +193,30 @@ class Tables:
         return list(union), list(union.values()), stride, keys2, values2
 
 
-def tables(schema: Schema, plan: Mapping[str, Any], dropped: Mapping[int, Collection[int]] | None = None) -> Tables:
-    """The tables of ``schema``'s raw ``plan``; ids in ``dropped[field]`` keep no key (they read OOV)."""
+def tables(schema: Schema, plan: Mapping[str, Any], dropped: Mapping[int, Collection[int]] | None = None,
+           relabel: Sequence[Any] | None = None) -> Tables:
+    """The tables of ``schema``'s raw ``plan``; ids in ``dropped[field]`` keep no key (they read OOV);
+    ``relabel[field][id]``: the id the table emits instead (a row-pruned model re-indexed to its
+    kept rows, :func:`~ondevice.embedding.row_pruned.compact_rows`; the dropped ids map to 0)."""
     drop = {j: set(v) for j, v in (dropped or {}).items()}
+
+    def new_id(j: int, i: int) -> int:
+        return int(relabel[j][i]) if relabel is not None else i
+
     field_col = {f: c for c in plan["columns"] for f in c["fields"]}
     n_str = sum(1 for c in plan["columns"] if c["input"] == "categorical")
     aliases = plan.get("libfm_aliases") or []
     out = Tables()
 
     def kept(j: int, pairs: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
-        return [(k, i) for k, i in pairs if i not in drop.get(j, ())] if j in drop else pairs
+        return [(k, new_id(j, i)) for k, i in pairs if i not in drop.get(j, ())]
 
     simple = {j: f for j, f in enumerate(schema.fields) if field_col[f.name]["kind"] == "number"
               and f.encoding == "vocab" and (f.transform or "floor") in ELEMENTWISE}
     for j, f in simple.items():
         keys, values, missing_id = int_keys(f)
         edges, ids = buckets(f.transform or "floor", kept(j, list(zip(keys, values, strict=True))))
-        missing_id = missing_id if missing_id not in drop.get(j, ()) else 0
+        missing_id = new_id(j, missing_id) if missing_id not in drop.get(j, ()) else 0
         out.trees[j] = (field_col[f.name]["index"], edges, ids, missing_id)
     if n_str:
         for j, f in enumerate(schema.fields):
@@ -306,9 +314,10 @@ def table_bytes(node: Any) -> int:
                for a in node.attribute if isinstance(a, AttributeProto))
 
 
-def vocabulary_bytes(schema: Schema, plan: Mapping[str, Any], dropped: Mapping[int, Collection[int]] | None = None) -> int:
+def vocabulary_bytes(schema: Schema, plan: Mapping[str, Any], dropped: Mapping[int, Collection[int]] | None = None,
+                     relabel: Sequence[Any] | None = None) -> int:
     """Bytes the raw artefact's vocabulary adds to the model file (every table, :func:`table_bytes`)."""
-    t = tables(schema, plan, dropped)
+    t = tables(schema, plan, dropped, relabel)
     total = table_bytes(tree_ensemble("x", "y", list(t.trees.values()))) if t.trees else 0
     if t.strings:
         keys1, values1, stride, keys2, values2 = t.two_level()
@@ -384,6 +393,18 @@ def key_bytes(schema: Schema, plan: Mapping[str, Any]) -> list[np.ndarray]:
         for k, i in zip(keys, values, strict=True):
             out[j][i] += 1 + _varint(k) + 1 + _varint(i)
     return out
+
+
+def relabel_applies(schema: Schema, plan: dict[str, Any], relabel: list[Any]) -> bool:
+    """Whether the encoder can emit ``relabel``'s ids: every field whose id the graph computes
+    without a table (identity numbers, hashed ids from the app) keeps its ids unchanged."""
+    field_col = {f: c for c in plan["columns"] for f in c["fields"]}
+    for j, f in enumerate(schema.fields):
+        if field_col[f.name]["kind"] == "hashed" or f.encoding == "identity":
+            r = np.asarray(relabel[j])
+            if not np.array_equal(r, np.arange(len(r))):
+                return False
+    return True
 
 
 def dropped_ids(layers: list[Any], vocab_sizes: list[int]) -> dict[int, set[int]]:

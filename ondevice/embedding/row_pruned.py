@@ -25,6 +25,7 @@ Measured: no benchmark of its own; its bytes are checked exactly in
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -136,6 +137,24 @@ class RowPrunedEmbedding(EmbeddingLayer):
         new.table.set_dense(self.table.dense())
         return new
 
+    @torch.no_grad()
+    def compact(self) -> EmbeddingLayer:
+        """The kept rows as a plain table over ``kept_rows`` ids, no remap: what a raw artefact
+        stores when its encoder emits the re-indexed ids itself (:meth:`remap_per_field`,
+        ``pruned_to="oov"`` only). Same stored values (fp32 dense, or the int8/fp16 rows as they are)."""
+        from ondevice.embedding.dense import DenseEmbedding
+        from ondevice.embedding.quantized import QuantizedEmbedding
+
+        if self.pruned_to != "oov":
+            raise BadInputError("only rows pruned to the OOV row can be re-indexed away (pruned_to='oov')")
+        if self.dtype_name == "float32":
+            dense = DenseEmbedding(self.kept_rows, self.dim, sparse=self.sparse, init_std=self.init_std)
+            dense.weight.copy_(self.table.dense())
+            return dense
+        quantized = QuantizedEmbedding(self.kept_rows, self.dim, dtype=self.dtype_name)
+        quantized.table.load_state_dict(self.table.state_dict())
+        return quantized
+
     @staticmethod
     def expected_bytes(vocab_sizes: Sequence[int], dim: int, kept_rows: Sequence[int],
                        dtype: str = "float32") -> int:
@@ -175,3 +194,20 @@ class RowPrunedEmbedding(EmbeddingLayer):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, kept_rows={list(self.kept_rows)}, pruned_to={self.pruned_to}, "
                 f"dtype={self.dtype_name}")
+
+
+def compact_rows(model: nn.Module) -> tuple[nn.Module, list[torch.Tensor]] | None:
+    """``model`` with every embedding table re-indexed to its kept rows (:meth:`RowPrunedEmbedding.compact`,
+    a shallow copy) and, per field, old id -> new id; None unless every embedding table of the
+    model is a :class:`RowPrunedEmbedding` pruned to OOV with the same remap."""
+    names = [n for n, m in model.named_children() if isinstance(m, EmbeddingLayer)]
+    layers = [getattr(model, n) for n in names]
+    if sum(isinstance(m, EmbeddingLayer) for m in model.modules()) != len(layers):  # a nested table too
+        return None
+    if not layers or not all(isinstance(m, RowPrunedEmbedding) and m.pruned_to == "oov" for m in layers):
+        return None
+    if any(not torch.equal(m.remap, layers[0].remap) for m in layers[1:]):
+        return None
+    view = copy.copy(model)
+    view._modules = {**model._modules, **{n: getattr(model, n).compact() for n in names}}
+    return view, layers[0].remap_per_field()

@@ -34,6 +34,7 @@ import torch
 from ondevice import __version__
 from ondevice.budget import DeviceProfile, format_bytes, load_profile, resolve_budget
 from ondevice.embedding import EmbeddingLayer, swap_embedding_
+from ondevice.embedding.row_pruned import compact_rows
 from ondevice.errors import ArtefactError, BadInputError, BudgetExceededError, ParityError
 from ondevice.export import golden as golden_mod
 from ondevice.export import raw as raw_mod
@@ -57,7 +58,7 @@ from ondevice.models import BPRMF, RecModel
 from ondevice.outputs import check_output
 from ondevice.schema import input_contract
 from ondevice.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from ondevice.vocabulary import dropped_ids
+from ondevice.vocabulary import dropped_ids, relabel_applies
 
 __all__ = ["INPUT_MODES", "app_payload", "bytes_by_part", "deployable_model", "export_artefact", "export_onnx",
            "resolve_inputs", "versions"]
@@ -306,18 +307,21 @@ def export_artefact(
         used = getattr(module, "used_dims", None)  # RULE's elastic table: the dims some item uses
         io["topk"]["resident_item_table_bytes"] = model.num_items * (len(used) if used else model.embed_dim) * 4
     gold = _golden_cases(model, module, io, ckpt.schema, inputs, golden_seed, golden_batch)
+    traced, relabel = _raw_id_model(model, module, ckpt.schema, gold["plan"], top_k)
     runner = runner_module()
     with atomic_output_dir(out_dir, kind="export", inputs=[src], force=force) as tmp:
-        files, extra_files, vocab_bytes = _write_model_files(tmp, module, io, gold, ckpt.schema, fmt, model,
-                                                             table_at_load=topk_table == "load")
+        files, extra_files, vocab_bytes = _write_model_files(tmp, traced, io, gold, ckpt.schema, fmt, model,
+                                                             table_at_load=topk_table == "load", relabel=relabel)
         manifest = _manifest(started, model, io, ckpt, gold, files, extra_files, dev, fmt, inputs, runner,
                              top_k=top_k, golden_seed=golden_seed, golden_batch=golden_batch)
+        if relabel is not None:  # evaluate re-indexes an encoded split the same way (reference_model.pt's remap)
+            manifest["raw_inputs"] = {**manifest["raw_inputs"], RELABEL_KEY: RELABEL_NOTE}
         if io["task"] == "topk":
             manifest["export_options"]["topk_table"] = topk_table
         manifest["export_validation"] = _prove_parity(tmp, manifest, runner, fmt)
         # mobile usability: advisory, recorded
         manifest["mobile_usability"] = check_mobile_usability(tmp / MODEL_ONNX) if check_mobile else {"ran": False}
-        manifest["storage"], manifest["budget"] = _check_budget(module, files, vocab_bytes, limit, limit_source)
+        manifest["storage"], manifest["budget"] = _check_budget(traced, files, vocab_bytes, limit, limit_source)
         _write_rest_of_folder(tmp, manifest, model, ckpt, gold["plan"], extra_files, limit)
         manifest["export_seconds"] = time.time() - started
         write_manifest(tmp, manifest)
@@ -378,18 +382,40 @@ def _golden_cases(model: RecModel, module: torch.nn.Module, io: dict[str, Any], 
     return {"goldens": goldens, "feeds": feeds, "args": args, "expected": expected, "plan": plan, "tolerance": tolerance}
 
 
+#: ``raw_inputs`` key of an artefact whose id model takes re-indexed ids (:func:`_raw_id_model`).
+RELABEL_KEY = "id_model_reindexed"
+RELABEL_NOTE = ("the id model inside holds the kept rows only: its ids are prepare's re-indexed by the row-pruned "
+                "tables' remap (reference_model.pt); raw inputs are unaffected")
+
+
+def _raw_id_model(model: RecModel, module: torch.nn.Module, schema: Any, plan: dict[str, Any] | None,
+                  top_k: int) -> tuple[torch.nn.Module, list[Any] | None]:
+    """(the module to trace, the encoder's relabel): for a raw artefact whose every embedding
+    table keeps the same rows pruned to OOV, the id model holds the kept rows only and the
+    encoder's tables emit their re-indexed ids, so the 4 B per original id of the remap is not
+    stored (:func:`ondevice.embedding.row_pruned.compact_rows`); else ``module`` unchanged."""
+    if plan is None:
+        return module, None
+    compact = compact_rows(model)
+    if compact is None or not relabel_applies(schema, plan, compact[1]):
+        return module, None
+    return export_module(compact[0], k=top_k)[0], [r.numpy() for r in compact[1]]
+
+
 def _write_model_files(tmp: Path, module: torch.nn.Module, io: dict[str, Any], gold: dict[str, Any], schema: Any,
-                       fmt: str, model: RecModel, *, table_at_load: bool = True) -> tuple[dict[str, Any], list[str], int]:
+                       fmt: str, model: RecModel, *, table_at_load: bool = True,
+                       relabel: list[Any] | None = None) -> tuple[dict[str, Any], list[str], int]:
     """``model.onnx`` (with the raw-input encoder in front when planned) and, for ``ort``,
     ``model.ort``: (files entries, extra files, the raw vocabulary's bytes). ``table_at_load``:
-    a top-K graph's item table is decoded at session creation (``bind_table_seed``)."""
+    a top-K graph's item table is decoded at session creation (``bind_table_seed``); ``relabel``:
+    ``module`` takes re-indexed ids (:func:`_raw_id_model`)."""
     scratch = tmp / ".export"
     scratch.mkdir()
     example = tuple(torch.from_numpy(a) for a in list(gold["args"].values())[-1])
     export_onnx(module, io, example, scratch / MODEL_ONNX, table_at_load=table_at_load)
     vocab_bytes = 0
     if gold["plan"] is not None:
-        vocab_bytes = _attach_raw_encoder(scratch / MODEL_ONNX, schema, gold["plan"], model)
+        vocab_bytes = _attach_raw_encoder(scratch / MODEL_ONNX, schema, gold["plan"], model, relabel)
     shutil.move(str(scratch / MODEL_ONNX), tmp / MODEL_ONNX)
     scratch.rmdir()
     files = {MODEL_ONNX: file_entry(tmp / MODEL_ONNX)}
@@ -516,16 +542,18 @@ def _write_rest_of_folder(tmp: Path, manifest: dict[str, Any], model: RecModel, 
     shutil.copyfile(RUNNER_PATH, tmp / RUNNER_FILE)
 
 
-def _attach_raw_encoder(path: Path, schema: Any, plan: dict[str, Any], source: RecModel) -> int:
+def _attach_raw_encoder(path: Path, schema: Any, plan: dict[str, Any], source: RecModel,
+                        relabel: list[Any] | None = None) -> int:
     """Put the raw-feature encoder in front of the id model at ``path``; returns the vocabulary bytes.
 
     Ids that every embedding table of ``source`` reads as the OOV row (rows pruned to OOV) keep
-    no key: row pruning saves the key as well as the row (:func:`ondevice.vocabulary.dropped_ids`).
+    no key: row pruning saves the key as well as the row (:func:`ondevice.vocabulary.dropped_ids`);
+    ``relabel``: the ids the tables emit for the id model at ``path`` (:func:`_raw_id_model`).
     """
     layers = [m for m in source.modules() if isinstance(m, EmbeddingLayer)]
     dropped = dropped_ids(layers, list(schema.vocab_sizes))
     model = onnx.load(str(path), load_external_data=False)
-    raw_mod.attach_encoder(model, schema, plan, dropped=dropped)
+    raw_mod.attach_encoder(model, schema, plan, dropped=dropped, relabel=relabel)
     onnx.checker.check_model(model, full_check=True)
     onnx.save_model(model, str(path), save_as_external_data=False)
     return raw_mod.vocabulary_bytes(model)

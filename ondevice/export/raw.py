@@ -228,8 +228,9 @@ def _avazu_parts(b: _Builder, x: str) -> tuple[str, str, str]:
 
 
 def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str,
-                  dropped: dict[int, set[int]] | None = None) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto],
-                                                                       list[onnx.ValueInfoProto]]:
+                  dropped: dict[int, set[int]] | None = None,
+                  relabel: list[Any] | None = None) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto],
+                                                             list[onnx.ValueInfoProto]]:
     """Nodes, initializers and graph inputs computing ``out_name`` = ids int64 ``[batch, F]``.
 
     Numbers with ``criteo_log2``/``floor`` go through one ``TreeEnsemble`` (rule and lookup
@@ -237,13 +238,14 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str,
     fields share one two-level lookup (:class:`ondevice.vocabulary.Tables`, 3 nodes); identity,
     Avazu date and ``edges:`` fields are computed column by column; hashed ids pass through. The blocks are
     concatenated and one ``Gather`` puts the fields in schema order (none when the order already
-    matches). ``dropped``: per field, ids that keep no key (they read the OOV row anyway).
+    matches). ``dropped``: per field, ids that keep no key (they read the OOV row anyway);
+    ``relabel``: per field, the id each table emits for a prepare id (:func:`ondevice.vocabulary.relabel_applies`).
     """
     b = _Builder()
     cols = {name: [c for c in plan["columns"] if c["input"] == name] for name in (STRING_INPUT, NUMBER_INPUT, HASHED_INPUT)}
     field_col = {f: c for c in plan["columns"] for f in c["fields"]}
     n_num = len(cols[NUMBER_INPUT])
-    t = tables(schema, plan, dropped)
+    t = tables(schema, plan, dropped, relabel)
     blocks: list[str] = []
     position: dict[int, int] = {}  # field index -> column of the concatenated blocks
     width = 0
@@ -306,13 +308,15 @@ def encoder_graph(schema: Schema, plan: dict[str, Any], out_name: str,
 
 
 def attach_encoder(model: onnx.ModelProto, schema: Schema, plan: dict[str, Any], ids_input: str = "ids",
-                   dropped: dict[int, set[int]] | None = None) -> onnx.ModelProto:
+                   dropped: dict[int, set[int]] | None = None, relabel: list[Any] | None = None) -> onnx.ModelProto:
     """``model`` (ids in) with the raw encoder in front: raw inputs in, same outputs.
 
     ``dropped``: per field, ids every embedding table reads as the OOV row
-    (:func:`ondevice.vocabulary.dropped_ids`); their keys are left out.
+    (:func:`ondevice.vocabulary.dropped_ids`); their keys are left out. ``relabel``: the id model
+    takes re-indexed ids (its tables hold the kept rows only, no remap): per field, prepare's id
+    -> the id model's, emitted by the tables directly.
     """
-    nodes, inits, inputs = encoder_graph(schema, plan, ids_input, dropped)
+    nodes, inits, inputs = encoder_graph(schema, plan, ids_input, dropped, relabel)
     g = model.graph
     if [i.name for i in g.input] != [ids_input]:
         raise BadInputError(f"the id model's inputs are {[i.name for i in g.input]}, expected [{ids_input!r}]")
@@ -323,7 +327,8 @@ def attach_encoder(model: onnx.ModelProto, schema: Schema, plan: dict[str, Any],
     del g.input[:]
     g.input.extend(inputs)
     if not cols_hashed(plan):
-        _drop_oov_guards(model, ids_input, np.asarray(schema.vocab_sizes, dtype=np.int64))
+        vocab = schema.vocab_sizes if relabel is None else [int(np.max(r)) + 1 for r in relabel]
+        _drop_oov_guards(model, ids_input, np.asarray(vocab, dtype=np.int64))
     for o in model.opset_import:
         if o.domain == ML_DOMAIN:
             o.version = max(o.version, ML_OPSET)

@@ -103,7 +103,7 @@ def vocabulary_cost(schema: Any) -> Any:
 
     from ondevice.export.raw import raw_encoder_bytes, raw_plan
     from ondevice.search.byte_accountant import VocabularyCost
-    from ondevice.vocabulary import key_bytes, vocabulary_bytes
+    from ondevice.vocabulary import key_bytes, relabel_applies, vocabulary_bytes
 
     plan = raw_plan(schema)
     encoder = raw_encoder_bytes(schema)
@@ -114,7 +114,7 @@ def vocabulary_cost(schema: Any) -> Any:
         return not_tables + vocabulary_bytes(schema, plan, dropped)
 
     return VocabularyCost(fixed_bytes=encoder - math.ceil(sum(float(a.sum()) for a in per_id)), per_id=per_id,
-                          exact=exact)
+                          exact=exact, reindexes=lambda relabel: relabel_applies(schema, plan, relabel))
 
 
 def onnx_file_bytes(model: RecModel) -> int:

@@ -28,6 +28,7 @@ import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from torch import nn
 from ondevice.budget import format_bytes
 from ondevice.embedding import EmbeddingLayer, QuantizedEmbedding
 from ondevice.embedding.base import stored_bytes
+from ondevice.embedding.row_pruned import compact_rows
 from ondevice.errors import BudgetTooSmallError
 from ondevice.models import BPRMF, RecModel
 from ondevice.models.int8_linear import Int8Linear, quantizable_linears, quantize_dense_layers_
@@ -84,6 +86,9 @@ class VocabularyCost:
     fixed_bytes: int
     per_id: tuple[np.ndarray, ...]
     exact: Callable[[Mapping[int, set[int]]], int] | None = field(default=None, repr=False, compare=False)
+    #: whether the encoder can emit a row-pruned model's re-indexed ids (``relabel[field][id]``,
+    #: :func:`ondevice.vocabulary.relabel_applies`), so the file stores the kept rows without a remap
+    reindexes: Callable[[list[Any]], bool] | None = field(default=None, repr=False, compare=False)
 
     def estimate(self, dropped: Mapping[int, set[int]]) -> int:
         """``fixed_bytes`` + the keys of every id not in ``dropped`` (additive, rounded up)."""
@@ -142,6 +147,17 @@ class ByteAccountant:
         layers = [m for m in model.modules() if isinstance(m, EmbeddingLayer)]
         return dropped_ids(layers, list(layers[0].vocab_sizes)) if layers else {}
 
+    def as_shipped(self, model: nn.Module) -> nn.Module:
+        """``model`` as a raw artefact stores it: where every table keeps the same rows pruned to
+        OOV and the encoder can emit their re-indexed ids (``vocabulary.reindexes``), the kept rows
+        only, without the remap's 4 B per original id (the exporter's ``_raw_id_model``)."""
+        if self.vocabulary is None or self.vocabulary.reindexes is None:
+            return model
+        compact = compact_rows(model)
+        if compact is None or not self.vocabulary.reindexes(compact[1]):
+            return model
+        return compact[0]
+
     def vocabulary_bytes(self, model: nn.Module) -> int:
         """Bytes the raw encoder adds to ``model``'s file (0 without a :class:`VocabularyCost`)."""
         return 0 if self.vocabulary is None else self.vocabulary.bytes_for(self.dropped(model))
@@ -149,7 +165,8 @@ class ByteAccountant:
     def file_bytes_estimate(self, model: nn.Module) -> int:
         """Parameter bytes + the measured graph + the margin for a format's extra nodes
         (+ the vocabulary it keeps, with a :class:`VocabularyCost`)."""
-        return self.parameter_bytes(model) + self.graph_overhead_bytes + self.margin_bytes + self.vocabulary_bytes(model)
+        return (self.parameter_bytes(self.as_shipped(model)) + self.graph_overhead_bytes + self.margin_bytes
+                + self.vocabulary_bytes(model))
 
     def file_bytes(self, model: nn.Module) -> int:
         """The exported file's bytes of ``model``: exact when the pipeline gave ``measure``,
@@ -157,7 +174,7 @@ class ByteAccountant:
         the id model's file plus the encoder: an upper bound of the raw file)."""
         if self.measure is None:
             return self.file_bytes_estimate(model)
-        return int(self.measure(model)) + self.vocabulary_bytes(model)
+        return int(self.measure(self.as_shipped(model))) + self.vocabulary_bytes(model)
 
     def planned_file_bytes(self, model: RecModel) -> int:
         """``file_bytes_estimate`` with the first-order table and the dense layers in their planned

@@ -251,6 +251,25 @@ def test_raw_parity_dropped_ids_read_oov(criteo_run: Path, tmp_path: Path) -> No
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     dropped = _only_oov_rows_dropped(load_checkpoint(folder / "reference_model.pt").model)
     assert any(int(ids[r, j]) in d for j, d in dropped.items() for r in range(len(ids)))  # dropped ids were fed
+    # the raw file stores the kept rows without the remap (4 B per original id): its tables emit the
+    # re-indexed ids themselves; the id artefact keeps it (the app sends prepare's ids)
+    import onnx
+
+    from ondevice.evaluate import evaluate_artefact
+    from ondevice.train.evaluate import evaluate_ctr
+
+    def int32_vectors(path: Path) -> list[list[int]]:
+        return [list(t.dims) for t in onnx.load(str(path)).graph.initializer if t.data_type == onnx.TensorProto.INT32]
+
+    total = sum(schema.vocab_sizes)
+    assert [total] in int32_vectors(tmp_path / "ids" / "model.onnx") and [total] not in int32_vectors(folder / "model.onnx")
+    assert manifest["raw_inputs"]["id_model_reindexed"]
+    # evaluate re-indexes the encoded test split for the raw artefact's id model: PyTorch's metric
+    data = EncodedDataset(criteo_run.parent / "data")
+    test = data.split("test")
+    want_auc = evaluate_ctr(load_checkpoint(folder / "reference_model.pt").model.eval(), np.asarray(test.ids),
+                            np.asarray(test.labels))["auc"]
+    assert evaluate_artefact(folder, data)["auc"] == pytest.approx(want_auc, abs=1e-6)
 
 
 def test_cli_frequency_keeps_raw_inputs(criteo_run: Path, tmp_path: Path) -> None:
@@ -318,9 +337,9 @@ def test_too_small_budget_names_the_encoder_and_the_smallest_raw_model(criteo_ru
     ckpt = load_checkpoint(criteo_run)
     cost = vocabulary_cost(ckpt.schema)
     with pytest.raises(BudgetTooSmallError, match="vocabulary and encoder") as err:
-        make_searcher("frequency", **FAST).search(ckpt, criteo_run.parent / "data", 20_000,
+        make_searcher("frequency", **FAST).search(ckpt, criteo_run.parent / "data", 2_000,
                                                   accountant=ByteAccountant(vocabulary=cost), mlp="auto")
     # only OOV rows kept: the encoder without keys (exact; the fixed part of the per-id model + a
     # placeholder key per empty table and the attributes' framing)
     assert cost.fixed_bytes <= err.value.parts[VOCABULARY_PART] <= cost.fixed_bytes + 19 * 32
-    assert err.value.minimum_bytes == sum(err.value.parts.values()) > 20_000
+    assert err.value.minimum_bytes == sum(err.value.parts.values()) > 2_000
