@@ -15,10 +15,11 @@ raw artefact's vocabulary (``ByteAccountant.vocabulary``, :func:`ondevice.vocabu
 0 for id artefacts). Ids with ``n_i >= min_count`` are ranked by ``n_i / c_i`` and the longest
 prefix whose whole model fits is kept (the model's exact bytes, vocabulary included, found by
 bisection from the additive estimate). Both tables (``embedding`` and ``linear``) keep the same
-ids as a :class:`~ondevice.embedding.row_pruned.RowPrunedEmbedding` (``pruned_to="oov"``), so
-their int32 remap (4 B per original id whatever is kept) is one stored tensor and the raw
-artefact leaves the dropped ids' keys out (:func:`ondevice.vocabulary.dropped_ids`). Each field
-keeps its OOV row; a field may keep only it.
+ids as a :class:`~ondevice.embedding.row_pruned.RowPrunedEmbedding` (``pruned_to="oov"``): a raw
+artefact leaves the dropped ids' keys out (:func:`ondevice.vocabulary.dropped_ids`) and stores
+the kept rows only, its tables emitting the re-indexed ids (``ByteAccountant.as_shipped``); an
+id artefact keeps one int32 remap (4 B per original id whatever is kept), the app sending
+prepare's ids. Each field keeps its OOV row; a field may keep only it.
 
 Warm start: kept rows are copied from the full model; each field's new OOV row is the
 occurrence-weighted mean of the rows it now stands for (the old OOV row, weighted by the train
