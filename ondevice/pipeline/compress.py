@@ -540,6 +540,11 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
             result, attempts = _fit_budget(job, searcher, target, folder, reserve, index, vocabulary, raw_for_auto)
         if result.inputs == "raw":  # auto chose its raw frequency candidate: raw after all
             inputs, inputs_note = "raw", None
+        elif raw_for_auto is not None and inputs_note:  # it tried one: say how it did, not "try frequency"
+            raw = next((c for c in result.candidates or [] if c.get("inputs") == "raw"), None)
+            tried = ("its raw frequency candidate did not fit" if raw is None or raw.get("val_metric") is None else
+                     f"its raw frequency candidate scored val {raw['val_metric']:.4f}, below the chosen one")
+            inputs_note = inputs_note.split("; pass --inputs raw")[0] + f"; auto chose ids: {tried}"
         if inputs_note:
             result.warnings.append(inputs_note)
         search_s = time.perf_counter() - t0

@@ -323,6 +323,9 @@ def test_auto_tries_frequency_raw_where_the_vocabulary_takes_over_half(criteo_ru
     assert manifest["input_encoding"] == chosen.get("inputs", "ids")
     assert manifest["files"]["model.onnx"]["bytes"] <= budget and manifest["verify"]["passed"]
     assert bool(run.get("warnings")) == (chosen["method"] != "frequency")  # the ids warning only for an id artefact
+    if chosen["method"] != "frequency":  # it says how the raw candidate did instead of suggesting it
+        assert "auto chose ids: its raw frequency candidate" in run["warnings"][0]
+        assert "--method frequency" not in run["warnings"][0]
     only = compress(criteo_run, budgets=[budget], methods=["auto"], out_dir=tmp_path / "f", epochs=1,
                     searcher_params={"auto": {"methods": ["frequency"]}, "frequency": {"batch_size": 256}},
                     quiet=True, profile=False, evaluate_test=False, max_loss=None)
