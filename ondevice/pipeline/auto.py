@@ -16,7 +16,8 @@ Raw inputs below the vocabulary's size: where ``compress``'s default inputs woul
 vocabulary takes more than half the budget, the other candidates are sized for ids (the app
 encodes with ``schema.json``) and ``compress`` hands over the raw encoder (``raw_vocabulary``):
 ``frequency`` then also runs as a raw candidate (rare ids' rows and keys dropped, keys counted per
-kept id) and, when it has the best validation metric, the artefact takes raw inputs.
+kept id) and is preferred whenever it fits within the quality floor, since the budget covers what
+the app ships (an id artefact's app also ships ``schema.json``); otherwise the best id candidate.
 
 Inputs are a contract: methods that change the artefact's inputs (feature selection:
 ``autofield``, ``adafs``; any candidate whose result carries a new input schema) are only
@@ -432,6 +433,12 @@ class AutoSearcher(Searcher):
     def _choose(self, ctx: SearchContext, candidates: list[dict[str, Any]], probe: dict[str, Any],
                 started: float) -> SearchResult:
         ok = [c for c in candidates if c.get("outcome") == "fits"]
+        if self.raw_vocabulary is not None and any(c.get("inputs") == "raw" for c in ok):
+            # The budget covers what the app ships: an id candidate's app also ships schema.json.
+            for c in ok:
+                if c.get("inputs") != "raw":
+                    c["outcome"] = "fits the file, not the app payload (+ schema.json); a raw candidate fits both"
+            ok = [c for c in ok if c.get("inputs") == "raw"]
         measured = [c for c in candidates if "_result" in c]
         if not ok:
             for c in measured:

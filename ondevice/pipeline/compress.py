@@ -542,9 +542,10 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
             inputs, inputs_note = "raw", None
         elif raw_for_auto is not None and inputs_note:  # it tried one: say how it did, not "try frequency"
             raw = next((c for c in result.candidates or [] if c.get("inputs") == "raw"), None)
-            tried = ("its raw frequency candidate did not fit" if raw is None or raw.get("val_metric") is None else
-                     f"its raw frequency candidate scored val {raw['val_metric']:.4f}, below the chosen one")
-            inputs_note = inputs_note.split("; pass --inputs raw")[0] + f"; auto chose ids: {tried}"
+            tried = ("did not run" if raw is None else raw["outcome"]
+                     + (f", val {raw['val_metric']:.4f}" if raw.get("val_metric") is not None else ""))
+            inputs_note = (inputs_note.split("; pass --inputs raw")[0]
+                           + f", so the app ships more than the budget; auto's raw frequency candidate: {tried}")
         if inputs_note:
             result.warnings.append(inputs_note)
         search_s = time.perf_counter() - t0

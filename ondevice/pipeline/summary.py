@@ -83,7 +83,7 @@ def render_summary_markdown(s: dict[str, Any]) -> str:
             p99 = "—" if c.get("p99_ms") is None else f"{c['p99_ms']:.3f} (b={c['latency_batch']}, t={c['latency_threads']})"
             outcome = c["outcome"] + (" (stopped at the time limit)" if c.get("stopped_at_limit") else "")
             chosen = ("**yes**" + (f" ({c['chosen_by']})" if c.get("chosen_by") else "")) if c.get("chosen") else ""
-            lines.append(f"| {c['method']} | {outcome} | {fb} | {_fmt(c.get('val_metric'))} | {loss} | {p99} | "
+            lines.append(f"| {c['method']}{' (raw inputs)' if c.get('inputs') == 'raw' else ''} | {outcome} | {fb} | {_fmt(c.get('val_metric'))} | {loss} | {p99} | "
                          f"{_fmt(c.get('expected_s'), '.1f')} | {_fmt(c.get('seconds'), '.1f')} | {chosen} |")
         if r.get("raw_encoder_reserve"):
             lines += ["", f"File B: the id model each candidate was fitted as, within the budget less the "

@@ -323,9 +323,14 @@ def test_auto_tries_frequency_raw_where_the_vocabulary_takes_over_half(criteo_ru
     assert manifest["input_encoding"] == chosen.get("inputs", "ids")
     assert manifest["files"]["model.onnx"]["bytes"] <= budget and manifest["verify"]["passed"]
     assert bool(run.get("warnings")) == (chosen["method"] != "frequency")  # the ids warning only for an id artefact
+    # the budget covers what the app ships: a raw candidate that fits within the floor is preferred
+    assert (chosen["method"] == "frequency") == (cands["frequency"]["outcome"] == "fits")
     if chosen["method"] != "frequency":  # it says how the raw candidate did instead of suggesting it
-        assert "auto chose ids: its raw frequency candidate" in run["warnings"][0]
+        assert "auto's raw frequency candidate: " in run["warnings"][0]
         assert "--method frequency" not in run["warnings"][0]
+    else:
+        assert cands["int8"]["outcome"] in ("does not fit", "fits the file, not the app payload (+ schema.json); "
+                                                            "a raw candidate fits both")
     only = compress(criteo_run, budgets=[budget], methods=["auto"], out_dir=tmp_path / "f", epochs=1,
                     searcher_params={"auto": {"methods": ["frequency"]}, "frequency": {"batch_size": 256}},
                     quiet=True, profile=False, evaluate_test=False, max_loss=None)
