@@ -503,7 +503,7 @@ def _inputs_for(job: _Job, nbytes: int, searcher: Any = None) -> tuple[str | Non
     """
     reserve = job.vocabulary_reserve
     if job.vocabulary_cost is not None and getattr(searcher, "prunes_vocabulary", False):
-        return job.inputs, 0, None, job.vocabulary_cost
+        return "raw", 0, None, job.vocabulary_cost  # sized for raw: never re-exported with ids (the remap would not fit)
     if reserve == 0 or job.inputs == "raw" or reserve <= RAW_VOCABULARY_SHARE * nbytes:
         return job.inputs, reserve, None, None
     return "ids", 0, (f"raw-feature inputs need {reserve:,} B of vocabulary and encoder, over "
