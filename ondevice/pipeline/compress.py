@@ -314,9 +314,6 @@ def compress(
                    profile=profile, profile_runs=profile_runs, fleet_profiles=fleet_profiles, quiet=quiet,
                    latency_p99_ms=latency_p99_ms, time_limit_s=time_limit_s, plan=plan, test_users=test_users,
                    inputs=inputs, vocabulary_reserve=_vocabulary_reserve(ckpt, inputs))
-        if job.vocabulary_reserve and (any(getattr(s, "prunes_vocabulary", False) for s in searchers.values())
-                                       or ("auto" in searchers and inputs is None)):
-            job.vocabulary_cost = vocabulary_cost(ckpt.schema)
         for index, target in enumerate(targets):
             for method, searcher in searchers.items():
                 _compress_one(job, tally, target, method, searcher, several=len(searchers) > 1, index=index)
@@ -374,8 +371,15 @@ class _Job:
     test_users: int | None  # top-K under a limit: the seeded test-user sample's size (None: every user)
     inputs: str | None  # the artefacts' inputs (None: the exporter's default for the model)
     vocabulary_reserve: int  # bytes a raw artefact's encoder adds to the file (0 when the artefacts take ids)
-    vocabulary_cost: VocabularyCost | None = None  # the encoder per kept id, for methods that drop keys
     timings: dict[str, float] = field(default_factory=dict)
+    _vocabulary: VocabularyCost | None = field(default=None, repr=False)
+
+    def vocabulary(self) -> VocabularyCost:
+        """The raw encoder per kept id (``measure.vocabulary_cost``), for methods that drop keys and
+        auto's raw candidate: computed once, when a target first needs it (0.5 s on 103K ids)."""
+        if self._vocabulary is None:
+            self._vocabulary = vocabulary_cost(self.ckpt.schema)
+        return self._vocabulary
 
 
 @dataclass
@@ -502,8 +506,8 @@ def _inputs_for(job: _Job, nbytes: int, searcher: Any = None) -> tuple[str | Non
     nothing is reserved and its accountant counts the encoder with the ids it keeps.
     """
     reserve = job.vocabulary_reserve
-    if job.vocabulary_cost is not None and getattr(searcher, "prunes_vocabulary", False):
-        return "raw", 0, None, job.vocabulary_cost  # sized for raw: never re-exported with ids (the remap would not fit)
+    if reserve and getattr(searcher, "prunes_vocabulary", False):
+        return "raw", 0, None, job.vocabulary()  # sized for raw: never re-exported with ids (the remap would not fit)
     if reserve == 0 or job.inputs == "raw" or reserve <= RAW_VOCABULARY_SHARE * nbytes:
         return job.inputs, reserve, None, None
     return "ids", 0, (f"raw-feature inputs need {reserve:,} B of vocabulary and encoder, over "
@@ -534,7 +538,7 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
     t0 = time.perf_counter()
     try:
         inputs, reserve, inputs_note, vocabulary = _inputs_for(job, nbytes, searcher)
-        raw_for_auto = job.vocabulary_cost if searcher.name == "auto" and inputs_note else None
+        raw_for_auto = job.vocabulary() if searcher.name == "auto" and inputs_note else None
         # A named method's training draws a bar on a terminal (auto draws one per candidate itself).
         with progress_bar(f"[{name}] {method}", enabled=False if job.quiet else None):
             result, attempts = _fit_budget(job, searcher, target, folder, reserve, index, vocabulary, raw_for_auto)
