@@ -103,7 +103,9 @@ from ondevice.pipeline.measure import (
     host_arch,
     measure_file_bytes,
     onnx_file_bytes,
+    ort_encoder_bytes,
     ort_file_bytes,
+    scaled_vocabulary_cost,
     vocabulary_cost,
 )
 from ondevice.pipeline.options import parse_max_loss
@@ -373,13 +375,26 @@ class _Job:
     vocabulary_reserve: int  # bytes a raw artefact's encoder adds to the file (0 when the artefacts take ids)
     timings: dict[str, float] = field(default_factory=dict)
     _vocabulary: VocabularyCost | None = field(default=None, repr=False)
+    _ort_encoder: int | None = field(default=None, repr=False)
 
-    def vocabulary(self) -> VocabularyCost:
+    def vocabulary(self, ort: bool = False) -> VocabularyCost:
         """The raw encoder per kept id (``measure.vocabulary_cost``), for methods that drop keys and
-        auto's raw candidate: computed once, when a target first needs it (0.5 s on 103K ids)."""
+        auto's raw candidate: computed once, when a target first needs it (0.5 s on 103K ids);
+        ``ort``: its bytes in an ``.ort`` file (scaled by :meth:`reserve`'s measured ratio)."""
         if self._vocabulary is None:
             self._vocabulary = vocabulary_cost(self.ckpt.schema)
-        return self._vocabulary
+        if not ort:
+            return self._vocabulary
+        return scaled_vocabulary_cost(self._vocabulary, self.reserve(ort=True) / self.vocabulary_reserve)
+
+    def reserve(self, ort: bool = False) -> int:
+        """Bytes a raw artefact's encoder adds to the model file: ``.onnx`` or, for a profile that
+        ships ``.ort`` (2-3x larger tables), measured once by converting the encoder alone."""
+        if not ort or not self.vocabulary_reserve:
+            return self.vocabulary_reserve
+        if self._ort_encoder is None:
+            self._ort_encoder = max(ort_encoder_bytes(self.ckpt.schema), self.vocabulary_reserve)
+        return self._ort_encoder
 
 
 @dataclass
@@ -496,18 +511,20 @@ def _vocabulary_reserve(ckpt: Checkpoint, inputs: str | None) -> int:
 RAW_VOCABULARY_SHARE = 0.5
 
 
-def _inputs_for(job: _Job, nbytes: int, searcher: Any = None) -> tuple[str | None, int, str | None, VocabularyCost | None]:
+def _inputs_for(job: _Job, nbytes: int, searcher: Any = None,
+                ort: bool = False) -> tuple[str | None, int, str | None, VocabularyCost | None]:
     """(inputs, bytes reserved for the raw encoder, warning, vocabulary cost) for a target of ``nbytes``.
 
     ``--inputs raw`` always reserves the encoder's bytes (a budget below them fails, naming them);
     the default takes raw inputs while the encoder needs at most :data:`RAW_VOCABULARY_SHARE` of
     the budget, and ids (the app encodes with ``schema.json``) above that, with a warning line.
     A method that drops keys (``prunes_vocabulary``: ``frequency``) keeps raw inputs at any share:
-    nothing is reserved and its accountant counts the encoder with the ids it keeps.
+    nothing is reserved and its accountant counts the encoder with the ids it keeps. ``ort``: the
+    target ships ``.ort``, whose encoder is measured in that format (:meth:`_Job.reserve`).
     """
-    reserve = job.vocabulary_reserve
+    reserve = job.reserve(ort)
     if reserve and getattr(searcher, "prunes_vocabulary", False):
-        return "raw", 0, None, job.vocabulary()  # sized for raw: never re-exported with ids (the remap would not fit)
+        return "raw", 0, None, job.vocabulary(ort)  # sized for raw: never re-exported with ids (the remap would not fit)
     if reserve == 0 or job.inputs == "raw" or reserve <= RAW_VOCABULARY_SHARE * nbytes:
         return job.inputs, reserve, None, None
     return "ids", 0, (f"raw-feature inputs need {reserve:,} B of vocabulary and encoder, over "
@@ -537,8 +554,9 @@ def _compress_one(job: _Job, tally: _Tally, target: Target, method: str,
     log(job.quiet, f"[{name}] {method} at {format_bytes(nbytes)}: searching...")
     t0 = time.perf_counter()
     try:
-        inputs, reserve, inputs_note, vocabulary = _inputs_for(job, nbytes, searcher)
-        raw_for_auto = job.vocabulary() if searcher.name == "auto" and inputs_note else None
+        ort = dev is not None and dev.runtime_format == "ort"
+        inputs, reserve, inputs_note, vocabulary = _inputs_for(job, nbytes, searcher, ort)
+        raw_for_auto = job.vocabulary(ort) if searcher.name == "auto" and inputs_note else None
         # A named method's training draws a bar on a terminal (auto draws one per candidate itself).
         with progress_bar(f"[{name}] {method}", enabled=False if job.quiet else None):
             result, attempts = _fit_budget(job, searcher, target, folder, reserve, index, vocabulary, raw_for_auto)

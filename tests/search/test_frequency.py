@@ -351,3 +351,25 @@ def test_too_small_budget_names_the_encoder_and_the_smallest_raw_model(criteo_ru
     # placeholder key per empty table and the attributes' framing)
     assert cost.fixed_bytes <= err.value.parts[VOCABULARY_PART] <= cost.fixed_bytes + 19 * 32
     assert err.value.minimum_bytes == sum(err.value.parts.values()) > 2_000
+
+
+def test_ort_profile_reserves_the_encoder_as_ort_stores_it(criteo_run: Path, tmp_path: Path) -> None:
+    """onnxruntime's .ort stores the lookup tables 2-3x larger than ONNX: a profile that ships
+    model.ort gets raw artefacts sized by the encoder's .ort bytes (they failed the final check)."""
+    from ondevice.pipeline.measure import ort_encoder_bytes
+
+    schema = load_checkpoint(criteo_run).schema
+    onnx_reserve, ort_reserve = raw_encoder_bytes(schema), ort_encoder_bytes(schema)
+    assert ort_reserve > 1.5 * onnx_reserve
+    budget = int(ort_reserve * 1.6)
+    profile = tmp_path / "phone.toml"
+    profile.write_text(f'name = "phone"\ndescription = "test"\nmemory_budget = "{budget}"\narch = "arm64"\n'
+                       'threads = 1\nbatch_size = 1\np99_latency_ms = 1000.0\nruntime_format = "ort"\n')
+    s = compress(criteo_run, device_profiles=[profile], methods=["frequency", "uniform"], out_dir=tmp_path / "o",
+                 epochs=1, searcher_params={"frequency": {"batch_size": 256}, "uniform": {"batch_size": 256}},
+                 quiet=True, profile=False, evaluate_test=False, inputs="raw")
+    assert not s["failures"], s["failures"]
+    for run in s["runs"]:
+        manifest = json.loads((tmp_path / "o" / run["folder"] / "manifest.json").read_text())
+        assert manifest["input_encoding"] == "raw" and manifest["budget"]["fits"]
+        assert manifest["files"]["model.ort"]["bytes"] <= budget and run["file_bytes"] <= budget
