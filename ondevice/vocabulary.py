@@ -355,8 +355,10 @@ def key_bytes(schema: Schema, plan: Mapping[str, Any]) -> list[np.ndarray]:
 
     Id 0 (OOV) and identity/hashed fields take none. Exact for the string and int64 tables up to
     varints that shrink when keys leave (``u``, ``S``: dropping only lowers them) and the
-    attributes' length prefixes; the tree is not additive: an id dropped between two kept ids
-    leaves its edges (its estimate saves up to one node, ~21 B, more than the file does).
+    attributes' length prefixes, except a text several columns share: its level-1 entry stays
+    until every column drops it, so dropping it in one column saves less than counted. The tree is
+    not additive either: an id dropped between two kept ids leaves its edges (its estimate saves up
+    to one node, ~21 B, more than the file does). Searchers rank with these and fit on exact bytes.
     """
     t = tables(schema, plan)
     out = [np.zeros(f.vocab_size, dtype=np.float64) for f in schema.fields]
