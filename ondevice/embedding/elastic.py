@@ -251,6 +251,14 @@ class ElasticBlockEmbedding(EmbeddingLayer):
                 f"config={'all blocks' if self.active_mask is None else int(self.active_mask.sum())} pairs")
 
 
+def select_dims(x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """``x[:, dims]``: a ``Slice`` when ``dims`` is a prefix (``x`` itself when it is every dim), else a ``Gather``."""
+    dims = list(dims)
+    if dims == list(range(len(dims))):
+        return x if len(dims) == x.shape[1] else x[:, : len(dims)]
+    return x[:, torch.tensor(dims, dtype=torch.int64)]
+
+
 @register_embedding
 class ElasticSubsetEmbedding(EmbeddingLayer):
     """Deployable elastic item table: only the chosen (group, block) values are stored (module docstring).
@@ -343,20 +351,26 @@ class ElasticSubsetEmbedding(EmbeddingLayer):
             parts.append(v)
         return torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
 
+    def _used_blocks(self) -> list[int]:
+        """The blocks some group keeps: every item vector is zero in the others."""
+        return [int(k) for k in np.flatnonzero(self.mask.any(axis=0))]
+
+    def _dims(self, blocks: Sequence[int]) -> list[int]:
+        """The embedding dims of ``blocks``."""
+        return [k * self.block_dim + j for k in blocks for j in range(self.block_dim)]
+
     def used_dims(self) -> list[int]:
         """The dims of the blocks some group keeps: every item vector is zero in the others."""
-        used = np.flatnonzero(self.mask.any(axis=0))
-        return [int(k) * self.block_dim + j for k in used for j in range(self.block_dim)]
+        return self._dims(self._used_blocks())
 
     def used_table(self, seed: torch.Tensor) -> torch.Tensor:
         """Every item's vector in :meth:`used_dims` only, transposed: ``[len(used_dims), N]``
         (column = item id), from the int64 scalar ``seed`` (= 0). A top-K artefact scores
         ``user_vector[:, used_dims]`` against it: the same dot products without the zero dims,
         and onnxruntime folds (and keeps resident) a table and intermediates that much smaller."""
-        used = np.flatnonzero(self.mask.any(axis=0)).tolist()
         ids = torch.arange(seed, seed + self.vocab_sizes[0], dtype=torch.int64)
         rows = _decode_positions(self.position[ids], self.vocab_sizes[0])
-        return self._all_rows(ids, used)[rows].t()  # ids' traced length: the decode is not folded into the file
+        return self._all_rows(ids, self._used_blocks())[rows].t()  # ids' traced length: the decode is not folded into the file
 
     def item_scores(self, user: torch.Tensor, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``user [B, D]`` against every item, in table order: (scores ``[B, N]``, each item id's
@@ -374,12 +388,7 @@ class ElasticSubsetEmbedding(EmbeddingLayer):
         parts = []
         for c, ((bs, _), rows) in enumerate(zip(self._classes, self._rows, strict=True)):
             v = self.tables[c].gather(torch.arange(zero, zero + rows, dtype=torch.int64))  # [R_c, s_c*d_b]
-            dims = [k * self.block_dim + j for k in bs for j in range(self.block_dim)]
-            if dims == list(range(len(dims))):
-                u = user[:, : len(dims)] if len(dims) < self.dim else user
-            else:
-                u = user[:, torch.tensor(dims, dtype=torch.int64)]
-            parts.append(u @ v.t())  # [B, R_c]
+            parts.append(select_dims(user, self._dims(bs)) @ v.t())  # [B, R_c]
         in_table_order = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         return in_table_order, _decode_positions(self.position[ids], self.vocab_sizes[0])
 

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ondevice.embedding.elastic import select_dims
 from ondevice.models import BPRMF, CTRModel, RecModel
 
 CTR_INPUT, CTR_OUTPUT = "ids", "probability"
@@ -96,8 +97,7 @@ class TopKExport(nn.Module):
         if not self.table_at_load and hasattr(self.item_embedding, "item_scores"):
             return self.item_embedding.item_scores(user_vector, seed)  # per call: the stored tables as they are
         if self.used_dims is not None:  # the other dims are zero in every item vector
-            d = self.used_dims
-            user_vector = user_vector[:, : len(d)] if d == list(range(len(d))) else user_vector[:, torch.tensor(d)]
+            user_vector = select_dims(user_vector, self.used_dims)
         return user_vector @ self.item_table(seed), None
 
     def scores(self, user_vector: torch.Tensor, table_seed: torch.Tensor | None = None) -> torch.Tensor:
